@@ -1,0 +1,122 @@
+"""Plain domain types shared by the state engine, the sink and the runtime.
+
+Pydantic models live at the boundaries (`models.py`); inside, these small frozen
+dataclasses travel between the pure logic and the I/O edges.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
+_SESSION_ID_RE = re.compile(SESSION_ID_PATTERN)
+
+
+def is_valid_session_id(session_id: str) -> bool:
+    """True when `session_id` is safe to put into a URL path (DESIGN §2)."""
+    return _SESSION_ID_RE.fullmatch(session_id) is not None
+
+
+class Status(StrEnum):
+    """Status of an input typing event."""
+
+    TYPING = "typing"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+
+
+class Role(StrEnum):
+    """Role of the participant who types."""
+
+    CUSTOMER = "customer"
+    AGENT = "agent"
+    BOT = "bot"
+
+
+class SessionState(StrEnum):
+    """State of a Genesys web-messaging session."""
+
+    QUEUED = "queued"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+class ChangeReason(StrEnum):
+    """Why a change was applied in Genesys (CRM-sync `reason`)."""
+
+    EVENT = "event"
+    STOPPED = "stopped"
+    EXPIRED = "expired"
+    SESSION_CLOSED = "session_closed"
+
+
+class Decision(StrEnum):
+    """Audit `result`: what the processor decided or what happened to a decision."""
+
+    APPLIED = "applied"
+    SUPPRESSED = "suppressed"
+    STALE = "stale"
+    EXPIRED = "expired"
+    CLEARED = "cleared"
+    CONFLICT = "conflict"
+    RATE_LIMITED = "rate_limited"
+    REJECTED = "rejected"
+    SESSION_NOT_FOUND = "session_not_found"
+    SESSION_NOT_CONNECTED = "session_not_connected"
+    FAILED = "failed"
+    DUPLICATE = "duplicate"
+    COALESCED = "coalesced"
+    AUTH_CONFIG_ERROR = "auth_config_error"
+
+
+class Outcome(StrEnum):
+    """Result of one `apply` on the Genesys sink."""
+
+    APPLIED = "applied"
+    SESSION_NOT_FOUND = "session_not_found"
+    SESSION_NOT_CONNECTED = "session_not_connected"
+    CONFLICT = "conflict"
+    RATE_LIMITED = "rate_limited"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    AUTH_CONFIG_ERROR = "auth_config_error"
+
+
+@dataclass(frozen=True, slots=True)
+class Indicator:
+    """A typing indicator as written to `customAttributes.typingIndicator`."""
+
+    status: Status
+    originated_at: int
+    expires_at: int
+    version: int
+
+    def to_genesys(self) -> dict[str, Any]:
+        """The camelCase body Genesys stores."""
+        return {
+            "status": self.status.value,
+            "originatedAt": self.originated_at,
+            "expiresAt": self.expires_at,
+            "version": self.version,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SinkResult:
+    """What one `apply` did: an outcome plus the cost of getting it."""
+
+    outcome: Outcome
+    http_status: int | None = None
+    attempts: int = 0
+    latency_ms: float = 0.0
+    call_latencies_ms: tuple[float, ...] = field(default=())
+    error: str = ""
+    remote_state: SessionState | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the desired state is now the remote state."""
+        return self.outcome is Outcome.APPLIED

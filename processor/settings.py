@@ -1,0 +1,264 @@
+"""Configuration from the environment (and an optional `.env` file), DESIGN §6.
+
+Three groups keep the documented names: `KAFKA_*`, `GENESYSCLOUD_*` and `TYPING_*`.
+`load_settings()` raises `ConfigError` with one line naming the variable at fault.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from processor.domain import Role, Status
+from processor.models import MAX_TIMEOUT_MS, MIN_TIMEOUT_MS
+
+TimeoutMs = Annotated[int, Field(ge=MIN_TIMEOUT_MS, le=MAX_TIMEOUT_MS)]
+
+# Region names and bare domains both map to the Genesys Cloud domain of that region.
+REGION_DOMAINS: dict[str, str] = {
+    "us-east-1": "mypurecloud.com",
+    "us-east-2": "use2.us-gov-pure.cloud",
+    "us-west-2": "usw2.pure.cloud",
+    "ca-central-1": "cac1.pure.cloud",
+    "sa-east-1": "sae1.pure.cloud",
+    "eu-west-1": "mypurecloud.ie",
+    "eu-west-2": "euw2.pure.cloud",
+    "eu-central-1": "mypurecloud.de",
+    "eu-central-2": "euc2.pure.cloud",
+    "me-central-1": "mec1.pure.cloud",
+    "ap-south-1": "aps1.pure.cloud",
+    "ap-northeast-1": "mypurecloud.jp",
+    "ap-northeast-2": "apne2.pure.cloud",
+    "ap-northeast-3": "apne3.pure.cloud",
+    "ap-southeast-2": "mypurecloud.com.au",
+}
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message is one line naming it."""
+
+
+class SecurityProtocol(StrEnum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+
+class SaslMechanism(StrEnum):
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+
+
+class RoleTimeouts(BaseModel):
+    """Indicator lifetime in ms for one status, by participant role."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    customer: TimeoutMs
+    agent: TimeoutMs
+    bot: TimeoutMs
+
+    def for_role(self, role: Role) -> int:
+        return int(getattr(self, role.value))
+
+
+class TimeoutMatrix(BaseModel):
+    """Default indicator lifetime by status × role, used when an event has no `timeout_ms`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    typing: RoleTimeouts = RoleTimeouts(customer=5000, agent=5000, bot=3000)
+    paused: RoleTimeouts = RoleTimeouts(customer=2000, agent=2000, bot=2000)
+
+    def timeout_ms(self, status: Status, role: Role) -> int:
+        """Lifetime of an indicator of `status` set by `role` (stopped: 0, clear now)."""
+        if status is Status.TYPING:
+            return self.typing.for_role(role)
+        if status is Status.PAUSED:
+            return self.paused.for_role(role)
+        return 0
+
+
+def _settings_config(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(
+        env_prefix=prefix,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,
+    )
+
+
+class KafkaSettings(BaseSettings):
+    """`KAFKA_*`: how to reach the cluster."""
+
+    model_config = _settings_config("KAFKA_")
+
+    bootstrap_servers: str = Field("localhost:9092", min_length=1)
+    security_protocol: SecurityProtocol = SecurityProtocol.PLAINTEXT
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    # Tansu and some managed brokers lack idempotent producers; opt in where supported.
+    enable_idempotence: bool = False
+    client_id: str = "genesys-typing-processor"
+
+    @model_validator(mode="after")
+    def _check_sasl(self) -> Self:
+        if self.security_protocol in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL):
+            for name in ("sasl_mechanism", "sasl_username", "sasl_password"):
+                if getattr(self, name) is None:
+                    raise ValueError(f"{name}: required when KAFKA_SECURITY_PROTOCOL is SASL")
+        if self.ssl_cafile is not None and not self.ssl_cafile.is_file():
+            raise ValueError(f"ssl_cafile: no such file {self.ssl_cafile}")
+        return self
+
+
+class GenesysSettings(BaseSettings):
+    """`GENESYSCLOUD_*`: the OAuth client and where the API lives."""
+
+    model_config = _settings_config("GENESYSCLOUD_")
+
+    oauthclient_id: str = Field(min_length=1)
+    oauthclient_secret: SecretStr = Field(min_length=1)
+    region: str = "us-east-1"
+    api_url: str | None = None
+    login_url: str | None = None
+
+    @model_validator(mode="after")
+    def _check_urls(self) -> Self:
+        for name in ("api_url", "login_url"):
+            url = getattr(self, name)
+            if url is not None and not url.startswith(("http://", "https://")):
+                raise ValueError(f"{name}: must be an http(s) URL, got {url!r}")
+        if self.api_url is None or self.login_url is None:
+            region_domain(self.region)
+        return self
+
+    @property
+    def resolved_api_url(self) -> str:
+        """API base URL: the explicit URL, else `https://api.{domain}`."""
+        return (self.api_url or f"https://api.{region_domain(self.region)}").rstrip("/")
+
+    @property
+    def resolved_login_url(self) -> str:
+        """Login base URL: the explicit URL, else `https://login.{domain}`."""
+        return (self.login_url or f"https://login.{region_domain(self.region)}").rstrip("/")
+
+
+def region_domain(region: str) -> str:
+    """Domain for a region name (`eu-west-1`, `eu_west_1`) or a bare domain."""
+    name = region.strip().lower().replace("_", "-")
+    if name in REGION_DOMAINS:
+        return REGION_DOMAINS[name]
+    if name in REGION_DOMAINS.values():
+        return name
+    known = ", ".join(sorted(REGION_DOMAINS))
+    raise ValueError(f"region: unknown region {region!r}; use one of {known} or its domain")
+
+
+class TypingSettings(BaseSettings):
+    """`TYPING_*`: everything about the processor itself."""
+
+    model_config = _settings_config("TYPING_")
+
+    group_id: str = Field("genesys-typing-processor", min_length=1)
+    input_topic: str = Field("genesys.typing.events", min_length=1)
+    crm_topic: str = Field("genesys.typing.crm-sync", min_length=1)
+    audit_topic: str = Field("genesys.typing.audit", min_length=1)
+    dlq_topic: str = Field("genesys.typing.dlq", min_length=1)
+    changelog_topic: str | None = None
+    suppression_window_ms: int = Field(1500, ge=0, le=60_000)
+    timeout_matrix: TimeoutMatrix = TimeoutMatrix()
+    api_rate_per_minute: int = Field(300, ge=1, le=1_000_000)
+    audit_log_file: Path | None = None
+    create_topics: bool = True
+    topic_partitions: int = Field(6, ge=1, le=10_000)
+    topic_replication_factor: int = Field(1, ge=1, le=16)
+    max_in_flight: int = Field(32, ge=1, le=10_000)
+    http_port: int = Field(8080, ge=0, le=65_535)
+    log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
+    crm_webhook_url: str | None = None
+
+    @property
+    def resolved_changelog_topic(self) -> str:
+        """`<group>-state-changelog` unless set explicitly."""
+        return self.changelog_topic or f"{self.group_id}-state-changelog"
+
+
+_GROUPS: tuple[tuple[str, type[BaseSettings]], ...] = (
+    ("KAFKA_", KafkaSettings),
+    ("GENESYSCLOUD_", GenesysSettings),
+    ("TYPING_", TypingSettings),
+)
+
+
+def _one_line(prefix: str, exc: ValidationError) -> str:
+    error = exc.errors(include_url=False, include_input=False)[0]
+    loc = [str(part) for part in error["loc"]]
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    # model validators report "field: message"; lift the field into the variable name
+    if not loc and ": " in msg:
+        head, _, msg = msg.partition(": ")
+        loc = [head]
+    variable = prefix + (loc[0].upper() if loc else "?")
+    if error["type"] == "missing":
+        return f"{variable} is not set (required)"
+    inner = ".".join(loc[1:])
+    return f"{variable} is invalid: {inner + ': ' if inner else ''}{msg}"
+
+
+_FIELD_IN_SETTINGS_ERROR = re.compile(r'field "([^"]+)"')
+
+
+def _load(prefix: str, model: type[BaseSettings], overrides: dict[str, Any]) -> Any:
+    try:
+        return model(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(prefix, exc)) from None
+    except SettingsError as exc:
+        match = _FIELD_IN_SETTINGS_ERROR.search(str(exc))
+        variable = prefix + (match.group(1).upper() if match else "?")
+        raise ConfigError(f"{variable} is invalid: not valid JSON") from None
+
+
+def load_kafka(**overrides: Any) -> KafkaSettings:
+    """Kafka settings from the environment; raises `ConfigError`."""
+    result: KafkaSettings = _load("KAFKA_", KafkaSettings, overrides)
+    return result
+
+
+def load_genesys(**overrides: Any) -> GenesysSettings:
+    """Genesys settings from the environment; raises `ConfigError`."""
+    result: GenesysSettings = _load("GENESYSCLOUD_", GenesysSettings, overrides)
+    return result
+
+
+def load_typing(**overrides: Any) -> TypingSettings:
+    """Processor settings from the environment; raises `ConfigError`."""
+    result: TypingSettings = _load("TYPING_", TypingSettings, overrides)
+    return result
+
+
+class Settings(BaseModel):
+    """All settings of `typing-processor run`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kafka: KafkaSettings
+    genesys: GenesysSettings
+    typing: TypingSettings
+
+
+def load_settings() -> Settings:
+    """Every group from the environment; raises `ConfigError` at the first bad setting."""
+    return Settings(kafka=load_kafka(), genesys=load_genesys(), typing=load_typing())
