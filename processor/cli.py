@@ -35,6 +35,14 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    from processor.settings import describe_settings, load_settings
+
+    for name, value in describe_settings(load_settings()):
+        print(f"{name}={value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -48,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     schemas.add_argument("--check", action="store_true", help="exit 1 if schemas/ drifted")
     schemas.add_argument("--dir", type=Path, default=Path("schemas"), help="default: schemas")
     schemas.set_defaults(handler=_cmd_schemas)
+
+    config = commands.add_parser(
+        "config", help="validate the configuration and print it (secrets masked)"
+    )
+    config.set_defaults(handler=_cmd_config)
 
     return parser
 

@@ -70,7 +70,7 @@ class RoleTimeouts(BaseModel):
 
 
 class TimeoutMatrix(BaseModel):
-    """Default indicator lifetime by status × role, used when an event has no `timeout_ms`."""
+    """Default indicator lifetime by status and role, used when an event has no `timeout_ms`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -262,3 +262,23 @@ class Settings(BaseModel):
 def load_settings() -> Settings:
     """Every group from the environment; raises `ConfigError` at the first bad setting."""
     return Settings(kafka=load_kafka(), genesys=load_genesys(), typing=load_typing())
+
+
+def describe_settings(settings: Settings) -> list[tuple[str, str]]:
+    """(variable, value) for every setting, secrets masked, for `typing-processor config`."""
+    rows: list[tuple[str, str]] = []
+    for prefix, group in (
+        ("KAFKA_", settings.kafka),
+        ("GENESYSCLOUD_", settings.genesys),
+        ("TYPING_", settings.typing),
+    ):
+        for name in type(group).model_fields:
+            value = getattr(group, name)
+            if isinstance(value, SecretStr):
+                shown = "**********"
+            elif isinstance(value, BaseModel):
+                shown = value.model_dump_json()
+            else:
+                shown = "" if value is None else str(value)
+            rows.append((prefix + name.upper(), shown))
+    return rows

@@ -1,0 +1,150 @@
+"""Settings come from the environment; a bad one stops start-up with one line naming it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from processor.domain import Role, Status
+from processor.settings import ConfigError, load_genesys, load_kafka, load_typing
+
+SECRET = "s3cr3t-value-never-shown"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]) -> None:
+    for name in list(os.environ):
+        if name.startswith(("KAFKA_", "GENESYSCLOUD_", "TYPING_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_ID", "client")
+    monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_SECRET", SECRET)
+
+
+def test_defaults_match_the_design() -> None:
+    typing = load_typing()
+    assert typing.group_id == "genesys-typing-processor"
+    assert typing.input_topic == "genesys.typing.events"
+    assert typing.crm_topic == "genesys.typing.crm-sync"
+    assert typing.audit_topic == "genesys.typing.audit"
+    assert typing.dlq_topic == "genesys.typing.dlq"
+    assert typing.resolved_changelog_topic == "genesys-typing-processor-state-changelog"
+    assert typing.suppression_window_ms == 1500
+    assert typing.api_rate_per_minute == 300
+    matrix = typing.timeout_matrix
+    assert matrix.timeout_ms(Status.TYPING, Role.CUSTOMER) == 5000
+    assert matrix.timeout_ms(Status.TYPING, Role.AGENT) == 5000
+    assert matrix.timeout_ms(Status.TYPING, Role.BOT) == 3000
+    assert {matrix.timeout_ms(Status.PAUSED, r) for r in Role} == {2000}
+    assert load_kafka().enable_idempotence is False
+
+
+@pytest.mark.parametrize(
+    ("region", "api", "login"),
+    [
+        ("us-east-1", "https://api.mypurecloud.com", "https://login.mypurecloud.com"),
+        ("eu_west_1", "https://api.mypurecloud.ie", "https://login.mypurecloud.ie"),
+        ("mypurecloud.de", "https://api.mypurecloud.de", "https://login.mypurecloud.de"),
+        ("aps1.pure.cloud", "https://api.aps1.pure.cloud", "https://login.aps1.pure.cloud"),
+    ],
+)
+def test_region_gives_urls(
+    monkeypatch: pytest.MonkeyPatch, region: str, api: str, login: str
+) -> None:
+    monkeypatch.setenv("GENESYSCLOUD_REGION", region)
+    genesys = load_genesys()
+    assert (genesys.resolved_api_url, genesys.resolved_login_url) == (api, login)
+
+
+def test_explicit_urls_win_over_the_region(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENESYSCLOUD_REGION", "nowhere")
+    monkeypatch.setenv("GENESYSCLOUD_API_URL", "http://127.0.0.1:8787/")
+    monkeypatch.setenv("GENESYSCLOUD_LOGIN_URL", "http://127.0.0.1:8787")
+    genesys = load_genesys()
+    assert genesys.resolved_api_url == "http://127.0.0.1:8787"
+    assert genesys.resolved_login_url == "http://127.0.0.1:8787"
+
+
+def test_timeout_matrix_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "TYPING_TIMEOUT_MATRIX",
+        '{"typing": {"customer": 7000, "agent": 6000, "bot": 1000},'
+        ' "paused": {"customer": 900, "agent": 900, "bot": 900}}',
+    )
+    assert load_typing().timeout_matrix.timeout_ms(Status.TYPING, Role.CUSTOMER) == 7000
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "loader"),
+    [
+        ("GENESYSCLOUD_REGION", "nowhere", load_genesys),
+        ("GENESYSCLOUD_API_URL", "ftp://x", load_genesys),
+        ("TYPING_SUPPRESSION_WINDOW_MS", "-1", load_typing),
+        ("TYPING_SUPPRESSION_WINDOW_MS", "soon", load_typing),
+        ("TYPING_TIMEOUT_MATRIX", "{oops", load_typing),
+        ("TYPING_TIMEOUT_MATRIX", '{"typing": {"customer": 1, "agent": 1, "bot": 1}}', load_typing),
+        ("TYPING_API_RATE_PER_MINUTE", "0", load_typing),
+        ("KAFKA_SECURITY_PROTOCOL", "CARRIER_PIGEON", load_kafka),
+        ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL", load_kafka),
+        ("KAFKA_SSL_CAFILE", "/definitely/missing.pem", load_kafka),
+    ],
+)
+def test_bad_value_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, loader: object
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        loader()  # type: ignore[operator]
+    message = str(caught.value)
+    assert "\n" not in message
+    prefix = name.split("_", 1)[0]
+    assert message.startswith(prefix), message
+    if name != "KAFKA_SECURITY_PROTOCOL" or value != "SASL_SSL":
+        assert message.startswith(name), message
+
+
+def test_missing_required_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GENESYSCLOUD_OAUTHCLIENT_SECRET")
+    with pytest.raises(ConfigError, match=r"^GENESYSCLOUD_OAUTHCLIENT_SECRET is not set"):
+        load_genesys()
+
+
+def test_secret_never_in_repr_or_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    genesys = load_genesys()
+    assert SECRET not in repr(genesys)
+    assert SECRET not in str(genesys)
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", SECRET)
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    with pytest.raises(ConfigError) as caught:
+        load_kafka()
+    assert SECRET not in str(caught.value)
+
+
+def test_dotenv_file_supplies_the_same_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    with open(".env", "w", encoding="utf-8") as env_file:
+        env_file.write("TYPING_GROUP_ID=from-dotenv\n")
+    assert load_typing().group_id == "from-dotenv"
+
+
+def test_cli_exits_2_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENESYSCLOUD_REGION", "nowhere")
+    result = subprocess.run(
+        [sys.executable, "-m", "processor", "config"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "GENESYSCLOUD_REGION" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_config_prints_settings_without_secrets() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "processor", "config"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "GENESYSCLOUD_OAUTHCLIENT_SECRET" in result.stdout
+    assert "TYPING_GROUP_ID" in result.stdout
+    assert SECRET not in result.stdout
