@@ -43,6 +43,85 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_emulator(args: argparse.Namespace) -> int:
+    from processor.emulator.config import EmulatorConfig
+    from processor.emulator.faults import Faults
+    from processor.emulator.server import run
+
+    if not args.client_id or not args.client_secret:
+        raise ConfigError(
+            "--client-id/--client-secret (or GENESYSCLOUD_OAUTHCLIENT_ID/SECRET) must not be empty"
+        )
+    try:
+        faults = Faults(
+            latency_ms=args.latency_ms,
+            jitter_ms=args.jitter_ms,
+            error_rate=args.error_rate,
+            conflict_rate=args.conflict_rate,
+            token_lifetime_s=args.token_lifetime_s,
+            rate_limit_per_minute=args.rate_limit_per_minute,
+            rate_limit_burst=args.rate_limit_burst,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"emulator fault flags are invalid: {exc}".splitlines()[0]) from None
+    config = EmulatorConfig.single_client(args.client_id, args.client_secret, faults)
+    run(config, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _add_emulator_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    import os
+
+    from processor.emulator.faults import (
+        DEFAULT_RATE_LIMIT_BURST,
+        DEFAULT_RATE_LIMIT_PER_MINUTE,
+        DEFAULT_TOKEN_LIFETIME_S,
+    )
+
+    emulator = commands.add_parser(
+        "emulator", help="serve a Genesys Cloud emulator (OAuth, web-chat sessions, faults)"
+    )
+    emulator.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
+    emulator.add_argument("--port", type=int, default=8787, help="default: 8787")
+    emulator.add_argument(
+        "--client-id",
+        default=os.environ.get("GENESYSCLOUD_OAUTHCLIENT_ID", "local-client"),
+        help="OAuth client id (default: $GENESYSCLOUD_OAUTHCLIENT_ID or local-client)",
+    )
+    emulator.add_argument(
+        "--client-secret",
+        default=os.environ.get("GENESYSCLOUD_OAUTHCLIENT_SECRET", "local-secret"),
+        help="OAuth client secret (default: $GENESYSCLOUD_OAUTHCLIENT_SECRET or local-secret)",
+    )
+    emulator.add_argument("--latency-ms", type=float, default=0.0, help="added to every API call")
+    emulator.add_argument("--jitter-ms", type=float, default=0.0, help="random extra latency")
+    emulator.add_argument("--error-rate", type=float, default=0.0, help="share of API calls → 5xx")
+    emulator.add_argument(
+        "--conflict-rate", type=float, default=0.0, help="share of valid PATCHes → 412"
+    )
+    emulator.add_argument(
+        "--token-lifetime-s", type=float, default=DEFAULT_TOKEN_LIFETIME_S, help="default: 86400"
+    )
+    emulator.add_argument(
+        "--rate-limit-per-minute",
+        type=int,
+        default=DEFAULT_RATE_LIMIT_PER_MINUTE,
+        help="API calls per minute per OAuth client; 0 = off (default: 300)",
+    )
+    emulator.add_argument(
+        "--rate-limit-burst", type=int, default=DEFAULT_RATE_LIMIT_BURST, help="default: 20"
+    )
+    emulator.add_argument("--seed", type=int, default=None, help="seed of the fault RNG")
+    emulator.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn log level (default: warning)",
+    )
+    emulator.set_defaults(handler=_cmd_emulator)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -61,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         "config", help="validate the configuration and print it (secrets masked)"
     )
     config.set_defaults(handler=_cmd_config)
+
+    _add_emulator_parser(commands)
 
     return parser
 
