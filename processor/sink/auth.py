@@ -1,0 +1,136 @@
+"""OAuth client-credentials tokens: cached, refreshed early, fetched once for all callers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+from pydantic import SecretStr
+
+from processor import USER_AGENT
+from processor.sink.errors import AuthConfigError, ProtocolError, TokenUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    value: str = field(repr=False)
+    refresh_at: float
+
+
+class TokenManager:
+    """Bearer tokens for one OAuth client (DESIGN §2).
+
+    Credentials go in an HTTP Basic header. A token is reused until `refresh_margin_s`
+    before it expires (half its lifetime for short-lived tokens). Concurrent callers that
+    need a new token share one request to the login service (single flight).
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        token_url: str,
+        client_id: str,
+        client_secret: SecretStr,
+        *,
+        scope: str | None = None,
+        refresh_margin_s: float = 30.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._http = http
+        self._token_url = token_url
+        self._auth = httpx.BasicAuth(client_id, client_secret.get_secret_value())
+        self._scope = scope
+        self._margin = refresh_margin_s
+        self._now = monotonic
+        self._token: _Token | None = None
+        self._inflight: asyncio.Task[_Token] | None = None
+        self._fetches = 0
+
+    def __repr__(self) -> str:
+        return f"TokenManager(token_url={self._token_url!r}, fetches={self._fetches})"
+
+    @property
+    def fetches(self) -> int:
+        """Token requests made so far (successful or not)."""
+        return self._fetches
+
+    async def token(self) -> str:
+        """A valid bearer token, fetching a new one only when the cached one is due."""
+        current = self._token
+        if current is not None and self._now() < current.refresh_at:
+            return current.value
+        return (await self._refresh()).value
+
+    async def invalidate(self, rejected: str) -> str:
+        """The API answered 401 to `rejected`: a fresh token, fetched once for all callers."""
+        current = self._token
+        if current is not None and current.value != rejected and self._now() < current.refresh_at:
+            return current.value  # another caller already replaced it
+        if current is not None and current.value == rejected:
+            self._token = None
+        return (await self._refresh()).value
+
+    async def aclose(self) -> None:
+        """Cancel a fetch in flight and forget the token."""
+        task, self._inflight, self._token = self._inflight, None, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _refresh(self) -> _Token:
+        if self._inflight is None:
+            task = asyncio.get_running_loop().create_task(self._fetch())
+            task.add_done_callback(self._fetch_done)
+            self._inflight = task
+        # Shielded: one caller giving up must not cancel the fetch the others wait for.
+        return await asyncio.shield(self._inflight)
+
+    def _fetch_done(self, task: asyncio.Task[_Token]) -> None:
+        if self._inflight is task:
+            self._inflight = None
+        if not task.cancelled() and task.exception() is None:
+            self._token = task.result()
+
+    async def _fetch(self) -> _Token:
+        self._fetches += 1
+        form = {"grant_type": "client_credentials"}
+        if self._scope:
+            form["scope"] = self._scope
+        started = self._now()
+        try:
+            response = await self._http.post(
+                self._token_url,
+                data=form,
+                auth=self._auth,
+                headers={"Accept": "application/json", "User-Agent": USER_AGENT},
+            )
+        except httpx.TimeoutException:
+            raise TokenUnavailableError("login service timed out") from None
+        except httpx.TransportError as exc:
+            problem = type(exc).__name__
+            raise TokenUnavailableError(f"login service unreachable ({problem})") from None
+        status = response.status_code
+        if status in (400, 401, 403):
+            raise AuthConfigError(f"login service rejected the client credentials (HTTP {status})")
+        if status == 429 or status >= 500:
+            raise TokenUnavailableError(f"login service answered HTTP {status}")
+        if status != 200:
+            raise ProtocolError(f"login service answered HTTP {status}")
+        try:
+            body = response.json()
+            value = body["access_token"]
+            lifetime = float(body["expires_in"])
+        except (ValueError, KeyError, TypeError):
+            raise ProtocolError("login service sent no access_token/expires_in") from None
+        if not isinstance(value, str) or not value or lifetime <= 0:
+            raise ProtocolError("login service sent an unusable token")
+        # Refresh early; a token shorter-lived than twice the margin is refreshed at half-life.
+        margin = min(self._margin, lifetime / 2)
+        log.debug("obtained a bearer token valid for %.0f s", lifetime)
+        return _Token(value=value, refresh_at=started + lifetime - margin)

@@ -1,0 +1,88 @@
+"""Circuit breaker: stop calling an API that keeps failing, probe it now and then."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from enum import StrEnum
+
+
+class BreakerState(StrEnum):
+    """Where the breaker stands."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """Opens after `failure_threshold` consecutive failures; half-opens after `reset_timeout_s`.
+
+    While half-open exactly one call (the probe) goes through: its success closes the
+    breaker, its failure opens it again for another `reset_timeout_s`. A caller that got
+    permission and then did not call at all gives it back with `abandon()`.
+    """
+
+    def __init__(
+        self,
+        failure_threshold: int,
+        reset_timeout_s: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if failure_threshold < 1 or reset_timeout_s < 0:
+            raise ValueError("breaker needs failure_threshold >= 1 and reset_timeout_s >= 0")
+        self._threshold = failure_threshold
+        self._reset_timeout = reset_timeout_s
+        self._now = monotonic
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probe_out = False
+
+    @property
+    def state(self) -> BreakerState:
+        """Current state; an open breaker whose timeout passed reads as half-open."""
+        if self._state is BreakerState.OPEN and self.retry_in() <= 0:
+            return BreakerState.HALF_OPEN
+        return self._state
+
+    def retry_in(self) -> float:
+        """Seconds until an open breaker lets a probe through (0 when calls may go now)."""
+        if self._state is not BreakerState.OPEN:
+            return 0.0
+        return max(0.0, self._opened_at + self._reset_timeout - self._now())
+
+    def allow(self) -> bool:
+        """May a call go now? A True while half-open makes the caller the probe."""
+        state = self.state
+        if state is BreakerState.CLOSED:
+            return True
+        if state is BreakerState.HALF_OPEN and not self._probe_out:
+            self._state = BreakerState.HALF_OPEN
+            self._probe_out = True
+            return True
+        return False
+
+    def record_success(self) -> None:
+        """The API answered (any non-5xx response): close."""
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._probe_out = False
+
+    def record_failure(self) -> None:
+        """The API failed (5xx, timeout, connection error)."""
+        if self._state is BreakerState.HALF_OPEN:
+            self._open()
+            return
+        self._failures += 1
+        if self._failures >= self._threshold:
+            self._open()
+
+    def abandon(self) -> None:
+        """A permitted call was not made (gave up waiting, cancelled): free the probe slot."""
+        self._probe_out = False
+
+    def _open(self) -> None:
+        self._state = BreakerState.OPEN
+        self._opened_at = self._now()
+        self._probe_out = False

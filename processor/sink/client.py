@@ -1,0 +1,513 @@
+"""`GenesysSink`: one desired indicator state → the fewest conditional calls that make it so."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+import orjson
+
+from processor import USER_AGENT
+from processor.clock import Clock, SystemClock
+from processor.domain import Indicator, Outcome, SessionState, SinkResult, is_valid_session_id
+from processor.sink.auth import TokenManager
+from processor.sink.backoff import Backoff
+from processor.sink.breaker import CircuitBreaker
+from processor.sink.config import SinkConfig
+from processor.sink.errors import (
+    AuthConfigError,
+    ProtocolError,
+    SinkClosedError,
+    TokenUnavailableError,
+)
+from processor.sink.etags import ETagCache
+from processor.sink.ratelimit import Priority, RateLimiter
+
+log = logging.getLogger(__name__)
+
+# A 429 without a usable Retry-After still pauses the client this long.
+_DEFAULT_RETRY_AFTER_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteSession:
+    """A web-messaging session as the GET returned it."""
+
+    session_id: str
+    state: SessionState | None
+    etag: str
+    indicator: Mapping[str, Any] | None
+
+    @property
+    def indicator_version(self) -> int:
+        """`version` of the current typing indicator; 0 when there is none."""
+        if self.indicator is None:
+            return 0
+        version = self.indicator.get("version")
+        return version if isinstance(version, int) and not isinstance(version, bool) else 0
+
+
+@dataclass(slots=True)
+class _Ledger:
+    """Cost of one `apply`/`get_session`: every HTTP attempt and its latency."""
+
+    monotonic: Callable[[], float]
+    started: float
+    attempts: int = 0
+    http_status: int | None = None
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def result(
+        self, outcome: Outcome, error: str = "", remote_state: SessionState | None = None
+    ) -> SinkResult:
+        return SinkResult(
+            outcome=outcome,
+            http_status=self.http_status,
+            attempts=self.attempts,
+            latency_ms=(self.monotonic() - self.started) * 1000.0,
+            call_latencies_ms=tuple(self.latencies_ms),
+            error=error,
+            remote_state=remote_state,
+        )
+
+
+@dataclass(slots=True)
+class _SessionLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+class GenesysSink:
+    """Async client of the Genesys web-messaging session API for one OAuth client.
+
+    One shared `httpx.AsyncClient` (keep-alive, bounded pool, explicit timeouts), one token
+    manager, one call budget and one circuit breaker serve every session. Calls for one
+    session never overlap (DESIGN I4); different sessions proceed concurrently.
+
+    Use as `async with GenesysSink(config) as sink: ...`, or call `aclose()`.
+    """
+
+    def __init__(
+        self,
+        config: SinkConfig,
+        *,
+        http: httpx.AsyncClient | None = None,
+        clock: Clock | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        """`http` is for tests and embedding (the caller then owns and closes it)."""
+        self._config = config
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                connect=config.connect_timeout_s,
+                read=config.read_timeout_s,
+                write=config.write_timeout_s,
+                pool=config.pool_timeout_s,
+            ),
+            limits=httpx.Limits(
+                max_connections=config.max_connections,
+                max_keepalive_connections=config.max_keepalive_connections,
+                keepalive_expiry=config.keepalive_expiry_s,
+            ),
+            headers={"User-Agent": USER_AGENT},
+            follow_redirects=False,
+        )
+        self._clock = clock or SystemClock()
+        self._now = monotonic
+        self._tokens = TokenManager(
+            self._http,
+            config.token_url,
+            config.client_id,
+            config.client_secret,
+            scope=config.scope,
+            refresh_margin_s=config.token_refresh_margin_s,
+            monotonic=monotonic,
+        )
+        self._limiter = RateLimiter(config.rate_per_minute, config.effective_burst, monotonic)
+        self._breaker = CircuitBreaker(
+            config.breaker_failure_threshold, config.breaker_reset_timeout_s, monotonic
+        )
+        self._backoff = Backoff(config.backoff_base_s, config.backoff_cap_s, rng)
+        self._etags = ETagCache(config.etag_cache_size)
+        self._locks: dict[str, _SessionLock] = {}
+        self._auth_error_reported = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"GenesysSink(api_url={self._config.api_url!r}, cached_etags={len(self._etags)})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def tokens(self) -> TokenManager:
+        """The token manager (for metrics: `tokens.fetches`)."""
+        return self._tokens
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The circuit breaker (for metrics and health: `breaker.state`)."""
+        return self._breaker
+
+    @property
+    def limiter(self) -> RateLimiter:
+        """The client-wide call budget (for metrics: `limiter.waiting`, `paused_for()`)."""
+        return self._limiter
+
+    def cached_etag(self, session_id: str) -> str | None:
+        """The ETag the next PATCH of this session would send, if any."""
+        return self._etags.get(session_id)
+
+    def forget(self, session_id: str) -> None:
+        """Drop what is cached about a session (closed, or its partition moved away)."""
+        self._etags.drop(session_id)
+
+    async def aclose(self) -> None:
+        """Release the connection pool (if the sink created it) and the token."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._tokens.aclose()
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def apply(
+        self,
+        session_id: str,
+        desired: Indicator | None,
+        *,
+        priority: Priority | None = None,
+    ) -> SinkResult:
+        """Make `desired` the session's typing indicator; `None` clears it.
+
+        Sends `If-Match` with the cached ETag; GETs only when none is cached or after a
+        412 (then re-reads and retries, up to `max_conflict_attempts` PATCHes). `priority`
+        orders the wait for budget; by default clears go first (`Priority.HIGH`). A set
+        that cannot get budget before its `expiresAt` is given up (`rate_limited`).
+        """
+        ledger = _Ledger(self._now, self._now())
+        if not is_valid_session_id(session_id):
+            return ledger.result(Outcome.REJECTED, error="session id is not URL-safe")
+        self._check_open()
+        if priority is None:
+            priority = Priority.HIGH if desired is None else Priority.NORMAL
+        give_up_at = self._give_up_at(desired)
+        indicator = None if desired is None else desired.to_genesys()
+        body = orjson.dumps({"customAttributes": {"typingIndicator": indicator}})
+        async with self._exclusive(session_id):
+            return await self._apply(session_id, body, ledger, priority, give_up_at)
+
+    async def get_session(
+        self, session_id: str, *, priority: Priority = Priority.NORMAL
+    ) -> tuple[SinkResult, RemoteSession | None]:
+        """Read a session (one GET); caches its ETag when it is connected.
+
+        The result's outcome is `applied` when the read succeeded (whatever the state),
+        else why not; the session is None unless the read succeeded.
+        """
+        ledger = _Ledger(self._now, self._now())
+        if not is_valid_session_id(session_id):
+            return ledger.result(Outcome.REJECTED, error="session id is not URL-safe"), None
+        self._check_open()
+        give_up_at = self._now() + self._config.max_rate_wait_s
+        async with self._exclusive(session_id):
+            read = await self._read(session_id, ledger, priority, give_up_at)
+        if isinstance(read, SinkResult):
+            return read, None
+        return ledger.result(Outcome.APPLIED, remote_state=read.state), read
+
+    async def _apply(
+        self,
+        session_id: str,
+        body: bytes,
+        ledger: _Ledger,
+        priority: Priority,
+        give_up_at: float,
+    ) -> SinkResult:
+        conflicts = 0
+        etag = self._etags.get(session_id)
+        while True:
+            if etag is None:
+                read = await self._read(session_id, ledger, priority, give_up_at)
+                if isinstance(read, SinkResult):
+                    return read
+                if read.state is not SessionState.CONNECTED:
+                    return ledger.result(
+                        Outcome.SESSION_NOT_CONNECTED,
+                        error=f"session is {read.state or 'in an unknown state'}",
+                        remote_state=read.state,
+                    )
+                etag = read.etag
+            answer = await self._call(
+                "PATCH", session_id, ledger, priority, give_up_at, body=body, if_match=etag
+            )
+            if isinstance(answer, SinkResult):
+                return answer
+            if answer.status_code == 200:
+                new_etag = _etag_of(answer)
+                if new_etag is None:
+                    self._etags.drop(session_id)  # next apply re-reads
+                else:
+                    self._etags.put(session_id, new_etag)
+                return ledger.result(Outcome.APPLIED, remote_state=SessionState.CONNECTED)
+            if answer.status_code == 412:
+                conflicts += 1
+                self._etags.drop(session_id)
+                etag = None
+                if conflicts >= self._config.max_conflict_attempts:
+                    return ledger.result(
+                        Outcome.CONFLICT, error=f"ETag still stale after {conflicts} PATCHes"
+                    )
+                log.debug("412 on %s: re-reading (conflict %d)", session_id, conflicts)
+                continue
+            return self._refusal(session_id, answer, ledger)
+
+    async def _read(
+        self, session_id: str, ledger: _Ledger, priority: Priority, give_up_at: float
+    ) -> RemoteSession | SinkResult:
+        answer = await self._call("GET", session_id, ledger, priority, give_up_at)
+        if isinstance(answer, SinkResult):
+            return answer
+        if answer.status_code != 200:
+            return self._refusal(session_id, answer, ledger)
+        try:
+            session = _parse_session(session_id, answer)
+        except ProtocolError as exc:
+            return ledger.result(Outcome.FAILED, error=str(exc))
+        if session.state is SessionState.CONNECTED:
+            self._etags.put(session_id, session.etag)
+        else:
+            self._etags.drop(session_id)  # the next apply must validate the state again
+        return session
+
+    def _refusal(self, session_id: str, answer: httpx.Response, ledger: _Ledger) -> SinkResult:
+        """Outcome of a final non-2xx answer that is not a 412, 429, 401 or 5xx."""
+        status = answer.status_code
+        if status == 404:
+            self._etags.drop(session_id)
+            return ledger.result(Outcome.SESSION_NOT_FOUND, error="session not found")
+        if status == 409:
+            self._etags.drop(session_id)
+            return ledger.result(Outcome.SESSION_NOT_CONNECTED, error="session is not connected")
+        if status == 403:
+            return self._auth_failure(ledger, "API refused the token: scope missing (HTTP 403)")
+        return ledger.result(Outcome.FAILED, error=f"unexpected HTTP {status}")
+
+    async def _call(
+        self,
+        method: str,
+        session_id: str,
+        ledger: _Ledger,
+        priority: Priority,
+        give_up_at: float,
+        *,
+        body: bytes | None = None,
+        if_match: str | None = None,
+    ) -> httpx.Response | SinkResult:
+        """One logical call: budget, token, breaker, 401/429/5xx handling, retries.
+
+        Returns the response to interpret, or the final result when the call gave up.
+        """
+        url = self._config.session_url(session_id)
+        failures = 0
+        reauthenticated = False
+        while True:
+            if not self._breaker.allow():
+                return ledger.result(
+                    Outcome.FAILED,
+                    error=f"circuit open; next probe in {self._breaker.retry_in():.1f} s",
+                )
+            settled = False
+            try:
+                if not await self._limiter.acquire(priority, max(0.0, give_up_at - self._now())):
+                    return ledger.result(Outcome.RATE_LIMITED, error="no API budget in time")
+                try:
+                    token = await self._tokens.token()
+                except AuthConfigError as exc:
+                    return self._auth_failure(ledger, str(exc))
+                except (TokenUnavailableError, ProtocolError) as exc:
+                    failure = str(exc)
+                else:
+                    response, failure = await self._send(method, url, token, body, if_match, ledger)
+                    if response is None or response.status_code >= 500:
+                        self._breaker.record_failure()
+                        settled = True
+                        failure = failure or f"HTTP {response.status_code if response else '?'}"
+                    else:
+                        self._breaker.record_success()
+                        settled = True
+                        if response.status_code == 401:
+                            if reauthenticated:
+                                return self._auth_failure(ledger, "API rejected a fresh token")
+                            reauthenticated = True
+                            await self._tokens.invalidate(token)
+                            continue
+                        if response.status_code == 429:
+                            pause = _retry_after_s(response, self._clock)
+                            self._limiter.pause(pause)
+                            log.warning("429 from Genesys: pausing all calls for %.1f s", pause)
+                            if self._now() + pause > give_up_at:
+                                return ledger.result(
+                                    Outcome.RATE_LIMITED, error=f"429; retry after {pause:.1f} s"
+                                )
+                            continue
+                        return response
+            except (TokenUnavailableError, AuthConfigError, ProtocolError) as exc:
+                # invalidate() fetches too; its failures end the call like token()'s do.
+                if isinstance(exc, AuthConfigError):
+                    return self._auth_failure(ledger, str(exc))
+                failure = str(exc)
+            finally:
+                if not settled:
+                    self._breaker.abandon()
+            failures += 1
+            if failures >= self._config.max_transient_attempts:
+                return ledger.result(
+                    Outcome.FAILED, error=f"{failure} (gave up after {failures} tries)"
+                )
+            delay = self._backoff.delay(failures - 1)
+            if self._now() + delay > give_up_at:
+                return ledger.result(Outcome.FAILED, error=f"{failure} (no time left to retry)")
+            await asyncio.sleep(delay)
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        token: str,
+        body: bytes | None,
+        if_match: str | None,
+        ledger: _Ledger,
+    ) -> tuple[httpx.Response | None, str]:
+        """One HTTP request; the response, or None and why there is none."""
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        if if_match is not None:
+            headers["If-Match"] = if_match
+        started = self._now()
+        try:
+            response = await self._http.request(method, url, content=body, headers=headers)
+        except httpx.TimeoutException:
+            return None, f"{method} timed out"
+        except httpx.TransportError as exc:
+            return None, f"{method} failed ({type(exc).__name__})"
+        finally:
+            ledger.attempts += 1
+            ledger.latencies_ms.append((self._now() - started) * 1000.0)
+        ledger.http_status = response.status_code
+        return response, ""
+
+    def _auth_failure(self, ledger: _Ledger, error: str) -> SinkResult:
+        # Loud once: a misconfigured client fails every call the same way.
+        if not self._auth_error_reported:
+            self._auth_error_reported = True
+            log.error("Genesys OAuth client is misconfigured: %s", error)
+        else:
+            log.debug("Genesys OAuth client is misconfigured: %s", error)
+        return ledger.result(Outcome.AUTH_CONFIG_ERROR, error=error)
+
+    def _give_up_at(self, desired: Indicator | None) -> float:
+        """Monotonic time after which waiting for budget is pointless."""
+        limit = self._config.max_rate_wait_s
+        if desired is not None:
+            # A set that would be sent after its expiry would only flash a stale indicator.
+            limit = min(limit, (desired.expires_at - self._clock.now_ms()) / 1000.0)
+        return self._now() + limit
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SinkClosedError("GenesysSink is closed")
+
+    @asynccontextmanager
+    async def _exclusive(self, session_id: str) -> AsyncIterator[None]:
+        """Serialise calls of one session; the lock lives only while someone uses it."""
+        entry = self._locks.get(session_id)
+        if entry is None:
+            entry = self._locks[session_id] = _SessionLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[session_id]
+
+
+def _etag_of(response: httpx.Response) -> str | None:
+    etag = response.headers.get("ETag")
+    if etag:
+        return str(etag)
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    value = body.get("etag") if isinstance(body, dict) else None
+    return str(value) if isinstance(value, str) and value else None
+
+
+def _parse_session(session_id: str, response: httpx.Response) -> RemoteSession:
+    try:
+        body = response.json()
+    except ValueError:
+        raise ProtocolError("session GET returned no JSON") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("session GET returned no JSON object")
+    etag = _etag_of(response)
+    if etag is None:
+        raise ProtocolError("session GET returned no ETag")
+    try:
+        state: SessionState | None = SessionState(str(body.get("state")))
+    except ValueError:
+        state = None
+    attributes = body.get("customAttributes")
+    indicator = attributes.get("typingIndicator") if isinstance(attributes, dict) else None
+    return RemoteSession(
+        session_id=session_id,
+        state=state,
+        etag=etag,
+        indicator=indicator if isinstance(indicator, dict) else None,
+    )
+
+
+def _retry_after_s(response: httpx.Response, clock: Clock) -> float:
+    """`Retry-After` in seconds (delta or HTTP date); a default when absent or unusable."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return _DEFAULT_RETRY_AFTER_S
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return _DEFAULT_RETRY_AFTER_S
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    now = datetime.fromtimestamp(clock.now_ms() / 1000.0, tz=UTC)
+    return max(0.0, (when - now).total_seconds())
