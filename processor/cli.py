@@ -122,6 +122,37 @@ def _add_emulator_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
     emulator.set_defaults(handler=_cmd_emulator)
 
 
+def _cmd_apply(args: argparse.Namespace) -> int:
+    from processor.sink.oneshot import run_apply
+
+    return run_apply(args.session_id, args.status, args.timeout_ms)
+
+
+def _timeout_ms(text: str) -> int:
+    from processor.models import MAX_TIMEOUT_MS, MIN_TIMEOUT_MS
+
+    value = int(text)
+    if not MIN_TIMEOUT_MS <= value <= MAX_TIMEOUT_MS:
+        raise argparse.ArgumentTypeError(f"must be {MIN_TIMEOUT_MS}..{MAX_TIMEOUT_MS}")
+    return value
+
+
+def _add_apply_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`apply`: one conditional PATCH of one session's indicator (exit 0 when applied)."""
+    apply = commands.add_parser(
+        "apply", help="set or clear one session's typing indicator and print the outcome"
+    )
+    apply.add_argument("session_id", metavar="SESSION_ID")
+    apply.add_argument("status", metavar="STATUS", choices=("typing", "paused", "stopped"))
+    apply.add_argument(
+        "--timeout-ms",
+        type=_timeout_ms,
+        default=None,
+        help="indicator lifetime (default: the timeout matrix, customer role)",
+    )
+    apply.set_defaults(handler=_cmd_apply)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -142,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.set_defaults(handler=_cmd_config)
 
     _add_emulator_parser(commands)
+    _add_apply_parser(commands)
 
     return parser
 

@@ -1,0 +1,80 @@
+"""`typing-processor apply`: one indicator change, what the tutorial's script did, done right."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import orjson
+
+from processor.clock import Clock, SystemClock
+from processor.domain import Indicator, Outcome, Role, SessionState, SinkResult, Status
+from processor.settings import load_genesys, load_typing
+from processor.sink.client import GenesysSink
+from processor.sink.config import SinkConfig
+
+
+async def apply_once(
+    config: SinkConfig,
+    session_id: str,
+    status: Status,
+    timeout_ms: int,
+    clock: Clock | None = None,
+) -> tuple[SinkResult, Indicator | None]:
+    """Set (`typing`/`paused`) or clear (`stopped`) one session's indicator.
+
+    A set reads the session first (one GET, which also yields the ETag) and sends the
+    current indicator's version + 1; a clear sends null. Either way: one GET, one PATCH.
+    """
+    clock = clock or SystemClock()
+    async with GenesysSink(config, clock=clock) as sink:
+        if status is Status.STOPPED:
+            return await sink.apply(session_id, None), None
+        read, session = await sink.get_session(session_id)
+        if session is None:
+            return read, None
+        if session.state is not SessionState.CONNECTED:
+            error = f"session is {session.state or 'in an unknown state'}"
+            return replace(read, outcome=Outcome.SESSION_NOT_CONNECTED, error=error), None
+        now = clock.now_ms()
+        desired = Indicator(
+            status=status,
+            originated_at=now,
+            expires_at=now + timeout_ms,
+            version=session.indicator_version + 1,
+        )
+        result = await sink.apply(session_id, desired)
+        # Report the cost of the whole command: the GET and the PATCH.
+        combined = replace(
+            result,
+            attempts=read.attempts + result.attempts,
+            latency_ms=read.latency_ms + result.latency_ms,
+            call_latencies_ms=read.call_latencies_ms + result.call_latencies_ms,
+        )
+        return combined, desired
+
+
+def run_apply(session_id: str, status: str, timeout_ms: int | None) -> int:
+    """The command: settings from the environment, one JSON line out; 0 when applied."""
+    genesys, typing = load_genesys(), load_typing()
+    config = SinkConfig.from_settings(genesys, typing)
+    wanted = Status(status)
+    timeout = timeout_ms or typing.timeout_matrix.timeout_ms(wanted, Role.CUSTOMER)
+    result, desired = asyncio.run(apply_once(config, session_id, wanted, timeout))
+    report: dict[str, object] = {
+        "outcome": result.outcome.value,
+        "session_id": session_id,
+        "status": "cleared" if wanted is Status.STOPPED else wanted.value,
+        "http_status": result.http_status,
+        "attempts": result.attempts,
+        "latency_ms": round(result.latency_ms, 2),
+    }
+    if desired is not None:
+        report["version"] = desired.version
+        report["expires_at"] = desired.expires_at
+    if result.remote_state is not None:
+        report["remote_state"] = result.remote_state.value
+    if result.error:
+        report["error"] = result.error
+    print(orjson.dumps(report).decode())
+    return 0 if result.outcome is Outcome.APPLIED else 1
