@@ -1,0 +1,80 @@
+"""`serve_in_background`: the emulator on the caller's event loop, as `demo` embeds it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import httpx
+import pytest
+
+from processor.emulator.config import EmulatorConfig
+from processor.emulator.faults import Faults
+from processor.emulator.server import serve_in_background
+
+SESSION = "/api/v2/webchat/sessions/{}"
+INDICATOR = {"status": "typing", "originatedAt": 1, "expiresAt": 2, "version": 1}
+
+
+async def _token(client: httpx.AsyncClient, config: EmulatorConfig) -> str:
+    credentials = config.clients[0]
+    response = await client.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials"},
+        auth=(credentials.client_id, credentials.client_secret.get_secret_value()),
+    )
+    assert response.status_code == 200
+    token: str = response.json()["access_token"]
+    return token
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+async def test_serves_on_a_free_port_and_stops_cleanly() -> None:
+    config = EmulatorConfig.single_client("embedded", "embedded-secret")
+    async with serve_in_background(config) as running:
+        assert running.port > 0
+        assert _listening(running.port)
+        running.emulator.store.create("s1")
+        async with httpx.AsyncClient(base_url=running.base_url) as client:
+            token = await _token(client, config)
+            response = await client.get(
+                SESSION.format("s1"), headers={"Authorization": f"Bearer {token}"}
+            )
+            assert response.status_code == 200
+            # the default start-up configuration limits at 300/minute
+            assert response.headers["inin-ratelimit-allowed"] == "300"
+    assert not _listening(running.port)
+
+
+async def test_concurrent_patches_with_one_etag_let_exactly_one_through() -> None:
+    config = EmulatorConfig.single_client(
+        "embedded", "embedded-secret", Faults(rate_limit_per_minute=0, latency_ms=5, jitter_ms=5)
+    )
+    async with (
+        serve_in_background(config) as running,
+        httpx.AsyncClient(base_url=running.base_url) as client,
+    ):
+        etag = running.emulator.store.create("s1").etag
+        token = await _token(client, config)
+        headers = {"Authorization": f"Bearer {token}", "If-Match": etag}
+        body = {"customAttributes": {"typingIndicator": INDICATOR}}
+        responses = await asyncio.gather(
+            *(client.patch(SESSION.format("s1"), json=body, headers=headers) for _ in range(20))
+        )
+        statuses = sorted(r.status_code for r in responses)
+        assert statuses == [200] + [412] * 19
+        assert len(running.emulator.store.get("s1").history) == 1
+
+
+async def test_a_taken_port_fails_fast() -> None:
+    async with serve_in_background(EmulatorConfig()) as running:
+        with pytest.raises(OSError, match="in use"):
+            async with serve_in_background(EmulatorConfig(), port=running.port):
+                pass
