@@ -1,0 +1,73 @@
+"""Tuning knobs of the state engine (one `EngineConfig` per processor, shared by partitions)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from processor.domain import Role, Status
+from processor.models import MAX_TIMEOUT_MS
+from processor.settings import TimeoutMatrix, TypingSettings
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Everything the engine decides with, besides the events and the clock.
+
+    Attributes:
+        suppression_window_ms: a repeat of the desired status within this window of the
+            last event that asked for it is suppressed on the fast path (I3).
+        timeouts: indicator lifetime by status x role when an event has no `timeout_ms`.
+        refresh_fraction: refresh Genesys' `expiresAt` once it is closer to now than this
+            fraction of the timeout while the deadline lies beyond it (I2). 0.5 means at
+            most one refresh per half timeout.
+        min_set_lifetime_ms: a set with less lifetime than this left when it is about to be
+            sent is dropped (expired) instead: it would lapse before Genesys shows it.
+        clear_slack_ms: the I1 bound: a clear is due no later than deadline + this.
+        timer_resolution_ms: granularity of the timer buckets; timers fire at most this
+            late, never early. Must be well below `clear_slack_ms`.
+        idle_evict_ms: a session with nothing shown, wanted or pending is forgotten after
+            this long without activity. At least the longest timeout, so that any event
+            older than an eviction is stale anyway (I5) and forgetting loses nothing.
+        dedupe_capacity: how many recent event ids are remembered to drop exact duplicates.
+        retry_base_ms / retry_max_ms: exponential backoff for failed calls.
+    """
+
+    suppression_window_ms: int = 1500
+    timeouts: TimeoutMatrix = field(default_factory=TimeoutMatrix)
+    refresh_fraction: float = 0.5
+    min_set_lifetime_ms: int = 100
+    clear_slack_ms: int = 1000
+    timer_resolution_ms: int = 10
+    idle_evict_ms: int = 300_000
+    dedupe_capacity: int = 100_000
+    retry_base_ms: int = 250
+    retry_max_ms: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.suppression_window_ms < 0:
+            raise ValueError("suppression_window_ms must be >= 0")
+        if not 0.0 < self.refresh_fraction <= 0.5:
+            # above one half the refresh budget "one per half timeout" no longer holds
+            raise ValueError("refresh_fraction must be in (0, 0.5]")
+        if self.min_set_lifetime_ms < 0:
+            raise ValueError("min_set_lifetime_ms must be >= 0")
+        if not 1 <= self.timer_resolution_ms <= self.clear_slack_ms // 2:
+            raise ValueError("timer_resolution_ms must be in [1, clear_slack_ms / 2]")
+        if self.idle_evict_ms < MAX_TIMEOUT_MS:
+            raise ValueError(f"idle_evict_ms must be >= {MAX_TIMEOUT_MS} (the longest timeout)")
+        if self.dedupe_capacity < 1:
+            raise ValueError("dedupe_capacity must be >= 1")
+        if not 1 <= self.retry_base_ms <= self.retry_max_ms:
+            raise ValueError("need 1 <= retry_base_ms <= retry_max_ms")
+
+    @classmethod
+    def from_settings(cls, settings: TypingSettings) -> EngineConfig:
+        """The engine configuration implied by the processor's `TYPING_*` settings."""
+        return cls(
+            suppression_window_ms=settings.suppression_window_ms,
+            timeouts=settings.timeout_matrix,
+        )
+
+    def default_timeout_ms(self, status: Status, role: Role) -> int:
+        """Lifetime of an indicator of `status` set by `role` when the event names none."""
+        return self.timeouts.timeout_ms(status, role)

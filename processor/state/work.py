@@ -1,0 +1,94 @@
+"""What the engine hands to the edges: work for the sink, audit decisions, applied changes."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from processor.domain import ChangeReason, Decision, Indicator
+from processor.models import CrmStatus
+
+# Fixed namespace: CRM event ids must be the same in every process and release.
+CRM_EVENT_NAMESPACE = uuid.UUID("5b0f3c7e-8d1f-4b8a-9a53-2f6d0c1e7a41")
+
+
+class WorkKind(StrEnum):
+    """What a piece of work does to the remote indicator."""
+
+    SET = "set"
+    REFRESH = "refresh"
+    CLEAR = "clear"
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """Reconcile `session_id` to `desired` (`None` = clear) — one call's worth of intent.
+
+    `version` is the version this change gets once applied (last acknowledged + 1); it is
+    inside `desired` for sets and carried here too because clears consume one as well.
+    `event_id`/`offset` name the event that caused it, when one did.
+    """
+
+    session_id: str
+    desired: Indicator | None
+    reason: ChangeReason
+    kind: WorkKind
+    version: int
+    event_id: str | None = None
+    offset: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditDecision:
+    """One audit record's worth of decision (an `AuditRecord` minus timestamp and trace id)."""
+
+    session_id: str
+    indicator_status: str
+    result: Decision
+    partition: int
+    event_id: str | None = None
+    offset: int | None = None
+    latency_ms: float = 0.0
+    error: str = ""
+    http_status: int | None = None
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedChange:
+    """A change now in effect in Genesys (what a `CrmSyncRecord` needs).
+
+    `event_id` is deterministic (see `crm_event_id`), so a redelivered record is recognisable.
+    """
+
+    session_id: str
+    status: CrmStatus
+    version: int
+    reason: ChangeReason
+    expires_at: int | None
+    applied_at: int
+    event_id: str
+
+
+@dataclass(slots=True)
+class Emitted:
+    """Everything produced since the previous `drain`, each list in production order.
+
+    `changelog` holds one record per session changed since the last drain (latest state
+    wins, as on the compacted topic): `(key, value)`, value `None` = tombstone.
+    """
+
+    audits: list[AuditDecision] = field(default_factory=list)
+    changes: list[AppliedChange] = field(default_factory=list)
+    changelog: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+
+
+def crm_event_id(session_id: str, epoch: int, version: int, status: CrmStatus) -> str:
+    """Deterministic id of a CRM record: same session, version and status, same id.
+
+    `epoch` (when the engine started tracking the session) keeps ids distinct when an
+    evicted session's versions start again at 1.
+    """
+    name = f"{session_id}/{epoch}/{version}/{status.value}"
+    return str(uuid.uuid5(CRM_EVENT_NAMESPACE, name))

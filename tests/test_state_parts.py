@@ -1,0 +1,154 @@
+"""Unit tests of the state engine's building blocks: dedupe, timers, changelog, config."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from processor.domain import ChangeReason, Status
+from processor.models import CrmStatus
+from processor.settings import TimeoutMatrix, TypingSettings
+from processor.state.changelog import ChangelogError, decode, encode, tombstone
+from processor.state.config import EngineConfig
+from processor.state.dedupe import EventIdMemory
+from processor.state.recovery import latest_sessions
+from processor.state.session import Session
+from processor.state.timers import TimerWheel
+from processor.state.work import crm_event_id
+
+
+def test_dedupe_drops_repeats_and_forgets_oldest_beyond_capacity() -> None:
+    memory = EventIdMemory(3)
+    assert [memory.add(x) for x in ("a", "b", "a", "c")] == [True, True, False, True]
+    assert memory.add("d")  # evicts "a"
+    assert len(memory) == 3
+    assert "a" not in memory
+    assert "b" in memory
+    assert memory.add("a")  # forgotten, so accepted again
+
+
+def test_dedupe_rejects_zero_capacity() -> None:
+    with pytest.raises(ValueError, match="capacity"):
+        EventIdMemory(0)
+
+
+def test_timers_fire_never_early_and_at_most_one_resolution_late() -> None:
+    wheel = TimerWheel(10)
+    bucket = wheel.schedule("s1", 1_005)
+    wheel.schedule("s2", 1_010)
+    wheel.schedule("s3", 1_011)
+    assert bucket == 1_010
+    assert wheel.next_due() == 1_010
+    assert list(wheel.pop_due(1_009)) == []
+    assert list(wheel.pop_due(1_010)) == [(1_010, ["s1", "s2"])]
+    assert wheel.next_due() == 1_020
+    assert len(wheel) == 1
+    assert list(wheel.pop_due(5_000)) == [(1_020, ["s3"])]
+    assert wheel.next_due() is None
+
+
+def test_timers_pop_in_time_order_whatever_the_insertion_order() -> None:
+    wheel = TimerWheel(1)
+    for at in (50, 10, 30, 20, 40):
+        wheel.schedule(str(at), at)
+    assert [b for b, _ in wheel.pop_due(45)] == [10, 20, 30, 40]
+
+
+def _session() -> Session:
+    s = Session("sess-1", 1_000)
+    s.status = Status.TYPING
+    s.originated = 1_100
+    s.deadline = 6_100
+    s.timeout = 5_000
+    s.latest = 1_100
+    s.window_at = 1_150
+    s.reason = ChangeReason.EVENT
+    s.remote = Status.PAUSED
+    s.remote_expires = 3_000
+    s.version = 7
+    s.touched = 1_200
+    s.unsure = True
+    return s
+
+
+def test_changelog_round_trip_keeps_every_persisted_field() -> None:
+    s = _session()
+    key, value = encode(s)
+    assert key == b"sess-1"
+    assert len(value) < 200  # compact: written on every change
+    assert decode(key, value).persisted() == s.persisted()
+    assert tombstone("sess-1") == (b"sess-1", None)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"f": 99}',
+        b'{"f": 1, "s": "typing"}',
+        orjson.dumps({**orjson.loads(encode(_session())[1]), "s": "stopped"}),
+        orjson.dumps({**orjson.loads(encode(_session())[1]), "d": "soon"}),
+        orjson.dumps({**orjson.loads(encode(_session())[1]), "r": "whim"}),
+        orjson.dumps({**orjson.loads(encode(_session())[1]), "u": 1}),
+    ],
+)
+def test_changelog_rejects_corrupt_values(value: bytes) -> None:
+    with pytest.raises(ChangelogError):
+        decode(b"sess-1", value)
+
+
+def test_latest_sessions_last_record_wins_and_tombstones_forget() -> None:
+    a1 = _session()
+    a2 = _session()
+    a2.version = 8
+    b = Session("sess-2", 5)
+    records = [encode(a1), encode(b), encode(a2), tombstone("sess-2"), tombstone("nobody")]
+    sessions = latest_sessions(records)
+    assert list(sessions) == ["sess-1"]
+    assert sessions["sess-1"].version == 8
+    # a tombstone followed by a new value brings the key back
+    assert list(latest_sessions([*records, encode(b)])) == ["sess-1", "sess-2"]
+
+
+def test_crm_event_id_is_deterministic_and_distinguishes_inputs() -> None:
+    first = crm_event_id("s", 1, 2, CrmStatus.TYPING)
+    assert first == crm_event_id("s", 1, 2, CrmStatus.TYPING)
+    others = {
+        crm_event_id("t", 1, 2, CrmStatus.TYPING),
+        crm_event_id("s", 9, 2, CrmStatus.TYPING),
+        crm_event_id("s", 1, 3, CrmStatus.TYPING),
+        crm_event_id("s", 1, 2, CrmStatus.CLEARED),
+    }
+    assert first not in others
+    assert len(others) == 4
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"suppression_window_ms": -1},
+        {"refresh_fraction": 0.0},
+        {"refresh_fraction": 0.75},
+        {"timer_resolution_ms": 0},
+        {"timer_resolution_ms": 600},
+        {"idle_evict_ms": 59_999},
+        {"dedupe_capacity": 0},
+        {"retry_base_ms": 0},
+        {"retry_base_ms": 20_000},
+        {"min_set_lifetime_ms": -1},
+    ],
+)
+def test_config_rejects_unsafe_values(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        EngineConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_config_from_settings_takes_window_and_matrix() -> None:
+    matrix = TimeoutMatrix.model_validate(
+        {"typing": {"customer": 9000, "agent": 8000, "bot": 7000}}
+    )
+    settings = TypingSettings(suppression_window_ms=700, timeout_matrix=matrix)
+    config = EngineConfig.from_settings(settings)
+    assert config.suppression_window_ms == 700
+    assert config.timeouts == matrix
