@@ -153,6 +153,71 @@ def _add_apply_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     apply.set_defaults(handler=_cmd_apply)
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from processor.logs import configure_logging
+    from processor.runtime.command import run_service
+    from processor.settings import load_settings
+
+    settings = load_settings()
+    configure_logging(settings.typing.log_level)
+    return asyncio.run(run_service(settings))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rich.console import Console
+
+    from processor.demo.runner import DemoError, DemoOptions, run_demo
+    from processor.demo.summary import summary_table
+    from processor.logs import configure_logging
+
+    configure_logging("WARNING")
+    console = Console()
+    options = DemoOptions(
+        sessions=args.sessions,
+        duration_s=args.duration,
+        seed=args.seed,
+        partitions=args.partitions,
+        api_rate_per_minute=args.rate_limit,
+    )
+    try:
+        result = asyncio.run(run_demo(options, console))
+    except DemoError as exc:
+        console.print(f"[red]demo failed:[/] {exc}")
+        return 1
+    console.print(summary_table(result))
+    return 0
+
+
+def _cmd_loadgen(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from processor.loadgen import LoadProfile, run_loadgen
+    from processor.settings import load_kafka, load_typing
+
+    profile = LoadProfile(sessions=args.sessions, duration_s=args.duration, seed=args.seed)
+    sent = asyncio.run(run_loadgen(load_kafka(), load_typing(), profile, max_rate=args.rate))
+    print(f"sent {sent} events")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -171,6 +236,35 @@ def build_parser() -> argparse.ArgumentParser:
         "config", help="validate the configuration and print it (secrets masked)"
     )
     config.set_defaults(handler=_cmd_config)
+
+    run = commands.add_parser("run", help="the processor, configured from the environment")
+    run.set_defaults(handler=_cmd_run)
+
+    demo = commands.add_parser(
+        "demo", help="local broker + Genesys emulator + traffic + processor, then a summary"
+    )
+    demo.add_argument("--sessions", type=_positive_int, default=40, help="default: 40")
+    demo.add_argument("--duration", type=_positive_float, default=20.0, help="seconds; default: 20")
+    demo.add_argument("--seed", type=int, default=7, help="traffic and fault seed; default: 7")
+    demo.add_argument("--partitions", type=_positive_int, default=4, help="default: 4")
+    demo.add_argument(
+        "--rate-limit",
+        type=_positive_int,
+        default=6000,
+        help="Genesys API calls per minute (emulator and processor); default: 6000",
+    )
+    demo.set_defaults(handler=_cmd_demo)
+
+    loadgen = commands.add_parser(
+        "loadgen", help="synthetic typing traffic into the input topic (KAFKA_*, TYPING_*)"
+    )
+    loadgen.add_argument("--sessions", type=_positive_int, default=50, help="default: 50")
+    loadgen.add_argument("--duration", type=_positive_float, default=30.0, help="seconds")
+    loadgen.add_argument("--seed", type=int, default=7, help="default: 7")
+    loadgen.add_argument(
+        "--rate", type=_positive_float, default=None, help="cap on events per second"
+    )
+    loadgen.set_defaults(handler=_cmd_loadgen)
 
     _add_emulator_parser(commands)
     _add_apply_parser(commands)

@@ -1,0 +1,1 @@
+"""`typing-processor demo`: the whole stack on one machine, and what it measured."""

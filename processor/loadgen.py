@@ -1,0 +1,207 @@
+"""Synthetic typing traffic: realistic sessions that type in bursts, pause, stop or abandon.
+
+`TrafficModel` is pure (a seed in, a time-ordered schedule out), so the demo can compute the
+ground truth of when each indicator should have been shown; `produce` sends a schedule to
+the input topic in real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from processor.clock import Clock, SystemClock
+from processor.domain import Role, Status
+from processor.intervals import merge
+from processor.models import Participant, TypingEvent
+from processor.runtime.kafka import client_options
+from processor.settings import KafkaSettings, TimeoutMatrix, TypingSettings
+
+
+@dataclass(frozen=True, slots=True)
+class LoadProfile:
+    """Shape of the traffic."""
+
+    sessions: int = 50
+    duration_s: float = 20.0
+    seed: int = 7
+    keystroke_gap_ms: tuple[int, int] = (250, 900)
+    burst_ms: tuple[int, int] = (1_000, 8_000)
+    idle_ms: tuple[int, int] = (1_000, 5_000)
+    # after a burst: pause, stop (message sent), or abandon (no event at all)
+    pause_weight: float = 0.45
+    stop_weight: float = 0.40
+    abandon_weight: float = 0.15
+    agent_share: float = 0.3
+    session_prefix: str = "sess"
+
+
+@dataclass(frozen=True, slots=True)
+class Scheduled:
+    """One event and when (ms after the start) to send it."""
+
+    at_ms: int
+    event: TypingEvent
+
+
+@dataclass(slots=True)
+class Schedule:
+    """Every event of a run, time-ordered, and the session ids used."""
+
+    events: list[Scheduled] = field(default_factory=list)
+    session_ids: list[str] = field(default_factory=list)
+
+
+class TrafficModel:
+    """Deterministic generator of typing traffic for `profile`."""
+
+    def __init__(self, profile: LoadProfile) -> None:
+        self.profile = profile
+
+    def session_ids(self) -> list[str]:
+        """Session ids of this profile (valid Genesys session ids)."""
+        return [f"{self.profile.session_prefix}-{i:06d}" for i in range(self.profile.sessions)]
+
+    def schedule(self, start_ms: int) -> Schedule:
+        """All events of the run, with `occurred_at` = `start_ms` + their offset."""
+        p = self.profile
+        rng = random.Random(p.seed)
+        end = int(p.duration_s * 1000)
+        out = Schedule(session_ids=self.session_ids())
+        serial = 0
+        for session_id in out.session_ids:
+            role = Role.AGENT if rng.random() < p.agent_share else Role.CUSTOMER
+            participant = Participant(id=f"{session_id}-{role.value}", role=role)
+            t = rng.randint(0, max(1, end // 4))
+            while t < end:
+                burst_end = min(end, t + rng.randint(*p.burst_ms))
+                while t < burst_end:
+                    serial += 1
+                    event = self._event(
+                        serial, session_id, Status.TYPING, start_ms + t, participant
+                    )
+                    out.events.append(Scheduled(t, event))
+                    t += rng.randint(*p.keystroke_gap_ms)
+                if t >= end:
+                    break
+                choice = rng.choices(
+                    (Status.PAUSED, Status.STOPPED, None),
+                    weights=(p.pause_weight, p.stop_weight, p.abandon_weight),
+                )[0]
+                if choice is not None:
+                    serial += 1
+                    event = self._event(serial, session_id, choice, start_ms + t, participant)
+                    out.events.append(Scheduled(t, event))
+                t += rng.randint(*p.idle_ms)
+        out.events.sort(key=lambda s: (s.at_ms, s.event.event_id))
+        return out
+
+    @staticmethod
+    def _event(
+        serial: int, session_id: str, status: Status, occurred_at: int, participant: Participant
+    ) -> TypingEvent:
+        return TypingEvent(
+            event_id=f"{session_id}-{serial:08d}",
+            session_id=session_id,
+            status=status,
+            occurred_at=occurred_at,
+            participant=participant,
+            channel="web",
+        )
+
+
+def expected_intervals(
+    events: list[TypingEvent], matrix: TimeoutMatrix
+) -> dict[str, list[tuple[int, int]]]:
+    """Ground truth: per session, when an indicator should be shown (DESIGN §4 rules)."""
+    by_session: dict[str, list[TypingEvent]] = {}
+    for event in sorted(events, key=lambda e: e.occurred_at):
+        by_session.setdefault(event.session_id, []).append(event)
+    truth: dict[str, list[tuple[int, int]]] = {}
+    for session_id, items in by_session.items():
+        intervals: list[tuple[int, int]] = []
+        deadline = 0
+        previous: Status | None = None
+        for i, event in enumerate(items):
+            if event.status is Status.STOPPED:
+                previous = None
+                continue
+            timeout = event.timeout_ms or matrix.timeout_ms(event.status, event.role)
+            own = event.occurred_at + timeout
+            deadline = max(deadline, own) if previous is event.status else own
+            previous = event.status
+            following = items[i + 1].occurred_at if i + 1 < len(items) else None
+            stop = deadline if following is None else min(deadline, following)
+            if following is not None and following >= deadline:
+                previous = None
+            intervals.append((event.occurred_at, stop))
+        truth[session_id] = merge(intervals)
+    return truth
+
+
+async def produce(
+    producer: AIOKafkaProducer,
+    topic: str,
+    schedule: Schedule,
+    clock: Clock,
+    *,
+    start_ms: int,
+    max_rate: float | None = None,
+    on_sent: Callable[[int], None] | None = None,
+) -> int:
+    """Send each event when its time comes (real time); returns how many were sent.
+
+    With `max_rate` (events/s) sending never goes faster; an event sent later than its
+    schedule gets the actual send time as `occurred_at`, so a cap never makes it stale.
+    """
+    sent = 0
+    pending: list[asyncio.Future[Any]] = []
+    spacing_ms = 1000 / max_rate if max_rate else 0.0
+    next_slot = float(start_ms)
+    for item in schedule.events:
+        due = max(start_ms + item.at_ms, next_slot)
+        delay = due - clock.now_ms()
+        if delay > 0:
+            await asyncio.sleep(delay / 1000)  # pacing real traffic, not synchronisation
+        next_slot = due + spacing_ms
+        event = item.event
+        now = clock.now_ms()
+        if max_rate and now > event.occurred_at + spacing_ms:
+            event = event.model_copy(update={"occurred_at": now})
+        pending.append(await producer.send(topic, event.to_bytes(), key=event.session_id.encode()))
+        sent += 1
+        if on_sent is not None:
+            on_sent(sent)
+        if len(pending) >= 500:
+            await asyncio.gather(*pending)
+            pending.clear()
+    if pending:
+        await asyncio.gather(*pending)
+    return sent
+
+
+async def run_loadgen(
+    kafka: KafkaSettings,
+    typing: TypingSettings,
+    profile: LoadProfile,
+    *,
+    max_rate: float | None = None,
+    clock: Clock | None = None,
+) -> int:
+    """`typing-processor loadgen`: generate `profile` into the input topic in real time."""
+    clock = clock or SystemClock()
+    producer = AIOKafkaProducer(**client_options(kafka), linger_ms=5, acks="all")
+    await producer.start()
+    try:
+        start_ms = clock.now_ms() + 100
+        schedule = TrafficModel(profile).schedule(start_ms)
+        return await produce(
+            producer, typing.input_topic, schedule, clock, start_ms=start_ms, max_rate=max_rate
+        )
+    finally:
+        await producer.stop()

@@ -1,0 +1,1 @@
+"""The Kafka edge: consumer group, per-partition workers, outbound topics, restore."""

@@ -1,0 +1,78 @@
+"""Kafka client construction and topic management from `KafkaSettings`."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from processor.settings import KafkaSettings, SecurityProtocol
+
+log = logging.getLogger(__name__)
+
+
+class TopicError(Exception):
+    """Topics are missing or do not fit together (e.g. changelog partitions differ)."""
+
+
+def client_options(settings: KafkaSettings) -> dict[str, Any]:
+    """Keyword arguments shared by every aiokafka client."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "security_protocol": settings.security_protocol.value,
+    }
+    if settings.security_protocol in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL):
+        context = ssl.create_default_context(
+            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None
+        )
+        options["ssl_context"] = context
+    if settings.sasl_mechanism is not None:
+        options["sasl_mechanism"] = settings.sasl_mechanism.value
+        options["sasl_plain_username"] = settings.sasl_username
+        if settings.sasl_password is not None:
+            options["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    return options
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic the processor reads or writes."""
+
+    name: str
+    compacted: bool = False
+
+
+async def ensure_topics(
+    settings: KafkaSettings,
+    specs: list[TopicSpec],
+    partitions: int,
+    replication_factor: int,
+) -> None:
+    """Create the topics that do not exist yet; existing ones are left as they are."""
+    admin = AIOKafkaAdminClient(**client_options(settings), client_id=settings.client_id)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [spec for spec in specs if spec.name not in existing]
+        if not missing:
+            return
+        new_topics = [
+            NewTopic(
+                name=spec.name,
+                num_partitions=partitions,
+                replication_factor=replication_factor,
+                topic_configs={"cleanup.policy": "compact"} if spec.compacted else {},
+            )
+            for spec in missing
+        ]
+        try:
+            await admin.create_topics(new_topics)
+        except TopicAlreadyExistsError:
+            log.info("topics created concurrently by another replica")
+        log.info("created topics %s", ", ".join(spec.name for spec in missing))
+    finally:
+        await admin.close()

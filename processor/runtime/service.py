@@ -1,0 +1,239 @@
+"""`typing-processor run`: the consumer group, partition ownership and the commit loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from processor.clock import Clock, SystemClock
+from processor.settings import Settings
+from processor.state import EngineConfig, PartitionStore
+
+from .kafka import TopicError, TopicSpec, client_options, ensure_topics
+from .outbound import Outbound
+from .partition import Counters, PartitionWorker
+from .reconciler import Reconciler, Sink
+from .restore import read_changelog
+
+log = logging.getLogger(__name__)
+
+COMMIT_INTERVAL_S = 0.5
+REVOKE_GRACE_S = 5.0
+MAX_BACKLOG = 64
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, service: TypingProcessor) -> None:
+        self._service = service
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._service.release(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._service.acquire(list(assigned))
+
+
+class TypingProcessor:
+    """Consumes typing events in a group and keeps Genesys in step, partition by partition."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sink: Sink,
+        *,
+        clock: Clock | None = None,
+        on_applied: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._clock = clock or SystemClock()
+        self._options = client_options(settings.kafka)
+        self._outbound = Outbound(settings.kafka, settings.typing)
+        self._reconciler = Reconciler(sink, settings.typing.max_in_flight)
+        self._engine = EngineConfig.from_settings(settings.typing)
+        self.counters = Counters()
+        self._on_applied = on_applied
+        self.workers: dict[int, PartitionWorker] = {}
+        self._committed: dict[int, int] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self.assigned = False
+        self._restoring = 0
+        self._ready = asyncio.Event()
+
+    @property
+    def ready(self) -> bool:
+        """Partitions assigned and restored: input is being processed."""
+        return self.assigned and self._restoring == 0
+
+    async def wait_ready(self) -> None:
+        """Return once the processor is ready (see `ready`)."""
+        await self._ready.wait()
+
+    def _update_ready(self) -> None:
+        if self.ready:
+            self._ready.set()
+        else:
+            self._ready.clear()
+
+    async def prepare_topics(self) -> None:
+        """Create missing topics (unless turned off) and check the changelog fits the input."""
+        typing = self.settings.typing
+        if typing.create_topics:
+            await ensure_topics(
+                self.settings.kafka,
+                [
+                    TopicSpec(typing.input_topic),
+                    TopicSpec(typing.crm_topic),
+                    TopicSpec(typing.audit_topic),
+                    TopicSpec(typing.dlq_topic),
+                    TopicSpec(typing.resolved_changelog_topic, compacted=True),
+                ],
+                typing.topic_partitions,
+                typing.topic_replication_factor,
+            )
+
+    async def _check_changelog(self, consumer: AIOKafkaConsumer) -> None:
+        typing = self.settings.typing
+        topics = await consumer.topics()
+        for name in (typing.input_topic, typing.resolved_changelog_topic):
+            if name not in topics:
+                raise TopicError(f"topic {name} does not exist (TYPING_CREATE_TOPICS is off)")
+        inputs = consumer.partitions_for_topic(typing.input_topic) or set()
+        changelog = consumer.partitions_for_topic(typing.resolved_changelog_topic) or set()
+        if not inputs <= changelog:
+            raise TopicError(
+                f"changelog {typing.resolved_changelog_topic} has {len(changelog)} partitions,"
+                f" fewer than the {len(inputs)} of {typing.input_topic}"
+            )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Process until `stop` is set, then drain, commit and return."""
+        await self.prepare_topics()
+        await self._outbound.start()
+        consumer = AIOKafkaConsumer(
+            **self._options,
+            client_id=f"{self.settings.kafka.client_id}-consumer",
+            group_id=self.settings.typing.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=6_000,
+            heartbeat_interval_ms=1_000,
+            max_poll_interval_ms=60_000,
+        )
+        self._consumer = consumer
+        await consumer.start()
+        try:
+            await self._check_changelog(consumer)
+            consumer.subscribe([self.settings.typing.input_topic], listener=_Rebalance(self))
+            await self._consume(consumer, stop)
+        finally:
+            await self.release(list(consumer.assignment()))
+            await consumer.stop()
+            await self._reconciler.aclose()
+            await self._outbound.stop()
+            self._consumer = None
+
+    async def _consume(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        next_commit = loop.time() + COMMIT_INTERVAL_S
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=200, max_records=2_000))
+                await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not fetch.done():
+                    fetch.cancel()
+                    await asyncio.gather(fetch, return_exceptions=True)
+                    break
+                try:
+                    batches = fetch.result()
+                except KafkaError as exc:
+                    log.warning("fetch failed, retrying: %s", exc)
+                    continue
+                for tp, records in batches.items():
+                    worker = self.workers.get(tp.partition)
+                    if worker is not None and records:
+                        worker.submit(records)
+                self._apply_backpressure(consumer)
+                if loop.time() >= next_commit:
+                    await self.commit()
+                    next_commit = loop.time() + COMMIT_INTERVAL_S
+        finally:
+            stopping.cancel()
+
+    def _apply_backpressure(self, consumer: AIOKafkaConsumer) -> None:
+        topic = self.settings.typing.input_topic
+        for partition, worker in self.workers.items():
+            tp = TopicPartition(topic, partition)
+            if worker.backlog > MAX_BACKLOG:
+                consumer.pause(tp)
+            elif worker.backlog < MAX_BACKLOG // 2 and tp in consumer.paused():
+                consumer.resume(tp)
+
+    async def commit(self) -> None:
+        """Commit every partition's safe offset that moved since the last commit."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        topic = self.settings.typing.input_topic
+        offsets = {
+            TopicPartition(topic, p): w.committable
+            for p, w in self.workers.items()
+            if w.committable is not None and w.committable != self._committed.get(p)
+        }
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            log.warning("commit failed (will retry): %s", exc)
+            return
+        for tp, offset in offsets.items():
+            self._committed[tp.partition] = offset
+
+    async def acquire(self, assigned: list[TopicPartition]) -> None:
+        """Restore each new partition's store from the changelog, then start its worker."""
+        topic = self.settings.typing.input_topic
+        fresh = [tp for tp in assigned if tp.topic == topic and tp.partition not in self.workers]
+        self.assigned = True
+        self._restoring += len(fresh)
+        self._update_ready()
+        try:
+            await asyncio.gather(*(self._start_worker(tp.partition) for tp in fresh))
+        finally:
+            self._restoring -= len(fresh)
+            self._update_ready()
+
+    async def _start_worker(self, partition: int) -> None:
+        records = await read_changelog(
+            self._options, self.settings.typing.resolved_changelog_topic, partition
+        )
+        store = PartitionStore.restore(partition, self._engine, self._clock, records)
+        log.info("partition %d restored from %d changelog records", partition, len(records))
+        self.workers[partition] = PartitionWorker(
+            self.settings.typing.input_topic,
+            partition,
+            store,
+            self._outbound,
+            self._reconciler,
+            self._clock,
+            self.counters,
+            on_applied=self._on_applied,
+        )
+
+    async def release(self, revoked: list[TopicPartition]) -> None:
+        """Finish, flush and commit the revoked partitions, then drop their stores."""
+        partitions = [tp.partition for tp in revoked if tp.partition in self.workers]
+        await asyncio.gather(
+            *(self.workers[p].close(REVOKE_GRACE_S) for p in partitions), return_exceptions=True
+        )
+        await self.commit()
+        for partition in partitions:
+            self.workers.pop(partition, None)
+            self._committed.pop(partition, None)
+        if not self.workers:
+            self.assigned = False
+        self._update_ready()
