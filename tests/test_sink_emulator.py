@@ -1,0 +1,561 @@
+"""The Genesys sink against the emulator over real HTTP: every outcome, its cost, its headers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from processor import USER_AGENT
+from processor.clock import SystemClock
+from processor.domain import Indicator, Outcome, SessionState, Status
+from processor.emulator.app import SESSION_PATH, TOKEN_PATH
+from processor.emulator.testing import EmulatorHandle
+from processor.sink import GenesysSink, Priority, SinkConfig
+from processor.sink.breaker import BreakerState
+
+
+class FakeMonotonic:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def config_for(emulator: EmulatorHandle, **overrides: Any) -> SinkConfig:
+    """A sink config aimed at the emulator; budget generous and backoff tiny unless overridden."""
+    values: dict[str, Any] = {
+        "api_url": emulator.base_url,
+        "login_url": emulator.base_url,
+        "client_id": emulator.client_id,
+        "client_secret": SecretStr(emulator.client_secret),
+        "rate_per_minute": 6_000_000,
+        "rate_burst": 100_000,
+        "backoff_base_s": 0.001,
+        "backoff_cap_s": 0.005,
+    }
+    values.update(overrides)
+    return SinkConfig(**values)
+
+
+def indicator(version: int, status: Status = Status.TYPING, ttl_ms: int = 30_000) -> Indicator:
+    now = SystemClock().now_ms()
+    return Indicator(status=status, originated_at=now, expires_at=now + ttl_ms, version=version)
+
+
+def calls(emulator: EmulatorHandle, method: str, status: int | None = None) -> int:
+    path = TOKEN_PATH if method == "TOKEN" else SESSION_PATH
+    return emulator.count("POST" if method == "TOKEN" else method, path, status)
+
+
+async def wait_until(
+    condition: Callable[[], bool], timeout_s: float = 10.0, poll_s: float = 0.01
+) -> None:
+    """Poll `condition` until it holds; fail after `timeout_s`."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():  # noqa: ASYNC110 - the state belongs to another component
+            await asyncio.sleep(poll_s)
+
+
+@pytest.fixture
+async def sink(emulator: EmulatorHandle) -> AsyncIterator[GenesysSink]:
+    async with GenesysSink(config_for(emulator)) as running:
+        yield running
+
+
+# --- applied, and what it costs (DESIGN I3) ---
+
+
+async def test_set_then_clear_is_applied_and_recorded(
+    emulator: EmulatorHandle, sink: GenesysSink
+) -> None:
+    emulator.create_session("s1")
+    desired = indicator(1)
+
+    first = await sink.apply("s1", desired)
+    assert first.outcome is Outcome.APPLIED
+    assert first.ok
+    assert (first.http_status, first.attempts) == (200, 2)  # GET (no ETag yet) + PATCH
+    assert len(first.call_latencies_ms) == 2
+    assert first.latency_ms >= max(first.call_latencies_ms)
+    assert first.remote_state is SessionState.CONNECTED
+
+    cleared = await sink.apply("s1", None)
+    assert (cleared.outcome, cleared.attempts) == (Outcome.APPLIED, 1)
+
+    history = emulator.history("s1")
+    assert [change["typing_indicator"] for change in history] == [desired.to_genesys(), None]
+    assert sink.cached_etag("s1") == emulator.session("s1")["etag"]
+
+
+async def test_100_updates_cost_one_get_and_100_patches(
+    emulator: EmulatorHandle, sink: GenesysSink
+) -> None:
+    emulator.create_session("s1")
+    for version in range(1, 101):
+        result = await sink.apply("s1", indicator(version))
+        assert result.outcome is Outcome.APPLIED
+
+    assert calls(emulator, "GET") == 1
+    assert calls(emulator, "PATCH") == calls(emulator, "PATCH", 200) == 100
+    assert calls(emulator, "TOKEN") == 1
+    assert emulator.session("s1")["customAttributes"]["typingIndicator"]["version"] == 100
+    assert len(emulator.history("s1")) == 100
+
+
+async def test_a_forced_412_costs_exactly_one_get_and_one_patch_more(
+    emulator: EmulatorHandle, sink: GenesysSink
+) -> None:
+    emulator.create_session("s1")
+    assert (await sink.apply("s1", indicator(1))).ok
+    plain = await sink.apply("s1", indicator(2))
+    assert (plain.outcome, plain.attempts) == (Outcome.APPLIED, 1)
+    before = (calls(emulator, "GET"), calls(emulator, "PATCH"))
+
+    emulator.write_as_other("s1", {"agentNote": "hello"})  # bumps the ETag behind our back
+    result = await sink.apply("s1", indicator(3))
+
+    assert (result.outcome, result.http_status, result.attempts) == (Outcome.APPLIED, 200, 3)
+    after = (calls(emulator, "GET"), calls(emulator, "PATCH"))
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 2)  # vs (0, 1) without the 412
+    assert calls(emulator, "PATCH", 412) == 1
+    attributes = emulator.session("s1")["customAttributes"]
+    assert attributes["agentNote"] == "hello"  # merge semantics: the other writer's key stays
+    assert attributes["typingIndicator"]["version"] == 3
+
+
+async def test_conflict_exhausted_after_max_attempts(emulator: EmulatorHandle) -> None:
+    emulator.create_session("s1")
+    emulator.set_faults(conflict_rate=1.0, seed=1)
+    async with GenesysSink(config_for(emulator, max_conflict_attempts=3)) as sink:
+        result = await sink.apply("s1", indicator(1))
+        assert sink.cached_etag("s1") is None
+    assert result.outcome is Outcome.CONFLICT
+    assert (result.http_status, result.attempts) == (412, 6)
+    assert "3 PATCHes" in result.error
+    assert calls(emulator, "PATCH", 412) == 3
+    assert calls(emulator, "GET") == 3  # first read, then one re-read per retried 412
+    assert emulator.history("s1") == []
+
+
+async def test_calls_for_one_session_never_overlap_and_last_wins(
+    emulator: EmulatorHandle, sink: GenesysSink
+) -> None:
+    emulator.create_session("s1")
+    emulator.set_faults(latency_ms=2, jitter_ms=5, seed=3)
+    results = await asyncio.gather(*(sink.apply("s1", indicator(v)) for v in range(1, 21)))
+    assert all(result.ok for result in results)
+    # overlapping calls would have raced on the ETag: 412s and more than one GET
+    assert calls(emulator, "PATCH", 412) == 0
+    assert calls(emulator, "GET") == 1
+    versions = [change["typing_indicator"]["version"] for change in emulator.history("s1")]
+    assert versions == list(range(1, 21))
+
+
+# --- the other outcomes ---
+
+
+@pytest.mark.parametrize("bad", ["", "../admin", "a/b", "s 1", "-lead", "x" * 129, "s1?x=1"])
+async def test_invalid_session_id_is_rejected_before_any_call(
+    emulator: EmulatorHandle, sink: GenesysSink, bad: str
+) -> None:
+    for desired in (indicator(1), None):
+        result = await sink.apply(bad, desired)
+        assert (result.outcome, result.attempts, result.http_status) == (
+            Outcome.REJECTED,
+            0,
+            None,
+        )
+    read, session = await sink.get_session(bad)
+    assert (read.outcome, session) == (Outcome.REJECTED, None)
+    assert emulator.stats()["total"] == 0  # not even a token request
+
+
+async def test_unknown_session_is_not_found(emulator: EmulatorHandle, sink: GenesysSink) -> None:
+    result = await sink.apply("nobody", indicator(1))
+    assert (result.outcome, result.http_status, result.attempts) == (
+        Outcome.SESSION_NOT_FOUND,
+        404,
+        1,
+    )
+    assert calls(emulator, "PATCH") == 0
+
+
+async def test_queued_session_is_not_connected_without_a_patch(
+    emulator: EmulatorHandle, sink: GenesysSink
+) -> None:
+    emulator.create_session("q1", state="queued")
+    result = await sink.apply("q1", indicator(1))
+    assert result.outcome is Outcome.SESSION_NOT_CONNECTED
+    assert result.remote_state is SessionState.QUEUED
+    assert result.attempts == 1
+    assert calls(emulator, "PATCH") == 0
+    assert sink.cached_etag("q1") is None  # the next apply validates the state again
+
+
+async def test_session_closed_behind_a_cached_etag(
+    emulator: EmulatorHandle, sink: GenesysSink
+) -> None:
+    emulator.create_session("s1")
+    assert (await sink.apply("s1", indicator(1))).ok
+    emulator.set_state("s1", "closed")
+    result = await sink.apply("s1", None)
+    # the state change bumped the ETag: 412, then the re-read shows the session closed
+    assert result.outcome is Outcome.SESSION_NOT_CONNECTED
+    assert result.remote_state is SessionState.CLOSED
+    assert result.attempts == 2
+    assert sink.cached_etag("s1") is None
+
+
+async def test_forget_drops_the_etag_so_the_next_apply_reads_again(
+    emulator: EmulatorHandle, sink: GenesysSink
+) -> None:
+    emulator.create_session("s1")
+    assert (await sink.apply("s1", indicator(1))).ok
+    sink.forget("s1")
+    assert sink.cached_etag("s1") is None
+    result = await sink.apply("s1", indicator(2))
+    assert (result.outcome, result.attempts) == (Outcome.APPLIED, 2)
+    assert calls(emulator, "GET") == 2
+
+
+async def test_etag_cache_is_bounded(emulator: EmulatorHandle) -> None:
+    for n in range(3):
+        emulator.create_session(f"s{n}")
+    async with GenesysSink(config_for(emulator, etag_cache_size=2)) as sink:
+        for n in range(3):
+            assert (await sink.apply(f"s{n}", indicator(1))).ok
+        assert sink.cached_etag("s0") is None  # least recently used, evicted
+        assert sink.cached_etag("s2") is not None
+        assert (await sink.apply("s0", indicator(2))).attempts == 2
+
+
+async def test_get_session_reads_state_version_and_caches_the_etag(
+    emulator: EmulatorHandle, sink: GenesysSink
+) -> None:
+    emulator.create_session("s1")
+    assert (await sink.apply("s1", indicator(7))).ok
+    sink.forget("s1")
+    read, session = await sink.get_session("s1")
+    assert read.ok
+    assert session is not None
+    assert (session.state, session.indicator_version) == (SessionState.CONNECTED, 7)
+    assert sink.cached_etag("s1") == session.etag == emulator.session("s1")["etag"]
+
+
+# --- the wire: headers ---
+
+
+async def test_requests_carry_the_contract_headers(emulator: EmulatorHandle) -> None:
+    emulator.create_session("s1")
+    seen: list[httpx.Request] = []
+
+    async def record(request: httpx.Request) -> None:
+        seen.append(request)
+
+    async with (
+        httpx.AsyncClient(event_hooks={"request": [record]}) as http,
+        GenesysSink(config_for(emulator), http=http) as sink,
+    ):
+        assert (await sink.apply("s1", indicator(1))).ok
+        assert (await sink.apply("s1", None)).ok
+
+    token, get, patch, clear = seen
+    assert token.url.path == TOKEN_PATH
+    assert token.headers["Authorization"].startswith("Basic ")
+    assert b"grant_type=client_credentials" in token.content
+    assert emulator.client_secret.encode() not in token.content  # not in the form body
+    for request in (get, patch, clear):
+        assert request.headers["Authorization"].startswith("Bearer ")
+        assert request.headers["Accept"] == "application/json"
+        assert request.headers["Content-Type"] == "application/json"
+        assert request.headers["User-Agent"] == USER_AGENT
+    assert USER_AGENT.startswith("genesys-typing-processor/")
+    assert "If-Match" not in get.headers
+    assert patch.headers["If-Match"]
+    assert clear.headers["If-Match"]
+    assert clear.headers["If-Match"] != patch.headers["If-Match"]  # from the PATCH response
+    assert clear.content == b'{"customAttributes":{"typingIndicator":null}}'
+
+
+# --- tokens ---
+
+
+async def test_200_sessions_concurrently_share_one_token_request(
+    emulator: EmulatorHandle, sink: GenesysSink
+) -> None:
+    ids = [f"c{n}" for n in range(200)]
+    for session_id in ids:
+        emulator.create_session(session_id)
+    emulator.set_faults(latency_ms=5, seed=2)
+    results = await asyncio.gather(*(sink.apply(sid, indicator(1)) for sid in ids))
+    assert [result.outcome for result in results] == [Outcome.APPLIED] * 200
+    assert calls(emulator, "TOKEN") == 1
+    assert sink.tokens.fetches == 1
+    assert (calls(emulator, "GET"), calls(emulator, "PATCH")) == (200, 200)
+
+
+async def test_token_is_refreshed_before_it_expires(emulator: EmulatorHandle) -> None:
+    emulator.create_session("s1")
+    clock = FakeMonotonic()
+    async with GenesysSink(config_for(emulator), monotonic=clock) as sink:
+        assert (await sink.apply("s1", indicator(1))).ok
+        clock.advance(86_400 - 31)  # emulator tokens live a day; still outside the margin
+        assert (await sink.apply("s1", indicator(2))).ok
+        assert calls(emulator, "TOKEN") == 1
+        clock.advance(2)  # now within 30 s of expiry
+        assert (await sink.apply("s1", indicator(3))).ok
+    assert calls(emulator, "TOKEN") == 2
+    assert calls(emulator, "PATCH", 401) == 0
+
+
+async def test_token_expiring_mid_run_is_refreshed_once_and_the_call_retried(
+    emulator: EmulatorHandle,
+) -> None:
+    """The client believes its token is fresh (frozen clock); the server lets it expire."""
+    emulator.create_session("s1")
+    emulator.set_faults(token_lifetime_s=1)
+    results = []
+    async with GenesysSink(config_for(emulator), monotonic=FakeMonotonic()) as sink:
+        async with asyncio.timeout(15):
+            version = 0
+            while calls(emulator, "PATCH", 401) == 0:
+                version += 1
+                results.append(await sink.apply("s1", indicator(version)))
+                await asyncio.sleep(0.05)
+    assert all(result.outcome is Outcome.APPLIED for result in results)
+    assert results[-1].attempts == 2  # the 401, then the retry with the new token
+    assert calls(emulator, "TOKEN") == 2
+    assert calls(emulator, "GET") == 1  # the ETag survived the refresh
+
+
+async def test_revoked_tokens_are_replaced_and_a_vanished_session_is_not_found(
+    emulator: EmulatorHandle, sink: GenesysSink
+) -> None:
+    emulator.create_session("s1")
+    assert (await sink.apply("s1", indicator(1))).ok
+    emulator.reset()  # forgets tokens, sessions and stats
+    result = await sink.apply("s1", indicator(2))
+    assert (result.outcome, result.http_status, result.attempts) == (
+        Outcome.SESSION_NOT_FOUND,
+        404,
+        2,
+    )
+    assert (calls(emulator, "PATCH", 401), calls(emulator, "PATCH", 404)) == (1, 1)
+    assert calls(emulator, "TOKEN") == 1
+    assert sink.cached_etag("s1") is None
+
+
+async def test_bad_credentials_are_an_auth_config_error_reported_once(
+    emulator: EmulatorHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    emulator.create_session("s1")
+    wrong = config_for(emulator, client_secret=SecretStr("not-the-secret-42"))
+    with caplog.at_level(logging.DEBUG, logger="processor.sink"):
+        async with GenesysSink(wrong) as sink:
+            first = await sink.apply("s1", indicator(1))
+            second = await sink.apply("s1", None)
+    for result in (first, second):
+        assert result.outcome is Outcome.AUTH_CONFIG_ERROR
+        assert result.attempts == 0  # no API call without a token
+        assert "not-the-secret-42" not in result.error
+    assert calls(emulator, "TOKEN") == 2  # one try per apply, no retry loop
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert "not-the-secret-42" not in caplog.text
+    assert "not-the-secret-42" not in repr(sink)
+    assert "not-the-secret-42" not in repr(sink.tokens)
+
+
+async def test_missing_scope_is_an_auth_config_error_without_retries(
+    emulator: EmulatorHandle,
+) -> None:
+    emulator.create_session("s1")
+    async with GenesysSink(config_for(emulator, scope="webchat:read")) as sink:
+        result = await sink.apply("s1", indicator(1))
+    assert (result.outcome, result.http_status, result.attempts) == (
+        Outcome.AUTH_CONFIG_ERROR,
+        403,
+        2,
+    )
+    assert calls(emulator, "PATCH", 403) == 1
+
+
+# --- rate limiting ---
+
+
+async def test_client_side_budget_keeps_429s_away(emulator: EmulatorHandle) -> None:
+    for n in range(3):
+        emulator.create_session(f"s{n}")
+    emulator.set_faults(rate_limit_per_minute=120, rate_limit_burst=2)
+    # a budget a little under the server's limit, as one configures it in production
+    config = config_for(emulator, rate_per_minute=100, rate_burst=2)
+    async with GenesysSink(config) as sink:
+        results = await asyncio.gather(*(sink.apply(f"s{n}", indicator(1)) for n in range(3)))
+    assert all(result.ok for result in results)
+    assert calls(emulator, "GET") + calls(emulator, "PATCH") == 6
+    assert calls(emulator, "GET", 429) + calls(emulator, "PATCH", 429) == 0
+
+
+async def test_429_pauses_every_call_of_the_client_for_retry_after(
+    emulator: EmulatorHandle, sink: GenesysSink
+) -> None:
+    for session_id in ("s1", "s2", "s3"):
+        emulator.create_session(session_id)
+        assert (await sink.apply(session_id, indicator(1))).ok  # ETags cached
+    emulator.set_faults(rate_limit_per_minute=120, rate_limit_burst=2)
+    assert (await sink.apply("s1", indicator(2))).ok
+    assert (await sink.apply("s1", indicator(3))).ok  # the server's burst is spent
+
+    started = time.monotonic()
+    throttled = asyncio.create_task(sink.apply("s2", indicator(2)))
+    await wait_until(lambda: sink.limiter.paused_for() > 0)
+    # Another session, during the pause: it must wait instead of earning its own 429.
+    other = await sink.apply("s3", indicator(2))
+    first = await throttled
+
+    assert (first.outcome, first.attempts, first.http_status) == (Outcome.APPLIED, 2, 200)
+    assert (other.outcome, other.attempts) == (Outcome.APPLIED, 1)
+    assert time.monotonic() - started >= 0.9  # Retry-After: 1 s
+    assert calls(emulator, "PATCH", 429) == 1
+
+
+async def test_429_beyond_the_wait_bound_gives_up_as_rate_limited(
+    emulator: EmulatorHandle,
+) -> None:
+    emulator.create_session("s1")
+    async with GenesysSink(config_for(emulator, max_rate_wait_s=0.5)) as sink:
+        assert (await sink.apply("s1", indicator(1))).ok
+        emulator.set_faults(rate_limit_per_minute=60, rate_limit_burst=1)
+        assert (await sink.apply("s1", indicator(2))).ok
+        result = await sink.apply("s1", indicator(3))
+        assert (result.outcome, result.http_status, result.attempts) == (
+            Outcome.RATE_LIMITED,
+            429,
+            1,
+        )
+        assert sink.limiter.paused_for() > 0  # the pause stays in force for everyone
+
+
+async def test_a_set_that_would_expire_waiting_for_budget_is_dropped_but_a_clear_waits(
+    emulator: EmulatorHandle,
+) -> None:
+    emulator.create_session("s1")
+    emulator.create_session("s2")
+    async with GenesysSink(config_for(emulator, rate_per_minute=120, rate_burst=2)) as sink:
+        assert (await sink.apply("s1", indicator(1))).ok  # the burst is spent: 2 calls/s now
+        doomed = await sink.apply("s2", indicator(1, ttl_ms=100))
+        assert (doomed.outcome, doomed.attempts) == (Outcome.RATE_LIMITED, 0)
+        cleared = await sink.apply("s1", None, priority=Priority.HIGH)
+        assert cleared.outcome is Outcome.APPLIED
+    assert emulator.history("s2") == []
+
+
+# --- 5xx, timeouts, circuit breaker ---
+
+
+async def test_5xx_burst_opens_the_breaker_and_a_probe_closes_it(
+    emulator: EmulatorHandle,
+) -> None:
+    emulator.create_session("s1")
+    clock = FakeMonotonic()
+    config = config_for(
+        emulator,
+        max_transient_attempts=3,
+        breaker_failure_threshold=3,
+        breaker_reset_timeout_s=10.0,
+    )
+    async with GenesysSink(config, monotonic=clock) as sink:
+        emulator.set_faults(error_rate=1.0, seed=5)
+        failed = await sink.apply("s1", indicator(1))
+        assert failed.outcome is Outcome.FAILED
+        assert failed.attempts == 3
+        assert failed.http_status in (500, 502, 503, 504)
+        assert sink.breaker.state is BreakerState.OPEN
+
+        before = emulator.stats()["total"]
+        fast = await sink.apply("s1", indicator(1))
+        assert (fast.outcome, fast.attempts) == (Outcome.FAILED, 0)
+        assert "circuit open" in fast.error
+        assert emulator.stats()["total"] == before  # the open breaker spared the API
+
+        clock.advance(10.0)  # half-open: one probe, which fails and reopens
+        probe = await sink.apply("s1", indicator(1))
+        assert (probe.outcome, probe.attempts) == (Outcome.FAILED, 1)
+        assert sink.breaker.state is BreakerState.OPEN
+
+        emulator.set_faults(error_rate=0.0)
+        clock.advance(10.0)
+        recovered = await sink.apply("s1", indicator(1))
+        assert recovered.outcome is Outcome.APPLIED
+        assert sink.breaker.state is BreakerState.CLOSED
+    assert [c["typing_indicator"]["version"] for c in emulator.history("s1")] == [1]
+
+
+async def test_half_open_breaker_lets_one_probe_through_under_concurrency(
+    emulator: EmulatorHandle,
+) -> None:
+    for n in range(5):
+        emulator.create_session(f"s{n}")
+    clock = FakeMonotonic()
+    config = config_for(emulator, max_transient_attempts=1, breaker_failure_threshold=1)
+    async with GenesysSink(config, monotonic=clock) as sink:
+        emulator.set_faults(error_rate=1.0, seed=5)
+        assert (await sink.apply("s0", indicator(1))).outcome is Outcome.FAILED
+        emulator.set_faults(error_rate=0.0, latency_ms=50)
+        clock.advance(config.breaker_reset_timeout_s)
+        results = await asyncio.gather(*(sink.apply(f"s{n}", indicator(1)) for n in range(5)))
+    outcomes = sorted(result.outcome.value for result in results)
+    assert outcomes == ["applied"] + ["failed"] * 4  # the probe got through, nobody else
+    assert calls(emulator, "GET", 200) == 1
+
+
+async def test_transient_5xx_are_retried_with_backoff_until_applied(
+    emulator: EmulatorHandle,
+) -> None:
+    ids = [f"s{n}" for n in range(30)]
+    for session_id in ids:
+        emulator.create_session(session_id)
+    emulator.set_faults(error_rate=0.3, seed=11)
+    config = config_for(emulator, max_transient_attempts=8, breaker_failure_threshold=1000)
+    async with GenesysSink(config) as sink:
+        results = await asyncio.gather(*(sink.apply(sid, indicator(1)) for sid in ids))
+    assert all(result.ok for result in results)
+    errors = emulator.stats()["by_route"]
+    server_errors = sum(
+        n for route in errors.values() for status, n in route.items() if status.startswith("5")
+    )
+    assert server_errors > 0
+    assert max(result.attempts for result in results) > 2
+
+
+async def test_timeouts_are_retried_then_failed(emulator: EmulatorHandle) -> None:
+    emulator.create_session("s1")
+    emulator.set_faults(latency_ms=400)
+    config = config_for(emulator, read_timeout_s=0.05, max_transient_attempts=2)
+    async with GenesysSink(config) as sink:
+        result = await sink.apply("s1", indicator(1))
+    assert (result.outcome, result.attempts, result.http_status) == (Outcome.FAILED, 2, None)
+    assert "timed out" in result.error
+
+
+async def test_closed_sink_refuses_work(emulator: EmulatorHandle) -> None:
+    from processor.sink.errors import SinkClosedError
+
+    sink = GenesysSink(config_for(emulator))
+    await sink.aclose()
+    await sink.aclose()  # idempotent
+    with pytest.raises(SinkClosedError):
+        await sink.apply("s1", None)
