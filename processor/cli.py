@@ -44,6 +44,8 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_emulator(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from processor.emulator.config import EmulatorConfig
     from processor.emulator.faults import Faults
     from processor.emulator.server import run
@@ -63,8 +65,10 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
             rate_limit_burst=args.rate_limit_burst,
             seed=args.seed,
         )
-    except ValueError as exc:
-        raise ConfigError(f"emulator fault flags are invalid: {exc}".splitlines()[0]) from None
+    except ValidationError as exc:
+        error = exc.errors(include_url=False, include_input=False)[0]
+        flag = "--" + "-".join(str(part) for part in error["loc"]).replace("_", "-")
+        raise ConfigError(f"{flag} is invalid: {error['msg']}") from None
     config = EmulatorConfig.single_client(args.client_id, args.client_secret, faults)
     run(config, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -1,0 +1,78 @@
+"""`typing-processor emulator`: flags reach the running server; bad flags stop start-up."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import httpx
+
+from processor.emulator.testing import EmulatorProcess
+
+
+def test_fault_flags_configure_the_server() -> None:
+    flags = (
+        "--latency-ms", "3",
+        "--jitter-ms", "2",
+        "--error-rate", "0.1",
+        "--conflict-rate", "0.2",
+        "--token-lifetime-s", "120",
+        "--rate-limit-per-minute", "100",
+        "--rate-limit-burst", "2",
+        "--seed", "9",
+    )  # fmt: skip
+    with (
+        EmulatorProcess("cli-client", "cli-secret", extra_args=flags) as process,
+        httpx.Client(base_url=process.base_url, timeout=10.0) as http,
+    ):
+        assert http.get("/emulator/faults").json() == {
+            "latency_ms": 3.0,
+            "jitter_ms": 2.0,
+            "error_rate": 0.1,
+            "conflict_rate": 0.2,
+            "token_lifetime_s": 120.0,
+            "rate_limit_per_minute": 100,
+            "rate_limit_burst": 2,
+            "seed": 9,
+        }
+        token = http.post(
+            "/oauth/token",
+            data={"grant_type": "client_credentials"},
+            auth=("cli-client", "cli-secret"),
+        )
+        assert token.status_code == 200
+        assert token.json()["expires_in"] == 120
+        # the secret came by environment: it is not on the command line
+        with open(f"/proc/{process.pid}/cmdline", "rb") as cmdline:
+            assert b"cli-secret" not in cmdline.read()
+    assert process.pid is None
+
+
+def test_invalid_flag_exits_2_with_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "processor", "emulator", "--error-rate", "1.5", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "configuration error: --error-rate is invalid: Input should be less than or equal to 1"
+    ]
+
+
+def test_help_never_shows_the_secret_from_the_environment() -> None:
+    env = {**os.environ, "GENESYSCLOUD_OAUTHCLIENT_SECRET": "do-not-print-me"}
+    result = subprocess.run(
+        [sys.executable, "-m", "processor", "emulator", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 0
+    assert "--rate-limit-per-minute" in result.stdout
+    assert "do-not-print-me" not in result.stdout
