@@ -18,8 +18,11 @@ class EngineConfig:
             last event that asked for it is suppressed on the fast path (I3).
         timeouts: indicator lifetime by status x role when an event has no `timeout_ms`.
         refresh_fraction: refresh Genesys' `expiresAt` once it is closer to now than this
-            fraction of the timeout while the deadline lies beyond it (I2). 0.5 means at
-            most one refresh per half timeout.
+            fraction of the timeout (the lead) while the deadline lies beyond it (I2). The
+            lead must cover queueing and one call's latency; a late refresh carries a
+            later deadline, so a small lead means few refreshes: with events every `g` ms
+            they are `max(g, timeout - lead - g)` apart, at least one per half timeout
+            while `g` <= a quarter timeout (the default lead) and never closer than 3/8 of it.
         min_set_lifetime_ms: a set with less lifetime than this left when it is about to be
             sent is dropped (expired) instead: it would lapse before Genesys shows it.
         clear_slack_ms: the I1 bound: a clear is due no later than deadline + this.
@@ -34,7 +37,7 @@ class EngineConfig:
 
     suppression_window_ms: int = 1500
     timeouts: TimeoutMatrix = field(default_factory=TimeoutMatrix)
-    refresh_fraction: float = 0.5
+    refresh_fraction: float = 0.25
     min_set_lifetime_ms: int = 100
     clear_slack_ms: int = 1000
     timer_resolution_ms: int = 10

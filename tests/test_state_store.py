@@ -1,0 +1,517 @@
+"""Unit tests of `PartitionStore`, one rule at a time, driven by a `ManualClock`."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from processor.clock import ManualClock
+from processor.domain import ChangeReason, Decision, Indicator, Outcome, SinkResult, Status
+from processor.models import CrmStatus, Participant, TypingEvent
+from processor.state import EngineConfig, PartitionStore, Work, WorkKind
+from processor.state.work import crm_event_id
+
+T0 = 1_700_000_000_000
+APPLIED = SinkResult(Outcome.APPLIED, http_status=200, attempts=1, latency_ms=12.5)
+_ids = itertools.count()
+
+
+def ev(
+    sid: str,
+    status: Status,
+    at: int,
+    *,
+    eid: str | None = None,
+    timeout: int | None = None,
+    role: str | None = None,
+) -> TypingEvent:
+    return TypingEvent(
+        event_id=eid or f"e{next(_ids)}",
+        session_id=sid,
+        status=status,
+        occurred_at=at,
+        timeout_ms=timeout,
+        participant=Participant(id="p", role=role) if role else None,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0)
+
+
+@pytest.fixture
+def store(clock: ManualClock) -> PartitionStore:
+    return PartitionStore(3, EngineConfig(), clock)
+
+
+def decisions(store: PartitionStore) -> list[Decision]:
+    return [a.result for a in store.drain().audits]
+
+
+def apply_all(store: PartitionStore, limit: int = 100) -> list[Work]:
+    """Take all ready work and acknowledge it as applied."""
+    works = store.take_work(limit)
+    for w in works:
+        store.on_result(w, APPLIED)
+    return works
+
+
+def test_typing_event_queues_one_set_to_the_deadline(store: PartitionStore) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0 - 200, eid="a"), offset=41)
+    assert store.queued_work == 1
+    [work] = store.take_work(10)
+    assert work == Work(
+        "s1",
+        Indicator(Status.TYPING, T0 - 200, T0 - 200 + 5000, 1),
+        ChangeReason.EVENT,
+        WorkKind.SET,
+        1,
+        "a",
+        41,
+    )
+    assert store.in_flight == 1
+    assert store.take_work(10) == []  # never two calls for one session
+
+
+def test_applied_set_emits_audit_crm_change_and_changelog(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0, eid="a"), offset=7)
+    [work] = store.take_work(1)
+    clock.advance(30)
+    store.on_result(work, APPLIED)
+    out = store.drain()
+    [audit] = out.audits
+    assert (audit.session_id, audit.result, audit.indicator_status) == (
+        "s1",
+        Decision.APPLIED,
+        "typing",
+    )
+    assert (audit.event_id, audit.offset, audit.partition) == ("a", 7, 3)
+    assert (audit.http_status, audit.attempts, audit.latency_ms) == (200, 1, 12.5)
+    [change] = out.changes
+    assert change.status is CrmStatus.TYPING
+    assert change.version == 1
+    assert change.expires_at == T0 + 5000
+    assert change.applied_at == T0 + 30
+    assert change.reason is ChangeReason.EVENT
+    epoch = store.session("s1").epoch  # type: ignore[union-attr]
+    assert change.event_id == crm_event_id("s1", epoch, 1, CrmStatus.TYPING)
+    assert [k for k, _ in out.changelog] == [b"s1"]
+    assert store.drain().changelog == []  # nothing changed since
+
+
+def test_exact_duplicate_event_id_is_dropped(store: PartitionStore) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0, eid="dup"), 1)
+    store.on_event(ev("s1", Status.STOPPED, T0 + 1, eid="dup"), 2)
+    assert decisions(store) == [Decision.DUPLICATE]
+    assert store.desired("s1") is Status.TYPING
+
+
+def test_repeat_within_window_is_suppressed_and_extends_the_deadline(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0), 1)
+    apply_all(store)
+    store.drain()
+    clock.advance(1000)
+    store.on_event(ev("s1", Status.TYPING, T0 + 1000), 2)
+    assert decisions(store) == [Decision.SUPPRESSED]
+    assert store.queued_work == 0
+    assert store.session("s1").deadline == T0 + 6000  # type: ignore[union-attr]
+
+
+def test_repeat_outside_window_costs_no_call_either(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=20_000), 1)
+    apply_all(store)
+    store.drain()
+    clock.advance(2000)
+    store.on_event(ev("s1", Status.TYPING, T0 + 2000, timeout=20_000), 2)
+    assert decisions(store) == [Decision.SUPPRESSED]
+    assert store.take_work(10) == []
+
+
+def test_status_change_within_window_is_never_suppressed(store: PartitionStore) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0), 1)
+    apply_all(store)
+    store.on_event(ev("s1", Status.PAUSED, T0), 2)
+    [work] = store.take_work(5)
+    assert work.desired is not None
+    assert work.desired.status is Status.PAUSED
+
+
+@pytest.mark.parametrize(
+    ("status", "role", "timeout", "lifetime"),
+    [
+        (Status.TYPING, None, None, 5000),
+        (Status.TYPING, "agent", None, 5000),
+        (Status.TYPING, "bot", None, 3000),
+        (Status.PAUSED, "customer", None, 2000),
+        (Status.TYPING, "bot", 700, 700),
+        (Status.PAUSED, None, 60_000, 60_000),
+    ],
+)
+def test_timeout_from_matrix_or_event(
+    store: PartitionStore, status: Status, role: str | None, timeout: int | None, lifetime: int
+) -> None:
+    store.on_event(ev("s1", status, T0, role=role, timeout=timeout), 1)
+    [work] = store.take_work(1)
+    assert work.desired is not None
+    assert work.desired.expires_at == T0 + lifetime
+
+
+def test_stopped_clears_now_and_clears_go_before_sets(store: PartitionStore) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0), 1)
+    apply_all(store)
+    store.on_event(ev("s2", Status.TYPING, T0), 2)
+    store.on_event(ev("s1", Status.STOPPED, T0 + 1, eid="stop"), 3)
+    first, second = store.take_work(2)
+    assert (first.session_id, first.kind, first.desired) == ("s1", WorkKind.CLEAR, None)
+    assert (first.reason, first.event_id, first.version) == (ChangeReason.STOPPED, "stop", 2)
+    assert second.session_id == "s2"
+    store.on_result(first, APPLIED)
+    out = store.drain()
+    assert out.audits[-1].result is Decision.CLEARED
+    assert out.changes[-1].status is CrmStatus.CLEARED
+    assert out.changes[-1].version == 2
+    assert out.changes[-1].expires_at is None
+
+
+def test_stopped_for_an_unshown_indicator_costs_nothing(store: PartitionStore) -> None:
+    store.on_event(ev("s1", Status.STOPPED, T0), 1)
+    assert store.take_work(5) == []
+    assert decisions(store) == [Decision.SUPPRESSED]
+
+
+def test_expiry_clears_at_the_deadline_within_the_slack(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=3000), 1)
+    apply_all(store)
+    wake = store.next_wakeup_ms()
+    assert wake is not None
+    assert T0 + 3000 <= wake <= T0 + 3000 + EngineConfig().clear_slack_ms
+    clock.set(T0 + 2999)
+    store.on_tick()
+    assert store.queued_work == 0
+    clock.set(wake)
+    store.on_tick()
+    [work] = store.take_work(5)
+    assert (work.kind, work.reason) == (WorkKind.CLEAR, ChangeReason.EXPIRED)
+    store.on_result(work, APPLIED)
+    assert [a.result for a in store.drain().audits][-1] is Decision.EXPIRED
+
+
+@pytest.mark.parametrize("gap", [100, 700, 1000, 1500, 2500, 3900])
+def test_continuous_typing_never_lets_expires_at_lapse_and_refreshes_sparingly(
+    store: PartitionStore, clock: ManualClock, gap: int
+) -> None:
+    timeout = 4000
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=timeout), 0)
+    remote_expires = 0
+    calls = 0
+    for step in range(1, 20_001):  # 20 s, one ms at a time; an event every `gap` ms
+        clock.advance(1)
+        now = clock.now_ms()
+        if step % gap == 0:
+            store.on_event(ev("s1", Status.TYPING, now, timeout=timeout), step)
+        wake = store.next_wakeup_ms()
+        if wake is not None and wake <= now:
+            store.on_tick()
+        for work in store.take_work(5):
+            assert work.kind is not WorkKind.CLEAR
+            assert work.desired is not None
+            assert work.desired.expires_at <= store.session("s1").deadline  # type: ignore[union-attr]
+            calls += 1
+            store.on_result(work, APPLIED)
+            remote_expires = work.desired.expires_at
+        assert remote_expires > now, f"expiresAt lapsed at {step} ms while typing"
+    # one set, then refreshes at least half a timeout apart while events come at most
+    # every quarter timeout, and never closer than 3/8 of it (see EngineConfig)
+    spacing = timeout // 2 if gap <= timeout // 4 else timeout * 3 // 8
+    assert calls <= 1 + 20_000 // spacing
+    assert calls >= 2
+
+
+def test_refresh_is_not_blocked_by_the_suppression_window(clock: ManualClock) -> None:
+    store = PartitionStore(0, EngineConfig(suppression_window_ms=60_000), clock)
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=1000), 0)
+    apply_all(store)
+    clock.advance(800)  # past the refresh point (a quarter timeout before expiresAt)
+    store.on_event(ev("s1", Status.TYPING, clock.now_ms(), timeout=1000), 1)
+    [work] = store.take_work(5)
+    assert work.kind is WorkKind.REFRESH
+    assert work.desired is not None
+    assert work.desired.expires_at == T0 + 1800
+    assert work.desired.originated_at == T0  # the indicator's run started then
+    assert work.version == 2
+
+
+def test_stale_event_never_sets_an_indicator(store: PartitionStore) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0 - 5000), 1)
+    assert store.take_work(5) == []
+    [audit] = store.drain().audits
+    assert audit.result is Decision.STALE
+    assert store.desired("s1") is None
+
+
+def test_newer_stale_event_of_another_status_clears(store: PartitionStore) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=60_000), 1)
+    apply_all(store)
+    store.on_event(ev("s1", Status.PAUSED, T0 + 1 - 60_000 + 60_000, timeout=500), 2)
+    store.take_work(5)  # the paused set
+    store.on_event(ev("s1", Status.TYPING, T0 - 600 + 2, timeout=500), 3)  # out of order
+    assert store.desired("s1") is Status.PAUSED
+    assert decisions(store)[-1] is Decision.STALE
+
+
+def test_out_of_order_event_never_overrides_a_newer_one(store: PartitionStore) -> None:
+    store.on_event(ev("s1", Status.STOPPED, T0), 1)
+    store.on_event(ev("s1", Status.TYPING, T0 - 10), 2)
+    assert store.desired("s1") is None
+    out = store.drain()
+    assert out.audits[-1].result is Decision.STALE
+    assert "out of order" in out.audits[-1].error
+
+
+def test_producer_clock_ahead_is_clamped_to_now(store: PartitionStore) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0 + 3_600_000), 1)
+    [work] = store.take_work(1)
+    assert work.desired is not None
+    assert work.desired.originated_at == T0
+    assert work.desired.expires_at == T0 + 5000
+
+
+def test_versions_increase_by_one_per_applied_change_including_clears(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    for i, status in enumerate([Status.TYPING, Status.PAUSED, Status.STOPPED, Status.TYPING]):
+        clock.advance(10)
+        store.on_event(ev("s1", status, clock.now_ms()), i)
+        apply_all(store)
+    versions = [c.version for c in store.drain().changes]
+    assert versions == [1, 2, 3, 4]
+
+
+def test_burst_during_a_call_collapses_to_the_latest_state(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0, eid="a"), 1)
+    [first] = store.take_work(5)
+    for i, status in enumerate([Status.PAUSED, Status.STOPPED, Status.PAUSED]):
+        clock.advance(1)
+        store.on_event(ev("s1", status, clock.now_ms(), eid=f"b{i}"), 2 + i)
+    assert store.take_work(5) == []  # one call at a time per session
+    store.on_result(first, APPLIED)
+    [follow_up] = store.take_work(5)
+    assert follow_up.desired is not None
+    assert follow_up.desired.status is Status.PAUSED
+    assert (follow_up.event_id, follow_up.version) == ("b2", 2)
+    coalesced = [a.event_id for a in store.drain().audits if a.result is Decision.COALESCED]
+    assert coalesced == ["b0", "b1"]
+
+
+def test_change_back_to_the_shown_state_while_queued_costs_no_call(
+    store: PartitionStore,
+) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0), 1)
+    apply_all(store)
+    store.on_event(ev("s1", Status.PAUSED, T0 + 1), 2)
+    store.on_event(ev("s1", Status.TYPING, T0 + 2), 3)
+    assert store.take_work(5) == []
+
+
+@pytest.mark.parametrize(
+    ("outcome", "decision"),
+    [
+        (Outcome.SESSION_NOT_FOUND, Decision.SESSION_NOT_FOUND),
+        (Outcome.SESSION_NOT_CONNECTED, Decision.SESSION_NOT_CONNECTED),
+        (Outcome.REJECTED, Decision.REJECTED),
+    ],
+)
+def test_closed_or_unknown_session_is_forgotten(
+    store: PartitionStore, outcome: Outcome, decision: Decision
+) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0), 1)
+    apply_all(store)
+    store.drain()
+    store.on_event(ev("s1", Status.PAUSED, T0 + 1), 2)
+    [work] = store.take_work(5)
+    store.on_result(work, SinkResult(outcome, http_status=404))
+    out = store.drain()
+    assert out.audits[-1].result is decision
+    assert out.changelog == [(b"s1", None)]
+    [change] = out.changes
+    assert (change.status, change.reason, change.version) == (
+        CrmStatus.CLEARED,
+        ChangeReason.SESSION_CLOSED,
+        2,
+    )
+    assert store.tracked_sessions == 0
+    assert store.take_work(5) == []
+
+
+def test_failure_backs_off_then_retries_the_latest_state(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=60_000), 1)
+    [work] = store.take_work(5)
+    store.on_result(work, SinkResult(Outcome.RATE_LIMITED, http_status=429))
+    assert decisions(store) == [Decision.RATE_LIMITED]
+    assert store.is_backing_off("s1")
+    assert store.take_work(5) == []
+    wake = store.next_wakeup_ms()
+    assert wake is not None
+    assert wake <= T0 + EngineConfig().retry_base_ms
+    clock.set(wake)
+    store.on_tick()
+    [retry] = store.take_work(5)
+    assert retry.desired is not None
+    assert retry.version == 1  # nothing was applied yet
+    # consecutive failures back off longer
+    store.on_result(retry, SinkResult(Outcome.FAILED))
+    assert (store.next_wakeup_ms() or 0) - clock.now_ms() > wake - T0
+
+
+def test_a_set_that_went_stale_while_backing_off_is_not_resent(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=500), 1)
+    [work] = store.take_work(5)
+    store.on_result(work, SinkResult(Outcome.CONFLICT, http_status=412))
+    clock.advance(5000)
+    store.on_tick()
+    assert store.take_work(5) == []
+    assert store.desired("s1") is None
+
+
+def test_failed_call_makes_the_remote_uncertain_so_the_clear_is_sent(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0), 1)
+    [work] = store.take_work(5)
+    store.on_result(work, SinkResult(Outcome.FAILED, error="timeout"))
+    store.on_event(ev("s1", Status.STOPPED, T0 + 1), 2)
+    clock.advance(60_000)
+    store.on_tick()
+    [clear] = store.take_work(5)
+    assert clear.kind is WorkKind.CLEAR
+
+
+def test_clear_keeps_retrying_until_it_goes_through(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0), 1)
+    apply_all(store)
+    store.on_event(ev("s1", Status.STOPPED, T0 + 1), 2)
+    for _ in range(30):
+        [clear] = store.take_work(5)
+        assert clear.kind is WorkKind.CLEAR
+        store.on_result(clear, SinkResult(Outcome.AUTH_CONFIG_ERROR, http_status=403))
+        clock.advance(EngineConfig().retry_max_ms)
+        store.on_tick()
+    [clear] = store.take_work(5)
+    store.on_result(clear, APPLIED)
+    assert store.session("s1").remote is None  # type: ignore[union-attr]
+
+
+def test_set_that_would_lapse_before_it_is_sent_is_dropped(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=1000, eid="late"), 1)
+    clock.advance(950)  # queued behind the rate budget until 50 ms before its deadline
+    assert store.take_work(5) == []
+    out = store.drain()
+    assert [(a.result, a.event_id) for a in out.audits] == [(Decision.EXPIRED, "late")]
+
+
+def test_idle_session_is_evicted_with_a_tombstone(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0), 1)
+    apply_all(store)
+    clock.advance(6000)
+    store.on_tick()
+    apply_all(store)  # the expiry clear
+    store.drain()
+    clock.advance(EngineConfig().idle_evict_ms - 1000)
+    store.on_tick()
+    assert store.tracked_sessions == 1
+    clock.advance(1000)
+    store.on_tick()
+    assert store.tracked_sessions == 0
+    assert store.drain().changelog == [(b"s1", None)]
+
+
+def test_tick_cost_is_proportional_to_due_timers(
+    store: PartitionStore, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(2000):
+        store.on_event(ev(f"s{i}", Status.TYPING, T0, timeout=60_000 if i % 100 else 1000), i)
+    apply_all(store, 5000)
+    settled: list[str] = []
+    original = store._settle
+
+    def spy(s, now, **kw):  # type: ignore[no-untyped-def]
+        settled.append(s.sid)
+        original(s, now, **kw)
+
+    monkeypatch.setattr(store, "_settle", spy)
+    clock.advance(1100)
+    store.on_tick()
+    assert len(settled) == 20
+
+
+def test_restore_rebuilds_an_equal_store_and_resumes_pending_clears(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    config = EngineConfig()
+    log: list[tuple[bytes, bytes | None]] = []
+    store.on_event(ev("shown", Status.TYPING, T0), 1)
+    store.on_event(ev("gone", Status.TYPING, T0), 2)
+    store.on_event(ev("flying", Status.PAUSED, T0), 3)
+    apply_all(store)
+    store.on_event(ev("gone", Status.STOPPED, T0 + 1), 4)
+    [clear] = store.take_work(5)
+    store.on_result(clear, SinkResult(Outcome.SESSION_NOT_FOUND, http_status=404))
+    store.on_event(ev("shown", Status.STOPPED, T0 + 2), 5)  # pending clear
+    store.on_event(ev("flying", Status.TYPING, T0 + 3), 6)
+    [pending_clear, in_flight] = store.take_work(5)
+    assert pending_clear.session_id == "shown"
+    store.on_result(pending_clear, SinkResult(Outcome.RATE_LIMITED, http_status=429))
+    log += store.drain().changelog
+
+    restored = PartitionStore.restore(3, config, clock, log)
+    assert restored == store
+    assert restored.tracked_sessions == 2
+    works = {w.session_id: w for w in restored.take_work(10)}
+    assert works["shown"].kind is WorkKind.CLEAR  # the pending clear resumes at once
+    assert works["flying"].kind is WorkKind.SET  # in flight at the crash: sent again
+    assert works["flying"].version == in_flight.version
+    # results of the old incarnation's calls are ignored by the new store
+    restored.on_result(in_flight, APPLIED)
+    assert restored.in_flight == 2
+
+
+def test_restore_of_an_expired_indicator_clears_it(clock: ManualClock) -> None:
+    store = PartitionStore(0, EngineConfig(), clock)
+    store.on_event(ev("s1", Status.TYPING, T0), 1)
+    apply_all(store)
+    log = store.drain().changelog
+    clock.advance(120_000)  # the partition was unowned for two minutes
+    restored = PartitionStore.restore(0, EngineConfig(), clock, log)
+    [work] = restored.take_work(5)
+    assert (work.kind, work.reason) == (WorkKind.CLEAR, ChangeReason.EXPIRED)
+
+
+def test_store_equality_follows_persisted_state(clock: ManualClock) -> None:
+    a = PartitionStore(0, EngineConfig(), clock)
+    b = PartitionStore(0, EngineConfig(), clock)
+    assert a == b
+    a.on_event(ev("s1", Status.TYPING, T0), 1)
+    assert a != b
+    assert a != "store"
