@@ -140,7 +140,7 @@ def test_crm_event_id_is_deterministic_and_distinguishes_inputs() -> None:
     ],
 )
 def test_config_rejects_unsafe_values(kwargs: dict[str, float]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be"):
         EngineConfig(**kwargs)  # type: ignore[arg-type]
 
 

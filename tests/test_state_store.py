@@ -32,7 +32,7 @@ def ev(
         status=status,
         occurred_at=at,
         timeout_ms=timeout,
-        participant=Participant(id="p", role=role) if role else None,  # type: ignore[arg-type]
+        participant=Participant(id="p", role=role) if role else None,
     )
 
 

@@ -61,7 +61,7 @@ class EngineConfig:
         if self.dedupe_capacity < 1:
             raise ValueError("dedupe_capacity must be >= 1")
         if not 1 <= self.retry_base_ms <= self.retry_max_ms:
-            raise ValueError("need 1 <= retry_base_ms <= retry_max_ms")
+            raise ValueError("retry_base_ms must be in [1, retry_max_ms]")
 
     @classmethod
     def from_settings(cls, settings: TypingSettings) -> EngineConfig:
