@@ -81,6 +81,14 @@ class _Ledger:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """A non-5xx answer and the token that was sent with it."""
+
+    response: httpx.Response
+    token: str = field(repr=False)
+
+
 @dataclass(slots=True)
 class _SessionLock:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -311,6 +319,8 @@ class GenesysSink:
             return ledger.result(Outcome.SESSION_NOT_CONNECTED, error="session is not connected")
         if status == 403:
             return self._auth_failure(ledger, "API refused the token: scope missing (HTTP 403)")
+        # Whatever went wrong, the next apply re-reads rather than trusting the cache.
+        self._etags.drop(session_id)
         return ledger.result(Outcome.FAILED, error=f"unexpected HTTP {status}")
 
     async def _call(
@@ -324,7 +334,7 @@ class GenesysSink:
         body: bytes | None = None,
         if_match: str | None = None,
     ) -> httpx.Response | SinkResult:
-        """One logical call: budget, token, breaker, 401/429/5xx handling, retries.
+        """One logical call: breaker, budget, token, 401/429/5xx handling, bounded retries.
 
         Returns the response to interpret, or the final result when the call gave up.
         """
@@ -337,49 +347,35 @@ class GenesysSink:
                     Outcome.FAILED,
                     error=f"circuit open; next probe in {self._breaker.retry_in():.1f} s",
                 )
-            settled = False
             try:
-                if not await self._limiter.acquire(priority, max(0.0, give_up_at - self._now())):
-                    return ledger.result(Outcome.RATE_LIMITED, error="no API budget in time")
-                try:
-                    token = await self._tokens.token()
-                except AuthConfigError as exc:
-                    return self._auth_failure(ledger, str(exc))
-                except (TokenUnavailableError, ProtocolError) as exc:
-                    failure = str(exc)
-                else:
-                    response, failure = await self._send(method, url, token, body, if_match, ledger)
-                    if response is None or response.status_code >= 500:
-                        self._breaker.record_failure()
-                        settled = True
-                        failure = failure or f"HTTP {response.status_code if response else '?'}"
-                    else:
-                        self._breaker.record_success()
-                        settled = True
-                        if response.status_code == 401:
-                            if reauthenticated:
-                                return self._auth_failure(ledger, "API rejected a fresh token")
-                            reauthenticated = True
-                            await self._tokens.invalidate(token)
-                            continue
-                        if response.status_code == 429:
-                            pause = _retry_after_s(response, self._clock)
-                            self._limiter.pause(pause)
-                            log.warning("429 from Genesys: pausing all calls for %.1f s", pause)
-                            if self._now() + pause > give_up_at:
-                                return ledger.result(
-                                    Outcome.RATE_LIMITED, error=f"429; retry after {pause:.1f} s"
-                                )
-                            continue
-                        return response
-            except (TokenUnavailableError, AuthConfigError, ProtocolError) as exc:
-                # invalidate() fetches too; its failures end the call like token()'s do.
-                if isinstance(exc, AuthConfigError):
-                    return self._auth_failure(ledger, str(exc))
+                sent = await self._attempt(
+                    method, url, body, if_match, ledger, priority, give_up_at
+                )
+                if isinstance(sent, SinkResult):
+                    return sent
+                if isinstance(sent, _Sent):
+                    status = sent.response.status_code
+                    if status == 401 and not reauthenticated:
+                        reauthenticated = True
+                        await self._tokens.invalidate(sent.token)
+                        continue
+                    if status == 401:
+                        return self._auth_failure(ledger, "API rejected a fresh token (HTTP 401)")
+                    if status == 429:
+                        pause = _retry_after_s(sent.response, self._clock)
+                        self._limiter.pause(pause)
+                        log.warning("429 from Genesys: pausing all calls for %.1f s", pause)
+                        if self._now() + pause > give_up_at:
+                            return ledger.result(
+                                Outcome.RATE_LIMITED, error=f"429; retry after {pause:.1f} s"
+                            )
+                        continue
+                    return sent.response
+                failure = sent
+            except AuthConfigError as exc:
+                return self._auth_failure(ledger, str(exc))
+            except (TokenUnavailableError, ProtocolError) as exc:
                 failure = str(exc)
-            finally:
-                if not settled:
-                    self._breaker.abandon()
             failures += 1
             if failures >= self._config.max_transient_attempts:
                 return ledger.result(
@@ -389,6 +385,39 @@ class GenesysSink:
             if self._now() + delay > give_up_at:
                 return ledger.result(Outcome.FAILED, error=f"{failure} (no time left to retry)")
             await asyncio.sleep(delay)
+
+    async def _attempt(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        if_match: str | None,
+        ledger: _Ledger,
+        priority: Priority,
+        give_up_at: float,
+    ) -> _Sent | SinkResult | str:
+        """One request under the breaker's permission: a non-5xx answer, a final result
+        (no budget in time), or why it failed transiently. Token errors propagate."""
+        settled = False
+        try:
+            if not await self._limiter.acquire(priority, max(0.0, give_up_at - self._now())):
+                return ledger.result(Outcome.RATE_LIMITED, error="no API budget in time")
+            token = await self._tokens.token()
+            response, failure = await self._send(method, url, token, body, if_match, ledger)
+            settled = True
+            if response is None:
+                self._breaker.record_failure()
+                return failure
+            if response.status_code >= 500:
+                self._breaker.record_failure()
+                return f"{method} answered HTTP {response.status_code}"
+            # Any other answer (even 4xx or 429) shows the API is up.
+            self._breaker.record_success()
+            return _Sent(response, token)
+        finally:
+            if not settled:
+                # No request went out (no budget, no token, cancelled): free a probe slot.
+                self._breaker.abandon()
 
     async def _send(
         self,
