@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import ConsumerRecord
+from aiokafka.errors import KafkaError
 
 from processor.clock import Clock
 from processor.codec import decode_event, iso_utc
@@ -26,6 +28,7 @@ from processor.state import PartitionStore, Work
 
 from .outbound import Outbound
 from .reconciler import Reconciler
+from .restore import RestoreError
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +71,17 @@ class Counters:
 
 
 class PartitionWorker:
-    """Drives one `PartitionStore` from input records, sink results and time."""
+    """Drives one `PartitionStore` from input records, sink results and time.
+
+    The worker exists from the moment its partition is assigned: input that arrives while
+    `load` restores the store from the changelog waits in the queue (I6: restore first).
+    """
 
     def __init__(
         self,
         topic: str,
         partition: int,
-        store: PartitionStore,
+        load: Callable[[], Awaitable[PartitionStore]],
         outbound: Outbound,
         reconciler: Reconciler,
         clock: Clock,
@@ -83,7 +90,9 @@ class PartitionWorker:
     ) -> None:
         self.topic = topic
         self.partition = partition
-        self.store = store
+        self.store: PartitionStore  # set by the loop once restored
+        self.restored = asyncio.Event()
+        self._load = load
         self.counters = counters
         self._outbound = outbound
         self._reconciler = reconciler
@@ -115,6 +124,17 @@ class PartitionWorker:
             self._queue.put_nowait(_Wake())
 
     async def _loop(self) -> None:
+        for attempt in itertools.count():
+            try:
+                self.store = await self._load()
+                break
+            except (RestoreError, KafkaError) as exc:
+                delay = min(30.0, 0.5 * 2**attempt)
+                log.warning(
+                    "partition %s: restore failed (%s); retry in %.1fs", self.partition, exc, delay
+                )
+                await asyncio.sleep(delay)
+        self.restored.set()
         while True:
             item = await self._next_item()
             if isinstance(item, _Stop):
@@ -246,6 +266,10 @@ class PartitionWorker:
         changelog, and return the input offset that is safe to commit."""
         self._closing = True
         self._unsubscribe()
+        if not self.restored.is_set():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            return None
         try:
             async with asyncio.timeout(grace_s):
                 await self._idle.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 
@@ -155,6 +156,7 @@ class TypingProcessor:
                     continue
                 for tp, records in batches.items():
                     worker = self.workers.get(tp.partition)
+                    # no worker: revoked meanwhile; its next owner starts from the commit
                     if worker is not None and records:
                         worker.submit(records)
                 self._apply_backpressure(consumer)
@@ -195,34 +197,39 @@ class TypingProcessor:
             self._committed[tp.partition] = offset
 
     async def acquire(self, assigned: list[TopicPartition]) -> None:
-        """Restore each new partition's store from the changelog, then start its worker."""
+        """Start a worker for each new partition; each restores its store before input."""
         topic = self.settings.typing.input_topic
-        fresh = [tp for tp in assigned if tp.topic == topic and tp.partition not in self.workers]
+        fresh = [tp.partition for tp in assigned if tp.topic == topic]
+        fresh = [p for p in fresh if p not in self.workers]
+        # Workers exist before the first await: the fetcher may hand out records of a
+        # new partition before this listener returns, and they must queue, not vanish.
+        for partition in fresh:
+            self.workers[partition] = PartitionWorker(
+                topic,
+                partition,
+                functools.partial(self._restore, partition),
+                self._outbound,
+                self._reconciler,
+                self._clock,
+                self.counters,
+                on_applied=self._on_applied,
+            )
         self.assigned = True
         self._restoring += len(fresh)
         self._update_ready()
         try:
-            await asyncio.gather(*(self._start_worker(tp.partition) for tp in fresh))
+            await asyncio.gather(*(self.workers[p].restored.wait() for p in fresh))
         finally:
             self._restoring -= len(fresh)
             self._update_ready()
 
-    async def _start_worker(self, partition: int) -> None:
+    async def _restore(self, partition: int) -> PartitionStore:
         records = await read_changelog(
             self._options, self.settings.typing.resolved_changelog_topic, partition
         )
         store = PartitionStore.restore(partition, self._engine, self._clock, records)
         log.info("partition %d restored from %d changelog records", partition, len(records))
-        self.workers[partition] = PartitionWorker(
-            self.settings.typing.input_topic,
-            partition,
-            store,
-            self._outbound,
-            self._reconciler,
-            self._clock,
-            self.counters,
-            on_applied=self._on_applied,
-        )
+        return store
 
     async def release(self, revoked: list[TopicPartition]) -> None:
         """Finish, flush and commit the revoked partitions, then drop their stores."""

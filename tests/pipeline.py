@@ -1,0 +1,220 @@
+"""Test support for the runtime: a processor in this process or as `typing-processor run`,
+events into the input topic, and reads of the outbound topics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from pydantic import SecretStr
+
+from processor.emulator.testing import EmulatorHandle
+from processor.runtime.service import TypingProcessor
+from processor.settings import GenesysSettings, KafkaSettings, Settings, TypingSettings
+from processor.sink.client import GenesysSink
+from processor.sink.config import SinkConfig
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def topic_env(prefix: str) -> dict[str, str]:
+    """Unique topic and group names for one test, as `TYPING_*` variables."""
+    return {
+        "TYPING_GROUP_ID": f"{prefix}-group",
+        "TYPING_INPUT_TOPIC": f"{prefix}.events",
+        "TYPING_CRM_TOPIC": f"{prefix}.crm-sync",
+        "TYPING_AUDIT_TOPIC": f"{prefix}.audit",
+        "TYPING_DLQ_TOPIC": f"{prefix}.dlq",
+        "TYPING_TOPIC_PARTITIONS": "4",
+    }
+
+
+def unique_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+def make_settings(bootstrap: str, emulator: EmulatorHandle, **typing: Any) -> Settings:
+    names = {k.removeprefix("TYPING_").lower(): v for k, v in topic_env(unique_prefix()).items()}
+    names.update(typing)
+    return Settings(
+        kafka=KafkaSettings(bootstrap_servers=bootstrap),
+        genesys=GenesysSettings(
+            oauthclient_id=emulator.client_id,
+            oauthclient_secret=SecretStr(emulator.client_secret),
+            api_url=emulator.base_url,
+            login_url=emulator.base_url,
+        ),
+        typing=TypingSettings(**names),
+    )
+
+
+def typing_event(
+    session_id: str, status: str = "typing", *, timeout_ms: int | None = None, **extra: Any
+) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "event_id": uuid.uuid4().hex,
+        "session_id": session_id,
+        "status": status,
+        "occurred_at": now_ms(),
+    }
+    if timeout_ms is not None:
+        event["timeout_ms"] = timeout_ms
+    event.update(extra)
+    return event
+
+
+async def eventually(
+    condition: Callable[[], bool] | Callable[[], Awaitable[bool]],
+    timeout_s: float,
+    what: str,
+    interval_s: float = 0.05,
+) -> None:
+    """Re-check `condition` until it holds; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        outcome = condition()
+        if isinstance(outcome, Awaitable):
+            outcome = await outcome
+        if outcome:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s}s: {what}")
+        await asyncio.sleep(interval_s)
+
+
+class Producer:
+    """Sends events (dicts) or raw bytes to the input topic, acknowledged."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        self.topic = topic
+
+    async def __aenter__(self) -> Producer:
+        await self._producer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._producer.stop()
+
+    async def send(self, event: dict[str, Any]) -> None:
+        await self.send_raw(event["session_id"].encode(), orjson.dumps(event))
+
+    async def send_raw(self, key: bytes | None, value: bytes | None) -> None:
+        await self._producer.send_and_wait(self.topic, value, key=key)
+
+
+async def read_topic(
+    bootstrap: str, topic: str, timeout_s: float = 5.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of `topic` up to its end offsets now (group-less)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await consumer.topics()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        async with asyncio.timeout(timeout_s):
+            while True:
+                positions = [await consumer.position(tp) for tp in tps]
+                if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
+                    return records
+                batch = await consumer.getmany(timeout_ms=200)
+                for tp, items in batch.items():
+                    records.extend(r for r in items if r.offset < ends[tp])
+    finally:
+        await consumer.stop()
+
+
+async def read_json(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    return [orjson.loads(r.value) for r in await read_topic(bootstrap, topic) if r.value]
+
+
+@dataclass
+class InProcess:
+    """A `TypingProcessor` running in this event loop."""
+
+    settings: Settings
+    processor: TypingProcessor
+    sink: GenesysSink
+    task: asyncio.Task[None]
+    stop: asyncio.Event
+
+    async def close(self) -> None:
+        self.stop.set()
+        try:
+            await asyncio.wait_for(self.task, 15)
+        finally:
+            await self.sink.aclose()
+
+
+async def start_in_process(settings: Settings) -> InProcess:
+    sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
+    processor = TypingProcessor(settings, sink)
+    stop = asyncio.Event()
+    task = asyncio.create_task(processor.run(stop))
+    ready = asyncio.ensure_future(processor.wait_ready())
+    await asyncio.wait({ready, task}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    ready.cancel()
+    if task.done():
+        task.result()
+    assert processor.ready, "processor was not assigned partitions within 60 s"
+    return InProcess(settings, processor, sink, task, stop)
+
+
+class RunProcess:
+    """`python -m processor run` as a child process with its own environment."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self._env = {**os.environ, **env}
+        self._log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self._log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "processor", "run"],
+            env=self._env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def terminate(self, timeout_s: float = 15.0) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def log_text(self) -> str:
+        return self._log_path.read_text(errors="replace")

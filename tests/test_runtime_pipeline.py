@@ -1,0 +1,182 @@
+"""The processor end to end in this process: real broker, real emulator over HTTP."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pipeline import (
+    InProcess,
+    Producer,
+    eventually,
+    make_settings,
+    now_ms,
+    read_json,
+    start_in_process,
+    typing_event,
+)
+
+from processor.emulator.testing import EmulatorHandle
+
+
+@pytest.fixture
+async def running(bootstrap_servers: str, emulator: EmulatorHandle) -> AsyncIterator[InProcess]:
+    stack = await start_in_process(make_settings(bootstrap_servers, emulator))
+    try:
+        yield stack
+    finally:
+        await stack.close()
+
+
+@pytest.fixture
+async def producer(bootstrap_servers: str, running: InProcess) -> AsyncIterator[Producer]:
+    async with Producer(bootstrap_servers, running.settings.typing.input_topic) as p:
+        yield p
+
+
+def indicator(emulator: EmulatorHandle, session_id: str) -> dict[str, Any] | None:
+    value: dict[str, Any] | None = emulator.session(session_id)["customAttributes"].get(
+        "typingIndicator"
+    )
+    return value
+
+
+async def test_typing_sets_then_clears_at_the_timeout(
+    emulator: EmulatorHandle, producer: Producer
+) -> None:
+    emulator.create_session("s-timeout")
+    event = typing_event("s-timeout", timeout_ms=1000)
+    await producer.send(event)
+    await eventually(lambda: indicator(emulator, "s-timeout") is not None, 10, "indicator set")
+    shown = indicator(emulator, "s-timeout")
+    assert shown is not None
+    assert shown["status"] == "typing"
+    assert shown["originatedAt"] == event["occurred_at"]
+    assert shown["expiresAt"] <= event["occurred_at"] + 1000
+    assert shown["version"] == 1
+    await eventually(lambda: indicator(emulator, "s-timeout") is None, 10, "indicator cleared")
+    history = emulator.history("s-timeout")
+    assert [h["typing_indicator"] is None for h in history] == [False, True]
+    deadline = event["occurred_at"] + 1000
+    cleared_at = history[-1]["at_ms"]
+    assert deadline <= cleared_at <= deadline + 1000, (deadline, cleared_at)
+
+
+async def test_continuous_typing_never_flickers_and_costs_few_calls(
+    emulator: EmulatorHandle, producer: Producer
+) -> None:
+    import asyncio
+
+    emulator.create_session("s-steady")
+    started = now_ms()
+    typing_ms = 4000
+    while now_ms() - started < typing_ms:
+        await producer.send(typing_event("s-steady", timeout_ms=1000))
+        await asyncio.sleep(0.3)  # a person typing: pacing the traffic, not synchronisation
+    last_typed = now_ms()
+    await eventually(lambda: indicator(emulator, "s-steady") is None, 10, "cleared after typing")
+    history = emulator.history("s-steady")
+    sets = [h for h in history if h["typing_indicator"] is not None]
+    clears = [h for h in history if h["typing_indicator"] is None]
+    assert len(clears) == 1, history
+    assert clears[0]["at_ms"] >= last_typed, "cleared while the participant was still typing"
+    for change in sets:
+        assert change["typing_indicator"]["expiresAt"] > change["at_ms"], change
+    # one set, then at most one refresh per half timeout, then the clear
+    assert len(sets) <= 1 + typing_ms // 500 + 1, len(sets)
+    versions = [h["typing_indicator"]["version"] for h in sets]
+    assert versions == list(range(1, len(sets) + 1))
+    assert emulator.count("GET", "/api/v2/webchat/sessions/{sessionId}") == 1
+
+
+async def test_stopped_clears_at_once(emulator: EmulatorHandle, producer: Producer) -> None:
+    emulator.create_session("s-stop")
+    await producer.send(typing_event("s-stop", timeout_ms=30_000))
+    await eventually(lambda: indicator(emulator, "s-stop") is not None, 10, "indicator set")
+    stopped = typing_event("s-stop", "stopped")
+    await producer.send(stopped)
+    await eventually(lambda: indicator(emulator, "s-stop") is None, 5, "cleared by stopped")
+    assert emulator.history("s-stop")[-1]["at_ms"] - stopped["occurred_at"] < 1000
+
+
+async def test_closed_session_gets_no_patch_and_an_audit_record(
+    emulator: EmulatorHandle, producer: Producer, running: InProcess, bootstrap_servers: str
+) -> None:
+    emulator.create_session("s-closed", state="closed")
+    event = typing_event("s-closed", timeout_ms=5000)
+    await producer.send(event)
+    audit_topic = running.settings.typing.audit_topic
+
+    async def audited() -> bool:
+        records = await read_json(bootstrap_servers, audit_topic)
+        return any(
+            r["session_id"] == "s-closed" and r["result"] == "session_not_connected"
+            for r in records
+        )
+
+    await eventually(audited, 10, "audit record for the closed session")
+    assert emulator.count("PATCH", "/api/v2/webchat/sessions/{sessionId}") == 0
+    assert emulator.history("s-closed") == []
+
+
+async def test_malformed_input_goes_to_the_dlq_and_processing_goes_on(
+    emulator: EmulatorHandle, producer: Producer, running: InProcess, bootstrap_servers: str
+) -> None:
+    emulator.create_session("s-after-bad")
+    await producer.send_raw(b"s-after-bad", b"{this is not json")
+    await producer.send(typing_event("s-after-bad", timeout_ms=2000))
+    await eventually(lambda: indicator(emulator, "s-after-bad") is not None, 10, "next event")
+    letters = await read_json(bootstrap_servers, running.settings.typing.dlq_topic)
+    assert len(letters) == 1
+    letter = letters[0]
+    assert letter["reason"] == "invalid_json"
+    assert base64.b64decode(letter["value_b64"]) == b"{this is not json"
+    assert base64.b64decode(letter["key_b64"]) == b"s-after-bad"
+    assert letter["topic"] == running.settings.typing.input_topic
+
+
+async def test_crm_records_match_applied_changes_one_to_one(
+    emulator: EmulatorHandle, producer: Producer, running: InProcess, bootstrap_servers: str
+) -> None:
+    sessions = [f"s-crm-{i}" for i in range(6)]
+    for session_id in sessions:
+        emulator.create_session(session_id)
+    for i, session_id in enumerate(sessions):
+        await producer.send(typing_event(session_id, timeout_ms=1000))
+        if i % 2:
+            await producer.send(typing_event(session_id, "stopped"))
+    typed_only = sessions[::2]  # the others' typing and stopped coalesce: no call at all
+    await eventually(
+        lambda: (
+            all(len(emulator.history(s)) == 2 for s in typed_only)
+            and all(indicator(emulator, s) is None for s in sessions)
+        ),
+        15,
+        "every indicator set and cleared",
+    )
+    crm_topic = running.settings.typing.crm_topic
+
+    def applied() -> set[tuple[str, int | None, str]]:
+        changes = set()
+        for session_id in sessions:
+            for version, change in enumerate(emulator.history(session_id), start=1):
+                shown = change["typing_indicator"]
+                status = "cleared" if shown is None else shown["status"]
+                changes.add((session_id, version, status))
+        return changes
+
+    async def crm_complete() -> bool:
+        records = await read_json(bootstrap_servers, crm_topic)
+        return len(records) >= len(applied())
+
+    await eventually(crm_complete, 10, "CRM records for every change")
+    records = await read_json(bootstrap_servers, crm_topic)
+    got = [(r["session_id"], r["version"], r["status"]) for r in records]
+    assert len(got) == len(set(got)), "duplicate CRM records"
+    assert set(got) == applied()
+    for record in records:
+        assert record["event"] == "typing_indicator_update"
+        assert record["reason"] in {"event", "stopped", "expired"}
+    assert len({r["event_id"] for r in records}) == len(records)
