@@ -12,25 +12,31 @@ import asyncio
 import functools
 import itertools
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError
+from opentelemetry import context as otel_context
+from opentelemetry.trace import Span, set_span_in_context
 
 from processor.clock import Clock
 from processor.codec import decode_event, iso_utc
-from processor.domain import SinkResult
-from processor.models import AuditRecord, CrmSyncRecord, DeadLetter
+from processor.domain import Decision, SinkResult
+from processor.models import AuditRecord, CrmSyncRecord, DeadLetter, TypingEvent
 from processor.state import PartitionStore, Work
+from processor.telemetry.tracing import DECISION, EVENT_ID, SESSION_ID, STATUS, PartitionTracing
 
 from .outbound import Outbound
 from .reconciler import Reconciler
 from .restore import RestoreError
 
 log = logging.getLogger(__name__)
+
+# Turns whose records may await acknowledgement at once before the worker waits.
+MAX_UNACKED = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +48,7 @@ class _Records:
 class _Result:
     work: Work
     result: SinkResult
+    span: Span | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +62,9 @@ class _Stop:
 
 
 _Item = _Records | _Result | _Wake | _Stop
+
+# Decisions that mean a change reached Genesys (end-to-end latency is measured for them).
+_APPLIED = frozenset({Decision.APPLIED, Decision.CLEARED, Decision.EXPIRED})
 
 
 @dataclass(slots=True)
@@ -87,6 +97,7 @@ class PartitionWorker:
         clock: Clock,
         counters: Counters,
         on_applied: Callable[[str, int], None] | None = None,
+        tracing: PartitionTracing | None = None,
     ) -> None:
         self.topic = topic
         self.partition = partition
@@ -98,8 +109,17 @@ class PartitionWorker:
         self._reconciler = reconciler
         self._clock = clock
         self._on_applied = on_applied
+        self._tracing = tracing
+        # Processing spans of events whose decision is still open, by input offset, with
+        # the event's occurred_at (for the end-to-end latency). At most one per session
+        # (latest wins) plus the batch in hand.
+        self._spans: dict[int, tuple[Span, int]] = {}
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self.committable: int | None = None
+        # offset of the first record received before any was processed (for the lag gauge)
+        self.first_offset: int | None = None
+        self.failed: BaseException | None = None
+        self._unacked: deque[tuple[asyncio.Future[Any], int | None]] = deque()
         self._closing = False
         self._in_flight = 0
         self._wake_queued = False
@@ -110,7 +130,14 @@ class PartitionWorker:
 
     def submit(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Queue input records (in offset order) for processing."""
+        if self.first_offset is None and records:
+            self.first_offset = records[0].offset
         self._queue.put_nowait(_Records(records))
+
+    @property
+    def position(self) -> int | None:
+        """Offset of the next record to process, when known (for the lag gauge)."""
+        return self.committable if self.committable is not None else self.first_offset
 
     @property
     def backlog(self) -> int:
@@ -163,22 +190,55 @@ class PartitionWorker:
     async def _handle(self, item: _Item) -> None:
         futures: list[asyncio.Future[Any]] = []
         batch_end: int | None = None
+        turn_span: Span | None = None
         if isinstance(item, _Records):
             for record in item.records:
                 futures.extend(await self._process(record))
                 batch_end = record.offset + 1
         elif isinstance(item, _Result):
             self.store.on_result(item.work, item.result)
+            turn_span = item.span
         self.store.on_tick()
         self._dispatch()
-        futures.extend(await self._publish())
-        if futures:
-            await asyncio.gather(*futures)
-        if batch_end is not None:
-            # I6: only now, with the changelog acknowledged, may the input offset move.
-            self.committable = batch_end
+        futures.extend(await self._publish(turn_span))
+        if futures or batch_end is not None:
+            await self._track_acks(futures, batch_end)
+
+    async def _track_acks(self, futures: list[asyncio.Future[Any]], batch_end: int | None) -> None:
+        """Let acknowledgements arrive in the background; the commit position follows them.
+
+        Waiting for each batch's acks before the next would stall on every broker round
+        trip; instead at most `MAX_UNACKED` turns are outstanding, in order.
+        """
+        acked: asyncio.Future[Any] = asyncio.gather(*futures)
+        self._unacked.append((acked, batch_end))
+        acked.add_done_callback(self._advance)
+        if len(self._unacked) > MAX_UNACKED:
+            await asyncio.wait({self._unacked[0][0]})
+
+    def _advance(self, _: asyncio.Future[Any]) -> None:
+        while self._unacked and self._unacked[0][0].done():
+            acked, batch_end = self._unacked.popleft()
+            error = None if acked.cancelled() else acked.exception()
+            if acked.cancelled() or error is not None:
+                # Not acknowledged: the offset must not move past it (I6). The service sees
+                # `failed` and restarts from the last commit.
+                self.failed = error or asyncio.CancelledError()
+                self._unacked.clear()
+                return
+            if batch_end is not None:
+                # I6: only now, with the changelog acknowledged, may the input offset move.
+                self.committable = batch_end
+
+    async def flush(self) -> None:
+        """Wait until everything published so far is acknowledged (or failed)."""
+        pending = [acked for acked, _ in self._unacked]
+        if pending:
+            await asyncio.wait(pending)
 
     async def _process(self, record: ConsumerRecord[bytes, bytes]) -> list[asyncio.Future[Any]]:
+        tracing = self._tracing
+        span = None if tracing is None else tracing.start_event(record.headers, record.offset)
         decoded = decode_event(
             record.key,
             record.value,
@@ -188,18 +248,45 @@ class PartitionWorker:
             now_ms=self._clock.now_ms(),
         )
         if isinstance(decoded, DeadLetter):
-            self.counters.dead_letters += 1
+            return [await self._dead_letter(record, decoded, span)]
+        self.counters.events += 1
+        if span is not None:
+            self._trace_event(span, decoded, record.offset)
+        self.store.on_event(decoded, record.offset)
+        return []
+
+    def _trace_event(self, span: Span, event: TypingEvent, offset: int) -> None:
+        span.set_attributes(
+            {SESSION_ID: event.session_id, STATUS: event.status.value, EVENT_ID: event.event_id}
+        )
+        self._spans[offset] = (span, event.occurred_at)
+
+    async def _dead_letter(
+        self, record: ConsumerRecord[bytes, bytes], letter: DeadLetter, span: Span | None
+    ) -> asyncio.Future[Any]:
+        self.counters.dead_letters += 1
+        token = None if span is None else otel_context.attach(set_span_in_context(span))
+        try:
             log.warning(
                 "dead letter at %s[%s]@%s: %s",
                 record.topic,
                 record.partition,
                 record.offset,
-                decoded.reason.value,
+                letter.reason.value,
             )
-            return [await self._outbound.dead_letter(record.key, decoded)]
-        self.counters.events += 1
-        self.store.on_event(decoded, record.offset)
-        return []
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+        if span is None or self._tracing is None:
+            return await self._outbound.dead_letter(record.key, letter)
+        span.set_attributes({DECISION: "dead_letter", "typing.dlq.reason": letter.reason.value})
+        publish, headers = self._tracing.start_publish("dlq", span)
+        try:
+            ack = await self._outbound.dead_letter(record.key, letter, headers)
+        finally:
+            span.end()
+        self._tracing.end_on_ack(publish, ack)
+        return ack
 
     def _dispatch(self) -> None:
         if self._closing:
@@ -207,21 +294,42 @@ class PartitionWorker:
         slots = self._reconciler.free_slots
         if slots <= 0:
             return
+        tracing = self._tracing
         for work in self.store.take_work(slots):
             self._in_flight += 1
             self._idle.clear()
             self.counters.calls[work.kind.value] += 1
-            self._reconciler.launch(
-                work.session_id, work.desired, functools.partial(self._deliver, work)
+            if tracing is None:
+                self._reconciler.launch(
+                    work.session_id, work.desired, functools.partial(self._deliver, work, None)
+                )
+                continue
+            cause = None if work.offset is None else self._spans.get(work.offset)
+            span, context = tracing.start_apply(
+                None if cause is None else cause[0], work.session_id, work.kind.value, work.version
             )
+            # the call's task copies the current context: its HTTP spans become children
+            token = otel_context.attach(context)
+            try:
+                self._reconciler.launch(
+                    work.session_id, work.desired, functools.partial(self._deliver, work, span)
+                )
+            finally:
+                otel_context.detach(token)
 
-    def _deliver(self, work: Work, result: SinkResult) -> None:
+    def _deliver(self, work: Work, span: Span | None, result: SinkResult) -> None:
         self._in_flight -= 1
         if self._in_flight == 0:
             self._idle.set()
-        self._queue.put_nowait(_Result(work, result))
+        if span is not None:
+            PartitionTracing.end_apply(
+                span, result.outcome.value, result.http_status, result.attempts, result.error
+            )
+        self._queue.put_nowait(_Result(work, result, span))
 
-    async def _publish(self) -> list[asyncio.Future[Any]]:
+    async def _publish(self, turn_span: Span | None = None) -> list[asyncio.Future[Any]]:
+        if self._tracing is not None:
+            return await self._publish_traced(turn_span)
         emitted = self.store.drain()
         futures: list[asyncio.Future[Any]] = []
         now = self._clock.now_ms()
@@ -261,6 +369,84 @@ class PartitionWorker:
             self.counters.changelog_records += 1
         return futures
 
+    async def _publish_traced(self, turn_span: Span | None) -> list[asyncio.Future[Any]]:
+        """`_publish` with spans: each record's headers carry its trace; decided events'
+        spans end. Changes come from the call result of this turn (`turn_span`); an audit
+        belongs to the event at its offset, or else to this turn's call."""
+        tracing = self._tracing
+        assert tracing is not None
+        emitted = self.store.drain()
+        futures: list[asyncio.Future[Any]] = []
+        now = self._clock.now_ms()
+        decided: list[Span] = []
+        for change in emitted.changes:
+            record = CrmSyncRecord(
+                timestamp=change.applied_at,
+                session_id=change.session_id,
+                status=change.status,
+                event_id=change.event_id,
+                version=change.version,
+                reason=change.reason,
+                expires_at=change.expires_at,
+            )
+            if turn_span is None:
+                futures.append(await self._outbound.crm(record))
+            else:
+                publish, headers = tracing.start_publish("crm", turn_span)
+                ack = await self._outbound.crm(record, headers)
+                tracing.end_on_ack(publish, ack)
+                futures.append(ack)
+            self.counters.crm_records += 1
+            if self._on_applied is not None:
+                self._on_applied(change.session_id, change.applied_at)
+        spans = self._spans
+        for decision in emitted.audits:
+            parent = turn_span
+            if decision.offset is not None and (cause := spans.pop(decision.offset, None)):
+                parent = cause[0]
+                parent.set_attribute(DECISION, decision.result.value)
+                decided.append(parent)
+                if decision.result in _APPLIED and decision.http_status is not None:
+                    tracing.end_to_end.record(
+                        max(0, now - cause[1]) / 1000, {"decision": decision.result.value}
+                    )
+            audit = AuditRecord(
+                timestamp=iso_utc(now),
+                session_id=decision.session_id,
+                indicator_status=decision.indicator_status,
+                result=decision.result,
+                latency_ms=decision.latency_ms,
+                error=decision.error,
+                event_id=decision.event_id,
+                http_status=decision.http_status,
+                attempts=decision.attempts,
+                trace_id=None if parent is None else tracing.trace_id(parent),
+                partition=self.partition,
+                offset=decision.offset,
+            )
+            if parent is None:
+                futures.append(await self._outbound.audit(audit))
+            else:
+                publish, headers = tracing.start_publish("audit", parent)
+                ack = await self._outbound.audit(audit, headers)
+                tracing.end_on_ack(publish, ack)
+                futures.append(ack)
+            self.counters.audit_records += 1
+            self.counters.decisions[decision.result.value] += 1
+        for key, value in emitted.changelog:
+            futures.append(await self._outbound.changelog(self.partition, key, value))
+            self.counters.changelog_records += 1
+        for span in decided:
+            span.end()
+        return futures
+
+    def _end_open_spans(self) -> None:
+        """Events still undecided when the partition goes: their spans say so."""
+        for span, _ in self._spans.values():
+            span.set_attribute(DECISION, "unresolved")
+            span.end()
+        self._spans.clear()
+
     async def close(self, grace_s: float) -> int | None:
         """Stop dispatching, let in-flight calls land (up to `grace_s`), flush the
         changelog, and return the input offset that is safe to commit."""
@@ -269,6 +455,7 @@ class PartitionWorker:
         if not self.restored.is_set():
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+            self._end_open_spans()
             return None
         try:
             async with asyncio.timeout(grace_s):
@@ -282,4 +469,6 @@ class PartitionWorker:
             )
         self._queue.put_nowait(_Stop())
         await self._task
+        self._end_open_spans()
+        await self.flush()
         return self.committable

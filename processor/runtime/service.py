@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -13,6 +15,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from processor.clock import Clock, SystemClock
 from processor.settings import Settings
 from processor.state import EngineConfig, PartitionStore
+from processor.telemetry import Telemetry
 
 from .kafka import TopicError, TopicSpec, client_options, ensure_topics
 from .outbound import Outbound
@@ -23,8 +26,22 @@ from .restore import read_changelog
 log = logging.getLogger(__name__)
 
 COMMIT_INTERVAL_S = 0.5
+# A broker check's answer serves readiness probes for this long.
+BROKER_CHECK_TTL_S = 2.0
+BROKER_CHECK_TIMEOUT_S = 5.0
 REVOKE_GRACE_S = 5.0
 MAX_BACKLOG = 64
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionStats:
+    """One owned partition as the metrics see it."""
+
+    partition: int
+    tracked_sessions: int
+    queued_work: int
+    in_flight: int
+    lag: int | None
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -48,8 +65,10 @@ class TypingProcessor:
         *,
         clock: Clock | None = None,
         on_applied: Callable[[str, int], None] | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.settings = settings
+        self.telemetry = telemetry or Telemetry.disabled()
         self._clock = clock or SystemClock()
         self._options = client_options(settings.kafka)
         self._outbound = Outbound(settings.kafka, settings.typing)
@@ -63,6 +82,13 @@ class TypingProcessor:
         self.assigned = False
         self._restoring = 0
         self._ready = asyncio.Event()
+        self._broker_checked: tuple[float, bool] | None = None
+        self._broker_check: asyncio.Future[bool] | None = None
+        self._outbound_topics = {
+            "crm": settings.typing.crm_topic,
+            "audit": settings.typing.audit_topic,
+            "dlq": settings.typing.dlq_topic,
+        }
 
     @property
     def ready(self) -> bool:
@@ -72,6 +98,66 @@ class TypingProcessor:
     async def wait_ready(self) -> None:
         """Return once the processor is ready (see `ready`)."""
         await self._ready.wait()
+
+    @property
+    def restoring(self) -> int:
+        """Partitions whose store is being restored now."""
+        return self._restoring
+
+    async def broker_reachable(self) -> bool:
+        """True when the Kafka cluster answered a metadata request within the last
+        `BROKER_CHECK_TTL_S` (concurrent probes share one request)."""
+        consumer = self._consumer
+        if consumer is None:
+            return False
+        now = time.monotonic()
+        if self._broker_checked is not None and now - self._broker_checked[0] < BROKER_CHECK_TTL_S:
+            return self._broker_checked[1]
+        if self._broker_check is None:
+            self._broker_check = asyncio.ensure_future(self._check_broker(consumer))
+        check = self._broker_check
+        try:
+            return await asyncio.shield(check)
+        finally:
+            if check.done() and self._broker_check is check:
+                self._broker_check = None
+
+    async def _check_broker(self, consumer: AIOKafkaConsumer) -> bool:
+        try:
+            async with asyncio.timeout(BROKER_CHECK_TIMEOUT_S):
+                await consumer.topics()
+            reachable = True
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("Kafka cluster unreachable: %s", exc)
+            reachable = False
+        self._broker_checked = (time.monotonic(), reachable)
+        return reachable
+
+    def partition_stats(self) -> list[PartitionStats]:
+        """Sessions, queued and running calls, and lag of every owned partition."""
+        consumer = self._consumer
+        topic = self.settings.typing.input_topic
+        stats = []
+        for partition, worker in list(self.workers.items()):
+            if not worker.restored.is_set():
+                continue
+            store = worker.store
+            lag = None
+            position = worker.position
+            if consumer is not None and position is not None:
+                tp = TopicPartition(topic, partition)
+                try:
+                    highwater = consumer.highwater(tp)
+                except AssertionError:  # revoked meanwhile
+                    highwater = None
+                if highwater is not None:
+                    lag = max(0, highwater - position)
+            stats.append(
+                PartitionStats(
+                    partition, store.tracked_sessions, store.queued_work, store.in_flight, lag
+                )
+            )
+        return stats
 
     def _update_ready(self) -> None:
         if self.ready:
@@ -126,6 +212,7 @@ class TypingProcessor:
         )
         self._consumer = consumer
         await consumer.start()
+        self.telemetry.observe(self)
         try:
             await self._check_changelog(consumer)
             consumer.subscribe([self.settings.typing.input_topic], listener=_Rebalance(self))
@@ -136,6 +223,7 @@ class TypingProcessor:
             await self._reconciler.aclose()
             await self._outbound.stop()
             self._consumer = None
+            self.telemetry.forget(self)
 
     async def _consume(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -160,11 +248,19 @@ class TypingProcessor:
                     if worker is not None and records:
                         worker.submit(records)
                 self._apply_backpressure(consumer)
+                self._raise_if_failed()
                 if loop.time() >= next_commit:
                     await self.commit()
                     next_commit = loop.time() + COMMIT_INTERVAL_S
         finally:
             stopping.cancel()
+
+    def _raise_if_failed(self) -> None:
+        for partition, worker in self.workers.items():
+            if worker.failed is not None:
+                raise KafkaError(
+                    f"partition {partition}: outbound records were not acknowledged"
+                ) from worker.failed
 
     def _apply_backpressure(self, consumer: AIOKafkaConsumer) -> None:
         topic = self.settings.typing.input_topic
@@ -213,6 +309,7 @@ class TypingProcessor:
                 self._clock,
                 self.counters,
                 on_applied=self._on_applied,
+                tracing=self.telemetry.partition_tracing(topic, partition, self._outbound_topics),
             )
         self.assigned = True
         self._restoring += len(fresh)

@@ -1,0 +1,262 @@
+"""End-to-end throughput of the processor, and Genesys calls per typing burst.
+
+Part 1 (throughput): pre-produces typing traffic for many sessions into a fresh topic, then
+in the same run measures (a) a bare aiokafka consumer that only reads the topic and (b) the
+processor consuming it in its own group, deciding, reconciling with the emulator (a child
+process, rate limit off) and publishing changelog, audit and CRM records. Reports both
+rates and their ratio.
+
+Part 2 (economy): runs the real-time demo stack and counts Genesys calls per typing burst,
+next to what the tutorial's approach would spend on the same traffic (GET + PATCH per
+update it does not suppress, and GET + PATCH per expiry clear it schedules).
+
+    python bench/bench_runtime.py [--sessions 10000] [--events-per-session 10] [--partitions 4]
+                                  [--economy-sessions 40] [--economy-duration 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from collections import defaultdict
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pydantic import SecretStr
+from rich.console import Console
+
+from processor.broker import LocalBroker
+from processor.demo.runner import DemoOptions, run_demo
+from processor.emulator.testing import EmulatorProcess
+from processor.loadgen import LoadProfile, TrafficModel
+from processor.runtime.kafka import TopicSpec, ensure_topics
+from processor.runtime.service import TypingProcessor
+from processor.settings import GenesysSettings, KafkaSettings, Settings, TypingSettings
+from processor.sink.client import GenesysSink
+from processor.sink.config import SinkConfig
+
+TUTORIAL_WINDOW_MS = 1500
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def create_sessions(base_url: str, session_ids: list[str]) -> None:
+    limits = httpx.Limits(max_connections=32)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as admin:
+        for start in range(0, len(session_ids), 200):
+            chunk = session_ids[start : start + 200]
+            answers = await asyncio.gather(
+                *(
+                    admin.post("/emulator/sessions", json={"session_id": s, "state": "connected"})
+                    for s in chunk
+                )
+            )
+            for answer in answers:
+                answer.raise_for_status()
+
+
+async def fill_topic(bootstrap: str, topic: str, sessions: list[str], per_session: int) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20)
+    await producer.start()
+    sent = 0
+    try:
+        base = now_ms()
+        pending = []
+        for round_ in range(per_session):
+            for i, session_id in enumerate(sessions):
+                # alternate typing/paused so that every other event is a real state change,
+                # the rest suppressed repeats; long timeouts keep the backlog fresh (I5)
+                status = "typing" if (round_ // 2) % 2 == 0 else "paused"
+                event = {
+                    "event_id": f"{session_id}-{round_}",
+                    "session_id": session_id,
+                    "status": status,
+                    "occurred_at": base + round_ * 10 + i % 10,
+                    "timeout_ms": 60_000,
+                }
+                pending.append(
+                    await producer.send(topic, orjson.dumps(event), key=session_id.encode())
+                )
+                sent += 1
+                if len(pending) >= 5_000:
+                    await asyncio.gather(*pending)
+                    pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def bare_consumer_rate(bootstrap: str, topic: str, expected: int) -> float:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"bare-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    seen = 0
+    try:
+        started = None
+        while seen < expected:
+            batch = await consumer.getmany(timeout_ms=500, max_records=2_000)
+            if started is None and batch:
+                started = time.perf_counter()
+            seen += sum(len(records) for records in batch.values())
+        elapsed = time.perf_counter() - (started or time.perf_counter())
+    finally:
+        await consumer.stop()
+    return seen / elapsed
+
+
+async def processor_rate(
+    bootstrap: str, emulator: EmulatorProcess, topic: str, partitions: int, expected: int
+) -> tuple[float, dict[str, object]]:
+    prefix = f"bench-{uuid.uuid4().hex[:6]}"
+    settings = Settings(
+        kafka=KafkaSettings(bootstrap_servers=bootstrap),
+        genesys=GenesysSettings(
+            oauthclient_id=emulator.client_id,
+            oauthclient_secret=SecretStr(emulator.client_secret),
+            api_url=emulator.base_url,
+            login_url=emulator.base_url,
+        ),
+        typing=TypingSettings(
+            group_id=prefix,
+            input_topic=topic,
+            crm_topic=f"{prefix}.crm",
+            audit_topic=f"{prefix}.audit",
+            dlq_topic=f"{prefix}.dlq",
+            topic_partitions=partitions,
+            api_rate_per_minute=1_000_000,
+            max_in_flight=64,
+        ),
+    )
+    sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
+    processor = TypingProcessor(settings, sink)
+    stop = asyncio.Event()
+    task = asyncio.create_task(processor.run(stop))
+    try:
+        await processor.wait_ready()
+        started = None
+        while processor.counters.events < expected:
+            if task.done():
+                task.result()
+            if started is None and processor.counters.events:
+                started = time.perf_counter()
+            await asyncio.sleep(0.01)  # sampling a counter, not synchronising
+        elapsed = time.perf_counter() - (started or time.perf_counter())
+    finally:
+        stop.set()
+        await task
+        await sink.aclose()
+    counters = {
+        "decisions": dict(processor.counters.decisions),
+        "calls": dict(processor.counters.calls),
+        "changelog_records": processor.counters.changelog_records,
+    }
+    return expected / elapsed, counters
+
+
+def tutorial_calls(events: list[dict[str, object]]) -> int:
+    """What the tutorial's TypingIndicatorManager spends on the same events.
+
+    It suppresses a (session, status) repeat within 1500 ms; every other update costs a
+    GET and a PATCH, and schedules one expiry clear that costs another GET and PATCH.
+    """
+    last_sent: dict[tuple[str, str], int] = defaultdict(lambda: -(10**15))
+    calls = 0
+    for event in sorted(events, key=lambda e: int(str(e["occurred_at"]))):
+        if event["status"] == "stopped":
+            continue  # the tutorial has no stop: the indicator lingers until expiry
+        key = (str(event["session_id"]), str(event["status"]))
+        at = int(str(event["occurred_at"]))
+        if at - last_sent[key] < TUTORIAL_WINDOW_MS:
+            continue
+        last_sent[key] = at
+        calls += 4
+    return calls
+
+
+async def throughput(args: argparse.Namespace, console: Console) -> None:
+    with LocalBroker() as broker, EmulatorProcess(client_id="bench", client_secret="bench") as emu:
+        topic = f"bench-in-{uuid.uuid4().hex[:6]}"
+        await ensure_topics(
+            KafkaSettings(bootstrap_servers=broker.bootstrap_servers),
+            [TopicSpec(topic)],
+            args.partitions,
+            1,
+        )
+        sessions = [f"b-{i:06d}" for i in range(args.sessions)]
+        console.print(f"creating {len(sessions):,} sessions in the emulator")
+        await create_sessions(emu.base_url, sessions)
+        console.print("filling the input topic")
+        total = await fill_topic(
+            broker.bootstrap_servers, topic, sessions, args.events_per_session
+        )
+        console.print(f"{total:,} events in {topic} ({args.partitions} partitions)")
+        bare = await bare_consumer_rate(broker.bootstrap_servers, topic, total)
+        console.print(f"bare aiokafka consumer: {bare:,.0f} events/s")
+        rate, counters = await processor_rate(
+            broker.bootstrap_servers, emu, topic, args.partitions, total
+        )
+        console.print(f"processor (decide + reconcile + publish): {rate:,.0f} events/s")
+        console.print(f"ratio processor / bare consumer: {rate / bare:.2f}")
+        console.print(f"processor counters: {counters}")
+
+
+async def economy(args: argparse.Namespace, console: Console) -> None:
+    options = DemoOptions(
+        sessions=args.economy_sessions,
+        duration_s=args.economy_duration,
+        conflict_rate=0.0,
+        error_rate=0.0,
+    )
+    result = await run_demo(options, Console(quiet=True))
+    model = TrafficModel(
+        LoadProfile(sessions=options.sessions, duration_s=options.duration_s, seed=options.seed)
+    )
+    events = [item.event.model_dump() for item in model.schedule(0).events]
+    bursts = sum(1 for e in _bursts(events))
+    ours = result.calls("GET") + result.calls("PATCH")
+    theirs = tutorial_calls(events)
+    console.print(f"typing bursts: {bursts:,}; events: {len(events):,}")
+    console.print(f"processor: {ours:,} Genesys calls = {ours / bursts:.2f} per burst")
+    console.print(f"tutorial approach: {theirs:,} calls = {theirs / bursts:.2f} per burst")
+
+
+def _bursts(events: list[dict[str, object]]) -> list[tuple[str, int]]:
+    """A burst starts with a typing event that follows a non-typing event (or none)."""
+    starts: list[tuple[str, int]] = []
+    previous: dict[str, object] = {}
+    for event in sorted(events, key=lambda e: int(str(e["occurred_at"]))):
+        sid = str(event["session_id"])
+        if event["status"] == "typing" and previous.get(sid) != "typing":
+            starts.append((sid, int(str(event["occurred_at"]))))
+        previous[sid] = event["status"]
+    return starts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=10_000)
+    parser.add_argument("--events-per-session", type=int, default=10)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--economy-sessions", type=int, default=40)
+    parser.add_argument("--economy-duration", type=float, default=20.0)
+    parser.add_argument("--skip-economy", action="store_true")
+    args = parser.parse_args()
+    console = Console()
+    asyncio.run(throughput(args, console))
+    if not args.skip_economy:
+        asyncio.run(economy(args, console))
+
+
+if __name__ == "__main__":
+    main()
