@@ -208,6 +208,31 @@ def _cmd_loadgen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_crm_webhook(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from processor.logs import configure_logging
+    from processor.settings import load_kafka, load_typing
+    from processor.webhook import CrmWebhookWorker, WebhookConfig
+
+    kafka, typing = load_kafka(), load_typing()
+    if not typing.crm_webhook_url:
+        raise ConfigError("TYPING_CRM_WEBHOOK_URL is not set (required by crm-webhook)")
+    configure_logging(typing.log_level)
+    worker = CrmWebhookWorker(kafka, typing, WebhookConfig(url=typing.crm_webhook_url))
+
+    async def deliver() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await worker.run(stop)
+
+    asyncio.run(deliver())
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -269,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate", type=_positive_float, default=None, help="cap on events per second"
     )
     loadgen.set_defaults(handler=_cmd_loadgen)
+
+    webhook = commands.add_parser(
+        "crm-webhook", help="deliver CRM-sync records to TYPING_CRM_WEBHOOK_URL"
+    )
+    webhook.set_defaults(handler=_cmd_crm_webhook)
 
     _add_emulator_parser(commands)
     _add_apply_parser(commands)

@@ -187,7 +187,7 @@ class TypingSettings(BaseSettings):
     max_in_flight: int = Field(32, ge=1, le=10_000)
     http_port: int = Field(8080, ge=0, le=65_535)
     log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
-    crm_webhook_url: str | None = None
+    crm_webhook_url: str | None = Field(None, pattern=r"^https?://")
 
     @property
     def resolved_changelog_topic(self) -> str:

@@ -1,0 +1,130 @@
+"""The CRM webhook worker: delivers `genesys.typing.crm-sync` records to a CRM endpoint.
+
+A consumer group of its own (`<group>-crm-webhook`) reads the CRM-sync topic and POSTs each
+record's JSON, as the tutorial's webhook did, with the record's `event_id` as the
+`Idempotency-Key` so the receiver can drop redeliveries (delivery is at least once: the
+offset is committed only after the endpoint accepted the record).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from processor import USER_AGENT
+from processor.runtime.kafka import client_options
+from processor.settings import KafkaSettings, TypingSettings
+
+log = logging.getLogger(__name__)
+
+# 4xx answers that a retry can fix; every other 4xx is a permanent refusal of that record.
+_RETRYABLE_4XX = frozenset({408, 425, 429})
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """Where and how patiently to deliver."""
+
+    url: str
+    timeout_s: float = 5.0
+    max_backoff_s: float = 30.0
+
+
+@dataclass(slots=True)
+class WebhookCounters:
+    """Deliveries so far."""
+
+    delivered: int = 0
+    refused: int = 0
+    retries: int = 0
+
+
+class CrmWebhookWorker:
+    """Consumes CRM-sync records and POSTs them one by one, in order per partition."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        typing: TypingSettings,
+        config: WebhookConfig,
+        *,
+        http: httpx.AsyncClient | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._kafka = kafka
+        self._typing = typing
+        self._config = config
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient(
+            timeout=config.timeout_s, headers={"User-Agent": USER_AGENT}
+        )
+        self._rng = rng or random.Random()
+        self.counters = WebhookCounters()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until `stop` is set; commits after each accepted batch."""
+        consumer = AIOKafkaConsumer(
+            self._typing.crm_topic,
+            **client_options(self._kafka),
+            group_id=f"{self._typing.group_id}-crm-webhook",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=500, max_records=500)
+                offsets: dict[TopicPartition, int] = {}
+                for tp, records in batch.items():
+                    for record in records:
+                        if not await self._deliver(record, stop):
+                            break  # stopping: leave the rest uncommitted
+                        offsets[tp] = record.offset + 1
+                if offsets:
+                    await consumer.commit(offsets)
+        finally:
+            await consumer.stop()
+            if self._owns_http:
+                await self._http.aclose()
+
+    async def _deliver(self, record: ConsumerRecord[bytes, bytes], stop: asyncio.Event) -> bool:
+        """POST one record until accepted or refused; False if stopped before either."""
+        if record.value is None:
+            return True
+        event_id = str(orjson.loads(record.value).get("event_id", ""))
+        headers = {"Content-Type": "application/json", "Idempotency-Key": event_id}
+        attempt = 0
+        while not stop.is_set():
+            try:
+                answer = await self._http.post(
+                    self._config.url, content=record.value, headers=headers
+                )
+                status = answer.status_code
+            except httpx.HTTPError as exc:
+                status, detail = None, type(exc).__name__
+            else:
+                detail = f"HTTP {status}"
+            if status is not None and status < 300:
+                self.counters.delivered += 1
+                return True
+            if status is not None and status < 500 and status not in _RETRYABLE_4XX:
+                # A permanent refusal: retrying would block every later record.
+                self.counters.refused += 1
+                log.error("CRM endpoint refused record %s: %s", event_id, detail)
+                return True
+            attempt += 1
+            self.counters.retries += 1
+            delay = self._rng.uniform(0, min(self._config.max_backoff_s, 0.2 * 2**attempt))
+            log.warning("CRM delivery of %s failed (%s); retry in %.1fs", event_id, detail, delay)
+            try:
+                async with asyncio.timeout(delay):
+                    await stop.wait()
+            except TimeoutError:
+                continue
+        return False

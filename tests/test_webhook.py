@@ -1,0 +1,117 @@
+"""The CRM webhook worker delivers CRM-sync records to a real HTTP endpoint, at least once."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import orjson
+import pytest
+import uvicorn
+from pipeline import Producer, eventually
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from processor.broker import free_port
+from processor.settings import KafkaSettings, TypingSettings
+from processor.webhook import CrmWebhookWorker, WebhookConfig
+
+
+@dataclass
+class Receiver:
+    """A CRM endpoint that fails the first `failures` posts, then accepts."""
+
+    failures: int = 0
+    refuse: set[str] = field(default_factory=set)
+    received: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+    attempts: int = 0
+
+    async def hook(self, request: Request) -> Response:
+        self.attempts += 1
+        body = orjson.loads(await request.body())
+        if body["event_id"] in self.refuse:
+            return Response(status_code=422)
+        if self.failures > 0:
+            self.failures -= 1
+            return Response(status_code=503)
+        self.received.append((request.headers["idempotency-key"], body))
+        return Response(status_code=204)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
+    state = Receiver()
+    port = free_port()
+    app = Starlette(routes=[Route("/hook", state.hook, methods=["POST"])])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: server.started, 10, "webhook receiver listening")
+    try:
+        yield state, f"http://127.0.0.1:{port}/hook"
+    finally:
+        server.should_exit = True
+        await task
+
+
+def record(session: str, version: int) -> dict[str, object]:
+    return {
+        "event": "typing_indicator_update",
+        "timestamp": 1_700_000_000_000 + version,
+        "session_id": session,
+        "status": "typing",
+        "source": "genesys_typing_processor",
+        "event_id": f"{session}-{version}",
+        "version": version,
+        "reason": "event",
+        "expires_at": 1_700_000_005_000,
+    }
+
+
+async def test_records_are_delivered_in_order_with_retries_and_refusals(
+    bootstrap_servers: str, receiver: tuple[Receiver, str]
+) -> None:
+    state, url = receiver
+    state.failures = 2
+    state.refuse = {"w-1-2"}
+    prefix = uuid.uuid4().hex[:8]
+    typing = TypingSettings(group_id=f"hook-{prefix}", crm_topic=f"hook-{prefix}.crm")
+    sent = [record("w-1", v) for v in range(1, 5)]
+    async with Producer(bootstrap_servers, typing.crm_topic) as producer:
+        for item in sent:
+            await producer.send(item)
+    worker = CrmWebhookWorker(
+        KafkaSettings(bootstrap_servers=bootstrap_servers),
+        typing,
+        WebhookConfig(url=url, max_backoff_s=0.05),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await eventually(lambda: len(state.received) == 3, 30, "three records accepted")
+    finally:
+        stop.set()
+        await task
+    assert [body["version"] for _, body in state.received] == [1, 3, 4]
+    assert [key for key, _ in state.received] == ["w-1-1", "w-1-3", "w-1-4"]
+    assert state.received[0][1] == sent[0]
+    assert worker.counters.refused == 1
+    assert worker.counters.retries == 2
+    # committed: a second worker in the same group has nothing left to deliver
+    again = CrmWebhookWorker(
+        KafkaSettings(bootstrap_servers=bootstrap_servers), typing, WebhookConfig(url=url)
+    )
+    stop_again = asyncio.Event()
+    second = asyncio.create_task(again.run(stop_again))
+    producer_done = Producer(bootstrap_servers, typing.crm_topic)
+    async with producer_done as producer:
+        await producer.send(record("w-1", 5))
+    try:
+        await eventually(lambda: len(state.received) == 4, 30, "the new record delivered")
+    finally:
+        stop_again.set()
+        await second
+    assert [body["version"] for _, body in state.received] == [1, 3, 4, 5]
