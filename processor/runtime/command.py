@@ -3,52 +3,99 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from collections.abc import AsyncIterator
 
 from aiokafka.errors import KafkaError
 
 from processor.settings import Settings
 from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
+from processor.telemetry import OpsEndpoint, Telemetry
 
+from .asgi import serve_in_background
 from .kafka import TopicError
 from .service import TypingProcessor
 
 log = logging.getLogger(__name__)
 
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+# Kubernetes probes and Prometheus reach the pod on its IP: listen on every interface.
+HTTP_HOST = "0.0.0.0"  # noqa: S104
 
 
-async def run_service(settings: Settings) -> int:
-    """Run until SIGTERM/SIGINT; a lost broker is retried, never fatal. Returns exit code."""
+@contextlib.asynccontextmanager
+async def ops_endpoint(
+    telemetry: Telemetry, port: int, host: str = HTTP_HOST
+) -> AsyncIterator[int | None]:
+    """`/metrics`, `/healthz` and `/readyz` on `port` (0 = a free one) for the block.
+
+    Yields the bound port, or None when the port cannot be bound: the processor then runs
+    without the endpoint rather than not at all (the error line says why).
+    """
+    endpoint = OpsEndpoint(telemetry)
+    async with endpoint.monitoring(), contextlib.AsyncExitStack() as stack:
+        try:
+            listening = await stack.enter_async_context(
+                serve_in_background(endpoint.app, host, port, name="ops")
+            )
+        except OSError as exc:
+            log.error(
+                "cannot listen on port %d (%s): /metrics, /healthz and /readyz are off "
+                "(set TYPING_HTTP_PORT)",
+                port,
+                exc.strerror or exc,
+            )
+            yield None
+            return
+        log.info("serving /metrics, /healthz and /readyz on port %d", listening.port)
+        yield listening.port
+
+
+async def run_service(settings: Settings, telemetry: Telemetry | None = None) -> int:
+    """Run until SIGTERM/SIGINT; a lost broker is retried, never fatal. Returns exit code.
+
+    Telemetry comes from the `OTEL_*` environment unless given.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    telemetry = telemetry or Telemetry.from_environment()
     sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
-    failures = 0
+    telemetry.instrument_sink(sink)
     try:
-        while not stop.is_set():
-            processor = TypingProcessor(settings, sink)
-            try:
-                await processor.run(stop)
-                failures = 0
-            except TopicError as exc:
-                log.error("topic set-up is wrong: %s", exc)
-                return 2
-            except (KafkaError, OSError) as exc:
-                delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
-                failures += 1
-                log.warning("Kafka unavailable (%s); restarting in %.0fs", exc, delay)
-                try:
-                    async with asyncio.timeout(delay):
-                        await stop.wait()
-                except TimeoutError:
-                    pass
+        async with ops_endpoint(telemetry, settings.typing.http_port):
+            return await _run_until_stopped(settings, sink, telemetry, stop)
     finally:
         await sink.aclose()
+        telemetry.shutdown()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+async def _run_until_stopped(
+    settings: Settings, sink: GenesysSink, telemetry: Telemetry, stop: asyncio.Event
+) -> int:
+    failures = 0
+    while not stop.is_set():
+        processor = TypingProcessor(settings, sink, telemetry=telemetry)
+        try:
+            await processor.run(stop)
+            failures = 0
+        except TopicError as exc:
+            log.error("topic set-up is wrong: %s", exc)
+            return 2
+        except (KafkaError, OSError) as exc:
+            delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
+            failures += 1
+            log.warning("Kafka unavailable (%s); restarting in %.0fs", exc, delay)
+            try:
+                async with asyncio.timeout(delay):
+                    await stop.wait()
+            except TimeoutError:
+                pass
     log.info("stopped cleanly")
     return 0

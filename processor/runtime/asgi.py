@@ -1,0 +1,108 @@
+"""An ASGI app served by uvicorn on the caller's event loop, for the length of a block.
+
+The host program keeps its signal handlers (SIGTERM/SIGINT stop the processor, which then
+leaves the block and stops the server). `port=0` picks a free port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+
+class ServerStartError(Exception):
+    """The server did not start listening."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listening:
+    """Where an embedded server listens."""
+
+    host: str
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        """`http://host:port` (IPv6 hosts bracketed)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+class EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves the host program's signal handlers alone."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        # The embedding program owns SIGINT/SIGTERM and stops us through `should_exit`.
+        yield
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A bound, inheritable TCP socket (IPv6 when `host` is an IPv6 address)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def serve_in_background(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    name: str = "http",
+    start_timeout_s: float = 10.0,
+    **config: Any,
+) -> AsyncIterator[Listening]:
+    """Serve `app` on the running loop; listening when the block starts, stopped after.
+
+    Raises `OSError` when the address cannot be bound. Extra keyword arguments go to
+    `uvicorn.Config` (defaults: no access log, no lifespan, uvicorn's loggers left to the
+    host's logging set-up).
+    """
+    sock = bind(host, port)
+    bound_port = int(sock.getsockname()[1])
+    options: dict[str, Any] = {
+        "log_level": "warning",
+        "access_log": False,
+        "lifespan": "off",
+        "server_header": False,
+        "log_config": None,
+        **config,
+    }
+    server = EmbeddedServer(uvicorn.Config(app, host=host, port=bound_port, **options))
+    task = asyncio.create_task(server.serve(sockets=[sock]), name=f"{name}:{bound_port}")
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + start_timeout_s
+        # uvicorn exposes no start event; watch its flag (and the task, which ends on failure)
+        while not server.started:
+            if task.done():
+                task.result()
+                raise ServerStartError(f"{name} server stopped during start-up")
+            if loop.time() > deadline:
+                raise ServerStartError(f"{name} server did not start within {start_timeout_s} s")
+            await asyncio.sleep(0.005)
+        yield Listening(host, bound_port)
+    finally:
+        server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=5.0)
+        except TimeoutError:
+            server.force_exit = True
+            await task
+        finally:
+            sock.close()

@@ -1,0 +1,423 @@
+"""`Telemetry`: the tracer provider, meter provider and instruments of one process.
+
+Built once at start-up and passed to whatever reports (no global providers are set, so
+tests and embedders can run several side by side). `Telemetry.disabled()` is the default
+everywhere: nothing is created and the hot paths skip every call.
+
+Configuration is OpenTelemetry's own environment:
+- `OTEL_SDK_DISABLED=true` turns traces and metrics off (health and readiness still work).
+- `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` /
+  `..._METRICS_ENDPOINT`) enables OTLP/HTTP export; the exporters read the other
+  `OTEL_EXPORTER_OTLP_*` variables (headers, timeout, compression, certificates) themselves.
+  `OTEL_TRACES_EXPORTER=none` / `OTEL_METRICS_EXPORTER=none` turn one signal's export off.
+- `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER(_ARG)`, `OTEL_BSP_*`,
+  `OTEL_METRIC_EXPORT_INTERVAL` are applied by the SDK.
+Prometheus text is always available through `render_prometheus()` (served on `/metrics`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
+from opentelemetry.metrics import Counter as MetricCounter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Tracer
+from prometheus_client import CollectorRegistry, generate_latest
+
+from processor import PRODUCT, __version__
+
+from .tracing import PartitionTracing
+
+if TYPE_CHECKING:
+    from processor.sink.client import GenesysSink
+
+log = logging.getLogger(__name__)
+
+# Seconds; from sub-millisecond HTTP calls on a LAN to a minute of backlog.
+LATENCY_BUCKETS_S = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+_BREAKER_STATES = ("closed", "half_open", "open")
+_Callback = Callable[[CallbackOptions], Iterable[Observation]]
+_SUPPORTED_PROTOCOL = "http/protobuf"
+
+
+class CountersLike(Protocol):
+    """What a processor counts (`processor.runtime.partition.Counters`)."""
+
+    events: int
+    dead_letters: int
+    crm_records: int
+    audit_records: int
+    changelog_records: int
+    decisions: Counter[str]
+
+
+class PartitionStats(Protocol):
+    """One partition's gauges, read on collection."""
+
+    @property
+    def partition(self) -> int: ...
+    @property
+    def tracked_sessions(self) -> int: ...
+    @property
+    def queued_work(self) -> int: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def lag(self) -> int | None: ...
+
+
+class Observed(Protocol):
+    """A running processor as telemetry and the readiness probe see it."""
+
+    @property
+    def counters(self) -> CountersLike:
+        """Totals since the processor started."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """Partitions assigned and restored."""
+        ...
+
+    def partition_stats(self) -> Sequence[PartitionStats]:
+        """Gauges of every owned partition."""
+        ...
+
+    async def broker_reachable(self) -> bool:
+        """True when the Kafka cluster answers now."""
+        ...
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _export_wanted(env: Mapping[str, str], signal: str) -> bool:
+    exporters = env.get(f"OTEL_{signal}_EXPORTER", "otlp").lower()
+    if "none" in exporters.split(","):
+        return False
+    endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(
+        f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"
+    )
+    if not endpoint:
+        return False
+    protocol = env.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL") or env.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", _SUPPORTED_PROTOCOL
+    )
+    if protocol != _SUPPORTED_PROTOCOL:
+        log.warning(
+            "OTLP protocol %s is not available; exporting %s over %s",
+            protocol,
+            signal.lower(),
+            _SUPPORTED_PROTOCOL,
+        )
+    return True
+
+
+def _resource() -> Resource:
+    defaults = Resource.create({"service.name": PRODUCT, "service.version": __version__})
+    # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win over the defaults
+    return defaults.merge(OTELResourceDetector().detect())
+
+
+class Telemetry:
+    """Providers and instruments of one process (or a disabled stand-in)."""
+
+    def __init__(
+        self,
+        tracer_provider: TracerProvider | None,
+        meter_provider: MeterProvider | None,
+        registry: CollectorRegistry | None,
+    ) -> None:
+        """Prefer `Telemetry.from_environment()` or `Telemetry.disabled()`."""
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self.registry = registry
+        self._observed: list[Observed] = []
+        # totals of processors that stopped, so counters stay monotonic across restarts
+        self._retired: Counter[tuple[str, str]] = Counter()
+        self._sinks: list[GenesysSink] = []
+        self.loop_lag_s = 0.0
+        self._tracer: Tracer | None = None
+        self._end_to_end: Histogram | None = None
+        self.call_count: MetricCounter | None = None
+        self.call_duration: Histogram | None = None
+        self.ratelimit_wait: Histogram | None = None
+        if tracer_provider is not None:
+            self._tracer = tracer_provider.get_tracer("processor", __version__)
+        if meter_provider is not None:
+            self._create_instruments(meter_provider.get_meter("processor", __version__))
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def disabled(cls) -> Telemetry:
+        """No traces, no metrics: the default wherever telemetry is optional."""
+        return cls(None, None, None)
+
+    @classmethod
+    def from_environment(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        span_processors: Iterable[SpanProcessor] = (),
+        metric_readers: Iterable[MetricReader] = (),
+    ) -> Telemetry:
+        """Traces and metrics configured from the standard `OTEL_*` variables.
+
+        `span_processors` / `metric_readers` add destinations (tests pass in-memory ones).
+        """
+        env = os.environ if environ is None else environ
+        if _truthy(env.get("OTEL_SDK_DISABLED")):
+            log.info("OpenTelemetry disabled by OTEL_SDK_DISABLED")
+            return cls.disabled()
+        resource = _resource()
+        tracer_provider = TracerProvider(resource=resource)
+        for processor in span_processors:
+            tracer_provider.add_span_processor(processor)
+        if _export_wanted(env, "TRACES"):
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        registry = CollectorRegistry(auto_describe=True)
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+        readers: list[MetricReader] = [PrometheusMetricReader(registry=registry), *metric_readers]
+        if _export_wanted(env, "METRICS"):
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        meter_provider = MeterProvider(metric_readers=readers, resource=resource)
+        return cls(tracer_provider, meter_provider, registry)
+
+    @property
+    def enabled(self) -> bool:
+        """True when spans and metrics are recorded."""
+        return self._tracer is not None
+
+    # ------------------------------------------------------------------ instruments
+
+    def _create_instruments(self, meter: Meter) -> None:
+        self.call_count = meter.create_counter(
+            "genesys.calls", unit="{call}", description="HTTP calls to Genesys by method and status"
+        )
+        self.call_duration = meter.create_histogram(
+            "genesys.call.duration",
+            unit="s",
+            description="Latency of HTTP calls to Genesys",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
+        )
+        self.ratelimit_wait = meter.create_histogram(
+            "genesys.ratelimit.wait",
+            unit="s",
+            description="Time a Genesys call waited for the client's rate budget",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
+        )
+        self._end_to_end = meter.create_histogram(
+            "typing.end_to_end.duration",
+            unit="s",
+            description="From an event's occurred_at to its change being applied in Genesys",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
+        )
+        meter.create_observable_counter(
+            "typing.events",
+            [self._observe_decisions],
+            unit="{event}",
+            description="Decisions taken on typing events (audit results; DLQ = dead_letter)",
+        )
+        meter.create_observable_counter(
+            "typing.records.produced",
+            [self._observe_records],
+            unit="{record}",
+            description="Records written to the outbound topics, by kind",
+        )
+        gauges = (
+            ("typing.sessions.tracked", "{session}", "Sessions held in the state stores"),
+            ("typing.reconciliations.queued", "{session}", "Sessions with a Genesys call due"),
+            ("typing.reconciliations.in_flight", "{call}", "Genesys reconciliations running"),
+            ("typing.consumer.lag", "{record}", "Input records not processed yet"),
+        )
+        for name, unit, description in gauges:
+            meter.create_observable_gauge(
+                name, [self._partition_gauge(name)], unit=unit, description=description
+            )
+        meter.create_observable_gauge(
+            "genesys.ratelimit.waiting",
+            [self._observe_waiting],
+            unit="{call}",
+            description="Genesys calls waiting for rate budget now",
+        )
+        meter.create_observable_gauge(
+            "genesys.ratelimit.paused",
+            [self._observe_paused],
+            unit="s",
+            description="Seconds left of a 429 pause",
+        )
+        meter.create_observable_gauge(
+            "genesys.circuit_breaker.state",
+            [self._observe_breaker],
+            description="1 for the circuit breaker's current state (closed, half_open, open)",
+        )
+        meter.create_observable_gauge(
+            "typing.ready",
+            [self._observe_ready],
+            description="1 when partitions are assigned and restored",
+        )
+        meter.create_observable_gauge(
+            "typing.event_loop.lag",
+            [self._observe_loop_lag],
+            unit="s",
+            description="How late the event loop ran a timer last time it was sampled",
+        )
+
+    def _observe_decisions(self, options: CallbackOptions) -> Iterable[Observation]:
+        totals = Counter({k[1]: v for k, v in self._retired.items() if k[0] == "decision"})
+        for observed in list(self._observed):
+            counters = observed.counters
+            totals.update(counters.decisions)
+            totals["dead_letter"] += counters.dead_letters
+        return [Observation(v, {"decision": k}) for k, v in sorted(totals.items())]
+
+    def _observe_records(self, options: CallbackOptions) -> Iterable[Observation]:
+        totals = Counter({k[1]: v for k, v in self._retired.items() if k[0] == "record"})
+        for observed in list(self._observed):
+            totals.update(_record_counts(observed.counters))
+        return [Observation(v, {"kind": k}) for k, v in sorted(totals.items())]
+
+    def _partition_gauge(self, name: str) -> _Callback:
+        field = {
+            "typing.sessions.tracked": "tracked_sessions",
+            "typing.reconciliations.queued": "queued_work",
+            "typing.reconciliations.in_flight": "in_flight",
+            "typing.consumer.lag": "lag",
+        }[name]
+
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            out = []
+            for observed in list(self._observed):
+                for stats in observed.partition_stats():
+                    value = getattr(stats, field)
+                    if value is not None:
+                        out.append(Observation(value, {"partition": str(stats.partition)}))
+            return out
+
+        return observe
+
+    def _observe_waiting(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(sum(sink.limiter.waiting for sink in self._sinks))]
+
+    def _observe_paused(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(max((s.limiter.paused_for() for s in self._sinks), default=0.0))]
+
+    def _observe_breaker(self, options: CallbackOptions) -> Iterable[Observation]:
+        if not self._sinks:
+            return []
+        current = {str(sink.breaker.state.value) for sink in self._sinks}
+        return [Observation(int(state in current), {"state": state}) for state in _BREAKER_STATES]
+
+    def _observe_ready(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(int(any(o.ready for o in self._observed)))]
+
+    def _observe_loop_lag(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(self.loop_lag_s)]
+
+    # ------------------------------------------------------------------ wiring
+
+    def observe(self, observed: Observed) -> None:
+        """Report on `observed` (a running processor) until `forget`."""
+        self._observed.append(observed)
+
+    def forget(self, observed: Observed) -> None:
+        """Stop observing; its counts are kept so that counters never go back."""
+        if observed in self._observed:
+            self._observed.remove(observed)
+            counters = observed.counters
+            for decision, count in counters.decisions.items():
+                self._retired["decision", decision] += count
+            self._retired["decision", "dead_letter"] += counters.dead_letters
+            for kind, count in _record_counts(counters).items():
+                self._retired["record", kind] += count
+
+    @property
+    def observed(self) -> list[Observed]:
+        """Processors being observed now (for readiness)."""
+        return list(self._observed)
+
+    def instrument_sink(self, sink: GenesysSink) -> None:
+        """Spans and metrics for the sink's HTTP calls, rate-limit waits and breaker."""
+        if not self.enabled:
+            return
+        from .sink import instrument_sink
+
+        instrument_sink(sink, self)
+        self._sinks.append(sink)
+
+    def partition_tracing(
+        self, input_topic: str, partition: int, outbound_topics: Mapping[str, str]
+    ) -> PartitionTracing | None:
+        """Span helper for one partition worker; None when telemetry is off."""
+        if self._tracer is None or self._end_to_end is None:
+            return None
+        return PartitionTracing(
+            self._tracer, input_topic, partition, outbound_topics, self._end_to_end
+        )
+
+    # ------------------------------------------------------------------ output
+
+    def render_prometheus(self) -> bytes:
+        """Every metric in the Prometheus text format (empty when metrics are off)."""
+        if self.registry is None:
+            return b""
+        return generate_latest(self.registry)
+
+    def force_flush(self, timeout_s: float = 5.0) -> None:
+        """Export what is buffered (spans and metrics) now."""
+        millis = int(timeout_s * 1000)
+        if self.tracer_provider is not None:
+            self.tracer_provider.force_flush(millis)
+        if self.meter_provider is not None:
+            self.meter_provider.force_flush(millis)
+
+    def shutdown(self) -> None:
+        """Flush and stop the exporters (call once, at exit)."""
+        started = time.monotonic()
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()
+        if self.meter_provider is not None:
+            self.meter_provider.shutdown()
+        log.debug("telemetry shut down in %.3f s", time.monotonic() - started)
+
+
+def _record_counts(counters: CountersLike) -> dict[str, int]:
+    return {
+        "crm": counters.crm_records,
+        "audit": counters.audit_records,
+        "dlq": counters.dead_letters,
+        "changelog": counters.changelog_records,
+    }

@@ -1,0 +1,103 @@
+"""The operational HTTP endpoint of `run`: `/metrics`, `/healthz`, `/readyz`.
+
+- `/healthz`: the process is alive and its event loop responsive. The handler runs on the
+  processor's own loop, so a blocked loop cannot answer at all (the probe times out); a
+  sampler also measures how late the loop runs timers, and a stalled sampler fails it.
+- `/readyz`: 200 only when a processor runs, its partitions are assigned and restored, and
+  the Kafka cluster answers. 503 (with the reason) otherwise, e.g. while restoring.
+- `/metrics`: Prometheus text of every OpenTelemetry instrument.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .core import Telemetry
+
+LOOP_SAMPLE_S = 0.5
+# The loop sampler must have run within this long for the process to count as healthy.
+STALL_S = 10.0
+
+
+class LoopMonitor:
+    """Samples how late the event loop wakes a timer (its responsiveness)."""
+
+    def __init__(self, telemetry: Telemetry, interval_s: float = LOOP_SAMPLE_S) -> None:
+        self._telemetry = telemetry
+        self._interval = interval_s
+        self.last_beat = time.monotonic()
+        self.lag_s = 0.0
+
+    async def run(self) -> None:
+        """Sample until cancelled."""
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(self._interval)
+            now = time.monotonic()
+            self.lag_s = max(0.0, now - before - self._interval)
+            self._telemetry.loop_lag_s = self.lag_s
+            self.last_beat = now
+
+    def stalled_for(self) -> float:
+        """Seconds since the sampler last ran beyond its interval (0 when on time)."""
+        return max(0.0, time.monotonic() - self.last_beat - self._interval)
+
+
+class OpsEndpoint:
+    """The ASGI app and the loop monitor behind it."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+        self.monitor = LoopMonitor(telemetry)
+        self.app = Starlette(
+            routes=[
+                Route("/metrics", self._metrics, methods=["GET"]),
+                Route("/healthz", self._healthz, methods=["GET"]),
+                Route("/readyz", self._readyz, methods=["GET"]),
+            ]
+        )
+
+    @contextlib.asynccontextmanager
+    async def monitoring(self) -> AsyncIterator[OpsEndpoint]:
+        """Run the loop monitor for the duration of the block."""
+        task = asyncio.create_task(self.monitor.run(), name="loop-monitor")
+        try:
+            yield self
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _metrics(self, request: Request) -> Response:
+        return Response(self.telemetry.render_prometheus(), media_type=CONTENT_TYPE_LATEST)
+
+    async def _healthz(self, request: Request) -> Response:
+        stalled = self.monitor.stalled_for()
+        body = {
+            "status": "ok" if stalled < STALL_S else "stalled",
+            "event_loop_lag_ms": round(self.monitor.lag_s * 1000, 3),
+        }
+        return JSONResponse(body, status_code=200 if stalled < STALL_S else 503)
+
+    async def _readyz(self, request: Request) -> Response:
+        observed = self.telemetry.observed
+        if not observed:
+            return _not_ready("processor not running")
+        if not all(processor.ready for processor in observed):
+            return _not_ready("partitions not assigned or still restoring")
+        reachable = await asyncio.gather(*(p.broker_reachable() for p in observed))
+        if not all(reachable):
+            return _not_ready("Kafka cluster unreachable")
+        return JSONResponse({"status": "ready"})
+
+
+def _not_ready(reason: str) -> Response:
+    return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
