@@ -118,15 +118,17 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _export_wanted(env: Mapping[str, str], signal: str) -> bool:
+def _otlp_endpoint(env: Mapping[str, str], signal: str) -> str | None:
+    """Where OTLP/HTTP sends `signal` ("TRACES" or "METRICS"), or None when not exported."""
     exporters = env.get(f"OTEL_{signal}_EXPORTER", "otlp").lower()
     if "none" in exporters.split(","):
-        return False
-    endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(
-        f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"
-    )
+        return None
+    endpoint = env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")
     if not endpoint:
-        return False
+        base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        if not base:
+            return None
+        endpoint = f"{base.rstrip('/')}/v1/{signal.lower()}"
     protocol = env.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL") or env.get(
         "OTEL_EXPORTER_OTLP_PROTOCOL", _SUPPORTED_PROTOCOL
     )
@@ -137,7 +139,7 @@ def _export_wanted(env: Mapping[str, str], signal: str) -> bool:
             signal.lower(),
             _SUPPORTED_PROTOCOL,
         )
-    return True
+    return endpoint
 
 
 def _resource() -> Resource:
@@ -191,7 +193,11 @@ class Telemetry:
     ) -> Telemetry:
         """Traces and metrics configured from the standard `OTEL_*` variables.
 
-        `span_processors` / `metric_readers` add destinations (tests pass in-memory ones).
+        `environ` (default: the process environment) decides what is on and where it
+        goes; the SDK and the exporters read their finer settings (headers, timeouts,
+        certificates, sampler, resource attributes, batch sizes) from the process
+        environment themselves. `span_processors` / `metric_readers` add destinations
+        (tests pass in-memory ones).
         """
         env = os.environ if environ is None else environ
         if _truthy(env.get("OTEL_SDK_DISABLED")):
@@ -201,18 +207,19 @@ class Telemetry:
         tracer_provider = TracerProvider(resource=resource)
         for processor in span_processors:
             tracer_provider.add_span_processor(processor)
-        if _export_wanted(env, "TRACES"):
+        if traces_to := _otlp_endpoint(env, "TRACES"):
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-            tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            exporter = OTLPSpanExporter(endpoint=traces_to)
+            tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
         registry = CollectorRegistry(auto_describe=True)
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
         readers: list[MetricReader] = [PrometheusMetricReader(registry=registry), *metric_readers]
-        if _export_wanted(env, "METRICS"):
+        if metrics_to := _otlp_endpoint(env, "METRICS"):
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
-            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=metrics_to)))
         meter_provider = MeterProvider(metric_readers=readers, resource=resource)
         return cls(tracer_provider, meter_provider, registry)
 

@@ -1,0 +1,231 @@
+"""Processor throughput with telemetry on versus off, in the same run.
+
+One local broker and one emulator (a child process, rate limit off) serve every round.
+Each round fills a fresh input topic with the same traffic shape (every event carries a
+`traceparent`, as from an instrumented producer), then runs the processor over it in its
+own consumer group until every event has its audit decision:
+
+- off: `Telemetry.disabled()` (the default);
+- on:  everything `run` does with telemetry: a span per event, Genesys call and publish
+  spans, W3C context into CRM/audit headers, `trace_id` in audits, every metric; spans go
+  through a `BatchSpanProcessor` to an exporter that encodes them as OTLP protobuf (the
+  CPU an OTLP export costs, without a collector), and `/metrics` is served and scraped
+  once a second.
+
+Rounds alternate (off, on, off, on, ...) so drift affects both alike; the ratio is the
+median "on" rate over the median "off" rate.
+
+    python bench/bench_telemetry.py [--sessions 2000] [--events-per-session 10] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaProducer
+from bench_runtime import create_sessions
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from pydantic import SecretStr
+
+from processor.broker import LocalBroker
+from processor.emulator.testing import EmulatorProcess
+from processor.runtime.asgi import serve_in_background
+from processor.runtime.kafka import TopicSpec, ensure_topics
+from processor.runtime.service import TypingProcessor
+from processor.settings import GenesysSettings, KafkaSettings, Settings, TypingSettings
+from processor.sink.client import GenesysSink
+from processor.sink.config import SinkConfig
+from processor.telemetry import OpsEndpoint, Telemetry
+
+
+class EncodingExporter(SpanExporter):
+    """Encodes spans as an OTLP export request would, then drops them."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+        self.bytes = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.bytes += len(encode_spans(spans).SerializeToString())
+        self.spans += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def fill_topic(bootstrap: str, topic: str, sessions: list[str], per_session: int) -> int:
+    """Typing traffic with a `traceparent` per event; every other pair of rounds flips
+    typing/paused, so half the events change state and half are suppressed repeats."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20)
+    await producer.start()
+    sent = 0
+    try:
+        base = now_ms()
+        pending = []
+        for round_ in range(per_session):
+            status = "typing" if (round_ // 2) % 2 == 0 else "paused"
+            for i, session_id in enumerate(sessions):
+                event = {
+                    "event_id": f"{session_id}-{round_}",
+                    "session_id": session_id,
+                    "status": status,
+                    "occurred_at": base + round_ * 10 + i % 10,
+                    "timeout_ms": 60_000,
+                }
+                parent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01".encode()
+                pending.append(
+                    await producer.send(
+                        topic,
+                        orjson.dumps(event),
+                        key=session_id.encode(),
+                        headers=[("traceparent", parent)],
+                    )
+                )
+                sent += 1
+                if len(pending) >= 5_000:
+                    await asyncio.gather(*pending)
+                    pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return sent
+
+
+def settings_for(
+    bootstrap: str, emulator: EmulatorProcess, topic: str, partitions: int
+) -> Settings:
+    prefix = f"bench-{uuid.uuid4().hex[:6]}"
+    return Settings(
+        kafka=KafkaSettings(bootstrap_servers=bootstrap),
+        genesys=GenesysSettings(
+            oauthclient_id=emulator.client_id,
+            oauthclient_secret=SecretStr(emulator.client_secret),
+            api_url=emulator.base_url,
+            login_url=emulator.base_url,
+        ),
+        typing=TypingSettings(
+            group_id=prefix,
+            input_topic=topic,
+            crm_topic=f"{prefix}.crm",
+            audit_topic=f"{prefix}.audit",
+            dlq_topic=f"{prefix}.dlq",
+            topic_partitions=partitions,
+            api_rate_per_minute=1_000_000,
+            max_in_flight=64,
+        ),
+    )
+
+
+def _scrape_forever(url: str, stop: threading.Event, sizes: list[int]) -> None:
+    with httpx.Client(timeout=10) as client:
+        while not stop.wait(1.0):
+            sizes.append(len(client.get(url).content))
+
+
+async def measure(settings: Settings, telemetry: Telemetry, expected: int) -> float:
+    """Events per second from the first event processed to the last one decided."""
+    sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
+    telemetry.instrument_sink(sink)
+    processor = TypingProcessor(settings, sink, telemetry=telemetry)
+    stop = asyncio.Event()
+    task = asyncio.create_task(processor.run(stop))
+    counters = processor.counters
+    try:
+        await processor.wait_ready()
+        started = None
+        deadline = time.monotonic() + 300
+        # every event ends in exactly one decision (applied, suppressed, coalesced, ...)
+        while counters.events < expected or sum(counters.decisions.values()) < expected:
+            if task.done():
+                task.result()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {counters.events} events decided in 300 s")
+            if started is None and counters.events:
+                started = time.perf_counter()
+            await asyncio.sleep(0.005)  # sampling a counter, not synchronising
+        elapsed = time.perf_counter() - (started or time.perf_counter())
+    finally:
+        stop.set()
+        await task
+        await sink.aclose()
+    return expected / elapsed
+
+
+async def round_on(settings: Settings, expected: int, exporter: EncodingExporter) -> float:
+    telemetry = Telemetry.from_environment(
+        {}, span_processors=[BatchSpanProcessor(exporter, max_queue_size=65_536)]
+    )
+    ops = OpsEndpoint(telemetry)
+    scraping = threading.Event()
+    sizes: list[int] = []
+    try:
+        async with ops.monitoring(), serve_in_background(ops.app, port=0) as listening:
+            scraper = threading.Thread(
+                target=_scrape_forever, args=(f"{listening.base_url}/metrics", scraping, sizes)
+            )
+            scraper.start()
+            try:
+                return await measure(settings, telemetry, expected)
+            finally:
+                scraping.set()
+                await asyncio.to_thread(scraper.join)
+    finally:
+        telemetry.shutdown()
+        print(f"    on: {exporter.spans:,} spans exported so far; {len(sizes)} scrapes")
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    with LocalBroker() as broker, EmulatorProcess(client_id="bench", client_secret="bench") as emu:
+        bootstrap = broker.bootstrap_servers
+        sessions = [f"t-{i:06d}" for i in range(args.sessions)]
+        print(f"creating {len(sessions):,} sessions in the emulator")
+        await create_sessions(emu.base_url, sessions)
+        rates: dict[str, list[float]] = {"off": [], "on": []}
+        exporter = EncodingExporter()
+        for round_ in range(args.rounds):
+            for mode in ("off", "on") if round_ % 2 == 0 else ("on", "off"):
+                topic = f"bench-tel-{uuid.uuid4().hex[:6]}"
+                kafka = KafkaSettings(bootstrap_servers=bootstrap)
+                await ensure_topics(kafka, [TopicSpec(topic)], args.partitions, 1)
+                total = await fill_topic(bootstrap, topic, sessions, args.events_per_session)
+                settings = settings_for(bootstrap, emu, topic, args.partitions)
+                if mode == "off":
+                    rate = await measure(settings, Telemetry.disabled(), total)
+                else:
+                    rate = await round_on(settings, total, exporter)
+                rates[mode].append(rate)
+                print(f"round {round_ + 1} telemetry {mode:>3}: {rate:8,.0f} events/s")
+        off = statistics.median(rates["off"])
+        on = statistics.median(rates["on"])
+        print(f"median off: {off:,.0f} events/s; median on: {on:,.0f} events/s")
+        print(f"ratio on/off: {on / off:.3f} (target >= 0.85)")
+        print(f"spans exported: {exporter.spans:,} ({exporter.bytes / 1e6:.1f} MB of OTLP)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=2_000)
+    parser.add_argument("--events-per-session", type=int, default=10)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

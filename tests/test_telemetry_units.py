@@ -1,0 +1,334 @@
+"""Telemetry pieces on their own: propagation, logs, configuration from `OTEL_*`, OTLP export
+to a real HTTP receiver, counters across restarts, and the probe endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import secrets
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+import orjson
+import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import get_current_span, set_span_in_context, use_span
+from pipeline import eventually
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from processor.logs import JsonFormatter, redact
+from processor.runtime.asgi import serve_in_background
+from processor.telemetry import OpsEndpoint, Telemetry
+from processor.telemetry.propagation import extract, header, inject
+from processor.telemetry.tracing import PartitionTracing
+
+# --------------------------------------------------------------------------- propagation
+
+
+def tracing_with(spans: InMemorySpanExporter) -> PartitionTracing:
+    telemetry = Telemetry.from_environment({}, span_processors=[SimpleSpanProcessor(spans)])
+    tracing = telemetry.partition_tracing("in", 3, {"crm": "crm-topic"})
+    assert tracing is not None
+    return tracing
+
+
+def test_traceparent_in_headers_becomes_the_parent_and_travels_on() -> None:
+    spans = InMemorySpanExporter()
+    tracing = tracing_with(spans)
+    trace, parent = secrets.token_hex(16), secrets.token_hex(8)
+    headers = [("other", b"x"), ("TraceParent", f"00-{trace}-{parent}-01".encode())]
+    span = tracing.start_event(headers, offset=7)
+    publish, out = tracing.start_publish("crm", span)
+    publish.end()
+    span.end()
+    sent, process = sorted(spans.get_finished_spans(), key=lambda s: s.name)
+    assert process.name == "in process"
+    assert process.context is not None
+    assert format(process.context.trace_id, "032x") == trace
+    assert process.parent is not None
+    assert format(process.parent.span_id, "016x") == parent
+    assert (process.attributes or {})["messaging.kafka.offset"] == 7
+    assert sent.name == "crm-topic publish"
+    assert sent.parent is not None
+    assert sent.parent.span_id == process.context.span_id
+    # the outbound header names the publish span, in the same trace
+    traceparent = header(out, "traceparent")
+    assert traceparent is not None
+    assert traceparent.split("-")[1] == trace
+    assert sent.context is not None
+    assert traceparent.split("-")[2] == format(sent.context.span_id, "016x")
+    assert tracing.trace_id(span) == trace
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        None,
+        [],
+        [("traceparent", b"garbage")],
+        [("traceparent", b"00-" + b"0" * 32 + b"-" + b"1" * 16 + b"-01")],  # all-zero trace id
+    ],
+)
+def test_no_or_bad_traceparent_starts_a_new_trace(headers: list[tuple[str, bytes]] | None) -> None:
+    spans = InMemorySpanExporter()
+    span = tracing_with(spans).start_event(headers, offset=0)
+    span.end()
+    (finished,) = spans.get_finished_spans()
+    assert finished.parent is None
+    assert finished.context is not None
+    assert finished.context.trace_id != 0
+
+
+def test_inject_then_extract_round_trips() -> None:
+    span = TracerProvider().get_tracer("t").start_span("s")
+    headers = inject(set_span_in_context(span))
+    assert [name for name, _ in headers] == ["traceparent"]
+    context = extract(headers)
+    assert context is not None
+    remote = get_current_span(context).get_span_context()
+    assert remote.trace_id == span.get_span_context().trace_id
+    assert remote.span_id == span.get_span_context().span_id
+    assert remote.is_remote
+
+
+# --------------------------------------------------------------------------- logs
+
+
+def log_line(logger: logging.Logger, formatter: JsonFormatter, message: str, *args: object) -> str:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    logger.addHandler(handler)
+    try:
+        logger.warning(message, *args)
+    finally:
+        logger.removeHandler(handler)
+    return stream.getvalue()
+
+
+def test_json_log_lines_carry_the_current_trace() -> None:
+    logger = logging.getLogger("test.telemetry.logs")
+    formatter = JsonFormatter()
+    plain = orjson.loads(log_line(logger, formatter, "no span"))
+    assert "trace_id" not in plain
+    span = TracerProvider().get_tracer("t").start_span("s")
+    with use_span(span, end_on_exit=True):
+        text = log_line(logger, formatter, "in a span\nsecond line")
+    assert text.count("\n") == 1  # one object per line, newlines escaped
+    entry = orjson.loads(text)
+    context = span.get_span_context()
+    assert entry["trace_id"] == format(context.trace_id, "032x")
+    assert entry["span_id"] == format(context.span_id, "016x")
+    assert entry["level"] == "WARNING"
+    assert entry["message"] == "in a span\nsecond line"
+
+
+def test_secrets_never_reach_a_log_line() -> None:
+    logger = logging.getLogger("test.telemetry.secrets")
+    text = log_line(
+        logger,
+        JsonFormatter(),
+        "sent %s with %s",
+        "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.payload.sig",
+        "grant_type=client_credentials&client_secret=hunter2-very-secret",
+    )
+    assert "eyJhbGciOiJIUzI1NiJ9" not in text
+    assert "hunter2" not in text
+    assert "[REDACTED]" in text
+    assert "grant_type=client_credentials" in text
+    assert redact('{"password": "p4ss"}') == '{"password": "[REDACTED]"}'
+    assert redact("session s-1 applied") == "session s-1 applied"
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def test_otel_sdk_disabled_turns_everything_off() -> None:
+    telemetry = Telemetry.from_environment({"OTEL_SDK_DISABLED": "true"})
+    assert not telemetry.enabled
+    assert telemetry.partition_tracing("in", 0, {}) is None
+    assert telemetry.render_prometheus() == b""
+    assert not Telemetry.disabled().enabled
+
+
+@dataclass
+class Received:
+    requests: list[tuple[str, str, bytes]] = field(default_factory=list)
+    tenants: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+async def collector() -> AsyncIterator[tuple[str, Received]]:
+    """A real HTTP endpoint that accepts OTLP/HTTP posts and keeps them."""
+    received = Received()
+
+    async def accept(request: Request) -> Response:
+        body = await request.body()
+        received.requests.append((request.url.path, request.headers["content-type"], body))
+        received.tenants.append(request.headers.get("x-tenant", ""))
+        return Response(b"", media_type="application/x-protobuf")
+
+    app = Starlette(routes=[Route("/v1/{signal}", accept, methods=["POST"])])
+    async with serve_in_background(app, port=0, name="collector") as listening:
+        yield listening.base_url, received
+
+
+async def test_otlp_export_follows_the_standard_environment(
+    collector: tuple[str, Received], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, received = collector
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "typing-under-test")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=acme")
+    telemetry = Telemetry.from_environment()
+    try:
+        assert telemetry.tracer_provider is not None
+        telemetry.tracer_provider.get_tracer("t").start_span("exported").end()
+        # the exporters post from their own threads to the server on this loop
+        await asyncio.to_thread(telemetry.force_flush, 10)
+        paths = {path for path, _, _ in received.requests}
+        assert paths == {"/v1/traces", "/v1/metrics"}
+        assert {ctype for _, ctype, _ in received.requests} == {"application/x-protobuf"}
+        assert set(received.tenants) == {"acme"}  # OTEL_EXPORTER_OTLP_HEADERS
+        traces = ExportTraceServiceRequest()
+        traces.ParseFromString(next(b for p, _, b in received.requests if p == "/v1/traces"))
+        (resource_spans,) = traces.resource_spans
+        attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+        assert attributes["service.name"] == "typing-under-test"
+        names = [s.name for scope in resource_spans.scope_spans for s in scope.spans]
+        assert names == ["exported"]
+        metrics = ExportMetricsServiceRequest()
+        metrics.ParseFromString(next(b for p, _, b in received.requests if p == "/v1/metrics"))
+        exported = {
+            m.name for rm in metrics.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+        }
+        assert "typing.ready" in exported
+    finally:
+        await asyncio.to_thread(telemetry.shutdown)
+
+
+def test_without_an_endpoint_or_with_exporter_none_nothing_is_exported() -> None:
+    for env in (
+        {},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4318", "OTEL_TRACES_EXPORTER": "none"},
+    ):
+        telemetry = Telemetry.from_environment(env)
+        provider = telemetry.tracer_provider
+        assert provider is not None
+        processors = provider._active_span_processor._span_processors
+        assert processors == ()
+        telemetry.shutdown()
+
+
+# --------------------------------------------------------------------------- counters, probes
+
+
+@dataclass
+class FakeCounters:
+    events: int = 0
+    dead_letters: int = 0
+    crm_records: int = 0
+    audit_records: int = 0
+    changelog_records: int = 0
+    decisions: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class Stats:
+    partition: int
+    tracked_sessions: int
+    queued_work: int
+    in_flight: int
+    lag: int | None
+
+
+@dataclass
+class FakeProcessor:
+    counters: FakeCounters = field(default_factory=FakeCounters)
+    ready: bool = True
+    reachable: bool = True
+
+    def partition_stats(self) -> list[Stats]:
+        return [Stats(0, 5, 1, 2, 3), Stats(1, 0, 0, 0, None)]
+
+    async def broker_reachable(self) -> bool:
+        return self.reachable
+
+
+def metric_lines(telemetry: Telemetry, prefix: str) -> list[str]:
+    text = telemetry.render_prometheus().decode()
+    return [line for line in text.splitlines() if line.startswith(prefix)]
+
+
+def test_counters_survive_a_processor_restart_and_gauges_read_partitions() -> None:
+    telemetry = Telemetry.from_environment({})
+    first = FakeProcessor()
+    telemetry.observe(first)
+    first.counters.decisions.update({"applied": 3, "suppressed": 2})
+    first.counters.dead_letters = 1
+    telemetry.forget(first)
+    second = FakeProcessor()
+    telemetry.observe(second)
+    second.counters.decisions.update({"applied": 1})
+    lines = metric_lines(telemetry, "typing_events_total")
+    assert any('decision="applied"' in line and line.endswith(" 4.0") for line in lines), lines
+    assert any('decision="dead_letter"' in line and line.endswith(" 1.0") for line in lines)
+    tracked = metric_lines(telemetry, "typing_sessions_tracked{")
+    assert len(tracked) == 2
+    lag = metric_lines(telemetry, "typing_consumer_lag{")
+    assert len(lag) == 1  # partition 1 has no known lag yet: no sample rather than a guess
+    assert 'partition="0"' in lag[0]
+    assert lag[0].endswith(" 3.0")
+    telemetry.shutdown()
+
+
+@pytest.fixture
+def ops() -> OpsEndpoint:
+    return OpsEndpoint(Telemetry.disabled())
+
+
+async def get(ops: OpsEndpoint, path: str) -> httpx.Response:
+    transport = httpx.ASGITransport(app=ops.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ops") as client:
+        return await client.get(path)
+
+
+async def test_readyz_names_what_is_missing(ops: OpsEndpoint) -> None:
+    answer = await get(ops, "/readyz")
+    assert (answer.status_code, answer.json()["reason"]) == (503, "processor not running")
+    processor = FakeProcessor(ready=False)
+    ops.telemetry.observe(processor)
+    assert (await get(ops, "/readyz")).status_code == 503
+    processor.ready = True
+    assert (await get(ops, "/readyz")).status_code == 200
+    processor.reachable = False
+    answer = await get(ops, "/readyz")
+    assert (answer.status_code, answer.json()["reason"]) == (503, "Kafka cluster unreachable")
+
+
+async def test_healthz_fails_when_the_event_loop_stalls(ops: OpsEndpoint) -> None:
+    async with ops.monitoring():
+        await eventually(lambda: ops.monitor.last_beat > 0, 5, "monitor ran")
+        assert (await get(ops, "/healthz")).status_code == 200
+        ops.monitor.last_beat -= 60  # as if the loop had not run the sampler for a minute
+        answer = await get(ops, "/healthz")
+        assert answer.status_code == 503
+        assert answer.json()["status"] == "stalled"
+
+
+async def test_disabled_telemetry_serves_empty_metrics(ops: OpsEndpoint) -> None:
+    answer = await get(ops, "/metrics")
+    assert answer.status_code == 200
+    assert answer.content == b""
