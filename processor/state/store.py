@@ -82,6 +82,7 @@ _RETRY = {
     Outcome.AUTH_CONFIG_ERROR: Decision.AUTH_CONFIG_ERROR,
 }
 _CLEARED = "cleared"
+_ROLES = (Role.CUSTOMER, Role.AGENT, Role.BOT)
 
 
 class PartitionStore:
@@ -108,11 +109,11 @@ class PartitionStore:
         self._changes: list[AppliedChange] = []
         # Timeouts interned: one int object shared by every session with the same value.
         self._ints: dict[int, int] = {}
-        self._default_timeouts = {
-            (status, role): config.default_timeout_ms(status, role)
+        # default timeouts by role: (customer, agent, bot)
+        self._typing_timeouts, self._paused_timeouts = (
+            tuple(config.default_timeout_ms(status, role) for role in _ROLES)
             for status in (Status.TYPING, Status.PAUSED)
-            for role in Role
-        }
+        )
 
     # ------------------------------------------------------------------ inputs
 
@@ -123,7 +124,7 @@ class PartitionStore:
         status = event.status
         sid = event.session_id
         if not self._dedupe.add(eid):
-            self._audit(sid, status.value, Decision.DUPLICATE, eid, offset)
+            self._audit(sid, status, Decision.DUPLICATE, eid, offset)
             return
         s = self._sessions.get(sid)
         if s is None:
@@ -144,9 +145,11 @@ class PartitionStore:
             return
         timeout = event.timeout_ms
         if timeout is None:
+            # identity tests, not a dict keyed by enums: Enum.__hash__ is Python code
+            by_role = self._typing_timeouts if status is Status.TYPING else self._paused_timeouts
             participant = event.participant
             role = participant.role if participant is not None else Role.CUSTOMER
-            timeout = self._default_timeouts[status, role]
+            timeout = by_role[1] if role is Role.AGENT else by_role[2 if role is Role.BOT else 0]
         else:
             timeout = self._ints.setdefault(timeout, timeout)
         start = occurred if occurred < now else now  # a producer clock ahead is clamped
@@ -165,7 +168,10 @@ class PartitionStore:
                 self._settle(s, now)
             elif refresh_due:
                 self._settle(s, now)  # the I2 refresh is not blocked by the window
-            self._audit(sid, status, Decision.SUPPRESSED, eid, offset)
+            # inlined _audit: this is the hottest line of the engine
+            self._audits.append(
+                AuditDecision(sid, status, Decision.SUPPRESSED, self.partition, eid, offset)
+            )
             return
         s.status = status
         s.originated = start
@@ -555,7 +561,7 @@ class PartitionStore:
         error: str = "",
     ) -> None:
         self._audits.append(
-            AuditDecision(sid, str(status), decision, self.partition, event_id, offset, 0.0, error)
+            AuditDecision(sid, status, decision, self.partition, event_id, offset, 0.0, error)
         )
 
     def _audit_result(self, work: Work, text: str, decision: Decision, result: SinkResult) -> None:
