@@ -20,8 +20,8 @@ Rules (DESIGN §4):
   last event that asked for it only extends the deadline. Repeats never cause a call by
   themselves; keeping `expiresAt` ahead is the refresh timer's job (I2): once the remote
   `expiresAt` is within `refresh_fraction * timeout` of now while the deadline lies beyond
-  it, one refresh carries the new deadline. Each refresh extends `expiresAt` by more than
-  the lead, hence at most one refresh per half timeout.
+  it, one refresh carries the deadline known then. Refreshing late carries a later
+  deadline, so refreshes stay sparse (spacing in `EngineConfig.refresh_fraction`).
 - Latest wins: work is computed when taken, from the session's state at that moment, so a
   session never has more than one queued item and a burst during a call collapses into one
   follow-up. Clears are taken before sets; a set with too little life left is dropped.
