@@ -7,6 +7,7 @@ import asyncio
 import io
 import logging
 import secrets
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ def test_traceparent_in_headers_becomes_the_parent_and_travels_on() -> None:
     tracing = tracing_with(spans)
     trace, parent = secrets.token_hex(16), secrets.token_hex(8)
     headers = [("other", b"x"), ("TraceParent", f"00-{trace}-{parent}-01".encode())]
-    span = tracing.start_event(headers, offset=7)
+    span = tracing.start_event(headers, 7, time.time_ns(), {"typing.session_id": "s-1"})
     publish, out = tracing.start_publish("crm", span)
     publish.end()
     span.end()
@@ -60,6 +61,7 @@ def test_traceparent_in_headers_becomes_the_parent_and_travels_on() -> None:
     assert process.parent is not None
     assert format(process.parent.span_id, "016x") == parent
     assert (process.attributes or {})["messaging.kafka.offset"] == 7
+    assert (process.attributes or {})["typing.session_id"] == "s-1"
     assert sent.name == "crm-topic publish"
     assert sent.parent is not None
     assert sent.parent.span_id == process.context.span_id
@@ -70,6 +72,8 @@ def test_traceparent_in_headers_becomes_the_parent_and_travels_on() -> None:
     assert sent.context is not None
     assert traceparent.split("-")[2] == format(sent.context.span_id, "016x")
     assert tracing.trace_id(span) == trace
+    own = header(tracing.headers(span), "traceparent")
+    assert own == f"00-{trace}-{format(process.context.span_id, '016x')}-01"
 
 
 @pytest.mark.parametrize(
@@ -83,7 +87,7 @@ def test_traceparent_in_headers_becomes_the_parent_and_travels_on() -> None:
 )
 def test_no_or_bad_traceparent_starts_a_new_trace(headers: list[tuple[str, bytes]] | None) -> None:
     spans = InMemorySpanExporter()
-    span = tracing_with(spans).start_event(headers, offset=0)
+    span = tracing_with(spans).start_event(headers, 0, time.time_ns(), {})
     span.end()
     (finished,) = spans.get_finished_spans()
     assert finished.parent is None
@@ -219,17 +223,37 @@ async def test_otlp_export_follows_the_standard_environment(
         await asyncio.to_thread(telemetry.shutdown)
 
 
-def test_without_an_endpoint_or_with_exporter_none_nothing_is_exported() -> None:
-    for env in (
-        {},
-        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4318", "OTEL_TRACES_EXPORTER": "none"},
-    ):
+async def test_which_signals_are_exported_follows_the_environment(
+    collector: tuple[str, Received],
+) -> None:
+    url, _ = collector
+    cases = [
+        ({}, {}),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": f"{url}/"},
+            {"traces": f"{url}/v1/traces", "metrics": f"{url}/v1/metrics"},
+        ),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://192.0.2.1:4318",
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{url}/v1/traces",
+                "OTEL_METRICS_EXPORTER": "none",
+            },
+            {"traces": f"{url}/v1/traces"},
+        ),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": url,
+                "OTEL_TRACES_EXPORTER": "none",
+                "OTEL_METRICS_EXPORTER": "none",
+            },
+            {},
+        ),
+    ]
+    for env, expected in cases:
         telemetry = Telemetry.from_environment(env)
-        provider = telemetry.tracer_provider
-        assert provider is not None
-        processors = provider._active_span_processor._span_processors
-        assert processors == ()
-        telemetry.shutdown()
+        assert telemetry.otlp_endpoints == expected
+        await asyncio.to_thread(telemetry.shutdown)  # exports to the collector on this loop
 
 
 # --------------------------------------------------------------------------- counters, probes

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -238,7 +239,7 @@ class PartitionWorker:
 
     async def _process(self, record: ConsumerRecord[bytes, bytes]) -> list[asyncio.Future[Any]]:
         tracing = self._tracing
-        span = None if tracing is None else tracing.start_event(record.headers, record.offset)
+        started_ns = 0 if tracing is None else time.time_ns()
         decoded = decode_event(
             record.key,
             record.value,
@@ -248,18 +249,31 @@ class PartitionWorker:
             now_ms=self._clock.now_ms(),
         )
         if isinstance(decoded, DeadLetter):
+            span = None
+            if tracing is not None:
+                attributes = {DECISION: "dead_letter", "typing.dlq.reason": decoded.reason.value}
+                span = tracing.start_event(record.headers, record.offset, started_ns, attributes)
             return [await self._dead_letter(record, decoded, span)]
         self.counters.events += 1
-        if span is not None:
-            self._trace_event(span, decoded, record.offset)
+        if tracing is not None:
+            self._trace_event(tracing, record, decoded, started_ns)
         self.store.on_event(decoded, record.offset)
         return []
 
-    def _trace_event(self, span: Span, event: TypingEvent, offset: int) -> None:
-        span.set_attributes(
-            {SESSION_ID: event.session_id, STATUS: event.status.value, EVENT_ID: event.event_id}
-        )
-        self._spans[offset] = (span, event.occurred_at)
+    def _trace_event(
+        self,
+        tracing: PartitionTracing,
+        record: ConsumerRecord[bytes, bytes],
+        event: TypingEvent,
+        started_ns: int,
+    ) -> None:
+        attributes = {
+            SESSION_ID: event.session_id,
+            STATUS: event.status.value,
+            EVENT_ID: event.event_id,
+        }
+        span = tracing.start_event(record.headers, record.offset, started_ns, attributes)
+        self._spans[record.offset] = (span, event.occurred_at)
 
     async def _dead_letter(
         self, record: ConsumerRecord[bytes, bytes], letter: DeadLetter, span: Span | None
@@ -279,7 +293,6 @@ class PartitionWorker:
                 otel_context.detach(token)
         if span is None or self._tracing is None:
             return await self._outbound.dead_letter(record.key, letter)
-        span.set_attributes({DECISION: "dead_letter", "typing.dlq.reason": letter.reason.value})
         publish, headers = self._tracing.start_publish("dlq", span)
         try:
             ack = await self._outbound.dead_letter(record.key, letter, headers)
@@ -424,13 +437,8 @@ class PartitionWorker:
                 partition=self.partition,
                 offset=decision.offset,
             )
-            if parent is None:
-                futures.append(await self._outbound.audit(audit))
-            else:
-                publish, headers = tracing.start_publish("audit", parent)
-                ack = await self._outbound.audit(audit, headers)
-                tracing.end_on_ack(publish, ack)
-                futures.append(ack)
+            carried = None if parent is None else tracing.headers(parent)
+            futures.append(await self._outbound.audit(audit, carried))
             self.counters.audit_records += 1
             self.counters.decisions[decision.result.value] += 1
         for key, value in emitted.changelog:

@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
-from opentelemetry.metrics import Counter as MetricCounter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
@@ -162,13 +161,17 @@ class Telemetry:
         self.meter_provider = meter_provider
         self.registry = registry
         self._observed: list[Observed] = []
+        # signal -> OTLP/HTTP URL it is exported to
+        self.otlp_endpoints: dict[str, str] = {}
         # totals of processors that stopped, so counters stay monotonic across restarts
         self._retired: Counter[tuple[str, str]] = Counter()
         self._sinks: list[GenesysSink] = []
         self.loop_lag_s = 0.0
         self._tracer: Tracer | None = None
         self._end_to_end: Histogram | None = None
-        self.call_count: MetricCounter | None = None
+        # HTTP calls to Genesys by (method, status, operation), counted by the sink's
+        # transport wrapper and reported by the `genesys.calls` observable counter
+        self.genesys_calls: Counter[tuple[str, str | int, str]] = Counter()
         self.call_duration: Histogram | None = None
         self.ratelimit_wait: Histogram | None = None
         if tracer_provider is not None:
@@ -221,7 +224,12 @@ class Telemetry:
 
             readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=metrics_to)))
         meter_provider = MeterProvider(metric_readers=readers, resource=resource)
-        return cls(tracer_provider, meter_provider, registry)
+        telemetry = cls(tracer_provider, meter_provider, registry)
+        for signal, url in (("traces", traces_to), ("metrics", metrics_to)):
+            if url:
+                telemetry.otlp_endpoints[signal] = url
+                log.info("exporting %s over OTLP/HTTP to %s", signal, url)
+        return telemetry
 
     @property
     def enabled(self) -> bool:
@@ -231,8 +239,11 @@ class Telemetry:
     # ------------------------------------------------------------------ instruments
 
     def _create_instruments(self, meter: Meter) -> None:
-        self.call_count = meter.create_counter(
-            "genesys.calls", unit="{call}", description="HTTP calls to Genesys by method and status"
+        meter.create_observable_counter(
+            "genesys.calls",
+            [self._observe_calls],
+            unit="{call}",
+            description="HTTP calls to Genesys by method, status and operation",
         )
         self.call_duration = meter.create_histogram(
             "genesys.call.duration",
@@ -243,7 +254,7 @@ class Telemetry:
         self.ratelimit_wait = meter.create_histogram(
             "genesys.ratelimit.wait",
             unit="s",
-            description="Time a Genesys call waited for the client's rate budget",
+            description="Time Genesys calls waited for the client's rate budget (waits >= 1 ms)",
             explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
         )
         self._end_to_end = meter.create_histogram(
@@ -310,6 +321,12 @@ class Telemetry:
             totals.update(counters.decisions)
             totals["dead_letter"] += counters.dead_letters
         return [Observation(v, {"decision": k}) for k, v in sorted(totals.items())]
+
+    def _observe_calls(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(count, {"method": method, "status": str(status), "operation": operation})
+            for (method, status, operation), count in list(self.genesys_calls.items())
+        ]
 
     def _observe_records(self, options: CallbackOptions) -> Iterable[Observation]:
         totals = Counter({k[1]: v for k, v in self._retired.items() if k[0] == "record"})

@@ -4,9 +4,10 @@ A `PartitionTracing` is made per partition worker when telemetry is on (the work
 None otherwise and skips every call here). Span shapes follow the OpenTelemetry messaging
 conventions: a CONSUMER span `"<topic> process"` per input record, whose parent is the
 record's `traceparent` (a new trace when there is none); an INTERNAL span per Genesys
-reconciliation (the httpx CLIENT spans of its HTTP requests are its children); a PRODUCER
-span `"<topic> publish"` per CRM, audit and DLQ record, whose context travels in the
-record's headers.
+reconciliation (the CLIENT spans of its HTTP requests are its children); a PRODUCER span
+`"<topic> publish"` per CRM and DLQ record, whose context travels in the record's headers.
+An audit record is the processing span's own output: its headers carry that span's
+context and its `trace_id` field that span's trace.
 """
 
 from __future__ import annotations
@@ -65,16 +66,25 @@ class PartitionTracing:
             for kind, topic in outbound_topics.items()
         }
 
-    def start_event(self, headers: InHeaders | None, offset: int) -> Span:
-        """The processing span of one input record, child of its `traceparent` if any."""
-        span = self._tracer.start_span(
+    def start_event(
+        self,
+        headers: InHeaders | None,
+        offset: int,
+        started_ns: int,
+        attributes: Mapping[str, AttributeValue],
+    ) -> Span:
+        """The processing span of one input record, child of its `traceparent` if any.
+
+        Started after decoding (so that every attribute goes in at once) with the time
+        taken before it.
+        """
+        return self._tracer.start_span(
             self._process_name,
             context=extract(headers),
             kind=SpanKind.CONSUMER,
-            attributes=self._process_attributes,
+            attributes={**self._process_attributes, OFFSET: offset, **attributes},
+            start_time=started_ns,
         )
-        span.set_attribute(OFFSET, offset)
-        return span
 
     def start_apply(
         self, parent: Span | None, session_id: str, kind: str, version: int
@@ -115,6 +125,12 @@ class PartitionTracing:
             name, context=set_span_in_context(parent), kind=SpanKind.PRODUCER, attributes=attributes
         )
         return span, inject(set_span_in_context(span))
+
+    @staticmethod
+    def headers(span: Span) -> Headers:
+        """Headers carrying `span` itself (audit records: the decision is the span's own
+        output, so no span of their own; half the spans per event)."""
+        return inject(set_span_in_context(span))
 
     @staticmethod
     def end_on_ack(span: Span, ack: asyncio.Future[Any]) -> None:
