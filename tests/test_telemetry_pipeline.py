@@ -165,7 +165,7 @@ async def test_a_traceparent_is_continued_through_genesys_calls_crm_and_audit(
             s
             for s in finished(spans)
             if s.name == f"{typing.input_topic} process"
-            and (s.attributes or {}).get("typing.event_id") == event["event_id"]
+            and (s.attributes or {}).get("typing.session_id") == "s-traced"
         ]
 
     await eventually(lambda: len(processing()) == 1, 10, "the processing span ended")

@@ -28,7 +28,7 @@ from processor.codec import decode_event, iso_utc
 from processor.domain import Decision, SinkResult
 from processor.models import AuditRecord, CrmSyncRecord, DeadLetter, TypingEvent
 from processor.state import PartitionStore, Work
-from processor.telemetry.tracing import DECISION, EVENT_ID, SESSION_ID, STATUS, PartitionTracing
+from processor.telemetry.tracing import DECISION, SESSION_ID, STATUS, PartitionTracing
 
 from .outbound import Outbound
 from .reconciler import Reconciler
@@ -267,11 +267,7 @@ class PartitionWorker:
         event: TypingEvent,
         started_ns: int,
     ) -> None:
-        attributes = {
-            SESSION_ID: event.session_id,
-            STATUS: event.status.value,
-            EVENT_ID: event.event_id,
-        }
+        attributes = {SESSION_ID: event.session_id, STATUS: event.status.value}
         span = tracing.start_event(record.headers, record.offset, started_ns, attributes)
         self._spans[record.offset] = (span, event.occurred_at)
 

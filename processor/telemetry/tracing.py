@@ -26,7 +26,6 @@ from .propagation import Headers, InHeaders, extract, inject
 # Attribute names: the messaging conventions where they apply, `typing.*` for the domain.
 SESSION_ID = "typing.session_id"
 STATUS = "typing.status"
-EVENT_ID = "typing.event_id"
 DECISION = "typing.decision"
 OFFSET = "messaging.kafka.offset"
 PARTITION = "messaging.destination.partition.id"
@@ -48,20 +47,17 @@ class PartitionTracing:
         self._tracer = tracer
         self.end_to_end = end_to_end
         self._process_name = f"{input_topic} process"
+        # Few attributes on purpose: each costs on every event, twice (recording and OTLP
+        # encoding). The topic is in the span name; the event id is in the audit record
+        # that names this trace.
         self._process_attributes: dict[str, AttributeValue] = {
             "messaging.system": "kafka",
-            "messaging.operation.type": "process",
-            "messaging.destination.name": input_topic,
             PARTITION: str(partition),
         }
         self._publish: dict[str, tuple[str, dict[str, AttributeValue]]] = {
             kind: (
                 f"{topic} publish",
-                {
-                    "messaging.system": "kafka",
-                    "messaging.operation.type": "send",
-                    "messaging.destination.name": topic,
-                },
+                {"messaging.system": "kafka", "messaging.destination.name": topic},
             )
             for kind, topic in outbound_topics.items()
         }
@@ -98,7 +94,7 @@ class PartitionTracing:
             f"genesys {kind}",
             context=None if parent is None else set_span_in_context(parent),
             kind=SpanKind.INTERNAL,
-            attributes={SESSION_ID: session_id, "typing.work": kind, "typing.version": version},
+            attributes={SESSION_ID: session_id, "typing.version": version},
         )
         return span, set_span_in_context(span)
 
