@@ -515,3 +515,17 @@ def test_store_equality_follows_persisted_state(clock: ManualClock) -> None:
     a.on_event(ev("s1", Status.TYPING, T0), 1)
     assert a != b
     assert a != "store"
+
+
+def test_set_limit_keeps_capacity_for_clears(clock: ManualClock) -> None:
+    store = PartitionStore(0, EngineConfig(), clock)
+    for i in range(3):
+        store.on_event(ev(f"s{i}", Status.TYPING, T0), i)
+    first = store.take_work(10, set_limit=1)
+    assert [w.kind for w in first] == [WorkKind.SET]
+    for work in first:
+        store.on_result(work, APPLIED)
+    store.on_event(ev(first[0].session_id, Status.STOPPED, T0 + 1), 10)
+    taken = store.take_work(10, set_limit=0)
+    assert [(w.session_id, w.kind) for w in taken] == [(first[0].session_id, WorkKind.CLEAR)]
+    assert len(store.take_work(10)) == 2

@@ -196,12 +196,19 @@ class PartitionStore:
                 s.wake = 0
                 self._settle(s, now)
 
-    def take_work(self, limit: int) -> list[Work]:
-        """Up to `limit` ready pieces of work, clears first; their sessions become in flight."""
+    def take_work(self, limit: int, set_limit: int | None = None) -> list[Work]:
+        """Up to `limit` ready pieces of work, clears first; their sessions become in flight.
+
+        `set_limit` caps the sets and refreshes among them, so that a caller can keep
+        capacity for clears when sets are slow to go out (I1: clears go before sets).
+        """
         now = self._clock.now_ms()
         out: list[Work] = []
+        sets_taken = 0
         for queue in (self._clears, self._sets):
             while queue and len(out) < limit:
+                if queue is self._sets and set_limit is not None and sets_taken >= set_limit:
+                    break
                 sid, _ = queue.popitem(last=False)
                 s = self._sessions[sid]
                 if (
@@ -220,6 +227,8 @@ class PartitionStore:
                 s.unsure = True  # until the result says otherwise
                 self._dirty[sid] = None
                 out.append(work)
+                if kind is not WorkKind.CLEAR:
+                    sets_taken += 1
         return out
 
     def on_result(self, work: Work, result: SinkResult) -> None:
