@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from processor.broker import free_port
+from processor.childproc import free_port
 from processor.settings import KafkaSettings, TypingSettings
 from processor.webhook import CrmWebhookWorker, WebhookConfig
 

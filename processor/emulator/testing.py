@@ -12,17 +12,13 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
-import subprocess
 import sys
-from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Any
 
 import httpx
 
-from processor.broker import free_port, wait_for_port
+from processor.childproc import ListeningChild
 
 
 class EmulatorHandle:
@@ -123,16 +119,10 @@ class EmulatorHandle:
         self._call("POST", "/emulator/reset", expect=204)
 
 
-def _die_with_parent() -> None:
-    """In the child: have Linux SIGTERM the emulator when its parent dies (no orphans)."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-class EmulatorProcess:
+class EmulatorProcess(ListeningChild):
     """`python -m processor emulator` in a child process on a free loopback port."""
+
+    name = "emulator"
 
     def __init__(
         self,
@@ -144,13 +134,10 @@ class EmulatorProcess:
         extra_args: tuple[str, ...] = ("--rate-limit-per-minute", "0"),
         log: IO[bytes] | None = None,
     ) -> None:
-        self.host = host
-        self.port = port or free_port(host)
+        super().__init__(host, port, log)
         self.client_id = client_id
         self.client_secret = client_secret
         self._extra_args = extra_args
-        self._log = log
-        self._process: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
         return f"EmulatorProcess(base_url={self.base_url!r}, pid={self.pid})"
@@ -159,11 +146,6 @@ class EmulatorProcess:
     def base_url(self) -> str:
         """The emulator's URL (API, login and admin)."""
         return f"http://{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        """Process id while it runs."""
-        return self._process.pid if self._process else None
 
     def start(self, timeout_s: float = 30.0) -> None:
         """Start the child and wait until it accepts connections."""
@@ -182,44 +164,8 @@ class EmulatorProcess:
         ]
         # The secret goes by environment, not argv, so `ps` does not show it.
         env = {**os.environ, "GENESYSCLOUD_OAUTHCLIENT_SECRET": self.client_secret}
-        sink = self._log if self._log is not None else subprocess.DEVNULL
-        self._process = subprocess.Popen(  # noqa: S603 - fixed argv, our own module
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=sink,
-            env=env,
-            preexec_fn=_die_with_parent,  # the child has no threads yet: preexec is safe
-        )
-        if not wait_for_port(self.host, self.port, timeout_s):
-            code = self._process.poll()
-            self.stop()
-            raise RuntimeError(f"emulator did not listen on {self.base_url} (exit {code})")
+        self._spawn(command, env, timeout_s)
 
     def handle(self) -> EmulatorHandle:
         """An `EmulatorHandle` for this process (close it when done)."""
         return EmulatorHandle(self.base_url, self.client_id, self.client_secret)
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after `timeout_s`; always reaps the child."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
