@@ -1,0 +1,84 @@
+"""`typing-processor run` as a real process: its HTTP endpoint and its JSON log lines."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from pipeline import Producer, RunProcess, eventually, topic_env, typing_event, unique_prefix
+
+from processor.emulator.testing import EmulatorHandle
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def env(bootstrap_servers: str, emulator: EmulatorHandle) -> dict[str, str]:
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
+        "GENESYSCLOUD_OAUTHCLIENT_ID": emulator.client_id,
+        "GENESYSCLOUD_OAUTHCLIENT_SECRET": emulator.client_secret,
+        "GENESYSCLOUD_API_URL": emulator.base_url,
+        "GENESYSCLOUD_LOGIN_URL": emulator.base_url,
+        "TYPING_LOG_LEVEL": "INFO",
+        "TYPING_HTTP_PORT": "0",
+        **topic_env(unique_prefix()),
+    }
+
+
+@pytest.fixture
+def process(env: dict[str, str], tmp_path: Path) -> Iterator[RunProcess]:
+    running = RunProcess(env, tmp_path / "run.log")
+    running.start()
+    try:
+        yield running
+    finally:
+        running.kill()
+
+
+def log_entries(process: RunProcess) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in process.log_text().splitlines() if line.strip()]
+
+
+async def test_run_serves_probes_and_metrics_and_logs_json(
+    process: RunProcess, env: dict[str, str], emulator: EmulatorHandle
+) -> None:
+    port: list[int] = []
+
+    def announced() -> bool:
+        found = re.search(r"/readyz on port (\d+)", process.log_text())
+        if found:
+            port.append(int(found.group(1)))
+        return bool(found)
+
+    await eventually(announced, 30, "the HTTP port in the log")
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port[0]}", timeout=5) as client:
+        assert (await client.get("/healthz")).status_code == 200
+
+        async def ready() -> bool:
+            return (await client.get("/readyz")).status_code == 200
+
+        await eventually(ready, 60, "/readyz 200")
+        emulator.create_session("p-metrics")
+        async with Producer(env["KAFKA_BOOTSTRAP_SERVERS"], env["TYPING_INPUT_TOPIC"]) as p:
+            await p.send(typing_event("p-metrics", timeout_ms=30_000))
+
+        async def applied() -> bool:
+            text = (await client.get("/metrics")).text
+            return 'typing_events_total{decision="applied"' in text
+
+        await eventually(applied, 30, "an applied decision on /metrics")
+        text = (await client.get("/metrics")).text
+        assert re.search(r'genesys_calls_total\{[^}]*method="PATCH"[^}]*status="200"', text)
+        assert re.search(r"^typing_ready(\{[^}]*\})? 1\.0$", text, re.MULTILINE)
+
+    assert process.terminate(timeout_s=15) == 0
+    entries = log_entries(process)  # every line is one JSON object
+    assert entries
+    assert {"time", "level", "logger", "message"} <= set(entries[0])
+    text = process.log_text()
+    assert emulator.client_secret not in text
