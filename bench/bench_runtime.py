@@ -197,9 +197,7 @@ async def throughput(args: argparse.Namespace, console: Console) -> None:
         console.print(f"creating {len(sessions):,} sessions in the emulator")
         await create_sessions(emu.base_url, sessions)
         console.print("filling the input topic")
-        total = await fill_topic(
-            broker.bootstrap_servers, topic, sessions, args.events_per_session
-        )
+        total = await fill_topic(broker.bootstrap_servers, topic, sessions, args.events_per_session)
         console.print(f"{total:,} events in {topic} ({args.partitions} partitions)")
         bare = await bare_consumer_rate(broker.bootstrap_servers, topic, total)
         console.print(f"bare aiokafka consumer: {bare:,.0f} events/s")

@@ -185,6 +185,7 @@ class TypingSettings(BaseSettings):
     topic_partitions: int = Field(6, ge=1, le=10_000)
     topic_replication_factor: int = Field(1, ge=1, le=16)
     max_in_flight: int = Field(32, ge=1, le=10_000)
+    fetch_max_wait_ms: int = Field(50, ge=1, le=10_000)
     http_port: int = Field(8080, ge=0, le=65_535)
     log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
     crm_webhook_url: str | None = Field(None, pattern=r"^https?://")

@@ -304,7 +304,7 @@ class PartitionWorker:
         if slots <= 0:
             return
         tracing = self._tracing
-        for work in self.store.take_work(slots):
+        for work in self.store.take_work(slots, self._reconciler.free_set_slots):
             self._in_flight += 1
             self._idle.clear()
             self.counters.calls[work.kind.value] += 1

@@ -33,7 +33,11 @@ class Reconciler:
     def __init__(self, sink: Sink, max_in_flight: int) -> None:
         self._sink = sink
         self._capacity = max_in_flight
+        # Sets waiting for API budget must not take every slot: a clear could then not
+        # even reach the sink's queue, where clears go first (I1).
+        self._set_capacity = max(1, max_in_flight - max(1, max_in_flight // 4))
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sets: set[asyncio.Task[None]] = set()
         self._listeners: list[Callable[[], None]] = []
 
     @property
@@ -46,6 +50,11 @@ class Reconciler:
         """How many more calls may start now."""
         return max(0, self._capacity - len(self._tasks))
 
+    @property
+    def free_set_slots(self) -> int:
+        """How many more sets or refreshes may start now (the rest is kept for clears)."""
+        return max(0, min(self.free_slots, self._set_capacity - len(self._sets)))
+
     def on_capacity(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call `listener` whenever a call finishes; returns a function that unsubscribes."""
         self._listeners.append(listener)
@@ -54,6 +63,8 @@ class Reconciler:
     def launch(self, session_id: str, desired: Indicator | None, deliver: Deliver) -> None:
         """Start one call; `deliver` receives its result on the event loop."""
         self._tasks.add(task := asyncio.create_task(self._run(session_id, desired, deliver)))
+        if desired is not None:
+            self._sets.add(task)
         task.add_done_callback(self._finished)
 
     async def _run(self, session_id: str, desired: Indicator | None, deliver: Deliver) -> None:
@@ -61,6 +72,7 @@ class Reconciler:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._sets.discard(task)
         if not task.cancelled() and (error := task.exception()) is not None:
             log.error("sink call crashed", exc_info=error)
         for listener in list(self._listeners):

@@ -209,6 +209,9 @@ class TypingProcessor:
             session_timeout_ms=6_000,
             heartbeat_interval_ms=1_000,
             max_poll_interval_ms=60_000,
+            # Some brokers (Tansu among them) answer a waiting fetch only at its deadline:
+            # this bounds how long a new event can sit on the broker before we see it.
+            fetch_max_wait_ms=self.settings.typing.fetch_max_wait_ms,
         )
         self._consumer = consumer
         await consumer.start()
