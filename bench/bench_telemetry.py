@@ -40,9 +40,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from pydantic import SecretStr
 
+from processor.asgi import serve_in_background
 from processor.broker import LocalBroker
 from processor.emulator.testing import EmulatorProcess
-from processor.runtime.asgi import serve_in_background
 from processor.runtime.kafka import TopicSpec, ensure_topics
 from processor.runtime.service import TypingProcessor
 from processor.settings import GenesysSettings, KafkaSettings, Settings, TypingSettings

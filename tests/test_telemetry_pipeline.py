@@ -21,8 +21,8 @@ from opentelemetry.trace import SpanKind
 from pipeline import InProcess, eventually, make_settings, read_topic, typing_event
 from prometheus_client.parser import text_string_to_metric_families
 
+from processor.asgi import serve_in_background
 from processor.emulator.testing import EmulatorHandle
-from processor.runtime.asgi import serve_in_background
 from processor.runtime.service import TypingProcessor
 from processor.settings import Settings
 from processor.sink.client import GenesysSink

@@ -29,8 +29,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from processor.asgi import serve_in_background
 from processor.logs import JsonFormatter, redact
-from processor.runtime.asgi import serve_in_background
 from processor.telemetry import OpsEndpoint, Telemetry
 from processor.telemetry.propagation import extract, header, inject
 from processor.telemetry.tracing import PartitionTracing

@@ -6,22 +6,17 @@ emulator next to the processor); `run` owns the process and its signals (the CLI
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import socket
 import sys
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import uvicorn
-from starlette.applications import Starlette
 
+from processor.asgi import Listening, bind
+from processor.asgi import serve_in_background as embedded
 from processor.emulator.app import Emulator, create_app
 from processor.emulator.config import EmulatorConfig
-
-
-class EmulatorStartError(Exception):
-    """The emulator did not start listening in time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,45 +30,11 @@ class RunningEmulator:
     @property
     def base_url(self) -> str:
         """Serves the API, `/oauth/token` and `/emulator/...` alike."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return Listening(self.host, self.port).base_url
 
 
-class _EmbeddedServer(uvicorn.Server):
-    """A uvicorn server that leaves the host program's signal handlers alone."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        # The embedding program owns SIGINT/SIGTERM and stops us through `should_exit`.
-        yield
-
-
-def _uvicorn_config(app: Starlette, host: str, port: int, log_level: str) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        # no lifespan events to run; skipping them saves start-up time and a task
-        lifespan="off",
-        server_header=False,
-        # Genesys closes idle keep-alive connections too; a client must cope with it.
-        timeout_keep_alive=30,
-    )
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
+# Genesys closes idle keep-alive connections too; a client must cope with it.
+_KEEP_ALIVE_S = 30
 
 
 @contextlib.asynccontextmanager
@@ -91,30 +52,16 @@ async def serve_in_background(
     listening when the block starts and fully stopped when it ends.
     """
     app = create_app(config)
-    sock = _bind(host, port)
-    bound_port = int(sock.getsockname()[1])
-    server = _EmbeddedServer(_uvicorn_config(app, host, bound_port, log_level))
-    task = asyncio.create_task(server.serve(sockets=[sock]), name=f"emulator:{bound_port}")
-    try:
-        deadline = asyncio.get_running_loop().time() + start_timeout_s
-        # uvicorn exposes no start event; watch its flag (and the task, which ends on failure)
-        while not server.started:
-            if task.done():
-                task.result()
-                raise EmulatorStartError(f"emulator stopped during start-up on port {bound_port}")
-            if asyncio.get_running_loop().time() > deadline:
-                raise EmulatorStartError(f"emulator did not start within {start_timeout_s} s")
-            await asyncio.sleep(0.005)
-        yield RunningEmulator(host=host, port=bound_port, emulator=app.state.emulator)
-    finally:
-        server.should_exit = True
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout=5.0)
-        except TimeoutError:
-            server.force_exit = True
-            await task
-        finally:
-            sock.close()
+    async with embedded(
+        app,
+        host,
+        port,
+        name="emulator",
+        start_timeout_s=start_timeout_s,
+        log_level=log_level,
+        timeout_keep_alive=_KEEP_ALIVE_S,
+    ) as listening:
+        yield RunningEmulator(listening.host, listening.port, app.state.emulator)
 
 
 def run(
@@ -126,13 +73,20 @@ def run(
 ) -> None:
     """Serve the emulator until SIGINT/SIGTERM (blocking; the CLI's `emulator`)."""
     app = create_app(config)
-    sock = _bind(host, port)
-    shown = f"[{host}]" if ":" in host else host
-    sys.stdout.write(
-        f"Genesys Cloud emulator listening on http://{shown}:{sock.getsockname()[1]}\n"
-    )
+    sock = bind(host, port)
+    bound = int(sock.getsockname()[1])
+    sys.stdout.write(f"Genesys Cloud emulator listening on {Listening(host, bound).base_url}\n")
     sys.stdout.flush()
-    uv_config = _uvicorn_config(app, host, int(sock.getsockname()[1]), log_level)
+    uv_config = uvicorn.Config(
+        app,
+        host=host,
+        port=bound,
+        log_level=log_level,
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+        timeout_keep_alive=_KEEP_ALIVE_S,
+    )
     try:
         uvicorn.Server(uv_config).run(sockets=[sock])
     finally:

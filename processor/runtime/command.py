@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 
 from aiokafka.errors import KafkaError
 
+from processor.asgi import serve_in_background
 from processor.settings import Settings
 from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
 from processor.telemetry import OpsEndpoint, Telemetry
 
-from .asgi import serve_in_background
 from .kafka import TopicError
 from .service import TypingProcessor
 

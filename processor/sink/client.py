@@ -168,6 +168,11 @@ class GenesysSink:
         await self.aclose()
 
     @property
+    def http(self) -> httpx.AsyncClient:
+        """The shared HTTP client (for instrumentation; do not close it)."""
+        return self._http
+
+    @property
     def tokens(self) -> TokenManager:
         """The token manager (for metrics: `tokens.fetches`)."""
         return self._tokens

@@ -93,6 +93,8 @@ class RateLimiter:
         self._bucket = TokenBucket(rate_per_minute / 60.0, burst, monotonic())
         self._queue: list[_Waiter] = []
         self._seq = itertools.count()
+        self.on_wait: Callable[[float], None] | None = None
+        """Observer of waits: called with the seconds a caller had to wait for budget."""
 
     @property
     def waiting(self) -> int:
@@ -119,6 +121,7 @@ class RateLimiter:
         now = self._now()
         if self._head() is None and self._bucket.try_take(now):
             return True
+        started = now
         deadline = None if max_wait_s is None else now + max_wait_s
         waiter = _Waiter(int(priority), next(self._seq))
         heapq.heappush(self._queue, waiter)
@@ -142,6 +145,8 @@ class RateLimiter:
         finally:
             waiter.gone = True
             self._wake_head()
+            if self.on_wait is not None:
+                self.on_wait(self._now() - started)
 
     def _head(self) -> _Waiter | None:
         while self._queue and self._queue[0].gone:

@@ -15,10 +15,8 @@ API operation and the host. Headers (the bearer token) and bodies (client creden
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -106,42 +104,23 @@ class _TracedTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-def _http_client(sink: GenesysSink) -> httpx.AsyncClient | None:
-    # GenesysSink keeps its client private; it is the one object we must reach into.
-    client = getattr(sink, "http", None) or getattr(sink, "_http", None)
-    return client if isinstance(client, httpx.AsyncClient) else None
-
-
-def instrument_sink(sink: GenesysSink, telemetry: Telemetry) -> None:
-    """Wire spans and metrics into `sink` (idempotent per sink)."""
-    if getattr(sink, "_typing_telemetry", None) is telemetry:
-        return
-    sink._typing_telemetry = telemetry  # type: ignore[attr-defined]
-    client = _http_client(sink)
-    if client is not None:
-        # httpx keeps the transport private too (OpenTelemetry's httpx instrumentation
-        # wraps the same attribute; one wrapper doing spans and metrics costs half as much).
-        client._transport = _TracedTransport(client._transport, telemetry)
-    if telemetry.ratelimit_wait is not None:
-        limiter = sink.limiter
-        limiter.acquire = _timed(limiter.acquire, telemetry.ratelimit_wait.record)  # type: ignore[method-assign,assignment]
-
-
 # Waits shorter than this are not waits (the budget was there); they are not recorded.
 MIN_WAIT_S = 0.001
 
 
-def _timed(
-    acquire: Callable[..., Awaitable[bool]], record: Callable[[float], None]
-) -> Callable[..., Awaitable[bool]]:
-    @functools.wraps(acquire)
-    async def timed(*args: Any, **kwargs: Any) -> bool:
-        started = time.perf_counter()
-        try:
-            return await acquire(*args, **kwargs)
-        finally:
-            waited = time.perf_counter() - started
-            if waited >= MIN_WAIT_S:
-                record(waited)
+def instrument_sink(sink: GenesysSink, telemetry: Telemetry) -> None:
+    """Wire spans and metrics into `sink` (idempotent per sink)."""
+    client = sink.http
+    if isinstance(client._transport, _TracedTransport):
+        return
+    # httpx keeps the transport private (OpenTelemetry's httpx instrumentation wraps the
+    # same attribute; one wrapper doing spans and metrics costs half as much).
+    client._transport = _TracedTransport(client._transport, telemetry)
+    if telemetry.ratelimit_wait is not None:
+        record = telemetry.ratelimit_wait.record
 
-    return timed
+        def on_wait(seconds: float) -> None:
+            if seconds >= MIN_WAIT_S:
+                record(seconds)
+
+        sink.limiter.on_wait = on_wait
