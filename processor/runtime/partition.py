@@ -26,12 +26,13 @@ from opentelemetry.trace import Span, set_span_in_context
 from processor.clock import Clock
 from processor.codec import decode_event, iso_utc
 from processor.domain import Decision, SinkResult
-from processor.models import AuditRecord, CrmSyncRecord, DeadLetter, TypingEvent
+from processor.models import DeadLetter, TypingEvent
 from processor.state import PartitionStore, Work
 from processor.telemetry.tracing import DECISION, SESSION_ID, STATUS, PartitionTracing
 
 from .outbound import Outbound
 from .reconciler import Reconciler
+from .records import audit_record, crm_record
 from .restore import RestoreError
 
 log = logging.getLogger(__name__)
@@ -343,33 +344,14 @@ class PartitionWorker:
         futures: list[asyncio.Future[Any]] = []
         now = self._clock.now_ms()
         for change in emitted.changes:
-            record = CrmSyncRecord(
-                timestamp=change.applied_at,
-                session_id=change.session_id,
-                status=change.status,
-                event_id=change.event_id,
-                version=change.version,
-                reason=change.reason,
-                expires_at=change.expires_at,
-            )
+            record = crm_record(change)
             futures.append(await self._outbound.crm(record))
             self.counters.crm_records += 1
             if self._on_applied is not None:
                 self._on_applied(change.session_id, change.applied_at)
+        stamp = iso_utc(now)
         for decision in emitted.audits:
-            audit = AuditRecord(
-                timestamp=iso_utc(now),
-                session_id=decision.session_id,
-                indicator_status=decision.indicator_status,
-                result=decision.result,
-                latency_ms=decision.latency_ms,
-                error=decision.error,
-                event_id=decision.event_id,
-                http_status=decision.http_status,
-                attempts=decision.attempts,
-                partition=self.partition,
-                offset=decision.offset,
-            )
+            audit = audit_record(decision, self.partition, stamp)
             futures.append(await self._outbound.audit(audit))
             self.counters.audit_records += 1
             self.counters.decisions[decision.result.value] += 1
@@ -389,15 +371,7 @@ class PartitionWorker:
         now = self._clock.now_ms()
         decided: list[Span] = []
         for change in emitted.changes:
-            record = CrmSyncRecord(
-                timestamp=change.applied_at,
-                session_id=change.session_id,
-                status=change.status,
-                event_id=change.event_id,
-                version=change.version,
-                reason=change.reason,
-                expires_at=change.expires_at,
-            )
+            record = crm_record(change)
             if turn_span is None:
                 futures.append(await self._outbound.crm(record))
             else:
@@ -409,6 +383,7 @@ class PartitionWorker:
             if self._on_applied is not None:
                 self._on_applied(change.session_id, change.applied_at)
         spans = self._spans
+        stamp = iso_utc(now)
         for decision in emitted.audits:
             parent = turn_span
             if decision.offset is not None and (cause := spans.pop(decision.offset, None)):
@@ -419,20 +394,8 @@ class PartitionWorker:
                     tracing.end_to_end.record(
                         max(0, now - cause[1]) / 1000, {"decision": decision.result.value}
                     )
-            audit = AuditRecord(
-                timestamp=iso_utc(now),
-                session_id=decision.session_id,
-                indicator_status=decision.indicator_status,
-                result=decision.result,
-                latency_ms=decision.latency_ms,
-                error=decision.error,
-                event_id=decision.event_id,
-                http_status=decision.http_status,
-                attempts=decision.attempts,
-                trace_id=None if parent is None else tracing.trace_id(parent),
-                partition=self.partition,
-                offset=decision.offset,
-            )
+            trace_id = None if parent is None else tracing.trace_id(parent)
+            audit = audit_record(decision, self.partition, stamp, trace_id)
             carried = None if parent is None else tracing.headers(parent)
             futures.append(await self._outbound.audit(audit, carried))
             self.counters.audit_records += 1

@@ -40,7 +40,9 @@ class SinkConfig:
     backoff_cap_s: float = 2.0
     breaker_failure_threshold: int = 5
     breaker_reset_timeout_s: float = 10.0
-    max_connections: int = 64
+    # A few connections carry the whole budget (300 calls/min is 5/s); httpcore scans every
+    # pooled connection on each request, so a large pool costs CPU for nothing.
+    max_connections: int = 16
     max_keepalive_connections: int = 16
     keepalive_expiry_s: float = 30.0
     etag_cache_size: int = 100_000
