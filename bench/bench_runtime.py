@@ -115,11 +115,12 @@ async def bare_consumer_rate(bootstrap: str, topic: str, expected: int) -> float
     return seen / elapsed
 
 
-async def processor_rate(
-    bootstrap: str, emulator: EmulatorProcess, topic: str, partitions: int, expected: int
-) -> tuple[float, dict[str, object]]:
+def settings_for(
+    bootstrap: str, emulator: EmulatorProcess, topic: str, partitions: int
+) -> Settings:
+    """Processor settings for a benchmark run: fresh group and outbound topics, no budget."""
     prefix = f"bench-{uuid.uuid4().hex[:6]}"
-    settings = Settings(
+    return Settings(
         kafka=KafkaSettings(bootstrap_servers=bootstrap),
         genesys=GenesysSettings(
             oauthclient_id=emulator.client_id,
@@ -138,6 +139,12 @@ async def processor_rate(
             max_in_flight=64,
         ),
     )
+
+
+async def processor_rate(
+    bootstrap: str, emulator: EmulatorProcess, topic: str, partitions: int, expected: int
+) -> tuple[float, dict[str, object]]:
+    settings = settings_for(bootstrap, emulator, topic, partitions)
     sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
     processor = TypingProcessor(settings, sink)
     stop = asyncio.Event()

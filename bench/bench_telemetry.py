@@ -34,18 +34,17 @@ from typing import Literal
 import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
-from bench_runtime import create_sessions
+from bench_runtime import create_sessions, settings_for
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from pydantic import SecretStr
 
 from processor.asgi import serve_in_background
 from processor.broker import LocalBroker
 from processor.emulator.testing import EmulatorProcess
 from processor.runtime.kafka import TopicSpec, ensure_topics
 from processor.runtime.service import TypingProcessor
-from processor.settings import GenesysSettings, KafkaSettings, Settings, TypingSettings
+from processor.settings import KafkaSettings, Settings
 from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
 from processor.telemetry import OpsEndpoint, Telemetry
@@ -107,31 +106,6 @@ async def fill_topic(bootstrap: str, topic: str, sessions: list[str], per_sessio
     finally:
         await producer.stop()
     return sent
-
-
-def settings_for(
-    bootstrap: str, emulator: EmulatorProcess, topic: str, partitions: int
-) -> Settings:
-    prefix = f"bench-{uuid.uuid4().hex[:6]}"
-    return Settings(
-        kafka=KafkaSettings(bootstrap_servers=bootstrap),
-        genesys=GenesysSettings(
-            oauthclient_id=emulator.client_id,
-            oauthclient_secret=SecretStr(emulator.client_secret),
-            api_url=emulator.base_url,
-            login_url=emulator.base_url,
-        ),
-        typing=TypingSettings(
-            group_id=prefix,
-            input_topic=topic,
-            crm_topic=f"{prefix}.crm",
-            audit_topic=f"{prefix}.audit",
-            dlq_topic=f"{prefix}.dlq",
-            topic_partitions=partitions,
-            api_rate_per_minute=1_000_000,
-            max_in_flight=64,
-        ),
-    )
 
 
 def _scrape_forever(url: str, stop: threading.Event, sizes: list[int]) -> None:

@@ -42,6 +42,20 @@ def topic_env(prefix: str) -> dict[str, str]:
     }
 
 
+def run_env(bootstrap: str, emulator: EmulatorHandle) -> dict[str, str]:
+    """The environment of a `typing-processor run` child against the test stack."""
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "GENESYSCLOUD_OAUTHCLIENT_ID": emulator.client_id,
+        "GENESYSCLOUD_OAUTHCLIENT_SECRET": emulator.client_secret,
+        "GENESYSCLOUD_API_URL": emulator.base_url,
+        "GENESYSCLOUD_LOGIN_URL": emulator.base_url,
+        "TYPING_LOG_LEVEL": "INFO",
+        "TYPING_HTTP_PORT": "0",
+        **topic_env(unique_prefix()),
+    }
+
+
 def unique_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 

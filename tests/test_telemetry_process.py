@@ -8,8 +8,9 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pipeline
 import pytest
-from pipeline import Producer, RunProcess, eventually, topic_env, typing_event, unique_prefix
+from pipeline import Producer, RunProcess, eventually, typing_event
 
 from processor.emulator.testing import EmulatorHandle
 
@@ -18,16 +19,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def env(bootstrap_servers: str, emulator: EmulatorHandle) -> dict[str, str]:
-    return {
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
-        "GENESYSCLOUD_OAUTHCLIENT_ID": emulator.client_id,
-        "GENESYSCLOUD_OAUTHCLIENT_SECRET": emulator.client_secret,
-        "GENESYSCLOUD_API_URL": emulator.base_url,
-        "GENESYSCLOUD_LOGIN_URL": emulator.base_url,
-        "TYPING_LOG_LEVEL": "INFO",
-        "TYPING_HTTP_PORT": "0",
-        **topic_env(unique_prefix()),
-    }
+    return pipeline.run_env(bootstrap_servers, emulator)
 
 
 @pytest.fixture
