@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import time
 import uuid
 from collections import defaultdict
@@ -60,7 +61,12 @@ async def create_sessions(base_url: str, session_ids: list[str]) -> None:
                 answer.raise_for_status()
 
 
-async def fill_topic(bootstrap: str, topic: str, sessions: list[str], per_session: int) -> int:
+async def fill_topic(
+    bootstrap: str, topic: str, sessions: list[str], per_session: int, *, traced: bool = False
+) -> int:
+    """Typing traffic: every other pair of rounds flips typing/paused, so half the events
+    change state and half are suppressed repeats; long timeouts keep the backlog fresh (I5).
+    `traced` gives each event a `traceparent` header of its own."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20)
     await producer.start()
     sent = 0
@@ -68,10 +74,8 @@ async def fill_topic(bootstrap: str, topic: str, sessions: list[str], per_sessio
         base = now_ms()
         pending = []
         for round_ in range(per_session):
+            status = "typing" if (round_ // 2) % 2 == 0 else "paused"
             for i, session_id in enumerate(sessions):
-                # alternate typing/paused so that every other event is a real state change,
-                # the rest suppressed repeats; long timeouts keep the backlog fresh (I5)
-                status = "typing" if (round_ // 2) % 2 == 0 else "paused"
                 event = {
                     "event_id": f"{session_id}-{round_}",
                     "session_id": session_id,
@@ -79,8 +83,14 @@ async def fill_topic(bootstrap: str, topic: str, sessions: list[str], per_sessio
                     "occurred_at": base + round_ * 10 + i % 10,
                     "timeout_ms": 60_000,
                 }
+                headers = None
+                if traced:
+                    parent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01".encode()
+                    headers = [("traceparent", parent)]
                 pending.append(
-                    await producer.send(topic, orjson.dumps(event), key=session_id.encode())
+                    await producer.send(
+                        topic, orjson.dumps(event), key=session_id.encode(), headers=headers
+                    )
                 )
                 sent += 1
                 if len(pending) >= 5_000:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import secrets
 import statistics
 import threading
 import time
@@ -32,9 +31,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import httpx
-import orjson
-from aiokafka import AIOKafkaProducer
-from bench_runtime import create_sessions, settings_for
+from bench_runtime import create_sessions, fill_topic, settings_for
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -64,48 +61,6 @@ class EncodingExporter(SpanExporter):
 
     def shutdown(self) -> None:
         pass
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-async def fill_topic(bootstrap: str, topic: str, sessions: list[str], per_session: int) -> int:
-    """Typing traffic with a `traceparent` per event; every other pair of rounds flips
-    typing/paused, so half the events change state and half are suppressed repeats."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20)
-    await producer.start()
-    sent = 0
-    try:
-        base = now_ms()
-        pending = []
-        for round_ in range(per_session):
-            status = "typing" if (round_ // 2) % 2 == 0 else "paused"
-            for i, session_id in enumerate(sessions):
-                event = {
-                    "event_id": f"{session_id}-{round_}",
-                    "session_id": session_id,
-                    "status": status,
-                    "occurred_at": base + round_ * 10 + i % 10,
-                    "timeout_ms": 60_000,
-                }
-                parent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01".encode()
-                pending.append(
-                    await producer.send(
-                        topic,
-                        orjson.dumps(event),
-                        key=session_id.encode(),
-                        headers=[("traceparent", parent)],
-                    )
-                )
-                sent += 1
-                if len(pending) >= 5_000:
-                    await asyncio.gather(*pending)
-                    pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-    return sent
 
 
 def _scrape_forever(url: str, stop: threading.Event, sizes: list[int]) -> None:
@@ -193,7 +148,9 @@ async def main_async(args: argparse.Namespace) -> None:
                 topic = f"bench-tel-{uuid.uuid4().hex[:6]}"
                 kafka = KafkaSettings(bootstrap_servers=bootstrap)
                 await ensure_topics(kafka, [TopicSpec(topic)], args.partitions, 1)
-                total = await fill_topic(bootstrap, topic, sessions, args.events_per_session)
+                total = await fill_topic(
+                    bootstrap, topic, sessions, args.events_per_session, traced=True
+                )
                 settings = settings_for(bootstrap, emu, topic, args.partitions)
                 if mode == "off":
                     rate = await measure(settings, Telemetry.disabled(), total)
