@@ -46,6 +46,33 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class RateAfterFirst:
+    """Events per second from the first sample that saw any to the last sample.
+
+    Timing starts at the first progress, not at start-up (group join and restore are not
+    throughput); what the first sample saw is not counted, its time is the origin.
+    """
+
+    def __init__(self) -> None:
+        self._first: tuple[float, int] | None = None
+        self._last: tuple[float, int] | None = None
+
+    def sample(self, count: int) -> None:
+        """Record the running total `count` now."""
+        if count <= 0:
+            return
+        point = (time.perf_counter(), count)
+        if self._first is None:
+            self._first = point
+        self._last = point
+
+    def per_second(self) -> float:
+        """The rate; fails when the run was too short to have two distinct samples."""
+        if self._first is None or self._last is None or self._last[1] == self._first[1]:
+            raise SystemExit("too few events to measure a rate: raise --sessions")
+        return (self._last[1] - self._first[1]) / (self._last[0] - self._first[0])
+
+
 async def create_sessions(base_url: str, session_ids: list[str]) -> None:
     limits = httpx.Limits(max_connections=32)
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as admin:
@@ -112,17 +139,15 @@ async def bare_consumer_rate(bootstrap: str, topic: str, expected: int) -> float
     )
     await consumer.start()
     seen = 0
+    rate = RateAfterFirst()
     try:
-        started = None
         while seen < expected:
             batch = await consumer.getmany(timeout_ms=500, max_records=2_000)
-            if started is None and batch:
-                started = time.perf_counter()
             seen += sum(len(records) for records in batch.values())
-        elapsed = time.perf_counter() - (started or time.perf_counter())
+            rate.sample(seen)
     finally:
         await consumer.stop()
-    return seen / elapsed
+    return rate.per_second()
 
 
 def settings_for(
@@ -161,14 +186,13 @@ async def processor_rate(
     task = asyncio.create_task(processor.run(stop))
     try:
         await processor.wait_ready()
-        started = None
+        rate = RateAfterFirst()
         while processor.counters.events < expected:
             if task.done():
                 task.result()
-            if started is None and processor.counters.events:
-                started = time.perf_counter()
+            rate.sample(processor.counters.events)
             await asyncio.sleep(0.01)  # sampling a counter, not synchronising
-        elapsed = time.perf_counter() - (started or time.perf_counter())
+        rate.sample(processor.counters.events)
     finally:
         stop.set()
         await task
@@ -178,7 +202,7 @@ async def processor_rate(
         "calls": dict(processor.counters.calls),
         "changelog_records": processor.counters.changelog_records,
     }
-    return expected / elapsed, counters
+    return rate.per_second(), counters
 
 
 def tutorial_calls(events: list[dict[str, object]]) -> int:
