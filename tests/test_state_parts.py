@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from processor.domain import ChangeReason, Status
+from processor.domain import SESSION_ID_PATTERN, ChangeReason, Status
 from processor.models import CrmStatus
 from processor.settings import TimeoutMatrix, TypingSettings
 from processor.state.changelog import ChangelogError, decode, encode, tombstone
@@ -17,14 +18,35 @@ from processor.state.timers import TimerWheel
 from processor.state.work import crm_event_id
 
 
-def test_dedupe_drops_repeats_and_forgets_oldest_beyond_capacity() -> None:
+def test_dedupe_drops_repeats_and_forgets_only_beyond_capacity() -> None:
     memory = EventIdMemory(3)
     assert [memory.add(x) for x in ("a", "b", "a", "c")] == [True, True, False, True]
-    assert memory.add("d")  # evicts "a"
+    assert [memory.add(x) for x in ("d", "e")] == [True, True]
+    assert "a" in memory  # only five distinct ids so far: within twice the capacity
+    assert memory.add("f")
     assert len(memory) == 3
     assert "a" not in memory
-    assert "b" in memory
+    assert all(x in memory for x in ("d", "e", "f"))
     assert memory.add("a")  # forgotten, so accepted again
+
+
+@settings(max_examples=200)
+@given(ids=st.lists(st.integers(0, 40).map(str), max_size=300), capacity=st.integers(1, 12))
+def test_dedupe_remembers_the_last_capacity_ids_within_bounded_memory(
+    ids: list[str], capacity: int
+) -> None:
+    memory = EventIdMemory(capacity)
+    recent: list[str] = []  # distinct ids, most recently added last
+    for x in ids:
+        added = memory.add(x)
+        if x in recent[-capacity:]:
+            assert not added, f"{x} is among the last {capacity} ids"
+        if added:
+            if x in recent:
+                recent.remove(x)
+            recent.append(x)
+        assert len(memory) < 2 * capacity
+        assert all(y in memory for y in recent[-capacity:])
 
 
 def test_dedupe_rejects_zero_capacity() -> None:
@@ -75,36 +97,63 @@ def test_changelog_round_trip_keeps_every_persisted_field() -> None:
     s = _session()
     key, value = encode(s)
     assert key == b"sess-1"
-    assert len(value) < 200  # compact: written on every change
+    assert len(value) == 77  # compact: written on every change
     assert decode(key, value).persisted() == s.persisted()
     assert tombstone("sess-1") == (b"sess-1", None)
 
 
-def _with(index: int, replacement: object) -> bytes:
-    """A valid changelog value with element `index` replaced."""
-    fields = orjson.loads(encode(_session())[1])
-    fields[index] = replacement
-    return orjson.dumps(fields)
+@given(
+    status=st.sampled_from([None, Status.TYPING, Status.PAUSED]),
+    remote=st.sampled_from([None, Status.TYPING, Status.PAUSED]),
+    reason=st.sampled_from(ChangeReason),
+    times=st.lists(st.integers(-1, 2**62), min_size=9, max_size=9),
+    unsure=st.booleans(),
+    sid=st.from_regex(SESSION_ID_PATTERN, fullmatch=True),
+)
+def test_changelog_round_trips_any_session(
+    status: Status | None,
+    remote: Status | None,
+    reason: ChangeReason,
+    times: list[int],
+    unsure: bool,
+    sid: str,
+) -> None:
+    s = Session(sid, times[0])
+    s.status, s.remote, s.reason, s.unsure = status, remote, reason, unsure
+    (s.originated, s.deadline, s.timeout, s.latest, s.window_at) = times[1:6]
+    s.remote_expires, s.version, s.touched = times[6:]
+    assert decode(*encode(s)).persisted() == s.persisted()
+
+
+def _with(index: int, replacement: int) -> bytes:
+    """A valid changelog value with byte `index` replaced."""
+    value = bytearray(encode(_session())[1])
+    value[index] = replacement
+    return bytes(value)
 
 
 @pytest.mark.parametrize(
     "value",
     [
-        b"not json",
-        b'{"f": 1}',
-        b"[99]",
+        b"",
         b'[1, "typing"]',
-        _with(0, 2),  # unknown format
-        _with(1, "stopped"),  # never a wanted status
-        _with(3, "soon"),
-        _with(7, "whim"),
-        _with(8, "dancing"),
-        _with(13, 1),
+        encode(_session())[1][:-1],  # truncated
+        encode(_session())[1] + b"\x00",
+        _with(0, 1),  # a format this build does not know
+        _with(1, 3),  # status
+        _with(2, 4),  # reason
+        _with(3, 9),  # remote status
+        _with(4, 2),  # unsure
     ],
 )
 def test_changelog_rejects_corrupt_values(value: bytes) -> None:
     with pytest.raises(ChangelogError):
         decode(b"sess-1", value)
+
+
+def test_changelog_rejects_a_key_that_is_not_utf8() -> None:
+    with pytest.raises(ChangelogError, match="key"):
+        decode(b"\xff", encode(_session())[1])
 
 
 def test_latest_sessions_last_record_wins_and_tombstones_forget() -> None:

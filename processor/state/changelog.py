@@ -1,26 +1,42 @@
-"""Changelog records: key = session id bytes, value = compact JSON of the session, or None.
+"""Changelog records: key = session id bytes, value = the session's state packed, or None.
 
-The value is a flat JSON array, `[format, status, originated, deadline, timeout, latest,
-window_at, reason, remote, remote_expires, version, epoch, touched, unsure]` (the order of
-`Session.persisted()`): written for every change of every session, so size and speed
-matter, yet it stays readable with any Kafka tool.
+The value is fixed-size binary, little-endian (`struct` format `<5B9q`, 77 bytes):
+
+    format, status, reason, remote, unsure      one byte each
+    originated, deadline, timeout, latest, window_at, remote_expires, version, epoch,
+    touched                                      signed 64-bit integers
+
+`status`/`remote`: 0 none, 1 typing, 2 paused; `reason`: 0 event, 1 stopped, 2 expired,
+3 session_closed; `unsure`: 0 or 1. One record is written per changed session per batch,
+so size and encoding cost matter: packing is several times cheaper than JSON (whose
+output buffers come from the system allocator) and half the bytes on the topic.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import orjson
+import struct
+from typing import TypeVar
 
 from processor.domain import ChangeReason, Status
 from processor.state.session import Session
 
-FORMAT = 1
-"""Value format version, the array's first element; decoders reject formats they do not know."""
-_FIELDS = 14
+FORMAT = 2
+"""Value format version, the first byte; decoders reject formats they do not know."""
 
-_STATUSES = {s.value: s for s in (Status.TYPING, Status.PAUSED)}
-_REASONS = {r.value: r for r in ChangeReason}
+_T = TypeVar("_T")
+_LAYOUT = struct.Struct("<5B9q")
+_STATUSES: tuple[Status | None, ...] = (None, Status.TYPING, Status.PAUSED)
+_REASONS = (
+    ChangeReason.EVENT,
+    ChangeReason.STOPPED,
+    ChangeReason.EXPIRED,
+    ChangeReason.SESSION_CLOSED,
+)
+# Codes are explicit, never enum order: the topic outlives any reordering of the enums.
+_CODES: dict[Status | ChangeReason | None, int] = {
+    **{status: code for code, status in enumerate(_STATUSES)},
+    **{reason: code for code, reason in enumerate(_REASONS)},
+}
 
 
 class ChangelogError(ValueError):
@@ -30,24 +46,22 @@ class ChangelogError(ValueError):
 def encode(session: Session) -> tuple[bytes, bytes]:
     """The changelog record of `session`'s current state."""
     s = session
-    # enums serialise as their values; a flat array keeps records small and fast to write
-    value = orjson.dumps(
-        [
-            FORMAT,
-            s.status,
-            s.originated,
-            s.deadline,
-            s.timeout,
-            s.latest,
-            s.window_at,
-            s.reason,
-            s.remote,
-            s.remote_expires,
-            s.version,
-            s.epoch,
-            s.touched,
-            s.unsure,
-        ]
+    codes = _CODES
+    value = _LAYOUT.pack(
+        FORMAT,
+        codes[s.status],
+        codes[s.reason],
+        codes[s.remote],
+        s.unsure,
+        s.originated,
+        s.deadline,
+        s.timeout,
+        s.latest,
+        s.window_at,
+        s.remote_expires,
+        s.version,
+        s.epoch,
+        s.touched,
     )
     return s.sid.encode(), value
 
@@ -57,48 +71,49 @@ def tombstone(session_id: str) -> tuple[bytes, None]:
     return session_id.encode(), None
 
 
-def _status(raw: Any) -> Status | None:
-    if raw is None:
-        return None
-    status = _STATUSES.get(raw)
-    if status is None:
-        raise ChangelogError(f"unknown status {raw!r}")
-    return status
-
-
-def _int(value: Any, name: str) -> int:
-    if type(value) is not int:
-        raise ChangelogError(f"{name} is not an integer")
-    return value
+def _member(table: tuple[_T, ...], code: int, name: str) -> _T:
+    if code >= len(table):
+        raise ChangelogError(f"unknown {name} code {code}")
+    return table[code]
 
 
 def decode(key: bytes, value: bytes) -> Session:
     """The session a non-tombstone changelog record describes; raises `ChangelogError`."""
     try:
         sid = key.decode()
-        doc = orjson.loads(value)
-    except (UnicodeDecodeError, orjson.JSONDecodeError) as exc:
-        raise ChangelogError(f"bad changelog record for key {key!r}: {exc}") from exc
-    if not isinstance(doc, list) or len(doc) != _FIELDS or doc[0] != FORMAT:
+    except UnicodeDecodeError as exc:
+        raise ChangelogError(f"bad changelog key {key!r}: {exc}") from exc
+    if len(value) != _LAYOUT.size or value[0] != FORMAT:
         raise ChangelogError(f"changelog record for key {key!r} is not of format {FORMAT}")
-    _, status, originated, deadline, timeout, latest, window_at, reason, remote = doc[:9]
-    remote_expires, version, epoch, touched, unsure = doc[9:]
-    session = Session(sid, _int(epoch, "epoch"))
-    session.status = _status(status)
-    session.originated = _int(originated, "originated")
-    session.deadline = _int(deadline, "deadline")
-    session.timeout = _int(timeout, "timeout")
-    session.latest = _int(latest, "latest")
-    session.window_at = _int(window_at, "window_at")
-    parsed_reason = _REASONS.get(reason)
-    if parsed_reason is None:
-        raise ChangelogError(f"unknown reason {reason!r}")
-    session.reason = parsed_reason
-    session.remote = _status(remote)
-    session.remote_expires = _int(remote_expires, "remote_expires")
-    session.version = _int(version, "version")
-    session.touched = _int(touched, "touched")
-    if type(unsure) is not bool:
-        raise ChangelogError("unsure is not a boolean")
-    session.unsure = unsure
+    (
+        _,
+        status,
+        reason,
+        remote,
+        unsure,
+        originated,
+        deadline,
+        timeout,
+        latest,
+        window_at,
+        remote_expires,
+        version,
+        epoch,
+        touched,
+    ) = _LAYOUT.unpack(value)
+    if unsure > 1:
+        raise ChangelogError(f"changelog record for key {key!r}: unsure is not a boolean")
+    session = Session(sid, epoch)
+    session.status = _member(_STATUSES, status, "status")
+    session.reason = _member(_REASONS, reason, "reason")
+    session.remote = _member(_STATUSES, remote, "remote status")
+    session.unsure = unsure == 1
+    session.originated = originated
+    session.deadline = deadline
+    session.timeout = timeout
+    session.latest = latest
+    session.window_at = window_at
+    session.remote_expires = remote_expires
+    session.version = version
+    session.touched = touched
     return session

@@ -2,39 +2,38 @@
 
 from __future__ import annotations
 
-from collections import deque
-
 
 class EventIdMemory:
-    """Remembers the last `capacity` distinct event ids, oldest forgotten first.
+    """Remembers at least the last `capacity` distinct event ids, and at most twice that.
 
-    A set answers membership; a deque keeps insertion order so that the oldest id can be
-    forgotten in O(1). Memory stays bounded whatever the input rate.
+    Two generations of sets: ids go into the current one; once it holds `capacity` ids it
+    becomes the previous generation and the one before is dropped whole. Membership asks
+    both. Cheaper per id than an exact least-recently-added order (no per-id eviction),
+    and memory stays bounded whatever the input rate.
     """
 
-    __slots__ = ("_capacity", "_order", "_seen")
+    __slots__ = ("_capacity", "_current", "_previous")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self._capacity = capacity
-        self._seen: set[str] = set()
-        self._order: deque[str] = deque()
+        self._current: set[str] = set()
+        self._previous: set[str] = set()
 
     def add(self, event_id: str) -> bool:
         """Record `event_id`; False when it was already remembered (a duplicate)."""
-        seen = self._seen
-        if event_id in seen:
+        current = self._current
+        if event_id in current or event_id in self._previous:
             return False
-        seen.add(event_id)
-        order = self._order
-        order.append(event_id)
-        if len(order) > self._capacity:
-            seen.discard(order.popleft())
+        current.add(event_id)
+        if len(current) >= self._capacity:
+            self._previous = current
+            self._current = set()
         return True
 
     def __contains__(self, event_id: object) -> bool:
-        return event_id in self._seen
+        return event_id in self._current or event_id in self._previous
 
     def __len__(self) -> int:
-        return len(self._order)
+        return len(self._current) + len(self._previous)

@@ -82,7 +82,14 @@ _RETRY = {
     Outcome.AUTH_CONFIG_ERROR: Decision.AUTH_CONFIG_ERROR,
 }
 _CLEARED = "cleared"
-_ROLES = (Role.CUSTOMER, Role.AGENT, Role.BOT)
+# Enum members bound once for the hot paths: `Status.TYPING` goes through the enum
+# metaclass on every read (about 60 ns, ten times a global).
+_TYPING = Status.TYPING
+_STOPPED = Status.STOPPED
+_CUSTOMER = Role.CUSTOMER
+_DUPLICATE = Decision.DUPLICATE
+_STALE = Decision.STALE
+_SUPPRESSED = Decision.SUPPRESSED
 
 
 class PartitionStore:
@@ -109,11 +116,11 @@ class PartitionStore:
         self._changes: list[AppliedChange] = []
         # Timeouts interned: one int object shared by every session with the same value.
         self._ints: dict[int, int] = {}
-        # default timeouts by role: (customer, agent, bot)
-        self._typing_timeouts, self._paused_timeouts = (
-            tuple(config.default_timeout_ms(status, role) for role in _ROLES)
+        self._leads: dict[int, int] = {}  # refresh lead by timeout (few distinct values)
+        self._default_timeouts = {
+            status: {role: config.default_timeout_ms(status, role) for role in Role}
             for status in (Status.TYPING, Status.PAUSED)
-        )
+        }
 
     # ------------------------------------------------------------------ inputs
 
@@ -124,32 +131,28 @@ class PartitionStore:
         status = event.status
         sid = event.session_id
         if not self._dedupe.add(eid):
-            self._audit(sid, status, Decision.DUPLICATE, eid, offset)
+            self._audit(sid, status, _DUPLICATE, eid, offset)
             return
         s = self._sessions.get(sid)
         if s is None:
             s = self._sessions[sid] = Session(sid, now)
         occurred = event.occurred_at
         if occurred < s.latest:
-            self._audit(
-                sid, status, Decision.STALE, eid, offset, "out of order: a newer event applies"
-            )
+            self._audit(sid, status, _STALE, eid, offset, "out of order: a newer event applies")
             return
         s.latest = occurred
         s.touched = now
         self._dirty[sid] = None
         if s.status is not None and s.deadline <= now:
             self._expire(s)  # lapsed, the tick has not run yet
-        if status is Status.STOPPED:
+        if status is _STOPPED:
             self._want_none(s, ChangeReason.STOPPED, (eid, offset), now, status)
             return
         timeout = event.timeout_ms
         if timeout is None:
-            # identity tests, not a dict keyed by enums: Enum.__hash__ is Python code
-            by_role = self._typing_timeouts if status is Status.TYPING else self._paused_timeouts
             participant = event.participant
-            role = participant.role if participant is not None else Role.CUSTOMER
-            timeout = by_role[1] if role is Role.AGENT else by_role[2 if role is Role.BOT else 0]
+            role = _CUSTOMER if participant is None else participant.role
+            timeout = self._default_timeouts[status][role]
         else:
             timeout = self._ints.setdefault(timeout, timeout)
         start = occurred if occurred < now else now  # a producer clock ahead is clamped
@@ -158,7 +161,7 @@ class PartitionStore:
             if s.status is not status:
                 # the newest word on this session says its indicator has already lapsed
                 self._want_none(s, ChangeReason.EXPIRED, None, now, status)
-            self._audit(sid, status, Decision.STALE, eid, offset, "expired before processing")
+            self._audit(sid, status, _STALE, eid, offset, "expired before processing")
             return
         if s.status is status:
             # a repeat: extends the deadline, never a call by itself (refreshes are timed)
@@ -170,7 +173,7 @@ class PartitionStore:
                 self._settle(s, now)  # the I2 refresh is not blocked by the window
             # inlined _audit: this is the hottest line of the engine
             self._audits.append(
-                AuditDecision(sid, status, Decision.SUPPRESSED, self.partition, eid, offset)
+                AuditDecision(sid, status, _SUPPRESSED, self.partition, eid, offset)
             )
             return
         s.status = status
@@ -416,9 +419,11 @@ class PartitionStore:
         refresh_at = s.remote_expires - self._lead(s)
         if refresh_at <= now:
             return True
-        timers = self._timers
-        if s.wake == 0 or timers.slot(refresh_at) < s.wake:
-            s.wake = timers.schedule(s.sid, refresh_at)
+        wake = s.wake
+        # a live timer at or before the refresh point already covers it (the usual case
+        # for a repeat: no bucket arithmetic)
+        if wake == 0 or (wake > refresh_at and self._timers.slot(refresh_at) < wake):
+            s.wake = self._timers.schedule(s.sid, refresh_at)
         return False
 
     def _expire(self, s: Session) -> None:
@@ -435,7 +440,11 @@ class PartitionStore:
         self._dirty[s.sid] = None
 
     def _lead(self, s: Session) -> int:
-        return int(s.timeout * self._config.refresh_fraction)
+        """How long before Genesys' `expiresAt` a refresh is due (see `EngineConfig`)."""
+        lead = self._leads.get(s.timeout)
+        if lead is None:
+            lead = self._leads[s.timeout] = int(s.timeout * self._config.refresh_fraction)
+        return lead
 
     def _needed(self, s: Session, now: int) -> WorkKind | None:
         """What call, if any, would bring Genesys to the wanted state (no mutation)."""
