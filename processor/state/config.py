@@ -20,9 +20,13 @@ class EngineConfig:
         refresh_fraction: refresh Genesys' `expiresAt` once it is closer to now than this
             fraction of the timeout (the lead) while the deadline lies beyond it (I2). The
             lead must cover queueing and one call's latency; a late refresh carries a
-            later deadline, so a small lead means few refreshes: with events every `g` ms
-            they are `max(g, timeout - lead - g)` apart, at least one per half timeout
-            while `g` <= a quarter timeout (the default lead) and never closer than 3/8 of it.
+            later deadline, so a small lead means few refreshes. A refresh needs an event
+            since the previous call, and with live events any two refreshes after a given
+            call come at least `timeout - lead` after it: on average no closer than 3/8 of
+            a timeout with the default lead, and consecutive calls at least half a timeout
+            apart while events come at least every quarter timeout (`timeout - lead - gap`).
+            No rule with a positive lead does better for arbitrary gaps: an event right
+            after a refresh and the next one `timeout - lead` later force two calls.
         min_set_lifetime_ms: a set with less lifetime than this left when it is about to be
             sent is dropped (expired) instead: it would lapse before Genesys shows it.
         clear_slack_ms: the I1 bound: a clear is due no later than deadline + this.
