@@ -311,8 +311,12 @@ def test_burst_during_a_call_collapses_to_the_latest_state(
     assert follow_up.desired is not None
     assert follow_up.desired.status is Status.PAUSED
     assert (follow_up.event_id, follow_up.version) == ("b2", 2)
-    coalesced = [a.event_id for a in store.drain().audits if a.result is Decision.COALESCED]
-    assert coalesced == ["b0", "b1"]
+    coalesced = [
+        (a.event_id, a.indicator_status)
+        for a in store.drain().audits
+        if a.result is Decision.COALESCED
+    ]
+    assert coalesced == [("b0", "paused"), ("b1", "stopped")]  # each with its own status
 
 
 def test_change_back_to_the_shown_state_while_queued_costs_no_call(

@@ -67,8 +67,8 @@ if TYPE_CHECKING:
     from processor.clock import Clock
     from processor.models import TypingEvent
 
-# The event that asked for a session's pending change: (event_id, offset).
-Cause = tuple[str, int]
+# The event that asked for a session's pending change: (event_id, offset, its status).
+Cause = tuple[str, int, Status]
 
 _FORGET = {
     Outcome.SESSION_NOT_FOUND: Decision.SESSION_NOT_FOUND,
@@ -146,7 +146,7 @@ class PartitionStore:
         if s.status is not None and s.deadline <= now:
             self._expire(s)  # lapsed, the tick has not run yet
         if status is _STOPPED:
-            self._want_none(s, ChangeReason.STOPPED, (eid, offset), now, status)
+            self._want_none(s, ChangeReason.STOPPED, (eid, offset, status), now)
             return
         timeout = event.timeout_ms
         if timeout is None:
@@ -160,7 +160,7 @@ class PartitionStore:
         if deadline <= now:
             if s.status is not status:
                 # the newest word on this session says its indicator has already lapsed
-                self._want_none(s, ChangeReason.EXPIRED, None, now, status)
+                self._want_none(s, ChangeReason.EXPIRED, None, now)
             self._audit(sid, status, _STALE, eid, offset, "expired before processing")
             return
         if s.status is status:
@@ -182,7 +182,7 @@ class PartitionStore:
         s.timeout = timeout
         s.reason = ChangeReason.EVENT
         s.window_at = now
-        self._ask(s, (eid, offset), now, status)
+        self._ask(s, (eid, offset, status), now)
 
     def on_tick(self) -> None:
         """Time-driven work: expiries, I2 refreshes, retries after backoff, eviction.
@@ -382,9 +382,7 @@ class PartitionStore:
 
     # ------------------------------------------------------------------ internals
 
-    def _want_none(
-        self, s: Session, reason: ChangeReason, cause: Cause | None, now: int, status: Status
-    ) -> None:
+    def _want_none(self, s: Session, reason: ChangeReason, cause: Cause | None, now: int) -> None:
         """An event asks for no indicator (stopped, or lapsed before we saw it)."""
         if s.status is not None:
             s.status = None
@@ -394,17 +392,17 @@ class PartitionStore:
             s.reason = reason
         elif s.remote is not None or s.unsure:
             s.reason = reason  # a clear is pending: say why it is wanted now
-        self._ask(s, cause, now, status)
+        self._ask(s, cause, now)
 
-    def _ask(self, s: Session, cause: Cause | None, now: int, status: Status) -> None:
+    def _ask(self, s: Session, cause: Cause | None, now: int) -> None:
         """An event changed what is wanted: it becomes the pending change's cause."""
         previous = self._causes.pop(s.sid, None)
         if previous is not None:
             # superseded before any call carried it: latest wins
-            self._audit(s.sid, status, Decision.COALESCED, previous[0], previous[1])
+            self._audit(s.sid, previous[2], Decision.COALESCED, previous[0], previous[1])
         if cause is not None:
             self._causes[s.sid] = cause
-        self._settle(s, now, status=status)
+        self._settle(s, now)
 
     def _extend(self, s: Session, deadline: int, timeout: int, now: int) -> bool:
         """Move the deadline later; True when a refresh is due right now.
@@ -430,8 +428,7 @@ class PartitionStore:
         """The wanted indicator's deadline has come: nothing is wanted any more."""
         cause = self._causes.pop(s.sid, None)
         if cause is not None:
-            text = s.status.value if s.status is not None else _CLEARED
-            self._audit(s.sid, text, Decision.EXPIRED, cause[0], cause[1], "lapsed before sent")
+            self._audit(s.sid, cause[2], Decision.EXPIRED, cause[0], cause[1], "lapsed before sent")
         s.status = None
         s.originated = 0
         s.deadline = 0
@@ -461,13 +458,10 @@ class PartitionStore:
             return WorkKind.REFRESH
         return None
 
-    def _settle(
-        self, s: Session, now: int, *, resume: bool = False, status: Status | None = None
-    ) -> None:
+    def _settle(self, s: Session, now: int, *, resume: bool = False) -> None:
         """Bring a session's queue membership and timer in line with its state.
 
         `resume` (restore) only queues and schedules: persisted fields stay untouched.
-        `status` is the status of the event being processed, for audits.
         """
         sid = s.sid
         if not resume and s.status is not None and s.deadline <= now:
@@ -487,8 +481,7 @@ class PartitionStore:
                 cause = self._causes.pop(sid, None)
                 if cause is not None:
                     # Genesys already shows what the event asks for
-                    text = (status or s.status or Status.STOPPED).value
-                    self._audit(sid, text, Decision.SUPPRESSED, cause[0], cause[1])
+                    self._audit(sid, cause[2], Decision.SUPPRESSED, cause[0], cause[1])
         elif kind is WorkKind.CLEAR:
             sets.pop(sid, None)
             clears[sid] = None
@@ -542,7 +535,7 @@ class PartitionStore:
     def _make_work(self, s: Session, kind: WorkKind) -> Work:
         version = s.version + 1
         cause = self._causes.pop(s.sid, None)
-        eid, offset = cause if cause is not None else (None, None)
+        eid, offset = (cause[0], cause[1]) if cause is not None else (None, None)
         if kind is WorkKind.CLEAR:
             reason = s.reason if s.reason is not ChangeReason.EVENT else ChangeReason.EXPIRED
             return Work(s.sid, None, reason, kind, version, eid, offset)
@@ -566,7 +559,7 @@ class PartitionStore:
         self._backoff.pop(sid, None)
         cause = self._causes.pop(sid, None)
         if cause is not None and decision is not None:
-            self._audit(sid, _CLEARED, decision, cause[0], cause[1])
+            self._audit(sid, cause[2], decision, cause[0], cause[1])
         self._dirty[sid] = None
 
     def _audit(
