@@ -160,6 +160,35 @@ async def read_topic(
         await consumer.stop()
 
 
+async def read_json_at_least(
+    bootstrap: str, topic: str, count: int, timeout_s: float = 10.0
+) -> list[dict[str, Any]]:
+    """At least `count` records of `topic` from the beginning, in partition-offset order.
+
+    Fetches without trusting end offsets: the local broker's high watermark can lag a
+    record it has acknowledged until the partition is written again.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await consumer.topics()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        async with asyncio.timeout(timeout_s):
+            while len(records) < count:
+                batch = await consumer.getmany(timeout_ms=200)
+                records.extend(r for items in batch.values() for r in items)
+    finally:
+        await consumer.stop()
+    records.sort(key=lambda r: (r.partition, r.offset))
+    return [orjson.loads(r.value) for r in records if r.value]
+
+
 async def read_json(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     return [orjson.loads(r.value) for r in await read_topic(bootstrap, topic) if r.value]
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from pipeline import (
     InProcess,
@@ -14,6 +16,7 @@ from pipeline import (
     make_settings,
     now_ms,
     read_json,
+    read_json_at_least,
     start_in_process,
     typing_event,
 )
@@ -180,3 +183,33 @@ async def test_crm_records_match_applied_changes_one_to_one(
         assert record["event"] == "typing_indicator_update"
         assert record["reason"] in {"event", "stopped", "expired"}
     assert len({r["event_id"] for r in records}) == len(records)
+
+
+async def test_audit_file_holds_the_audit_topic_as_json_lines(
+    bootstrap_servers: str, emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    path = tmp_path / "audit" / "decisions.jsonl"  # the folder is created at start-up
+    stack = await start_in_process(make_settings(bootstrap_servers, emulator, audit_log_file=path))
+    try:
+        emulator.create_session("s-file")
+        async with Producer(bootstrap_servers, stack.settings.typing.input_topic) as producer:
+            await producer.send(typing_event("s-file", timeout_ms=5000))
+            await producer.send(typing_event("s-file", timeout_ms=5000))
+
+        def lines() -> list[dict[str, Any]]:
+            return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+        # written as decisions are made, not only when the processor stops
+        await eventually(
+            lambda: path.exists() and {r["result"] for r in lines()} >= {"applied", "suppressed"},
+            10,
+            "applied and suppressed decisions in the audit file",
+        )
+    finally:
+        await stack.close()
+    in_file = lines()
+    on_topic = await read_json_at_least(
+        bootstrap_servers, stack.settings.typing.audit_topic, len(in_file)
+    )
+    assert in_file == on_topic
+    assert {r["session_id"] for r in in_file} == {"s-file"}

@@ -82,14 +82,21 @@ class Outbound:
     async def audit(
         self, record: AuditRecord, headers: Headers | None = None
     ) -> asyncio.Future[Any]:
-        """One decision; also appended to the audit file when one is configured."""
+        """One decision; also appended to the audit file when one is configured.
+
+        The file is buffered: `flush_audit_file` pushes a turn's lines out at once.
+        """
         value = record.to_bytes()
         if self._audit_file is not None:
             self._audit_file.write(value + b"\n")
-            self._audit_file.flush()
         return await self._send(
             self._typing.audit_topic, record.session_id.encode(), value, headers=headers
         )
+
+    def flush_audit_file(self) -> None:
+        """Hand the audit lines written so far to the OS (one write per turn, not per line)."""
+        if self._audit_file is not None:
+            self._audit_file.flush()
 
     async def dead_letter(
         self, key: bytes | None, record: DeadLetter, headers: Headers | None = None

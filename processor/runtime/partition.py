@@ -203,6 +203,7 @@ class PartitionWorker:
         self.store.on_tick()
         self._dispatch()
         futures.extend(await self._publish(turn_span))
+        self._outbound.flush_audit_file()
         if futures or batch_end is not None:
             await self._track_acks(futures, batch_end)
 

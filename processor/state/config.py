@@ -35,7 +35,8 @@ class EngineConfig:
         idle_evict_ms: a session with nothing shown, wanted or pending is forgotten after
             this long without activity. At least the longest timeout, so that any event
             older than an eviction is stale anyway (I5) and forgetting loses nothing.
-        dedupe_capacity: how many recent event ids are remembered to drop exact duplicates.
+        dedupe_capacity: exact duplicates among at least this many recent event ids are
+            dropped (up to twice as many are held; see `EventIdMemory`).
         retry_base_ms / retry_max_ms: exponential backoff for failed calls.
     """
 
