@@ -133,8 +133,15 @@ class Producer:
 async def read_topic(
     bootstrap: str, topic: str, timeout_s: float = 5.0
 ) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record of `topic` up to its end offsets now (group-less)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    """Every record of `topic` up to its end offsets now, and any fetched beyond them.
+
+    The local broker's high watermark can lag a record it has acknowledged until the
+    partition is written again, so reading stops at an empty fetch past the end offsets,
+    not at the end offsets themselves.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100
+    )
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic)
@@ -150,43 +157,15 @@ async def read_topic(
         records: list[ConsumerRecord[bytes, bytes]] = []
         async with asyncio.timeout(timeout_s):
             while True:
+                batch = await consumer.getmany(timeout_ms=100)
+                fetched = [r for items in batch.values() for r in items]
+                records.extend(fetched)
                 positions = [await consumer.position(tp) for tp in tps]
-                if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
+                at_end = all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True))
+                if at_end and not fetched:
                     return records
-                batch = await consumer.getmany(timeout_ms=200)
-                for tp, items in batch.items():
-                    records.extend(r for r in items if r.offset < ends[tp])
     finally:
         await consumer.stop()
-
-
-async def read_json_at_least(
-    bootstrap: str, topic: str, count: int, timeout_s: float = 10.0
-) -> list[dict[str, Any]]:
-    """At least `count` records of `topic` from the beginning, in partition-offset order.
-
-    Fetches without trusting end offsets: the local broker's high watermark can lag a
-    record it has acknowledged until the partition is written again.
-    """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer.topics()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        records: list[ConsumerRecord[bytes, bytes]] = []
-        async with asyncio.timeout(timeout_s):
-            while len(records) < count:
-                batch = await consumer.getmany(timeout_ms=200)
-                records.extend(r for items in batch.values() for r in items)
-    finally:
-        await consumer.stop()
-    records.sort(key=lambda r: (r.partition, r.offset))
-    return [orjson.loads(r.value) for r in records if r.value]
 
 
 async def read_json(bootstrap: str, topic: str) -> list[dict[str, Any]]:

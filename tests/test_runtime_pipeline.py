@@ -16,7 +16,6 @@ from pipeline import (
     make_settings,
     now_ms,
     read_json,
-    read_json_at_least,
     start_in_process,
     typing_event,
 )
@@ -208,8 +207,6 @@ async def test_audit_file_holds_the_audit_topic_as_json_lines(
     finally:
         await stack.close()
     in_file = lines()
-    on_topic = await read_json_at_least(
-        bootstrap_servers, stack.settings.typing.audit_topic, len(in_file)
-    )
+    on_topic = await read_json(bootstrap_servers, stack.settings.typing.audit_topic)
     assert in_file == on_topic
     assert {r["session_id"] for r in in_file} == {"s-file"}
