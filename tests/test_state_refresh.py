@@ -103,12 +103,14 @@ def simulate(gaps: list[int], latency: int) -> tuple[Timeline, list[int]]:
     return timeline, deadlines
 
 
-def _checks_i2(timeline: Timeline, deadlines: list[int]) -> None:
+def typing_run(gaps: list[int], latency: int) -> list[int]:
+    """Simulate, check I2, and return when each set or refresh was sent."""
+    timeline, deadlines = simulate(gaps, latency)
     assert timeline.lapses == [], "expiresAt lapsed while the participant kept typing"
-    sets = [w for _, w in timeline.sent if w.desired is not None]
-    assert sets[-1].desired is not None
-    assert sets[-1].desired.expires_at == deadlines[-1], "the last deadline never reached Genesys"
+    sets = [(at, w.desired) for at, w in timeline.sent if w.desired is not None]
+    assert sets[-1][1].expires_at == deadlines[-1], "the last deadline never reached Genesys"
     assert timeline.sent[-1][1].kind is WorkKind.CLEAR  # and it is cleared after it
+    return [at for at, _ in sets]
 
 
 @settings(max_examples=150, deadline=None)
@@ -121,9 +123,7 @@ def _checks_i2(timeline: Timeline, deadlines: list[int]) -> None:
 def test_any_gaps_shorter_than_the_timeout_never_lapse_and_refresh_at_most_twice_per_window(
     gaps: list[int], latency: int
 ) -> None:
-    timeline, deadlines = simulate(gaps, latency)
-    _checks_i2(timeline, deadlines)
-    sets = [at for at, w in timeline.sent if w.kind is not WorkKind.CLEAR]
+    sets = typing_run(gaps, latency)
     assert len(sets) <= len(gaps) + 1, "a refresh without a new event"
     for first, third in zip(sets, sets[2:], strict=False):
         assert third - first >= TIMEOUT - LEAD, f"three calls within {third - first} ms"
@@ -137,8 +137,6 @@ def test_any_gaps_shorter_than_the_timeout_never_lapse_and_refresh_at_most_twice
 def test_events_every_quarter_timeout_cost_at_most_one_refresh_per_half_timeout(
     gaps: list[int], latency: int
 ) -> None:
-    timeline, deadlines = simulate(gaps, latency)
-    _checks_i2(timeline, deadlines)
-    sets = [at for at, w in timeline.sent if w.kind is not WorkKind.CLEAR]
+    sets = typing_run(gaps, latency)
     for earlier, later in itertools.pairwise(sets):
         assert later - earlier >= TIMEOUT // 2, f"calls {later - earlier} ms apart"

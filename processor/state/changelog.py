@@ -33,10 +33,9 @@ _REASONS = (
     ChangeReason.SESSION_CLOSED,
 )
 # Codes are explicit, never enum order: the topic outlives any reordering of the enums.
-_CODES: dict[Status | ChangeReason | None, int] = {
-    **{status: code for code, status in enumerate(_STATUSES)},
-    **{reason: code for code, reason in enumerate(_REASONS)},
-}
+# One table per enum: members of two StrEnums with the same text are equal dict keys.
+_STATUS_CODES = {status: code for code, status in enumerate(_STATUSES)}
+_REASON_CODES = {reason: code for code, reason in enumerate(_REASONS)}
 
 
 class ChangelogError(ValueError):
@@ -46,12 +45,12 @@ class ChangelogError(ValueError):
 def encode(session: Session) -> tuple[bytes, bytes]:
     """The changelog record of `session`'s current state."""
     s = session
-    codes = _CODES
+    statuses = _STATUS_CODES
     value = _LAYOUT.pack(
         FORMAT,
-        codes[s.status],
-        codes[s.reason],
-        codes[s.remote],
+        statuses[s.status],
+        _REASON_CODES[s.reason],
+        statuses[s.remote],
         s.unsure,
         s.originated,
         s.deadline,

@@ -84,7 +84,6 @@ _RETRY = {
 _CLEARED = "cleared"
 # Enum members bound once for the hot paths: `Status.TYPING` goes through the enum
 # metaclass on every read (about 60 ns, ten times a global).
-_TYPING = Status.TYPING
 _STOPPED = Status.STOPPED
 _CUSTOMER = Role.CUSTOMER
 _DUPLICATE = Decision.DUPLICATE
