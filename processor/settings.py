@@ -133,6 +133,9 @@ class GenesysSettings(BaseSettings):
     region: str = "us-east-1"
     api_url: str | None = None
     login_url: str | None = None
+    # Space-separated scopes asked for with each token (least privilege); None = the
+    # client's whole grant (no `scope` sent).
+    oauth_scopes: str | None = Field(None, pattern=r"^\S+( \S+)*$")
 
     @model_validator(mode="after")
     def _check_urls(self) -> Self:
@@ -186,6 +189,10 @@ class TypingSettings(BaseSettings):
     topic_replication_factor: int = Field(1, ge=1, le=16)
     max_in_flight: int = Field(32, ge=1, le=10_000)
     fetch_max_wait_ms: int = Field(50, ge=1, le=10_000)
+    # Input offsets are committed (and the changelog write cache flushed) this often.
+    commit_interval_ms: int = Field(1000, ge=10, le=60_000)
+    # Longest `duration` of one messaging typing call (DESIGN §2b): bounds a phantom.
+    messaging_max_duration_ms: int = Field(5000, ge=1000, le=60_000)
     http_port: int = Field(8080, ge=0, le=65_535)
     log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
     crm_webhook_url: str | None = Field(None, pattern=r"^https?://")

@@ -25,7 +25,6 @@ from .restore import read_changelog
 
 log = logging.getLogger(__name__)
 
-COMMIT_INTERVAL_S = 0.5
 # A broker check's answer serves readiness probes for this long.
 BROKER_CHECK_TTL_S = 2.0
 BROKER_CHECK_TIMEOUT_S = 5.0
@@ -230,7 +229,8 @@ class TypingProcessor:
 
     async def _consume(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        next_commit = loop.time() + COMMIT_INTERVAL_S
+        interval_s = self.settings.typing.commit_interval_ms / 1000
+        next_commit = loop.time() + interval_s
         stopping = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
@@ -254,7 +254,7 @@ class TypingProcessor:
                 self._raise_if_failed()
                 if loop.time() >= next_commit:
                     await self.commit()
-                    next_commit = loop.time() + COMMIT_INTERVAL_S
+                    next_commit = loop.time() + interval_s
         finally:
             stopping.cancel()
 

@@ -88,6 +88,7 @@ class SinkConfig:
             "login_url": genesys.resolved_login_url,
             "client_id": genesys.oauthclient_id,
             "client_secret": genesys.oauthclient_secret,
+            "scope": genesys.oauth_scopes,
             "rate_per_minute": typing.api_rate_per_minute,
         }
         values.update(overrides)
