@@ -70,6 +70,8 @@ class Decision(StrEnum):
     DUPLICATE = "duplicate"
     COALESCED = "coalesced"
     AUTH_CONFIG_ERROR = "auth_config_error"
+    LAPSED = "lapsed"
+    """A messaging indicator ran out at its "shown until" (no call: there is no "Off")."""
 
 
 class Outcome(StrEnum):
@@ -105,8 +107,35 @@ class Indicator:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentTypingTarget:
+    """Agent or bot typing shown to the customer (DESIGN §2b); ids are UUIDs."""
+
+    conversation_id: str
+    communication_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OpenMessagingTarget:
+    """Customer typing from an Open Messaging integration, shown to the agent (§2b)."""
+
+    integration_id: str
+    from_id: str
+    from_id_type: str = "Opaque"
+    nickname: str | None = None
+
+
+MessagingTarget = AgentTypingTarget | OpenMessagingTarget
+"""Where a messaging indicator is shown; `None` in its place means the webchat session."""
+
+
+@dataclass(frozen=True, slots=True)
 class SinkResult:
-    """What one `apply` did: an outcome plus the cost of getting it."""
+    """What one call did: an outcome plus the cost of getting it.
+
+    `ambiguous`: a change-making request went out and no definitive answer came back
+    (timeout, lost connection, 5xx), so it may or may not have taken effect.
+    `remote_indicator`: what a read-back found (`None` = no indicator, or no read).
+    """
 
     outcome: Outcome
     http_status: int | None = None
@@ -115,6 +144,8 @@ class SinkResult:
     call_latencies_ms: tuple[float, ...] = field(default=())
     error: str = ""
     remote_state: SessionState | None = None
+    ambiguous: bool = False
+    remote_indicator: Indicator | None = None
 
     @property
     def ok(self) -> bool:

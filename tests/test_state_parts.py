@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.domain import SESSION_ID_PATTERN, ChangeReason, Status
+from processor.domain import (
+    SESSION_ID_PATTERN,
+    AgentTypingTarget,
+    ChangeReason,
+    Indicator,
+    OpenMessagingTarget,
+    Status,
+)
 from processor.models import CrmStatus
 from processor.settings import TimeoutMatrix, TypingSettings
 from processor.state.changelog import ChangelogError, decode, encode, tombstone
@@ -15,7 +22,7 @@ from processor.state.dedupe import EventIdMemory
 from processor.state.recovery import latest_sessions
 from processor.state.session import Session
 from processor.state.timers import TimerWheel
-from processor.state.work import crm_event_id
+from processor.state.work import Work, WorkKind, crm_event_id
 
 
 def test_dedupe_drops_repeats_and_forgets_only_beyond_capacity() -> None:
@@ -89,7 +96,32 @@ def _session() -> Session:
     s.remote_expires = 3_000
     s.version = 7
     s.touched = 1_200
-    s.unsure = True
+    return s
+
+
+def _messaging_session() -> Session:
+    """Every variable part present: target, another remote target, cause and intent."""
+    s = _session()
+    s.target = OpenMessagingTarget(
+        "2f0c6a4e-8d8b-4c8e-9a55-0d4c5b7a1e21", "cust-9", "Email", "Ann \u00e9"
+    )
+    s.remote_target = AgentTypingTarget(
+        "c0b5a0d4-5a3f-4a1e-8d6b-6b7a1c2d3e4f", "0e9a2b1c-3d4e-4f50-8a6b-7c8d9e0f1a2b"
+    )
+    s.cause = ("evt-\ud800-1", 41, Status.TYPING)
+    s.intent = Work(
+        "sess-1",
+        Indicator(Status.TYPING, 1_100, 4_100, 8),
+        ChangeReason.EVENT,
+        WorkKind.SET,
+        8,
+        "evt-0",
+        40,
+        Status.TYPING,
+        s.target,
+        3_000,
+        1_100,
+    )
     return s
 
 
@@ -97,32 +129,67 @@ def test_changelog_round_trip_keeps_every_persisted_field() -> None:
     s = _session()
     key, value = encode(s)
     assert key == b"sess-1"
-    assert len(value) == 77  # compact: written on every change
+    assert len(value) == 77  # compact: the common record is the fixed head alone
     assert decode(key, value).persisted() == s.persisted()
     assert tombstone("sess-1") == (b"sess-1", None)
+    full = _messaging_session()
+    assert decode(*encode(full)).persisted() == full.persisted()
 
 
-@given(
-    status=st.sampled_from([None, Status.TYPING, Status.PAUSED]),
-    remote=st.sampled_from([None, Status.TYPING, Status.PAUSED]),
-    reason=st.sampled_from(ChangeReason),
-    times=st.lists(st.integers(-1, 2**62), min_size=9, max_size=9),
-    unsure=st.booleans(),
-    sid=st.from_regex(SESSION_ID_PATTERN, fullmatch=True),
+_INT64 = st.integers(-(2**63), 2**63 - 1)
+_TEXT = st.text(max_size=300)
+_TARGETS = st.one_of(
+    st.none(),
+    st.builds(AgentTypingTarget, _TEXT, _TEXT),
+    st.builds(OpenMessagingTarget, _TEXT, _TEXT, _TEXT, st.none() | _TEXT),
 )
-def test_changelog_round_trips_any_session(
-    status: Status | None,
-    remote: Status | None,
-    reason: ChangeReason,
-    times: list[int],
-    unsure: bool,
-    sid: str,
-) -> None:
+_STATUSES = st.sampled_from([None, Status.TYPING, Status.PAUSED])
+_CAUSES = st.none() | st.tuples(_TEXT, _INT64, st.sampled_from(Status))
+
+
+@st.composite
+def _intents(draw: st.DrawFn, sid: str, target: object) -> Work | None:
+    if draw(st.booleans()):
+        return None
+    version = draw(_INT64)
+    status = draw(_STATUSES)
+    desired = None if status is None else Indicator(status, draw(_INT64), draw(_INT64), version)
+    cause = draw(_CAUSES)
+    return Work(
+        sid,
+        desired,
+        draw(st.sampled_from(ChangeReason)),
+        draw(st.sampled_from([WorkKind.SET, WorkKind.REFRESH, WorkKind.CLEAR])),
+        version,
+        None if cause is None else cause[0],
+        None if cause is None else cause[1],
+        None if cause is None else cause[2],
+        draw(st.sampled_from([None, target]) | _TARGETS),
+        draw(_INT64),
+        draw(_INT64),
+    )
+
+
+@st.composite
+def _sessions(draw: st.DrawFn) -> Session:
+    sid = draw(st.from_regex(SESSION_ID_PATTERN, fullmatch=True) | _TEXT)
+    times = draw(st.lists(_INT64, min_size=10, max_size=10))
     s = Session(sid, times[0])
-    s.status, s.remote, s.reason, s.unsure = status, remote, reason, unsure
+    s.status, s.remote = draw(_STATUSES), draw(_STATUSES)
+    s.reason = draw(st.sampled_from(ChangeReason))
     (s.originated, s.deadline, s.timeout, s.latest, s.window_at) = times[1:6]
-    s.remote_expires, s.version, s.touched = times[6:]
-    assert decode(*encode(s)).persisted() == s.persisted()
+    s.remote_expires, s.version, s.touched = times[6:9]
+    s.target = draw(_TARGETS)
+    s.remote_target = draw(st.sampled_from([None, s.target]) | _TARGETS)
+    s.cause = draw(_CAUSES)
+    s.intent = draw(_intents(sid, s.target))
+    return s
+
+
+@settings(max_examples=300)
+@given(session=_sessions())
+def test_changelog_round_trips_any_session(session: Session) -> None:
+    assert decode(*encode(session)).persisted() == session.persisted()
 
 
 def _with(index: int, replacement: int) -> bytes:
@@ -139,11 +206,14 @@ def _with(index: int, replacement: int) -> bytes:
         b'[1, "typing"]',
         encode(_session())[1][:-1],  # truncated
         encode(_session())[1] + b"\x00",
-        _with(0, 1),  # a format this build does not know
+        encode(_messaging_session())[1][:-1],  # variable part truncated
+        encode(_messaging_session())[1] + b"\x00",
+        _with(0, 2),  # a format this build does not know
         _with(1, 3),  # status
         _with(2, 4),  # reason
         _with(3, 9),  # remote status
-        _with(4, 2),  # unsure
+        _with(4, 64),  # unknown flags
+        _with(4, 1),  # a target announced but missing
     ],
 )
 def test_changelog_rejects_corrupt_values(value: bytes) -> None:

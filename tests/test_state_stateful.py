@@ -22,7 +22,7 @@ from hypothesis.stateful import (
 )
 
 from processor.clock import ManualClock
-from processor.domain import Outcome, SinkResult, Status
+from processor.domain import Indicator, Outcome, SinkResult, Status
 from processor.models import TypingEvent
 from processor.state import EngineConfig, PartitionStore, Work, WorkKind
 
@@ -57,9 +57,10 @@ class Model:
         if event.event_id in self.seen:
             return
         self.seen.add(event.event_id)
-        if event.occurred_at < self.latest.get(sid, -1):
+        occurred = min(event.occurred_at, now)  # a producer clock ahead is clamped
+        if occurred < self.latest.get(sid, -1):
             return  # an older event never overrides a newer one
-        self.latest[sid] = event.occurred_at
+        self.latest[sid] = occurred
         current = self.wanted(sid, now)
         if event.status is Status.STOPPED:
             self.status[sid] = None
@@ -90,7 +91,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.clock = ManualClock(T0)
         self.store = PartitionStore(0, CONFIG, self.clock)
         self.model = Model()
-        self.remote: dict[str, tuple[Status, int] | None] = {}
+        self.remote: dict[str, Indicator | None] = {}
         self.flying: list[Work] = []
         self.log: list[tuple[bytes, bytes | None]] = []
         self.crm_version: dict[str, int] = {}
@@ -117,10 +118,8 @@ class StoreMachine(RuleBasedStateMachine):
                 self.forgotten.add(sid)
 
     def _apply_remotely(self, work: Work) -> None:
-        desired = work.desired
-        self.remote[work.session_id] = (
-            (desired.status, desired.expires_at) if desired is not None else None
-        )
+        if work.kind is not WorkKind.RESOLVE:
+            self.remote[work.session_id] = work.desired
 
     # -------------------------------------------------------------- rules
 
@@ -164,9 +163,12 @@ class StoreMachine(RuleBasedStateMachine):
         sids = [w.session_id for w in works]
         assert len(sids) == len(set(sids)), "one piece of work per session"
         assert not set(sids) & {w.session_id for w in self.flying}, "calls never overlap"
-        kinds = [w.kind is WorkKind.CLEAR for w in works]
-        assert kinds == sorted(kinds, reverse=True), "clears go before sets"
+        first = (WorkKind.RESOLVE, WorkKind.CLEAR)
+        kinds = [w.kind in first for w in works]
+        assert kinds == sorted(kinds, reverse=True), "read-backs and clears go before sets"
         for work in works:
+            if work.kind is WorkKind.RESOLVE:
+                continue  # reads only; what it resolves was checked when it was taken
             wanted = self.model.wanted(work.session_id, now)
             if work.desired is None:
                 assert wanted is None, "never clear while the indicator is wanted"
@@ -184,12 +186,21 @@ class StoreMachine(RuleBasedStateMachine):
     )
     def result(self, index: int, outcome: Outcome, reached: bool) -> None:
         work = self.flying.pop(index % len(self.flying))
-        if outcome is Outcome.APPLIED or (outcome is Outcome.FAILED and reached):
-            self._apply_remotely(work)  # a failure may still have reached Genesys
-        elif outcome in _GONE:
-            self.remote.pop(work.session_id, None)  # closed or unusable: nothing shows
-            self.model.forget(work.session_id)
-        self.store.on_result(work, SinkResult(outcome, http_status=200, attempts=1))
+        sid = work.session_id
+        if work.kind is WorkKind.RESOLVE and outcome is Outcome.APPLIED:
+            # a read-back tells what Genesys holds
+            result = SinkResult(outcome, http_status=200, remote_indicator=self.remote.get(sid))
+        else:
+            if outcome is Outcome.APPLIED or (outcome is Outcome.FAILED and reached):
+                self._apply_remotely(work)  # a failure may still have reached Genesys
+            elif outcome in _GONE:
+                self.remote.pop(sid, None)  # closed or unusable: nothing shows
+            ambiguous = outcome is Outcome.FAILED and (reached or index % 2 == 0)
+            result = SinkResult(outcome, http_status=200, attempts=1, ambiguous=ambiguous)
+        if outcome in _GONE:
+            self.remote.pop(sid, None)
+            self.model.forget(sid)
+        self.store.on_result(work, result)
         self._drain()
 
     @rule(reached=st.lists(st.booleans(), min_size=3, max_size=3))
@@ -219,13 +230,14 @@ class StoreMachine(RuleBasedStateMachine):
             pending = store.is_queued(sid) or store.is_in_flight(sid) or store.is_backing_off(sid)
             shown = self.remote.get(sid)
             wanted = self.model.wanted(sid, now)
-            if (shown is None) != (wanted is None) or (shown and shown[0] is not wanted):
+            if (shown is None) != (wanted is None) or (shown and shown.status is not wanted):
                 assert pending, f"{sid}: remote {shown} but wanted {wanted} and nothing pending"
             elif shown is not None:
                 session = store.session(sid)
                 assert session is not None
                 lead = int(session.timeout * CONFIG.refresh_fraction)
-                if self.model.deadline[sid] > shown[1] and now >= shown[1] - lead:
+                expires = shown.expires_at
+                if self.model.deadline[sid] > expires and now >= expires - lead:
                     assert pending, f"{sid}: expiresAt {shown[1]} lapses while typing"
 
     @invariant()

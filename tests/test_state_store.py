@@ -70,6 +70,8 @@ def test_typing_event_queues_one_set_to_the_deadline(store: PartitionStore) -> N
         1,
         "a",
         41,
+        Status.TYPING,
+        issued_at=T0,
     )
     assert store.in_flight == 1
     assert store.take_work(10) == []  # never two calls for one session
@@ -364,8 +366,8 @@ def test_failure_backs_off_then_retries_the_latest_state(
 ) -> None:
     store.on_event(ev("s1", Status.TYPING, T0, timeout=60_000), 1)
     [work] = store.take_work(5)
-    store.on_result(work, SinkResult(Outcome.RATE_LIMITED, http_status=429))
-    assert decisions(store) == [Decision.RATE_LIMITED]
+    store.on_result(work, SinkResult(Outcome.CONFLICT, http_status=412))
+    assert decisions(store) == [Decision.CONFLICT]
     assert store.is_backing_off("s1")
     assert store.take_work(5) == []
     wake = store.next_wakeup_ms()
@@ -376,9 +378,20 @@ def test_failure_backs_off_then_retries_the_latest_state(
     [retry] = store.take_work(5)
     assert retry.desired is not None
     assert retry.version == 1  # nothing was applied yet
+    assert retry.event_id == work.event_id  # the cause rides on the retry
     # consecutive failures back off longer
     store.on_result(retry, SinkResult(Outcome.FAILED))
     assert (store.next_wakeup_ms() or 0) - clock.now_ms() > wake - T0
+
+
+def test_a_429_waits_for_the_budget_not_for_a_backoff(store: PartitionStore) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0), 1)
+    [work] = store.take_work(5)
+    store.on_result(work, SinkResult(Outcome.RATE_LIMITED, http_status=429))
+    assert decisions(store) == [Decision.RATE_LIMITED]
+    assert not store.is_backing_off("s1")
+    [retry] = store.take_work(5)  # the caller's budget decides when it goes out
+    assert (retry.version, retry.event_id) == (1, work.event_id)
 
 
 def test_a_set_that_went_stale_while_backing_off_is_not_resent(
@@ -393,17 +406,41 @@ def test_a_set_that_went_stale_while_backing_off_is_not_resent(
     assert store.desired("s1") is None
 
 
-def test_failed_call_makes_the_remote_uncertain_so_the_clear_is_sent(
+def test_an_ambiguous_failure_is_read_back_and_a_landed_change_recorded(
     store: PartitionStore, clock: ManualClock
 ) -> None:
-    store.on_event(ev("s1", Status.TYPING, T0), 1)
+    store.on_event(ev("s1", Status.TYPING, T0, eid="a"), 1)
     [work] = store.take_work(5)
-    store.on_result(work, SinkResult(Outcome.FAILED, error="timeout"))
-    store.on_event(ev("s1", Status.STOPPED, T0 + 1), 2)
+    store.on_result(work, SinkResult(Outcome.FAILED, error="timeout", ambiguous=True))
+    store.on_event(ev("s1", Status.STOPPED, T0 + 1, eid="b"), 2)
     clock.advance(60_000)
     store.on_tick()
+    [read] = store.take_work(5)
+    assert (read.kind, read.version) == (WorkKind.RESOLVE, 1)  # before anything else
+    store.drain()
+    assert work.desired is not None
+    store.on_result(read, SinkResult(Outcome.APPLIED, remote_indicator=work.desired))
+    out = store.drain()
+    # the timed-out set did land: its CRM record and its cause's audit follow now
+    assert [(c.status, c.version) for c in out.changes] == [(CrmStatus.TYPING, 1)]
+    assert [(a.event_id, a.result) for a in out.audits] == [("a", Decision.APPLIED)]
     [clear] = store.take_work(5)
-    assert clear.kind is WorkKind.CLEAR
+    assert (clear.kind, clear.version, clear.event_id) == (WorkKind.CLEAR, 2, "b")
+
+
+def test_an_ambiguous_failure_that_did_not_land_reuses_its_version(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0, eid="a", timeout=60_000), 1)
+    [work] = store.take_work(5)
+    store.on_result(work, SinkResult(Outcome.FAILED, error="HTTP 503", ambiguous=True))
+    clock.advance(EngineConfig().retry_max_ms)
+    store.on_tick()
+    [read] = store.take_work(5)
+    store.on_result(read, SinkResult(Outcome.APPLIED, remote_indicator=None))
+    assert store.drain().changes == []
+    [retry] = store.take_work(5)
+    assert (retry.kind, retry.version, retry.event_id) == (WorkKind.SET, 1, "a")
 
 
 def test_clear_keeps_retrying_until_it_goes_through(
@@ -494,7 +531,8 @@ def test_restore_rebuilds_an_equal_store_and_resumes_pending_clears(
     assert restored.tracked_sessions == 2
     works = {w.session_id: w for w in restored.take_work(10)}
     assert works["shown"].kind is WorkKind.CLEAR  # the pending clear resumes at once
-    assert works["flying"].kind is WorkKind.SET  # in flight at the crash: sent again
+    # in flight at the crash: read back first, to learn whether it landed
+    assert works["flying"].kind is WorkKind.RESOLVE
     assert works["flying"].version == in_flight.version
     # results of the old incarnation's calls are ignored by the new store
     restored.on_result(in_flight, APPLIED)

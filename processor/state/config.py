@@ -8,6 +8,9 @@ from processor.domain import Role, Status
 from processor.models import MAX_TIMEOUT_MS
 from processor.settings import TimeoutMatrix, TypingSettings
 
+MESSAGING_MIN_DURATION_MS = 1000
+"""The shortest `duration` a messaging typing call sends (DESIGN §2b)."""
+
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
@@ -38,6 +41,9 @@ class EngineConfig:
         dedupe_capacity: exact duplicates among at least this many recent event ids are
             dropped (up to twice as many are held; see `EventIdMemory`).
         retry_base_ms / retry_max_ms: exponential backoff for failed calls.
+        messaging_max_duration_ms: the longest `duration` of one messaging typing call
+            (DESIGN §2b); a call sends the deadline minus now, clamped to
+            [`MESSAGING_MIN_DURATION_MS`, this].
     """
 
     suppression_window_ms: int = 1500
@@ -50,6 +56,7 @@ class EngineConfig:
     dedupe_capacity: int = 100_000
     retry_base_ms: int = 250
     retry_max_ms: int = 10_000
+    messaging_max_duration_ms: int = 5000
 
     def __post_init__(self) -> None:
         if self.suppression_window_ms < 0:
@@ -67,6 +74,11 @@ class EngineConfig:
             raise ValueError("dedupe_capacity must be >= 1")
         if not 1 <= self.retry_base_ms <= self.retry_max_ms:
             raise ValueError("retry_base_ms must be in [1, retry_max_ms]")
+        if not MESSAGING_MIN_DURATION_MS <= self.messaging_max_duration_ms <= MAX_TIMEOUT_MS:
+            raise ValueError(
+                f"messaging_max_duration_ms must be in [{MESSAGING_MIN_DURATION_MS},"
+                f" {MAX_TIMEOUT_MS}]"
+            )
 
     @classmethod
     def from_settings(cls, settings: TypingSettings) -> EngineConfig:
@@ -74,6 +86,7 @@ class EngineConfig:
         return cls(
             suppression_window_ms=settings.suppression_window_ms,
             timeouts=settings.timeout_matrix,
+            messaging_max_duration_ms=settings.messaging_max_duration_ms,
         )
 
     def default_timeout_ms(self, status: Status, role: Role) -> int:

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from processor.domain import ChangeReason, Status
+from typing import TYPE_CHECKING
+
+from processor.domain import ChangeReason, MessagingTarget, Status
+
+if TYPE_CHECKING:
+    from processor.state.work import Work
+
+Cause = tuple[str, int, Status]
+"""The event that asked for a session's pending change: (event_id, offset, its status)."""
 
 PersistedSession = tuple[
     str,
@@ -18,7 +26,10 @@ PersistedSession = tuple[
     int,
     int,
     int,
-    bool,
+    "MessagingTarget | None",
+    "MessagingTarget | None",
+    "Cause | None",
+    "Work | None",
 ]
 """`Session.persisted()`: every field the changelog carries, in slot order."""
 
@@ -34,14 +45,17 @@ class Session:
         originated: `originatedAt` of the wanted indicator (occurred_at clamped to now).
         deadline: when the wanted indicator lapses (0 when none).
         timeout: lifetime of the latest event of the wanted status; sets the refresh lead.
-        latest: newest raw `occurred_at` accepted; older events are out of order.
+        latest: newest `occurred_at` accepted (clamped to now); older events are out of order.
         window_at: processing time the wanted status was last asked for (suppression).
         reason: why the wanted state is what it is (event, stopped, expired).
+        target: where the latest event wants it shown (`None` = the webchat session).
+        cause: the event whose change is pending and not yet carried by a call.
     What Genesys acknowledged:
-        remote: status shown (`None` = cleared), remote_expires: its `expiresAt`,
+        remote: status shown (`None` = cleared), remote_expires: its `expiresAt` (for a
+        messaging target: its "shown until"), remote_target: where it is shown,
         version: last acknowledged version (0 = never changed).
-        unsure: a call was in flight or failed ambiguously, so the remote state is unknown
-        and the next reconcile must be sent even if it looks redundant.
+        intent: the call out now, or one whose outcome is unknown (a crash, a timeout):
+        resolved by its result or by reading the session back before anything else.
     Bookkeeping:
         epoch: creation time; keeps CRM event ids unique across evictions.
         touched: last activity (eviction clock).
@@ -49,18 +63,21 @@ class Session:
     """
 
     __slots__ = (
+        "cause",
         "deadline",
         "epoch",
+        "intent",
         "latest",
         "originated",
         "reason",
         "remote",
         "remote_expires",
+        "remote_target",
         "sid",
         "status",
+        "target",
         "timeout",
         "touched",
-        "unsure",
         "version",
         "wake",
         "window_at",
@@ -80,7 +97,10 @@ class Session:
         self.version = 0
         self.epoch = now
         self.touched = now
-        self.unsure = False
+        self.target: MessagingTarget | None = None
+        self.remote_target: MessagingTarget | None = None
+        self.cause: Cause | None = None
+        self.intent: Work | None = None
         self.wake = 0
 
     def persisted(self) -> PersistedSession:
@@ -99,7 +119,10 @@ class Session:
             self.version,
             self.epoch,
             self.touched,
-            self.unsure,
+            self.target,
+            self.remote_target,
+            self.cause,
+            self.intent,
         )
 
     def __repr__(self) -> str:

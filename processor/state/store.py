@@ -5,13 +5,13 @@ a given sequence of inputs and clock readings. The Kafka and HTTP edges drive it
 
     store.on_event(event, offset)   # for each valid input record, in offset order
     store.on_tick()                 # at next_wakeup_ms() (or periodically)
-    work = store.take_work(n)       # hand to the sink; later store.on_result(w, result)
-    out = store.drain()             # produce out.changelog, then audits/changes; then commit
+    work = store.take(session_id)   # (or take_work(n)) hand to the sink once the intent is
+    out = store.drain()             # on the changelog; later store.on_result(work, result)
 
-Rules (DESIGN §4):
-- Ordering: an event older (by raw `occurred_at`) than the newest accepted event of its
-  session is out of order and never overrides it (audited `stale`). Equal times are
-  accepted in offset order.
+Rules (DESIGN §4, §2b):
+- Ordering: an event older (by `occurred_at`, clamped to now) than the newest accepted
+  event of its session is out of order and never overrides it (audited `stale`). Equal
+  times are accepted in offset order.
 - Staleness (I5): an event whose `occurred_at + timeout` is past never sets an indicator;
   if it is the newest word on the session and names another status, it clears instead.
 - Deadline: `min(occurred_at, now) + timeout`, moved later (never earlier) by later events
@@ -19,14 +19,24 @@ Rules (DESIGN §4):
 - Suppression (I3): a repeat of the wanted status within `suppression_window_ms` of the
   last event that asked for it only extends the deadline. Repeats never cause a call by
   themselves; keeping `expiresAt` ahead is the refresh timer's job (I2): once the remote
-  `expiresAt` is within `refresh_fraction * timeout` of now while the deadline lies beyond
-  it, one refresh carries the deadline known then. Refreshing late carries a later
-  deadline, so refreshes stay sparse (spacing in `EngineConfig.refresh_fraction`).
+  `expiresAt` is within the lead of now while the deadline lies beyond it, one refresh
+  carries the deadline known then (spacing in `EngineConfig.refresh_fraction`).
 - Latest wins: work is computed when taken, from the session's state at that moment, so a
   session never has more than one queued item and a burst during a call collapses into one
-  follow-up. Clears are taken before sets; a set with too little life left is dropped.
-- Failures keep the wanted state and retry after an exponential backoff; what is retried
-  is recomputed then, so a stale set is never re-sent while a clear always is.
+  follow-up. A set with too little life left is dropped.
+- Intent (I6): taking work makes it the session's persisted intent; its result resolves
+  it. An intent whose outcome is unknown (restored after a crash, or a webchat change
+  whose call failed ambiguously) is resolved by reading the session back before anything
+  else (`WorkKind.RESOLVE`): if it landed, its CRM and audit records follow, and versions
+  never repeat. A messaging intent cannot be read back; restored, it counts as landed.
+- Messaging targets (§2b): there is no "Off". A set or refresh sends `duration` = deadline
+  minus now, clamped; the indicator is shown until `issued_at + duration`. `stopped`
+  costs no call; when the indicator lapses, the CRM gets a `cleared` record and the audit
+  says `lapsed`. The latest event's target wins; a shown webchat indicator is cleared
+  before the session moves to a messaging target.
+- Failures keep the wanted state and retry after an exponential backoff (a 429 waits for
+  the budget instead); what is retried is recomputed then, so a stale set is never
+  re-sent while a clear always is.
 - Idle sessions (nothing wanted, shown, pending or uncertain) are forgotten after
   `idle_evict_ms`; so are sessions Genesys reports closed, unknown or invalid.
 """
@@ -35,24 +45,28 @@ from __future__ import annotations
 
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from processor.domain import (
+    AgentTypingTarget,
     ChangeReason,
     Decision,
     Indicator,
+    MessagingTarget,
+    OpenMessagingTarget,
     Outcome,
     Role,
+    SessionState,
     SinkResult,
     Status,
 )
 from processor.models import CrmStatus
 from processor.state.changelog import encode, tombstone
-from processor.state.config import EngineConfig
+from processor.state.config import MESSAGING_MIN_DURATION_MS, EngineConfig
 from processor.state.dedupe import EventIdMemory
 from processor.state.recovery import latest_sessions
-from processor.state.session import PersistedSession, Session
+from processor.state.session import Cause, PersistedSession, Session
 from processor.state.timers import TimerWheel
 from processor.state.work import (
     AppliedChange,
@@ -66,9 +80,6 @@ from processor.state.work import (
 if TYPE_CHECKING:
     from processor.clock import Clock
     from processor.models import TypingEvent
-
-# The event that asked for a session's pending change: (event_id, offset, its status).
-Cause = tuple[str, int, Status]
 
 _FORGET = {
     Outcome.SESSION_NOT_FOUND: Decision.SESSION_NOT_FOUND,
@@ -89,6 +100,26 @@ _CUSTOMER = Role.CUSTOMER
 _DUPLICATE = Decision.DUPLICATE
 _STALE = Decision.STALE
 _SUPPRESSED = Decision.SUPPRESSED
+_SET = WorkKind.SET
+_REFRESH = WorkKind.REFRESH
+_CLEAR = WorkKind.CLEAR
+_RESOLVE = WorkKind.RESOLVE
+
+
+def messaging_target(event: TypingEvent) -> MessagingTarget | None:
+    """Where `event` wants its indicator shown (`None`: the webchat session)."""
+    target: Any = getattr(event, "target", None)
+    if target is None:
+        return None
+    if target.kind == "agent_typing":
+        return AgentTypingTarget(str(target.conversation_id), str(target.communication_id))
+    nickname = target.nickname
+    return OpenMessagingTarget(
+        str(target.integration_id),
+        target.from_id,
+        str(getattr(target.from_id_type, "value", target.from_id_type)),
+        None if nickname is None else str(nickname),
+    )
 
 
 class PartitionStore:
@@ -102,14 +133,17 @@ class PartitionStore:
         self._sessions: dict[str, Session] = {}
         self._dedupe = EventIdMemory(config.dedupe_capacity)
         self._timers = TimerWheel(config.timer_resolution_ms)
-        # Ready work, by session id; clears are always taken first.
+        # Ready work by session id, one queue per class: read-backs and clears first
+        # (a phantom is worse than a miss), then refreshes (I2), then new sets.
         self._clears: OrderedDict[str, None] = OrderedDict()
+        self._refreshes: OrderedDict[str, None] = OrderedDict()
         self._sets: OrderedDict[str, None] = OrderedDict()
-        # Calls in flight: the work and whether the remote state was uncertain before it.
-        self._in_flight: dict[str, tuple[Work, bool]] = {}
+        # Calls out now (their intent is on the session too, except read-backs').
+        self._in_flight: dict[str, Work] = {}
         # Failed sessions: (retry_at, consecutive failures).
         self._backoff: dict[str, tuple[int, int]] = {}
-        self._causes: dict[str, Cause] = {}
+        # Sessions whose webchat indicator is (or may be) shown: each owes a clear.
+        self._shown: dict[str, None] = {}
         self._dirty: dict[str, None] = {}
         self._audits: list[AuditDecision] = []
         self._changes: list[AppliedChange] = []
@@ -136,6 +170,8 @@ class PartitionStore:
         if s is None:
             s = self._sessions[sid] = Session(sid, now)
         occurred = event.occurred_at
+        if occurred > now:
+            occurred = now  # a producer clock ahead is clamped (DESIGN §4)
         if occurred < s.latest:
             self._audit(sid, status, _STALE, eid, offset, "out of order: a newer event applies")
             return
@@ -144,6 +180,12 @@ class PartitionStore:
         self._dirty[sid] = None
         if s.status is not None and s.deadline <= now:
             self._expire(s)  # lapsed, the tick has not run yet
+        moved = False
+        if s.target is not None or getattr(event, "target", None) is not None:
+            target = messaging_target(event)
+            if target != s.target:
+                self._retarget(s, target, now)
+                moved = True
         if status is _STOPPED:
             self._want_none(s, ChangeReason.STOPPED, (eid, offset, status), now)
             return
@@ -154,15 +196,14 @@ class PartitionStore:
             timeout = self._default_timeouts[status][role]
         else:
             timeout = self._ints.setdefault(timeout, timeout)
-        start = occurred if occurred < now else now  # a producer clock ahead is clamped
-        deadline = start + timeout
+        deadline = occurred + timeout
         if deadline <= now:
             if s.status is not status:
                 # the newest word on this session says its indicator has already lapsed
                 self._want_none(s, ChangeReason.EXPIRED, None, now)
             self._audit(sid, status, _STALE, eid, offset, "expired before processing")
             return
-        if s.status is status:
+        if s.status is status and not moved:
             # a repeat: extends the deadline, never a call by itself (refreshes are timed)
             refresh_due = deadline > s.deadline and self._extend(s, deadline, timeout, now)
             if now - s.window_at >= self._window:
@@ -175,16 +216,21 @@ class PartitionStore:
                 AuditDecision(sid, status, _SUPPRESSED, self.partition, eid, offset)
             )
             return
-        s.status = status
-        s.originated = start
-        s.deadline = deadline
+        if s.status is status:
+            # the same indicator, wanted elsewhere now (moved to another target)
+            if deadline > s.deadline:
+                s.deadline = deadline
+        else:
+            s.status = status
+            s.originated = occurred
+            s.deadline = deadline
         s.timeout = timeout
         s.reason = ChangeReason.EVENT
         s.window_at = now
         self._ask(s, (eid, offset, status), now)
 
     def on_tick(self) -> None:
-        """Time-driven work: expiries, I2 refreshes, retries after backoff, eviction.
+        """Time-driven work: expiries, lapses, I2 refreshes, retries after backoff, eviction.
 
         Costs O(timers due), whatever the number of sessions.
         """
@@ -198,106 +244,116 @@ class PartitionStore:
                 s.wake = 0
                 self._settle(s, now)
 
+    def take(self, session_id: str) -> Work | None:
+        """The work `session_id` needs now, if any; the session then has a call out.
+
+        The work is recomputed from the session's state at this moment (latest wins), and
+        it becomes the session's intent: put the changelog on the wire, and wait for its
+        acknowledgement, before the call goes out (I6).
+        """
+        self._clears.pop(session_id, None)
+        self._refreshes.pop(session_id, None)
+        self._sets.pop(session_id, None)
+        s = self._sessions.get(session_id)
+        if s is None or session_id in self._in_flight:
+            return None
+        now = self._clock.now_ms()
+        backoff = self._backoff.get(session_id)
+        if backoff is not None and backoff[0] > now:
+            self._settle(s, now)
+            return None
+        self._catch_up(s, now, flying=False)
+        if (
+            s.status is not None
+            and s.deadline - now < self._config.min_set_lifetime_ms
+            and self._needed(s, now) is _SET
+        ):
+            # a set that would lapse before Genesys shows it: drop it
+            self._expire(s)
+        kind = self._needed(s, now)
+        if kind is None:
+            self._settle(s, now)
+            return None
+        work = self._make_work(s, kind, now)
+        self._in_flight[session_id] = work
+        if kind is not _RESOLVE:
+            s.intent = work
+            if work.target is None:
+                self._shown[session_id] = None  # unknown until the result: may be shown
+            self._dirty[session_id] = None
+        return work
+
     def take_work(self, limit: int, set_limit: int | None = None) -> list[Work]:
-        """Up to `limit` ready pieces of work, clears first; their sessions become in flight.
+        """Up to `limit` ready pieces of work, read-backs and clears first, then refreshes,
+        then sets (each queue in order); see `take`.
 
         `set_limit` caps the sets and refreshes among them, so that a caller can keep
-        capacity for clears when sets are slow to go out (I1: clears go before sets).
+        capacity for clears (I1: clears go before sets).
         """
-        now = self._clock.now_ms()
         out: list[Work] = []
         sets_taken = 0
-        for queue in (self._clears, self._sets):
+        for queue in (self._clears, self._refreshes, self._sets):
             while queue and len(out) < limit:
-                if queue is self._sets and set_limit is not None and sets_taken >= set_limit:
+                if queue is not self._clears and set_limit is not None and sets_taken >= set_limit:
                     break
-                sid, _ = queue.popitem(last=False)
-                s = self._sessions[sid]
-                if (
-                    s.status is not None
-                    and (s.remote is not s.status or s.unsure)
-                    and s.deadline - now < self._config.min_set_lifetime_ms
-                ):
-                    # a set that would lapse before Genesys shows it: drop it (clear if shown)
-                    self._expire(s)
-                kind = self._needed(s, now)
-                if kind is None:
-                    self._settle(s, now)
+                sid = next(iter(queue))
+                work = self.take(sid)
+                if work is None:
                     continue
-                work = self._make_work(s, kind)
-                self._in_flight[sid] = (work, s.unsure)
-                s.unsure = True  # until the result says otherwise
-                self._dirty[sid] = None
                 out.append(work)
-                if kind is not WorkKind.CLEAR:
+                if work.kind is _SET or work.kind is _REFRESH:
                     sets_taken += 1
         return out
 
     def on_result(self, work: Work, result: SinkResult) -> None:
         """Record what happened to a call and decide what follows."""
         sid = work.session_id
-        flight = self._in_flight.get(sid)
-        if flight is None or flight[0] is not work:
+        if self._in_flight.get(sid) is not work:
             return  # not a call of this store (e.g. issued before a restore)
         del self._in_flight[sid]
         now = self._clock.now_ms()
         s = self._sessions[sid]
         s.touched = now
         self._dirty[sid] = None
-        desired = work.desired
-        text = desired.status.value if desired is not None else _CLEARED
+        if work.kind is _RESOLVE:
+            self._on_read_back(s, work, result, now)
+            return
         outcome = result.outcome
         if outcome is Outcome.APPLIED:
-            self._backoff.pop(sid, None)
-            s.unsure = False
-            s.version = work.version
-            if desired is None:
-                s.remote = None
-                s.remote_expires = 0
-                decision = (
-                    Decision.EXPIRED if work.reason is ChangeReason.EXPIRED else (Decision.CLEARED)
-                )
-                self._change(s, CrmStatus.CLEARED, work.reason, None, now)
-            else:
-                s.remote = desired.status
-                s.remote_expires = desired.expires_at
-                decision = Decision.APPLIED
-                self._change(
-                    s, CrmStatus(desired.status.value), work.reason, desired.expires_at, now
-                )
-            self._audit_result(work, text, decision, result)
-            self._settle(s, now)
+            self._landed(s, work, result, now)
             return
         forget = _FORGET.get(outcome)
         if forget is not None:
-            self._audit_result(work, text, forget, result)
-            if s.remote is not None:
-                # the indicator the CRM last heard of is gone with the session
-                s.version += 1
-                self._change(s, CrmStatus.CLEARED, ChangeReason.SESSION_CLOSED, None, now)
-            self._forget(s, forget)
+            self._gone(s, work, result, forget, now)
             return
-        # Retry later. A FAILED call may have reached Genesys (timeout): state unknown.
-        s.unsure = flight[1] or outcome is Outcome.FAILED
-        failures = self._backoff.get(sid, (0, 0))[1] + 1
-        self._backoff[sid] = (now + self._retry_delay(sid, failures), failures)
-        self._audit_result(work, text, _RETRY.get(outcome, Decision.FAILED), result)
-        self._settle(s, now)
+        self._audit_result(work, _RETRY.get(outcome, Decision.FAILED), result)
+        if result.ambiguous and work.target is None:
+            # The change may have landed: read the session back before anything else.
+            self._retry_later(s, outcome, now)
+            return
+        s.intent = None
+        if work.target is None and s.remote is None:
+            self._shown.pop(sid, None)
+        self._recause(s, work)
+        self._retry_later(s, outcome, now)
 
-    def drain(self) -> Emitted:
-        """Audits, applied changes and changelog records produced since the last drain.
+    def drain(self, *, changelog: bool = True) -> Emitted:
+        """Audits, applied changes and (unless `changelog` is False) changelog records
+        produced since the last drain.
 
-        The changelog holds one record per session changed since then (its latest state,
-        or a tombstone): produce and acknowledge it before committing the input offsets of
-        the events drained (I6).
+        The changelog holds one record per session changed since it was last drained (its
+        latest state, or a tombstone): produce and acknowledge it before committing the
+        input offsets of the events drained (I6), and before the calls taken since go out.
+        Keeping it for a later drain coalesces repeated changes of a session.
         """
-        sessions = self._sessions
-        changelog: list[tuple[bytes, bytes | None]] = []
-        for sid in self._dirty:
-            s = sessions.get(sid)
-            changelog.append(encode(s) if s is not None else tombstone(sid))
-        self._dirty.clear()
-        out = Emitted(self._audits, self._changes, changelog)
+        records: list[tuple[bytes, bytes | None]] = []
+        if changelog:
+            sessions = self._sessions
+            for sid in self._dirty:
+                s = sessions.get(sid)
+                records.append(encode(s) if s is not None else tombstone(sid))
+            self._dirty.clear()
+        out = Emitted(self._audits, self._changes, records)
         self._audits = []
         self._changes = []
         return out
@@ -316,13 +372,25 @@ class PartitionStore:
     ) -> PartitionStore:
         """A store equal to the one that wrote `records`; pending work queued right away.
 
-        Calls that were in flight when the records were written are treated as uncertain:
-        their session is reconciled again (I1, I6).
+        Calls whose outcome the records leave unknown are resolved first: a webchat
+        session is read back before anything else is sent for it; a messaging call,
+        which cannot be read back, counts as landed (I6).
         """
         store = cls(partition, config, clock)
         store._sessions = latest_sessions(records)
         now = clock.now_ms()
         for s in store._sessions.values():
+            intent = s.intent
+            if intent is not None and intent.target is not None:
+                store._landed(
+                    s,
+                    intent,
+                    SinkResult(Outcome.APPLIED, error="restored: outcome unknown, assumed applied"),
+                    now,
+                )
+                continue
+            if s.remote_target is None and (s.remote is not None or intent is not None):
+                store._shown[s.sid] = None
             # resume without changing persisted state, so the store equals its changelog
             store._settle(s, now, resume=True)
         return store
@@ -337,20 +405,55 @@ class PartitionStore:
     @property
     def queued_work(self) -> int:
         """Number of sessions with work ready to take."""
-        return len(self._clears) + len(self._sets)
+        return len(self._clears) + len(self._refreshes) + len(self._sets)
 
     @property
     def in_flight(self) -> int:
         """Number of calls taken and not yet resulted."""
         return len(self._in_flight)
 
+    def queued_clears(self) -> Iterator[Session]:
+        """Sessions waiting for a read-back or a clear, oldest first."""
+        sessions = self._sessions
+        return (sessions[sid] for sid in self._clears)
+
+    def queued_refreshes(self) -> Iterator[Session]:
+        """Sessions waiting for a refresh that keeps a shown indicator alive (I2)."""
+        sessions = self._sessions
+        return (sessions[sid] for sid in self._refreshes)
+
+    def queued_sets(self) -> Iterator[Session]:
+        """Sessions waiting for a new indicator to be set, oldest first."""
+        sessions = self._sessions
+        return (sessions[sid] for sid in self._sets)
+
+    def shown_webchat(self) -> Iterator[Session]:
+        """Sessions whose webchat indicator is (or may be) shown: each owes a clear."""
+        sessions = self._sessions
+        return (sessions[sid] for sid in self._shown)
+
+    @property
+    def shown_webchat_count(self) -> int:
+        """How many webchat indicators are (or may be) shown."""
+        return len(self._shown)
+
+    def refresh_lead_ms(self, session: Session) -> int:
+        """How long before its remote expiry `session` is refreshed (see `EngineConfig`)."""
+        return self._lead(session)
+
     def session(self, session_id: str) -> Session | None:
         """The record of `session_id` (read only), or None when not tracked."""
         return self._sessions.get(session_id)
 
+    def session_ids(self) -> Iterator[str]:
+        """Every tracked session id."""
+        return iter(self._sessions)
+
     def is_queued(self, session_id: str) -> bool:
         """True when `session_id` has work ready to take."""
-        return session_id in self._clears or session_id in self._sets
+        return (
+            session_id in self._clears or session_id in self._refreshes or session_id in self._sets
+        )
 
     def is_in_flight(self, session_id: str) -> bool:
         """True when a call for `session_id` is out."""
@@ -389,19 +492,28 @@ class PartitionStore:
             s.deadline = 0
             s.timeout = 0
             s.reason = reason
-        elif s.remote is not None or s.unsure:
-            s.reason = reason  # a clear is pending: say why it is wanted now
+        elif s.remote is not None or s.intent is not None:
+            s.reason = reason  # a clear (or lapse) is pending: say why it is wanted now
         self._ask(s, cause, now)
 
     def _ask(self, s: Session, cause: Cause | None, now: int) -> None:
         """An event changed what is wanted: it becomes the pending change's cause."""
-        previous = self._causes.pop(s.sid, None)
+        previous = s.cause
         if previous is not None:
             # superseded before any call carried it: latest wins
             self._audit(s.sid, previous[2], Decision.COALESCED, previous[0], previous[1])
-        if cause is not None:
-            self._causes[s.sid] = cause
+        s.cause = cause
         self._settle(s, now)
+
+    def _retarget(self, s: Session, target: MessagingTarget | None, now: int) -> None:
+        """The latest event names another target: the wanted indicator moves there.
+
+        A messaging indicator shown elsewhere cannot be taken down (no "Off"): it is
+        recorded as lapsed now. A shown webchat indicator is cleared first (`_needed`).
+        """
+        if s.remote is not None and s.remote_target is not None and s.intent is None:
+            self._lapse(s, ChangeReason.EVENT, now)
+        s.target = target
 
     def _extend(self, s: Session, deadline: int, timeout: int, now: int) -> bool:
         """Move the deadline later; True when a refresh is due right now.
@@ -411,8 +523,10 @@ class PartitionStore:
         """
         s.deadline = deadline
         s.timeout = timeout
-        if s.remote is not s.status or s.unsure:
+        if s.remote is None or s.intent is not None or s.remote_target != s.target:
             return False  # the pending set carries the new deadline
+        if s.target is None and s.remote is not s.status:
+            return False
         refresh_at = s.remote_expires - self._lead(s)
         if refresh_at <= now:
             return True
@@ -425,8 +539,9 @@ class PartitionStore:
 
     def _expire(self, s: Session) -> None:
         """The wanted indicator's deadline has come: nothing is wanted any more."""
-        cause = self._causes.pop(s.sid, None)
+        cause = s.cause
         if cause is not None:
+            s.cause = None
             self._audit(s.sid, cause[2], Decision.EXPIRED, cause[0], cause[1], "lapsed before sent")
         s.status = None
         s.originated = 0
@@ -435,26 +550,63 @@ class PartitionStore:
         s.reason = ChangeReason.EXPIRED
         self._dirty[s.sid] = None
 
+    def _lapse(self, s: Session, reason: ChangeReason, now: int) -> None:
+        """A messaging indicator ran out (or moved away): it is no longer shown.
+
+        No call (there is no "Off"); the CRM hears `cleared`, the audit `lapsed`, and the
+        pending cause (a `stopped`, typically) is decided by it.
+        """
+        shown = s.remote
+        at = min(now, s.remote_expires)
+        s.version += 1
+        s.remote = None
+        s.remote_expires = 0
+        s.remote_target = None
+        self._change(s, CrmStatus.CLEARED, reason, None, at)
+        cause = s.cause if s.status is None else None
+        if cause is not None:
+            s.cause = None
+            self._audit(s.sid, cause[2], Decision.LAPSED, cause[0], cause[1])
+        else:
+            self._audit(s.sid, shown.value if shown else _CLEARED, Decision.LAPSED, None, None)
+        self._dirty[s.sid] = None
+
     def _lead(self, s: Session) -> int:
         """How long before Genesys' `expiresAt` a refresh is due (see `EngineConfig`)."""
-        lead = self._leads.get(s.timeout)
+        span = s.timeout
+        if s.target is not None and span > self._config.messaging_max_duration_ms:
+            span = self._config.messaging_max_duration_ms  # one call shows no longer
+        lead = self._leads.get(span)
         if lead is None:
-            lead = self._leads[s.timeout] = int(s.timeout * self._config.refresh_fraction)
+            lead = self._leads[span] = int(span * self._config.refresh_fraction)
         return lead
 
     def _needed(self, s: Session, now: int) -> WorkKind | None:
         """What call, if any, would bring Genesys to the wanted state (no mutation)."""
+        if s.intent is not None:
+            return _RESOLVE  # an unknown outcome is read back before anything else
+        remote = s.remote
+        if remote is not None and s.remote_target != s.target:
+            # shown where the session no longer wants it: a webchat indicator is cleared
+            # (a messaging one lapses by itself)
+            return _CLEAR if s.remote_target is None else None
         status = s.status if s.status is not None and s.deadline > now else None
-        if status is None:
-            return WorkKind.CLEAR if s.remote is not None or s.unsure else None
-        if s.unsure or s.remote is not status:
-            return WorkKind.SET
+        if s.target is None:
+            if status is None:
+                return _CLEAR if remote is not None else None
+            if remote is not status:
+                return _SET
+        else:
+            if status is None:
+                return None  # nothing to send: a shown indicator lapses by itself
+            if remote is None or s.remote_expires <= now:
+                return _SET
         if (
             s.deadline > s.remote_expires
             and now >= s.remote_expires - self._lead(s)
             and s.deadline - now >= self._config.min_set_lifetime_ms
         ):
-            return WorkKind.REFRESH
+            return _REFRESH
         return None
 
     def _settle(self, s: Session, now: int, *, resume: bool = False) -> None:
@@ -463,30 +615,39 @@ class PartitionStore:
         `resume` (restore) only queues and schedules: persisted fields stay untouched.
         """
         sid = s.sid
-        if not resume and s.status is not None and s.deadline <= now:
-            self._expire(s)
+        flying = sid in self._in_flight
+        if not resume:
+            self._catch_up(s, now, flying=flying)
         backoff = self._backoff.get(sid)
         waiting = backoff is not None and backoff[0] > now
-        flying = sid in self._in_flight
         kind = None if flying or waiting else self._needed(s, now)
-        clears, sets = self._clears, self._sets
+        clears, refreshes, sets = self._clears, self._refreshes, self._sets
         if kind is None:
             clears.pop(sid, None)
+            refreshes.pop(sid, None)
             sets.pop(sid, None)
-            if not flying and not waiting:
+            if not flying and not waiting and not resume:
                 if backoff is not None:
                     del self._backoff[sid]  # nothing left to retry
                     backoff = None
-                cause = self._causes.pop(sid, None)
-                if cause is not None:
-                    # Genesys already shows what the event asks for
+                cause = s.cause
+                if cause is not None and not (s.status is None and s.remote_target is not None):
+                    # Genesys already shows what the event asks for (a messaging
+                    # indicator that is to lapse keeps its cause until it does)
+                    s.cause = None
+                    self._dirty[sid] = None
                     self._audit(sid, cause[2], Decision.SUPPRESSED, cause[0], cause[1])
-        elif kind is WorkKind.CLEAR:
-            sets.pop(sid, None)
-            clears[sid] = None
         else:
-            clears.pop(sid, None)
-            sets[sid] = None
+            queue = (
+                clears
+                if kind is _CLEAR or kind is _RESOLVE
+                else (refreshes if kind is _REFRESH else sets)
+            )
+            if sid not in queue:
+                clears.pop(sid, None)
+                refreshes.pop(sid, None)
+                sets.pop(sid, None)
+                queue[sid] = None
         wake = self._next_wake(s, now, kind, flying, backoff)
         if wake is None and resume:
             wake = now + 1  # the first tick after a restore settles it for real
@@ -503,6 +664,20 @@ class PartitionStore:
         if s.wake == 0 or bucket < s.wake:
             s.wake = self._timers.schedule(sid, wake)
 
+    def _catch_up(self, s: Session, now: int, *, flying: bool) -> None:
+        """What time alone has changed: a wanted indicator past its deadline is no longer
+        wanted; a messaging indicator past its "shown until" has lapsed."""
+        if s.status is not None and s.deadline <= now:
+            self._expire(s)
+        if (
+            s.remote is not None
+            and s.remote_target is not None
+            and s.remote_expires <= now
+            and not flying
+        ):
+            stopped = s.status is None and s.reason is ChangeReason.STOPPED
+            self._lapse(s, ChangeReason.STOPPED if stopped else ChangeReason.EXPIRED, now)
+
     def _next_wake(
         self,
         s: Session,
@@ -518,45 +693,182 @@ class PartitionStore:
             if (
                 not flying
                 and kind is None
-                and s.remote is s.status
+                and s.remote is not None
+                and s.remote_target == s.target
+                and (s.target is not None or s.remote is s.status)
                 and s.deadline > s.remote_expires
             ):
                 refresh_at = s.remote_expires - self._lead(s)
                 if now < refresh_at < wake:
                     wake = refresh_at
+        if s.remote is not None and s.remote_target is not None:
+            lapse_at = s.remote_expires  # a messaging indicator runs out by itself
+            if lapse_at > now and (wake is None or lapse_at < wake):
+                wake = lapse_at
         if backoff is not None and backoff[0] > now and (wake is None or backoff[0] < wake):
             wake = backoff[0]
-        if wake is None and s.status is None and (s.remote is not None or s.unsure):
-            # a clear is pending in flight or in backoff: its result or retry wakes us
+        if wake is None and s.status is None and (s.remote is not None or s.intent is not None):
+            # a clear or read-back is pending in flight or in backoff: its result or
+            # retry wakes us
             return None
         return wake
 
-    def _make_work(self, s: Session, kind: WorkKind) -> Work:
+    def _make_work(self, s: Session, kind: WorkKind, now: int) -> Work:
+        sid = s.sid
+        if kind is _RESOLVE:
+            intent = s.intent
+            assert intent is not None  # a read-back always resolves an intent
+            return Work(sid, intent.desired, intent.reason, kind, intent.version, issued_at=now)
         version = s.version + 1
-        cause = self._causes.pop(s.sid, None)
-        eid, offset = (cause[0], cause[1]) if cause is not None else (None, None)
-        if kind is WorkKind.CLEAR:
-            reason = s.reason if s.reason is not ChangeReason.EVENT else ChangeReason.EXPIRED
-            return Work(s.sid, None, reason, kind, version, eid, offset)
-        assert s.status is not None  # a set or refresh always has a wanted status
-        desired = Indicator(s.status, s.originated, s.deadline, version)
-        return Work(s.sid, desired, ChangeReason.EVENT, kind, version, eid, offset)
+        cause = s.cause
+        s.cause = None
+        eid, offset, cause_status = cause if cause is not None else (None, None, None)
+        if kind is _CLEAR:
+            reason = s.reason
+            if reason is ChangeReason.EVENT and s.status is None:
+                reason = ChangeReason.EXPIRED
+            return Work(sid, None, reason, kind, version, eid, offset, cause_status, issued_at=now)
+        status = s.status
+        assert status is not None  # a set or refresh always has a wanted status
+        target = s.target
+        if target is None:
+            desired = Indicator(status, s.originated, s.deadline, version)
+            return Work(
+                sid, desired, ChangeReason.EVENT, kind, version, eid, offset, cause_status,
+                issued_at=now,
+            )  # fmt: skip
+        duration = min(self._config.messaging_max_duration_ms, s.deadline - now)
+        duration = max(MESSAGING_MIN_DURATION_MS, duration)
+        desired = Indicator(status, s.originated, now + duration, version)
+        return Work(
+            sid, desired, ChangeReason.EVENT, kind, version, eid, offset, cause_status, target,
+            duration, now,
+        )  # fmt: skip
+
+    def _landed(self, s: Session, work: Work, result: SinkResult, now: int) -> None:
+        """The intent `work` took effect in Genesys: record it and move on."""
+        sid = s.sid
+        self._backoff.pop(sid, None)
+        s.intent = None
+        s.version = work.version
+        desired = work.desired
+        if desired is None:
+            s.remote = None
+            s.remote_expires = 0
+            s.remote_target = None
+            self._shown.pop(sid, None)
+            decision = Decision.EXPIRED if work.reason is ChangeReason.EXPIRED else Decision.CLEARED
+            self._change(s, CrmStatus.CLEARED, work.reason, None, now)
+        else:
+            s.remote = desired.status
+            s.remote_expires = desired.expires_at
+            s.remote_target = work.target
+            if work.target is None:
+                self._shown[sid] = None
+            else:
+                self._shown.pop(sid, None)
+            decision = Decision.APPLIED
+            self._change(s, CrmStatus(desired.status.value), work.reason, desired.expires_at, now)
+        self._audit_result(work, decision, result)
+        if work.target is not None and work.target != s.target:
+            self._lapse(s, ChangeReason.EVENT, now)  # moved away while the call was out
+        self._dirty[sid] = None
+        self._settle(s, now)
+
+    def _gone(
+        self, s: Session, work: Work, result: SinkResult, decision: Decision, now: int
+    ) -> None:
+        """Genesys says the session (or conversation) is closed, unknown or unusable."""
+        self._audit_result(work, decision, result)
+        if s.remote is not None and s.remote_target == work.target:
+            # the indicator the CRM last heard of is gone with the session
+            s.version += 1
+            self._change(s, CrmStatus.CLEARED, ChangeReason.SESSION_CLOSED, None, now)
+        self._forget(s, decision)
+
+    def _on_read_back(self, s: Session, work: Work, result: SinkResult, now: int) -> None:
+        """A read-back answered: the unresolved intent landed or it did not."""
+        intent = s.intent
+        if intent is None:
+            self._settle(s, now)
+            return
+        outcome = result.outcome
+        if outcome is Outcome.APPLIED and result.remote_state not in (
+            None,
+            SessionState.CONNECTED,
+        ):
+            outcome = Outcome.SESSION_NOT_CONNECTED
+        forget = _FORGET.get(outcome)
+        if forget is not None:
+            self._gone(s, intent, result, forget, now)
+            return
+        if outcome is not Outcome.APPLIED:
+            self._audit_result(work, _RETRY.get(outcome, Decision.FAILED), result)
+            self._retry_later(s, outcome, now)
+            return
+        remote = result.remote_indicator
+        desired = intent.desired
+        if (
+            (remote is None)
+            if desired is None
+            else (remote is not None and remote.version == intent.version)
+        ):
+            self._landed(s, intent, _read_back_note(result), now)
+            return
+        # It did not land: Genesys shows what the read says; the cause waits for a call.
+        s.intent = None
+        if remote is None:
+            s.remote = None
+            s.remote_expires = 0
+            self._shown.pop(s.sid, None)
+        else:
+            s.remote = remote.status
+            s.remote_expires = remote.expires_at
+            s.version = max(s.version, remote.version)
+            self._shown[s.sid] = None
+        s.remote_target = None
+        self._recause(s, intent)
+        self._backoff.pop(s.sid, None)
+        self._settle(s, now)
+
+    def _recause(self, s: Session, work: Work) -> None:
+        """A call that did not land gives its cause back to the next one, while what the
+        cause asked for still stands (no newer event, no lapse since)."""
+        status = work.cause_status
+        if (
+            s.cause is None
+            and work.event_id is not None
+            and work.offset is not None
+            and status is not None
+            and (s.status is status or (status is _STOPPED and s.status is None))
+        ):
+            s.cause = (work.event_id, work.offset, status)
+
+    def _retry_later(self, s: Session, outcome: Outcome, now: int) -> None:
+        """Back off before the next call; a 429 waits for the API budget instead."""
+        sid = s.sid
+        if outcome is not Outcome.RATE_LIMITED:
+            failures = self._backoff.get(sid, (0, 0))[1] + 1
+            self._backoff[sid] = (now + self._retry_delay(sid, failures), failures)
+        self._settle(s, now)
 
     def _retry_delay(self, sid: str, failures: int) -> int:
         """Exponential backoff with deterministic per-session jitter (spreads retries)."""
         cfg = self._config
         delay = min(cfg.retry_max_ms, cfg.retry_base_ms << min(failures - 1, 30))
-        spread = zlib.crc32(sid.encode()) % 1024
+        spread = zlib.crc32(sid.encode("utf-8", "surrogatepass")) % 1024
         return max(1, delay - delay * spread // 4096)  # up to 25 % earlier
 
     def _forget(self, s: Session, decision: Decision | None) -> None:
         sid = s.sid
         del self._sessions[sid]
         self._clears.pop(sid, None)
+        self._refreshes.pop(sid, None)
         self._sets.pop(sid, None)
         self._in_flight.pop(sid, None)
         self._backoff.pop(sid, None)
-        cause = self._causes.pop(sid, None)
+        self._shown.pop(sid, None)
+        cause = s.cause
         if cause is not None and decision is not None:
             self._audit(sid, cause[2], decision, cause[0], cause[1])
         self._dirty[sid] = None
@@ -574,11 +886,12 @@ class PartitionStore:
             AuditDecision(sid, status, decision, self.partition, event_id, offset, 0.0, error)
         )
 
-    def _audit_result(self, work: Work, text: str, decision: Decision, result: SinkResult) -> None:
+    def _audit_result(self, work: Work, decision: Decision, result: SinkResult) -> None:
+        desired = work.desired
         self._audits.append(
             AuditDecision(
                 work.session_id,
-                text,
+                desired.status.value if desired is not None else _CLEARED,
                 decision,
                 self.partition,
                 work.event_id,
@@ -609,3 +922,14 @@ class PartitionStore:
                 crm_event_id(s.sid, s.epoch, s.version, status),
             )
         )
+
+
+def _read_back_note(result: SinkResult) -> SinkResult:
+    """The read-back's result, saying why an applied change is recorded this late."""
+    return SinkResult(
+        Outcome.APPLIED,
+        http_status=result.http_status,
+        attempts=result.attempts,
+        latency_ms=result.latency_ms,
+        error="recovered by read-back: the call landed before its result was recorded",
+    )

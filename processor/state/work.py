@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from processor.domain import ChangeReason, Decision, Indicator
+from processor.domain import ChangeReason, Decision, Indicator, MessagingTarget, Status
 from processor.models import CrmStatus
 
 # Fixed namespace: CRM event ids must be the same in every process and release.
@@ -19,6 +19,8 @@ class WorkKind(StrEnum):
     SET = "set"
     REFRESH = "refresh"
     CLEAR = "clear"
+    RESOLVE = "resolve"
+    """Read the session back to learn whether an unresolved call landed (no change)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +29,11 @@ class Work:
 
     `version` is the version this change gets once applied (last acknowledged + 1); it is
     inside `desired` for sets and carried here too because clears consume one as well.
-    `event_id`/`offset` name the event that caused it, when one did.
+    `event_id`/`offset`/`cause_status` name the event that caused it, when one did.
+    `target` is where the call goes (`None`: the webchat session); messaging calls carry
+    `duration_ms`, and `issued_at` is when the work was taken (its "shown until" is
+    `issued_at + duration_ms`). While the call is out, or until its outcome is known,
+    the work is the session's persisted intent (DESIGN I6).
     """
 
     session_id: str
@@ -37,6 +43,10 @@ class Work:
     version: int
     event_id: str | None = None
     offset: int | None = None
+    cause_status: Status | None = None
+    target: MessagingTarget | None = None
+    duration_ms: int = 0
+    issued_at: int = 0
 
 
 @dataclass(slots=True)
