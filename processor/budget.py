@@ -1,0 +1,162 @@
+"""The Genesys API budget of one OAuth client, as one replica may spend it (DESIGN §4b).
+
+Genesys allows about `TYPING_API_RATE_PER_MINUTE` calls per minute per OAuth client, shared
+by every replica that uses the client. A replica spends its share: the rate times its
+assigned input partitions over all input partitions (`set_share`, on every rebalance).
+
+A token bucket that never makes anyone wait: the scheduler asks how many tokens there are
+and decides what to send; a request spends one token when it goes out, into debt if need
+be (a 412's re-read, a retry), and debt delays what the scheduler sends next. The service
+overrules the bucket: `Retry-After` pauses all spending, and the `inin-ratelimit-*`
+headers (calls counted in the current window, calls allowed, seconds to its reset) cap
+the rate until the window resets, so the replicas together never outrun the window.
+
+Pure: time comes from the injected `monotonic` function (seconds).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+
+DEFAULT_BURST_S = 2.0
+"""Seconds of budget that may go back to back (the bucket's capacity)."""
+
+
+class ApiBudget:
+    """Tokens for Genesys API calls: `rate_per_minute` x share, `burst_s` of them at once."""
+
+    def __init__(
+        self,
+        rate_per_minute: int,
+        *,
+        burst_s: float = DEFAULT_BURST_S,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if rate_per_minute < 1:
+            raise ValueError("rate_per_minute must be at least 1")
+        if burst_s <= 0:
+            raise ValueError("burst_s must be positive")
+        self._now = monotonic
+        self._client_rate = rate_per_minute / 60.0
+        self._burst_s = burst_s
+        self._share = 1.0
+        self._level = self.capacity
+        self._since = monotonic()
+        self._paused_until = 0.0
+        # The service's window says we may spend at most this rate until then.
+        self._cap_rate = math.inf
+        self._cap_until = 0.0
+        self.spent = 0
+        """Tokens spent so far (requests that went out)."""
+
+    @property
+    def rate_per_s(self) -> float:
+        """Tokens per second this replica accrues now (its share, any window cap)."""
+        rate = self._client_rate * self._share
+        if self._now() < self._cap_until:
+            rate = min(rate, self._cap_rate)
+        return rate
+
+    @property
+    def capacity(self) -> float:
+        """Most tokens that can be held at once (at least one)."""
+        return max(1.0, self._client_rate * self._share * self._burst_s)
+
+    @property
+    def share(self) -> float:
+        """This replica's share of the client's budget."""
+        return self._share
+
+    def set_share(self, assigned: int, total: int) -> None:
+        """Spend `assigned / total` of the client's budget (partitions of the input)."""
+        if total < 1 or not 0 <= assigned <= total:
+            raise ValueError(f"share {assigned}/{total} is not a fraction of partitions")
+        self._refill()
+        self._share = max(assigned, 1) / total if assigned else 0.0
+        self._level = min(self._level, self.capacity)
+
+    def level(self) -> float:
+        """Tokens available now (negative while in debt; 0 while paused)."""
+        self._refill()
+        if self.paused_for() > 0:
+            return min(0.0, self._level)
+        return self._level
+
+    def wait_s(self, tokens: float = 1.0) -> float:
+        """Seconds until `tokens` are available (`inf` when nothing accrues)."""
+        now = self._now()
+        self._refill()
+        paused = max(0.0, self._paused_until - now)
+        missing = tokens - self._level
+        if missing <= 0:
+            return paused
+        rate = self.rate_per_s
+        if rate <= 0:
+            return math.inf
+        return paused + missing / rate
+
+    def spend(self, tokens: float = 1.0) -> None:
+        """Take `tokens` for requests going out now (into debt when there are too few)."""
+        self._refill()
+        self._level -= tokens
+        self.spent += math.ceil(tokens)
+
+    def refund(self, tokens: float) -> None:
+        """Give back tokens that were spent for requests that did not go out."""
+        if tokens <= 0:
+            return
+        self._refill()
+        self._level = min(self.capacity, self._level + tokens)
+        self.spent -= math.ceil(tokens)
+
+    def paused_for(self) -> float:
+        """Seconds left of a pause the service asked for (0 when not paused)."""
+        return max(0.0, self._paused_until - self._now())
+
+    def pause(self, seconds: float) -> None:
+        """Spend nothing for `seconds` (a 429's `Retry-After`); restart from empty."""
+        until = self._now() + max(0.0, seconds)
+        if until > self._paused_until:
+            self._refill()
+            self._paused_until = until
+            self._level = min(self._level, 0.0)
+            self._since = max(self._since, until)
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Follow the service's `inin-ratelimit-*` headers when they say less than we think.
+
+        `count` calls of the client are counted in a window that resets in `reset`
+        seconds and allows `allowed`: this replica's part of what is left is all it may
+        spend until then.
+        """
+        try:
+            count = int(headers["inin-ratelimit-count"])
+            allowed = int(headers["inin-ratelimit-allowed"])
+            reset_s = float(headers["inin-ratelimit-reset"])
+        except (KeyError, ValueError):
+            return
+        if allowed <= 0 or reset_s <= 0:
+            return
+        remaining = allowed - count
+        if remaining <= 0:
+            self.pause(reset_s)
+            return
+        mine = remaining * self._share
+        self._refill()
+        self._level = min(self._level, mine)
+        self._cap_rate = mine / reset_s
+        self._cap_until = self._now() + reset_s
+
+    def _refill(self) -> None:
+        now = self._now()
+        if now <= self._since:
+            return
+        rate = self._client_rate * self._share
+        if self._since < self._cap_until:
+            capped_to = min(now, self._cap_until)
+            self._level += (capped_to - self._since) * min(rate, self._cap_rate)
+            self._since = capped_to
+        self._level = min(self.capacity, self._level + (now - self._since) * rate)
+        self._since = now
