@@ -1,8 +1,10 @@
 """Raw Kafka bytes to a valid `TypingEvent` or a `DeadLetter` — never an exception.
 
-Validation is the model's own compiled validator, called without `model_validate`'s Python
-wrapper: the rules are the model's by construction, and it is faster than any hand-written
-check of the same rules (see `bench/bench_codec.py`).
+Validation is the model's own compiled (pydantic-core) validator, so the rules and the dead
+letter reasons are the model's by construction. It is also the fastest option measured:
+building the same objects with `model_construct` alone, without any check, takes about
+twice as long (`bench/bench_codec.py`), so a hand-written Python check would only add
+a second copy of the rules to keep in step.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ _TYPE_ERRORS = frozenset(
     }
 )
 
+# `model_validate` minus its keyword-argument wrapper (about 0.2 us per event)
 _validate = TypingEvent.__pydantic_validator__.validate_python
 
 
