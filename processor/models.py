@@ -28,7 +28,8 @@ MAX_VALUE_BYTES = 64 * 1024
 MIN_TIMEOUT_MS = 500
 MAX_TIMEOUT_MS = 60_000
 MAX_EPOCH_MS = 253_402_300_799_999
-"""9999-12-31T23:59:59.999Z: the latest `occurred_at` accepted (it also fits every int64)."""
+"""9999-12-31T23:59:59.999Z, the latest `occurred_at` accepted: far below 2**63, so a time
+plus any timeout still packs into a signed 64-bit integer."""
 MAX_EVENT_ID_CHARS = 128
 MAX_TEXT_CHARS = 256
 """Limit of the free-text input fields: participant id, channel, `from_id`, `nickname`."""
