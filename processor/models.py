@@ -6,20 +6,61 @@ models (`typing-processor schemas`), and a test fails when the two drift.
 
 from __future__ import annotations
 
+import base64
 from enum import StrEnum
 from typing import Annotated, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+)
 
 from processor.domain import SESSION_ID_PATTERN, ChangeReason, Decision, Role, Status
 
 MAX_VALUE_BYTES = 64 * 1024
+"""Input values larger than this are dead letters (`oversize`)."""
 MIN_TIMEOUT_MS = 500
 MAX_TIMEOUT_MS = 60_000
+MAX_EPOCH_MS = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z, the latest `occurred_at` accepted: far below 2**63, so a time
+plus any timeout still packs into a signed 64-bit integer."""
+MAX_EVENT_ID_CHARS = 128
+MAX_TEXT_CHARS = 256
+"""Limit of the free-text input fields: participant id, channel, `from_id`, `nickname`."""
+UUID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
+"""A Genesys id: canonical UUID text (either case on input, lower case once validated)."""
+
+MAX_INT64 = 2**63 - 1
+MAX_INT32 = 2**31 - 1
+MAX_TOPIC_CHARS = 249
+"""Kafka's limit on a topic name."""
+
+DLQ_KEY_KEEP_BYTES = 1024
+"""A dead letter keeps at most this many bytes of the input key (also its own Kafka key)."""
+DLQ_VALUE_KEEP_BYTES = 256 * 1024
+"""A dead letter keeps at most this many bytes of the input value."""
+MAX_DETAIL_CHARS = 1000
+MAX_DLQ_RECORD_BYTES = 384 * 1024
+"""Bound on a dead letter's encoded value plus its Kafka key (headers apart): far below the
+1 MiB request limit of a Kafka producer, whatever the size of the input record."""
 
 SessionId = Annotated[StrictStr, Field(pattern=SESSION_ID_PATTERN)]
-EpochMs = Annotated[StrictInt, Field(ge=0)]
+EpochMs = Annotated[StrictInt, Field(ge=0, le=MAX_EPOCH_MS)]
+NonNegativeInt64 = Annotated[StrictInt, Field(ge=0, le=MAX_INT64)]
+PartitionNumber = Annotated[StrictInt, Field(ge=0, le=MAX_INT32)]
+Text = Annotated[StrictStr, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+GenesysId = Annotated[StrictStr, StringConstraints(pattern=UUID_PATTERN, to_lower=True)]
+Sha256Hex = Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def _b64_chars(size: int) -> int:
+    return 4 * -(-size // 3)
 
 
 class _Payload(BaseModel):
@@ -35,25 +76,77 @@ class _Payload(BaseModel):
 class Participant(_Payload):
     """Who is typing."""
 
-    id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+    id: Text
     role: Role = Role.CUSTOMER
+
+
+class AgentTypingTarget(_Payload):
+    """Agent or bot typing shown to the customer of a messaging conversation."""
+
+    kind: Literal["agent_typing"]
+    conversation_id: GenesysId
+    communication_id: GenesysId
+
+    @property
+    def key(self) -> str:
+        """Stable identity of the indicator this target drives."""
+        return f"agent_typing/{self.conversation_id}/{self.communication_id}"
+
+
+class FromIdType(StrEnum):
+    """How an Open Messaging integration identifies the customer (`idType`)."""
+
+    OPAQUE = "Opaque"
+    EMAIL = "Email"
+    PHONE = "Phone"
+
+
+class OpenMessagingTarget(_Payload):
+    """Customer typing from an Open Messaging integration, shown to the agent."""
+
+    kind: Literal["open_messaging"]
+    integration_id: GenesysId
+    from_id: Text
+    from_id_type: FromIdType = FromIdType.OPAQUE
+    nickname: Annotated[StrictStr, Field(max_length=MAX_TEXT_CHARS)] | None = None
+
+    @property
+    def key(self) -> str:
+        """Stable identity of the indicator this target drives (`from_id` last: it may hold
+        any character)."""
+        return f"open_messaging/{self.integration_id}/{self.from_id_type.value}/{self.from_id}"
+
+
+Target = Annotated[AgentTypingTarget | OpenMessagingTarget, Field(discriminator="kind")]
+"""Where an indicator is shown when it is not the webchat session of the event."""
+
+TARGET_ID_FIELDS = frozenset({"conversation_id", "communication_id", "integration_id"})
+"""Target fields that go into a URL path: UUIDs only."""
 
 
 class TypingEvent(_Payload):
     """Input record on `genesys.typing.events`, keyed by `session_id`."""
 
-    event_id: Annotated[StrictStr, Field(min_length=1, max_length=128)]
+    event_id: Annotated[StrictStr, Field(min_length=1, max_length=MAX_EVENT_ID_CHARS)]
     session_id: SessionId
     status: Status
     occurred_at: EpochMs
     timeout_ms: Annotated[StrictInt, Field(ge=MIN_TIMEOUT_MS, le=MAX_TIMEOUT_MS)] | None = None
     participant: Participant | None = None
-    channel: Annotated[StrictStr, Field(max_length=256)] | None = None
+    channel: Annotated[StrictStr, Field(max_length=MAX_TEXT_CHARS)] | None = None
+    target: Target | None = None
 
     @property
     def role(self) -> Role:
         """The participant's role; customer when the producer did not say."""
         return self.participant.role if self.participant is not None else Role.CUSTOMER
+
+    @property
+    def target_key(self) -> str:
+        """Stable identity of the indicator this event drives: the target's `key`, or
+        `webchat/<session_id>` when the event has no target."""
+        target = self.target
+        return f"webchat/{self.session_id}" if target is None else target.key
 
 
 class CrmStatus(StrEnum):
@@ -77,7 +170,7 @@ class CrmSyncRecord(_Payload):
     status: CrmStatus
     source: StrictStr = "genesys_typing_processor"
     event_id: StrictStr
-    version: Annotated[StrictInt, Field(ge=0)]
+    version: NonNegativeInt64
     reason: ChangeReason
     expires_at: EpochMs | None = None
 
@@ -93,14 +186,14 @@ class AuditRecord(_Payload):
     session_id: StrictStr
     indicator_status: StrictStr
     result: Decision
-    latency_ms: float = 0.0
+    latency_ms: Annotated[float, Field(ge=0.0)] = 0.0
     error: StrictStr = ""
     event_id: StrictStr | None = None
-    http_status: StrictInt | None = None
-    attempts: Annotated[StrictInt, Field(ge=0)] = 0
+    http_status: Annotated[StrictInt, Field(ge=100, le=599)] | None = None
+    attempts: Annotated[StrictInt, Field(ge=0, le=MAX_INT32)] = 0
     trace_id: StrictStr | None = None
-    partition: StrictInt | None = None
-    offset: StrictInt | None = None
+    partition: PartitionNumber | None = None
+    offset: NonNegativeInt64 | None = None
 
 
 class DlqReason(StrEnum):
@@ -117,19 +210,37 @@ class DlqReason(StrEnum):
     TIMEOUT_OUT_OF_RANGE = "timeout_out_of_range"
     INVALID_FIELD = "invalid_field"
     KEY_MISMATCH = "key_mismatch"
+    OCCURRED_AT_OUT_OF_RANGE = "occurred_at_out_of_range"
+    INVALID_TARGET = "invalid_target"
+    INVALID_TARGET_ID = "invalid_target_id"
+    PROCESSING_ERROR = "processing_error"
 
 
 class DeadLetter(_Payload):
-    """A rejected input record on `genesys.typing.dlq`; keeps the original bytes."""
+    """A rejected input record on `genesys.typing.dlq`; keeps the original bytes.
+
+    A key over `DLQ_KEY_KEEP_BYTES` or a value over `DLQ_VALUE_KEEP_BYTES` is kept as a
+    prefix, with `truncated` true; `key_size`/`value_size` and the SHA-256 digests always
+    describe the original, and `topic`/`partition`/`offset` locate it.
+    """
 
     reason: DlqReason
-    detail: StrictStr
-    topic: StrictStr
-    partition: StrictInt
-    offset: StrictInt
-    key_b64: StrictStr | None
-    value_b64: StrictStr | None
+    detail: Annotated[StrictStr, Field(max_length=MAX_DETAIL_CHARS)]
+    topic: Annotated[StrictStr, Field(max_length=MAX_TOPIC_CHARS)]
+    partition: PartitionNumber
+    offset: NonNegativeInt64
+    key_b64: Annotated[StrictStr, Field(max_length=_b64_chars(DLQ_KEY_KEEP_BYTES))] | None
+    value_b64: Annotated[StrictStr, Field(max_length=_b64_chars(DLQ_VALUE_KEEP_BYTES))] | None
     timestamp: StrictStr
+    key_size: NonNegativeInt64 | None = None
+    key_sha256: Sha256Hex | None = None
+    value_size: NonNegativeInt64 | None = None
+    value_sha256: Sha256Hex | None = None
+    truncated: StrictBool = False
+
+    def record_key(self) -> bytes | None:
+        """The Kafka key of this dead letter: the input key as kept (whole, or its prefix)."""
+        return None if self.key_b64 is None else base64.b64decode(self.key_b64)
 
 
 PAYLOAD_MODELS: dict[str, type[_Payload]] = {

@@ -12,9 +12,20 @@ from hypothesis import strategies as st
 
 from processor.codec import decode_event
 from processor.domain import Role, Status
-from processor.models import MAX_VALUE_BYTES, DeadLetter, DlqReason, TypingEvent
+from processor.models import (
+    MAX_EPOCH_MS,
+    MAX_VALUE_BYTES,
+    AgentTypingTarget,
+    DeadLetter,
+    DlqReason,
+    FromIdType,
+    OpenMessagingTarget,
+    TypingEvent,
+)
 
 NOW = 1_700_000_000_000
+CONV = "0f8fad5b-d9cb-469f-a165-70867728950e"
+COMM = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
 
 
 def good(**changes: Any) -> dict[str, Any]:
@@ -80,12 +91,132 @@ def test_role_defaults_to_customer() -> None:
         (orjson.dumps(good()), b"other", DlqReason.KEY_MISMATCH),
         (orjson.dumps(good()), None, DlqReason.KEY_MISMATCH),
         (orjson.dumps(good(channel="x" * MAX_VALUE_BYTES)), b"sess-1", DlqReason.OVERSIZE),
+        (orjson.dumps(good(occurred_at=-1)), b"sess-1", DlqReason.OCCURRED_AT_OUT_OF_RANGE),
+        (
+            orjson.dumps(good(occurred_at=MAX_EPOCH_MS + 1)),
+            b"sess-1",
+            DlqReason.OCCURRED_AT_OUT_OF_RANGE,
+        ),
+        (orjson.dumps(good(occurred_at=2**63)), b"sess-1", DlqReason.OCCURRED_AT_OUT_OF_RANGE),
+        (orjson.dumps(good(occurred_at=2**64 - 1)), b"sess-1", DlqReason.OCCURRED_AT_OUT_OF_RANGE),
+        # beyond 64 bits orjson gives a float: not an integer at all
+        (
+            b'{"event_id":"e","session_id":"sess-1","status":"typing","occurred_at":1'
+            + b"0" * 25
+            + b"}",
+            b"sess-1",
+            DlqReason.INVALID_TYPE,
+        ),
+        (orjson.dumps(good(occurred_at=1.0)), b"sess-1", DlqReason.INVALID_TYPE),
+        (orjson.dumps(good(event_id="e" * 129)), b"sess-1", DlqReason.INVALID_FIELD),
+        (orjson.dumps(good(participant={"id": "p" * 257})), b"sess-1", DlqReason.INVALID_FIELD),
+        (orjson.dumps(good(channel="c" * 257)), b"sess-1", DlqReason.INVALID_FIELD),
     ],
 )
 def test_each_defect_has_its_own_reason(
     value: bytes | None, key: bytes | None, reason: DlqReason
 ) -> None:
     assert reason_of(value, key) is reason
+
+
+def test_bounds_are_inclusive() -> None:
+    raw = good(
+        event_id="e" * 128,
+        occurred_at=MAX_EPOCH_MS,
+        participant={"id": "p" * 256},
+        channel="c" * 256,
+    )
+    event = decode(orjson.dumps(raw))
+    assert isinstance(event, TypingEvent)
+    assert event.occurred_at == MAX_EPOCH_MS
+    assert isinstance(decode(orjson.dumps(good(occurred_at=0))), TypingEvent)
+
+
+def agent(**changes: Any) -> dict[str, Any]:
+    target: dict[str, Any] = {
+        "kind": "agent_typing",
+        "conversation_id": CONV,
+        "communication_id": COMM,
+    }
+    target.update(changes)
+    return target
+
+
+def open_messaging(**changes: Any) -> dict[str, Any]:
+    target: dict[str, Any] = {"kind": "open_messaging", "integration_id": CONV, "from_id": "cust"}
+    target.update(changes)
+    return target
+
+
+def test_no_target_is_the_webchat_session() -> None:
+    event = decode(orjson.dumps(good()))
+    assert isinstance(event, TypingEvent)
+    assert event.target is None
+    assert event.target_key == "webchat/sess-1"
+    assert isinstance(decode(orjson.dumps(good(target=None))), TypingEvent)
+
+
+def test_agent_typing_target() -> None:
+    event = decode(orjson.dumps(good(target=agent(extra="ignored"))))
+    assert isinstance(event, TypingEvent)
+    assert event.target == AgentTypingTarget(
+        kind="agent_typing", conversation_id=CONV, communication_id=COMM
+    )
+    assert event.target_key == f"agent_typing/{CONV}/{COMM}"
+
+
+def test_open_messaging_target_defaults_and_key() -> None:
+    event = decode(orjson.dumps(good(target=open_messaging())))
+    assert isinstance(event, TypingEvent)
+    target = event.target
+    assert isinstance(target, OpenMessagingTarget)
+    assert (target.from_id_type, target.nickname) == (FromIdType.OPAQUE, None)
+    assert event.target_key == f"open_messaging/{CONV}/Opaque/cust"
+    full = open_messaging(from_id="a/b@x.org", from_id_type="Email", nickname="Ann")
+    event = decode(orjson.dumps(good(target=full)))
+    assert isinstance(event, TypingEvent)
+    assert isinstance(event.target, OpenMessagingTarget)
+    assert event.target.from_id_type is FromIdType.EMAIL
+    assert event.target.nickname == "Ann"
+    assert event.target_key == f"open_messaging/{CONV}/Email/a/b@x.org"
+
+
+def test_upper_case_uuids_are_normalised_to_lower_case() -> None:
+    event = decode(orjson.dumps(good(target=agent(conversation_id=CONV.upper()))))
+    assert isinstance(event, TypingEvent)
+    assert isinstance(event.target, AgentTypingTarget)
+    assert event.target.conversation_id == CONV
+    assert event.target_key == f"agent_typing/{CONV}/{COMM}"
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        (agent(conversation_id="../../users/me"), DlqReason.INVALID_TARGET_ID),
+        (agent(communication_id=CONV.replace("-", "")), DlqReason.INVALID_TARGET_ID),
+        (agent(communication_id="{" + COMM + "}"), DlqReason.INVALID_TARGET_ID),
+        (agent(communication_id=COMM + "\n"), DlqReason.INVALID_TARGET_ID),
+        (agent(conversation_id=CONV.replace("0", "g", 1)), DlqReason.INVALID_TARGET_ID),
+        (agent(conversation_id=7), DlqReason.INVALID_TARGET_ID),
+        (open_messaging(integration_id=""), DlqReason.INVALID_TARGET_ID),
+        (open_messaging(integration_id=None), DlqReason.INVALID_TARGET_ID),
+        ({"kind": "agent_typing", "conversation_id": CONV}, DlqReason.INVALID_TARGET),
+        ({"kind": "webchat"}, DlqReason.INVALID_TARGET),
+        ({"conversation_id": CONV, "communication_id": COMM}, DlqReason.INVALID_TARGET),
+        ({"kind": ["agent_typing"]}, DlqReason.INVALID_TARGET),
+        (open_messaging(from_id_type="Sms"), DlqReason.INVALID_TARGET),
+        (open_messaging(from_id_type="opaque"), DlqReason.INVALID_TARGET),
+        (open_messaging(from_id_type=None), DlqReason.INVALID_TARGET),
+        (open_messaging(from_id=""), DlqReason.INVALID_TARGET),
+        (open_messaging(from_id="x" * 257), DlqReason.INVALID_TARGET),
+        (open_messaging(nickname="n" * 257), DlqReason.INVALID_TARGET),
+        ({"kind": "open_messaging", "integration_id": CONV}, DlqReason.INVALID_TARGET),
+        ("agent_typing", DlqReason.INVALID_TARGET),
+        ([agent()], DlqReason.INVALID_TARGET),
+    ],
+)
+def test_target_defects_have_their_own_reasons(target: Any, reason: DlqReason) -> None:
+    assert reason_of(orjson.dumps(good(target=target))) is reason
 
 
 def test_session_id_of_128_chars_is_accepted() -> None:

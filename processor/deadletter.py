@@ -1,0 +1,79 @@
+"""Dead letters that always fit on the DLQ topic, whatever the size of the input record.
+
+A dead letter keeps the original key and value bytes (base64) up to `DLQ_KEY_KEEP_BYTES`
+and `DLQ_VALUE_KEEP_BYTES`; beyond that it keeps a prefix and says `truncated: true`. Sizes
+and SHA-256 digests always describe the original bytes, and the source position lets an
+operator fetch them while the input topic retains the record. Its encoded value plus its
+Kafka key (`DeadLetter.record_key()`) never exceed `MAX_DLQ_RECORD_BYTES`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import UTC, datetime
+
+from processor.models import (
+    DLQ_KEY_KEEP_BYTES,
+    DLQ_VALUE_KEEP_BYTES,
+    MAX_DETAIL_CHARS,
+    MAX_TOPIC_CHARS,
+    DeadLetter,
+    DlqReason,
+)
+
+
+def iso_utc(epoch_ms: int) -> str:
+    """ISO-8601 UTC text for an epoch-millisecond time."""
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def _kept(data: bytes | None, limit: int) -> tuple[str | None, int | None, str | None, bool]:
+    """base64 of what is kept, original size, original SHA-256, whether it was cut."""
+    if data is None:
+        return None, None, None, False
+    kept = data[:limit]
+    digest = hashlib.sha256(data).hexdigest()
+    return base64.b64encode(kept).decode("ascii"), len(data), digest, len(kept) < len(data)
+
+
+def _clean_text(text: str, limit: int) -> str:
+    # A lone surrogate (e.g. from an exception message) cannot be encoded as UTF-8 JSON;
+    # replacing it keeps the letter encodable and the length unchanged.
+    return text[:limit].encode("utf-8", "replace").decode("utf-8")
+
+
+def build_dead_letter(
+    reason: DlqReason,
+    detail: str,
+    key: bytes | None,
+    value: bytes | None,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    now_ms: int,
+) -> DeadLetter:
+    """The dead letter of one input record at `topic`/`partition`/`offset`.
+
+    `detail` is cut to `MAX_DETAIL_CHARS`; key and value are kept whole when small, else as
+    a prefix (`truncated` true). The result always encodes within `MAX_DLQ_RECORD_BYTES`
+    together with its Kafka key `record_key()`.
+    """
+    key_b64, key_size, key_sha256, key_cut = _kept(key, DLQ_KEY_KEEP_BYTES)
+    value_b64, value_size, value_sha256, value_cut = _kept(value, DLQ_VALUE_KEEP_BYTES)
+    return DeadLetter(
+        reason=reason,
+        detail=_clean_text(detail, MAX_DETAIL_CHARS),
+        topic=_clean_text(topic, MAX_TOPIC_CHARS),
+        partition=partition,
+        offset=offset,
+        key_b64=key_b64,
+        value_b64=value_b64,
+        timestamp=iso_utc(now_ms),
+        key_size=key_size,
+        key_sha256=key_sha256,
+        value_size=value_size,
+        value_sha256=value_sha256,
+        truncated=key_cut or value_cut,
+    )
