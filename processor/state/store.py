@@ -46,8 +46,9 @@ from __future__ import annotations
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from processor import models
 from processor.domain import (
     AgentTypingTarget,
     ChangeReason,
@@ -108,17 +109,13 @@ _RESOLVE = WorkKind.RESOLVE
 
 def messaging_target(event: TypingEvent) -> MessagingTarget | None:
     """Where `event` wants its indicator shown (`None`: the webchat session)."""
-    target: Any = getattr(event, "target", None)
+    target = event.target
     if target is None:
         return None
-    if target.kind == "agent_typing":
-        return AgentTypingTarget(str(target.conversation_id), str(target.communication_id))
-    nickname = target.nickname
+    if isinstance(target, models.AgentTypingTarget):
+        return AgentTypingTarget(target.conversation_id, target.communication_id)
     return OpenMessagingTarget(
-        str(target.integration_id),
-        target.from_id,
-        str(getattr(target.from_id_type, "value", target.from_id_type)),
-        None if nickname is None else str(nickname),
+        target.integration_id, target.from_id, target.from_id_type.value, target.nickname
     )
 
 
@@ -181,7 +178,7 @@ class PartitionStore:
         if s.status is not None and s.deadline <= now:
             self._expire(s)  # lapsed, the tick has not run yet
         moved = False
-        if s.target is not None or getattr(event, "target", None) is not None:
+        if s.target is not None or event.target is not None:
             target = messaging_target(event)
             if target != s.target:
                 self._retarget(s, target, now)
