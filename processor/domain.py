@@ -13,11 +13,19 @@ from typing import Any
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 _SESSION_ID_RE = re.compile(SESSION_ID_PATTERN)
+UUID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
+"""A Genesys id: canonical UUID text (either case on input, lower case once validated)."""
+_UUID_RE = re.compile(UUID_PATTERN)
 
 
 def is_valid_session_id(session_id: str) -> bool:
     """True when `session_id` is safe to put into a URL path (DESIGN §2)."""
     return _SESSION_ID_RE.fullmatch(session_id) is not None
+
+
+def is_uuid(value: str) -> bool:
+    """True when `value` is a Genesys id (a UUID), safe to put into a URL path (§2b)."""
+    return _UUID_RE.fullmatch(value) is not None
 
 
 class Status(StrEnum):

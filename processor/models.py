@@ -21,7 +21,14 @@ from pydantic import (
     StringConstraints,
 )
 
-from processor.domain import SESSION_ID_PATTERN, ChangeReason, Decision, Role, Status
+from processor.domain import (
+    SESSION_ID_PATTERN,
+    UUID_PATTERN,
+    ChangeReason,
+    Decision,
+    Role,
+    Status,
+)
 
 MAX_VALUE_BYTES = 64 * 1024
 """Input values larger than this are dead letters (`oversize`)."""
@@ -33,8 +40,6 @@ plus any timeout still packs into a signed 64-bit integer."""
 MAX_EVENT_ID_CHARS = 128
 MAX_TEXT_CHARS = 256
 """Limit of the free-text input fields: participant id, channel, `from_id`, `nickname`."""
-UUID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
-"""A Genesys id: canonical UUID text (either case on input, lower case once validated)."""
 
 MAX_INT64 = 2**63 - 1
 MAX_INT32 = 2**31 - 1

@@ -1,4 +1,10 @@
-"""Everything the processor writes: changelog, CRM sync, audit, DLQ (and the audit file)."""
+"""Everything the processor writes: changelog, CRM sync, audit, DLQ (and the audit file).
+
+Records of one processing turn are collected in an `OutboundBatch` and handed to the
+producer as one record batch per topic partition (aiokafka's batch API): one future per
+batch instead of one `send` and one future per record, which is most of what producing
+costs in Python.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +13,24 @@ from pathlib import Path
 from typing import IO, Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 
-from processor.models import AuditRecord, CrmSyncRecord, DeadLetter
 from processor.settings import KafkaSettings, TypingSettings
 
 from .kafka import client_options
 
 Headers = list[tuple[str, bytes]]
+# Larger batches than aiokafka's 16 KiB default: a turn's audit records go in a few.
+MAX_BATCH_BYTES = 256 * 1024
+MAX_CACHED_KEYS = 200_000
 
 
 class Outbound:
-    """One producer for every outbound topic; sends return futures to await for acks.
+    """One producer for every outbound topic.
 
     Changelog records go to the partition of the input record they came from, so a
-    partition's store is restored from exactly one changelog partition.
+    partition's store is restored from exactly one changelog partition; the others are
+    partitioned by key as the default partitioner does.
     """
 
     def __init__(self, kafka: KafkaSettings, typing: TypingSettings) -> None:
@@ -30,16 +40,20 @@ class Outbound:
             acks="all",
             enable_idempotence=kafka.enable_idempotence,
             linger_ms=5,
+            max_batch_size=MAX_BATCH_BYTES,
             compression_type=None,
         )
-        self._typing = typing
+        self._partitioner = DefaultPartitioner()
+        self._partitions: dict[str, list[int]] = {}
+        self._by_key: dict[str, dict[bytes, int]] = {}
+        self.typing = typing
         self.changelog_topic = typing.resolved_changelog_topic
         self._audit_file: IO[bytes] | None = None
 
     async def start(self) -> None:
         """Connect the producer and open the audit file, if configured."""
         await self._producer.start()
-        path: Path | None = self._typing.audit_log_file
+        path: Path | None = self.typing.audit_log_file
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._audit_file = path.open("ab")
@@ -52,54 +66,124 @@ class Outbound:
             self._audit_file.close()
             self._audit_file = None
 
+    def batch(self) -> OutboundBatch:
+        """An empty batch of records to send together."""
+        return OutboundBatch(self)
+
+    async def _partitioner_for(self, topic: str) -> dict[bytes, int]:
+        """Partition by key for `topic` (cached: the same sessions come back all the time)."""
+        cache = self._by_key.get(topic)
+        if cache is None or len(cache) > MAX_CACHED_KEYS:
+            if topic not in self._partitions:
+                self._partitions[topic] = sorted(await self._producer.partitions_for(topic))
+            cache = self._by_key[topic] = {}
+        return cache
+
+    def _partition(self, topic: str, key: bytes) -> int:
+        partitions = self._partitions[topic]
+        partition: int = self._partitioner(key, partitions, partitions)
+        return partition
+
     async def _send(
+        self, topic: str, partition: int, records: list[tuple[bytes | None, bytes | None, Headers]]
+    ) -> list[asyncio.Future[Any]]:
+        futures: list[asyncio.Future[Any]] = []
+        producer = self._producer
+        builder = producer.create_batch()
+        for key, value, headers in records:
+            if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                if builder.record_count():
+                    builder.close()
+                    futures.append(await producer.send_batch(builder, topic, partition=partition))
+                    builder = producer.create_batch()
+                if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                    # larger than a batch on its own: the plain path sizes it
+                    futures.append(
+                        await producer.send(
+                            topic, value, key=key, partition=partition, headers=headers
+                        )
+                    )
+        if builder.record_count():
+            builder.close()
+            futures.append(await producer.send_batch(builder, topic, partition=partition))
+        return futures
+
+    def write_audit_lines(self, lines: list[bytes]) -> None:
+        """Append audit records to the audit file, if one is configured (one write)."""
+        if self._audit_file is not None and lines:
+            self._audit_file.write(b"\n".join(lines) + b"\n")
+            self._audit_file.flush()
+
+
+class OutboundBatch:
+    """Records to send together; `send` hands them to the producer in record batches."""
+
+    def __init__(self, outbound: Outbound) -> None:
+        self._outbound = outbound
+        self._typing = outbound.typing
+        # (topic, partition or None) -> records in order
+        self._records: dict[
+            tuple[str, int | None], list[tuple[bytes | None, bytes | None, Headers]]
+        ]
+        self._records = {}
+        self._audit_lines: list[bytes] = []
+
+    def __len__(self) -> int:
+        return sum(len(records) for records in self._records.values())
+
+    def _add(
         self,
         topic: str,
         key: bytes | None,
         value: bytes | None,
+        headers: Headers | None,
         partition: int | None = None,
-        headers: Headers | None = None,
-    ) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = await self._producer.send(
-            topic, value, key=key, partition=partition, headers=headers
-        )
-        return future
+    ) -> None:
+        bucket = self._records.get((topic, partition))
+        if bucket is None:
+            bucket = self._records[topic, partition] = []
+        bucket.append((key, value, headers or []))
 
-    async def changelog(
-        self, partition: int, key: bytes, value: bytes | None
-    ) -> asyncio.Future[Any]:
+    def changelog(self, partition: int, key: bytes, value: bytes | None) -> None:
         """A state record (None = tombstone) for the store of `partition`."""
-        return await self._send(self.changelog_topic, key, value, partition=partition)
+        self._add(self._outbound.changelog_topic, key, value, None, partition)
 
-    async def crm(
-        self, record: CrmSyncRecord, headers: Headers | None = None
-    ) -> asyncio.Future[Any]:
+    def crm(self, key: bytes, value: bytes, headers: Headers | None = None) -> None:
         """One applied change, for the CRM webhook worker."""
-        return await self._send(
-            self._typing.crm_topic, record.session_id.encode(), record.to_bytes(), headers=headers
-        )
+        self._add(self._typing.crm_topic, key, value, headers)
 
-    async def audit(
-        self, record: AuditRecord, headers: Headers | None = None
-    ) -> asyncio.Future[Any]:
-        """One decision; also appended to the audit file when one is configured.
+    def audit(self, key: bytes, value: bytes, headers: Headers | None = None) -> None:
+        """One decision; also appended to the audit file when one is configured."""
+        self._add(self._typing.audit_topic, key, value, headers)
+        self._audit_lines.append(value)
 
-        The file is buffered: `flush_audit_file` pushes a turn's lines out at once.
+    def dead_letter(self, key: bytes | None, value: bytes, headers: Headers | None = None) -> None:
+        """A rejected input record (its key bounded by the dead letter's `record_key`)."""
+        self._add(self._typing.dlq_topic, key, value, headers)
+
+    async def send(self) -> dict[str, list[asyncio.Future[Any]]]:
+        """Hand every record to the producer; futures of their acknowledgements by topic.
+
+        Records of one topic partition keep their order. Raises what the producer raises
+        when a record cannot be queued at all.
         """
-        value = record.to_bytes()
-        if self._audit_file is not None:
-            self._audit_file.write(value + b"\n")
-        return await self._send(
-            self._typing.audit_topic, record.session_id.encode(), value, headers=headers
-        )
-
-    def flush_audit_file(self) -> None:
-        """Hand the audit lines written so far to the OS (one write per turn, not per line)."""
-        if self._audit_file is not None:
-            self._audit_file.flush()
-
-    async def dead_letter(
-        self, key: bytes | None, record: DeadLetter, headers: Headers | None = None
-    ) -> asyncio.Future[Any]:
-        """A rejected input record, keyed as the input was."""
-        return await self._send(self._typing.dlq_topic, key, record.to_bytes(), headers=headers)
+        outbound = self._outbound
+        grouped: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, Headers]]] = {}
+        for (topic, partition), records in self._records.items():
+            if partition is not None:
+                grouped.setdefault((topic, partition), []).extend(records)
+                continue
+            cache = await outbound._partitioner_for(topic)
+            for record in records:
+                key = record[0] or b""
+                chosen = cache.get(key)
+                if chosen is None:
+                    chosen = cache[key] = outbound._partition(topic, key)
+                grouped.setdefault((topic, chosen), []).append(record)
+        futures: dict[str, list[asyncio.Future[Any]]] = {}
+        for (topic, partition), records in grouped.items():
+            futures.setdefault(topic, []).extend(await outbound._send(topic, partition, records))
+        outbound.write_audit_lines(self._audit_lines)
+        self._records = {}
+        self._audit_lines = []
+        return futures

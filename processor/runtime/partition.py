@@ -1,9 +1,18 @@
 """One input partition: its store, its processing loop, its commit position.
 
-Everything that touches a partition's `PartitionStore` runs in this worker's task, so the
-store stays a plain synchronous object. The loop wakes for input records, sink results,
-free reconciler capacity, or the store's next timer, whichever comes first (the
-processor/punctuator split of Kafka Streams, on one queue).
+Everything that changes a partition's `PartitionStore` runs in this worker's task (the
+scheduler only takes ready work from it, synchronously), so the store stays a plain
+synchronous object. The loop wakes for input records, call results, calls to launch, or
+the store's next timer, whichever comes first (the processor/punctuator split of Kafka
+Streams, on one queue).
+
+Commit protocol (I6). Audit, CRM and dead-letter records of a turn are produced at once;
+changelog records are kept in the store (a write cache: one record per changed session)
+and flushed every commit interval, and before any call goes out (a call's intent is on
+the changelog, acknowledged, before the call is sent). The input offset of a flush may
+be committed once everything produced up to it is acknowledged. A record whose
+processing raises goes to the DLQ (`processing_error`) and the partition goes on; a
+record that cannot be written stops the partition (`failed`): nothing is ever skipped.
 """
 
 from __future__ import annotations
@@ -21,24 +30,26 @@ from typing import Any
 from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError
 from opentelemetry import context as otel_context
-from opentelemetry.trace import Span, set_span_in_context
+from opentelemetry.trace import Span
 
 from processor.clock import Clock
 from processor.codec import decode_event, iso_utc
-from processor.domain import Decision, SinkResult
-from processor.models import DeadLetter, TypingEvent
+from processor.deadletter import build_dead_letter
+from processor.domain import Decision, Outcome, SinkResult
+from processor.models import DeadLetter, DlqReason
 from processor.state import PartitionStore, Work
 from processor.telemetry.tracing import DECISION, SESSION_ID, STATUS, PartitionTracing
 
-from .outbound import Outbound
+from .outbound import Outbound, OutboundBatch
 from .reconciler import Reconciler
 from .records import audit_record, crm_record
 from .restore import RestoreError
 
 log = logging.getLogger(__name__)
 
-# Turns whose records may await acknowledgement at once before the worker waits.
+# Flushes whose records may await acknowledgement at once before the worker waits.
 MAX_UNACKED = 32
+_NOT_SENT = SinkResult(Outcome.FAILED, error="not sent: the partition is closing")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +94,7 @@ class Counters:
 
 
 class PartitionWorker:
-    """Drives one `PartitionStore` from input records, sink results and time.
+    """Drives one `PartitionStore` from input records, call results and time.
 
     The worker exists from the moment its partition is assigned: input that arrives while
     `load` restores the store from the changelog waits in the queue (I6: restore first).
@@ -98,6 +109,10 @@ class PartitionWorker:
         reconciler: Reconciler,
         clock: Clock,
         counters: Counters,
+        *,
+        flush_interval_ms: int = 1000,
+        on_ready: Callable[[PartitionWorker], None] | None = None,
+        on_queued: Callable[[], None] | None = None,
         on_applied: Callable[[str, int], None] | None = None,
         tracing: PartitionTracing | None = None,
     ) -> None:
@@ -110,31 +125,52 @@ class PartitionWorker:
         self._outbound = outbound
         self._reconciler = reconciler
         self._clock = clock
+        self._flush_interval_ms = flush_interval_ms
+        self._on_ready = on_ready
+        self._on_queued = on_queued
         self._on_applied = on_applied
         self._tracing = tracing
         # Processing spans of events whose decision is still open, by input offset, with
-        # the event's occurred_at (for the end-to-end latency). At most one per session
-        # (latest wins) plus the batch in hand.
+        # the event's occurred_at (for the end-to-end latency).
         self._spans: dict[int, tuple[Span, int]] = {}
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self.committable: int | None = None
         # offset of the first record received before any was processed (for the lag gauge)
         self.first_offset: int | None = None
         self.failed: BaseException | None = None
+        # Offset after the last record processed, and acks not yet part of a flush.
+        self._processed: int | None = None
+        self._flushed_end: int | None = None
+        self._pending: list[asyncio.Future[Any]] = []
+        self._next_flush = 0
+        self._unflushed = False
+        self._launches: list[tuple[Work, int]] = []
         self._unacked: deque[tuple[asyncio.Future[Any], int | None]] = deque()
         self._closing = False
         self._in_flight = 0
         self._wake_queued = False
         self._idle = asyncio.Event()
         self._idle.set()
-        self._unsubscribe = reconciler.on_capacity(self._wake)
         self._task = asyncio.create_task(self._loop(), name=f"partition-{topic}-{partition}")
+
+    @property
+    def accepting(self) -> bool:
+        """True while the scheduler may take work from this partition's store."""
+        return self.restored.is_set() and not self._closing and self.failed is None
 
     def submit(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Queue input records (in offset order) for processing."""
         if self.first_offset is None and records:
             self.first_offset = records[0].offset
         self._queue.put_nowait(_Records(records))
+
+    def launch(self, work: Work, prepaid: int) -> None:
+        """Send `work` (taken from this store by the scheduler) once its intent is on the
+        changelog: the next turn flushes it and starts the call."""
+        self._launches.append((work, prepaid))
+        self._in_flight += 1
+        self._idle.clear()
+        self._wake()
 
     @property
     def position(self) -> int | None:
@@ -147,8 +183,8 @@ class PartitionWorker:
         return self._queue.qsize()
 
     def _wake(self) -> None:
-        # Coalesce: one pending wake is enough however many calls finished meanwhile.
-        if not self._closing and not self._wake_queued:
+        # Coalesce: one pending wake is enough however many things happened meanwhile.
+        if not self._wake_queued:
             self._wake_queued = True
             self._queue.put_nowait(_Wake())
 
@@ -163,23 +199,31 @@ class PartitionWorker:
                     "partition %s: restore failed (%s); retry in %.1fs", self.partition, exc, delay
                 )
                 await asyncio.sleep(delay)
+        self._next_flush = self._clock.now_ms() + self._flush_interval_ms
         self.restored.set()
+        if self._on_ready is not None:
+            self._on_ready(self)
         while True:
             item = await self._next_item()
-            if isinstance(item, _Stop):
-                return
             if isinstance(item, _Wake):
                 self._wake_queued = False
             try:
                 await self._handle(item)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                # One bad turn must not kill the partition: log, keep state, go on.
-                log.exception("partition %s: processing failed", self.partition)
+            except Exception as exc:
+                # Never skip: the offset stays where it is and the service restarts from
+                # the last commit (input, state and calls are replayed or read back).
+                log.exception("partition %s: processing stopped", self.partition)
+                self.failed = exc
+                return
+            if isinstance(item, _Stop):
+                return
 
     async def _next_item(self) -> _Item:
         wakeup = self.store.next_wakeup_ms()
+        if self._unflushed and (wakeup is None or self._next_flush < wakeup):
+            wakeup = self._next_flush
         if wakeup is None:
             return await self._queue.get()
         delay_s = max(0.0, (wakeup - self._clock.now_ms()) / 1000)
@@ -190,143 +234,83 @@ class PartitionWorker:
             return _Wake()
 
     async def _handle(self, item: _Item) -> None:
-        futures: list[asyncio.Future[Any]] = []
-        batch_end: int | None = None
+        batch = self._outbound.batch()
         turn_span: Span | None = None
         if isinstance(item, _Records):
             for record in item.records:
-                futures.extend(await self._process(record))
-                batch_end = record.offset + 1
+                self._process(record, batch)
+                self._processed = record.offset + 1
         elif isinstance(item, _Result):
             self.store.on_result(item.work, item.result)
             turn_span = item.span
         self.store.on_tick()
-        self._dispatch()
-        futures.extend(await self._publish(turn_span))
-        self._outbound.flush_audit_file()
-        if futures or batch_end is not None:
-            await self._track_acks(futures, batch_end)
+        await self._publish(batch, turn_span, flush=isinstance(item, _Stop))
+        if self._on_queued is not None and self.store.queued_work:
+            self._on_queued()
 
-    async def _track_acks(self, futures: list[asyncio.Future[Any]], batch_end: int | None) -> None:
-        """Let acknowledgements arrive in the background; the commit position follows them.
-
-        Waiting for each batch's acks before the next would stall on every broker round
-        trip; instead at most `MAX_UNACKED` turns are outstanding, in order.
-        """
-        acked: asyncio.Future[Any] = asyncio.gather(*futures)
-        self._unacked.append((acked, batch_end))
-        acked.add_done_callback(self._advance)
-        if len(self._unacked) > MAX_UNACKED:
-            await asyncio.wait({self._unacked[0][0]})
-
-    def _advance(self, _: asyncio.Future[Any]) -> None:
-        while self._unacked and self._unacked[0][0].done():
-            acked, batch_end = self._unacked.popleft()
-            error = None if acked.cancelled() else acked.exception()
-            if acked.cancelled() or error is not None:
-                # Not acknowledged: the offset must not move past it (I6). The service sees
-                # `failed` and restarts from the last commit.
-                self.failed = error or asyncio.CancelledError()
-                self._unacked.clear()
-                return
-            if batch_end is not None:
-                # I6: only now, with the changelog acknowledged, may the input offset move.
-                self.committable = batch_end
-
-    async def flush(self) -> None:
-        """Wait until everything published so far is acknowledged (or failed)."""
-        pending = [acked for acked, _ in self._unacked]
-        if pending:
-            await asyncio.wait(pending)
-
-    async def _process(self, record: ConsumerRecord[bytes, bytes]) -> list[asyncio.Future[Any]]:
+    def _process(self, record: ConsumerRecord[bytes, bytes], batch: OutboundBatch) -> None:
         tracing = self._tracing
         started_ns = 0 if tracing is None else time.time_ns()
-        decoded = decode_event(
-            record.key,
-            record.value,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            now_ms=self._clock.now_ms(),
-        )
-        if isinstance(decoded, DeadLetter):
+        try:
+            decoded = decode_event(
+                record.key,
+                record.value,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                now_ms=self._clock.now_ms(),
+            )
+            if isinstance(decoded, DeadLetter):
+                self._dead_letter(record, decoded, batch, started_ns)
+                return
             span = None
             if tracing is not None:
-                attributes = {DECISION: "dead_letter", "typing.dlq.reason": decoded.reason.value}
+                attributes = {SESSION_ID: decoded.session_id, STATUS: decoded.status.value}
                 span = tracing.start_event(record.headers, record.offset, started_ns, attributes)
-            return [await self._dead_letter(record, decoded, span)]
-        self.counters.events += 1
-        if tracing is not None:
-            self._trace_event(tracing, record, decoded, started_ns)
-        self.store.on_event(decoded, record.offset)
-        return []
+                self._spans[record.offset] = (span, decoded.occurred_at)
+            self.counters.events += 1
+            self.store.on_event(decoded, record.offset)
+        except Exception as exc:
+            # A record that breaks processing is set aside, not retried for ever.
+            log.exception(
+                "partition %s: record at offset %s failed", record.partition, record.offset
+            )
+            letter = build_dead_letter(
+                DlqReason.PROCESSING_ERROR,
+                f"{type(exc).__name__}: {exc}",
+                record.key,
+                record.value,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                now_ms=self._clock.now_ms(),
+            )
+            self._dead_letter(record, letter, batch, started_ns)
 
-    def _trace_event(
+    def _dead_letter(
         self,
-        tracing: PartitionTracing,
         record: ConsumerRecord[bytes, bytes],
-        event: TypingEvent,
+        letter: DeadLetter,
+        batch: OutboundBatch,
         started_ns: int,
     ) -> None:
-        attributes = {SESSION_ID: event.session_id, STATUS: event.status.value}
-        span = tracing.start_event(record.headers, record.offset, started_ns, attributes)
-        self._spans[record.offset] = (span, event.occurred_at)
-
-    async def _dead_letter(
-        self, record: ConsumerRecord[bytes, bytes], letter: DeadLetter, span: Span | None
-    ) -> asyncio.Future[Any]:
         self.counters.dead_letters += 1
-        token = None if span is None else otel_context.attach(set_span_in_context(span))
-        try:
-            log.warning(
-                "dead letter at %s[%s]@%s: %s",
-                record.topic,
-                record.partition,
-                record.offset,
-                letter.reason.value,
-            )
-        finally:
-            if token is not None:
-                otel_context.detach(token)
-        if span is None or self._tracing is None:
-            return await self._outbound.dead_letter(record.key, letter)
-        publish, headers = self._tracing.start_publish("dlq", span)
-        try:
-            ack = await self._outbound.dead_letter(record.key, letter, headers)
-        finally:
-            span.end()
-        self._tracing.end_on_ack(publish, ack)
-        return ack
-
-    def _dispatch(self) -> None:
-        if self._closing:
-            return
-        slots = self._reconciler.free_slots
-        if slots <= 0:
-            return
+        log.warning(
+            "dead letter at %s[%s]@%s: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            letter.reason.value,
+        )
         tracing = self._tracing
-        for work in self.store.take_work(slots, self._reconciler.free_set_slots):
-            self._in_flight += 1
-            self._idle.clear()
-            self.counters.calls[work.kind.value] += 1
-            if tracing is None:
-                self._reconciler.launch(
-                    work.session_id, work.desired, functools.partial(self._deliver, work, None)
-                )
-                continue
-            cause = None if work.offset is None else self._spans.get(work.offset)
-            span, context = tracing.start_apply(
-                None if cause is None else cause[0], work.session_id, work.kind.value, work.version
-            )
-            # the call's task copies the current context: its HTTP spans become children
-            token = otel_context.attach(context)
-            try:
-                self._reconciler.launch(
-                    work.session_id, work.desired, functools.partial(self._deliver, work, span)
-                )
-            finally:
-                otel_context.detach(token)
+        headers = None
+        if tracing is not None:
+            attributes = {DECISION: "dead_letter", "typing.dlq.reason": letter.reason.value}
+            span = tracing.start_event(record.headers, record.offset, started_ns, attributes)
+            publish, headers = tracing.start_publish("dlq", span)
+            span.end()
+            publish.end()
+        batch.dead_letter(letter.record_key(), letter.to_bytes(), headers)
 
     def _deliver(self, work: Work, span: Span | None, result: SinkResult) -> None:
         self._in_flight -= 1
@@ -338,75 +322,127 @@ class PartitionWorker:
             )
         self._queue.put_nowait(_Result(work, result, span))
 
-    async def _publish(self, turn_span: Span | None = None) -> list[asyncio.Future[Any]]:
-        if self._tracing is not None:
-            return await self._publish_traced(turn_span)
-        emitted = self.store.drain()
-        futures: list[asyncio.Future[Any]] = []
+    async def _publish(self, batch: OutboundBatch, turn_span: Span | None, *, flush: bool) -> None:
+        """Produce what the turn decided; flush the changelog when its time has come or
+        calls wait for their intent to be recorded, then launch those calls."""
         now = self._clock.now_ms()
-        for change in emitted.changes:
-            record = crm_record(change)
-            futures.append(await self._outbound.crm(record))
-            self.counters.crm_records += 1
-            if self._on_applied is not None:
-                self._on_applied(change.session_id, change.applied_at)
-        stamp = iso_utc(now)
-        for decision in emitted.audits:
-            audit = audit_record(decision, self.partition, stamp)
-            futures.append(await self._outbound.audit(audit))
-            self.counters.audit_records += 1
-            self.counters.decisions[decision.result.value] += 1
-        for key, value in emitted.changelog:
-            futures.append(await self._outbound.changelog(self.partition, key, value))
-            self.counters.changelog_records += 1
-        return futures
-
-    async def _publish_traced(self, turn_span: Span | None) -> list[asyncio.Future[Any]]:
-        """`_publish` with spans: each record's headers carry its trace; decided events'
-        spans end. Changes come from the call result of this turn (`turn_span`); an audit
-        belongs to the event at its offset, or else to this turn's call."""
+        flush = flush or bool(self._launches) or now >= self._next_flush
+        emitted = self.store.drain(changelog=flush)
+        counters = self.counters
         tracing = self._tracing
-        assert tracing is not None
-        emitted = self.store.drain()
-        futures: list[asyncio.Future[Any]] = []
-        now = self._clock.now_ms()
-        decided: list[Span] = []
+        published: list[Span] = []
         for change in emitted.changes:
-            record = crm_record(change)
-            if turn_span is None:
-                futures.append(await self._outbound.crm(record))
-            else:
+            headers = None
+            if tracing is not None and turn_span is not None:
                 publish, headers = tracing.start_publish("crm", turn_span)
-                ack = await self._outbound.crm(record, headers)
-                tracing.end_on_ack(publish, ack)
-                futures.append(ack)
-            self.counters.crm_records += 1
+                published.append(publish)
+            batch.crm(change.session_id.encode(), crm_record(change).to_bytes(), headers)
+            counters.crm_records += 1
             if self._on_applied is not None:
                 self._on_applied(change.session_id, change.applied_at)
-        spans = self._spans
         stamp = iso_utc(now)
+        decided: list[Span] = []
+        spans = self._spans
         for decision in emitted.audits:
-            parent = turn_span
-            if decision.offset is not None and (cause := spans.pop(decision.offset, None)):
-                parent = cause[0]
-                parent.set_attribute(DECISION, decision.result.value)
-                decided.append(parent)
-                if decision.result in _APPLIED and decision.http_status is not None:
-                    tracing.end_to_end.record(
-                        max(0, now - cause[1]) / 1000, {"decision": decision.result.value}
-                    )
-            trace_id = None if parent is None else tracing.trace_id(parent)
+            trace_id = None
+            headers = None
+            if tracing is not None:
+                parent = turn_span
+                if decision.offset is not None and (cause := spans.pop(decision.offset, None)):
+                    parent = cause[0]
+                    parent.set_attribute(DECISION, decision.result.value)
+                    decided.append(parent)
+                    if decision.result in _APPLIED and decision.http_status is not None:
+                        tracing.end_to_end.record(
+                            max(0, now - cause[1]) / 1000, {"decision": decision.result.value}
+                        )
+                if parent is not None:
+                    trace_id = tracing.trace_id(parent)
+                    headers = tracing.headers(parent)
             audit = audit_record(decision, self.partition, stamp, trace_id)
-            carried = None if parent is None else tracing.headers(parent)
-            futures.append(await self._outbound.audit(audit, carried))
-            self.counters.audit_records += 1
-            self.counters.decisions[decision.result.value] += 1
+            batch.audit(decision.session_id.encode(), audit.to_bytes(), headers)
+            counters.audit_records += 1
+            counters.decisions[decision.result.value] += 1
         for key, value in emitted.changelog:
-            futures.append(await self._outbound.changelog(self.partition, key, value))
-            self.counters.changelog_records += 1
+            batch.changelog(self.partition, key, value)
+        counters.changelog_records += len(emitted.changelog)
+        futures = await batch.send() if len(batch) else {}
         for span in decided:
             span.end()
-        return futures
+        for span in published:
+            span.end()
+        for topic_futures in futures.values():
+            self._pending.extend(topic_futures)
+        if futures or self._processed != self._flushed_end:
+            self._unflushed = True
+        if not flush:
+            return
+        changelog = futures.get(self._outbound.changelog_topic, [])
+        recorded = asyncio.gather(*changelog) if changelog else _done()
+        self._start_calls(recorded)
+        group = self._pending
+        self._pending = []
+        self._next_flush = now + self._flush_interval_ms
+        self._unflushed = False
+        self._flushed_end = self._processed
+        await self._track_acks(group, self._processed)
+
+    def _start_calls(self, recorded: asyncio.Future[Any]) -> None:
+        launches = self._launches
+        self._launches = []
+        tracing = self._tracing
+        for work, prepaid in launches:
+            self.counters.calls[work.kind.value] += 1
+            if tracing is None:
+                self._reconciler.launch(
+                    work, prepaid, recorded, functools.partial(self._deliver, work, None)
+                )
+                continue
+            cause = None if work.offset is None else self._spans.get(work.offset)
+            span, context = tracing.start_apply(
+                None if cause is None else cause[0], work.session_id, work.kind.value, work.version
+            )
+            # the call's task copies the current context: its HTTP spans become children
+            token = otel_context.attach(context)
+            try:
+                self._reconciler.launch(
+                    work, prepaid, recorded, functools.partial(self._deliver, work, span)
+                )
+            finally:
+                otel_context.detach(token)
+
+    async def _track_acks(self, futures: list[asyncio.Future[Any]], end: int | None) -> None:
+        """Let acknowledgements arrive in the background; the commit position follows them.
+
+        Waiting for each flush's acks before the next would stall on every broker round
+        trip; instead at most `MAX_UNACKED` flushes are outstanding, in order.
+        """
+        acked: asyncio.Future[Any] = asyncio.gather(*futures) if futures else _done()
+        self._unacked.append((acked, end))
+        acked.add_done_callback(self._advance)
+        if len(self._unacked) > MAX_UNACKED:
+            await asyncio.wait({self._unacked[0][0]})
+
+    def _advance(self, _: asyncio.Future[Any]) -> None:
+        while self._unacked and self._unacked[0][0].done():
+            acked, end = self._unacked.popleft()
+            error = None if acked.cancelled() else acked.exception()
+            if acked.cancelled() or error is not None:
+                # Not acknowledged: the offset must not move past it (I6). The service sees
+                # `failed` and restarts from the last commit.
+                self.failed = error or asyncio.CancelledError()
+                self._unacked.clear()
+                return
+            if end is not None:
+                # I6: only now, with everything up to it acknowledged, may the input offset
+                # move.
+                self.committable = end
+
+    async def flush(self) -> None:
+        """Wait until everything flushed so far is acknowledged (or failed)."""
+        pending = [acked for acked, _ in self._unacked]
+        if pending:
+            await asyncio.wait(pending)
 
     def _end_open_spans(self) -> None:
         """Events still undecided when the partition goes: their spans say so."""
@@ -416,21 +452,27 @@ class PartitionWorker:
         self._spans.clear()
 
     async def close(self, grace_s: float) -> int | None:
-        """Stop dispatching, let in-flight calls land (up to `grace_s`), flush the
-        changelog, and return the input offset that is safe to commit."""
+        """Stop launching, let calls in flight land (up to `grace_s`), flush the
+        changelog, drop the sink's cache of these sessions, and return the input offset
+        that is safe to commit."""
         self._closing = True
-        self._unsubscribe()
         if not self.restored.is_set():
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._end_open_spans()
             return None
+        # Calls taken but not launched yet never go out: the store hears so.
+        for work, prepaid in self._launches:
+            self._reconciler.sink.budget.refund(prepaid)
+            self._deliver(work, None, _NOT_SENT)
+        self._launches = []
         try:
             async with asyncio.timeout(grace_s):
                 await self._idle.wait()
         except TimeoutError:
             log.warning(
-                "partition %s: %d calls still in flight after %.1fs; the next owner resumes them",
+                "partition %s: %d calls still in flight after %.1fs; the next owner reads "
+                "them back",
                 self.partition,
                 self._in_flight,
                 grace_s,
@@ -439,4 +481,11 @@ class PartitionWorker:
         await self._task
         self._end_open_spans()
         await self.flush()
+        self._reconciler.forget(self.store.session_ids())
         return self.committable
+
+
+def _done() -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future

@@ -1,40 +1,92 @@
-"""Runs sink calls with bounded total concurrency; one call at a time per session.
+"""Runs Genesys calls with bounded total concurrency; one call at a time per session.
 
-The per-session rule is the store's (it never hands out work for a session with a call in
-flight); this class bounds the total and wakes partition workers when capacity frees up.
+The per-session rule is the store's (it never hands out work for a session with a call
+out); this class bounds the total, waits for a call's intent to be on the changelog
+before sending it (I6), and picks the endpoint the work's target needs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
-from processor.domain import Indicator, SinkResult
+from processor.budget import ApiBudget
+from processor.domain import (
+    AgentTypingTarget,
+    Indicator,
+    OpenMessagingTarget,
+    Outcome,
+    SinkResult,
+)
+from processor.state import Work, WorkKind
 
 log = logging.getLogger(__name__)
 
 
 class Sink(Protocol):
-    """What the reconciler needs of the Genesys sink."""
+    """What the reconciler needs of the Genesys sink (`processor.sink.GenesysSink`).
 
-    async def apply(self, session_id: str, desired: Indicator | None) -> SinkResult:
-        """Make the remote indicator equal `desired` (None = clear; clears go first)."""
+    `prepaid`: budget tokens the scheduler already spent for this call's requests.
+    """
+
+    @property
+    def budget(self) -> ApiBudget:
+        """The OAuth client's budget (this replica's share)."""
+        ...
+
+    def cached_etag(self, session_id: str) -> str | None:
+        """The ETag the next PATCH of this session would send, if any."""
+        ...
+
+    def forget(self, session_id: str) -> None:
+        """Drop what is cached about a session."""
+        ...
+
+    async def apply(
+        self, session_id: str, desired: Indicator | None, *, prepaid: int = 0
+    ) -> SinkResult:
+        """Make the webchat session's indicator `desired` (None = clear)."""
+        ...
+
+    async def read_back(self, session_id: str, *, prepaid: int = 0) -> SinkResult:
+        """Read the webchat session's indicator (`remote_indicator`, `remote_state`)."""
+        ...
+
+    async def agent_typing(
+        self, conversation_id: str, communication_id: str, duration_ms: int, *, prepaid: int = 0
+    ) -> SinkResult:
+        """Show agent typing to the customer for `duration_ms`."""
+        ...
+
+    async def open_messaging_typing(
+        self,
+        integration_id: str,
+        from_id: str,
+        from_id_type: str,
+        nickname: str | None,
+        duration_ms: int,
+        *,
+        prepaid: int = 0,
+    ) -> SinkResult:
+        """Show customer typing to the agent for `duration_ms`."""
         ...
 
 
 Deliver = Callable[[SinkResult], None]
+_NOT_RECORDED = SinkResult(
+    Outcome.FAILED, error="not sent: its intent was not acknowledged on the changelog"
+)
 
 
 class Reconciler:
     """Bounded pool of in-flight Genesys calls shared by every partition of a process."""
 
     def __init__(self, sink: Sink, max_in_flight: int) -> None:
-        self._sink = sink
+        self.sink = sink
         self._capacity = max_in_flight
-        # Sets waiting for API budget must not take every slot: a clear could then not
-        # even reach the sink's queue, where clears go first (I1).
+        # Sets must not take every slot: a clear could then not go out (I1).
         self._set_capacity = max(1, max_in_flight - max(1, max_in_flight // 4))
         self._tasks: set[asyncio.Task[None]] = set()
         self._sets: set[asyncio.Task[None]] = set()
@@ -60,21 +112,65 @@ class Reconciler:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    def launch(self, session_id: str, desired: Indicator | None, deliver: Deliver) -> None:
-        """Start one call; `deliver` receives its result on the event loop."""
-        self._tasks.add(task := asyncio.create_task(self._run(session_id, desired, deliver)))
-        if desired is not None:
+    def forget(self, session_ids: Iterable[str]) -> None:
+        """Drop what the sink caches about these sessions (their partition moved away)."""
+        for session_id in session_ids:
+            self.sink.forget(session_id)
+
+    def launch(
+        self, work: Work, prepaid: int, recorded: Awaitable[object], deliver: Deliver
+    ) -> None:
+        """Start one call once `recorded` (its intent's changelog ack) completes;
+        `deliver` receives its result on the event loop."""
+        task = asyncio.create_task(self._run(work, prepaid, recorded, deliver))
+        self._tasks.add(task)
+        if work.kind is WorkKind.SET or work.kind is WorkKind.REFRESH:
             self._sets.add(task)
         task.add_done_callback(self._finished)
 
-    async def _run(self, session_id: str, desired: Indicator | None, deliver: Deliver) -> None:
-        deliver(await self._sink.apply(session_id, desired))
+    async def _run(
+        self, work: Work, prepaid: int, recorded: Awaitable[object], deliver: Deliver
+    ) -> None:
+        try:
+            await recorded
+        except Exception:  # the worker sees the failed ack too, and stops committing
+            self.sink.budget.refund(prepaid)
+            deliver(_NOT_RECORDED)
+            return
+        try:
+            result = await self._call(work, prepaid)
+        except Exception as exc:
+            # a bug, not an answer: the call may have gone out, so its outcome is unknown
+            log.exception("sink call crashed")
+            result = SinkResult(
+                Outcome.FAILED, error=f"crashed: {type(exc).__name__}", ambiguous=True
+            )
+        deliver(result)
+
+    async def _call(self, work: Work, prepaid: int) -> SinkResult:
+        sink = self.sink
+        if work.kind is WorkKind.RESOLVE:
+            return await sink.read_back(work.session_id, prepaid=prepaid)
+        target = work.target
+        if target is None:
+            return await sink.apply(work.session_id, work.desired, prepaid=prepaid)
+        if isinstance(target, AgentTypingTarget):
+            return await sink.agent_typing(
+                target.conversation_id, target.communication_id, work.duration_ms, prepaid=prepaid
+            )
+        assert isinstance(target, OpenMessagingTarget)
+        return await sink.open_messaging_typing(
+            target.integration_id,
+            target.from_id,
+            target.from_id_type,
+            target.nickname,
+            work.duration_ms,
+            prepaid=prepaid,
+        )
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._sets.discard(task)
-        if not task.cancelled() and (error := task.exception()) is not None:
-            log.error("sink call crashed", exc_info=error)
         for listener in list(self._listeners):
             listener()
 

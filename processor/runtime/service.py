@@ -22,6 +22,7 @@ from .outbound import Outbound
 from .partition import Counters, PartitionWorker
 from .reconciler import Reconciler, Sink
 from .restore import read_changelog
+from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,10 @@ class TypingProcessor:
         self._options = client_options(settings.kafka)
         self._outbound = Outbound(settings.kafka, settings.typing)
         self._reconciler = Reconciler(sink, settings.typing.max_in_flight)
+        self._budget = sink.budget
+        self.scheduler = Scheduler(
+            self._reconciler, self._clock, on_wait=self.telemetry.record_budget_wait
+        )
         self._engine = EngineConfig.from_settings(settings.typing)
         self.counters = Counters()
         self._on_applied = on_applied
@@ -92,7 +97,15 @@ class TypingProcessor:
     @property
     def ready(self) -> bool:
         """Partitions assigned and restored: input is being processed."""
-        return self.assigned and self._restoring == 0
+        return self.assigned and self._restoring == 0 and self.problem is None
+
+    @property
+    def problem(self) -> str | None:
+        """Why a partition stopped committing, if one did (readiness says so)."""
+        for partition, worker in self.workers.items():
+            if worker.failed is not None:
+                return f"partition {partition} stopped: {type(worker.failed).__name__}"
+        return None
 
     async def wait_ready(self) -> None:
         """Return once the processor is ready (see `ready`)."""
@@ -215,12 +228,15 @@ class TypingProcessor:
         self._consumer = consumer
         await consumer.start()
         self.telemetry.observe(self)
+        scheduling = asyncio.create_task(self.scheduler.run(), name="scheduler")
         try:
             await self._check_changelog(consumer)
             consumer.subscribe([self.settings.typing.input_topic], listener=_Rebalance(self))
             await self._consume(consumer, stop)
         finally:
             await self.release(list(consumer.assignment()))
+            scheduling.cancel()
+            await asyncio.gather(scheduling, return_exceptions=True)
             await consumer.stop()
             await self._reconciler.aclose()
             await self._outbound.stop()
@@ -311,9 +327,13 @@ class TypingProcessor:
                 self._reconciler,
                 self._clock,
                 self.counters,
+                flush_interval_ms=self.settings.typing.commit_interval_ms,
+                on_ready=functools.partial(self.scheduler.attach, partition),
+                on_queued=self.scheduler.poke,
                 on_applied=self._on_applied,
                 tracing=self.telemetry.partition_tracing(topic, partition, self._outbound_topics),
             )
+        self._share_budget(assigned)
         self.assigned = True
         self._restoring += len(fresh)
         self._update_ready()
@@ -322,6 +342,19 @@ class TypingProcessor:
         finally:
             self._restoring -= len(fresh)
             self._update_ready()
+
+    def _share_budget(self, assigned: list[TopicPartition]) -> None:
+        """Spend the OAuth client's budget in proportion to the input partitions owned."""
+        consumer = self._consumer
+        topic = self.settings.typing.input_topic
+        total = consumer.partitions_for_topic(topic) if consumer is not None else None
+        if not total:
+            return
+        owned = len(
+            ({tp.partition for tp in assigned if tp.topic == topic} | set(self.workers)) & total
+        )
+        self._budget.set_share(owned, len(total))
+        log.info("spending %d/%d of the OAuth client's API budget", owned, len(total))
 
     async def _restore(self, partition: int) -> PartitionStore:
         records = await read_changelog(
@@ -334,6 +367,8 @@ class TypingProcessor:
     async def release(self, revoked: list[TopicPartition]) -> None:
         """Finish, flush and commit the revoked partitions, then drop their stores."""
         partitions = [tp.partition for tp in revoked if tp.partition in self.workers]
+        for partition in partitions:
+            self.scheduler.detach(partition)
         await asyncio.gather(
             *(self.workers[p].close(REVOKE_GRACE_S) for p in partitions), return_exceptions=True
         )

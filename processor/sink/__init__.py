@@ -6,6 +6,5 @@ it the remote state, and reports what happened as a `SinkResult`.
 
 from processor.sink.client import GenesysSink, RemoteSession
 from processor.sink.config import SinkConfig
-from processor.sink.ratelimit import Priority
 
-__all__ = ["GenesysSink", "Priority", "RemoteSession", "SinkConfig"]
+__all__ = ["GenesysSink", "RemoteSession", "SinkConfig"]

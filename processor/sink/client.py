@@ -8,18 +8,27 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeGuard
 
 import httpx
 import orjson
 
 from processor import USER_AGENT
+from processor.budget import ApiBudget
 from processor.clock import Clock, SystemClock
-from processor.domain import Indicator, Outcome, SessionState, SinkResult, is_valid_session_id
+from processor.domain import (
+    Indicator,
+    Outcome,
+    SessionState,
+    SinkResult,
+    Status,
+    is_uuid,
+    is_valid_session_id,
+)
 from processor.sink.auth import TokenManager
 from processor.sink.backoff import Backoff
 from processor.sink.breaker import CircuitBreaker
@@ -31,7 +40,6 @@ from processor.sink.errors import (
     TokenUnavailableError,
 )
 from processor.sink.etags import ETagCache
-from processor.sink.ratelimit import Priority, RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +64,48 @@ class RemoteSession:
         version = self.indicator.get("version")
         return version if isinstance(version, int) and not isinstance(version, bool) else 0
 
+    @property
+    def typing_indicator(self) -> Indicator | None:
+        """The typing indicator as the processor writes it; None when absent or foreign."""
+        found = self.indicator
+        if found is None:
+            return None
+        status = found.get("status")
+        originated, expires, version = (
+            found.get(name) for name in ("originatedAt", "expiresAt", "version")
+        )
+        if (
+            status not in (Status.TYPING.value, Status.PAUSED.value)
+            or not _is_int(originated)
+            or not _is_int(expires)
+            or not _is_int(version)
+        ):
+            return None
+        return Indicator(Status(status), originated, expires, version)
+
 
 @dataclass(slots=True)
 class _Ledger:
-    """Cost of one `apply`/`get_session`: every HTTP attempt and its latency."""
+    """Cost of one logical call: every HTTP attempt and its latency.
+
+    `prepaid`: budget tokens the caller spent already, used by the first requests.
+    `unanswered`: a change-making request went out without a definitive answer.
+    """
 
     monotonic: Callable[[], float]
     started: float
+    prepaid: int = 0
     attempts: int = 0
     http_status: int | None = None
+    unanswered: bool = False
     latencies_ms: list[float] = field(default_factory=list)
 
     def result(
-        self, outcome: Outcome, error: str = "", remote_state: SessionState | None = None
+        self,
+        outcome: Outcome,
+        error: str = "",
+        remote_state: SessionState | None = None,
+        remote_indicator: Indicator | None = None,
     ) -> SinkResult:
         return SinkResult(
             outcome=outcome,
@@ -78,6 +115,8 @@ class _Ledger:
             call_latencies_ms=tuple(self.latencies_ms),
             error=error,
             remote_state=remote_state,
+            ambiguous=self.unanswered and outcome is not Outcome.APPLIED,
+            remote_indicator=remote_indicator,
         )
 
 
@@ -143,7 +182,7 @@ class GenesysSink:
             refresh_margin_s=config.token_refresh_margin_s,
             monotonic=monotonic,
         )
-        self._limiter = RateLimiter(config.rate_per_minute, config.effective_burst, monotonic)
+        self._budget = ApiBudget(config.rate_per_minute, monotonic=monotonic)
         self._breaker = CircuitBreaker(
             config.breaker_failure_threshold, config.breaker_reset_timeout_s, monotonic
         )
@@ -183,9 +222,9 @@ class GenesysSink:
         return self._breaker
 
     @property
-    def limiter(self) -> RateLimiter:
-        """The client-wide call budget (for metrics: `limiter.waiting`, `paused_for()`)."""
-        return self._limiter
+    def budget(self) -> ApiBudget:
+        """The OAuth client's call budget, as this replica may spend it (DESIGN §4b)."""
+        return self._budget
 
     def cached_etag(self, session_id: str) -> str | None:
         """The ETag the next PATCH of this session would send, if any."""
@@ -205,63 +244,149 @@ class GenesysSink:
             await self._http.aclose()
 
     async def apply(
-        self,
-        session_id: str,
-        desired: Indicator | None,
-        *,
-        priority: Priority | None = None,
+        self, session_id: str, desired: Indicator | None, *, prepaid: int = 0
     ) -> SinkResult:
         """Make `desired` the session's typing indicator; `None` clears it.
 
         Sends `If-Match` with the cached ETag; GETs only when none is cached or after a
-        412 (then re-reads and retries, up to `max_conflict_attempts` PATCHes). `priority`
-        orders the wait for budget; by default clears go first (`Priority.HIGH`). A set
-        that cannot get budget before its `expiresAt` is given up (`rate_limited`).
+        412 (then re-reads and retries, up to `max_conflict_attempts` PATCHes, unless the
+        re-read shows the change already there). Never waits for budget: each request
+        spends a token (the first `prepaid` were paid by the caller), and a 429 pauses
+        the budget and ends the call (`rate_limited`).
         """
-        ledger = _Ledger(self._now, self._now())
+        ledger = _Ledger(self._now, self._now(), prepaid)
         if not is_valid_session_id(session_id):
-            return ledger.result(Outcome.REJECTED, error="session id is not URL-safe")
+            return self._settle(ledger, Outcome.REJECTED, "session id is not URL-safe")
         self._check_open()
-        if priority is None:
-            priority = Priority.HIGH if desired is None else Priority.NORMAL
-        give_up_at = self._give_up_at(desired)
         indicator = None if desired is None else desired.to_genesys()
         body = orjson.dumps({"customAttributes": {"typingIndicator": indicator}})
-        async with self._exclusive(session_id):
-            return await self._apply(session_id, body, ledger, priority, give_up_at)
+        try:
+            async with self._exclusive(session_id):
+                return await self._apply(session_id, desired, body, ledger)
+        finally:
+            self._budget.refund(ledger.prepaid)
 
     async def get_session(
-        self, session_id: str, *, priority: Priority = Priority.NORMAL
+        self, session_id: str, *, prepaid: int = 0
     ) -> tuple[SinkResult, RemoteSession | None]:
         """Read a session (one GET); caches its ETag when it is connected.
 
         The result's outcome is `applied` when the read succeeded (whatever the state),
         else why not; the session is None unless the read succeeded.
         """
-        ledger = _Ledger(self._now, self._now())
+        ledger = _Ledger(self._now, self._now(), prepaid)
         if not is_valid_session_id(session_id):
-            return ledger.result(Outcome.REJECTED, error="session id is not URL-safe"), None
+            return self._settle(ledger, Outcome.REJECTED, "session id is not URL-safe"), None
         self._check_open()
-        give_up_at = self._now() + self._config.max_rate_wait_s
-        async with self._exclusive(session_id):
-            read = await self._read(session_id, ledger, priority, give_up_at)
+        try:
+            async with self._exclusive(session_id):
+                read = await self._read(session_id, ledger)
+        finally:
+            self._budget.refund(ledger.prepaid)
         if isinstance(read, SinkResult):
             return read, None
         return ledger.result(Outcome.APPLIED, remote_state=read.state), read
 
-    async def _apply(
+    async def read_back(self, session_id: str, *, prepaid: int = 0) -> SinkResult:
+        """Read the session's indicator back (to resolve a call whose outcome is unknown).
+
+        `applied` with `remote_state` and `remote_indicator` (None: no indicator) when the
+        read succeeded; else why not.
+        """
+        result, session = await self.get_session(session_id, prepaid=prepaid)
+        if session is None:
+            return result
+        return replace(result, remote_indicator=session.typing_indicator)
+
+    async def agent_typing(
+        self, conversation_id: str, communication_id: str, duration_ms: int, *, prepaid: int = 0
+    ) -> SinkResult:
+        """Show agent (or bot) typing to the customer for `duration_ms` (DESIGN §2b)."""
+        ledger = _Ledger(self._now, self._now(), prepaid)
+        if not (is_uuid(conversation_id) and is_uuid(communication_id)):
+            return self._settle(ledger, Outcome.REJECTED, "conversation ids must be UUIDs")
+        self._check_open()
+        body = orjson.dumps({"typing": {"type": "On", "duration": duration_ms}})
+        url = self._config.agent_typing_url(conversation_id, communication_id)
+        try:
+            async with self._exclusive(f"agent_typing/{conversation_id}/{communication_id}"):
+                return await self._post_typing(url, body, ledger)
+        finally:
+            self._budget.refund(ledger.prepaid)
+
+    async def open_messaging_typing(
         self,
-        session_id: str,
-        body: bytes,
-        ledger: _Ledger,
-        priority: Priority,
-        give_up_at: float,
+        integration_id: str,
+        from_id: str,
+        from_id_type: str,
+        nickname: str | None,
+        duration_ms: int,
+        *,
+        prepaid: int = 0,
+    ) -> SinkResult:
+        """Show the customer's typing to the agent for `duration_ms` (DESIGN §2b)."""
+        ledger = _Ledger(self._now, self._now(), prepaid)
+        if not is_uuid(integration_id):
+            return self._settle(ledger, Outcome.REJECTED, "integration id must be a UUID")
+        self._check_open()
+        sender: dict[str, str] = {"id": from_id, "idType": from_id_type}
+        if nickname is not None:
+            sender["nickname"] = nickname
+        now = datetime.fromtimestamp(self._clock.now_ms() / 1000, tz=UTC)
+        body = orjson.dumps(
+            {
+                "channel": {
+                    "from": sender,
+                    "time": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                },
+                "events": [
+                    {"eventType": "Typing", "typing": {"type": "On", "duration": duration_ms}}
+                ],
+            }
+        )
+        url = self._config.open_event_url(integration_id)
+        try:
+            async with self._exclusive(f"open_messaging/{integration_id}/{from_id}"):
+                return await self._post_typing(url, body, ledger)
+        finally:
+            self._budget.refund(ledger.prepaid)
+
+    async def _post_typing(self, url: str, body: bytes, ledger: _Ledger) -> SinkResult:
+        answer = await self._call("POST", url, ledger, body)
+        if isinstance(answer, SinkResult):
+            return answer
+        status = answer.status_code
+        if 200 <= status < 300:
+            return ledger.result(Outcome.APPLIED)
+        if status == 404:
+            return ledger.result(
+                Outcome.SESSION_NOT_FOUND,
+                error="conversation, communication or integration not found",
+            )
+        if status == 400:
+            return ledger.result(Outcome.REJECTED, error="typing event rejected (HTTP 400)")
+        if status == 403:
+            return self._auth_failure(
+                ledger,
+                "API refused the token: scope missing (HTTP 403; agent typing needs"
+                " `conversations`, Open Messaging `messaging`)",
+            )
+        return ledger.result(Outcome.FAILED, error=f"unexpected HTTP {status}")
+
+    def _settle(self, ledger: _Ledger, outcome: Outcome, error: str) -> SinkResult:
+        """A result reached without a request (nothing sent, nothing spent)."""
+        self._budget.refund(ledger.prepaid)
+        ledger.prepaid = 0
+        return ledger.result(outcome, error=error)
+
+    async def _apply(
+        self, session_id: str, desired: Indicator | None, body: bytes, ledger: _Ledger
     ) -> SinkResult:
         conflicts = 0
         etag = self._etags.get(session_id)
         while True:
             if etag is None:
-                read = await self._read(session_id, ledger, priority, give_up_at)
+                read = await self._read(session_id, ledger)
                 if isinstance(read, SinkResult):
                     return read
                 if read.state is not SessionState.CONNECTED:
@@ -270,9 +395,12 @@ class GenesysSink:
                         error=f"session is {read.state or 'in an unknown state'}",
                         remote_state=read.state,
                     )
+                if conflicts and _already_there(desired, read.typing_indicator):
+                    # an earlier attempt whose answer was lost did land: do not repeat it
+                    return ledger.result(Outcome.APPLIED, remote_state=SessionState.CONNECTED)
                 etag = read.etag
             answer = await self._call(
-                "PATCH", session_id, ledger, priority, give_up_at, body=body, if_match=etag
+                "PATCH", self._config.session_url(session_id), ledger, body, etag
             )
             if isinstance(answer, SinkResult):
                 return answer
@@ -295,10 +423,8 @@ class GenesysSink:
                 continue
             return self._refusal(session_id, answer, ledger)
 
-    async def _read(
-        self, session_id: str, ledger: _Ledger, priority: Priority, give_up_at: float
-    ) -> RemoteSession | SinkResult:
-        answer = await self._call("GET", session_id, ledger, priority, give_up_at)
+    async def _read(self, session_id: str, ledger: _Ledger) -> RemoteSession | SinkResult:
+        answer = await self._call("GET", self._config.session_url(session_id), ledger)
         if isinstance(answer, SinkResult):
             return answer
         if answer.status_code != 200:
@@ -331,11 +457,8 @@ class GenesysSink:
     async def _call(
         self,
         method: str,
-        session_id: str,
+        url: str,
         ledger: _Ledger,
-        priority: Priority,
-        give_up_at: float,
-        *,
         body: bytes | None = None,
         if_match: str | None = None,
     ) -> httpx.Response | SinkResult:
@@ -343,9 +466,9 @@ class GenesysSink:
 
         Returns the response to interpret, or the final result when the call gave up.
         """
-        url = self._config.session_url(session_id)
         failures = 0
         reauthenticated = False
+        give_up_at = self._now() + self._config.max_retry_s
         while True:
             if not self._breaker.allow():
                 return ledger.result(
@@ -353,9 +476,7 @@ class GenesysSink:
                     error=f"circuit open; next probe in {self._breaker.retry_in():.1f} s",
                 )
             try:
-                sent = await self._attempt(
-                    method, url, body, if_match, ledger, priority, give_up_at
-                )
+                sent = await self._attempt(method, url, body, if_match, ledger)
                 if isinstance(sent, SinkResult):
                     return sent
                 if isinstance(sent, _Sent):
@@ -367,14 +488,14 @@ class GenesysSink:
                     if status == 401:
                         return self._auth_failure(ledger, "API rejected a fresh token (HTTP 401)")
                     if status == 429:
+                        # The budget waits, not this call: what to send after the pause is
+                        # decided then, from the state at that moment.
                         pause = _retry_after_s(sent.response, self._clock)
-                        self._limiter.pause(pause)
+                        self._budget.pause(pause)
                         log.warning("429 from Genesys: pausing all calls for %.1f s", pause)
-                        if self._now() + pause > give_up_at:
-                            return ledger.result(
-                                Outcome.RATE_LIMITED, error=f"429; retry after {pause:.1f} s"
-                            )
-                        continue
+                        return ledger.result(
+                            Outcome.RATE_LIMITED, error=f"429; retry after {pause:.1f} s"
+                        )
                     return sent.response
                 failure = sent
             except AuthConfigError as exc:
@@ -398,30 +519,41 @@ class GenesysSink:
         body: bytes | None,
         if_match: str | None,
         ledger: _Ledger,
-        priority: Priority,
-        give_up_at: float,
     ) -> _Sent | SinkResult | str:
         """One request under the breaker's permission: a non-5xx answer, a final result
-        (no budget in time), or why it failed transiently. Token errors propagate."""
+        (the budget is paused), or why it failed transiently. Token errors propagate."""
         settled = False
         try:
-            if not await self._limiter.acquire(priority, max(0.0, give_up_at - self._now())):
-                return ledger.result(Outcome.RATE_LIMITED, error="no API budget in time")
+            if ledger.prepaid > 0:
+                ledger.prepaid -= 1
+            elif self._budget.paused_for() > 0:
+                return ledger.result(
+                    Outcome.RATE_LIMITED,
+                    error=f"API budget paused for {self._budget.paused_for():.1f} s after a 429",
+                )
+            else:
+                self._budget.spend()  # into debt if need be: the scheduler waits it out
             token = await self._tokens.token()
-            response, failure = await self._send(method, url, token, body, if_match, ledger)
+            response, failure, maybe_sent = await self._send(
+                method, url, token, body, if_match, ledger
+            )
             settled = True
+            changes = method != "GET"
             if response is None:
                 self._breaker.record_failure()
+                ledger.unanswered = ledger.unanswered or (changes and maybe_sent)
                 return failure
+            self._budget.observe(response.headers)
             if response.status_code >= 500:
                 self._breaker.record_failure()
+                ledger.unanswered = ledger.unanswered or changes
                 return f"{method} answered HTTP {response.status_code}"
             # Any other answer (even 4xx or 429) shows the API is up.
             self._breaker.record_success()
             return _Sent(response, token)
         finally:
             if not settled:
-                # No request went out (no budget, no token, cancelled): free a probe slot.
+                # No request went out (paused, no token, cancelled): free a probe slot.
                 self._breaker.abandon()
 
     async def _send(
@@ -432,8 +564,9 @@ class GenesysSink:
         body: bytes | None,
         if_match: str | None,
         ledger: _Ledger,
-    ) -> tuple[httpx.Response | None, str]:
-        """One HTTP request; the response, or None and why there is none."""
+    ) -> tuple[httpx.Response | None, str, bool]:
+        """One HTTP request: the response, or None, why there is none, and whether the
+        request may have reached the service all the same."""
         headers = {
             "Authorization": f"Bearer {token}",
             "Accept": "application/json",
@@ -445,15 +578,17 @@ class GenesysSink:
         started = self._now()
         try:
             response = await self._http.request(method, url, content=body, headers=headers)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            return None, f"{method} not sent ({type(exc).__name__})", False
         except httpx.TimeoutException:
-            return None, f"{method} timed out"
+            return None, f"{method} timed out", True
         except httpx.TransportError as exc:
-            return None, f"{method} failed ({type(exc).__name__})"
+            return None, f"{method} failed ({type(exc).__name__})", True
         finally:
             ledger.attempts += 1
             ledger.latencies_ms.append((self._now() - started) * 1000.0)
         ledger.http_status = response.status_code
-        return response, ""
+        return response, "", False
 
     def _auth_failure(self, ledger: _Ledger, error: str) -> SinkResult:
         # Loud once: a misconfigured client fails every call the same way.
@@ -463,14 +598,6 @@ class GenesysSink:
         else:
             log.debug("Genesys OAuth client is misconfigured: %s", error)
         return ledger.result(Outcome.AUTH_CONFIG_ERROR, error=error)
-
-    def _give_up_at(self, desired: Indicator | None) -> float:
-        """Monotonic time after which waiting for budget is pointless."""
-        limit = self._config.max_rate_wait_s
-        if desired is not None:
-            # A set that would be sent after its expiry would only flash a stale indicator.
-            limit = min(limit, (desired.expires_at - self._clock.now_ms()) / 1000.0)
-        return self._now() + limit
 
     def _check_open(self) -> None:
         if self._closed:
@@ -490,6 +617,20 @@ class GenesysSink:
             entry.users -= 1
             if entry.users == 0:
                 del self._locks[session_id]
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _already_there(desired: Indicator | None, remote: Indicator | None) -> bool:
+    """True when the session already shows `desired` (same version, same status)."""
+    if desired is None:
+        return remote is None
+    return remote is not None and (remote.version, remote.status) == (
+        desired.version,
+        desired.status,
+    )
 
 
 def _etag_of(response: httpx.Response) -> str | None:

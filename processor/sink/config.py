@@ -23,11 +23,10 @@ class SinkConfig:
     client_id: str = field(repr=False)
     client_secret: SecretStr = field(repr=False)
     scope: str | None = None
-    # Client-side budget shared by every call of this client; `rate_burst` calls may go at once.
+    # The OAuth client's budget (DESIGN §4b); each replica spends its partitions' share.
     rate_per_minute: int = 300
-    rate_burst: int | None = None
-    # How long one `apply` may wait for budget or a 429 pause before it gives up.
-    max_rate_wait_s: float = 30.0
+    # How long one call may keep retrying 5xx answers and timeouts (with backoff).
+    max_retry_s: float = 10.0
     connect_timeout_s: float = 3.0
     read_timeout_s: float = 5.0
     write_timeout_s: float = 5.0
@@ -59,8 +58,6 @@ class SinkConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"SinkConfig.{name} must be at least 1")
-        if self.rate_burst is not None and self.rate_burst < 1:
-            raise ValueError("SinkConfig.rate_burst must be at least 1")
 
     @property
     def token_url(self) -> str:
@@ -71,12 +68,19 @@ class SinkConfig:
         """URL of one web-messaging session; `session_id` must be validated first."""
         return f"{self.api_url.rstrip('/')}/api/v2/webchat/sessions/{session_id}"
 
-    @property
-    def effective_burst(self) -> int:
-        """Calls allowed back to back: `rate_burst`, else five seconds' worth of budget."""
-        if self.rate_burst is not None:
-            return self.rate_burst
-        return max(1, self.rate_per_minute // 12)
+    def agent_typing_url(self, conversation_id: str, communication_id: str) -> str:
+        """URL of the agent typing event of a messaging conversation (ids validated first)."""
+        return (
+            f"{self.api_url.rstrip('/')}/api/v2/conversations/messages/{conversation_id}"
+            f"/communications/{communication_id}/typing"
+        )
+
+    def open_event_url(self, integration_id: str) -> str:
+        """URL of an Open Messaging integration's inbound events (id validated first)."""
+        return (
+            f"{self.api_url.rstrip('/')}/api/v2/conversations/messages/{integration_id}"
+            "/inbound/open/event"
+        )
 
     @classmethod
     def from_settings(

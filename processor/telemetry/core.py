@@ -63,6 +63,8 @@ LATENCY_BUCKETS_S = (
 _BREAKER_STATES = ("closed", "half_open", "open")
 _Callback = Callable[[CallbackOptions], Iterable[Observation]]
 _SUPPORTED_PROTOCOL = "http/protobuf"
+# Waits shorter than this are not waits (the budget was there); they are not recorded.
+MIN_WAIT_S = 0.001
 
 
 class CountersLike(Protocol):
@@ -254,7 +256,7 @@ class Telemetry:
         self.ratelimit_wait = meter.create_histogram(
             "genesys.ratelimit.wait",
             unit="s",
-            description="Time Genesys calls waited for the client's rate budget (waits >= 1 ms)",
+            description="Time work waited for the client's API budget (waits >= 1 ms)",
             explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
         )
         self._end_to_end = meter.create_histogram(
@@ -286,10 +288,15 @@ class Telemetry:
                 name, [self._partition_gauge(name)], unit=unit, description=description
             )
         meter.create_observable_gauge(
-            "genesys.ratelimit.waiting",
-            [self._observe_waiting],
+            "genesys.ratelimit.tokens",
+            [self._observe_tokens],
             unit="{call}",
-            description="Genesys calls waiting for rate budget now",
+            description="API budget at hand now (negative: spent ahead, in debt)",
+        )
+        meter.create_observable_gauge(
+            "genesys.ratelimit.share",
+            [self._observe_share],
+            description="This replica's share of the OAuth client's budget",
         )
         meter.create_observable_gauge(
             "genesys.ratelimit.paused",
@@ -353,11 +360,19 @@ class Telemetry:
 
         return observe
 
-    def _observe_waiting(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(sum(sink.limiter.waiting for sink in self._sinks))]
+    def _observe_tokens(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(sink.budget.level()) for sink in self._sinks[:1]]
+
+    def _observe_share(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(sink.budget.share) for sink in self._sinks[:1]]
 
     def _observe_paused(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(max((s.limiter.paused_for() for s in self._sinks), default=0.0))]
+        return [Observation(max((s.budget.paused_for() for s in self._sinks), default=0.0))]
+
+    def record_budget_wait(self, seconds: float) -> None:
+        """Work waited `seconds` for API budget (waits under 1 ms are not waits)."""
+        if self.ratelimit_wait is not None and seconds >= MIN_WAIT_S:
+            self.ratelimit_wait.record(seconds)
 
     def _observe_breaker(self, options: CallbackOptions) -> Iterable[Observation]:
         if not self._sinks:

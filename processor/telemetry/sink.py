@@ -4,9 +4,7 @@
   method and status and a latency sample, from one thin transport wrapper (which also sees
   requests that fail without a status: `status="error"`). OpenTelemetry's httpx
   instrumentation would do the span too, at about twice the cost per request;
-- the time a call waits for rate budget (the limiter's `acquire`, timed; waits under
-  1 ms, i.e. budget at hand, are not recorded);
-- breaker state, waiting callers and 429 pauses are read by gauges from the sink's public
+- breaker state, budget at hand and 429 pauses are read by gauges from the sink's public
   properties (see `Telemetry`).
 
 Only span and metric attributes the request line holds are recorded: method, status, the
@@ -104,10 +102,6 @@ class _TracedTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-# Waits shorter than this are not waits (the budget was there); they are not recorded.
-MIN_WAIT_S = 0.001
-
-
 def instrument_sink(sink: GenesysSink, telemetry: Telemetry) -> None:
     """Wire spans and metrics into `sink` (idempotent per sink)."""
     client = sink.http
@@ -116,11 +110,3 @@ def instrument_sink(sink: GenesysSink, telemetry: Telemetry) -> None:
     # httpx keeps the transport private (OpenTelemetry's httpx instrumentation wraps the
     # same attribute; one wrapper doing spans and metrics costs half as much).
     client._transport = _TracedTransport(client._transport, telemetry)
-    if telemetry.ratelimit_wait is not None:
-        record = telemetry.ratelimit_wait.record
-
-        def on_wait(seconds: float) -> None:
-            if seconds >= MIN_WAIT_S:
-                record(seconds)
-
-        sink.limiter.on_wait = on_wait

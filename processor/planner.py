@@ -1,0 +1,214 @@
+"""What to send now, across every partition of the process, with the budget there is.
+
+DESIGN §4b: the budget decides what users see, so the choice is made when a call can go
+out, from the state at that moment; nothing waits inside the sink. In order:
+
+1. read-backs and clears of shown indicators (a phantom is worse than a miss);
+2. refreshes that keep a shown indicator alive while typing goes on (I2), most urgent
+   first;
+3. new sets, most valuable first: the value of a set is the typing it can still show,
+   at least the time to its deadline, less what its age says (an indicator asked for
+   long ago is likely over soon).
+
+A set is only made when the budget can also pay for what shown indicators will need in
+time: each shown webchat indicator owes a clear by its deadline plus the I1 slack, and
+each one that typing keeps alive owes a refresh before its `expiresAt` (clear debt). The
+check is an earliest-deadline-first feasibility test over those obligations.
+
+Pure: the stores, the budget's figures and the clock come in; picks come out.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from processor.state import PartitionStore, WorkKind
+from processor.state.session import Session
+
+Cost = Callable[[Session], int]
+"""Requests a session's next call takes (a webchat session without a cached ETag: 2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerConfig:
+    """Tuning of the planner.
+
+    Attributes:
+        clear_slack_ms: the I1 bound: a clear is due by the deadline plus this.
+        age_weight: how much a set's value drops per ms of its cause's age.
+    """
+
+    clear_slack_ms: int = 1000
+    age_weight: float = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    """Send `session_id`'s next call (of class `kind`) now, prepaying `cost` tokens."""
+
+    store: PartitionStore
+    session_id: str
+    kind: WorkKind
+    cost: int
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """What may be spent in this round."""
+
+    tokens: float
+    """Budget tokens available now (may be fractional; negative in debt)."""
+    rate_per_ms: float
+    """Tokens that accrue per millisecond from now on."""
+    slots: int
+    """Calls that may start now (in-flight limit)."""
+    set_slots: int
+    """Sets and refreshes among them (the rest is kept for clears)."""
+
+
+class _Obligations:
+    """Future calls shown indicators owe, as due times; answers "can one more be paid?".
+
+    With obligations due at d1 <= d2 <= ..., `L` tokens now and `r` per ms, every one is
+    paid in time iff for each k: k <= L + r * (dk - now). `f(k) = k - r * (dk - now)` is
+    kept with prefix and suffix maxima, so adding one obligation is checked in O(log n).
+    """
+
+    def __init__(self, dues: list[int], rate: float, now: int) -> None:
+        self._dues = sorted(dues)
+        self._rate = rate
+        self._now = now
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        f = [k + 1 - self._rate * (due - self._now) for k, due in enumerate(self._dues)]
+        self._prefix = []
+        best = float("-inf")
+        for value in f:
+            best = max(best, value)
+            self._prefix.append(best)
+        self._suffix = [float("-inf")] * (len(f) + 1)
+        for k in range(len(f) - 1, -1, -1):
+            self._suffix[k] = max(f[k], self._suffix[k + 1])
+
+    def need(self, extra: list[int]) -> float:
+        """Tokens needed now so that all obligations, plus `extra` ones, are paid in time."""
+        if not extra:
+            return self._prefix[-1] if self._prefix else float("-inf")
+        if len(extra) > 1:
+            return _Obligations(self._dues + extra, self._rate, self._now).need([])
+        due = extra[0]
+        p = bisect.bisect_right(self._dues, due)
+        before = self._prefix[p - 1] if p else float("-inf")
+        after = self._suffix[p] + 1
+        own = p + 1 - self._rate * (due - self._now)
+        return max(before, after, own)
+
+    def add(self, dues: list[int]) -> None:
+        for due in dues:
+            bisect.insort(self._dues, due)
+        self._rebuild()
+
+
+class Planner:
+    """Chooses the calls of one round (see the module docstring)."""
+
+    def __init__(self, config: PlannerConfig | None = None) -> None:
+        self._config = config or PlannerConfig()
+
+    def plan(
+        self,
+        stores: Sequence[PartitionStore],
+        capacity: Capacity,
+        now: int,
+        cost: Cost,
+    ) -> list[Pick]:
+        """The calls to make now, in the order to make them."""
+        picks: list[Pick] = []
+        tokens = capacity.tokens
+        slots = capacity.slots
+        set_slots = capacity.set_slots
+        if slots <= 0 or tokens < 1:
+            return picks
+        taken: set[str] = set()
+
+        clears = [(s, store) for store in stores for s in store.queued_clears()]
+        # read-backs first (they hold everything else of their session), then oldest
+        clears.sort(key=lambda item: (item[0].intent is None, item[0].touched))
+        for s, store in clears:
+            price = cost(s)
+            if slots <= 0 or tokens < price:
+                return picks  # clears strictly first: nothing overtakes a waiting clear
+            kind = WorkKind.RESOLVE if s.intent is not None else WorkKind.CLEAR
+            picks.append(Pick(store, s.sid, kind, price))
+            taken.add(s.sid)
+            tokens -= price
+            slots -= 1
+
+        refreshes = [(s, store) for store in stores for s in store.queued_refreshes()]
+        refreshes.sort(key=lambda item: item[0].remote_expires)
+        for s, store in refreshes:
+            price = cost(s)
+            if slots <= 0 or set_slots <= 0 or tokens < price:
+                return picks
+            picks.append(Pick(store, s.sid, WorkKind.REFRESH, price))
+            taken.add(s.sid)
+            tokens -= price
+            slots -= 1
+            set_slots -= 1
+
+        candidates = [(s, store) for store in stores for s in store.queued_sets()]
+        room = min(slots, set_slots, int(tokens))
+        if not candidates or room <= 0:
+            return picks
+        slack = self._config.clear_slack_ms
+        # Each shown indicator owes at most a refresh and a clear, each set two calls
+        # more: when the tokens in hand cover all that, no check is needed (the usual
+        # case with an ample budget, and the cheap one with many sessions).
+        owed_at_most = sum(
+            2 * store.shown_webchat_count + store.queued_work for store in stores
+        ) + 2 * len(candidates)
+        debt = (
+            None
+            if tokens >= owed_at_most
+            else _Obligations(self._owed(stores, taken, now), capacity.rate_per_ms, now)
+        )
+        if len(candidates) > room or debt is not None:
+            candidates.sort(key=lambda item: self._value(item[0], now), reverse=True)
+        for s, store in candidates:
+            price = cost(s)
+            if slots <= 0 or set_slots <= 0 or tokens < price:
+                break
+            owes = [] if s.target is not None else [s.deadline + slack]
+            if debt is not None and debt.need(owes) > tokens - price:
+                continue  # its clear (or another's) could not be paid in time
+            picks.append(Pick(store, s.sid, WorkKind.SET, price))
+            if debt is not None:
+                debt.add(owes)
+            tokens -= price
+            slots -= 1
+            set_slots -= 1
+        return picks
+
+    def _owed(self, stores: Sequence[PartitionStore], taken: set[str], now: int) -> list[int]:
+        """Due times of the calls shown indicators will need (besides this round's)."""
+        slack = self._config.clear_slack_ms
+        dues: list[int] = []
+        for store in stores:
+            for s in store.queued_clears():
+                if s.sid not in taken:
+                    dues.append(now)  # already due
+            for s in store.shown_webchat():
+                if s.sid in taken:
+                    continue
+                wanted = s.status is not None and s.deadline > now
+                dues.append((s.deadline if wanted else now) + slack)
+                if wanted and s.deadline > s.remote_expires:
+                    dues.append(max(now, s.remote_expires - store.refresh_lead_ms(s)))
+        return dues
+
+    def _value(self, s: Session, now: int) -> float:
+        """Typing a set can still show: the time to its deadline, less a share of its age."""
+        return (s.deadline - now) - self._config.age_weight * (now - s.originated)
