@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping
 
 DEFAULT_BURST_S = 2.0
 """Seconds of budget that may go back to back (the bucket's capacity)."""
+MIN_CAPACITY = 2.0
+"""The bucket holds at least the dearest call (a GET then a PATCH), however low the rate."""
 
 
 class ApiBudget:
@@ -61,8 +63,8 @@ class ApiBudget:
 
     @property
     def capacity(self) -> float:
-        """Most tokens that can be held at once (at least one)."""
-        return max(1.0, self._client_rate * self._share * self._burst_s)
+        """Most tokens that can be held at once (`MIN_CAPACITY` at least)."""
+        return max(MIN_CAPACITY, self._client_rate * self._share * self._burst_s)
 
     @property
     def share(self) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -17,7 +16,7 @@ from processor.clock import SystemClock
 from processor.domain import Indicator, Outcome, SessionState, Status
 from processor.emulator.app import SESSION_PATH, TOKEN_PATH
 from processor.emulator.testing import EmulatorHandle
-from processor.sink import GenesysSink, Priority, SinkConfig
+from processor.sink import GenesysSink, SinkConfig
 from processor.sink.breaker import BreakerState
 
 
@@ -42,7 +41,6 @@ def config_for(emulator: EmulatorHandle, **overrides: Any) -> SinkConfig:
         "client_id": emulator.client_id,
         "client_secret": SecretStr(emulator.client_secret),
         "rate_per_minute": 6_000_000,
-        "rate_burst": 100_000,
         "backoff_base_s": 0.001,
         "backoff_cap_s": 0.005,
     }
@@ -396,71 +394,68 @@ async def test_missing_scope_is_an_auth_config_error_without_retries(
 # --- rate limiting ---
 
 
-async def test_client_side_budget_keeps_429s_away(emulator: EmulatorHandle) -> None:
-    for n in range(3):
-        emulator.create_session(f"s{n}")
-    emulator.set_faults(rate_limit_per_minute=120, rate_limit_burst=2)
-    # a budget a little under the server's limit, as one configures it in production
-    config = config_for(emulator, rate_per_minute=100, rate_burst=2)
-    async with GenesysSink(config) as sink:
-        results = await asyncio.gather(*(sink.apply(f"s{n}", indicator(1)) for n in range(3)))
-    assert all(result.ok for result in results)
-    assert calls(emulator, "GET") + calls(emulator, "PATCH") == 6
-    assert calls(emulator, "GET", 429) + calls(emulator, "PATCH", 429) == 0
+async def test_each_request_spends_one_token_and_prepaid_ones_are_not_spent_twice(
+    emulator: EmulatorHandle,
+) -> None:
+    emulator.create_session("s1")
+    async with GenesysSink(config_for(emulator, rate_per_minute=600)) as sink:
+        assert (await sink.apply("s1", indicator(1))).ok  # GET + PATCH
+        assert sink.budget.spent == 2
+        assert (await sink.apply("s1", indicator(2), prepaid=1)).ok  # PATCH, paid by caller
+        assert sink.budget.spent == 2
+        # a call that needs fewer requests than were prepaid gives the rest back
+        before = sink.budget.level()
+        assert (await sink.apply("s1", indicator(3), prepaid=2)).ok
+        assert sink.budget.level() == pytest.approx(before + 1, abs=0.5)
 
 
-async def test_429_pauses_every_call_of_the_client_for_retry_after(
+async def test_429_pauses_the_budget_for_retry_after_and_ends_the_call(
     emulator: EmulatorHandle, sink: GenesysSink
 ) -> None:
-    for session_id in ("s1", "s2", "s3"):
+    for session_id in ("s1", "s2"):
         emulator.create_session(session_id)
         assert (await sink.apply(session_id, indicator(1))).ok  # ETags cached
-    emulator.set_faults(rate_limit_per_minute=120, rate_limit_burst=2)
-    assert (await sink.apply("s1", indicator(2))).ok
-    assert (await sink.apply("s1", indicator(3))).ok  # the server's burst is spent
-
-    started = time.monotonic()
-    throttled = asyncio.create_task(sink.apply("s2", indicator(2)))
-    await wait_until(lambda: sink.limiter.paused_for() > 0)
-    # Another session, during the pause: it must wait instead of earning its own 429.
-    other = await sink.apply("s3", indicator(2))
-    first = await throttled
-
-    assert (first.outcome, first.attempts, first.http_status) == (Outcome.APPLIED, 2, 200)
-    assert (other.outcome, other.attempts) == (Outcome.APPLIED, 1)
-    assert time.monotonic() - started >= 0.9  # Retry-After: 1 s
+    emulator.set_faults(rate_limit_per_minute=60, rate_limit_burst=1)
+    assert (await sink.apply("s1", indicator(2))).ok  # the server's burst is spent
+    throttled = await sink.apply("s1", indicator(3))
+    assert (throttled.outcome, throttled.http_status, throttled.attempts) == (
+        Outcome.RATE_LIMITED,
+        429,
+        1,
+    )
+    assert not throttled.ambiguous  # a 429 changed nothing
+    assert sink.budget.paused_for() > 0
+    # During the pause nothing goes out: what to send then is decided when it ends.
+    held = await sink.apply("s2", indicator(2))
+    assert (held.outcome, held.attempts) == (Outcome.RATE_LIMITED, 0)
     assert calls(emulator, "PATCH", 429) == 1
 
 
-async def test_429_beyond_the_wait_bound_gives_up_as_rate_limited(
-    emulator: EmulatorHandle,
-) -> None:
+async def test_the_ratelimit_window_headers_cap_the_budget(emulator: EmulatorHandle) -> None:
     emulator.create_session("s1")
-    async with GenesysSink(config_for(emulator, max_rate_wait_s=0.5)) as sink:
-        assert (await sink.apply("s1", indicator(1))).ok
-        emulator.set_faults(rate_limit_per_minute=60, rate_limit_burst=1)
-        assert (await sink.apply("s1", indicator(2))).ok
-        result = await sink.apply("s1", indicator(3))
-        assert (result.outcome, result.http_status, result.attempts) == (
-            Outcome.RATE_LIMITED,
-            429,
-            1,
-        )
-        assert sink.limiter.paused_for() > 0  # the pause stays in force for everyone
+    emulator.set_faults(rate_limit_per_minute=3, rate_limit_burst=3)
+    async with GenesysSink(config_for(emulator)) as sink:
+        assert (await sink.apply("s1", indicator(1))).ok  # GET + PATCH: 2 of 3 counted
+        assert sink.budget.level() < 1.1  # what is left of the service's window
+        assert (await sink.apply("s1", indicator(2))).ok  # the third: the window is spent
+        assert sink.budget.paused_for() > 0  # until the window resets, without a 429
+    assert calls(emulator, "PATCH", 429) == 0
 
 
-async def test_a_set_that_would_expire_waiting_for_budget_is_dropped_but_a_clear_waits(
-    emulator: EmulatorHandle,
+async def test_a_change_that_landed_unanswered_is_not_made_twice(
+    emulator: EmulatorHandle, sink: GenesysSink
 ) -> None:
     emulator.create_session("s1")
-    emulator.create_session("s2")
-    async with GenesysSink(config_for(emulator, rate_per_minute=120, rate_burst=2)) as sink:
-        assert (await sink.apply("s1", indicator(1))).ok  # the burst is spent: 2 calls/s now
-        doomed = await sink.apply("s2", indicator(1, ttl_ms=100))
-        assert (doomed.outcome, doomed.attempts) == (Outcome.RATE_LIMITED, 0)
-        cleared = await sink.apply("s1", None, priority=Priority.HIGH)
-        assert cleared.outcome is Outcome.APPLIED
-    assert emulator.history("s2") == []
+    assert (await sink.apply("s1", indicator(1))).ok
+    # Another writer moves the ETag on: the PATCH gets a 412, and the re-read shows that
+    # the session already holds exactly this change (as when an earlier answer was lost).
+    wanted = indicator(2)
+    async with GenesysSink(config_for(emulator)) as other:
+        assert (await other.apply("s1", wanted)).ok
+    result = await sink.apply("s1", wanted)
+    assert result.outcome is Outcome.APPLIED
+    assert calls(emulator, "PATCH", 412) == 1
+    assert len([h for h in emulator.history("s1") if h["typing_indicator"]]) == 2
 
 
 # --- 5xx, timeouts, circuit breaker ---

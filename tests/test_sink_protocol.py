@@ -80,17 +80,82 @@ async def test_second_401_after_a_fresh_token_is_an_auth_config_error() -> None:
     )
 
 
-async def test_retry_after_as_an_http_date() -> None:
+async def test_retry_after_as_an_http_date_pauses_the_budget() -> None:
     clock = ManualClock(start_ms=1_700_000_000_000)
-    answers = iter(
-        [
-            # one second after the clock's now, in IMF-fixdate form
-            httpx.Response(429, headers={"Retry-After": "Tue, 14 Nov 2023 22:13:21 GMT"}),
-            httpx.Response(200, json=SESSION, headers={"ETag": "e1"}),
-            httpx.Response(200, json=SESSION, headers={"ETag": "e2"}),
-        ]
-    )
-    assert await apply_with(lambda request: next(answers), clock) == (Outcome.APPLIED, 3)
+    # one second after the clock's now, in IMF-fixdate form
+    throttled = httpx.Response(429, headers={"Retry-After": "Tue, 14 Nov 2023 22:13:21 GMT"})
+    desired = Indicator(Status.TYPING, clock.now_ms(), clock.now_ms() + 60_000, 1)
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(token_or(lambda r: throttled))) as http,
+        GenesysSink(CONFIG, http=http, clock=clock) as sink,
+    ):
+        result = await sink.apply("s1", desired)
+        assert (result.outcome, result.attempts) == (Outcome.RATE_LIMITED, 1)
+        assert sink.budget.paused_for() == pytest.approx(1.0, abs=0.1)
+
+
+@pytest.mark.parametrize(
+    ("failure", "ambiguous"),
+    [
+        (httpx.ReadTimeout("slow"), True),  # it may have reached the service
+        (httpx.RemoteProtocolError("cut"), True),
+        (httpx.ConnectError("refused"), False),  # it never left
+    ],
+)
+async def test_an_unanswered_patch_makes_the_outcome_ambiguous(
+    failure: Exception, ambiguous: bool
+) -> None:
+    def script(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json=SESSION, headers={"ETag": "e1"})
+        raise failure
+
+    clock = ManualClock()
+    desired = Indicator(Status.TYPING, clock.now_ms(), clock.now_ms() + 60_000, 1)
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(token_or(script))) as http,
+        GenesysSink(CONFIG, http=http, clock=clock) as sink,
+    ):
+        result = await sink.apply("s1", desired)
+    assert result.outcome is Outcome.FAILED
+    assert result.ambiguous is ambiguous
+
+
+async def test_a_5xx_on_a_patch_is_ambiguous_but_on_a_read_it_is_not() -> None:
+    def script(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json=SESSION, headers={"ETag": "e1"})
+        return httpx.Response(504)
+
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(token_or(script))) as http,
+        GenesysSink(CONFIG, http=http) as sink,
+    ):
+        patched = await sink.apply("s1", None)
+        assert (patched.outcome, patched.ambiguous) == (Outcome.FAILED, True)
+    failing_read = token_or(lambda request: httpx.Response(503))
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(failing_read)) as http,
+        GenesysSink(CONFIG, http=http) as sink,
+    ):
+        read = await sink.read_back("s1")
+        assert (read.outcome, read.ambiguous) == (Outcome.FAILED, False)
+
+
+async def test_read_back_reports_the_indicator_it_finds() -> None:
+    shown = {"status": "typing", "originatedAt": 1, "expiresAt": 9, "version": 4}
+    body = {**SESSION, "customAttributes": {"typingIndicator": shown, "other": 1}}
+    async with (
+        httpx.AsyncClient(
+            transport=httpx.MockTransport(
+                token_or(lambda request: httpx.Response(200, json=body, headers={"ETag": "e7"}))
+            )
+        ) as http,
+        GenesysSink(CONFIG, http=http) as sink,
+    ):
+        result = await sink.read_back("s1")
+        assert result.remote_indicator == Indicator(Status.TYPING, 1, 9, 4)
+        assert sink.cached_etag("s1") == "e7"  # the next PATCH needs no GET
 
 
 async def test_login_service_outage_is_retried_then_failed() -> None:

@@ -1,0 +1,120 @@
+"""The API budget of one OAuth client share: pure arithmetic on an injected clock."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processor.budget import ApiBudget
+
+
+class Monotonic:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_starts_with_its_burst_and_refills_at_its_rate() -> None:
+    clock = Monotonic()
+    budget = ApiBudget(300, burst_s=2.0, monotonic=clock)  # 5/s, 10 at once
+    assert budget.level() == pytest.approx(10)
+    budget.spend(10)
+    assert budget.level() == pytest.approx(0)
+    assert budget.wait_s() == pytest.approx(0.2)
+    clock.now += 0.2
+    assert budget.level() == pytest.approx(1)
+    clock.now += 100
+    assert budget.level() == pytest.approx(10)  # never more than the burst
+
+
+def test_spending_beyond_the_level_is_debt_that_delays_what_follows() -> None:
+    clock = Monotonic()
+    budget = ApiBudget(60, burst_s=1.0, monotonic=clock)  # 1/s, at least 2 held
+    budget.spend(4)
+    assert budget.level() == pytest.approx(-2)
+    assert budget.wait_s() == pytest.approx(3.0)
+    assert budget.spent == 4
+    budget.refund(1)
+    assert (budget.level(), budget.spent) == (pytest.approx(-1), 3)
+
+
+def test_share_follows_the_partitions_owned() -> None:
+    clock = Monotonic()
+    budget = ApiBudget(600, burst_s=1.0, monotonic=clock)  # 10/s for the whole client
+    budget.set_share(1, 4)
+    assert budget.rate_per_s == pytest.approx(2.5)
+    assert budget.level() <= 2.5  # the burst shrinks with the share
+    budget.set_share(0, 4)
+    assert budget.rate_per_s == 0
+    assert budget.wait_s(budget.level() + 1) == math.inf
+    with pytest.raises(ValueError, match="fraction"):
+        budget.set_share(5, 4)
+
+
+def test_retry_after_pauses_and_restarts_from_empty() -> None:
+    clock = Monotonic()
+    budget = ApiBudget(600, monotonic=clock)
+    budget.pause(3.0)
+    assert budget.level() <= 0
+    assert budget.paused_for() == pytest.approx(3.0)
+    assert budget.wait_s() == pytest.approx(3.0 + 0.1)
+    budget.pause(1.0)  # an earlier end never shortens a pause in force
+    assert budget.paused_for() == pytest.approx(3.0)
+    clock.now += 3.0
+    assert budget.level() == pytest.approx(0)  # no burst built up during the pause
+    clock.now += 0.1
+    assert budget.level() == pytest.approx(1)
+
+
+def test_window_headers_cap_spending_to_this_replicas_part_of_what_is_left() -> None:
+    clock = Monotonic()
+    budget = ApiBudget(300, monotonic=clock)
+    budget.set_share(1, 2)
+    budget.observe(
+        {
+            "inin-ratelimit-count": "280",
+            "inin-ratelimit-allowed": "300",
+            "inin-ratelimit-reset": "10",
+        }
+    )
+    assert budget.level() <= 10  # half of the 20 left
+    assert budget.rate_per_s == pytest.approx(1.0)  # 10 over the 10 s left
+    budget.observe(
+        {
+            "inin-ratelimit-count": "300",
+            "inin-ratelimit-allowed": "300",
+            "inin-ratelimit-reset": "4",
+        }
+    )
+    assert budget.paused_for() == pytest.approx(4.0)
+    clock.now += 11
+    assert budget.rate_per_s == pytest.approx(2.5)  # the window reset: the share again
+    budget.observe({"inin-ratelimit-count": "x"})  # unusable headers are ignored
+    assert budget.rate_per_s == pytest.approx(2.5)
+
+
+@settings(max_examples=200)
+@given(
+    rate=st.integers(1, 6000),
+    steps=st.lists(st.tuples(st.floats(0, 5), st.integers(0, 3)), max_size=60),
+)
+def test_spending_only_what_is_there_never_exceeds_burst_plus_rate(
+    rate: int, steps: list[tuple[float, int]]
+) -> None:
+    """A scheduler that spends only whole tokens it has stays within burst + rate x time."""
+    clock = Monotonic()
+    budget = ApiBudget(rate, monotonic=clock)
+    start = clock.now
+    burst = budget.capacity
+    for gap, wanted in steps:
+        clock.now += gap
+        for _ in range(wanted):
+            if budget.level() >= 1:
+                budget.spend()
+        elapsed = clock.now - start
+        assert budget.spent <= burst + rate / 60 * elapsed + 1e-6
