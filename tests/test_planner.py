@@ -1,0 +1,215 @@
+"""The planner under a simulated budget and an injected clock (DESIGN §4b).
+
+Stores driven by generated typing traffic, a fake Genesys that applies every call after a
+latency, and the planner choosing each round what to send with the budget there is.
+Properties: never more calls than the budget; a clear is never starved by sets; no set is
+made whose clear (and every shown indicator's) could not be paid in time; and, with the
+budget honoured, every indicator is cleared within the I1 slack of its deadline.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processor.budget import ApiBudget
+from processor.clock import ManualClock
+from processor.domain import Outcome, SinkResult, Status
+from processor.models import TypingEvent
+from processor.planner import Capacity, Pick, Planner, PlannerConfig
+from processor.state import EngineConfig, PartitionStore, Work, WorkKind
+from processor.state.session import Session
+
+T0 = 1_700_000_000_000
+STEP_MS = 20
+LATENCY_MS = 40
+SLACK_MS = 1000
+CONFIG = EngineConfig(timer_resolution_ms=10)
+
+
+@dataclass(order=True)
+class _Due:
+    at: int
+    seq: int
+    work: Work = field(compare=False)
+    store: PartitionStore = field(compare=False)
+
+
+class Simulation:
+    """Stores, a budget, the planner and a fake Genesys on one manual clock."""
+
+    def __init__(self, partitions: int, rate_per_minute: int) -> None:
+        self.clock = ManualClock(T0)
+        self.monotonic = 0.0
+        self.budget = ApiBudget(rate_per_minute, monotonic=lambda: self.monotonic)
+        self.stores = [PartitionStore(p, CONFIG, self.clock) for p in range(partitions)]
+        self.planner = Planner(PlannerConfig(clear_slack_ms=SLACK_MS))
+        self.flying: list[_Due] = []
+        self.seq = 0
+        self.remote: dict[str, bool] = {}  # shown in Genesys
+        self.etags: set[str] = set()
+        self.calls = 0
+
+    def cost(self, session: Session) -> int:
+        return 1 if session.sid in self.etags else 2
+
+    def store_of(self, sid: str) -> PartitionStore:
+        return self.stores[hash(sid) % len(self.stores)]
+
+    def event(self, sid: str, status: Status, offset: int) -> None:
+        event = TypingEvent.model_construct(
+            event_id=f"{sid}-{offset}",
+            session_id=sid,
+            status=status,
+            occurred_at=self.clock.now_ms(),
+            timeout_ms=None,
+            participant=None,
+            channel=None,
+            target=None,
+        )
+        self.store_of(sid).on_event(event, offset)
+
+    def advance(self, ms: int) -> None:
+        self.clock.advance(ms)
+        self.monotonic += ms / 1000
+        now = self.clock.now_ms()
+        while self.flying and self.flying[0].at <= now:
+            due = heapq.heappop(self.flying)
+            work = due.work
+            if work.kind is not WorkKind.RESOLVE:
+                self.remote[work.session_id] = work.desired is not None
+            due.store.on_result(work, SinkResult(Outcome.APPLIED, http_status=200, attempts=1))
+        for store in self.stores:
+            store.on_tick()
+            store.drain()
+
+    def round(self) -> list[Pick]:
+        now = self.clock.now_ms()
+        capacity = Capacity(
+            tokens=self.budget.level(),
+            rate_per_ms=self.budget.rate_per_s / 1000,
+            slots=32,
+            set_slots=24,
+        )
+        queued_clears = sum(1 for store in self.stores for _ in store.queued_clears())
+        picks = self.planner.plan(self.stores, capacity, now, self.cost)
+        kinds = [pick.kind for pick in picks]
+        first_set = next((i for i, k in enumerate(kinds) if k is WorkKind.SET), len(kinds))
+        clears_picked = sum(1 for k in kinds if k in (WorkKind.CLEAR, WorkKind.RESOLVE))
+        # a clear is never starved by sets: no set while a clear waits unpicked
+        if first_set < len(kinds):
+            assert clears_picked == queued_clears, "a set went out before a waiting clear"
+            assert all(k is not WorkKind.CLEAR for k in kinds[first_set:])
+        spent = sum(pick.cost for pick in picks)
+        assert spent <= max(0.0, capacity.tokens) + 1e-9, "more calls than the budget holds"
+        for pick in picks:
+            work = pick.store.take(pick.session_id)
+            assert work is not None
+            self.budget.spend(pick.cost)
+            self.calls += pick.cost
+            self.etags.add(work.session_id)
+            self.seq += 1
+            heapq.heappush(self.flying, _Due(now + LATENCY_MS, self.seq, work, pick.store))
+        if any(k is WorkKind.SET for k in kinds):
+            self.check_clears_payable(now)
+        return picks
+
+    def check_clears_payable(self, now: int) -> None:
+        """Every shown (or being shown) indicator's clear can be paid by its due time."""
+        clearing = {d.work.session_id for d in self.flying if d.work.kind is WorkKind.CLEAR}
+        dues = []
+        for store in self.stores:
+            for s in store.shown_webchat():
+                if s.sid in clearing:
+                    continue  # paid already
+                wanted = s.status is not None and s.deadline > now
+                dues.append((s.deadline if wanted else now) + SLACK_MS)
+        dues.sort()
+        level = self.budget.level()
+        rate = self.budget.rate_per_s / 1000
+        for k, due in enumerate(dues, start=1):
+            assert k <= level + rate * (due - now) + 1e-6, (
+                f"clear {k} of {len(dues)} due in {due - now} ms cannot be paid"
+            )
+
+
+@st.composite
+def traffic(draw: st.DrawFn) -> list[tuple[int, str, Status]]:
+    """Typing bursts of a few sessions: (time ms, session, status), time-ordered."""
+    sessions = draw(st.integers(2, 30))
+    out: list[tuple[int, str, Status]] = []
+    for n in range(sessions):
+        t = draw(st.integers(0, 3000))
+        for _ in range(draw(st.integers(1, 3))):
+            length = draw(st.integers(300, 6000))
+            end = t + length
+            while t < end:
+                out.append((t, f"s{n}", Status.TYPING))
+                t += draw(st.integers(200, 900))
+            if draw(st.booleans()):
+                out.append((t, f"s{n}", Status.STOPPED))
+            t += draw(st.integers(500, 4000))
+    return sorted(out, key=lambda item: item[0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    events=traffic(),
+    rate=st.sampled_from([30, 60, 300, 1200]),
+    partitions=st.integers(1, 4),
+)
+def test_budget_is_honoured_clears_first_and_never_starved(
+    events: list[tuple[int, str, Status]], rate: int, partitions: int
+) -> None:
+    sim = Simulation(partitions, rate)
+    offsets = 0
+    elapsed = 0
+    index = 0
+    horizon = (events[-1][0] if events else 0) + 20_000
+    while elapsed <= horizon:
+        while index < len(events) and events[index][0] <= elapsed:
+            _, sid, status = events[index]
+            offsets += 1
+            sim.event(sid, status, offsets)
+            index += 1
+        sim.round()
+        sim.advance(STEP_MS)
+        elapsed += STEP_MS
+    # never more calls than the budget: its burst plus its rate over the run
+    assert sim.calls <= sim.budget.capacity + rate / 60_000 * horizon + 2
+    # everything settles: nothing left shown, nothing left queued
+    assert not any(sim.remote.values())
+    assert all(store.queued_work == 0 and store.in_flight == 0 for store in sim.stores)
+
+
+def test_ranks_sets_by_value_and_keeps_budget_for_clears() -> None:
+    sim = Simulation(1, 60)  # one call a second, two held
+    store = sim.stores[0]
+    sim.etags.update({"fresh", "old", "shown"})
+    # "shown" is set and stays typing; "old" has typed for a long while; "fresh" just began
+    sim.event("shown", Status.TYPING, 1)
+    sim.round()
+    sim.advance(LATENCY_MS)
+    sim.event("old", Status.TYPING, 2)
+    for step in range(8):
+        sim.advance(500)
+        sim.event("old", Status.TYPING, 10 + step)
+        sim.event("shown", Status.TYPING, 30 + step)
+    sim.event("fresh", Status.TYPING, 50)
+    queued = {s.sid for s in store.queued_sets()}
+    assert queued == {"old", "fresh"}
+    picks = sim.planner.plan(
+        sim.stores, Capacity(tokens=2.0, rate_per_ms=1 / 1000, slots=8, set_slots=8),
+        sim.clock.now_ms(), sim.cost,
+    )  # fmt: skip
+    sets = [p.session_id for p in picks if p.kind is WorkKind.SET]
+    assert sets[:1] == ["fresh"]  # a young burst is worth more than an old one
+    # with one token, a set would leave the shown indicator's clear unpaid in time
+    starved = sim.planner.plan(
+        sim.stores, Capacity(tokens=1.0, rate_per_ms=0.0, slots=8, set_slots=8),
+        sim.clock.now_ms(), sim.cost,
+    )  # fmt: skip
+    assert [p for p in starved if p.kind is WorkKind.SET] == []
