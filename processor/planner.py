@@ -205,7 +205,8 @@ class Planner:
                     continue
                 wanted = s.status is not None and s.deadline > now
                 dues.append((s.deadline if wanted else now) + slack)
-                if wanted and s.deadline > s.remote_expires:
+                if wanted and s.remote is not None and s.deadline > s.remote_expires:
+                    # typing goes on past what Genesys shows: a refresh is owed first
                     dues.append(max(now, s.remote_expires - store.refresh_lead_ms(s)))
         return dues
 

@@ -73,7 +73,7 @@ def test_retry_after_pauses_and_restarts_from_empty() -> None:
 
 def test_window_headers_cap_spending_to_this_replicas_part_of_what_is_left() -> None:
     clock = Monotonic()
-    budget = ApiBudget(300, monotonic=clock)
+    budget = ApiBudget(300, burst_s=2.0, monotonic=clock)
     budget.set_share(1, 2)
     budget.observe(
         {
