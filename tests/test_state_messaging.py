@@ -1,0 +1,238 @@
+"""The state engine with messaging targets (DESIGN §2b): durations, refreshes without a gap,
+no call for `stopped`, lapses recorded, target moves, and intents across a crash."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processor.clock import ManualClock
+from processor.domain import AgentTypingTarget, ChangeReason, Decision, Outcome, SinkResult, Status
+from processor.models import CrmStatus, TypingEvent
+from processor.state import EngineConfig, PartitionStore, Work, WorkKind
+
+T0 = 1_700_000_000_000
+CONV = "c0b5a0d4-5a3f-4a1e-8d6b-6b7a1c2d3e4f"
+COMM = "0e9a2b1c-3d4e-4f50-8a6b-7c8d9e0f1a2b"
+INTEGRATION = "2f0c6a4e-8d8b-4c8e-9a55-0d4c5b7a1e21"
+AGENT = {"kind": "agent_typing", "conversation_id": CONV, "communication_id": COMM}
+OPEN = {"kind": "open_messaging", "integration_id": INTEGRATION, "from_id": "cust-1"}
+APPLIED = SinkResult(Outcome.APPLIED, http_status=202, attempts=1)
+_ids = itertools.count()
+
+
+def ev(
+    sid: str,
+    status: Status,
+    at: int,
+    target: dict[str, Any] | None = AGENT,
+    timeout: int | None = None,
+    eid: str | None = None,
+) -> TypingEvent:
+    return TypingEvent.model_validate(
+        {
+            "event_id": eid or f"e{next(_ids)}",
+            "session_id": sid,
+            "status": status.value,
+            "occurred_at": at,
+            "timeout_ms": timeout,
+            "target": target,
+        }
+    )
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0)
+
+
+@pytest.fixture
+def store(clock: ManualClock) -> PartitionStore:
+    return PartitionStore(0, EngineConfig(messaging_max_duration_ms=5000), clock)
+
+
+def test_a_set_sends_the_time_to_the_deadline_clamped(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=20_000), 1)
+    [work] = store.take_work(5)
+    assert work.target == AgentTypingTarget(CONV, COMM)
+    assert work.duration_ms == 5000  # at most the configured maximum
+    assert work.desired is not None and work.desired.expires_at == T0 + 5000
+    store.on_result(work, APPLIED)
+    clock.advance(1000)
+    store.on_event(ev("s2", Status.TYPING, clock.now_ms() - 2500, timeout=3000), 2)
+    [short] = store.take_work(5)
+    assert short.duration_ms == 1000  # 500 ms left, but never less than a second
+
+
+def test_refreshes_keep_it_shown_while_typing_goes_on_then_it_lapses(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=5000), 1)
+    [first] = store.take_work(5)
+    store.on_result(first, APPLIED)
+    shown_until = T0 + 5000
+    calls = [first]
+    offset = 2
+    # keystrokes every 700 ms for 12 s: the indicator must never lapse meanwhile
+    while clock.now_ms() < T0 + 12_000:
+        clock.advance(100)
+        if (clock.now_ms() - T0) % 700 == 0:
+            store.on_event(ev("s1", Status.TYPING, clock.now_ms(), timeout=5000), offset)
+            offset += 1
+        store.on_tick()
+        for work in store.take_work(5):
+            assert work.kind is WorkKind.REFRESH
+            assert clock.now_ms() < shown_until, "a refresh came after the indicator lapsed"
+            store.on_result(work, APPLIED)
+            assert work.desired is not None
+            shown_until = work.desired.expires_at
+            calls.append(work)
+    out = store.drain()
+    assert [c.version for c in out.changes] == list(range(1, len(calls) + 1))
+    assert all(c.status is CrmStatus.TYPING for c in out.changes)  # one record per call
+    # typing stops: no call, and the indicator lapses at "shown until"
+    deadline = store.session("s1").deadline  # type: ignore[union-attr]
+    clock.set(deadline + 1)
+    store.on_tick()
+    assert store.take_work(5) == []
+    clock.set(max(shown_until, deadline) + 10)
+    store.on_tick()
+    out = store.drain()
+    assert [(c.status, c.reason, c.version) for c in out.changes] == [
+        (CrmStatus.CLEARED, ChangeReason.EXPIRED, len(calls) + 1)
+    ]
+    assert [a.result for a in out.audits] == [Decision.LAPSED]
+    assert shown_until <= deadline + 1000  # shown until at most a second past the deadline
+
+
+def test_stopped_costs_no_call_and_is_decided_when_the_indicator_lapses(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0, target=OPEN), 1)
+    [work] = store.take_work(5)
+    store.on_result(work, APPLIED)
+    store.drain()
+    clock.advance(500)
+    store.on_event(ev("s1", Status.STOPPED, clock.now_ms(), target=OPEN, eid="stop"), 2)
+    assert store.take_work(5) == []
+    assert store.drain().audits == []  # the stop waits for the lapse
+    assert work.desired is not None
+    clock.set(work.desired.expires_at)
+    store.on_tick()
+    out = store.drain()
+    assert [(c.status, c.reason) for c in out.changes] == [
+        (CrmStatus.CLEARED, ChangeReason.STOPPED)
+    ]
+    assert [(a.event_id, a.result) for a in out.audits] == [("stop", Decision.LAPSED)]
+    assert store.take_work(5) == []
+
+
+def test_not_found_forgets_the_session(store: PartitionStore) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0), 1)
+    [work] = store.take_work(5)
+    store.on_result(work, SinkResult(Outcome.SESSION_NOT_FOUND, http_status=404))
+    assert [a.result for a in store.drain().audits] == [Decision.SESSION_NOT_FOUND]
+    assert store.session("s1") is None
+
+
+def test_moving_a_shown_webchat_indicator_clears_it_first(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0, target=None), 1)
+    [webchat] = store.take_work(5)
+    assert webchat.target is None
+    store.on_result(webchat, APPLIED)
+    clock.advance(300)
+    store.on_event(ev("s1", Status.TYPING, clock.now_ms(), target=AGENT), 2)
+    [clear] = store.take_work(5)
+    assert (clear.kind, clear.target, clear.desired) == (WorkKind.CLEAR, None, None)
+    store.on_result(clear, APPLIED)
+    [moved] = store.take_work(5)
+    assert (moved.kind, moved.target) == (WorkKind.SET, AgentTypingTarget(CONV, COMM))
+    store.on_result(moved, APPLIED)
+    statuses = [(c.status, c.version) for c in store.drain().changes]
+    assert statuses == [(CrmStatus.TYPING, 1), (CrmStatus.CLEARED, 2), (CrmStatus.TYPING, 3)]
+
+
+def test_moving_away_from_a_messaging_target_records_its_lapse(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0, target=AGENT), 1)
+    store.on_result(store.take_work(5)[0], APPLIED)
+    clock.advance(300)
+    store.on_event(ev("s1", Status.TYPING, clock.now_ms(), target=OPEN), 2)
+    [moved] = store.take_work(5)
+    assert moved.target is not None and moved.kind is WorkKind.SET
+    changes = [(c.status, c.reason) for c in store.drain().changes]
+    assert changes == [
+        (CrmStatus.TYPING, ChangeReason.EVENT),
+        (CrmStatus.CLEARED, ChangeReason.EVENT),
+    ]
+
+
+def test_a_restored_messaging_intent_counts_as_landed(clock: ManualClock) -> None:
+    config = EngineConfig()
+    store = PartitionStore(0, config, clock)
+    store.on_event(ev("s1", Status.TYPING, T0, eid="cause"), 7)
+    [work] = store.take_work(5)
+    log = store.drain().changelog  # the intent is on the changelog before the call
+    restored = PartitionStore.restore(0, config, clock, log)
+    out = restored.drain()
+    assert [(c.status, c.version) for c in out.changes] == [(CrmStatus.TYPING, 1)]
+    assert [(a.event_id, a.result) for a in out.audits] == [("cause", Decision.APPLIED)]
+    session = restored.session("s1")
+    assert session is not None and session.intent is None
+    assert session.remote_expires == work.issued_at + work.duration_ms
+    restored.on_event(ev("s1", Status.TYPING, T0 + 10, timeout=60_000), 8)
+    clock.advance(4000)
+    restored.on_tick()
+    [refresh] = restored.take_work(5)
+    assert refresh.version == 2  # versions never repeat
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    gaps=st.lists(st.integers(100, 1400), min_size=1, max_size=40),
+    latency=st.integers(0, 400),
+    maximum=st.integers(1000, 8000),
+)
+def test_shown_until_never_lapses_while_typing_and_ends_within_a_second_of_the_deadline(
+    gaps: list[int], latency: int, maximum: int
+) -> None:
+    clock = ManualClock(T0)
+    store = PartitionStore(0, EngineConfig(messaging_max_duration_ms=maximum), clock)
+    timeout = 1500
+    events = [T0]
+    for gap in gaps:
+        events.append(events[-1] + gap)
+    pending: list[tuple[int, Work]] = []
+    shown: list[tuple[int, int]] = []  # (sent at, shown until)
+    offset = 0
+    end = events[-1] + timeout + 2000
+    while clock.now_ms() <= end:
+        now = clock.now_ms()
+        while events and events[0] <= now:
+            offset += 1
+            store.on_event(ev("s1", Status.TYPING, events.pop(0), timeout=timeout), offset)
+        store.on_tick()
+        for at, work in [p for p in pending if p[0] <= now]:
+            pending.remove((at, work))
+            store.on_result(work, APPLIED)
+        for work in store.take_work(5):
+            shown.append((now + latency, now + latency + work.duration_ms))
+            pending.append((now + latency, work))
+        clock.advance(10)
+    # every keystroke's deadline is covered from the first call on, without a gap
+    last_deadline = T0 + sum(gaps) + timeout
+    covered_until = shown[0][1]
+    for sent, until in shown[1:]:
+        assert sent <= covered_until, f"gap from {covered_until} to {sent}"
+        covered_until = max(covered_until, until)
+    assert covered_until >= last_deadline - 10 - latency  # typing was shown to its end
+    assert covered_until <= last_deadline + 1000 + latency  # and lapsed within the bound
