@@ -8,7 +8,9 @@ out, from the state at that moment; nothing waits inside the sink. In order:
    first;
 3. new sets, most valuable first: the value of a set is the typing it can still show,
    at least the time to its deadline, less what its age says (an indicator asked for
-   long ago is likely over soon).
+   long ago is likely over soon). A status change (typing <-> paused) of an indicator
+   already shown adds little (it is shown either way) unless its `expiresAt` is about to
+   pass: then it goes with the refreshes.
 
 A set is only made when the budget can also pay for what shown indicators will need in
 time: each shown webchat indicator owes a clear by its deadline plus the I1 slack, and
@@ -38,10 +40,13 @@ class PlannerConfig:
     Attributes:
         clear_slack_ms: the I1 bound: a clear is due by the deadline plus this.
         age_weight: how much a set's value drops per ms of its cause's age.
+        status_change_weight: the share of a set's value a status change (typing <->
+            paused) of an indicator already shown keeps.
     """
 
     clear_slack_ms: int = 1000
     age_weight: float = 0.25
+    status_change_weight: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,18 +153,30 @@ class Planner:
             slots -= 1
 
         refreshes = [(s, store) for store in stores for s in store.queued_refreshes()]
+        candidates: list[tuple[Session, PartitionStore]] = []
+        for store in stores:
+            for s in store.queued_sets():
+                if s.remote is None:
+                    candidates.append((s, store))
+                elif now >= s.remote_expires - store.refresh_lead_ms(s):
+                    # a status change of a shown indicator about to expire: it refreshes it
+                    refreshes.append((s, store))
+                else:
+                    # a status change (typing <-> paused) of a shown indicator: the
+                    # indicator stays shown meanwhile, so it is worth less than a new one
+                    candidates.append((s, store))
         refreshes.sort(key=lambda item: item[0].remote_expires)
         for s, store in refreshes:
             price = cost(s)
             if slots <= 0 or set_slots <= 0 or tokens < price:
                 return picks
-            picks.append(Pick(store, s.sid, WorkKind.REFRESH, price))
+            kind = WorkKind.REFRESH if s.remote is s.status else WorkKind.SET
+            picks.append(Pick(store, s.sid, kind, price))
             taken.add(s.sid)
             tokens -= price
             slots -= 1
             set_slots -= 1
 
-        candidates = [(s, store) for store in stores for s in store.queued_sets()]
         room = min(slots, set_slots, int(tokens))
         if not candidates or room <= 0:
             return picks
@@ -176,7 +193,10 @@ class Planner:
             else _Obligations(self._owed(stores, taken, now), capacity.rate_per_ms, now)
         )
         if len(candidates) > room or debt is not None:
-            candidates.sort(key=lambda item: self._value(item[0], now), reverse=True)
+            # value per call: a set that needs a GET first (no ETag yet) costs more
+            candidates.sort(
+                key=lambda item: self._value(item[0], now) / (cost(item[0]) + 1), reverse=True
+            )
         for s, store in candidates:
             price = cost(s)
             if slots <= 0 or set_slots <= 0 or tokens < price:
@@ -211,5 +231,9 @@ class Planner:
         return dues
 
     def _value(self, s: Session, now: int) -> float:
-        """Typing a set can still show: the time to its deadline, less a share of its age."""
-        return (s.deadline - now) - self._config.age_weight * (now - s.originated)
+        """Typing a set can still show: the time to its deadline, less a share of its age
+        (a status change of a shown indicator shows nothing new: a small share of that)."""
+        value = (s.deadline - now) - self._config.age_weight * (now - s.originated)
+        if s.remote is not None:
+            value *= self._config.status_change_weight
+        return value

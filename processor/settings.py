@@ -188,7 +188,7 @@ class TypingSettings(BaseSettings):
     topic_partitions: int = Field(6, ge=1, le=10_000)
     topic_replication_factor: int = Field(1, ge=1, le=16)
     max_in_flight: int = Field(32, ge=1, le=10_000)
-    fetch_max_wait_ms: int = Field(50, ge=1, le=10_000)
+    fetch_max_wait_ms: int = Field(20, ge=1, le=10_000)
     # Input offsets are committed (and the changelog write cache flushed) this often.
     commit_interval_ms: int = Field(1000, ge=10, le=60_000)
     # Longest `duration` of one messaging typing call (DESIGN §2b): bounds a phantom.

@@ -6,9 +6,8 @@ properties:
 - I2: Genesys' `expiresAt` never lapses while the participant types, and ends at the last
   deadline;
 - economy: refreshes come from events only; any two refreshes after a given one are at
-  least `timeout - lead` later (so on average no closer than 3/8 of a timeout with the
-  default lead), and while events come at least every quarter timeout, consecutive calls
-  are at least half a timeout apart.
+  least `timeout - lead` later, and while events come at least every quarter timeout,
+  consecutive calls are at least half a timeout apart.
 No rule with a positive lead can promise more for arbitrary gaps: an event just after a
 refresh, and the next one `timeout - lead` later, force two calls per `timeout - lead`.
 """

@@ -243,12 +243,12 @@ def test_refresh_is_not_blocked_by_the_suppression_window(clock: ManualClock) ->
     store = PartitionStore(0, EngineConfig(suppression_window_ms=60_000), clock)
     store.on_event(ev("s1", Status.TYPING, T0, timeout=1000), 0)
     apply_all(store)
-    clock.advance(800)  # past the refresh point (a quarter timeout before expiresAt)
+    clock.advance(900)  # past the refresh point (the lead before expiresAt)
     store.on_event(ev("s1", Status.TYPING, clock.now_ms(), timeout=1000), 1)
     [work] = store.take_work(5)
     assert work.kind is WorkKind.REFRESH
     assert work.desired is not None
-    assert work.desired.expires_at == T0 + 1800
+    assert work.desired.expires_at == T0 + 1900
     assert work.desired.originated_at == T0  # the indicator's run started then
     assert work.version == 2
 

@@ -244,9 +244,9 @@ class PartitionWorker:
             self.store.on_result(item.work, item.result)
             turn_span = item.span
         self.store.on_tick()
+        if self._on_queued is not None and self.store.queued_work and not self._closing:
+            self._on_queued()  # calls taken now are flushed and launched in this turn
         await self._publish(batch, turn_span, flush=isinstance(item, _Stop))
-        if self._on_queued is not None and self.store.queued_work:
-            self._on_queued()
 
     def _process(self, record: ConsumerRecord[bytes, bytes], batch: OutboundBatch) -> None:
         tracing = self._tracing

@@ -83,6 +83,14 @@ class Scheduler:
         """Something may be sendable now: plan a round soon."""
         self._poked.set()
 
+    def plan_now(self) -> None:
+        """A worker queued work: plan a round at once when budget and a slot are at hand,
+        so that its calls go out in the worker's current turn (else soon, as `poke`)."""
+        if self._budget.level() >= 1 and self._reconciler.free_slots > 0:
+            self.plan_round()
+        else:
+            self._poked.set()
+
     def _cost(self, session: Session) -> int:
         # A webchat call without a cached ETag reads the session first.
         if session.target is None and self._reconciler.sink.cached_etag(session.sid) is None:

@@ -329,7 +329,7 @@ class TypingProcessor:
                 self.counters,
                 flush_interval_ms=self.settings.typing.commit_interval_ms,
                 on_ready=functools.partial(self.scheduler.attach, partition),
-                on_queued=self.scheduler.poke,
+                on_queued=self.scheduler.plan_now,
                 on_applied=self._on_applied,
                 tracing=self.telemetry.partition_tracing(topic, partition, self._outbound_topics),
             )

@@ -22,12 +22,14 @@ class EngineConfig:
         timeouts: indicator lifetime by status x role when an event has no `timeout_ms`.
         refresh_fraction: refresh Genesys' `expiresAt` once it is closer to now than this
             fraction of the timeout (the lead) while the deadline lies beyond it (I2). The
-            lead must cover queueing and one call's latency; a late refresh carries a
-            later deadline, so a small lead means few refreshes. A refresh needs an event
-            since the previous call, and with live events any two refreshes after a given
-            call come at least `timeout - lead` after it: on average no closer than 3/8 of
-            a timeout with the default lead, and consecutive calls at least half a timeout
-            apart while events come at least every quarter timeout (`timeout - lead - gap`).
+            lead must cover queueing for budget (clears go first) and one call's latency;
+            a late refresh carries a later deadline, so a small lead means few refreshes,
+            and refreshes are what keeping a long burst shown costs under a tight budget
+            (600 ms of a 5 s timeout by default). A refresh needs an event since the
+            previous call, and with live events any two refreshes after a given call come
+            at least `timeout - lead` after it, and consecutive calls at least half a
+            timeout apart while events come at least every quarter timeout
+            (`timeout - lead - gap`).
             No rule with a positive lead does better for arbitrary gaps: an event right
             after a refresh and the next one `timeout - lead` later force two calls.
         min_set_lifetime_ms: a set with less lifetime than this left when it is about to be
@@ -48,10 +50,10 @@ class EngineConfig:
 
     suppression_window_ms: int = 1500
     timeouts: TimeoutMatrix = field(default_factory=TimeoutMatrix)
-    refresh_fraction: float = 0.25
+    refresh_fraction: float = 0.12
     min_set_lifetime_ms: int = 100
     clear_slack_ms: int = 1000
-    timer_resolution_ms: int = 10
+    timer_resolution_ms: int = 2
     idle_evict_ms: int = 300_000
     dedupe_capacity: int = 100_000
     retry_base_ms: int = 250
