@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 
-DEFAULT_BURST_S = 5.0
+DEFAULT_BURST_S = 3.0
 """Seconds of budget that may go back to back (the bucket's capacity)."""
 MIN_CAPACITY = 2.0
 """The bucket holds at least the dearest call (a GET then a PATCH), however low the rate."""

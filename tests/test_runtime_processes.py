@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,3 +115,42 @@ async def test_two_processes_rebalance_without_losing_a_clear(
         history = emulator.history(session_id)
         clears = [h for h in history if h["typing_indicator"] is None]
         assert len(clears) == 1, history
+
+
+async def test_two_replicas_share_one_budget_without_a_429(
+    run_env: dict[str, str], processes: list[RunProcess], tmp_path: Path, emulator: EmulatorHandle
+) -> None:
+    """The service allows exactly the configured budget; two busy replicas stay within it."""
+    rate = 120
+    emulator.set_faults(rate_limit_per_minute=rate, rate_limit_burst=rate // 12)
+    env = {**run_env, "TYPING_API_RATE_PER_MINUTE": str(rate)}
+    sessions = [f"q-{i}" for i in range(40)]
+    for session_id in sessions:
+        emulator.create_session(session_id)
+    one = spawn(processes, env, tmp_path / "one.log")
+    two = spawn(processes, env, tmp_path / "two.log")
+    await eventually(
+        lambda: all("spending 2/4" in p.log_text() for p in (one, two)),
+        60,
+        "both replicas own two of the four partitions",
+    )
+    async with Producer(env["KAFKA_BOOTSTRAP_SERVERS"], env["TYPING_INPUT_TOPIC"]) as p:
+        # far more wanted than the budget allows: every session types, stops, types again
+        for round_number in range(12):
+            for session_id in sessions:
+                status = "stopped" if round_number % 3 == 2 else "typing"
+                await p.send(typing_event(session_id, status, timeout_ms=3_000))
+            await asyncio.sleep(1.0)  # pacing the traffic, not synchronisation
+    await eventually(
+        lambda: not any(shown(emulator, s) for s in sessions), 60, "every indicator cleared"
+    )
+    stats = emulator.stats()
+    answered = {
+        int(code): int(count)
+        for route, statuses in stats["by_route"].items()
+        if route.split(" ", 1)[-1].startswith("/api/")
+        for code, count in statuses.items()
+    }
+    assert answered.get(429, 0) == 0, answered
+    # and the budget was used, not left idle: well over a third of 120/min over the run
+    assert sum(answered.values()) >= rate / 60 * 12 / 3
