@@ -283,6 +283,7 @@ class FakeProcessor:
     counters: FakeCounters = field(default_factory=FakeCounters)
     ready: bool = True
     reachable: bool = True
+    problem: str | None = None
 
     def partition_stats(self) -> list[Stats]:
         return [Stats(0, 5, 1, 2, 3), Stats(1, 0, 0, 0, None)]
@@ -340,6 +341,15 @@ async def test_readyz_names_what_is_missing(ops: OpsEndpoint) -> None:
     processor.reachable = False
     answer = await get(ops, "/readyz")
     assert (answer.status_code, answer.json()["reason"]) == (503, "Kafka cluster unreachable")
+    processor.problem = "partition 2 stopped committing (nothing is skipped): KafkaError"
+    answer = await get(ops, "/readyz")
+    assert (answer.status_code, answer.json()["reason"]) == (503, processor.problem)
+    ops.telemetry.forget(processor)
+    ops.telemetry.last_failure = "partition 2 stopped committing"
+    answer = await get(ops, "/readyz")
+    assert answer.json()["reason"] == (
+        "processor not running; restarting after: partition 2 stopped committing"
+    )
 
 
 async def test_healthz_fails_when_the_event_loop_stalls(ops: OpsEndpoint) -> None:

@@ -85,13 +85,17 @@ async def _run_until_stopped(
         try:
             await processor.run(stop)
             failures = 0
+            telemetry.last_failure = None
         except TopicError as exc:
             log.error("topic set-up is wrong: %s", exc)
             return 2
         except (KafkaError, OSError) as exc:
             delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
             failures += 1
-            log.warning("Kafka unavailable (%s); restarting in %.0fs", exc, delay)
+            telemetry.last_failure = str(exc)
+            log.warning(
+                "processing stopped (%s); restarting from the last commit in %.0fs", exc, delay
+            )
             try:
                 async with asyncio.timeout(delay):
                     await stop.wait()

@@ -103,8 +103,12 @@ class TypingProcessor:
     def problem(self) -> str | None:
         """Why a partition stopped committing, if one did (readiness says so)."""
         for partition, worker in self.workers.items():
-            if worker.failed is not None:
-                return f"partition {partition} stopped: {type(worker.failed).__name__}"
+            failed = worker.failed
+            if failed is not None:
+                return (
+                    f"partition {partition} stopped committing (nothing is skipped):"
+                    f" {type(failed).__name__}: {failed}"
+                )[:500]
         return None
 
     async def wait_ready(self) -> None:
@@ -275,11 +279,9 @@ class TypingProcessor:
             stopping.cancel()
 
     def _raise_if_failed(self) -> None:
-        for partition, worker in self.workers.items():
-            if worker.failed is not None:
-                raise KafkaError(
-                    f"partition {partition}: outbound records were not acknowledged"
-                ) from worker.failed
+        problem = self.problem
+        if problem is not None:
+            raise KafkaError(problem)
 
     def _apply_backpressure(self, consumer: AIOKafkaConsumer) -> None:
         topic = self.settings.typing.input_topic

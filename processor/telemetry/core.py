@@ -106,6 +106,11 @@ class Observed(Protocol):
         """Partitions assigned and restored."""
         ...
 
+    @property
+    def problem(self) -> str | None:
+        """Why a partition stopped committing, if one did."""
+        ...
+
     def partition_stats(self) -> Sequence[PartitionStats]:
         """Gauges of every owned partition."""
         ...
@@ -168,6 +173,8 @@ class Telemetry:
         # totals of processors that stopped, so counters stay monotonic across restarts
         self._retired: Counter[tuple[str, str]] = Counter()
         self._sinks: list[GenesysSink] = []
+        self.last_failure: str | None = None
+        """Why the processor last stopped and is being restarted (for `/readyz`)."""
         self.loop_lag_s = 0.0
         self._tracer: Tracer | None = None
         self._end_to_end: Histogram | None = None

@@ -90,7 +90,14 @@ class OpsEndpoint:
     async def _readyz(self, request: Request) -> Response:
         observed = self.telemetry.observed
         if not observed:
-            return _not_ready("processor not running")
+            failure = self.telemetry.last_failure
+            return _not_ready(
+                "processor not running"
+                + ("" if failure is None else f"; restarting after: {failure}")
+            )
+        for processor in observed:
+            if processor.problem is not None:
+                return _not_ready(processor.problem)
         if not all(processor.ready for processor in observed):
             return _not_ready("partitions not assigned or still restoring")
         reachable = await asyncio.gather(*(p.broker_reachable() for p in observed))
