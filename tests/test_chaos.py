@@ -1,0 +1,142 @@
+"""Replicas of `typing-processor run` in one group while they are joined, stopped and killed
+with calls in flight, asserted from outside: every input event audited, every change
+applied in Genesys recorded once for the CRM, versions strictly increasing, no phantom."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import re
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pipeline
+import pytest
+from pipeline import Producer, RunProcess, eventually, read_json, typing_event
+
+from processor.emulator.testing import EmulatorHandle
+
+pytestmark = pytest.mark.slow
+
+SESSIONS = [f"chaos-{i:02d}" for i in range(32)]
+TIMEOUT_MS = 2_500
+# A SIGKILLed member's partitions move after the session timeout (about 12 s), then are
+# restored: a clear may be that late, and no later.
+RESTORE_BOUND_MS = 30_000
+
+
+@pytest.fixture
+def processes() -> Iterator[list[RunProcess]]:
+    started: list[RunProcess] = []
+    yield started
+    for process in started:
+        process.kill()
+
+
+def spawn(processes: list[RunProcess], env: dict[str, str], log: Path) -> RunProcess:
+    process = RunProcess(env, log)
+    process.start()
+    processes.append(process)
+    return process
+
+
+def owned(process: RunProcess) -> int:
+    """Input partitions the replica owns now, from its latest log line saying so."""
+    found = re.findall(r"spending (\d+)/\d+ of the OAuth", process.log_text())
+    return int(found[-1]) if found else 0
+
+
+def shown(emulator: EmulatorHandle, session_id: str) -> bool:
+    return emulator.session(session_id)["customAttributes"].get("typingIndicator") is not None
+
+
+async def traffic(producer: Producer, seconds: float, sent: list[dict[str, Any]]) -> None:
+    """Bursts of typing with stops, over every session, until `seconds` have passed."""
+    rng = random.Random(1125)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while loop.time() < end:
+        for session_id in rng.sample(SESSIONS, 8):
+            status = rng.choices(["typing", "stopped"], weights=[4, 1])[0]
+            event = typing_event(session_id, status, timeout_ms=TIMEOUT_MS)
+            await producer.send(event)
+            sent.append(event)
+        await asyncio.sleep(0.25)  # pacing the traffic, not synchronisation
+
+
+async def test_replicas_join_stop_and_die_without_losing_a_record(
+    bootstrap_servers: str,
+    emulator: EmulatorHandle,
+    processes: list[RunProcess],
+    tmp_path: Path,
+) -> None:
+    env = pipeline.run_env(bootstrap_servers, emulator)
+    for session_id in SESSIONS:
+        emulator.create_session(session_id)
+    # slow answers: calls are in flight when a replica dies
+    emulator.set_faults(latency_ms=150, jitter_ms=250, conflict_rate=0.02)
+    first = spawn(processes, env, tmp_path / "first.log")
+    await eventually(lambda: "spending 4/4" in first.log_text(), 60, "first replica owns all")
+    sent: list[dict[str, Any]] = []
+    async with Producer(env["KAFKA_BOOTSTRAP_SERVERS"], env["TYPING_INPUT_TOPIC"]) as producer:
+        flow = asyncio.create_task(traffic(producer, 24.0, sent))
+        await asyncio.sleep(4)  # let the traffic run before each step (pacing the scenario)
+        second = spawn(processes, env, tmp_path / "second.log")
+        await eventually(lambda: "spending 2/4" in second.log_text(), 60, "second replica joined")
+        third = spawn(processes, env, tmp_path / "third.log")
+        await asyncio.sleep(3)
+        assert await asyncio.to_thread(first.terminate) == 0  # SIGTERM: drain, commit, leave
+        await eventually(
+            lambda: sum(owned(p) for p in (second, third)) == 4, 60, "the survivors own all"
+        )
+        await asyncio.sleep(2)
+        second.kill()  # SIGKILL with calls in flight: no flush, no commit, no leave
+        await flow
+    await eventually(
+        lambda: not any(shown(emulator, s) for s in SESSIONS),
+        90,
+        "every indicator cleared after the crash",
+    )
+    emulator.set_faults(latency_ms=0, jitter_ms=0, conflict_rate=0)
+    typing = {k.removeprefix("TYPING_").lower(): v for k, v in env.items()}
+
+    missing: list[dict[str, Any]] = []
+
+    async def audited_all() -> bool:
+        audits = await read_json(bootstrap_servers, typing["audit_topic"])
+        seen = {a["event_id"] for a in audits}
+        missing[:] = [e for e in sent if e["event_id"] not in seen]
+        return not missing
+
+    try:
+        await eventually(audited_all, 60, "every input event audited")
+    except AssertionError:
+        raise AssertionError(f"{len(missing)} of {len(sent)} events never audited: {missing[:5]}") from None
+
+    crm = await read_json(bootstrap_servers, typing["crm_topic"])
+    unique: dict[str, dict[str, Any]] = {}
+    for change in crm:
+        unique.setdefault(change["event_id"], change)  # redelivery keeps its event_id
+    by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for change in unique.values():
+        by_session[change["session_id"]].append(change)
+    for session_id in SESSIONS:
+        history = emulator.history(session_id)
+        records = by_session.get(session_id, [])
+        # exactly one CRM record per change applied in Genesys
+        assert len(records) == len(history), (session_id, history, records)
+        versions = [r["version"] for r in records]
+        assert versions == sorted(set(versions)), f"{session_id}: versions {versions} repeat"
+        set_versions = [h["typing_indicator"]["version"] for h in history if h["typing_indicator"]]
+        assert set_versions == sorted(set(set_versions)), f"{session_id}: {set_versions}"
+        crm_sets = sorted(r["version"] for r in records if r["status"] != "cleared")
+        assert crm_sets == set_versions
+        # no phantom: every indicator gone by its expiresAt plus the crash's restore bound
+        for shown_at, following in itertools.pairwise(history):
+            indicator = shown_at["typing_indicator"]
+            if indicator is not None:
+                assert following["at_ms"] <= indicator["expiresAt"] + RESTORE_BOUND_MS
+        assert history == [] or history[-1]["typing_indicator"] is None
