@@ -114,7 +114,8 @@ async def test_replicas_join_stop_and_die_without_losing_a_record(
     try:
         await eventually(audited_all, 60, "every input event audited")
     except AssertionError:
-        raise AssertionError(f"{len(missing)} of {len(sent)} events never audited: {missing[:5]}") from None
+        unaudited = f"{len(missing)} of {len(sent)} events never audited: {missing[:5]}"
+        raise AssertionError(unaudited) from None
 
     crm = await read_json(bootstrap_servers, typing["crm_topic"])
     unique: dict[str, dict[str, Any]] = {}

@@ -361,27 +361,119 @@ def test_bad_faults_are_400(emulator: EmulatorHandle, http: httpx.Client) -> Non
 # --- typing endpoint ---
 
 
-def test_typing_endpoint_202_and_recorded(emulator: EmulatorHandle, http: httpx.Client) -> None:
+CONV = "c0b5a0d4-5a3f-4a1e-8d6b-6b7a1c2d3e4f"
+COMM = "0e9a2b1c-3d4e-4f50-8a6b-7c8d9e0f1a2b"
+INTEGRATION = "2f0c6a4e-8d8b-4c8e-9a55-0d4c5b7a1e21"
+OPEN_EVENT = "/api/v2/conversations/messages/{}/inbound/open/event"
+
+
+def open_event(from_id: str = "cust-1", duration: int | None = 4000) -> dict[str, Any]:
+    typing: dict[str, Any] = {"type": "On"}
+    if duration is not None:
+        typing["duration"] = duration
+    return {
+        "channel": {
+            "from": {"id": from_id, "idType": "Email", "nickname": "Ann"},
+            "time": "2026-11-25T10:00:00.000Z",
+        },
+        "events": [{"eventType": "Typing", "typing": typing}],
+    }
+
+
+def test_agent_typing_202_recorded_with_shown_until(
+    emulator: EmulatorHandle, http: httpx.Client
+) -> None:
+    emulator.create_conversation(CONV, [COMM])
     token = _token(http, emulator)
     accepted = http.post(
-        TYPING.format("conv-1", "comm-1"),
+        TYPING.format(CONV, COMM),
         json={"typing": {"type": "On", "duration": 5000}},
         headers=_bearer(token),
     )
     assert accepted.status_code == 202, accepted.text
-    bad = http.post(
-        TYPING.format("conv-1", "comm-1"), json={"typing": {"type": "Off"}}, headers=_bearer(token)
-    )
-    _assert_genesys_error(bad, 400)
-    events = emulator.typing_events()
-    assert [(e["conversation_id"], e["communication_id"], e["duration"]) for e in events] == [
-        ("conv-1", "comm-1", 5000)
-    ]
+    [call] = emulator.typing(conversation_id=CONV)
+    assert (call["communication_id"], call["duration"]) == (COMM, 5000)
+    assert call["shown_until"] == call["at_ms"] + 5000
     template = (
         "/api/v2/conversations/messages/{conversationId}/communications/{communicationId}/typing"
     )
     assert emulator.count("POST", template, 202) == 1
-    assert emulator.count("POST", template, 400) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        (TYPING.format(CONV, COMM), {"typing": {"type": "Off"}}, 400),  # there is no Off
+        (TYPING.format(CONV, COMM), {"typing": {"type": "On", "duration": "5s"}}, 400),
+        (TYPING.format("conv-1", COMM), {"typing": {"type": "On"}}, 400),  # not a UUID
+        (TYPING.format(CONV, INTEGRATION), {"typing": {"type": "On"}}, 404),  # unknown
+        (TYPING.format(INTEGRATION, COMM), {"typing": {"type": "On"}}, 404),
+        (OPEN_EVENT.format("integration-1"), open_event(), 400),
+        (OPEN_EVENT.format(CONV), open_event(), 404),
+        (OPEN_EVENT.format(INTEGRATION), {"channel": {}, "events": []}, 400),
+        (
+            OPEN_EVENT.format(INTEGRATION),
+            {**open_event(), "events": [{"eventType": "Receipt"}]},
+            400,
+        ),
+    ],
+)
+def test_messaging_typing_refusals(
+    emulator: EmulatorHandle, http: httpx.Client, path: str, body: dict[str, Any], status: int
+) -> None:
+    emulator.create_conversation(CONV, [COMM])
+    emulator.create_integration(INTEGRATION)
+    token = _token(http, emulator)
+    _assert_genesys_error(http.post(path, json=body, headers=_bearer(token)), status)
+    assert emulator.typing_events() == []
+
+
+def test_open_messaging_event_202_with_the_normalized_message(
+    emulator: EmulatorHandle, http: httpx.Client
+) -> None:
+    emulator.create_integration(INTEGRATION)
+    token = _token(http, emulator, scope="messaging")
+    accepted = http.post(OPEN_EVENT.format(INTEGRATION), json=open_event(), headers=_bearer(token))
+    assert accepted.status_code == 202, accepted.text
+    message = accepted.json()
+    assert message["channel"]["from"] == {"id": "cust-1", "idType": "Email", "nickname": "Ann"}
+    assert message["events"] == [
+        {"eventType": "Typing", "typing": {"type": "On", "duration": 4000}}
+    ]
+    [call] = emulator.typing(integration_id=INTEGRATION, from_id="cust-1")
+    assert (call["from_id_type"], call["duration"]) == ("Email", 4000)
+    assert emulator.typing(integration_id=INTEGRATION, from_id="someone-else") == []
+    # without the `messaging` scope, or with only it for agent typing: 403
+    webchat_only = _token(http, emulator, scope="webchat:write")
+    refused = http.post(
+        OPEN_EVENT.format(INTEGRATION), json=open_event(), headers=_bearer(webchat_only)
+    )
+    _assert_genesys_error(refused, 403)
+    emulator.create_conversation(CONV, [COMM])
+    _assert_genesys_error(
+        http.post(
+            TYPING.format(CONV, COMM), json={"typing": {"type": "On"}}, headers=_bearer(token)
+        ),
+        403,
+    )
+
+
+def test_messaging_typing_is_rate_limited_like_the_rest(
+    emulator: EmulatorHandle, http: httpx.Client
+) -> None:
+    emulator.create_conversation(CONV, [COMM])
+    emulator.set_faults(rate_limit_per_minute=60, rate_limit_burst=1)
+    token = _token(http, emulator)  # the token call is free
+    first = http.post(
+        TYPING.format(CONV, COMM), json={"typing": {"type": "On"}}, headers=_bearer(token)
+    )
+    assert first.status_code == 202
+    assert first.headers["inin-ratelimit-allowed"] == "60"
+    second = http.post(
+        TYPING.format(CONV, COMM), json={"typing": {"type": "On"}}, headers=_bearer(token)
+    )
+    assert second.status_code == 429
+    assert int(second.headers["Retry-After"]) >= 1
 
 
 # --- admin API ---

@@ -554,3 +554,66 @@ async def test_closed_sink_refuses_work(emulator: EmulatorHandle) -> None:
     await sink.aclose()  # idempotent
     with pytest.raises(SinkClosedError):
         await sink.apply("s1", None)
+
+
+# --- messaging typing (DESIGN §2b) ---
+
+CONV = "c0b5a0d4-5a3f-4a1e-8d6b-6b7a1c2d3e4f"
+COMM = "0e9a2b1c-3d4e-4f50-8a6b-7c8d9e0f1a2b"
+INTEGRATION = "2f0c6a4e-8d8b-4c8e-9a55-0d4c5b7a1e21"
+
+
+async def test_agent_typing_and_open_messaging_calls_land(
+    emulator: EmulatorHandle, sink: GenesysSink
+) -> None:
+    emulator.create_conversation(CONV, [COMM])
+    emulator.create_integration(INTEGRATION)
+    agent = await sink.agent_typing(CONV, COMM, 3000)
+    assert (agent.outcome, agent.http_status, agent.attempts) == (Outcome.APPLIED, 202, 1)
+    customer = await sink.open_messaging_typing(INTEGRATION, "cust-1", "Phone", None, 2500)
+    assert (customer.outcome, customer.http_status) == (Outcome.APPLIED, 202)
+    [shown] = emulator.typing(conversation_id=CONV)
+    assert shown["duration"] == 3000
+    [typed] = emulator.typing(integration_id=INTEGRATION, from_id="cust-1")
+    assert (typed["from_id_type"], typed["nickname"], typed["duration"]) == ("Phone", None, 2500)
+
+
+async def test_messaging_refusals_map_to_outcomes(
+    emulator: EmulatorHandle, sink: GenesysSink
+) -> None:
+    unknown = await sink.agent_typing(CONV, COMM, 3000)
+    assert (unknown.outcome, unknown.http_status) == (Outcome.SESSION_NOT_FOUND, 404)
+    gone = await sink.open_messaging_typing(INTEGRATION, "cust-1", "Opaque", None, 3000)
+    assert (gone.outcome, gone.http_status) == (Outcome.SESSION_NOT_FOUND, 404)
+    emulator.create_integration(INTEGRATION)
+    rejected = await sink.open_messaging_typing(INTEGRATION, "cust-1", "Fax", None, 3000)
+    assert (rejected.outcome, rejected.http_status) == (Outcome.REJECTED, 400)
+    # unsafe ids never reach the network: no path traversal with the service's token
+    unsafe = await sink.agent_typing("../../users", COMM, 3000)
+    assert (unsafe.outcome, unsafe.attempts) == (Outcome.REJECTED, 0)
+    unsafe = await sink.open_messaging_typing("x/../y", "cust", "Opaque", None, 3000)
+    assert (unsafe.outcome, unsafe.attempts) == (Outcome.REJECTED, 0)
+
+
+async def test_messaging_without_its_scope_is_a_clear_auth_error(
+    emulator: EmulatorHandle,
+) -> None:
+    emulator.create_conversation(CONV, [COMM])
+    async with GenesysSink(config_for(emulator, scope="webchat:read webchat:write")) as sink:
+        result = await sink.agent_typing(CONV, COMM, 3000)
+    assert (result.outcome, result.http_status) == (Outcome.AUTH_CONFIG_ERROR, 403)
+    assert "conversations" in result.error
+
+
+async def test_messaging_calls_retry_5xx_and_stop_at_a_429(
+    emulator: EmulatorHandle, sink: GenesysSink
+) -> None:
+    emulator.create_conversation(CONV, [COMM])
+    emulator.set_faults(error_rate=1.0)
+    failed = await sink.agent_typing(CONV, COMM, 3000)
+    assert (failed.outcome, failed.attempts, failed.ambiguous) == (Outcome.FAILED, 3, True)
+    emulator.set_faults(error_rate=0.0, rate_limit_per_minute=60, rate_limit_burst=1)
+    assert (await sink.agent_typing(CONV, COMM, 3000)).ok
+    limited = await sink.agent_typing(CONV, COMM, 3000)
+    assert (limited.outcome, limited.http_status) == (Outcome.RATE_LIMITED, 429)
+    assert sink.budget.paused_for() > 0

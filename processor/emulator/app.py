@@ -13,9 +13,9 @@ import binascii
 import logging
 import re
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 import orjson
@@ -28,6 +28,7 @@ from starlette.routing import Route
 from processor.clock import Clock, SystemClock
 from processor.domain import SESSION_ID_PATTERN, SessionState, Status
 from processor.emulator.auth import (
+    MESSAGING_SCOPES,
     READ_SESSION_SCOPES,
     TYPING_SCOPES,
     WRITE_SESSION_SCOPES,
@@ -37,6 +38,15 @@ from processor.emulator.auth import (
 )
 from processor.emulator.config import EmulatorConfig
 from processor.emulator.faults import FaultInjector, Faults, FaultsUpdate
+from processor.emulator.messaging import (
+    ConversationBody,
+    IntegrationBody,
+    MessagingStore,
+    OpenEventBody,
+    TypingBody,
+    is_genesys_id,
+    normalized_message,
+)
 from processor.emulator.ratelimit import RateLimiter
 from processor.emulator.store import (
     TYPING_INDICATOR,
@@ -54,6 +64,7 @@ SESSION_PATH = "/api/v2/webchat/sessions/{sessionId}"
 TYPING_PATH = (
     "/api/v2/conversations/messages/{conversationId}/communications/{communicationId}/typing"
 )
+OPEN_EVENT_PATH = "/api/v2/conversations/messages/{integrationId}/inbound/open/event"
 TOKEN_PATH = "/oauth/token"  # noqa: S105 - a URL path, not a password
 
 CORRELATION_HEADER = "inin-correlation-id"
@@ -92,23 +103,6 @@ class SessionPatchBody(BaseModel):
 
     # Parsed from JSON, so every value already is JSON; `Any` skips a costly re-validation.
     customAttributes: dict[str, Any]
-
-
-class TypingSpec(BaseModel):
-    """The `typing` object of the conversations typing endpoint."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    type: Literal["On"]
-    duration: Annotated[StrictInt, Field(ge=0, le=3_600_000)] | None = None
-
-
-class TypingBody(BaseModel):
-    """Body of `POST .../communications/{communicationId}/typing`."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    typing: TypingSpec
 
 
 class CreateSessionBody(BaseModel):
@@ -210,7 +204,7 @@ class Emulator:
         )
         self.store = SessionStore(self.clock)
         self.calls: Counter[tuple[str, str, int]] = Counter()
-        self.typing_events: deque[dict[str, Any]] = deque(maxlen=config.typing_events_kept)
+        self.messaging = MessagingStore(config.typing_events_kept)
 
     def reset(self) -> None:
         """Back to the start-up configuration: no sessions, stats, tokens or usage."""
@@ -221,7 +215,7 @@ class Emulator:
         self.limiter.reset()
         self.store = SessionStore(self.clock)
         self.calls.clear()
-        self.typing_events.clear()
+        self.messaging.clear()
 
     def set_faults(self, update: FaultsUpdate) -> Faults:
         """Change faults at run time; giving a seed replays the RNG from it."""
@@ -429,10 +423,10 @@ class Emulator:
     # --- conversations typing -------------------------------------------------------------
 
     async def post_typing(self, request: Request, correlation_id: str, grant: Grant) -> Response:
-        """`POST .../communications/{communicationId}/typing` → 202."""
+        """`POST .../communications/{communicationId}/typing` → 202 (DESIGN §2b)."""
         conversation_id: str = request.path_params["conversationId"]
         communication_id: str = request.path_params["communicationId"]
-        if not (_PATH_ID_RE.fullmatch(conversation_id) and _PATH_ID_RE.fullmatch(communication_id)):
+        if not (is_genesys_id(conversation_id) and is_genesys_id(communication_id)):
             return _error(
                 400, "bad.request", "Invalid conversation or communication id", correlation_id
             )
@@ -440,17 +434,49 @@ class Emulator:
             body = TypingBody.model_validate_json(await request.body())
         except ValidationError as exc:
             return _error(400, "bad.request", _validation_message(exc), correlation_id)
-        self.typing_events.append(
-            {
-                "at_ms": self.clock.now_ms(),
-                "conversation_id": conversation_id,
-                "communication_id": communication_id,
-                "type": body.typing.type,
-                "duration": body.typing.duration,
-                "client_id": grant.client_id,
-            }
+        if not self.messaging.has_communication(conversation_id, communication_id):
+            return _error(
+                404, "not.found", "Conversation or communication not found", correlation_id
+            )
+        self.messaging.record(
+            self.clock.now_ms(),
+            body.typing.duration,
+            kind="agent_typing",
+            conversation_id=conversation_id.lower(),
+            communication_id=communication_id.lower(),
+            type=body.typing.type,
+            client_id=grant.client_id,
         )
         return _json(202, None, correlation_id)
+
+    async def post_open_event(
+        self, request: Request, correlation_id: str, grant: Grant
+    ) -> Response:
+        """`POST .../{integrationId}/inbound/open/event` → 202 with the normalized message."""
+        integration_id: str = request.path_params["integrationId"]
+        if not is_genesys_id(integration_id):
+            return _error(400, "bad.request", "Invalid integration id", correlation_id)
+        try:
+            body = OpenEventBody.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return _error(400, "bad.request", _validation_message(exc), correlation_id)
+        if not self.messaging.has_integration(integration_id):
+            return _error(404, "not.found", "Integration not found", correlation_id)
+        sender = body.channel.sender
+        now = self.clock.now_ms()
+        for event in body.events:
+            self.messaging.record(
+                now,
+                event.typing.duration,
+                kind="open_messaging",
+                integration_id=integration_id.lower(),
+                from_id=sender.id,
+                from_id_type=sender.id_type,
+                nickname=sender.nickname,
+                type=event.typing.type,
+                client_id=grant.client_id,
+            )
+        return _json(202, normalized_message(integration_id.lower(), body), correlation_id)
 
     # --- admin API ------------------------------------------------------------------------
 
@@ -531,9 +557,50 @@ class Emulator:
         return _json(200, self.stats(), _correlation_id(request))
 
     async def admin_typing_events(self, request: Request) -> Response:
-        """`GET /emulator/typing-events`: the typing-endpoint calls received, oldest first."""
-        body = {"typing_events": list(self.typing_events)}
+        """`GET /emulator/typing-events`: every typing call accepted, oldest first."""
+        body = {"typing_events": list(self.messaging.calls)}
         return _json(200, body, _correlation_id(request))
+
+    async def admin_typing(self, request: Request) -> Response:
+        """`GET /emulator/typing?conversation_id=` or `?integration_id=&from_id=`: the
+        accepted typing calls of one target, with `at_ms`, `duration` and `shown_until`."""
+        correlation_id = _correlation_id(request)
+        query = request.query_params
+        conversation_id = query.get("conversation_id")
+        integration_id = query.get("integration_id")
+        if (conversation_id is None) == (integration_id is None):
+            return _error(
+                400,
+                "bad.request",
+                "give either conversation_id, or integration_id (and from_id)",
+                correlation_id,
+            )
+        calls = self.messaging.query(
+            conversation_id=None if conversation_id is None else conversation_id.lower(),
+            integration_id=None if integration_id is None else integration_id.lower(),
+            from_id=query.get("from_id"),
+        )
+        return _json(200, {"typing": calls}, correlation_id)
+
+    async def admin_create_conversation(self, request: Request) -> Response:
+        """`POST /emulator/conversations` `{"conversation_id", "communication_ids"}` → 201."""
+        correlation_id = _correlation_id(request)
+        try:
+            body = ConversationBody.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return _error(400, "bad.request", _validation_message(exc), correlation_id)
+        self.messaging.add_conversation(body.conversation_id, body.communication_ids)
+        return _json(201, body.model_dump(), correlation_id)
+
+    async def admin_create_integration(self, request: Request) -> Response:
+        """`POST /emulator/integrations` `{"integration_id"}` → 201."""
+        correlation_id = _correlation_id(request)
+        try:
+            body = IntegrationBody.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return _error(400, "bad.request", _validation_message(exc), correlation_id)
+        self.messaging.add_integration(body.integration_id)
+        return _json(201, body.model_dump(), correlation_id)
 
     async def admin_reset(self, request: Request) -> Response:
         """`POST /emulator/reset` → 204."""
@@ -563,6 +630,14 @@ class Emulator:
                 self.counted(TYPING_PATH, self.api(TYPING_SCOPES, self.post_typing)),
                 methods=["POST"],
             ),
+            Route(
+                OPEN_EVENT_PATH,
+                self.counted(OPEN_EVENT_PATH, self.api(MESSAGING_SCOPES, self.post_open_event)),
+                methods=["POST"],
+            ),
+            Route("/emulator/conversations", self.admin_create_conversation, methods=["POST"]),
+            Route("/emulator/integrations", self.admin_create_integration, methods=["POST"]),
+            Route("/emulator/typing", self.admin_typing, methods=["GET"]),
             Route("/emulator/sessions", self.admin_create_session, methods=["POST"]),
             Route("/emulator/sessions/{sessionId}", self.admin_get_session, methods=["GET"]),
             Route("/emulator/sessions/{sessionId}", self.admin_patch_session, methods=["PATCH"]),

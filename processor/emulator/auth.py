@@ -20,12 +20,14 @@ SCOPE_WEBCHAT_READ = "webchat:read"
 SCOPE_WEBCHAT_WRITE = "webchat:write"
 SCOPE_WEBCHAT_WRITE_SESSION = "webchat:write:session"
 SCOPE_CONVERSATIONS = "conversations"
+SCOPE_MESSAGING = "messaging"
 
 DEFAULT_SCOPES: tuple[str, ...] = (
     SCOPE_WEBCHAT_READ,
     SCOPE_WEBCHAT_WRITE,
     SCOPE_WEBCHAT_WRITE_SESSION,
     SCOPE_CONVERSATIONS,
+    SCOPE_MESSAGING,
 )
 
 # Either scope of a set is enough. A write scope also covers reads, as Genesys'
@@ -33,6 +35,7 @@ DEFAULT_SCOPES: tuple[str, ...] = (
 READ_SESSION_SCOPES = frozenset({SCOPE_WEBCHAT_READ, SCOPE_WEBCHAT_WRITE})
 WRITE_SESSION_SCOPES = frozenset({SCOPE_WEBCHAT_WRITE, SCOPE_WEBCHAT_WRITE_SESSION})
 TYPING_SCOPES = frozenset({SCOPE_CONVERSATIONS})
+MESSAGING_SCOPES = frozenset({SCOPE_MESSAGING})
 
 # Expired tokens are dropped lazily; sweep the table when it grows past this size.
 _SWEEP_THRESHOLD = 10_000

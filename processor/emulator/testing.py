@@ -114,6 +114,42 @@ class EmulatorHandle:
         ]
         return events
 
+    def create_conversation(self, conversation_id: str, communication_ids: list[str]) -> None:
+        """Make a messaging conversation (and its communications) known (DESIGN §2b)."""
+        self._call(
+            "POST",
+            "/emulator/conversations",
+            {"conversation_id": conversation_id, "communication_ids": communication_ids},
+            expect=201,
+        )
+
+    def create_integration(self, integration_id: str) -> None:
+        """Make an Open Messaging integration known."""
+        self._call("POST", "/emulator/integrations", {"integration_id": integration_id}, 201)
+
+    def typing(
+        self,
+        *,
+        conversation_id: str | None = None,
+        integration_id: str | None = None,
+        from_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Accepted typing calls of one conversation or integration (`at_ms`, `duration`,
+        `shown_until`), oldest first."""
+        params = {
+            name: value
+            for name, value in (
+                ("conversation_id", conversation_id),
+                ("integration_id", integration_id),
+                ("from_id", from_id),
+            )
+            if value is not None
+        }
+        response = self._http.get("/emulator/typing", params=params)
+        response.raise_for_status()
+        calls: list[dict[str, Any]] = response.json()["typing"]
+        return calls
+
     def reset(self) -> None:
         """Forget sessions, stats and tokens; faults back to the start-up configuration."""
         self._call("POST", "/emulator/reset", expect=204)

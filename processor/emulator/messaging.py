@@ -1,0 +1,193 @@
+"""Messaging typing as Genesys Cloud serves it (DESIGN §2b): the request bodies, the known
+conversations and Open Messaging integrations, and every typing call accepted.
+
+Agent typing: `POST /api/v2/conversations/messages/{conversationId}/communications/
+{communicationId}/typing` with `{"typing": {"type": "On", "duration": ms}}` → 202. Open
+Messaging: `POST /api/v2/conversations/messages/{integrationId}/inbound/open/event` with an
+`OpenInboundNormalizedEvent` whose events are of type `Typing` → 202 and the normalized
+message. An indicator is shown from the call until `at_ms + duration` ("shown until").
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections import deque
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from processor.domain import UUID_PATTERN
+
+_UUID_RE = re.compile(UUID_PATTERN)
+GenesysId = Annotated[StrictStr, Field(pattern=UUID_PATTERN)]
+DEFAULT_DURATION_MS = 5000
+"""What the service shows when a typing event names no duration."""
+
+
+def is_genesys_id(value: str) -> bool:
+    """True for a UUID, the only id form Genesys puts in these paths."""
+    return _UUID_RE.fullmatch(value) is not None
+
+
+class TypingSpec(BaseModel):
+    """The `typing` object of a typing event."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    type: Literal["On"]
+    duration: Annotated[StrictInt, Field(ge=0, le=3_600_000)] | None = None
+
+
+class TypingBody(BaseModel):
+    """Body of `POST .../communications/{communicationId}/typing` (`MessageTypingEventRequest`)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    typing: TypingSpec
+
+
+class OpenFrom(BaseModel):
+    """`channel.from` of an Open Messaging event: who the event is from."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+    id_type: Literal["Opaque", "Email", "Phone"] = Field(alias="idType")
+    nickname: Annotated[StrictStr, Field(max_length=256)] | None = None
+
+
+class OpenChannel(BaseModel):
+    """`channel` of an Open Messaging inbound event."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    sender: OpenFrom = Field(alias="from")
+    time: datetime
+
+
+class OpenEvent(BaseModel):
+    """One event of an inbound Open Messaging event message (only `Typing` is served)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    event_type: Literal["Typing"] = Field(alias="eventType")
+    typing: TypingSpec
+
+
+class OpenEventBody(BaseModel):
+    """Body of `POST .../{integrationId}/inbound/open/event` (`OpenInboundNormalizedEvent`)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    channel: OpenChannel
+    events: Annotated[list[OpenEvent], Field(min_length=1, max_length=10)]
+
+
+class ConversationBody(BaseModel):
+    """Body of `POST /emulator/conversations`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    conversation_id: Annotated[StrictStr, Field(pattern=UUID_PATTERN)]
+    communication_ids: Annotated[
+        list[Annotated[StrictStr, Field(pattern=UUID_PATTERN)]], Field(min_length=1)
+    ]
+
+
+class IntegrationBody(BaseModel):
+    """Body of `POST /emulator/integrations`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    integration_id: GenesysId
+
+
+class MessagingStore:
+    """Conversations and integrations the emulator knows, and the typing calls it accepted."""
+
+    def __init__(self, kept: int) -> None:
+        self._conversations: dict[str, set[str]] = {}
+        self._integrations: set[str] = set()
+        self.calls: deque[dict[str, Any]] = deque(maxlen=kept)
+
+    def clear(self) -> None:
+        """Forget every conversation, integration and call."""
+        self._conversations.clear()
+        self._integrations.clear()
+        self.calls.clear()
+
+    def add_conversation(self, conversation_id: str, communication_ids: list[str]) -> None:
+        """Know a conversation and its communications (again: more communications)."""
+        known = self._conversations.setdefault(conversation_id.lower(), set())
+        known.update(c.lower() for c in communication_ids)
+
+    def add_integration(self, integration_id: str) -> None:
+        """Know an Open Messaging integration."""
+        self._integrations.add(integration_id.lower())
+
+    def has_communication(self, conversation_id: str, communication_id: str) -> bool:
+        """True when the communication belongs to a known conversation."""
+        return communication_id.lower() in self._conversations.get(conversation_id.lower(), ())
+
+    def has_integration(self, integration_id: str) -> bool:
+        """True for a known integration."""
+        return integration_id.lower() in self._integrations
+
+    def record(self, at_ms: int, duration: int | None, **fields: Any) -> dict[str, Any]:
+        """Keep one accepted typing call; its indicator is shown until `at_ms + duration`."""
+        shown_for = DEFAULT_DURATION_MS if duration is None else duration
+        call = {"at_ms": at_ms, "duration": shown_for, "shown_until": at_ms + shown_for, **fields}
+        self.calls.append(call)
+        return call
+
+    def query(
+        self,
+        conversation_id: str | None = None,
+        integration_id: str | None = None,
+        from_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Accepted calls, oldest first, of one conversation or one integration (and sender)."""
+        out = []
+        for call in self.calls:
+            if conversation_id is not None and call.get("conversation_id") != conversation_id:
+                continue
+            if integration_id is not None and call.get("integration_id") != integration_id:
+                continue
+            if from_id is not None and call.get("from_id") != from_id:
+                continue
+            out.append(call)
+        return out
+
+
+def normalized_message(integration_id: str, body: OpenEventBody) -> dict[str, Any]:
+    """The `OpenEventNormalizedMessage` the service answers an inbound event with."""
+    sender = body.channel.sender
+    return {
+        "id": str(uuid.uuid4()),
+        "channel": {
+            "id": integration_id,
+            "platform": "Open",
+            "type": "Private",
+            "from": {
+                "id": sender.id,
+                "idType": sender.id_type,
+                **({} if sender.nickname is None else {"nickname": sender.nickname}),
+            },
+            "time": body.channel.time.isoformat().replace("+00:00", "Z"),
+        },
+        "type": "Event",
+        "events": [
+            {
+                "eventType": "Typing",
+                "typing": {
+                    "type": event.typing.type,
+                    **(
+                        {} if event.typing.duration is None else {"duration": event.typing.duration}
+                    ),
+                },
+            }
+            for event in body.events
+        ],
+    }
