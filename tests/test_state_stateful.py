@@ -98,12 +98,15 @@ class StoreMachine(RuleBasedStateMachine):
         self.forgotten: set[str] = set()
         self.counter = 0
         self.offset = 0
+        self.sent: set[str] = set()
+        self.audited: set[str] = set()
 
     # -------------------------------------------------------------- helpers
 
     def _drain(self) -> None:
         out = self.store.drain()
         self.log += out.changelog
+        self.audited.update(a.event_id for a in out.audits if a.event_id is not None)
         tombstoned = {key.decode() for key, value in out.changelog if value is None}
         for change in out.changes:
             sid = change.session_id
@@ -147,6 +150,7 @@ class StoreMachine(RuleBasedStateMachine):
         )
         self.offset += 1
         self.model.apply(event, self.clock.now_ms())
+        self.sent.add(event_id)
         self.store.on_event(event, self.offset)
         self._drain()
 
@@ -250,6 +254,28 @@ class StoreMachine(RuleBasedStateMachine):
     def restore_of_the_changelog_equals_the_live_store(self) -> None:
         restored = PartitionStore.restore(0, CONFIG, self.clock, self.log)
         assert restored.snapshot() == self.store.snapshot()
+
+    def teardown(self) -> None:
+        """Let everything settle: every event ever given to the store is audited (I6)."""
+        if not hasattr(self, "store"):
+            return
+        for _ in range(50):
+            for work in self.flying:
+                if work.kind is WorkKind.RESOLVE:
+                    sid = work.session_id
+                    result = SinkResult(Outcome.APPLIED, remote_indicator=self.remote.get(sid))
+                else:
+                    self._apply_remotely(work)
+                    result = SinkResult(Outcome.APPLIED, http_status=200, attempts=1)
+                self.store.on_result(work, result)
+            self.flying = self.store.take_work(10)
+            self.clock.advance(5000)
+            self.store.on_tick()
+            self._drain()
+            if not self.flying and not self.store.queued_work:
+                break
+        missing = self.sent - self.audited
+        assert not missing, f"events never audited: {sorted(missing)}"
 
 
 StoreMachine.TestCase.settings = settings(

@@ -571,3 +571,19 @@ def test_set_limit_keeps_capacity_for_clears(clock: ManualClock) -> None:
     taken = store.take_work(10, set_limit=0)
     assert [(w.session_id, w.kind) for w in taken] == [(first[0].session_id, WorkKind.CLEAR)]
     assert len(store.take_work(10)) == 2
+
+
+def test_a_read_back_that_finds_nothing_still_decides_the_cause(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0, eid="lost", timeout=1000), 1)
+    [work] = store.take_work(5)
+    store.on_result(work, SinkResult(Outcome.FAILED, error="timeout", ambiguous=True))
+    assert decisions(store) == [Decision.FAILED]
+    clock.advance(EngineConfig().retry_max_ms)  # the wish lapses while the call is unresolved
+    store.on_tick()
+    [read] = store.take_work(5)
+    assert read.kind is WorkKind.RESOLVE
+    store.on_result(read, SinkResult(Outcome.APPLIED, remote_indicator=None))
+    audits = store.drain().audits
+    assert [(a.event_id, a.result) for a in audits] == [("lost", Decision.EXPIRED)]

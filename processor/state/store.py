@@ -824,22 +824,27 @@ class PartitionStore:
             s.version = max(s.version, remote.version)
             self._shown[s.sid] = None
         s.remote_target = None
-        self._recause(s, intent)
+        self._recause(s, intent, decide=True)
         self._backoff.pop(s.sid, None)
         self._settle(s, now)
 
-    def _recause(self, s: Session, work: Work) -> None:
+    def _recause(self, s: Session, work: Work, *, decide: bool = False) -> None:
         """A call that did not land gives its cause back to the next one, while what the
-        cause asked for still stands (no newer event, no lapse since)."""
+        cause asked for still stands (no newer event, no lapse since).
+
+        With `decide`, a cause that no longer stands gets its audit record here (when the
+        call's own result has not given it one): superseded, or lapsed before it was sent.
+        """
         status = work.cause_status
-        if (
-            s.cause is None
-            and work.event_id is not None
-            and work.offset is not None
-            and status is not None
-            and (s.status is status or (status is _STOPPED and s.status is None))
-        ):
-            s.cause = (work.event_id, work.offset, status)
+        eid, offset = work.event_id, work.offset
+        if eid is None or offset is None or status is None:
+            return
+        if s.cause is None and (s.status is status or (status is _STOPPED and s.status is None)):
+            s.cause = (eid, offset, status)
+        elif decide and s.cause is not None:
+            self._audit(s.sid, status, Decision.COALESCED, eid, offset)
+        elif decide:
+            self._audit(s.sid, status, Decision.EXPIRED, eid, offset, "lapsed before sent")
 
     def _retry_later(self, s: Session, outcome: Outcome, now: int) -> None:
         """Back off before the next call; a 429 waits for the API budget instead."""
