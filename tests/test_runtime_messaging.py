@@ -1,0 +1,154 @@
+"""Messaging targets end to end (DESIGN §2b): the processor on the real broker drives the
+emulator's agent-typing and Open Messaging endpoints, judged from the emulator's record of
+every accepted call ("shown until" = call time + duration) and from the output topics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pipeline import (
+    InProcess,
+    Producer,
+    eventually,
+    make_settings,
+    now_ms,
+    read_json,
+    start_in_process,
+    typing_event,
+)
+
+from processor.emulator.testing import EmulatorHandle
+
+CONV = "c0b5a0d4-5a3f-4a1e-8d6b-6b7a1c2d3e4f"
+COMM = "0e9a2b1c-3d4e-4f50-8a6b-7c8d9e0f1a2b"
+INTEGRATION = "2f0c6a4e-8d8b-4c8e-9a55-0d4c5b7a1e21"
+AGENT = {"kind": "agent_typing", "conversation_id": CONV, "communication_id": COMM}
+OPEN = {"kind": "open_messaging", "integration_id": INTEGRATION, "from_id": "cust-7"}
+TIMEOUT_MS = 2000
+
+
+@pytest.fixture
+async def stack(bootstrap_servers: str, emulator: EmulatorHandle) -> AsyncIterator[InProcess]:
+    running = await start_in_process(make_settings(bootstrap_servers, emulator))
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
+async def type_for(
+    producer: Producer, session_id: str, target: dict[str, Any], seconds: float
+) -> tuple[int, int]:
+    """Keystrokes every 400 ms, then `stopped`; (last keystroke's deadline, stop time)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    deadline = 0
+    while loop.time() < end:
+        event = typing_event(session_id, timeout_ms=TIMEOUT_MS, target=target)
+        await producer.send(event)
+        deadline = event["occurred_at"] + TIMEOUT_MS
+        await asyncio.sleep(0.4)  # pacing the keystrokes, not synchronisation
+    stop = typing_event(session_id, "stopped", target=target)
+    await producer.send(stop)
+    return deadline, stop["occurred_at"]
+
+
+def assert_gap_free_and_bounded(calls: list[dict[str, Any]], deadline: int) -> None:
+    assert calls, "no typing call reached the service"
+    covered = calls[0]["shown_until"]
+    for call in calls[1:]:
+        assert call["at_ms"] <= covered, f"a gap from {covered} to {call['at_ms']}"
+        covered = max(covered, call["shown_until"])
+    assert covered <= deadline + 1000, "shown more than a second past the deadline"
+
+
+@pytest.mark.parametrize(
+    ("target", "query"),
+    [
+        (AGENT, {"conversation_id": CONV}),
+        (OPEN, {"integration_id": INTEGRATION, "from_id": "cust-7"}),
+    ],
+    ids=["agent_typing", "open_messaging"],
+)
+async def test_typing_is_shown_without_a_gap_and_lapses_after_the_stop(
+    bootstrap_servers: str,
+    emulator: EmulatorHandle,
+    stack: InProcess,
+    target: dict[str, Any],
+    query: dict[str, str],
+) -> None:
+    emulator.create_conversation(CONV, [COMM])
+    emulator.create_integration(INTEGRATION)
+    typing = stack.settings.typing
+    async with Producer(bootstrap_servers, typing.input_topic) as producer:
+        deadline, stopped_at = await type_for(producer, "m-1", target, 4.5)
+
+    async def cleared_recorded() -> bool:
+        crm = await read_json(bootstrap_servers, typing.crm_topic)
+        return any(c["status"] == "cleared" for c in crm)
+
+    await eventually(cleared_recorded, 30, "the lapse reached the CRM topic")
+    calls = emulator.typing(**query)
+    assert_gap_free_and_bounded(calls, deadline)
+    assert all(call["at_ms"] <= stopped_at + 200 for call in calls), "a call after the stop"
+    assert len(calls) >= 2  # refreshed while typing went on (4.5 s against 2 s timeouts)
+    crm = await read_json(bootstrap_servers, typing.crm_topic)
+    unique = {c["event_id"]: c for c in crm}.values()
+    assert sorted(c["status"] for c in unique) == ["cleared"] + ["typing"] * len(calls)
+    cleared = next(c for c in unique if c["status"] == "cleared")
+    assert cleared["reason"] == "stopped"
+    versions = sorted(c["version"] for c in unique)
+    assert versions == list(range(1, len(calls) + 2))
+    audits = await read_json(bootstrap_servers, typing.audit_topic)
+    assert "lapsed" in {a["result"] for a in audits}
+
+
+async def test_unsafe_ids_are_dead_letters_and_unknown_ids_do_not_stop_the_partition(
+    bootstrap_servers: str, emulator: EmulatorHandle, stack: InProcess
+) -> None:
+    emulator.create_conversation(CONV, [COMM])
+    typing = stack.settings.typing
+    unsafe = typing_event(
+        "m-2",
+        timeout_ms=5000,
+        target={**AGENT, "conversation_id": "../../api/v2/users"},
+    )
+    unknown = typing_event(
+        "m-3",
+        timeout_ms=5000,
+        target={**AGENT, "conversation_id": "9d2c0b5a-5a3f-4a1e-8d6b-6b7a1c2d3e4f"},
+    )
+    async with Producer(bootstrap_servers, typing.input_topic) as producer:
+        await producer.send(unsafe)
+        await producer.send(unknown)
+        after = typing_event("m-4", timeout_ms=5000, target=AGENT)
+        after["occurred_at"] = now_ms()
+        await producer.send(after)
+    await eventually(
+        lambda: len(emulator.typing(conversation_id=CONV)) >= 1,
+        30,
+        "the valid event after the unknown conversation went through",
+    )
+    letters = await read_json(bootstrap_servers, typing.dlq_topic)
+    assert [letter["reason"] for letter in letters] == ["invalid_target_id"]
+
+    async def unknown_audited() -> bool:
+        audits = await read_json(bootstrap_servers, typing.audit_topic)
+        return any(
+            a["event_id"] == unknown["event_id"] and a["result"] == "session_not_found"
+            for a in audits
+        )
+
+    await eventually(unknown_audited, 30, "the unknown conversation audited as not found")
+    assert (
+        emulator.count(
+            "POST",
+            "/api/v2/conversations/messages/{conversationId}"
+            "/communications/{communicationId}/typing",
+            404,
+        )
+        == 1
+    )
