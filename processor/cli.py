@@ -127,9 +127,24 @@ def _add_emulator_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
+    from processor.domain import AgentTypingTarget, OpenMessagingTarget, is_uuid
     from processor.sink.oneshot import run_apply
 
-    return run_apply(args.session_id, args.status, args.timeout_ms)
+    target: AgentTypingTarget | OpenMessagingTarget | None = None
+    if args.agent_typing is not None:
+        conversation_id, communication_id = args.agent_typing
+        target = AgentTypingTarget(conversation_id.lower(), communication_id.lower())
+        ids = [conversation_id, communication_id]
+    elif args.open_messaging is not None:
+        integration_id, from_id = args.open_messaging
+        target = OpenMessagingTarget(
+            integration_id.lower(), from_id, args.from_id_type, args.nickname
+        )
+        ids = [integration_id]
+    if target is not None and not all(is_uuid(value) for value in ids):
+        print("typing-processor apply: error: Genesys ids must be UUIDs", file=sys.stderr)
+        return 2
+    return run_apply(args.session_id, args.status, args.timeout_ms, target)
 
 
 def _timeout_ms(text: str) -> int:
@@ -154,6 +169,26 @@ def _add_apply_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         default=None,
         help="indicator lifetime (default: the timeout matrix, customer role)",
     )
+    targets = apply.add_mutually_exclusive_group()
+    targets.add_argument(
+        "--agent-typing",
+        nargs=2,
+        metavar=("CONVERSATION_ID", "COMMUNICATION_ID"),
+        help="show agent typing in a messaging conversation instead (one typing call)",
+    )
+    targets.add_argument(
+        "--open-messaging",
+        nargs=2,
+        metavar=("INTEGRATION_ID", "FROM_ID"),
+        help="show customer typing from an Open Messaging integration instead",
+    )
+    apply.add_argument(
+        "--from-id-type",
+        choices=("Opaque", "Email", "Phone"),
+        default="Opaque",
+        help="how FROM_ID identifies the customer (--open-messaging; default: Opaque)",
+    )
+    apply.add_argument("--nickname", default=None, help="the customer's name (--open-messaging)")
     apply.set_defaults(handler=_cmd_apply)
 
 

@@ -28,6 +28,10 @@ def is_uuid(value: str) -> bool:
     return _UUID_RE.fullmatch(value) is not None
 
 
+MESSAGING_MIN_DURATION_MS = 1000
+"""The shortest `duration` a messaging typing call sends (DESIGN §2b)."""
+
+
 class Status(StrEnum):
     """Status of an input typing event."""
 

@@ -103,3 +103,61 @@ def test_apply_as_a_command(genesys_env: EmulatorHandle) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["outcome"] == "applied"
     assert genesys_env.client_secret not in done.stdout + done.stderr
+
+
+CONV = "c0b5a0d4-5a3f-4a1e-8d6b-6b7a1c2d3e4f"
+COMM = "0e9a2b1c-3d4e-4f50-8a6b-7c8d9e0f1a2b"
+INTEGRATION = "2f0c6a4e-8d8b-4c8e-9a55-0d4c5b7a1e21"
+
+
+def test_apply_sends_one_agent_typing_call(
+    genesys_env: EmulatorHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    genesys_env.create_conversation(CONV, [COMM])
+    code, report = run(
+        capsys, "s1", "typing", "--timeout-ms", "30000", "--agent-typing", CONV, COMM
+    )
+    assert (code, report["outcome"], report["target"]) == (0, "applied", "agent_typing")
+    assert report["duration_ms"] == 5000  # clamped to TYPING_MESSAGING_MAX_DURATION_MS
+    [call] = genesys_env.typing(conversation_id=CONV)
+    assert call["duration"] == 5000
+
+
+def test_apply_sends_one_open_messaging_typing_call_and_stopped_sends_none(
+    genesys_env: EmulatorHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    genesys_env.create_integration(INTEGRATION)
+    argv = ["--open-messaging", INTEGRATION, "cust-1", "--from-id-type", "Phone"]
+    code, report = run(capsys, "s1", "typing", "--timeout-ms", "2000", *argv)
+    assert (code, report["outcome"], report["duration_ms"]) == (0, "applied", 2000)
+    code, report = run(capsys, "s1", "stopped", *argv)
+    assert (code, report["outcome"]) == (0, "lapses")  # there is no "Off"
+    [call] = genesys_env.typing(integration_id=INTEGRATION, from_id="cust-1")
+    assert call["from_id_type"] == "Phone"
+
+
+def test_apply_refuses_ids_that_are_not_uuids(
+    genesys_env: EmulatorHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["apply", "s1", "typing", "--agent-typing", "../x", COMM])
+    assert code == 2
+    assert "UUIDs" in capsys.readouterr().err
+    assert genesys_env.typing_events() == []
+
+
+def test_apply_asks_for_the_configured_scopes_only(
+    genesys_env: EmulatorHandle,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    genesys_env.create_conversation(CONV, [COMM])
+    monkeypatch.setenv("GENESYSCLOUD_OAUTH_SCOPES", "messaging")
+    code, report = run(capsys, "s1", "typing", "--agent-typing", CONV, COMM)
+    # the token carries only `messaging`: agent typing needs `conversations`
+    assert (code, report["outcome"], report["http_status"]) == (1, "auth_config_error", 403)
+    monkeypatch.setenv("GENESYSCLOUD_OAUTH_SCOPES", "conversations")
+    code, report = run(capsys, "s1", "typing", "--agent-typing", CONV, COMM)
+    assert (code, report["outcome"]) == (0, "applied")
+    monkeypatch.delenv("GENESYSCLOUD_OAUTH_SCOPES")
+    code, report = run(capsys, "s1", "typing", "--agent-typing", CONV, COMM)
+    assert (code, report["outcome"]) == (0, "applied")  # no scope asked: the whole grant

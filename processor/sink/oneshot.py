@@ -8,8 +8,18 @@ from dataclasses import replace
 import orjson
 
 from processor.clock import Clock, SystemClock
-from processor.domain import Indicator, Outcome, Role, SessionState, SinkResult, Status
-from processor.settings import load_genesys, load_typing
+from processor.domain import (
+    MESSAGING_MIN_DURATION_MS,
+    AgentTypingTarget,
+    Indicator,
+    MessagingTarget,
+    Outcome,
+    Role,
+    SessionState,
+    SinkResult,
+    Status,
+)
+from processor.settings import TypingSettings, load_genesys, load_typing
 from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
 
@@ -54,12 +64,35 @@ async def apply_once(
         return combined, desired
 
 
-def run_apply(session_id: str, status: str, timeout_ms: int | None) -> int:
-    """The command: settings from the environment, one JSON line out; 0 when applied."""
+async def apply_typing_once(
+    config: SinkConfig, target: MessagingTarget, duration_ms: int
+) -> SinkResult:
+    """One messaging typing call (DESIGN §2b): shown from now for `duration_ms`."""
+    async with GenesysSink(config) as sink:
+        if isinstance(target, AgentTypingTarget):
+            return await sink.agent_typing(
+                target.conversation_id, target.communication_id, duration_ms
+            )
+        return await sink.open_messaging_typing(
+            target.integration_id, target.from_id, target.from_id_type, target.nickname, duration_ms
+        )
+
+
+def run_apply(
+    session_id: str, status: str, timeout_ms: int | None, target: MessagingTarget | None = None
+) -> int:
+    """The command: settings from the environment, one JSON line out; 0 when applied.
+
+    With a messaging `target`, `typing`/`paused` send one typing call whose duration is
+    the timeout clamped to [1000, `TYPING_MESSAGING_MAX_DURATION_MS`], and `stopped`
+    sends nothing: there is no "Off", the indicator lapses by itself.
+    """
     genesys, typing = load_genesys(), load_typing()
     config = SinkConfig.from_settings(genesys, typing)
     wanted = Status(status)
     timeout = timeout_ms or typing.timeout_matrix.timeout_ms(wanted, Role.CUSTOMER)
+    if target is not None:
+        return _report_typing(session_id, wanted, timeout, target, config, typing)
     result, desired = asyncio.run(apply_once(config, session_id, wanted, timeout))
     report: dict[str, object] = {
         "outcome": result.outcome.value,
@@ -74,6 +107,38 @@ def run_apply(session_id: str, status: str, timeout_ms: int | None) -> int:
         report["expires_at"] = desired.expires_at
     if result.remote_state is not None:
         report["remote_state"] = result.remote_state.value
+    if result.error:
+        report["error"] = result.error
+    print(orjson.dumps(report).decode())
+    return 0 if result.outcome is Outcome.APPLIED else 1
+
+
+def _report_typing(
+    session_id: str,
+    wanted: Status,
+    timeout_ms: int,
+    target: MessagingTarget,
+    config: SinkConfig,
+    typing: TypingSettings,
+) -> int:
+    kind = "agent_typing" if isinstance(target, AgentTypingTarget) else "open_messaging"
+    report: dict[str, object] = {"session_id": session_id, "target": kind}
+    if wanted is Status.STOPPED:
+        report.update(outcome="lapses", error="no call: the indicator lapses by itself")
+        print(orjson.dumps(report).decode())
+        return 0
+    duration = max(MESSAGING_MIN_DURATION_MS, min(typing.messaging_max_duration_ms, timeout_ms))
+    started = SystemClock().now_ms()
+    result = asyncio.run(apply_typing_once(config, target, duration))
+    report.update(
+        outcome=result.outcome.value,
+        status=wanted.value,
+        duration_ms=duration,
+        shown_until=started + duration,
+        http_status=result.http_status,
+        attempts=result.attempts,
+        latency_ms=round(result.latency_ms, 2),
+    )
     if result.error:
         report["error"] = result.error
     print(orjson.dumps(report).decode())

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from processor.domain import Role, Status
+from processor.domain import MESSAGING_MIN_DURATION_MS, Role, Status
 from processor.models import MAX_TIMEOUT_MS
 from processor.settings import TimeoutMatrix, TypingSettings
-
-MESSAGING_MIN_DURATION_MS = 1000
-"""The shortest `duration` a messaging typing call sends (DESIGN §2b)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING
 
 from processor import models
 from processor.domain import (
+    MESSAGING_MIN_DURATION_MS,
     AgentTypingTarget,
     ChangeReason,
     Decision,
@@ -64,7 +65,7 @@ from processor.domain import (
 )
 from processor.models import CrmStatus
 from processor.state.changelog import encode, tombstone
-from processor.state.config import MESSAGING_MIN_DURATION_MS, EngineConfig
+from processor.state.config import EngineConfig
 from processor.state.dedupe import EventIdMemory
 from processor.state.recovery import latest_sessions
 from processor.state.session import Cause, PersistedSession, Session
