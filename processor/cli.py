@@ -221,6 +221,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         partitions=args.partitions,
         api_rate_per_minute=args.rate_limit,
+        targets=args.targets,
     )
     try:
         result = asyncio.run(run_demo(options, console))
@@ -316,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=6000,
         help="Genesys API calls per minute (emulator and processor); default: 6000",
+    )
+    demo.add_argument(
+        "--targets",
+        choices=("webchat", "messaging", "mixed"),
+        default="webchat",
+        help="where indicators are shown: webchat sessions, messaging typing, or a mix;"
+        " default: webchat",
     )
     demo.set_defaults(handler=_cmd_demo)
 

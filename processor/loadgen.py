@@ -9,18 +9,39 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaProducer
 
 from processor.clock import Clock, SystemClock
 from processor.domain import Role, Status
 from processor.intervals import merge
-from processor.models import Participant, TypingEvent
+from processor.models import (
+    AgentTypingTarget,
+    OpenMessagingTarget,
+    Participant,
+    Target,
+    TypingEvent,
+)
 from processor.runtime.kafka import client_options
 from processor.settings import KafkaSettings, TimeoutMatrix, TypingSettings
+
+TargetMix = Literal["webchat", "messaging", "mixed"]
+TARGET_MIXES: tuple[TargetMix, ...] = ("webchat", "messaging", "mixed")
+# Fixed namespace: a session's conversation and integration ids are the same every run.
+_IDS = uuid.UUID("1d3f7a52-6c1e-4f0b-9b8e-2a7d5c4e3f10")
+
+
+def messaging_ids(session_id: str) -> tuple[str, str, str]:
+    """(conversation id, communication id, integration id) of a synthetic session."""
+    conversation, communication, integration = (
+        str(uuid.uuid5(_IDS, f"{session_id}/{part}"))
+        for part in ("conversation", "communication", "integration")
+    )
+    return conversation, communication, integration
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +60,9 @@ class LoadProfile:
     abandon_weight: float = 0.15
     agent_share: float = 0.3
     session_prefix: str = "sess"
+    # where indicators are shown: "webchat" (no target), "messaging" (agents' typing to
+    # the customer, customers' typing from an Open Messaging integration), or "mixed"
+    targets: TargetMix = "webchat"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +91,22 @@ class TrafficModel:
         """Session ids of this profile (valid Genesys session ids)."""
         return [f"{self.profile.session_prefix}-{i:06d}" for i in range(self.profile.sessions)]
 
+    def target_of(self, session_id: str, role: Role) -> Target | None:
+        """Where a session's indicator is shown under this profile's target mix."""
+        mix = self.profile.targets
+        if mix == "webchat":
+            return None
+        if mix == "mixed" and int(session_id.rsplit("-", 1)[-1]) % 3 == 0:
+            return None  # a third of the sessions stay on the webchat session
+        conversation, communication, integration = messaging_ids(session_id)
+        if role is Role.AGENT:
+            return AgentTypingTarget(
+                kind="agent_typing", conversation_id=conversation, communication_id=communication
+            )
+        return OpenMessagingTarget(
+            kind="open_messaging", integration_id=integration, from_id=f"{session_id}-customer"
+        )
+
     def schedule(self, start_ms: int) -> Schedule:
         """All events of the run, with `occurred_at` = `start_ms` + their offset."""
         p = self.profile
@@ -77,13 +117,14 @@ class TrafficModel:
         for session_id in out.session_ids:
             role = Role.AGENT if rng.random() < p.agent_share else Role.CUSTOMER
             participant = Participant(id=f"{session_id}-{role.value}", role=role)
+            target = self.target_of(session_id, role)
             t = rng.randint(0, max(1, end // 4))
             while t < end:
                 burst_end = min(end, t + rng.randint(*p.burst_ms))
                 while t < burst_end:
                     serial += 1
                     event = self._event(
-                        serial, session_id, Status.TYPING, start_ms + t, participant
+                        serial, session_id, Status.TYPING, start_ms + t, participant, target
                     )
                     out.events.append(Scheduled(t, event))
                     t += rng.randint(*p.keystroke_gap_ms)
@@ -95,7 +136,9 @@ class TrafficModel:
                 )[0]
                 if choice is not None:
                     serial += 1
-                    event = self._event(serial, session_id, choice, start_ms + t, participant)
+                    event = self._event(
+                        serial, session_id, choice, start_ms + t, participant, target
+                    )
                     out.events.append(Scheduled(t, event))
                 t += rng.randint(*p.idle_ms)
         out.events.sort(key=lambda s: (s.at_ms, s.event.event_id))
@@ -103,7 +146,12 @@ class TrafficModel:
 
     @staticmethod
     def _event(
-        serial: int, session_id: str, status: Status, occurred_at: int, participant: Participant
+        serial: int,
+        session_id: str,
+        status: Status,
+        occurred_at: int,
+        participant: Participant,
+        target: Target | None,
     ) -> TypingEvent:
         return TypingEvent(
             event_id=f"{session_id}-{serial:08d}",
@@ -112,6 +160,7 @@ class TrafficModel:
             occurred_at=occurred_at,
             participant=participant,
             channel="web",
+            target=target,
         )
 
 

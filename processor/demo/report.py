@@ -38,9 +38,15 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[rank]
 
 
+def typing_shown_intervals(calls: Iterable[dict[str, Any]]) -> list[Interval]:
+    """When a messaging indicator was shown: each accepted call, from its time to its
+    "shown until" (`at_ms` + `duration`), merged."""
+    return merge((int(c["at_ms"]), int(c["at_ms"]) + int(c["duration"])) for c in calls)
+
+
 @dataclass(frozen=True, slots=True)
 class Accuracy:
-    """How truthful the indicators were, over all sessions."""
+    """How truthful the indicators were, over a set of sessions."""
 
     truth_ms: int
     shown_ms: int
@@ -49,39 +55,75 @@ class Accuracy:
     set_latencies_ms: list[float]
     clear_latencies_ms: list[float]
 
+    @property
+    def shown_truth_ms(self) -> int:
+        """Typing time that was shown (truth minus missed)."""
+        return self.truth_ms - self.missed_ms
+
 
 def accuracy(
     truth: dict[str, list[Interval]],
-    history: dict[str, list[dict[str, Any]]],
+    shown: dict[str, list[Interval]],
     end_ms: int,
     slack_ms: int = 0,
 ) -> Accuracy:
-    """Compare truth with what was shown.
+    """Compare truth with what was shown, session by session (sorted, disjoint intervals).
 
     Phantom: shown while nobody typed (beyond `slack_ms` after each truth interval, the
-    allowance I1 gives a clear). Missed: typing that was not shown. Latencies: from the
-    start of each truth interval to the first set after it, and from each end to the first
-    clear after it.
+    allowance I1 gives a clear). Missed: typing that was not shown. Latencies, for each
+    truth interval that was shown at all: from its start to the first set in it, and from
+    its end to the end of the indicator that covered it.
     """
     truth_ms = shown_ms = phantom_ms = missed_ms = 0
     set_lat: list[float] = []
     clear_lat: list[float] = []
-    for session_id in sorted(set(truth) | set(history)):
+    for session_id in sorted(set(truth) | set(shown)):
         expected = truth.get(session_id, [])
-        changes = history.get(session_id, [])
-        shown = shown_intervals(changes, end_ms)
+        displayed = shown.get(session_id, [])
         allowed = [(start, stop + slack_ms) for start, stop in expected]
         truth_ms += total(expected)
-        shown_ms += total(shown)
-        phantom_ms += total(subtract(shown, merge(allowed)))
-        missed_ms += total(subtract(expected, shown))
-        starts = [start for start, _ in shown]
-        stops = [stop for _, stop in shown]
+        shown_ms += total(displayed)
+        phantom_ms += total(subtract(displayed, merge(allowed)))
+        missed_ms += total(subtract(expected, displayed))
         for start, stop in expected:
-            first_set = next((s for s in starts if s >= start - slack_ms), None)
-            if first_set is not None and first_set <= stop:
-                set_lat.append(float(max(0, first_set - start)))
-            first_clear = next((s for s in stops if s >= stop), None)
-            if first_clear is not None and first_clear < end_ms:
-                clear_lat.append(float(first_clear - stop))
+            covering = [iv for iv in displayed if iv[0] < stop and iv[1] > start - slack_ms]
+            if not covering:
+                continue  # never shown: a miss, not a latency
+            set_lat.append(float(max(0, covering[0][0] - start)))
+            if covering[-1][1] < end_ms:
+                clear_lat.append(float(max(0, covering[-1][1] - stop)))
     return Accuracy(truth_ms, shown_ms, phantom_ms, missed_ms, set_lat, clear_lat)
+
+
+def bursts(truth: dict[str, list[Interval]]) -> list[int]:
+    """Lengths of every true burst (each merged truth interval), in ms."""
+    return [stop - start for intervals in truth.values() for start, stop in intervals]
+
+
+def budget_bound(bursts_by_cost: dict[int, list[int]], calls: int, reads: int) -> float:
+    """Most typing time any scheduler could show with `calls` Genesys calls (DESIGN §4b).
+
+    Every shown burst costs at least `cost` calls (2 for a webchat session: a set and its
+    clear; 1 for a messaging target), and `reads` calls go to one GET per webchat session.
+    The bound is the fractional knapsack over bursts by length per call: with one kind it
+    is the `(calls - reads) / cost` longest bursts.
+    """
+    budget = float(max(0, calls - reads))
+    items = sorted(
+        ((length / cost, length, cost) for cost, lengths in bursts_by_cost.items()
+         for length in lengths),
+        reverse=True,
+    )  # fmt: skip
+    bound = 0.0
+    for _, length, cost in items:
+        if budget <= 0:
+            break
+        share = min(1.0, budget / cost)
+        bound += length * share
+        budget -= cost * share
+    return bound
+
+
+def fidelity(shown_truth_ms: float, bound_ms: float) -> float:
+    """Typing shown as a share of the budget bound (1 when nothing could be shown)."""
+    return 1.0 if bound_ms <= 0 else shown_truth_ms / bound_ms

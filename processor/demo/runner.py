@@ -22,13 +22,30 @@ from processor.clock import SystemClock
 from processor.emulator.config import EmulatorConfig
 from processor.emulator.faults import Faults
 from processor.emulator.server import serve_in_background
-from processor.loadgen import LoadProfile, TrafficModel, expected_intervals, produce
+from processor.intervals import Interval, merge
+from processor.loadgen import (
+    LoadProfile,
+    TargetMix,
+    TrafficModel,
+    expected_intervals,
+    messaging_ids,
+    produce,
+)
+from processor.models import AgentTypingTarget, Target, TypingEvent
 from processor.runtime.service import TypingProcessor
 from processor.settings import GenesysSettings, KafkaSettings, Settings, TypingSettings
 from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
 
-from .report import Accuracy, accuracy
+from .report import (
+    Accuracy,
+    accuracy,
+    budget_bound,
+    bursts,
+    fidelity,
+    shown_intervals,
+    typing_shown_intervals,
+)
 
 DEMO_CLIENT_ID = "demo-client"
 DEMO_CLIENT_SECRET = "demo-secret"  # noqa: S105 - a local, throwaway emulator credential
@@ -51,17 +68,53 @@ class DemoOptions:
     jitter_ms: float = 25.0
     conflict_rate: float = 0.02
     error_rate: float = 0.01
+    targets: TargetMix = "webchat"
 
 
 @dataclass(slots=True)
 class DemoResult:
-    """What the demo measured."""
+    """What the demo measured.
+
+    `accuracy` covers every session, `by_kind` the webchat and the messaging ones apart.
+    `bound_ms` is the budget bound: the most typing any scheduler could show with the
+    Genesys calls this run made (see `report.budget_bound`); `fidelity` = typing shown
+    / bound. `budget_calls` is what the rate limit allowed over the run.
+    """
 
     events: int
     counters: dict[str, Any]
     stats: dict[str, Any]
     accuracy: Accuracy
+    by_kind: dict[str, Accuracy] = field(default_factory=dict)
+    bound_ms: float = 0.0
+    budget_calls: float = 0.0
     history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def fidelity(self) -> float:
+        """Typing shown as a share of the budget bound."""
+        return fidelity(self.accuracy.shown_truth_ms, self.bound_ms)
+
+    @property
+    def api_calls(self) -> int:
+        """Every Genesys API call the run made (token requests aside)."""
+        return sum(
+            int(count)
+            for route, statuses in self.stats.get("by_route", {}).items()
+            if route.split(" ", 1)[-1].startswith("/api/")
+            for count in statuses.values()
+        )
+
+    def typing_calls(self, status: int | None = None) -> int:
+        """Messaging typing calls (agent typing and Open Messaging events)."""
+        total = 0
+        for route, statuses in self.stats.get("by_route", {}).items():
+            if not route.startswith("POST /api/v2/conversations/"):
+                continue
+            for code, count in statuses.items():
+                if status is None or int(code) == status:
+                    total += int(count)
+        return total
 
     def calls(self, method: str, status: int | None = None) -> int:
         """Emulator API calls by method on the session route (optionally by status)."""
@@ -131,7 +184,12 @@ async def _run_stack(
 ) -> DemoResult:
     settings = _settings(broker.bootstrap_servers, base_url, options)
     model = TrafficModel(
-        LoadProfile(sessions=options.sessions, duration_s=options.duration_s, seed=options.seed)
+        LoadProfile(
+            sessions=options.sessions,
+            duration_s=options.duration_s,
+            seed=options.seed,
+            targets=options.targets,
+        )
     )
     clock = SystemClock()
     async with httpx.AsyncClient(base_url=base_url, timeout=10) as admin:
@@ -140,7 +198,20 @@ async def _run_stack(
                 "/emulator/sessions", json={"session_id": session_id, "state": "connected"}
             )
             response.raise_for_status()
-        console.print(f"created {options.sessions} connected sessions in the emulator")
+            conversation, communication, integration = messaging_ids(session_id)
+            if options.targets != "webchat":
+                created = await admin.post(
+                    "/emulator/conversations",
+                    json={"conversation_id": conversation, "communication_ids": [communication]},
+                )
+                created.raise_for_status()
+                created = await admin.post(
+                    "/emulator/integrations", json={"integration_id": integration}
+                )
+                created.raise_for_status()
+        console.print(
+            f"created {options.sessions} sessions in the emulator (targets: {options.targets})"
+        )
 
         sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
         processor = TypingProcessor(settings, sink, clock=clock)
@@ -160,27 +231,42 @@ async def _run_stack(
             )
             start_ms = clock.now_ms() + 200
             schedule = model.schedule(start_ms)
+            events = [item.event for item in schedule.events]
             await _send_traffic(settings, schedule, clock, start_ms, console)
-            truth = expected_intervals(
-                [item.event for item in schedule.events], settings.typing.timeout_matrix
-            )
+            truth = expected_intervals(events, settings.typing.timeout_matrix)
             last_deadline = max((iv[-1][1] for iv in truth.values() if iv), default=start_ms)
+            targets = _targets(events)
+            shown: dict[str, list[Interval]] = {}
             histories: dict[str, list[dict[str, Any]]] = {}
 
             async def all_clear() -> bool:
-                histories.clear()
+                now = clock.now_ms()
+                still_shown = False
                 for session_id in model.session_ids():
                     got = await admin.get(f"/emulator/sessions/{session_id}/history")
                     got.raise_for_status()
                     histories[session_id] = got.json()["history"]
-                return all(not h or h[-1]["typing_indicator"] is None for h in histories.values())
+                    webchat = shown_intervals(histories[session_id], now)
+                    target = targets.get(session_id)
+                    messaging: list[Interval] = []
+                    if target is not None:
+                        calls = await admin.get("/emulator/typing", params=_typing_query(target))
+                        calls.raise_for_status()
+                        messaging = typing_shown_intervals(calls.json()["typing"])
+                    shown[session_id] = merge([*webchat, *messaging])
+                    history = histories[session_id]
+                    still_shown = still_shown or bool(
+                        (history and history[-1]["typing_indicator"] is not None)
+                        or (messaging and messaging[-1][1] > now)
+                    )
+                return not still_shown
 
             console.print("traffic sent; waiting for every indicator to be cleared")
             settle_until = last_deadline + 15_000
             while not await all_clear():
                 if clock.now_ms() > settle_until:
-                    raise DemoError("indicators were still set 15 s after the last deadline")
-                await asyncio.sleep(0.25)
+                    raise DemoError("indicators were still shown 15 s after the last deadline")
+                await asyncio.sleep(0.25)  # polling the emulator's view, not synchronisation
             end_ms = clock.now_ms()
         finally:
             stop.set()
@@ -197,13 +283,45 @@ async def _run_stack(
         "decisions": dict(processor.counters.decisions),
         "calls": dict(processor.counters.calls),
     }
-    return DemoResult(
+    kinds = {sid: ("webchat" if targets.get(sid) is None else "messaging") for sid in truth}
+    by_kind = {
+        kind: accuracy(
+            {sid: iv for sid, iv in truth.items() if kinds[sid] == kind},
+            {sid: iv for sid, iv in shown.items() if kinds.get(sid) == kind},
+            end_ms,
+        )
+        for kind in sorted(set(kinds.values()))
+    }
+    result = DemoResult(
         events=len(schedule.events),
         counters=counters,
         stats=stats,
-        accuracy=accuracy(truth, histories, end_ms),
+        accuracy=accuracy(truth, shown, end_ms),
+        by_kind=by_kind,
+        budget_calls=options.api_rate_per_minute * (end_ms - start_ms) / 60_000,
         history=histories,
     )
+    webchat_sessions = [sid for sid, kind in kinds.items() if kind == "webchat" and truth[sid]]
+    result.bound_ms = budget_bound(
+        {
+            2: bursts({sid: iv for sid, iv in truth.items() if kinds[sid] == "webchat"}),
+            1: bursts({sid: iv for sid, iv in truth.items() if kinds[sid] == "messaging"}),
+        },
+        result.api_calls,
+        len(webchat_sessions),
+    )
+    return result
+
+
+def _targets(events: list[TypingEvent]) -> dict[str, Target | None]:
+    """Each session's target, as its latest event names it."""
+    return {event.session_id: event.target for event in events}
+
+
+def _typing_query(target: Target) -> dict[str, str]:
+    if isinstance(target, AgentTypingTarget):
+        return {"conversation_id": target.conversation_id}
+    return {"integration_id": target.integration_id, "from_id": target.from_id}
 
 
 async def _send_traffic(

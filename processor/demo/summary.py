@@ -1,4 +1,10 @@
-"""The demo's closing table."""
+"""The demo's closing table.
+
+The budget bound is the most typing any scheduler could have shown with the Genesys calls
+this run made: each shown burst costs at least two calls (a set and its clear; one for a
+messaging target), plus one GET per webchat session of the run, so no scheduler shows more
+than the longest bursts that many calls pay for. Fidelity = typing shown / that bound.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ def summary_table(result: DemoResult) -> Table:
         ),
         ("Genesys PATCH (HTTP)", f"{result.calls('PATCH'):,}"),
         ("Genesys GET (HTTP)", f"{result.calls('GET'):,}"),
+        ("Genesys typing calls (messaging)", f"{result.typing_calls():,}"),
         ("412 conflicts", f"{result.status_count(412):,}"),
         ("429 rate limited", f"{result.status_count(429):,}"),
         ("5xx answers", f"{sum(result.status_count(s) for s in (500, 502, 503, 504)):,}"),
@@ -53,9 +60,23 @@ def summary_table(result: DemoResult) -> Table:
         ("phantom typing time", _share(acc.phantom_ms, acc.truth_ms)),
         ("missed typing time", _share(acc.missed_ms, acc.truth_ms)),
     ]
+    if set(result.by_kind) != {"webchat"}:
+        for kind, part in result.by_kind.items():
+            rows.append((f"phantom typing time ({kind})", _share(part.phantom_ms, part.truth_ms)))
+            rows.append((f"missed typing time ({kind})", _share(part.missed_ms, part.truth_ms)))
+    rows += [
+        ("Genesys calls used / budget", _used(result.api_calls, result.budget_calls)),
+        ("budget bound (typing showable)", f"{result.bound_ms / 1000:,.1f} s"),
+        ("fidelity (shown / bound)", f"{result.fidelity:.2f}"),
+    ]
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _used(calls: int, budget: float) -> str:
+    share = calls / budget if budget else 0.0
+    return f"{calls:,} / {budget:,.0f} ({share:.0%})"
 
 
 def _share(part_ms: int, whole_ms: int) -> str:

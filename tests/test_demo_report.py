@@ -1,0 +1,100 @@
+"""The demo's measures: truth against what was shown, the budget bound and fidelity; and a
+short demo run over every target kind."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rich.console import Console
+
+from processor.demo.report import (
+    accuracy,
+    budget_bound,
+    bursts,
+    fidelity,
+    shown_intervals,
+    typing_shown_intervals,
+)
+from processor.demo.runner import DemoOptions, run_demo
+from processor.demo.summary import summary_table
+
+
+def test_shown_intervals_from_webchat_history_and_typing_calls() -> None:
+    history = [
+        {"at_ms": 100, "typing_indicator": {"status": "typing"}},
+        {"at_ms": 150, "typing_indicator": {"status": "paused"}},
+        {"at_ms": 400, "typing_indicator": None},
+        {"at_ms": 900, "typing_indicator": {"status": "typing"}},
+    ]
+    assert shown_intervals(history, end_ms=1000) == [(100, 400), (900, 1000)]
+    calls = [
+        {"at_ms": 0, "duration": 1000},
+        {"at_ms": 800, "duration": 1000},  # a refresh before "shown until": no gap
+        {"at_ms": 5000, "duration": 1000},
+    ]
+    assert typing_shown_intervals(calls) == [(0, 1800), (5000, 6000)]
+
+
+def test_accuracy_counts_phantom_missed_and_latencies_of_shown_bursts_only() -> None:
+    truth = {"a": [(1000, 3000)], "b": [(1000, 2000)]}
+    shown = {"a": [(1100, 3200)]}  # b never shown: missed, but no latency recorded
+    result = accuracy(truth, shown, end_ms=10_000)
+    assert (result.truth_ms, result.shown_ms) == (3000, 2100)
+    assert (result.phantom_ms, result.missed_ms) == (200, 100 + 1000)
+    assert result.shown_truth_ms == 1900
+    assert (result.set_latencies_ms, result.clear_latencies_ms) == ([100.0], [200.0])
+
+
+def test_the_bound_is_the_longest_bursts_the_calls_pay_for() -> None:
+    lengths = [9000, 1000, 5000, 7000, 3000]
+    # 10 calls, 2 of them GETs: 4 webchat bursts of 2 calls each, the longest four
+    assert budget_bound({2: lengths}, calls=10, reads=2) == 9000 + 7000 + 5000 + 3000
+    # messaging bursts cost one call each
+    assert budget_bound({1: lengths}, calls=3, reads=0) == 9000 + 7000 + 5000
+    assert budget_bound({2: lengths}, calls=1, reads=2) == 0
+    assert fidelity(0, 0) == 1.0
+    assert fidelity(1500, 3000) == 0.5
+    assert sorted(bursts({"a": [(0, 5), (10, 30)], "b": [(3, 4)]})) == [1, 5, 20]
+
+
+@settings(max_examples=200)
+@given(
+    webchat=st.lists(st.integers(1, 20_000), max_size=12),
+    messaging=st.lists(st.integers(1, 20_000), max_size=12),
+    calls=st.integers(0, 40),
+    reads=st.integers(0, 10),
+)
+def test_no_schedule_beats_the_bound(
+    webchat: list[int], messaging: list[int], calls: int, reads: int
+) -> None:
+    """Any choice of bursts the calls can pay for shows no more than the bound."""
+    bound = budget_bound({2: webchat, 1: messaging}, calls, reads)
+    budget = calls - reads
+    items = [(length, 2) for length in webchat] + [(length, 1) for length in messaging]
+    best = 0
+    for picked in itertools.product((False, True), repeat=min(len(items), 10)):
+        chosen = [item for item, take in zip(items, picked, strict=False) if take]
+        if sum(cost for _, cost in chosen) <= budget:
+            best = max(best, sum(length for length, _ in chosen))
+    assert best <= bound + 1e-6
+
+
+@pytest.mark.parametrize("targets", ["webchat", "mixed"])
+async def test_a_short_demo_runs_and_reports_every_measure(targets: str) -> None:
+    options = DemoOptions(sessions=6, duration_s=4.0, seed=3, targets=targets)  # type: ignore[arg-type]
+    result = await run_demo(options, Console(quiet=True))
+    assert result.events > 0
+    assert result.accuracy.truth_ms > 0
+    assert result.accuracy.shown_truth_ms > 0.8 * result.accuracy.truth_ms
+    assert 0 < result.fidelity <= 1.5
+    assert result.api_calls <= result.budget_calls
+    if targets == "mixed":
+        assert set(result.by_kind) == {"webchat", "messaging"}
+        assert result.typing_calls() > 0
+    table = summary_table(result)
+    measures = list(table.columns[0].cells)
+    assert "fidelity (shown / bound)" in measures
+    assert ("missed typing time (messaging)" in measures) == (targets == "mixed")
