@@ -72,7 +72,7 @@ def accuracy(
     Phantom: shown while nobody typed (beyond `slack_ms` after each truth interval, the
     allowance I1 gives a clear). Missed: typing that was not shown. Latencies, for each
     truth interval that was shown at all: from its start to the first set in it, and from
-    its end to the end of the indicator that covered it.
+    its end to when the indicator went (or the next burst began, if it stayed up).
     """
     truth_ms = shown_ms = phantom_ms = missed_ms = 0
     set_lat: list[float] = []
@@ -85,13 +85,16 @@ def accuracy(
         shown_ms += total(displayed)
         phantom_ms += total(subtract(displayed, merge(allowed)))
         missed_ms += total(subtract(expected, displayed))
-        for start, stop in expected:
+        for index, (start, stop) in enumerate(expected):
             covering = [iv for iv in displayed if iv[0] < stop and iv[1] > start - slack_ms]
             if not covering:
                 continue  # never shown: a miss, not a latency
             set_lat.append(float(max(0, covering[0][0] - start)))
-            if covering[-1][1] < end_ms:
-                clear_lat.append(float(max(0, covering[-1][1] - stop)))
+            # shown on past the end, until it went or the next burst began
+            following = expected[index + 1][0] if index + 1 < len(expected) else end_ms
+            gone = min(covering[-1][1], following)
+            if gone < end_ms:
+                clear_lat.append(float(max(0, gone - stop)))
     return Accuracy(truth_ms, shown_ms, phantom_ms, missed_ms, set_lat, clear_lat)
 
 
