@@ -1,27 +1,58 @@
-"""Outbound records built on the hot path serialise exactly as validated models do."""
+"""Outbound record bytes built on the hot path equal what the validated models write."""
 
 from __future__ import annotations
 
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from processor.domain import ChangeReason, Decision
 from processor.models import AuditRecord, CrmStatus, CrmSyncRecord
-from processor.runtime.records import audit_record, crm_record
+from processor.runtime.records import audit_bytes, crm_bytes
 from processor.state import AppliedChange, AuditDecision
 
-
-def test_crm_record_equals_the_validated_model() -> None:
-    change = AppliedChange("s-1", CrmStatus.CLEARED, 4, ChangeReason.EXPIRED, None, 1700, "e-1")
-    fast = crm_record(change)
-    checked = CrmSyncRecord.model_validate(orjson.loads(fast.to_bytes()))
-    assert fast.to_bytes() == checked.to_bytes()
-    assert orjson.loads(fast.to_bytes())["event"] == "typing_indicator_update"
+_TEXT = st.text(max_size=40)
+_IDS = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,20}", fullmatch=True)
 
 
-def test_audit_record_equals_the_validated_model() -> None:
-    decision = AuditDecision("s-1", "typing", Decision.APPLIED, 3, "evt", 17, 12.5, "", 200, 2)
-    fast = audit_record(decision, 3, "2026-11-24T00:00:00.000+00:00", "ab" * 16)
-    checked = AuditRecord.model_validate(orjson.loads(fast.to_bytes()))
-    assert fast.to_bytes() == checked.to_bytes()
-    body = orjson.loads(fast.to_bytes())
-    assert (body["partition"], body["offset"], body["trace_id"]) == (3, 17, "ab" * 16)
+@settings(max_examples=300)
+@given(
+    change=st.builds(
+        AppliedChange,
+        _IDS,
+        st.sampled_from(CrmStatus),
+        st.integers(0, 2**40),
+        st.sampled_from(ChangeReason),
+        st.none() | st.integers(0, 2**45),
+        st.integers(0, 2**45),
+        _TEXT,
+    )
+)
+def test_crm_bytes_are_the_models_bytes(change: AppliedChange) -> None:
+    fast = crm_bytes(change)
+    model = CrmSyncRecord.model_validate(orjson.loads(fast))
+    assert fast == model.to_bytes()
+
+
+@settings(max_examples=300)
+@given(
+    decision=st.builds(
+        AuditDecision,
+        _TEXT,
+        _TEXT,
+        st.sampled_from(Decision),
+        st.integers(0, 1000),
+        st.none() | _TEXT,
+        st.none() | st.integers(0, 2**40),
+        st.floats(0, 1e6),
+        _TEXT,
+        st.none() | st.integers(100, 599),
+        st.integers(0, 50),
+    ),
+    trace_id=st.none() | st.text("0123456789abcdef", min_size=32, max_size=32),
+)
+def test_audit_bytes_are_the_models_bytes(decision: AuditDecision, trace_id: str | None) -> None:
+    fast = audit_bytes(decision, decision.partition, "2026-11-24T00:00:00.000+00:00", trace_id)
+    model = AuditRecord.model_validate(orjson.loads(fast))
+    assert fast == model.to_bytes()
+    assert orjson.loads(fast)["trace_id"] == trace_id

@@ -42,7 +42,7 @@ from processor.telemetry.tracing import DECISION, SESSION_ID, STATUS, PartitionT
 
 from .outbound import Outbound, OutboundBatch
 from .reconciler import Reconciler
-from .records import audit_record, crm_record
+from .records import audit_bytes, crm_bytes
 from .restore import RestoreError
 
 log = logging.getLogger(__name__)
@@ -336,7 +336,7 @@ class PartitionWorker:
             if tracing is not None and turn_span is not None:
                 publish, headers = tracing.start_publish("crm", turn_span)
                 published.append(publish)
-            batch.crm(change.session_id.encode(), crm_record(change).to_bytes(), headers)
+            batch.crm(change.session_id.encode(), crm_bytes(change), headers)
             counters.crm_records += 1
             if self._on_applied is not None:
                 self._on_applied(change.session_id, change.applied_at)
@@ -359,8 +359,8 @@ class PartitionWorker:
                 if parent is not None:
                     trace_id = tracing.trace_id(parent)
                     headers = tracing.headers(parent)
-            audit = audit_record(decision, self.partition, stamp, trace_id)
-            batch.audit(decision.session_id.encode(), audit.to_bytes(), headers)
+            record = audit_bytes(decision, self.partition, stamp, trace_id)
+            batch.audit(decision.session_id.encode(), record, headers)
             counters.audit_records += 1
             counters.decisions[decision.result.value] += 1
         for key, value in emitted.changelog:

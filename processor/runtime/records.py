@@ -1,40 +1,55 @@
-"""Outbound payloads built from what the state engine emitted."""
+"""Outbound payload bytes built straight from what the state engine emitted.
+
+One audit record per input event makes this a hot path: the bytes come from orjson over a
+plain dict in the models' field order, without building a pydantic model per record.
+`tests/test_records.py` checks that they equal the models' own `to_bytes()` and validate
+against them, so the schemas in `schemas/` (generated from the models) stay the contract.
+"""
 
 from __future__ import annotations
 
-from processor.models import AuditRecord, CrmSyncRecord
+import orjson
+
 from processor.state import AppliedChange, AuditDecision
 
+_EVENT = "typing_indicator_update"
+_SOURCE = "genesys_typing_processor"
 
-def crm_record(change: AppliedChange) -> CrmSyncRecord:
-    """The CRM-sync record of one change applied in Genesys."""
-    # The engine's values are already valid: skip re-validating them on the hot path.
-    return CrmSyncRecord.model_construct(
-        timestamp=change.applied_at,
-        session_id=change.session_id,
-        status=change.status,
-        event_id=change.event_id,
-        version=change.version,
-        reason=change.reason,
-        expires_at=change.expires_at,
+
+def crm_bytes(change: AppliedChange) -> bytes:
+    """The CRM-sync record of one change applied in Genesys (`CrmSyncRecord`)."""
+    return orjson.dumps(
+        {
+            "event": _EVENT,
+            "timestamp": change.applied_at,
+            "session_id": change.session_id,
+            "status": change.status,
+            "source": _SOURCE,
+            "event_id": change.event_id,
+            "version": change.version,
+            "reason": change.reason,
+            "expires_at": change.expires_at,
+        }
     )
 
 
-def audit_record(
+def audit_bytes(
     decision: AuditDecision, partition: int, timestamp: str, trace_id: str | None = None
-) -> AuditRecord:
-    """The audit record of one decision (`timestamp` is ISO-8601 UTC)."""
-    return AuditRecord.model_construct(
-        timestamp=timestamp,
-        session_id=decision.session_id,
-        indicator_status=decision.indicator_status,
-        result=decision.result,
-        latency_ms=decision.latency_ms,
-        error=decision.error,
-        event_id=decision.event_id,
-        http_status=decision.http_status,
-        attempts=decision.attempts,
-        trace_id=trace_id,
-        partition=partition,
-        offset=decision.offset,
+) -> bytes:
+    """The audit record of one decision (`AuditRecord`; `timestamp` is ISO-8601 UTC)."""
+    return orjson.dumps(
+        {
+            "timestamp": timestamp,
+            "session_id": decision.session_id,
+            "indicator_status": decision.indicator_status,
+            "result": decision.result,
+            "latency_ms": decision.latency_ms,
+            "error": decision.error,
+            "event_id": decision.event_id,
+            "http_status": decision.http_status,
+            "attempts": decision.attempts,
+            "trace_id": trace_id,
+            "partition": partition,
+            "offset": decision.offset,
+        }
     )

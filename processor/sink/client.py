@@ -170,6 +170,7 @@ class GenesysSink:
             ),
             headers={"User-Agent": USER_AGENT},
             follow_redirects=False,
+            http2=config.http2,
         )
         self._clock = clock or SystemClock()
         self._now = monotonic

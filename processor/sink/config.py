@@ -39,10 +39,12 @@ class SinkConfig:
     backoff_cap_s: float = 2.0
     breaker_failure_threshold: int = 5
     breaker_reset_timeout_s: float = 10.0
-    # A few connections carry the whole budget (300 calls/min is 5/s); httpcore scans every
-    # pooled connection on each request, so a large pool costs CPU for nothing.
-    max_connections: int = 16
-    max_keepalive_connections: int = 16
+    # One connection per call that may be in flight (`TYPING_MAX_IN_FLIGHT`): calls never
+    # queue inside the pool, where httpcore scans every waiter and our clears-first order
+    # would be lost. With HTTP/2 (where the service offers it) one connection carries many.
+    max_connections: int = 32
+    max_keepalive_connections: int = 32
+    http2: bool = True
     keepalive_expiry_s: float = 30.0
     etag_cache_size: int = 100_000
     token_refresh_margin_s: float = 30.0
@@ -94,6 +96,8 @@ class SinkConfig:
             "client_secret": genesys.oauthclient_secret,
             "scope": genesys.oauth_scopes,
             "rate_per_minute": typing.api_rate_per_minute,
+            "max_connections": typing.max_in_flight,
+            "max_keepalive_connections": typing.max_in_flight,
         }
         values.update(overrides)
         return cls(**values)
