@@ -12,16 +12,21 @@ update it does not suppress, and GET + PATCH per expiry clear it schedules).
 
     python bench/bench_runtime.py [--sessions 10000] [--events-per-session 10] [--partitions 4]
                                   [--economy-sessions 40] [--economy-duration 20]
+                                  [--profile PATH] [--skip-economy]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import io
+import pstats
 import secrets
 import time
 import uuid
 from collections import defaultdict
+from pathlib import Path
 
 import httpx
 import orjson
@@ -177,16 +182,26 @@ def settings_for(
 
 
 async def processor_rate(
-    bootstrap: str, emulator: EmulatorProcess, topic: str, partitions: int, expected: int
+    bootstrap: str,
+    emulator: EmulatorProcess,
+    topic: str,
+    partitions: int,
+    expected: int,
+    profile: Path | None = None,
 ) -> tuple[float, dict[str, object]]:
+    """The processor's events per second over the topic; with `profile`, a cProfile
+    summary of this phase (top functions by own and by cumulative time) is written there."""
     settings = settings_for(bootstrap, emulator, topic, partitions)
     sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
     processor = TypingProcessor(settings, sink)
     stop = asyncio.Event()
     task = asyncio.create_task(processor.run(stop))
+    profiler = cProfile.Profile() if profile is not None else None
     try:
         await processor.wait_ready()
         rate = RateAfterFirst()
+        if profiler is not None:
+            profiler.enable()
         while processor.counters.events < expected:
             if task.done():
                 task.result()
@@ -194,15 +209,39 @@ async def processor_rate(
             await asyncio.sleep(0.01)  # sampling a counter, not synchronising
         rate.sample(processor.counters.events)
     finally:
+        if profiler is not None:
+            profiler.disable()
         stop.set()
         await task
         await sink.aclose()
+    if profiler is not None and profile is not None:
+        out = io.StringIO()
+        for order in ("tottime", "cumulative"):
+            pstats.Stats(profiler, stream=out).sort_stats(order).print_stats(30)
+        await asyncio.to_thread(profile.write_text, out.getvalue())
     counters = {
         "decisions": dict(processor.counters.decisions),
         "calls": dict(processor.counters.calls),
         "changelog_records": processor.counters.changelog_records,
     }
     return rate.per_second(), counters
+
+
+async def call_cpu_cost(emulator: EmulatorProcess, calls: int = 400) -> float:
+    """CPU milliseconds this process spends per Genesys call (PATCH with a cached ETag)."""
+    settings = settings_for("unused:9092", emulator, "unused", 1)
+    session_ids = [f"cpu-{i}" for i in range(40)]
+    await create_sessions(emulator.base_url, session_ids)
+    async with GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing)) as sink:
+        for session_id in session_ids:  # warm up: token, connections, ETags
+            await sink.apply(session_id, None)
+        started = time.process_time()
+        for start in range(0, calls, len(session_ids)):
+            await asyncio.gather(
+                *(sink.apply(session_id, None) for session_id in session_ids[: calls - start])
+            )
+        spent = time.process_time() - started
+    return spent * 1000 / calls
 
 
 def tutorial_calls(events: list[dict[str, object]]) -> int:
@@ -243,11 +282,15 @@ async def throughput(args: argparse.Namespace, console: Console) -> None:
         bare = await bare_consumer_rate(broker.bootstrap_servers, topic, total)
         console.print(f"bare aiokafka consumer: {bare:,.0f} events/s")
         rate, counters = await processor_rate(
-            broker.bootstrap_servers, emu, topic, args.partitions, total
+            broker.bootstrap_servers, emu, topic, args.partitions, total, args.profile
         )
         console.print(f"processor (decide + reconcile + publish): {rate:,.0f} events/s")
         console.print(f"ratio processor / bare consumer: {rate / bare:.2f}")
         console.print(f"processor counters: {counters}")
+        if args.profile is not None:
+            console.print(f"profile of the processor phase: {args.profile}")
+        cost = await call_cpu_cost(emu)
+        console.print(f"CPU per Genesys call (this process): {cost:.2f} ms")
 
 
 async def economy(args: argparse.Namespace, console: Console) -> None:
@@ -290,6 +333,9 @@ def main() -> None:
     parser.add_argument("--economy-sessions", type=int, default=40)
     parser.add_argument("--economy-duration", type=float, default=20.0)
     parser.add_argument("--skip-economy", action="store_true")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="write a cProfile summary of the processor phase"
+    )
     args = parser.parse_args()
     console = Console()
     asyncio.run(throughput(args, console))
