@@ -326,7 +326,8 @@ async def _run_stack(
         budget_calls=options.api_rate_per_minute * (end_ms - start_ms) / 60_000,
         history=histories,
     )
-    webchat_sessions = [sid for sid, kind in kinds.items() if kind == "webchat" and truth[sid]]
+    # One GET per webchat session the run showed (the first call of a session reads it)
+    webchat_sessions = [sid for sid, kind in kinds.items() if kind == "webchat" and histories[sid]]
     result.bound_ms = budget_bound(
         {
             2: bursts({sid: iv for sid, iv in truth.items() if kinds[sid] == "webchat"}),

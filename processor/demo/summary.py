@@ -2,8 +2,8 @@
 
 The budget bound is the most typing any scheduler could have shown with the Genesys calls
 this run made: each shown burst costs at least two calls (a set and its clear; one for a
-messaging target), plus one GET per webchat session of the run, so no scheduler shows more
-than the longest bursts that many calls pay for. Fidelity = typing shown / that bound.
+messaging target), plus one GET per webchat session shown, so no scheduler shows more than
+the longest bursts that many calls pay for. Fidelity = typing shown / that bound.
 """
 
 from __future__ import annotations
