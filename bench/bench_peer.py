@@ -47,9 +47,10 @@ QUIX_APP = Path(__file__).resolve().parent / "quix_peer_app.py"
 QUIX_TIMEOUT_S = 600.0
 
 
-async def create_input_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    """The input topic with an explicit `retention.ms`: Quix Streams derives its changelog
-    topic's configuration from it, and the local broker describes only given configs."""
+async def create_topics(bootstrap: str, topics: list[str], partitions: int) -> None:
+    """Topics with an explicit `retention.ms`: Quix Streams derives its changelog topic's
+    configuration from the input's, and the local broker describes only given configs. The
+    peer's audit topic is made here too, so its partitions are known before it writes."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -61,24 +62,21 @@ async def create_input_topic(bootstrap: str, topic: str, partitions: int) -> Non
                     replication_factor=1,
                     topic_configs={"retention.ms": str(7 * 24 * 3600 * 1000)},
                 )
+                for topic in topics
             ]
         )
     finally:
         await admin.close()
 
 
-async def records_in(consumer: AIOKafkaConsumer, topic: str) -> int:
-    partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
-        await consumer.topics()  # metadata refresh: the peer creates the topic
-        return 0
-    ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+async def records_in(consumer: AIOKafkaConsumer, topic: str, partitions: int) -> int:
+    ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
     return sum(ends.values())
 
 
-async def quix_rate(bootstrap: str, topic: str, expected: int) -> float:
+async def quix_rate(bootstrap: str, topic: str, partitions: int, expected: int) -> float:
     """Events per second of the Quix Streams peer, from its audit topic's growth."""
-    audit_topic = f"{topic}-quix-audit"
+    audit_topic = audit_topic_of(topic)
     group = f"quix-{uuid.uuid4().hex[:6]}"
     with tempfile.TemporaryDirectory() as state_dir:
         child = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, polled below
@@ -90,7 +88,7 @@ async def quix_rate(bootstrap: str, topic: str, expected: int) -> float:
         rate = RateAfterFirst()
         try:
             async with asyncio.timeout(QUIX_TIMEOUT_S):
-                while (done := await records_in(consumer, audit_topic)) < expected:
+                while (done := await records_in(consumer, audit_topic, partitions)) < expected:
                     if child.poll() is not None:
                         raise SystemExit(f"the Quix Streams app exited ({child.returncode})")
                     rate.sample(done)
@@ -107,12 +105,16 @@ async def quix_rate(bootstrap: str, topic: str, expected: int) -> float:
     return rate.per_second()
 
 
+def audit_topic_of(topic: str) -> str:
+    return f"{topic}-quix-audit"
+
+
 async def main(args: argparse.Namespace) -> None:
     console = Console()
     with LocalBroker() as broker, EmulatorProcess(client_id="bench", client_secret="bench") as emu:
         bootstrap = broker.bootstrap_servers
         topic = f"peer-in-{uuid.uuid4().hex[:6]}"
-        await create_input_topic(bootstrap, topic, args.partitions)
+        await create_topics(bootstrap, [topic, audit_topic_of(topic)], args.partitions)
         sessions = [f"p-{i:06d}" for i in range(args.sessions)]
         console.print(f"creating {len(sessions):,} sessions in the emulator")
         await create_sessions(emu.base_url, sessions)
@@ -120,7 +122,7 @@ async def main(args: argparse.Namespace) -> None:
         console.print(f"{total:,} events in {topic} ({args.partitions} partitions)")
         bare = await bare_consumer_rate(bootstrap, topic, total)
         console.print(f"bare aiokafka consumer:   {bare:>10,.0f} events/s")
-        quix = await quix_rate(bootstrap, topic, total)
+        quix = await quix_rate(bootstrap, topic, args.partitions, total)
         console.print(f"Quix Streams peer:        {quix:>10,.0f} events/s")
         processor, counters = await processor_rate(
             bootstrap, emu, topic, args.partitions, total, profile=args.profile
