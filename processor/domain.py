@@ -97,6 +97,9 @@ class Outcome(StrEnum):
     FAILED = "failed"
     REJECTED = "rejected"
     AUTH_CONFIG_ERROR = "auth_config_error"
+    OVERTAKEN = "overtaken"
+    """Nothing sent: the session shows a change of this version or later that the
+    caller did not record (`remote_indicator` says which)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +149,8 @@ class SinkResult:
 
     `ambiguous`: a change-making request went out and no definitive answer came back
     (timeout, lost connection, 5xx), so it may or may not have taken effect.
-    `remote_indicator`: what a read-back found (`None` = no indicator, or no read).
+    `remote_indicator`: what a read-back (or an `overtaken` call) found (`None` = no
+    indicator, or no read).
     """
 
     outcome: Outcome

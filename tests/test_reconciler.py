@@ -40,7 +40,12 @@ class GatedSink:
         self.calls.append(("forget", session_id))
 
     async def apply(
-        self, session_id: str, desired: Indicator | None, *, prepaid: int = 0
+        self,
+        session_id: str,
+        desired: Indicator | None,
+        *,
+        version: int | None = None,
+        prepaid: int = 0,
     ) -> SinkResult:
         self.calls.append(("apply", session_id, desired is None, prepaid))
         if desired is not None:

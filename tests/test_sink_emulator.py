@@ -134,6 +134,41 @@ async def test_a_forced_412_costs_exactly_one_get_and_one_patch_more(
     assert attributes["typingIndicator"]["version"] == 3
 
 
+async def test_a_version_another_writer_already_shows_is_never_written_again(
+    emulator: EmulatorHandle, sink: GenesysSink
+) -> None:
+    """A partition's previous owner, still at work during a rebalance, set version 4; this
+    owner, one change behind, must not write a second version 4 (versions never repeat)."""
+    emulator.create_session("s1")
+    theirs = indicator(4)
+    emulator.write_as_other("s1", {"typingIndicator": theirs.to_genesys()})
+
+    result = await sink.apply("s1", indicator(4, Status.PAUSED))
+    assert (result.outcome, result.attempts) == (Outcome.OVERTAKEN, 1)  # the GET alone
+    assert result.remote_indicator == theirs
+    sink.forget("s1")
+    clear = await sink.apply("s1", None, version=3)
+    assert clear.outcome is Outcome.OVERTAKEN
+    assert calls(emulator, "PATCH") == 0
+    assert (await sink.apply("s1", None, version=5)).ok  # the next version goes through
+    assert emulator.history("s1")[-1]["typing_indicator"] is None
+
+
+async def test_a_read_that_shows_the_change_already_there_sends_nothing(
+    emulator: EmulatorHandle, sink: GenesysSink
+) -> None:
+    emulator.create_session("s1")
+    same = indicator(2)
+    emulator.write_as_other("s1", {"typingIndicator": same.to_genesys()})
+    result = await sink.apply("s1", same)
+    assert (result.outcome, result.attempts) == (Outcome.APPLIED, 1)
+    sink.forget("s1")
+    emulator.write_as_other("s1", {"typingIndicator": None})
+    cleared = await sink.apply("s1", None, version=3)
+    assert (cleared.outcome, cleared.attempts) == (Outcome.APPLIED, 1)
+    assert calls(emulator, "PATCH") == 0
+
+
 async def test_conflict_exhausted_after_max_attempts(emulator: EmulatorHandle) -> None:
     emulator.create_session("s1")
     emulator.set_faults(conflict_rate=1.0, seed=1)

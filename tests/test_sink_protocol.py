@@ -131,7 +131,8 @@ async def test_a_5xx_on_a_patch_is_ambiguous_but_on_a_read_it_is_not() -> None:
         httpx.AsyncClient(transport=httpx.MockTransport(token_or(script))) as http,
         GenesysSink(CONFIG, http=http) as sink,
     ):
-        patched = await sink.apply("s1", None)
+        desired = Indicator(Status.TYPING, 0, 60_000, 1)
+        patched = await sink.apply("s1", desired)
         assert (patched.outcome, patched.ambiguous) == (Outcome.FAILED, True)
     failing_read = token_or(lambda request: httpx.Response(503))
     async with (

@@ -191,7 +191,19 @@ class StoreMachine(RuleBasedStateMachine):
     def result(self, index: int, outcome: Outcome, reached: bool) -> None:
         work = self.flying.pop(index % len(self.flying))
         sid = work.session_id
-        if work.kind is WorkKind.RESOLVE and outcome is Outcome.APPLIED:
+        if outcome is Outcome.OVERTAKEN and work.kind is WorkKind.RESOLVE:
+            outcome = Outcome.FAILED  # only a change-making call can find itself overtaken
+        if outcome is Outcome.OVERTAKEN:
+            # another writer (a previous owner during a rebalance) made this version, or a
+            # later one, and recorded it itself
+            now = self.clock.now_ms()
+            theirs = Indicator(
+                Status.TYPING, now, now + 1000 * (1 + index), work.version + index % 2
+            )
+            self.remote[sid] = theirs
+            self.crm_version[sid] = theirs.version
+            result = SinkResult(outcome, http_status=200, attempts=1, remote_indicator=theirs)
+        elif work.kind is WorkKind.RESOLVE and outcome is Outcome.APPLIED:
             # a read-back tells what Genesys holds
             result = SinkResult(outcome, http_status=200, remote_indicator=self.remote.get(sid))
         else:

@@ -443,6 +443,32 @@ def test_an_ambiguous_failure_that_did_not_land_reuses_its_version(
     assert (retry.kind, retry.version, retry.event_id) == (WorkKind.SET, 1, "a")
 
 
+def test_an_overtaken_call_adopts_the_version_shown_and_plans_again_at_once(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    """Another writer (a previous owner during a rebalance) set version 3 while this store
+    knew of version 1: the next change is version 4, for the same cause, without backoff."""
+    store.on_event(ev("s1", Status.TYPING, T0, eid="a", timeout=60_000), 1)
+    apply_all(store)
+    store.drain()
+    store.on_event(ev("s1", Status.PAUSED, T0 + 1, eid="b", timeout=60_000), 2)
+    [work] = store.take_work(5)
+    assert work.version == 2
+    theirs = Indicator(Status.TYPING, T0, T0 + 30_000, 3)
+    store.on_result(
+        work, SinkResult(Outcome.OVERTAKEN, attempts=1, http_status=200, remote_indicator=theirs)
+    )
+    out = store.drain()
+    assert out.changes == []
+    assert [(a.event_id, a.result) for a in out.audits][-1] == ("b", Decision.CONFLICT)
+    [retry] = store.take_work(5)
+    assert (retry.kind, retry.version, retry.event_id) == (WorkKind.SET, 4, "b")
+    assert retry.desired is not None
+    assert retry.desired.status is Status.PAUSED
+    store.on_result(retry, APPLIED)
+    assert [(c.status, c.version) for c in store.drain().changes] == [(CrmStatus.PAUSED, 4)]
+
+
 def test_clear_keeps_retrying_until_it_goes_through(
     store: PartitionStore, clock: ManualClock
 ) -> None:

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 # Flushes whose records may await acknowledgement at once before the worker waits.
 MAX_UNACKED = 32
-_NOT_SENT = SinkResult(Outcome.FAILED, error="not sent: the partition is closing")
+_NOT_SENT = SinkResult(Outcome.FAILED, error="not sent: the partition is closing or fenced")
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +147,7 @@ class PartitionWorker:
         self._launches: list[tuple[Work, int]] = []
         self._unacked: deque[tuple[asyncio.Future[Any], int | None]] = deque()
         self._closing = False
+        self._fenced = False
         self._in_flight = 0
         self._wake_queued = False
         self._idle = asyncio.Event()
@@ -156,7 +157,26 @@ class PartitionWorker:
     @property
     def accepting(self) -> bool:
         """True while the scheduler may take work from this partition's store."""
-        return self.restored.is_set() and not self._closing and self.failed is None
+        return (
+            self.restored.is_set()
+            and not self._closing
+            and not self._fenced
+            and self.failed is None
+        )
+
+    def fence(self) -> None:
+        """The group refused this member's commit: another member may own the partition
+        now. Launch nothing more (calls taken and not sent go back to the store) until
+        the rebalance that follows revokes it."""
+        self._fenced = True
+        self._drop_launches()
+
+    def _drop_launches(self) -> None:
+        # Calls taken but not launched yet never go out: the store hears so.
+        for work, prepaid in self._launches:
+            self._reconciler.sink.budget.refund(prepaid)
+            self._deliver(work, None, _NOT_SENT)
+        self._launches = []
 
     def submit(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Queue input records (in offset order) for processing."""
@@ -461,11 +481,7 @@ class PartitionWorker:
             await asyncio.gather(self._task, return_exceptions=True)
             self._end_open_spans()
             return None
-        # Calls taken but not launched yet never go out: the store hears so.
-        for work, prepaid in self._launches:
-            self._reconciler.sink.budget.refund(prepaid)
-            self._deliver(work, None, _NOT_SENT)
-        self._launches = []
+        self._drop_launches()
         try:
             async with asyncio.timeout(grace_s):
                 await self._idle.wait()

@@ -45,9 +45,15 @@ class Sink(Protocol):
         ...
 
     async def apply(
-        self, session_id: str, desired: Indicator | None, *, prepaid: int = 0
+        self,
+        session_id: str,
+        desired: Indicator | None,
+        *,
+        version: int | None = None,
+        prepaid: int = 0,
     ) -> SinkResult:
-        """Make the webchat session's indicator `desired` (None = clear)."""
+        """Make the webchat session's indicator `desired` (None = clear), as change
+        `version` (`overtaken` when the session shows that version or a later one)."""
         ...
 
     async def read_back(self, session_id: str, *, prepaid: int = 0) -> SinkResult:
@@ -153,7 +159,9 @@ class Reconciler:
             return await sink.read_back(work.session_id, prepaid=prepaid)
         target = work.target
         if target is None:
-            return await sink.apply(work.session_id, work.desired, prepaid=prepaid)
+            return await sink.apply(
+                work.session_id, work.desired, version=work.version, prepaid=prepaid
+            )
         if isinstance(target, AgentTypingTarget):
             return await sink.agent_typing(
                 target.conversation_id, target.communication_id, work.duration_ms, prepaid=prepaid

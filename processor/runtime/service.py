@@ -239,7 +239,10 @@ class TypingProcessor:
             consumer.subscribe([self.settings.typing.input_topic], listener=_Rebalance(self))
             await self._consume(consumer, stop)
         finally:
-            await self.release(list(consumer.assignment()))
+            # every worker, not only the consumer's assignment: a partition being assigned
+            # when the stop came has a worker (restoring) and no assignment entry yet
+            input_topic = self.settings.typing.input_topic
+            await self.release([TopicPartition(input_topic, p) for p in list(self.workers)])
             scheduling.cancel()
             await asyncio.gather(scheduling, return_exceptions=True)
             await consumer.stop()
@@ -308,7 +311,19 @@ class TypingProcessor:
             return
         try:
             await consumer.commit(offsets)
-        except (CommitFailedError, KafkaError) as exc:
+        except CommitFailedError:
+            # The group has moved on without this member (its next heartbeat or poll
+            # rejoins): another member may own these partitions already, and two owners
+            # calling Genesys for one session would race. Nothing more goes out here
+            # until the partitions are assigned again.
+            log.warning(
+                "commit refused: the group rebalanced without this member; no calls until"
+                " the partitions are assigned again"
+            )
+            for worker in self.workers.values():
+                worker.fence()
+            return
+        except KafkaError as exc:
             log.warning("commit failed (will retry): %s", exc)
             return
         for tp, offset in offsets.items():

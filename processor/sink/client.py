@@ -245,15 +245,23 @@ class GenesysSink:
             await self._http.aclose()
 
     async def apply(
-        self, session_id: str, desired: Indicator | None, *, prepaid: int = 0
+        self,
+        session_id: str,
+        desired: Indicator | None,
+        *,
+        version: int | None = None,
+        prepaid: int = 0,
     ) -> SinkResult:
         """Make `desired` the session's typing indicator; `None` clears it.
 
         Sends `If-Match` with the cached ETag; GETs only when none is cached or after a
-        412 (then re-reads and retries, up to `max_conflict_attempts` PATCHes, unless the
-        re-read shows the change already there). Never waits for budget: each request
-        spends a token (the first `prepaid` were paid by the caller), and a 429 pauses
-        the budget and ends the call (`rate_limited`).
+        412 (then re-reads and retries, up to `max_conflict_attempts` PATCHes). A read
+        that shows the change already there ends the call without a PATCH. One that
+        shows an indicator of this change's `version` (default: `desired`'s) or later
+        ends it as `overtaken`: another writer got there first, and the version must
+        not repeat. Never waits for budget: each request spends a token (the first
+        `prepaid` were paid by the caller), and a 429 pauses the budget and ends the
+        call (`rate_limited`).
         """
         ledger = _Ledger(self._now, self._now(), prepaid)
         if not is_valid_session_id(session_id):
@@ -263,7 +271,9 @@ class GenesysSink:
         body = orjson.dumps({"customAttributes": {"typingIndicator": indicator}})
         try:
             async with self._exclusive(session_id):
-                return await self._apply(session_id, desired, body, ledger)
+                if version is None and desired is not None:
+                    version = desired.version
+                return await self._apply(session_id, desired, version, body, ledger)
         finally:
             self._budget.refund(ledger.prepaid)
 
@@ -381,7 +391,12 @@ class GenesysSink:
         return ledger.result(outcome, error=error)
 
     async def _apply(
-        self, session_id: str, desired: Indicator | None, body: bytes, ledger: _Ledger
+        self,
+        session_id: str,
+        desired: Indicator | None,
+        version: int | None,
+        body: bytes,
+        ledger: _Ledger,
     ) -> SinkResult:
         conflicts = 0
         etag = self._etags.get(session_id)
@@ -396,9 +411,20 @@ class GenesysSink:
                         error=f"session is {read.state or 'in an unknown state'}",
                         remote_state=read.state,
                     )
-                if conflicts and _already_there(desired, read.typing_indicator):
-                    # an earlier attempt whose answer was lost did land: do not repeat it
+                if _already_there(desired, read):
+                    # an attempt whose answer was lost did land, or another writer made
+                    # the same change: do not repeat it
                     return ledger.result(Outcome.APPLIED, remote_state=SessionState.CONNECTED)
+                shown = read.typing_indicator
+                if version is not None and shown is not None and shown.version >= version:
+                    # A change this processor has not recorded (a partition's previous
+                    # owner still at work during a rebalance): versions must not repeat.
+                    return ledger.result(
+                        Outcome.OVERTAKEN,
+                        error=f"the session already shows version {shown.version}",
+                        remote_state=SessionState.CONNECTED,
+                        remote_indicator=shown,
+                    )
                 etag = read.etag
             answer = await self._call(
                 "PATCH", self._config.session_url(session_id), ledger, body, etag
@@ -624,10 +650,12 @@ def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _already_there(desired: Indicator | None, remote: Indicator | None) -> bool:
-    """True when the session already shows `desired` (same version, same status)."""
+def _already_there(desired: Indicator | None, read: RemoteSession) -> bool:
+    """True when the session already shows `desired` (same version, same status), or
+    shows no indicator at all when `desired` is a clear."""
     if desired is None:
-        return remote is None
+        return read.indicator is None
+    remote = read.typing_indicator
     return remote is not None and (remote.version, remote.status) == (
         desired.version,
         desired.status,

@@ -29,6 +29,9 @@ Rules (DESIGN §4, §2b):
   whose call failed ambiguously) is resolved by reading the session back before anything
   else (`WorkKind.RESOLVE`): if it landed, its CRM and audit records follow, and versions
   never repeat. A messaging intent cannot be read back; restored, it counts as landed.
+  A call that finds the session overtaken (a change of its version or later that this
+  store never recorded: a previous owner still at work during a rebalance) adopts what
+  the session shows and plans again with the next version.
 - Messaging targets (§2b): there is no "Off". A set or refresh sends `duration` = deadline
   minus now, clamped; the indicator is shown until `issued_at + duration`. `stopped`
   costs no call; when the indicator lapses, the CRM gets a `cleared` record and the audit
@@ -90,6 +93,7 @@ _FORGET = {
 }
 _RETRY = {
     Outcome.CONFLICT: Decision.CONFLICT,
+    Outcome.OVERTAKEN: Decision.CONFLICT,
     Outcome.RATE_LIMITED: Decision.RATE_LIMITED,
     Outcome.FAILED: Decision.FAILED,
     Outcome.AUTH_CONFIG_ERROR: Decision.AUTH_CONFIG_ERROR,
@@ -325,6 +329,14 @@ class PartitionStore:
             self._gone(s, work, result, forget, now)
             return
         self._audit_result(work, _RETRY.get(outcome, Decision.FAILED), result)
+        if outcome is Outcome.OVERTAKEN:
+            # Another writer's change is there (nothing was sent): take its version as
+            # ours and plan again from what the session shows, at once.
+            self._adopt(s, result.remote_indicator)
+            self._recause(s, work)
+            self._backoff.pop(sid, None)
+            self._settle(s, now)
+            return
         if result.ambiguous and work.target is None:
             # The change may have landed: read the session back before anything else.
             self._retry_later(s, outcome, now)
@@ -814,6 +826,14 @@ class PartitionStore:
             self._landed(s, intent, _read_back_note(result), now)
             return
         # It did not land: Genesys shows what the read says; the cause waits for a call.
+        self._adopt(s, remote)
+        self._recause(s, intent, decide=True)
+        self._backoff.pop(s.sid, None)
+        self._settle(s, now)
+
+    def _adopt(self, s: Session, remote: Indicator | None) -> None:
+        """Genesys shows `remote` on the webchat session: no call is out, and the next
+        change's version follows the one shown (versions never repeat)."""
         s.intent = None
         if remote is None:
             s.remote = None
@@ -825,9 +845,6 @@ class PartitionStore:
             s.version = max(s.version, remote.version)
             self._shown[s.sid] = None
         s.remote_target = None
-        self._recause(s, intent, decide=True)
-        self._backoff.pop(s.sid, None)
-        self._settle(s, now)
 
     def _recause(self, s: Session, work: Work, *, decide: bool = False) -> None:
         """A call that did not land gives its cause back to the next one, while what the
