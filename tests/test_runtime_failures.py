@@ -156,3 +156,36 @@ async def test_an_unwritable_dead_letter_stops_the_partition_and_skips_nothing(
         stop.set()
         await asyncio.gather(task, return_exceptions=True)
         await sink.aclose()
+
+
+class StuckRestoreProcessor(TypingProcessor):
+    """A restore that does not finish until released (a long changelog, a slow broker)."""
+
+    def __init__(self, settings: Settings, sink: GenesysSink) -> None:
+        super().__init__(settings, sink)
+        self.release_restore = asyncio.Event()
+
+    async def _restore(self, partition: int) -> PartitionStore:
+        await self.release_restore.wait()
+        return await super()._restore(partition)
+
+
+async def test_a_stop_while_partitions_restore_ends_promptly_and_leaves_no_worker(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    settings = make_settings(bootstrap_servers, emulator)
+    sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
+    processor = StuckRestoreProcessor(settings, sink)
+    stop = asyncio.Event()
+    task = asyncio.create_task(processor.run(stop))
+    try:
+        await eventually(lambda: processor.restoring > 0, 60, "partitions assigned, restoring")
+        stop.set()
+        # the rebalance listener waits for the restores it started: the stop must end them
+        await asyncio.wait_for(task, 20)
+        assert processor.workers == {}
+    finally:
+        stop.set()
+        processor.release_restore.set()
+        await asyncio.gather(task, return_exceptions=True)
+        await sink.aclose()

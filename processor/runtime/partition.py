@@ -154,6 +154,17 @@ class PartitionWorker:
         self._idle.set()
         self._task = asyncio.create_task(self._loop(), name=f"partition-{topic}-{partition}")
 
+    async def settled(self) -> None:
+        """Return once the store is restored, or the worker ended without one (closed
+        while restoring)."""
+        if self.restored.is_set():
+            return
+        restored = asyncio.ensure_future(self.restored.wait())
+        try:
+            await asyncio.wait({restored, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            restored.cancel()
+
     @property
     def accepting(self) -> bool:
         """True while the scheduler may take work from this partition's store."""

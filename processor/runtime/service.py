@@ -85,6 +85,7 @@ class TypingProcessor:
         self._committed: dict[int, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self.assigned = False
+        self._stopping = False
         self._restoring = 0
         self._ready = asyncio.Event()
         self._broker_checked: tuple[float, bool] | None = None
@@ -215,6 +216,7 @@ class TypingProcessor:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process until `stop` is set, then drain, commit and return."""
+        self._stopping = False
         await self.prepare_topics()
         await self._outbound.start()
         consumer = AIOKafkaConsumer(
@@ -240,7 +242,9 @@ class TypingProcessor:
             await self._consume(consumer, stop)
         finally:
             # every worker, not only the consumer's assignment: a partition being assigned
-            # when the stop came has a worker (restoring) and no assignment entry yet
+            # when the stop came has a worker (restoring) and no assignment entry yet; and
+            # no new one from a rebalance still under way
+            self._stopping = True
             input_topic = self.settings.typing.input_topic
             await self.release([TopicPartition(input_topic, p) for p in list(self.workers)])
             scheduling.cancel()
@@ -331,6 +335,8 @@ class TypingProcessor:
 
     async def acquire(self, assigned: list[TopicPartition]) -> None:
         """Start a worker for each new partition; each restores its store before input."""
+        if self._stopping:
+            return  # the consumer is leaving the group: its next owner takes over
         topic = self.settings.typing.input_topic
         fresh = [tp.partition for tp in assigned if tp.topic == topic]
         fresh = [p for p in fresh if p not in self.workers]
@@ -356,7 +362,8 @@ class TypingProcessor:
         self._restoring += len(fresh)
         self._update_ready()
         try:
-            await asyncio.gather(*(self.workers[p].restored.wait() for p in fresh))
+            # settled, not restored: a stop may close a worker while it restores
+            await asyncio.gather(*(self.workers[p].settled() for p in fresh))
         finally:
             self._restoring -= len(fresh)
             self._update_ready()
