@@ -23,11 +23,16 @@ Pure: the stores, the budget's figures and the clock come in; picks come out.
 from __future__ import annotations
 
 import bisect
+import heapq
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from processor.state import PartitionStore, WorkKind
 from processor.state.session import Session
+
+# With budget to spare, how many of the newest sets per store, per free slot, a round ranks.
+_WINDOW = 4
 
 Cost = Callable[[Session], int]
 """Requests a session's next call takes (a webchat session without a cached ETag: 2)."""
@@ -152,19 +157,9 @@ class Planner:
             tokens -= price
             slots -= 1
 
+        # (the stores queue a status change of a shown indicator about to expire with
+        # the refreshes: it keeps the indicator alive)
         refreshes = [(s, store) for store in stores for s in store.queued_refreshes()]
-        candidates: list[tuple[Session, PartitionStore]] = []
-        for store in stores:
-            for s in store.queued_sets():
-                if s.remote is None:
-                    candidates.append((s, store))
-                elif now >= s.remote_expires - store.refresh_lead_ms(s):
-                    # a status change of a shown indicator about to expire: it refreshes it
-                    refreshes.append((s, store))
-                else:
-                    # a status change (typing <-> paused) of a shown indicator: the
-                    # indicator stays shown meanwhile, so it is worth less than a new one
-                    candidates.append((s, store))
         refreshes.sort(key=lambda item: item[0].remote_expires)
         for s, store in refreshes:
             price = cost(s)
@@ -178,25 +173,46 @@ class Planner:
             set_slots -= 1
 
         room = min(slots, set_slots, int(tokens))
-        if not candidates or room <= 0:
+        waiting = sum(store.queued_set_count for store in stores)
+        if not waiting or room <= 0:
             return picks
         slack = self._config.clear_slack_ms
         # Each shown indicator owes at most a refresh and a clear, each set two calls
         # more: when the tokens in hand cover all that, no check is needed (the usual
         # case with an ample budget, and the cheap one with many sessions).
-        owed_at_most = sum(
-            2 * store.shown_webchat_count + store.queued_work for store in stores
-        ) + 2 * len(candidates)
+        owed_at_most = (
+            sum(2 * store.shown_webchat_count + store.queued_work for store in stores) + 2 * waiting
+        )
         debt = (
             None
             if tokens >= owed_at_most
             else _Obligations(self._owed(stores, taken, now), capacity.rate_per_ms, now)
         )
+        if debt is None and waiting > _WINDOW * room:
+            # Budget to spare: only the free slots limit this round, and the rest goes
+            # out in the next ones. The newest sets are the most valuable (youngest
+            # bursts), so a window of them per store is ranked, not every set waiting:
+            # a round costs O(room), however many sets wait.
+            candidates = [
+                (s, store)
+                for store in stores
+                for s in itertools.islice(store.newest_sets(), _WINDOW * room)
+            ]
+        else:
+            candidates = [(s, store) for store in stores for s in store.queued_sets()]
         if len(candidates) > room or debt is not None:
             # value per call: a set that needs a GET first (no ETag yet) costs more
-            candidates.sort(
-                key=lambda item: self._value(item[0], now) / (cost(item[0]) + 1), reverse=True
-            )
+            # (ties: queue order, hence -n)
+            ranked = [
+                (self._value(s, now) / (cost(s) + 1), -n, s, store)
+                for n, (s, store) in enumerate(candidates)
+            ]
+            if debt is None:
+                # only the best `room` can go out this round: no need to order the rest
+                ranked = heapq.nlargest(room, ranked)
+            else:
+                ranked.sort(reverse=True)  # some may be skipped for their debt
+            candidates = [(s, store) for _, _, s, store in ranked]
         for s, store in candidates:
             price = cost(s)
             if slots <= 0 or set_slots <= 0 or tokens < price:

@@ -228,8 +228,9 @@ class GenesysSink:
         return self._budget
 
     def cached_etag(self, session_id: str) -> str | None:
-        """The ETag the next PATCH of this session would send, if any."""
-        return self._etags.get(session_id)
+        """The ETag the next PATCH of this session would send, if any (a look that does
+        not count as use of the cache entry)."""
+        return self._etags.peek(session_id)
 
     def forget(self, session_id: str) -> None:
         """Drop what is cached about a session (closed, or its partition moved away)."""

@@ -35,6 +35,10 @@ class ETagCache:
             self._etags.move_to_end(session_id)
         return etag
 
+    def peek(self, session_id: str) -> str | None:
+        """The cached ETag without marking it used (for planning); None when unknown."""
+        return self._etags.get(session_id)
+
     def put(self, session_id: str, etag: str) -> None:
         """Remember `etag`, evicting the least recently used entry when full."""
         self._etags[session_id] = etag

@@ -437,6 +437,16 @@ class PartitionStore:
         sessions = self._sessions
         return (sessions[sid] for sid in self._sets)
 
+    def newest_sets(self) -> Iterator[Session]:
+        """Sessions waiting for a new indicator to be set, newest first."""
+        sessions = self._sessions
+        return (sessions[sid] for sid in reversed(self._sets))
+
+    @property
+    def queued_set_count(self) -> int:
+        """How many sessions wait for a new indicator to be set."""
+        return len(self._sets)
+
     def shown_webchat(self) -> Iterator[Session]:
         """Sessions whose webchat indicator is (or may be) shown: each owes a clear."""
         sessions = self._sessions
@@ -581,6 +591,16 @@ class PartitionStore:
             self._audit(s.sid, shown.value if shown else _CLEARED, Decision.LAPSED, None, None)
         self._dirty[s.sid] = None
 
+    def _refresh_due(self, s: Session, now: int) -> bool:
+        """True when the indicator Genesys shows for `s` is within its refresh lead of
+        expiring while the wanted deadline lies beyond it."""
+        return (
+            s.remote is not None
+            and s.remote_target == s.target
+            and s.deadline > s.remote_expires
+            and now >= s.remote_expires - self._lead(s)
+        )
+
     def _lead(self, s: Session) -> int:
         """How long before Genesys' `expiresAt` a refresh is due (see `EngineConfig`)."""
         span = s.timeout
@@ -648,11 +668,13 @@ class PartitionStore:
                     self._dirty[sid] = None
                     self._audit(sid, cause[2], Decision.SUPPRESSED, cause[0], cause[1])
         else:
-            queue = (
-                clears
-                if kind is _CLEAR or kind is _RESOLVE
-                else (refreshes if kind is _REFRESH else sets)
-            )
+            if kind is _CLEAR or kind is _RESOLVE:
+                queue = clears
+            elif kind is _REFRESH or (kind is _SET and self._refresh_due(s, now)):
+                # a status change of a shown indicator about to expire refreshes it (I2)
+                queue = refreshes
+            else:
+                queue = sets
             if sid not in queue:
                 clears.pop(sid, None)
                 refreshes.pop(sid, None)
@@ -702,10 +724,12 @@ class PartitionStore:
             wake = s.deadline
             if (
                 not flying
-                and kind is None
+                and (
+                    kind is _SET  # a status change waiting: urgent at the refresh point
+                    or (kind is None and (s.target is not None or s.remote is s.status))
+                )
                 and s.remote is not None
                 and s.remote_target == s.target
-                and (s.target is not None or s.remote is s.status)
                 and s.deadline > s.remote_expires
             ):
                 refresh_at = s.remote_expires - self._lead(s)
