@@ -7,13 +7,14 @@ three systems, one after the other, each in its own consumer group:
 2. a Quix Streams application doing the processor's per-event work (parse, per-session
    RocksDB state with a changelog, suppression within 1500 ms, one audit record per event,
    at-least-once): `bench/quix_peer_app.py`, as a child process;
-3. the processor itself (decide, reconcile with the emulator, changelog, audit and CRM).
+3. the processor itself (decide, reconcile with the emulator, changelog, audit and CRM),
+   spending the default budget of one OAuth client (`--rate` calls per minute).
 
 Prints the three rates and the processor's ratio to each. Quix Streams is a bench-only
 dependency: `pip install -e '.[bench]'`.
 
     python bench/bench_peer.py [--sessions 10000] [--events-per-session 10] [--partitions 4]
-                               [--profile PATH]
+                               [--rate CALLS_PER_MINUTE] [--profile PATH]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from rich.console import Console
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_runtime import (
+    DEFAULT_RATE,
     RateAfterFirst,
     bare_consumer_rate,
     create_sessions,
@@ -128,7 +130,13 @@ async def main(args: argparse.Namespace) -> None:
         quix = await quix_rate(bootstrap, topic, args.partitions, total)
         console.print(f"Quix Streams peer:        {quix:>10,.0f} events/s")
         processor, counters = await processor_rate(
-            bootstrap, emu, topic, args.partitions, total, profile=args.profile
+            bootstrap,
+            emu,
+            topic,
+            args.partitions,
+            total,
+            profile=args.profile,
+            rate_per_minute=args.rate,
         )
         console.print(f"this processor:           {processor:>10,.0f} events/s")
         console.print(f"processor / Quix Streams: {processor / quix:>10.2f}")
@@ -142,4 +150,5 @@ if __name__ == "__main__":
     parser.add_argument("--events-per-session", type=int, default=10)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--profile", type=Path, default=None, help="cProfile summary of phase 3")
+    parser.add_argument("--rate", type=int, default=DEFAULT_RATE, help="Genesys calls/min to spend")
     asyncio.run(main(parser.parse_args()))

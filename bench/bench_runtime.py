@@ -4,7 +4,9 @@ Part 1 (throughput): pre-produces typing traffic for many sessions into a fresh 
 in the same run measures (a) a bare aiokafka consumer that only reads the topic and (b) the
 processor consuming it in its own group, deciding, reconciling with the emulator (a child
 process, rate limit off) and publishing changelog, audit and CRM records. Reports both
-rates and their ratio.
+rates and their ratio. The processor spends the default Genesys budget of one OAuth client
+(`--rate`, calls per minute: what a replay of a backlog can spend in production); a large
+`--rate` measures the call path too (every set the backlog asks for goes out).
 
 Part 2 (economy): runs the real-time demo stack and counts Genesys calls per typing burst,
 next to what the tutorial's approach would spend on the same traffic (GET + PATCH per
@@ -12,7 +14,7 @@ update it does not suppress, and GET + PATCH per expiry clear it schedules).
 
     python bench/bench_runtime.py [--sessions 10000] [--events-per-session 10] [--partitions 4]
                                   [--economy-sessions 40] [--economy-duration 20]
-                                  [--profile PATH] [--skip-economy]
+                                  [--rate CALLS_PER_MINUTE] [--profile PATH] [--skip-economy]
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
 
 TUTORIAL_WINDOW_MS = 1500
+# One OAuth client's budget, as the processor ships (TYPING_API_RATE_PER_MINUTE).
+DEFAULT_RATE = TypingSettings.model_fields["api_rate_per_minute"].default
 
 
 def now_ms() -> int:
@@ -156,9 +160,14 @@ async def bare_consumer_rate(bootstrap: str, topic: str, expected: int) -> float
 
 
 def settings_for(
-    bootstrap: str, emulator: EmulatorProcess, topic: str, partitions: int
+    bootstrap: str,
+    emulator: EmulatorProcess,
+    topic: str,
+    partitions: int,
+    rate_per_minute: int = DEFAULT_RATE,
 ) -> Settings:
-    """Processor settings for a benchmark run: fresh group and outbound topics, no budget."""
+    """Processor settings for a benchmark run: fresh group and outbound topics, the given
+    Genesys budget, defaults otherwise."""
     prefix = f"bench-{uuid.uuid4().hex[:6]}"
     return Settings(
         kafka=KafkaSettings(bootstrap_servers=bootstrap),
@@ -175,8 +184,7 @@ def settings_for(
             audit_topic=f"{prefix}.audit",
             dlq_topic=f"{prefix}.dlq",
             topic_partitions=partitions,
-            api_rate_per_minute=1_000_000,
-            max_in_flight=64,
+            api_rate_per_minute=rate_per_minute,
         ),
     )
 
@@ -188,10 +196,11 @@ async def processor_rate(
     partitions: int,
     expected: int,
     profile: Path | None = None,
+    rate_per_minute: int = DEFAULT_RATE,
 ) -> tuple[float, dict[str, object]]:
     """The processor's events per second over the topic; with `profile`, a cProfile
     summary of this phase (top functions by own and by cumulative time) is written there."""
-    settings = settings_for(bootstrap, emulator, topic, partitions)
+    settings = settings_for(bootstrap, emulator, topic, partitions, rate_per_minute)
     sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
     processor = TypingProcessor(settings, sink)
     stop = asyncio.Event()
@@ -282,7 +291,7 @@ async def throughput(args: argparse.Namespace, console: Console) -> None:
         bare = await bare_consumer_rate(broker.bootstrap_servers, topic, total)
         console.print(f"bare aiokafka consumer: {bare:,.0f} events/s")
         rate, counters = await processor_rate(
-            broker.bootstrap_servers, emu, topic, args.partitions, total, args.profile
+            broker.bootstrap_servers, emu, topic, args.partitions, total, args.profile, args.rate
         )
         console.print(f"processor (decide + reconcile + publish): {rate:,.0f} events/s")
         console.print(f"ratio processor / bare consumer: {rate / bare:.2f}")
@@ -333,6 +342,7 @@ def main() -> None:
     parser.add_argument("--economy-sessions", type=int, default=40)
     parser.add_argument("--economy-duration", type=float, default=20.0)
     parser.add_argument("--skip-economy", action="store_true")
+    parser.add_argument("--rate", type=int, default=DEFAULT_RATE, help="Genesys calls/min to spend")
     parser.add_argument(
         "--profile", type=Path, default=None, help="write a cProfile summary of the processor phase"
     )

@@ -31,8 +31,10 @@ from dataclasses import dataclass
 from processor.state import PartitionStore, WorkKind
 from processor.state.session import Session
 
-# With budget to spare, how many of the newest sets per store, per free slot, a round ranks.
-_WINDOW = 4
+# How many of the newest sets per store a round ranks: this many per set it may make, and
+# at least _MIN_WINDOW (some fail the clear-debt check).
+_WINDOW = 8
+_MIN_WINDOW = 64
 
 Cost = Callable[[Session], int]
 """Requests a session's next call takes (a webchat session without a cached ETag: 2)."""
@@ -188,18 +190,14 @@ class Planner:
             if tokens >= owed_at_most
             else _Obligations(self._owed(stores, taken, now), capacity.rate_per_ms, now)
         )
-        if debt is None and waiting > _WINDOW * room:
-            # Budget to spare: only the free slots limit this round, and the rest goes
-            # out in the next ones. The newest sets are the most valuable (youngest
-            # bursts), so a window of them per store is ranked, not every set waiting:
-            # a round costs O(room), however many sets wait.
-            candidates = [
-                (s, store)
-                for store in stores
-                for s in itertools.islice(store.newest_sets(), _WINDOW * room)
-            ]
-        else:
-            candidates = [(s, store) for store in stores for s in store.queued_sets()]
+        # Only `room` sets can go out this round, and the newest waiting are the most
+        # valuable (youngest bursts; the value falls with age): a window of them per
+        # store is ranked, not every set waiting, so a round costs O(room) however large
+        # the backlog (a replay after an outage queues a set for every session).
+        window = max(_MIN_WINDOW, _WINDOW * room)
+        candidates = [
+            (s, store) for store in stores for s in itertools.islice(store.newest_sets(), window)
+        ]
         if len(candidates) > room or debt is not None:
             # value per call: a set that needs a GET first (no ETag yet) costs more
             # (ties: queue order, hence -n)
