@@ -403,6 +403,17 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         {"kafka": {"securityProtocol": "SASL_SSL", "saslUsername": "u"}},
         "/kafka/saslMechanism",
     ),
+    "SASL user missing with the chart's secret": (
+        {
+            "kafka": {"securityProtocol": "SASL_SSL", "saslMechanism": "PLAIN"},
+            "secrets": {
+                "oauthClientId": "id",
+                "oauthClientSecret": "secret",
+                "kafkaSaslPassword": "pw",
+            },
+        },
+        "/kafka/saslUsername",
+    ),
     "no credentials and no existing secret": (
         {"secrets": {"existingSecret": ""}},
         "/secrets/oauthClientId",
