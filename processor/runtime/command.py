@@ -39,7 +39,7 @@ async def ops_endpoint(
 
     Yields the bound port, or None when the port cannot be bound: the processor then runs
     without the endpoint rather than not at all (the error line says why). `readiness`
-    decides `/readyz` (default: the processors `telemetry` observes).
+    decides `/readyz` (default: the processors that `telemetry` observes).
     """
     endpoint = OpsEndpoint(telemetry, readiness)
     async with endpoint.monitoring(), contextlib.AsyncExitStack() as stack:

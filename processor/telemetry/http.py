@@ -60,7 +60,7 @@ class OpsEndpoint:
     """The ASGI app and the loop monitor behind it."""
 
     def __init__(self, telemetry: Telemetry, readiness: Readiness | None = None) -> None:
-        """`readiness` decides `/readyz`; by default, the processors `telemetry` observes."""
+        """`readiness` decides `/readyz`; by default, the processors that `telemetry` observes."""
         self.telemetry = telemetry
         self._readiness = readiness or self._processor_readiness
         self.monitor = LoopMonitor(telemetry)
