@@ -246,27 +246,16 @@ def _cmd_loadgen(args: argparse.Namespace) -> int:
 
 def _cmd_crm_webhook(args: argparse.Namespace) -> int:
     import asyncio
-    import signal
 
     from processor.logs import configure_logging
     from processor.settings import load_kafka, load_typing
-    from processor.webhook import CrmWebhookWorker, WebhookConfig
+    from processor.webhook_command import run_webhook
 
     kafka, typing = load_kafka(), load_typing()
     if not typing.crm_webhook_url:
         raise ConfigError("TYPING_CRM_WEBHOOK_URL is not set (required by crm-webhook)")
     configure_logging(typing.log_level)
-    worker = CrmWebhookWorker(kafka, typing, WebhookConfig(url=typing.crm_webhook_url))
-
-    async def deliver() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await worker.run(stop)
-
-    asyncio.run(deliver())
-    return 0
+    return asyncio.run(run_webhook(kafka, typing, typing.crm_webhook_url))
 
 
 def _positive_int(text: str) -> int:
@@ -339,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     loadgen.set_defaults(handler=_cmd_loadgen)
 
     webhook = commands.add_parser(
-        "crm-webhook", help="deliver CRM-sync records to TYPING_CRM_WEBHOOK_URL"
+        "crm-webhook",
+        help="deliver CRM-sync records to TYPING_CRM_WEBHOOK_URL"
+        " (/healthz, /readyz, /metrics on TYPING_HTTP_PORT)",
     )
     webhook.set_defaults(handler=_cmd_crm_webhook)
 

@@ -3,7 +3,8 @@
 A consumer group of its own (`<group>-crm-webhook`) reads the CRM-sync topic and POSTs each
 record's JSON, as the tutorial's webhook did, with the record's `event_id` as the
 `Idempotency-Key` so the receiver can drop redeliveries (delivery is at least once: the
-offset is committed only after the endpoint accepted the record).
+offset is committed only after the endpoint accepted the record). It is ready (`/readyz`)
+once the group has assigned it partitions and the cluster answers, as `run` is.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from dataclasses import dataclass
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
 from processor import USER_AGENT
-from processor.runtime.kafka import client_options
+from processor.runtime.kafka import BrokerCheck, client_options
 from processor.settings import KafkaSettings, TypingSettings
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,19 @@ class WebhookCounters:
     retries: int = 0
 
 
+class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Keeps the worker's set of assigned partitions current."""
+
+    def __init__(self, assigned: set[TopicPartition]) -> None:
+        self._assigned = assigned
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._assigned.difference_update(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._assigned.update(assigned)
+
+
 class CrmWebhookWorker:
     """Consumes CRM-sync records and POSTs them one by one, in order per partition."""
 
@@ -66,17 +80,36 @@ class CrmWebhookWorker:
         )
         self._rng = rng or random.Random()
         self.counters = WebhookCounters()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._assigned: set[TopicPartition] = set()
+        self._broker = BrokerCheck()
+
+    @property
+    def ready(self) -> bool:
+        """Consuming: the group has assigned this worker partitions of the CRM topic."""
+        return self._consumer is not None and bool(self._assigned)
+
+    async def readiness(self) -> str | None:
+        """Why the worker is not ready (for `/readyz`), or None when it is."""
+        if self._consumer is None:
+            return "worker not running"
+        if not self._assigned:
+            return f"no partition of {self._typing.crm_topic} assigned"
+        if not await self._broker.reachable(self._consumer):
+            return "Kafka cluster unreachable"
+        return None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set; commits after each accepted batch."""
         consumer = AIOKafkaConsumer(
-            self._typing.crm_topic,
             **client_options(self._kafka),
             group_id=f"{self._typing.group_id}-crm-webhook",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
         await consumer.start()
+        consumer.subscribe([self._typing.crm_topic], listener=_Assignment(self._assigned))
+        self._consumer = consumer
         try:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=500, max_records=500)
@@ -89,6 +122,8 @@ class CrmWebhookWorker:
                 if offsets:
                     await consumer.commit(offsets)
         finally:
+            self._consumer = None
+            self._assigned.clear()
             await consumer.stop()
             if self._owns_http:
                 await self._http.aclose()

@@ -205,17 +205,18 @@ async def start_in_process(settings: Settings) -> InProcess:
 
 
 class RunProcess:
-    """`python -m processor run` as a child process with its own environment."""
+    """`python -m processor run` (or another `command`) as a child with its own environment."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, command: str = "run") -> None:
         self._env = {**os.environ, **env}
         self._log_path = log_path
+        self._command = command
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         log = self._log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "processor", "run"],
+            [sys.executable, "-m", "processor", self._command],
             env=self._env,
             stdin=subprocess.DEVNULL,
             stdout=log,

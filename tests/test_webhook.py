@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 import uvicorn
-from pipeline import Producer, eventually
+from pipeline import Producer, RunProcess, eventually
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -19,6 +22,10 @@ from starlette.routing import Route
 from processor.childproc import free_port
 from processor.settings import KafkaSettings, TypingSettings
 from processor.webhook import CrmWebhookWorker, WebhookConfig
+
+DELIVERED = re.compile(
+    r'^typing_crm_webhook_deliveries_total\{[^}]*result="delivered"[^}]*\} 1\.0$', re.MULTILINE
+)
 
 
 @dataclass
@@ -115,3 +122,64 @@ async def test_records_are_delivered_in_order_with_retries_and_refusals(
         stop_again.set()
         await second
     assert [body["version"] for _, body in state.received] == [1, 3, 4, 5]
+
+
+async def test_worker_is_not_ready_before_it_runs() -> None:
+    worker = CrmWebhookWorker(KafkaSettings(), TypingSettings(), WebhookConfig(url="http://crm"))
+    assert not worker.ready
+    assert await worker.readiness() == "worker not running"
+
+
+async def test_worker_process_serves_probes_and_metrics(
+    bootstrap_servers: str, receiver: tuple[Receiver, str], tmp_path: Path
+) -> None:
+    state, url = receiver
+    prefix = uuid.uuid4().hex[:8]
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
+        "TYPING_GROUP_ID": f"hook-{prefix}",
+        "TYPING_CRM_TOPIC": f"hook-{prefix}.crm",
+        "TYPING_CRM_WEBHOOK_URL": url,
+        "TYPING_HTTP_PORT": "0",
+        "TYPING_LOG_LEVEL": "INFO",
+    }
+    # the topic exists (created by its first record) before the worker subscribes
+    async with Producer(bootstrap_servers, env["TYPING_CRM_TOPIC"]) as producer:
+        await producer.send(record("w-2", 1))
+    process = RunProcess(env, tmp_path / "webhook.log", command="crm-webhook")
+    process.start()
+    try:
+        port: list[int] = []
+
+        def announced() -> bool:
+            found = re.search(r"/readyz on port (\d+)", process.log_text())
+            if found:
+                port.append(int(found.group(1)))
+            return bool(found)
+
+        await eventually(announced, 30, "the HTTP port in the log")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port[0]}", timeout=10) as client:
+            health = await client.get("/healthz")
+            assert (health.status_code, health.json()["status"]) == (200, "ok")
+
+            async def ready() -> bool:
+                return (await client.get("/readyz")).status_code == 200
+
+            await eventually(ready, 60, "/readyz 200 once partitions are assigned")
+            await eventually(lambda: len(state.received) == 1, 30, "the record delivered")
+
+            async def counted() -> bool:
+                text = (await client.get("/metrics")).text
+                return bool(DELIVERED.search(text))
+
+            await eventually(counted, 30, "the delivery on /metrics")
+            text = (await client.get("/metrics")).text
+            assert re.search(r"^typing_crm_webhook_ready(\{[^}]*\})? 1\.0$", text, re.MULTILINE)
+            assert "typing_event_loop_lag_seconds" in text
+            # the processor's own instruments stay out: no `typing_ready 0` to alert on
+            assert "typing_ready" not in text.replace("typing_crm_webhook_ready", "")
+            assert "typing_events_total" not in text
+        assert process.terminate(timeout_s=15) == 0
+    finally:
+        process.kill()
+    assert [key for key, _ in state.received] == ["w-2-1"]

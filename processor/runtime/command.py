@@ -15,6 +15,7 @@ from processor.settings import Settings
 from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
 from processor.telemetry import OpsEndpoint, Telemetry
+from processor.telemetry.http import Readiness
 
 from .kafka import TopicError
 from .service import TypingProcessor
@@ -28,14 +29,19 @@ HTTP_HOST = "0.0.0.0"  # noqa: S104
 
 @contextlib.asynccontextmanager
 async def ops_endpoint(
-    telemetry: Telemetry, port: int, host: str = HTTP_HOST
+    telemetry: Telemetry,
+    port: int,
+    host: str = HTTP_HOST,
+    *,
+    readiness: Readiness | None = None,
 ) -> AsyncIterator[int | None]:
     """`/metrics`, `/healthz` and `/readyz` on `port` (0 = a free one) for the block.
 
     Yields the bound port, or None when the port cannot be bound: the processor then runs
-    without the endpoint rather than not at all (the error line says why).
+    without the endpoint rather than not at all (the error line says why). `readiness`
+    decides `/readyz` (default: the processors that `telemetry` observes).
     """
-    endpoint = OpsEndpoint(telemetry)
+    endpoint = OpsEndpoint(telemetry, readiness)
     async with endpoint.monitoring(), contextlib.AsyncExitStack() as stack:
         try:
             listening = await stack.enter_async_context(

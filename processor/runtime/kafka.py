@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from processor.settings import KafkaSettings, SecurityProtocol
 
 log = logging.getLogger(__name__)
+
+
+# A broker check's answer serves readiness probes for this long.
+BROKER_CHECK_TTL_S = 2.0
+BROKER_CHECK_TIMEOUT_S = 5.0
 
 
 class TopicError(Exception):
@@ -76,3 +84,42 @@ async def ensure_topics(
         log.info("created topics %s", ", ".join(spec.name for spec in missing))
     finally:
         await admin.close()
+
+
+class BrokerCheck:
+    """Whether the Kafka cluster answers a metadata request, for readiness probes.
+
+    One answer serves every probe for `BROKER_CHECK_TTL_S`, and concurrent probes share
+    one request, so a probe storm costs the cluster one request per interval.
+    """
+
+    def __init__(self) -> None:
+        self._checked: tuple[float, bool] | None = None
+        self._check: asyncio.Future[bool] | None = None
+
+    async def reachable(self, consumer: AIOKafkaConsumer | None) -> bool:
+        """True when the cluster answered `consumer` within the last `BROKER_CHECK_TTL_S`."""
+        if consumer is None:
+            return False
+        now = time.monotonic()
+        if self._checked is not None and now - self._checked[0] < BROKER_CHECK_TTL_S:
+            return self._checked[1]
+        if self._check is None:
+            self._check = asyncio.ensure_future(self._ask(consumer))
+        check = self._check
+        try:
+            return await asyncio.shield(check)
+        finally:
+            if check.done() and self._check is check:
+                self._check = None
+
+    async def _ask(self, consumer: AIOKafkaConsumer) -> bool:
+        try:
+            async with asyncio.timeout(BROKER_CHECK_TIMEOUT_S):
+                await consumer.topics()
+            reachable = True
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("Kafka cluster unreachable: %s", exc)
+            reachable = False
+        self._checked = (time.monotonic(), reachable)
+        return reachable

@@ -6,7 +6,6 @@ import asyncio
 import functools
 import gc
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,7 +17,7 @@ from processor.settings import Settings
 from processor.state import EngineConfig, PartitionStore
 from processor.telemetry import Telemetry
 
-from .kafka import TopicError, TopicSpec, client_options, ensure_topics
+from .kafka import BrokerCheck, TopicError, TopicSpec, client_options, ensure_topics
 from .outbound import Outbound
 from .partition import Counters, PartitionWorker
 from .reconciler import Reconciler, Sink
@@ -27,9 +26,6 @@ from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
-# A broker check's answer serves readiness probes for this long.
-BROKER_CHECK_TTL_S = 2.0
-BROKER_CHECK_TIMEOUT_S = 5.0
 REVOKE_GRACE_S = 5.0
 MAX_BACKLOG = 64
 
@@ -88,8 +84,7 @@ class TypingProcessor:
         self._stopping = False
         self._restoring = 0
         self._ready = asyncio.Event()
-        self._broker_checked: tuple[float, bool] | None = None
-        self._broker_check: asyncio.Future[bool] | None = None
+        self._broker = BrokerCheck()
         self._outbound_topics = {
             "crm": settings.typing.crm_topic,
             "audit": settings.typing.audit_topic,
@@ -123,33 +118,8 @@ class TypingProcessor:
         return self._restoring
 
     async def broker_reachable(self) -> bool:
-        """True when the Kafka cluster answered a metadata request within the last
-        `BROKER_CHECK_TTL_S` (concurrent probes share one request)."""
-        consumer = self._consumer
-        if consumer is None:
-            return False
-        now = time.monotonic()
-        if self._broker_checked is not None and now - self._broker_checked[0] < BROKER_CHECK_TTL_S:
-            return self._broker_checked[1]
-        if self._broker_check is None:
-            self._broker_check = asyncio.ensure_future(self._check_broker(consumer))
-        check = self._broker_check
-        try:
-            return await asyncio.shield(check)
-        finally:
-            if check.done() and self._broker_check is check:
-                self._broker_check = None
-
-    async def _check_broker(self, consumer: AIOKafkaConsumer) -> bool:
-        try:
-            async with asyncio.timeout(BROKER_CHECK_TIMEOUT_S):
-                await consumer.topics()
-            reachable = True
-        except (KafkaError, OSError, TimeoutError) as exc:
-            log.warning("Kafka cluster unreachable: %s", exc)
-            reachable = False
-        self._broker_checked = (time.monotonic(), reachable)
-        return reachable
+        """True when the Kafka cluster answered a metadata request lately (see `BrokerCheck`)."""
+        return await self._broker.reachable(self._consumer)
 
     def partition_stats(self) -> list[PartitionStats]:
         """Sessions, queued and running calls, and lag of every owned partition."""

@@ -162,8 +162,15 @@ class Telemetry:
         tracer_provider: TracerProvider | None,
         meter_provider: MeterProvider | None,
         registry: CollectorRegistry | None,
+        *,
+        processor_metrics: bool = True,
     ) -> None:
-        """Prefer `Telemetry.from_environment()` or `Telemetry.disabled()`."""
+        """Prefer `Telemetry.from_environment()` or `Telemetry.disabled()`.
+
+        `processor_metrics=False` leaves out the instruments of `run` (events, Genesys
+        calls, partitions, readiness): a process that is no processor (the CRM webhook
+        worker) registers its own and must not report `typing_ready 0`.
+        """
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
         self.registry = registry
@@ -186,7 +193,15 @@ class Telemetry:
         if tracer_provider is not None:
             self._tracer = tracer_provider.get_tracer("processor", __version__)
         if meter_provider is not None:
-            self._create_instruments(meter_provider.get_meter("processor", __version__))
+            meter = meter_provider.get_meter("processor", __version__)
+            meter.create_observable_gauge(
+                "typing.event_loop.lag",
+                [self._observe_loop_lag],
+                unit="s",
+                description="How late the event loop ran a timer last time it was sampled",
+            )
+            if processor_metrics:
+                self._create_instruments(meter)
 
     # ------------------------------------------------------------------ construction
 
@@ -202,6 +217,7 @@ class Telemetry:
         *,
         span_processors: Iterable[SpanProcessor] = (),
         metric_readers: Iterable[MetricReader] = (),
+        processor_metrics: bool = True,
     ) -> Telemetry:
         """Traces and metrics configured from the standard `OTEL_*` variables.
 
@@ -209,7 +225,7 @@ class Telemetry:
         goes; the SDK and the exporters read their finer settings (headers, timeouts,
         certificates, sampler, resource attributes, batch sizes) from the process
         environment themselves. `span_processors` / `metric_readers` add destinations
-        (tests pass in-memory ones).
+        (tests pass in-memory ones). `processor_metrics`: see `Telemetry`.
         """
         env = os.environ if environ is None else environ
         if _truthy(env.get("OTEL_SDK_DISABLED")):
@@ -233,7 +249,9 @@ class Telemetry:
 
             readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=metrics_to)))
         meter_provider = MeterProvider(metric_readers=readers, resource=resource)
-        telemetry = cls(tracer_provider, meter_provider, registry)
+        telemetry = cls(
+            tracer_provider, meter_provider, registry, processor_metrics=processor_metrics
+        )
         for signal, url in (("traces", traces_to), ("metrics", metrics_to)):
             if url:
                 telemetry.otlp_endpoints[signal] = url
@@ -320,12 +338,6 @@ class Telemetry:
             "typing.ready",
             [self._observe_ready],
             description="1 when partitions are assigned and restored",
-        )
-        meter.create_observable_gauge(
-            "typing.event_loop.lag",
-            [self._observe_loop_lag],
-            unit="s",
-            description="How late the event loop ran a timer last time it was sampled",
         )
 
     def _observe_decisions(self, options: CallbackOptions) -> Iterable[Observation]:

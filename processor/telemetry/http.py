@@ -1,10 +1,11 @@
-"""The operational HTTP endpoint of `run`: `/metrics`, `/healthz`, `/readyz`.
+"""The operational HTTP endpoint of `run` and `crm-webhook`: `/metrics`, `/healthz`, `/readyz`.
 
 - `/healthz`: the process is alive and its event loop responsive. The handler runs on the
   processor's own loop, so a blocked loop cannot answer at all (the probe times out); a
   sampler also measures how late the loop runs timers, and a stalled sampler fails it.
 - `/readyz`: 200 only when a processor runs, its partitions are assigned and restored, and
-  the Kafka cluster answers. 503 (with the reason) otherwise, e.g. while restoring.
+  the Kafka cluster answers. 503 (with the reason) otherwise, e.g. while restoring. Another
+  worker (the CRM webhook) passes its own readiness check.
 - `/metrics`: Prometheus text of every OpenTelemetry instrument.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -26,6 +27,9 @@ from .core import Telemetry
 LOOP_SAMPLE_S = 0.5
 # The loop sampler must have run within this long for the process to count as healthy.
 STALL_S = 10.0
+
+Readiness = Callable[[], Awaitable[str | None]]
+"""Why the worker is not ready (the `/readyz` reason), or None when it is."""
 
 
 class LoopMonitor:
@@ -55,8 +59,10 @@ class LoopMonitor:
 class OpsEndpoint:
     """The ASGI app and the loop monitor behind it."""
 
-    def __init__(self, telemetry: Telemetry) -> None:
+    def __init__(self, telemetry: Telemetry, readiness: Readiness | None = None) -> None:
+        """`readiness` decides `/readyz`; by default, the processors that `telemetry` observes."""
         self.telemetry = telemetry
+        self._readiness = readiness or self._processor_readiness
         self.monitor = LoopMonitor(telemetry)
         self.app = Starlette(
             routes=[
@@ -88,23 +94,24 @@ class OpsEndpoint:
         return JSONResponse(body, status_code=200 if stalled < STALL_S else 503)
 
     async def _readyz(self, request: Request) -> Response:
+        reason = await self._readiness()
+        if reason is not None:
+            return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def _processor_readiness(self) -> str | None:
         observed = self.telemetry.observed
         if not observed:
             failure = self.telemetry.last_failure
-            return _not_ready(
-                "processor not running"
-                + ("" if failure is None else f"; restarting after: {failure}")
+            return "processor not running" + (
+                "" if failure is None else f"; restarting after: {failure}"
             )
         for processor in observed:
             if processor.problem is not None:
-                return _not_ready(processor.problem)
+                return processor.problem
         if not all(processor.ready for processor in observed):
-            return _not_ready("partitions not assigned or still restoring")
+            return "partitions not assigned or still restoring"
         reachable = await asyncio.gather(*(p.broker_reachable() for p in observed))
         if not all(reachable):
-            return _not_ready("Kafka cluster unreachable")
-        return JSONResponse({"status": "ready"})
-
-
-def _not_ready(reason: str) -> Response:
-    return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
+            return "Kafka cluster unreachable"
+        return None

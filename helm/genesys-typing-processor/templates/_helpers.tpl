@@ -1,19 +1,205 @@
-{{- define "gtp.fullname" -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{/*
+Names. Kubernetes names and label values are at most 63 characters: every name is cut to
+fit, component names keep their suffix whole (the release part is cut instead).
+*/}}
+{{- define "gtp.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{- define "gtp.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "<fullname>-<suffix>" within 63 characters: (dict "ctx" $ "suffix" "crm-webhook") */}}
+{{- define "gtp.componentName" -}}
+{{- $base := include "gtp.fullname" .ctx | trunc (int (sub 62 (len .suffix))) | trimSuffix "-" -}}
+{{- printf "%s-%s" $base .suffix -}}
+{{- end -}}
+
+{{- define "gtp.webhookName" -}}
+{{- include "gtp.componentName" (dict "ctx" . "suffix" "crm-webhook") -}}
+{{- end -}}
+
+{{- define "gtp.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels every object carries. */}}
 {{- define "gtp.labels" -}}
-app.kubernetes.io/name: {{ .Chart.Name }}
+helm.sh/chart: {{ include "gtp.chart" . }}
+app.kubernetes.io/name: {{ include "gtp.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: {{ include "gtp.name" . }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
-{{- define "gtp.selector" -}}
-app.kubernetes.io/name: {{ .Chart.Name }}
+{{/* Labels of the release's pods and services, whatever their component. */}}
+{{- define "gtp.releaseSelector" -}}
+app.kubernetes.io/name: {{ include "gtp.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* Selector of one component: (dict "ctx" $ "component" "processor") */}}
+{{- define "gtp.selector" -}}
+{{ include "gtp.releaseSelector" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "gtp.componentLabels" -}}
+{{ include "gtp.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "gtp.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "gtp.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The Secret the pods read: the chart's own when credentials are given in values, otherwise
+secrets.existingSecret (values.schema.json refuses neither).
+*/}}
+{{- define "gtp.createSecret" -}}
+{{- if or .Values.secrets.oauthClientId .Values.secrets.oauthClientSecret -}}true{{- end -}}
+{{- end -}}
+
 {{- define "gtp.secretName" -}}
-{{- default (include "gtp.fullname" .) .Values.secrets.existingSecret -}}
+{{- if include "gtp.createSecret" . -}}
+{{- include "gtp.fullname" . -}}
+{{- else -}}
+{{- .Values.secrets.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "gtp.image" -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "gtp.saslEnabled" -}}
+{{- if hasPrefix "SASL_" .Values.kafka.securityProtocol -}}true{{- end -}}
+{{- end -}}
+
+{{- define "gtp.tlsEnabled" -}}
+{{- if has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL") -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+Pod-level settings both Deployments share: service account, security context, scheduling.
+Topology spread constraints without a labelSelector get the component's own selector.
+(dict "ctx" $ "component" "processor")
+*/}}
+{{- define "gtp.podCommon" -}}
+{{- $ctx := .ctx -}}
+serviceAccountName: {{ include "gtp.serviceAccountName" $ctx }}
+automountServiceAccountToken: {{ $ctx.Values.serviceAccount.automountServiceAccountToken }}
+{{- with $ctx.Values.imagePullSecrets }}
+imagePullSecrets: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $ctx.Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+securityContext: {{- toYaml $ctx.Values.podSecurityContext | nindent 2 }}
+{{- with $ctx.Values.topologySpreadConstraints }}
+topologySpreadConstraints:
+{{- range . }}
+  - {{ toYaml (merge (dict) . (dict "labelSelector" (dict "matchLabels" (include "gtp.selector" (dict "ctx" $ctx "component" $.component) | fromYaml)))) | indent 4 | trim }}
+{{- end }}
+{{- end }}
+{{- with $ctx.Values.nodeSelector }}
+nodeSelector: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $ctx.Values.tolerations }}
+tolerations: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $ctx.Values.affinity }}
+affinity: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* PromQL matchers of one component's series as the ServiceMonitor scrapes them. */}}
+{{- define "gtp.promSelector" -}}
+namespace="{{ .ctx.Release.Namespace }}", job="{{ .job }}"
+{{- end -}}
+
+{{/* Roll the pods when the settings or the credentials change. */}}
+{{- define "gtp.checksums" -}}
+checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+checksum/secret: {{ print (include "gtp.secretName" .) (include (print .Template.BasePath "/secret.yaml") .) | sha256sum }}
+{{- end -}}
+
+{{/* /tmp (the root filesystem is read-only), the Kafka CA, and extraVolumes. */}}
+{{- define "gtp.volumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 64Mi
+{{- if .Values.kafka.caSecretName }}
+- name: kafka-ca
+  secret:
+    secretName: {{ .Values.kafka.caSecretName }}
+{{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "gtp.volumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- if .Values.kafka.caSecretName }}
+- name: kafka-ca
+  mountPath: /etc/kafka-ca
+  readOnly: true
+{{- end }}
+{{- with .Values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Pod identity for OpenTelemetry resources (k8s.pod.name, k8s.namespace.name). */}}
+{{- define "gtp.podEnv" -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ printf "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)%s" (ternary (printf ",%s" .Values.otel.resourceAttributes) "" (ne .Values.otel.resourceAttributes "")) | quote }}
+{{- end -}}
+
+{{/* The HTTP probes of both workers (timings from values). */}}
+{{- define "gtp.probes" -}}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: http
+  {{- toYaml .Values.livenessProbe | nindent 2 }}
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: http
+  {{- toYaml .Values.readinessProbe | nindent 2 }}
 {{- end -}}

@@ -1,0 +1,70 @@
+"""Metrics of the CRM webhook worker (`typing-processor crm-webhook`), read on collection.
+
+- `typing_crm_webhook_deliveries_total{result}`: records the CRM endpoint accepted
+  (`delivered`), refused for good (`refused`) and attempts that failed and were retried
+  (`retried`);
+- `typing_crm_webhook_ready`: 1 while the group has assigned the worker partitions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from processor import __version__
+
+from .core import Telemetry
+
+
+class DeliveryCounts(Protocol):
+    """What the worker counts (`processor.webhook.WebhookCounters`)."""
+
+    delivered: int
+    refused: int
+    retries: int
+
+
+class ObservedWorker(Protocol):
+    """A running CRM webhook worker as its metrics see it."""
+
+    @property
+    def counters(self) -> DeliveryCounts:
+        """Deliveries since the worker started."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """Partitions assigned."""
+        ...
+
+
+def instrument_webhook(telemetry: Telemetry, worker: ObservedWorker) -> None:
+    """Report `worker`'s deliveries and readiness on `telemetry` (nothing when it is off)."""
+    if telemetry.meter_provider is None:
+        return
+    meter = telemetry.meter_provider.get_meter("processor", __version__)
+
+    def deliveries(options: CallbackOptions) -> Iterable[Observation]:
+        counts = worker.counters
+        return [
+            Observation(counts.delivered, {"result": "delivered"}),
+            Observation(counts.refused, {"result": "refused"}),
+            Observation(counts.retries, {"result": "retried"}),
+        ]
+
+    def ready(options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(int(worker.ready))]
+
+    meter.create_observable_counter(
+        "typing.crm_webhook.deliveries",
+        [deliveries],
+        unit="{record}",
+        description="CRM-sync records delivered, refused by the endpoint, and retried attempts",
+    )
+    meter.create_observable_gauge(
+        "typing.crm_webhook.ready",
+        [ready],
+        description="1 while the CRM webhook worker has partitions assigned",
+    )

@@ -1,0 +1,44 @@
+"""`typing-processor crm-webhook`: the worker's life cycle, signals and its ops endpoint.
+
+The worker serves `/healthz`, `/readyz` and `/metrics` on `TYPING_HTTP_PORT` exactly as
+`run` does (same embedded server, same loop monitor); `/readyz` is the worker's own check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from processor.runtime.command import ops_endpoint
+from processor.settings import KafkaSettings, TypingSettings
+from processor.telemetry import Telemetry
+from processor.telemetry.webhook import instrument_webhook
+from processor.webhook import CrmWebhookWorker, WebhookConfig
+
+log = logging.getLogger(__name__)
+
+
+async def run_webhook(
+    kafka: KafkaSettings, typing: TypingSettings, url: str, telemetry: Telemetry | None = None
+) -> int:
+    """Deliver CRM-sync records to `url` until SIGTERM/SIGINT; returns the exit code.
+
+    Telemetry comes from the `OTEL_*` environment unless given.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    telemetry = telemetry or Telemetry.from_environment(processor_metrics=False)
+    worker = CrmWebhookWorker(kafka, typing, WebhookConfig(url=url))
+    instrument_webhook(telemetry, worker)
+    try:
+        async with ops_endpoint(telemetry, typing.http_port, readiness=worker.readiness):
+            await worker.run(stop)
+    finally:
+        telemetry.shutdown()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("CRM webhook worker stopped cleanly")
+    return 0

@@ -1,0 +1,607 @@
+"""The Helm chart, rendered by the real Helm engine: strict lint, every object valid for
+Kubernetes 1.30 and the newest version `kubernetes-validate` knows (`--strict`: no unknown
+fields), the restricted Pod Security Standard, the values schema refusing bad values, and
+alerts and dashboard that query metrics the processor really exports."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+from helmchart import (
+    CHART,
+    LONG_RELEASE,
+    NAMESPACE,
+    Manifest,
+    ci_values,
+    is_dashboard,
+    notes,
+    of_kind,
+    one,
+    pod_specs,
+    render,
+    settings,
+)
+from kubernetes_validate.utils import latest_version
+
+from processor.settings import GenesysSettings, TypingSettings
+from processor.sink.client import GenesysSink
+from processor.sink.config import SinkConfig
+from processor.telemetry import Telemetry
+from processor.telemetry.webhook import instrument_webhook
+
+KUBE_VERSIONS = ("1.30.0", latest_version())
+CI_VALUES = ("default", "chart-secret", "production")
+# Kinds of CRDs (Prometheus Operator, KEDA): kubernetes-validate has no schema for them.
+CUSTOM_KINDS = {
+    "ServiceMonitor": "monitoring.coreos.com/v1",
+    "PrometheusRule": "monitoring.coreos.com/v1",
+    "ScaledObject": "keda.sh/v1alpha1",
+    "TriggerAuthentication": "keda.sh/v1alpha1",
+}
+DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm.Chart]:
+    with helm.Chart.load(CHART) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="module")
+def rendered(chart: helm.Chart) -> dict[str, list[Manifest]]:
+    """Each ci/ values file rendered, and production again under the longest release name."""
+    out = {name: render(chart, ci_values(name)) for name in CI_VALUES}
+    out["production-long-name"] = render(chart, ci_values("production"), release=LONG_RELEASE)
+    return out
+
+
+def production(rendered: dict[str, list[Manifest]]) -> list[Manifest]:
+    return rendered["production"]
+
+
+# --------------------------------------------------------------------------- lint, schemas
+
+
+@pytest.mark.parametrize("values", CI_VALUES)
+def test_strict_lint_is_clean(values: str) -> None:
+    report = helm.lint(CHART, ci_values(values), strict=True, kube_version="v1.30.0")
+    assert report["errors"] == []
+    # severity 1 is "info" (an icon is recommended); warnings and errors fail
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_every_object_is_valid_kubernetes(
+    rendered: dict[str, list[Manifest]], kube_version: str
+) -> None:
+    validated: Counter[str] = Counter()
+    for case, objects in rendered.items():
+        for obj in objects:
+            if obj["kind"] in CUSTOM_KINDS:
+                check_custom_resource(obj)
+                continue
+            try:
+                kubernetes_validate.validate(obj, kube_version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                path = ".".join(str(p) for p in exc.path)
+                pytest.fail(f"{case}: {obj['kind']} {path}: {exc.message}")
+            validated[obj["kind"]] += 1
+    assert {"Deployment", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget"} <= set(
+        validated
+    )
+    assert {"NetworkPolicy", "Pod", "Secret"} <= set(validated)
+
+
+def check_custom_resource(obj: Manifest) -> None:
+    """The CRD objects: the API version and the fields their controllers need."""
+    kind = obj["kind"]
+    assert obj["apiVersion"] == CUSTOM_KINDS[kind]
+    spec = obj["spec"]
+    if kind == "ServiceMonitor":
+        assert spec["selector"]["matchLabels"]
+        assert all(e["port"] == "http" and e["path"] == "/metrics" for e in spec["endpoints"])
+    elif kind == "PrometheusRule":
+        for group in spec["groups"]:
+            assert group["name"]
+            for rule in group["rules"]:
+                assert rule["alert"]
+                assert rule["expr"]
+                assert rule["labels"]["severity"] in {"warning", "critical"}
+    elif kind == "ScaledObject":
+        assert spec["scaleTargetRef"]["kind"] == "Deployment"
+        for trigger in spec["triggers"]:
+            # KEDA's schema: trigger metadata is a map of strings
+            assert all(isinstance(v, str) for v in trigger["metadata"].values())
+    else:
+        refs = spec.get("secretTargetRef", []) + spec.get("env", [])
+        assert refs
+        assert all({"parameter", "name"} <= set(ref) for ref in refs)
+
+
+def test_names_and_labels_fit_kubernetes_limits_for_the_longest_release_name(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    objects = rendered["production-long-name"]
+    names = [obj["metadata"]["name"] for obj in objects]
+    assert all(DNS_LABEL.match(name) for name in names), names
+    assert len(names) == len({(o["kind"], o["metadata"]["name"]) for o in objects})
+    for obj in objects:
+        for value in obj["metadata"]["labels"].values():
+            assert LABEL_VALUE.match(value), value
+
+
+def test_name_overrides(chart: helm.Chart) -> None:
+    objects = render(chart, {"fullnameOverride": "typing-edge", "nameOverride": "edge"})
+    deployment = one(objects, "Deployment", "processor")
+    assert deployment["metadata"]["name"] == "typing-edge"
+    assert deployment["metadata"]["labels"]["app.kubernetes.io/name"] == "edge"
+    named = render(chart, {"nameOverride": "typing"}, release="typing")
+    # a release name that already holds the chart name is not repeated
+    assert one(named, "Deployment", "processor")["metadata"]["name"] == "typing"
+
+
+# --------------------------------------------------------------------------- best practice
+
+
+def test_every_object_carries_the_standard_labels(rendered: dict[str, list[Manifest]]) -> None:
+    for objects in rendered.values():
+        for obj in objects:
+            labels = obj["metadata"]["labels"]
+            assert labels["helm.sh/chart"] == "genesys-typing-processor-0.2.0"
+            for key in ("name", "instance", "version", "managed-by", "part-of"):
+                assert labels[f"app.kubernetes.io/{key}"], (obj["kind"], key)
+
+
+@pytest.mark.parametrize("case", [*CI_VALUES, "production-long-name"])
+def test_pods_meet_the_restricted_pod_security_standard(
+    rendered: dict[str, list[Manifest]], case: str
+) -> None:
+    pods = list(pod_specs(rendered[case]))
+    assert pods
+    for name, _, spec in pods:
+        assert spec["automountServiceAccountToken"] is False, name
+        assert spec["serviceAccountName"] != "default", name
+        pod_context = spec["securityContext"]
+        assert pod_context["runAsNonRoot"] is True
+        assert pod_context["seccompProfile"]["type"] == "RuntimeDefault"
+        assert not {"hostNetwork", "hostPID", "hostIPC"} & set(spec)
+        assert all("hostPath" not in volume for volume in spec.get("volumes", []))
+        for container in spec["containers"]:
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["capabilities"]["drop"] == ["ALL"], name
+            assert "add" not in context["capabilities"]
+            assert context["readOnlyRootFilesystem"] is True, name
+            assert context["runAsNonRoot"] is True, name
+            assert context["seccompProfile"]["type"] == "RuntimeDefault", name
+            assert container["resources"]["requests"], name
+            assert container["resources"]["limits"]["memory"], name
+            assert not container["image"].endswith(":latest")
+
+
+def test_security_settings_come_from_values(chart: helm.Chart) -> None:
+    objects = render(
+        chart,
+        {
+            "podSecurityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 20000,
+                "seccompProfile": {"type": "Localhost", "localhostProfile": "typing.json"},
+            },
+            # Helm merges maps: a key is dropped with null, changed with a value
+            "containerSecurityContext": {"readOnlyRootFilesystem": False, "seccompProfile": None},
+        },
+    )
+    spec = one(objects, "Deployment", "processor")["spec"]["template"]["spec"]
+    assert spec["securityContext"]["runAsUser"] == 20000
+    assert spec["securityContext"]["seccompProfile"]["type"] == "Localhost"
+    context = spec["containers"][0]["securityContext"]
+    assert context["readOnlyRootFilesystem"] is False
+    assert "seccompProfile" not in context
+    assert context["capabilities"] == {"drop": ["ALL"]}
+
+
+@pytest.mark.parametrize("case", [*CI_VALUES, "production-long-name"])
+def test_deployments_follow_platform_practice(
+    rendered: dict[str, list[Manifest]], case: str
+) -> None:
+    objects = rendered[case]
+    budgets = of_kind(objects, "PodDisruptionBudget")
+    for deployment in of_kind(objects, "Deployment"):
+        template = deployment["spec"]["template"]
+        pod_labels = template["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+        annotations = template["metadata"]["annotations"]
+        assert re.fullmatch(r"[0-9a-f]{64}", annotations["checksum/config"])
+        assert re.fullmatch(r"[0-9a-f]{64}", annotations["checksum/secret"])
+        spec = template["spec"]
+        spread = spec["topologySpreadConstraints"]
+        assert {c["topologyKey"] for c in spread} >= {
+            "topology.kubernetes.io/zone",
+            "kubernetes.io/hostname",
+        }
+        for constraint in spread:
+            assert constraint["labelSelector"]["matchLabels"].items() <= pod_labels.items()
+        container = spec["containers"][0]
+        # /readyz waits up to 5 s for the broker check
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["readinessProbe"]["timeoutSeconds"] >= 6
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        matching = [
+            b for b in budgets if b["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+        ]
+        assert len(matching) == 1, deployment["metadata"]["name"]
+        assert matching[0]["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
+def test_each_service_selects_one_component(rendered: dict[str, list[Manifest]]) -> None:
+    objects = production(rendered)
+    deployments = of_kind(objects, "Deployment")
+    for service in of_kind(objects, "Service"):
+        selected = [
+            d
+            for d in deployments
+            if service["spec"]["selector"].items()
+            <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert len(selected) == 1, service["metadata"]["name"]
+
+
+def test_settings_the_issue_named_reach_the_processor(rendered: dict[str, list[Manifest]]) -> None:
+    config = settings(rendered["chart-secret"])
+    assert config["TYPING_TOPIC_REPLICATION_FACTOR"] == "3"
+    assert config["TYPING_CHANGELOG_TOPIC"] == "genesys.typing.state-changelog"
+    assert config["TYPING_FETCH_MAX_WAIT_MS"] == "50"
+    assert config["TYPING_COMMIT_INTERVAL_MS"] == "500"
+    assert config["TYPING_MESSAGING_MAX_DURATION_MS"] == "3000"
+    assert config["TYPING_AUDIT_LOG_FILE"] == "/var/log/typing/audit.jsonl"
+    assert config["GENESYSCLOUD_OAUTH_SCOPES"] == "webchat:read webchat:write webchat:write:session"
+    spec = one(rendered["chart-secret"], "Deployment", "processor")["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
+    assert mounts["/var/log/typing"] == "audit"
+    assert "emptyDir" in next(v for v in spec["volumes"] if v["name"] == "audit")
+    secret = one(rendered["chart-secret"], "Secret")["stringData"]
+    assert set(secret) == {
+        "GENESYSCLOUD_OAUTHCLIENT_ID",
+        "GENESYSCLOUD_OAUTHCLIENT_SECRET",
+        "KAFKA_SASL_PASSWORD",
+    }
+
+
+def test_default_release_uses_the_existing_secret(
+    chart: helm.Chart, rendered: dict[str, list[Manifest]]
+) -> None:
+    objects = rendered["default"]
+    assert of_kind(objects, "Secret") == []
+    container = one(objects, "Deployment", "processor")["spec"]["template"]["spec"]["containers"]
+    refs = [
+        source["secretRef"]["name"] for source in container[0]["envFrom"] if "secretRef" in source
+    ]
+    assert refs == ["genesys-typing-processor-credentials"]
+    assert "kubectl -n typing create secret generic" in notes(chart)
+
+
+# --------------------------------------------------------------------------- production
+
+
+def test_production_release(rendered: dict[str, list[Manifest]]) -> None:
+    objects = production(rendered)
+    config = settings(objects)
+    processor = one(objects, "Deployment", "processor")
+    # KEDA owns the replica count
+    assert "replicas" not in processor["spec"]
+    assert config["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert config["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
+    assert of_kind(objects, "Secret") == []
+    assert processor["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "registry.example.com/platform/genesys-typing-processor:0.1.0@sha256:" + "0" * 64
+    )
+    monitor = one(objects, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    rule = one(objects, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert dashboard_configmap(objects)["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert one(objects, "NetworkPolicy")["spec"]["ingress"][0]["from"][1] == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    }
+
+
+def dashboard_configmap(objects: list[Manifest]) -> Manifest:
+    (found,) = [o for o in of_kind(objects, "ConfigMap") if is_dashboard(o)]
+    return found
+
+
+def test_webhook_worker_has_its_own_deployment_budget_and_service(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    objects = production(rendered)
+    hook = one(objects, "Deployment", "crm-webhook")
+    spec = hook["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["args"] == ["crm-webhook"]
+    assert hook["spec"]["replicas"] == 2
+    assert container["resources"]["limits"]["memory"] == "256Mi"
+    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["OTEL_SERVICE_NAME"]["value"] == "genesys-typing-processor-crm-webhook"
+    # the Kafka password, not the Genesys credentials
+    assert env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == (
+        "genesys-typing-credentials"
+    )
+    assert all("secretRef" not in source for source in container["envFrom"])
+    assert settings(objects)["TYPING_CRM_WEBHOOK_URL"] == "https://crm.example.com/hooks/typing"
+    assert one(objects, "PodDisruptionBudget", "crm-webhook")["spec"]["maxUnavailable"] == 1
+    assert one(objects, "Service", "crm-webhook")["spec"]["ports"][0]["targetPort"] == "http"
+
+
+def test_keda_scales_on_the_consumer_group_without_more_calls(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    objects = production(rendered)
+    config = settings(objects)
+    scaled = one(objects, "ScaledObject")
+    spec = scaled["spec"]
+    assert (
+        spec["scaleTargetRef"]["name"]
+        == one(objects, "Deployment", "processor")["metadata"]["name"]
+    )
+    assert spec["minReplicaCount"] == 3
+    assert 1 <= spec["maxReplicaCount"] <= int(config["TYPING_TOPIC_PARTITIONS"])
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "kafka"
+    metadata = trigger["metadata"]
+    assert metadata["consumerGroup"] == config["TYPING_GROUP_ID"]
+    assert metadata["topic"] == config["TYPING_INPUT_TOPIC"]
+    assert metadata["bootstrapServers"] == config["KAFKA_BOOTSTRAP_SERVERS"]
+    assert metadata["allowIdleConsumers"] == "false"
+    assert (metadata["sasl"], metadata["tls"]) == ("scram_sha512", "enable")
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 300
+    assert behavior["scaleUp"]["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 60}]
+    auth = one(objects, "TriggerAuthentication")
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    refs = {ref["parameter"]: ref for ref in auth["spec"]["secretTargetRef"]}
+    assert refs["password"]["key"] == "KAFKA_SASL_PASSWORD"
+    assert refs["ca"] == {"parameter": "ca", "name": "kafka-ca", "key": "ca.crt"}
+    # the budget is the OAuth client's, whatever the replica count
+    assert config["TYPING_API_RATE_PER_MINUTE"] == "300"
+
+
+def test_keda_refuses_more_replicas_than_input_partitions(chart: helm.Chart) -> None:
+    with pytest.raises(helm.HelmRenderError, match=r"exceeds typing\.topicPartitions"):
+        render(chart, {"keda": {"enabled": True, "maxReplicaCount": 7}})
+    # the minimum (replicaCount by default) above the maximum (the partitions by default)
+    with pytest.raises(helm.HelmRenderError, match=r"minReplicaCount \(3\) exceeds"):
+        render(
+            chart, {"keda": {"enabled": True}, "replicaCount": 3, "typing": {"topicPartitions": 2}}
+        )
+
+
+# --------------------------------------------------------------------------- values schema
+
+
+REFUSED: dict[str, tuple[dict[str, Any], str]] = {
+    "replica count as a word": ({"replicaCount": "three"}, "/replicaCount"),
+    "unknown security protocol": (
+        {"kafka": {"securityProtocol": "SASL_TLS"}},
+        "/kafka/securityProtocol",
+    ),
+    "unknown SASL mechanism": (
+        {"kafka": {"securityProtocol": "SASL_SSL", "saslMechanism": "GSSAPI", "saslUsername": "u"}},
+        "/kafka/saslMechanism",
+    ),
+    "SASL without a mechanism": (
+        {"kafka": {"securityProtocol": "SASL_SSL", "saslUsername": "u"}},
+        "/kafka/saslMechanism",
+    ),
+    "SASL user missing with the chart's secret": (
+        {
+            "kafka": {"securityProtocol": "SASL_SSL", "saslMechanism": "PLAIN"},
+            "secrets": {
+                "oauthClientId": "id",
+                "oauthClientSecret": "secret",
+                "kafkaSaslPassword": "pw",
+            },
+        },
+        "/kafka/saslUsername",
+    ),
+    "no credentials and no existing secret": (
+        {"secrets": {"existingSecret": ""}},
+        "/secrets/oauthClientId",
+    ),
+    "half the credentials": ({"secrets": {"oauthClientId": "id"}}, "/secrets/oauthClientSecret"),
+    "SASL password missing from the chart's secret": (
+        {
+            "kafka": {
+                "securityProtocol": "SASL_SSL",
+                "saslMechanism": "PLAIN",
+                "saslUsername": "u",
+            },
+            "secrets": {"oauthClientId": "id", "oauthClientSecret": "secret"},
+        },
+        "/secrets/kafkaSaslPassword",
+    ),
+    "readiness timeout below the broker check": (
+        {"readinessProbe": {"timeoutSeconds": 1}},
+        "/readinessProbe/timeoutSeconds",
+    ),
+    "webhook without a URL": ({"crmWebhook": {"enabled": True}}, "/crmWebhook/url"),
+    "KEDA down to zero replicas": (
+        {"keda": {"enabled": True, "minReplicaCount": 0}},
+        "/keda/minReplicaCount",
+    ),
+    "commit interval out of the app's bounds": (
+        {"typing": {"commitIntervalMs": 5}},
+        "/typing/commitIntervalMs",
+    ),
+    "image digest that is no digest": ({"image": {"digest": "latest"}}, "/image/digest"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_schema_refuses_bad_values(chart: helm.Chart, case: str) -> None:
+    values, where = REFUSED[case]
+    with pytest.raises(helm.HelmValuesError) as refused:
+        render(chart, values)
+    assert f"at '{where}'" in str(refused.value)
+
+
+def test_schema_accepts_every_ci_values_file(chart: helm.Chart) -> None:
+    for name in CI_VALUES:
+        chart.validate_schema(chart.merge_values(ci_values(name)))
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+@dataclass
+class _Counters:
+    events: int = 1
+    dead_letters: int = 1
+    crm_records: int = 1
+    audit_records: int = 1
+    changelog_records: int = 1
+    decisions: Counter[str] = field(default_factory=lambda: Counter({"applied": 1}))
+
+
+@dataclass(frozen=True)
+class _Stats:
+    partition: int = 0
+    tracked_sessions: int = 1
+    queued_work: int = 1
+    in_flight: int = 1
+    lag: int | None = 1
+
+
+@dataclass
+class _Processor:
+    counters: _Counters = field(default_factory=_Counters)
+    ready: bool = True
+    problem: str | None = None
+
+    def partition_stats(self) -> list[_Stats]:
+        return [_Stats()]
+
+    async def broker_reachable(self) -> bool:
+        return True
+
+
+@dataclass
+class _Deliveries:
+    delivered: int = 1
+    refused: int = 1
+    retries: int = 1
+
+
+@dataclass
+class _Worker:
+    counters: _Deliveries = field(default_factory=_Deliveries)
+    ready: bool = True
+
+
+def _families(telemetry: Telemetry) -> set[str]:
+    """Prometheus series names of every metric family `telemetry` exposes."""
+    names: set[str] = set()
+    for line in telemetry.render_prometheus().decode().splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            suffixes = ("_bucket", "_count", "_sum") if kind == "histogram" else ("",)
+            names |= {name + suffix for suffix in suffixes}
+    return names
+
+
+async def exported_metric_names() -> set[str]:
+    """What `/metrics` of `run` and of `crm-webhook` expose once every instrument has data."""
+    processor = Telemetry.from_environment({})
+    sink = GenesysSink(
+        SinkConfig.from_settings(
+            GenesysSettings(oauthclient_id="id", oauthclient_secret="secret"), TypingSettings()
+        )
+    )
+    try:
+        processor.instrument_sink(sink)
+        processor.observe(_Processor())
+        processor.genesys_calls["PATCH", 200, "session"] += 1
+        assert processor.call_duration is not None
+        processor.call_duration.record(0.1)
+        processor.record_budget_wait(0.2)
+        tracing = processor.partition_tracing("in", 0, {})
+        assert tracing is not None
+        tracing.end_to_end.record(0.3)
+        names = _families(processor)
+    finally:
+        await sink.aclose()
+        processor.shutdown()
+    webhook = Telemetry.from_environment({}, processor_metrics=False)
+    instrument_webhook(webhook, _Worker())
+    names |= _families(webhook)
+    webhook.shutdown()
+    return names
+
+
+QUERIED = re.compile(r"\b((?:typing|genesys)_[a-z0-9_]+)\{")
+
+
+async def test_alerts_and_dashboard_query_metrics_the_processor_exports(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    exported = await exported_metric_names()
+    objects = production(rendered)
+    rules = [r for g in one(objects, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+    alerts = {rule["alert"] for rule in rules}
+    assert {
+        "TypingConsumerLagHigh",
+        "TypingDeadLettersHigh",
+        "TypingProcessorNotReady",
+        "GenesysRateLimited",
+        "GenesysCircuitBreakerOpen",
+        "CrmWebhookNotReady",
+    } <= alerts
+    rule_metrics = {name for rule in rules for name in QUERIED.findall(rule["expr"])}
+    assert rule_metrics
+    assert rule_metrics <= exported, rule_metrics - exported
+    (data,) = dashboard_configmap(objects)["data"].values()
+    dashboard = json.loads(data)
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    dashboard_metrics = {name for expr in exprs for name in QUERIED.findall(expr)}
+    assert dashboard_metrics <= exported, dashboard_metrics - exported
+    # lag, decisions, calls by status, end-to-end latency, rate-limit waits, phantom risk
+    assert {
+        "typing_consumer_lag",
+        "typing_events_total",
+        "genesys_calls_total",
+        "typing_end_to_end_duration_seconds_bucket",
+        "genesys_ratelimit_wait_seconds_bucket",
+        "genesys_circuit_breaker_state",
+        "genesys_ratelimit_paused_seconds",
+        "typing_reconciliations_queued",
+        "typing_crm_webhook_deliveries_total",
+    } <= dashboard_metrics
+
+
+def test_alerts_select_the_series_the_service_monitor_scrapes(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    objects = rendered["production-long-name"]
+    services = {s["metadata"]["name"] for s in of_kind(objects, "Service")}
+    monitor = one(objects, "ServiceMonitor")
+    # the monitor's selector picks both workers' Services; job = the Service name
+    for service in of_kind(objects, "Service"):
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= (
+            service["metadata"]["labels"].items()
+        )
+    for group in one(objects, "PrometheusRule")["spec"]["groups"]:
+        for rule in group["rules"]:
+            jobs = set(re.findall(r'job="([^"]+)"', rule["expr"]))
+            assert jobs, rule["alert"]
+            assert jobs <= services, rule["alert"]
+            assert f'namespace="{NAMESPACE}"' in rule["expr"]
