@@ -13,15 +13,19 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from pipeline import eventually, make_settings, read_json, typing_event
 
+from processor.clock import SystemClock
+from processor.emulator.app import SESSION_PATH
 from processor.emulator.testing import EmulatorHandle
 from processor.models import TypingEvent
 from processor.runtime.outbound import Headers, Outbound
+from processor.runtime.partition import Counters, PartitionWorker
+from processor.runtime.reconciler import Reconciler
 from processor.runtime.restore import read_changelog
 from processor.runtime.service import TypingProcessor
 from processor.settings import Settings
 from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
-from processor.state import PartitionStore
+from processor.state import EngineConfig, PartitionStore
 
 
 class PoisonStore(PartitionStore):
@@ -189,3 +193,44 @@ async def test_a_stop_while_partitions_restore_ends_promptly_and_leaves_no_worke
         processor.release_restore.set()
         await asyncio.gather(task, return_exceptions=True)
         await sink.aclose()
+
+
+async def test_a_fenced_partition_sends_nothing_and_gives_back_what_it_had_taken(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """A refused commit means another member may own the partition: a call taken but not
+    sent yet never goes out, its budget comes back, and the store hears it was not sent."""
+    settings = make_settings(bootstrap_servers, emulator)
+    emulator.create_session("fenced")
+    clock = SystemClock()
+    store = PartitionStore(0, EngineConfig(), clock)
+    store.on_event(TypingEvent.model_validate(typing_event("fenced", timeout_ms=30_000)), 0)
+    outbound = Outbound(settings.kafka, settings.typing)
+    await outbound.start()
+    sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
+
+    async def restored() -> PartitionStore:
+        return store
+
+    worker = PartitionWorker(
+        settings.typing.input_topic, 0, restored, outbound, Reconciler(sink, 4), clock, Counters()
+    )
+    try:
+        await worker.restored.wait()
+        assert worker.accepting
+        work = store.take("fenced")
+        assert work is not None
+        level = sink.budget.level()
+        sink.budget.spend(2)
+        worker.launch(work, 2)
+        worker.fence()  # before the worker's next turn could send it
+        assert not worker.accepting
+        await eventually(lambda: not store.is_in_flight("fenced"), 10, "the store heard back")
+        assert store.is_backing_off("fenced") or store.is_queued("fenced")
+        assert sink.budget.level() >= level - 0.01  # refunded
+        assert emulator.count("PATCH", SESSION_PATH) == 0
+        assert emulator.history("fenced") == []
+    finally:
+        await worker.close(1.0)
+        await sink.aclose()
+        await outbound.stop()
