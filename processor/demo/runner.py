@@ -157,6 +157,9 @@ def _settings(bootstrap: str, base_url: str, options: DemoOptions) -> Settings:
             topic_partitions=options.partitions,
             api_rate_per_minute=options.api_rate_per_minute,
             audit_log_file=None,
+            # the embedded broker answers a waiting fetch only at its deadline: an event
+            # (a stop) would sit there for up to this long before the processor sees it
+            fetch_max_wait_ms=5,
         ),
     )
 
