@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -241,3 +242,17 @@ class RunProcess:
 
     def log_text(self) -> str:
         return self._log_path.read_text(errors="replace")
+
+
+async def announced_port(process: RunProcess, timeout_s: float = 30.0) -> int:
+    """The port of a process's `/metrics`, `/healthz` and `/readyz`, once its log names it."""
+    found: list[int] = []
+
+    def announced() -> bool:
+        match = re.search(r"/readyz on port (\d+)", process.log_text())
+        if match:
+            found.append(int(match.group(1)))
+        return match is not None
+
+    await eventually(announced, timeout_s, "the HTTP port in the log")
+    return found[-1]

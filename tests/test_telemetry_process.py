@@ -10,7 +10,7 @@ import httpx
 import orjson
 import pipeline
 import pytest
-from pipeline import Producer, RunProcess, eventually, typing_event
+from pipeline import Producer, RunProcess, announced_port, eventually, typing_event
 
 from processor.emulator.testing import EmulatorHandle
 
@@ -39,16 +39,8 @@ def log_entries(process: RunProcess) -> list[dict[str, object]]:
 async def test_run_serves_probes_and_metrics_and_logs_json(
     process: RunProcess, env: dict[str, str], emulator: EmulatorHandle
 ) -> None:
-    port: list[int] = []
-
-    def announced() -> bool:
-        found = re.search(r"/readyz on port (\d+)", process.log_text())
-        if found:
-            port.append(int(found.group(1)))
-        return bool(found)
-
-    await eventually(announced, 30, "the HTTP port in the log")
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port[0]}", timeout=5) as client:
+    port = await announced_port(process)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
         assert (await client.get("/healthz")).status_code == 200
 
         async def ready() -> bool:

@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 import uvicorn
-from pipeline import Producer, RunProcess, eventually
+from pipeline import Producer, RunProcess, announced_port, eventually
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -149,16 +149,8 @@ async def test_worker_process_serves_probes_and_metrics(
     process = RunProcess(env, tmp_path / "webhook.log", command="crm-webhook")
     process.start()
     try:
-        port: list[int] = []
-
-        def announced() -> bool:
-            found = re.search(r"/readyz on port (\d+)", process.log_text())
-            if found:
-                port.append(int(found.group(1)))
-            return bool(found)
-
-        await eventually(announced, 30, "the HTTP port in the log")
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port[0]}", timeout=10) as client:
+        port = await announced_port(process)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             health = await client.get("/healthz")
             assert (health.status_code, health.json()["status"]) == (200, "ok")
 
