@@ -45,13 +45,16 @@ class PlannerConfig:
     """Tuning of the planner.
 
     Attributes:
-        clear_slack_ms: the I1 bound: a clear is due by the deadline plus this.
+        clear_slack_ms: when a clear is due, after its deadline, as the clear-debt check
+            plans it. I1 allows 1 s; planning for a quarter of that leaves the rest for the
+            call's latency, a 412 or a retry, and for a stop that comes before the deadline
+            (its clear is due at once).
         age_weight: how much a set's value drops per ms of its cause's age.
         status_change_weight: the share of a set's value a status change (typing <->
             paused) of an indicator already shown keeps.
     """
 
-    clear_slack_ms: int = 1000
+    clear_slack_ms: int = 250
     age_weight: float = 0.25
     status_change_weight: float = 0.1
 

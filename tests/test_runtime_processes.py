@@ -94,6 +94,8 @@ async def test_two_processes_rebalance_without_losing_a_clear(
     sessions = [f"r-{i}" for i in range(16)]
     for session_id in sessions:
         emulator.create_session(session_id)
+    # about partitions moving, not the budget: every indicator may be set at once
+    run_env = {**run_env, "TYPING_API_RATE_PER_MINUTE": "6000"}
     spawn(processes, run_env, tmp_path / "one.log")
     async with Producer(run_env["KAFKA_BOOTSTRAP_SERVERS"], run_env["TYPING_INPUT_TOPIC"]) as p:
         for session_id in sessions:
