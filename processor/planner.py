@@ -10,12 +10,15 @@ out, from the state at that moment; nothing waits inside the sink. In order:
    at least the time to its deadline, less what its age says (an indicator asked for
    long ago is likely over soon). A status change (typing <-> paused) of an indicator
    already shown adds little (it is shown either way) unless its `expiresAt` is about to
-   pass: then it goes with the refreshes.
+   pass: then the store queues it with the refreshes. Since the value falls with age, a
+   round ranks only a window of the newest sets of each store, so its cost follows the
+   calls it can make, not the backlog.
 
 A set is only made when the budget can also pay for what shown indicators will need in
-time: each shown webchat indicator owes a clear by its deadline plus the I1 slack, and
-each one that typing keeps alive owes a refresh before its `expiresAt` (clear debt). The
-check is an earliest-deadline-first feasibility test over those obligations.
+time: each shown webchat indicator owes a clear by its deadline plus a slack (a quarter
+of I1's second), and each one that typing keeps alive owes a refresh before its
+`expiresAt` (clear debt). The check is an earliest-deadline-first feasibility test over
+those obligations.
 
 Pure: the stores, the budget's figures and the clock come in; picks come out.
 """
