@@ -8,6 +8,7 @@ import socket
 import httpx
 import pytest
 
+from processor.asgi import bind
 from processor.emulator.config import EmulatorConfig
 from processor.emulator.faults import Faults
 from processor.emulator.server import serve_in_background
@@ -78,3 +79,22 @@ async def test_a_taken_port_fails_fast() -> None:
         with pytest.raises(OSError, match="in use"):
             async with serve_in_background(EmulatorConfig(), port=running.port):
                 pass
+
+
+async def test_served_connections_send_without_nagle_delay() -> None:
+    # asyncio turns Nagle off only on sockets that say they are TCP; accepted connections
+    # inherit the listening socket's `proto`. With Nagle on, every response waits for the
+    # client's delayed ACK (40 ms a request).
+    sock = bind("127.0.0.1", 0)
+    accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn: socket.socket = writer.get_extra_info("socket")
+        accepted.set_result(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, sock=sock)
+    async with server:
+        _, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        assert await asyncio.wait_for(accepted, timeout=10) != 0
+        writer.close()
