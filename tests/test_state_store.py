@@ -208,6 +208,81 @@ def test_expiry_clears_at_the_deadline_within_the_slack(
     assert [a.result for a in store.drain().audits][-1] is Decision.EXPIRED
 
 
+def _patched_in(latency_ms: float) -> SinkResult:
+    return SinkResult(
+        Outcome.APPLIED, http_status=200, attempts=1, latency_ms=latency_ms,
+        call_latencies_ms=(latency_ms,),
+    )  # fmt: skip
+
+
+def test_an_expiry_clear_goes_out_one_median_latency_early(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    # Landing takes a PATCH's latency: sent that much before the deadline, the clear
+    # lands when it passes instead of showing the latency as phantom typing.
+    for n, latency in enumerate([40, 35, 900, 30, 38]):  # one slow outlier
+        store.on_event(ev(f"w{n}", Status.TYPING, T0, timeout=20_000), n)
+        [work] = store.take_work(1)
+        store.on_result(work, _patched_in(latency))
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=3000), 10)
+    [work] = store.take_work(1)
+    store.on_result(work, APPLIED)  # no latency measured: the estimate stays
+    assert store.next_wakeup_ms() == T0 + 3000 - 38  # the median, not the mean
+    clock.set(T0 + 3000 - 39)
+    store.on_tick()
+    assert store.queued_work == 0
+    clock.set(T0 + 3000 - 38)
+    store.on_tick()
+    [work] = store.take_work(5)
+    assert work.session_id == "s1"
+    assert (work.kind, work.reason) == (WorkKind.CLEAR, ChangeReason.EXPIRED)
+
+
+def test_clear_lead_is_bounded_by_the_timeout_and_the_setting(clock: ManualClock) -> None:
+    store = PartitionStore(0, EngineConfig(clear_lead_max_ms=100), clock)
+    store.on_event(ev("w", Status.TYPING, T0, timeout=20_000), 0)
+    [work] = store.take_work(1)
+    store.on_result(work, _patched_in(400))  # a slow API: the setting caps the lead
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=5000), 1)
+    store.on_event(ev("s2", Status.PAUSED, T0, timeout=1000), 2)
+    for work in store.take_work(5):
+        store.on_result(work, APPLIED)
+    clock.set(T0 + 949)  # a twentieth of a 1 s timeout: 50 ms
+    store.on_tick()
+    assert store.queued_work == 0
+    clock.set(T0 + 950)
+    store.on_tick()
+    assert [w.session_id for w in store.take_work(5)] == ["s2"]
+    clock.set(T0 + 4900)
+    store.on_tick()
+    assert [w.session_id for w in store.take_work(5)] == ["s1"]
+
+
+def test_an_event_before_an_early_clear_goes_out_keeps_the_indicator(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=3000), 0)
+    [work] = store.take_work(1)
+    store.on_result(work, _patched_in(60))
+    clock.set(T0 + 2970)  # inside the lead, the tick not run yet: typing goes on
+    store.on_event(ev("s1", Status.TYPING, T0 + 2970, timeout=3000), 1)
+    store.on_tick()
+    # no clear: the refresh I2 asks for, since Genesys' `expiresAt` is about to pass
+    assert [w.kind for w in store.take_work(5)] == [WorkKind.REFRESH]
+
+
+def test_an_unshown_indicator_is_wanted_until_its_deadline(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    store.on_event(ev("w", Status.TYPING, T0, timeout=20_000), 0)
+    [work] = store.take_work(1)
+    store.on_result(work, _patched_in(200))
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=10_000), 1)
+    clock.set(T0 + 9850)  # within what would be the lead: still worth a set
+    [work] = store.take_work(5)
+    assert (work.session_id, work.kind) == ("s1", WorkKind.SET)
+
+
 @pytest.mark.parametrize("gap", [100, 700, 1000, 1500, 2500, 3900])
 def test_continuous_typing_never_lets_expires_at_lapse_and_refreshes_sparingly(
     store: PartitionStore, clock: ManualClock, gap: int

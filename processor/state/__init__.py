@@ -2,7 +2,8 @@
 
 One job per module: `store` (the engine), `session` (per-session record), `timers`
 (deadline buckets), `dedupe` (recent event ids), `changelog` (record encoding),
-`recovery` (folding a changelog), `work` (what the engine emits), `config` (knobs).
+`recovery` (folding a changelog), `work` (what the engine emits), `lead` (how early an
+expiry clear goes out), `config` (knobs).
 """
 
 from processor.state.changelog import ChangelogError

@@ -32,6 +32,10 @@ class EngineConfig:
         min_set_lifetime_ms: a set with less lifetime than this left when it is about to be
             sent is dropped (expired) instead: it would lapse before Genesys shows it.
         clear_slack_ms: the I1 bound: a clear is due no later than deadline + this.
+        clear_lead_max_ms: the most a shown webchat indicator's clear goes out before its
+            deadline (lead: the median PATCH latency, and at most a twentieth of the
+            timeout), so that it lands when the deadline passes; 0 sends it at the
+            deadline.
         timer_resolution_ms: granularity of the timer buckets; timers fire at most this
             late, never early. Must be well below `clear_slack_ms`.
         idle_evict_ms: a session with nothing shown, wanted or pending is forgotten after
@@ -50,6 +54,7 @@ class EngineConfig:
     refresh_fraction: float = 0.12
     min_set_lifetime_ms: int = 100
     clear_slack_ms: int = 1000
+    clear_lead_max_ms: int = 250
     timer_resolution_ms: int = 2
     idle_evict_ms: int = 300_000
     dedupe_capacity: int = 100_000
@@ -63,6 +68,8 @@ class EngineConfig:
         if not 0.0 < self.refresh_fraction <= 0.5:
             # above one half the refresh budget "one per half timeout" no longer holds
             raise ValueError("refresh_fraction must be in (0, 0.5]")
+        if not 0 <= self.clear_lead_max_ms < self.clear_slack_ms:
+            raise ValueError("clear_lead_max_ms must be in [0, clear_slack_ms)")
         if self.min_set_lifetime_ms < 0:
             raise ValueError("min_set_lifetime_ms must be >= 0")
         if not 1 <= self.timer_resolution_ms <= self.clear_slack_ms // 2:

@@ -70,6 +70,7 @@ from processor.models import CrmStatus
 from processor.state.changelog import encode, tombstone
 from processor.state.config import EngineConfig
 from processor.state.dedupe import EventIdMemory
+from processor.state.lead import ClearLead
 from processor.state.recovery import latest_sessions
 from processor.state.session import Cause, PersistedSession, Session
 from processor.state.timers import TimerWheel
@@ -152,6 +153,7 @@ class PartitionStore:
         # Timeouts interned: one int object shared by every session with the same value.
         self._ints: dict[int, int] = {}
         self._leads: dict[int, int] = {}  # refresh lead by timeout (few distinct values)
+        self._clear_lead = ClearLead(config.clear_lead_max_ms)
         self._default_timeouts = {
             status: {role: config.default_timeout_ms(status, role) for role in Role}
             for status in (Status.TYPING, Status.PAUSED)
@@ -591,6 +593,14 @@ class PartitionStore:
             self._audit(s.sid, shown.value if shown else _CLEARED, Decision.LAPSED, None, None)
         self._dirty[s.sid] = None
 
+    def _until(self, s: Session) -> int:
+        """When the wanted indicator stops being wanted: its deadline, or for one shown
+        on the webchat session the clear lead before it (see `lead`), so that its clear
+        lands when the deadline passes."""
+        if s.remote is not None and s.remote_target is None and s.target is None:
+            return s.deadline - self._clear_lead.for_timeout(s.timeout)
+        return s.deadline
+
     def _refresh_due(self, s: Session, now: int) -> bool:
         """True when the indicator Genesys shows for `s` is within its refresh lead of
         expiring while the wanted deadline lies beyond it."""
@@ -620,7 +630,7 @@ class PartitionStore:
             # shown where the session no longer wants it: a webchat indicator is cleared
             # (a messaging one lapses by itself)
             return _CLEAR if s.remote_target is None else None
-        status = s.status if s.status is not None and s.deadline > now else None
+        status = s.status if s.status is not None and self._until(s) > now else None
         if s.target is None:
             if status is None:
                 return _CLEAR if remote is not None else None
@@ -699,7 +709,7 @@ class PartitionStore:
     def _catch_up(self, s: Session, now: int, *, flying: bool) -> None:
         """What time alone has changed: a wanted indicator past its deadline is no longer
         wanted; a messaging indicator past its "shown until" has lapsed."""
-        if s.status is not None and s.deadline <= now:
+        if s.status is not None and self._until(s) <= now:
             self._expire(s)
         if (
             s.remote is not None
@@ -720,8 +730,8 @@ class PartitionStore:
     ) -> int | None:
         """Earliest future time something may change for `s` (None = only eviction)."""
         wake: int | None = None
-        if s.status is not None and s.deadline > now:
-            wake = s.deadline
+        if s.status is not None and self._until(s) > now:
+            wake = self._until(s)
             if (
                 not flying
                 and (
@@ -786,6 +796,8 @@ class PartitionStore:
         s.intent = None
         s.version = work.version
         desired = work.desired
+        if work.target is None and result.call_latencies_ms:
+            self._clear_lead.observe(result.call_latencies_ms[-1])  # the PATCH that landed
         if desired is None:
             s.remote = None
             s.remote_expires = 0
