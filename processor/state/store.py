@@ -16,6 +16,8 @@ Rules (DESIGN §4, §2b):
   if it is the newest word on the session and names another status, it clears instead.
 - Deadline: `min(occurred_at, now) + timeout`, moved later (never earlier) by later events
   of the same status. Genesys' `expiresAt` is the deadline known when the call is made.
+  A shown webchat indicator stops being wanted one clear lead before its deadline (the
+  median PATCH latency, bounded; see `lead`), so that its clear lands as it passes.
 - Suppression (I3): a repeat of the wanted status within `suppression_window_ms` of the
   last event that asked for it only extends the deadline. Repeats never cause a call by
   themselves; keeping `expiresAt` ahead is the refresh timer's job (I2): once the remote
