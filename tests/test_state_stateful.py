@@ -1,7 +1,8 @@
 """Stateful property test of `PartitionStore` against a small independent model.
 
 Random events (duplicates, out of order, stale, clock ahead), clock advances with ticks,
-calls taken and answered with every sink outcome, and crash-restores from the changelog.
+calls taken and answered with every sink outcome (with latencies, which set how early an
+expiry clear goes out), and crash-restores from the changelog.
 After every step: the store's wanted state equals the model's (the last event's), every
 remote indicator that disagrees with it is being reconciled (no phantom, no lapse while
 typing), work is unique per session, and restoring the changelog gives an equal store.
@@ -46,11 +47,20 @@ class Model:
         self.latest: dict[str, int] = {}
         self.status: dict[str, Status | None] = {}
         self.deadline: dict[str, int] = {}
+        self.timeout: dict[str, int] = {}
         self.seen: set[str] = set()
 
     def wanted(self, sid: str, now: int) -> Status | None:
         status = self.status.get(sid)
         return status if status is not None and self.deadline[sid] > now else None
+
+    def in_clear_lead(self, sid: str, now: int) -> bool:
+        """Within the last stretch before the deadline where a shown indicator's clear may
+        already be out (at most the configured lead and a twentieth of the timeout)."""
+        if self.wanted(sid, now) is None:
+            return False
+        lead = min(CONFIG.clear_lead_max_ms, self.timeout[sid] // 20)
+        return self.deadline[sid] - now <= lead
 
     def apply(self, event: TypingEvent, now: int) -> None:
         sid = event.session_id
@@ -76,11 +86,13 @@ class Model:
         else:
             self.status[sid] = event.status
             self.deadline[sid] = deadline
+        self.timeout[sid] = timeout
 
     def forget(self, sid: str) -> None:
         self.latest.pop(sid, None)
         self.status.pop(sid, None)
         self.deadline.pop(sid, None)
+        self.timeout.pop(sid, None)
 
 
 class StoreMachine(RuleBasedStateMachine):
@@ -160,6 +172,15 @@ class StoreMachine(RuleBasedStateMachine):
         self.store.on_tick()
         self._drain()
 
+    @rule(sid=st.sampled_from(SESSIONS), before=st.integers(0, 300))
+    def advance_near_a_deadline(self, sid: str, before: int) -> None:
+        """Into the last stretch before a deadline, where an expiry's clear goes out."""
+        at = self.model.deadline.get(sid, 0) - before
+        if at > self.clock.now_ms():
+            self.clock.set(at)
+            self.store.on_tick()
+            self._drain()
+
     @rule(limit=st.integers(1, 3))
     def take(self, limit: int) -> None:
         now = self.clock.now_ms()
@@ -175,7 +196,8 @@ class StoreMachine(RuleBasedStateMachine):
                 continue  # reads only; what it resolves was checked when it was taken
             wanted = self.model.wanted(work.session_id, now)
             if work.desired is None:
-                assert wanted is None, "never clear while the indicator is wanted"
+                early = self.model.in_clear_lead(work.session_id, now)
+                assert wanted is None or early, "never clear while the indicator is wanted"
             else:
                 assert work.desired.status is wanted
                 assert now < work.desired.expires_at <= self.model.deadline[work.session_id]
@@ -187,8 +209,9 @@ class StoreMachine(RuleBasedStateMachine):
         index=st.integers(0, 5),
         outcome=st.sampled_from([*Outcome, Outcome.APPLIED, Outcome.FAILED]),
         reached=st.booleans(),
+        latency=st.sampled_from([0.0, 20.0, 60.0, 400.0]),
     )
-    def result(self, index: int, outcome: Outcome, reached: bool) -> None:
+    def result(self, index: int, outcome: Outcome, reached: bool, latency: float) -> None:
         work = self.flying.pop(index % len(self.flying))
         sid = work.session_id
         if outcome is Outcome.OVERTAKEN and work.kind is WorkKind.RESOLVE:
@@ -212,7 +235,10 @@ class StoreMachine(RuleBasedStateMachine):
             elif outcome in _GONE:
                 self.remote.pop(sid, None)  # closed or unusable: nothing shows
             ambiguous = outcome is Outcome.FAILED and (reached or index % 2 == 0)
-            result = SinkResult(outcome, http_status=200, attempts=1, ambiguous=ambiguous)
+            result = SinkResult(
+                outcome, http_status=200, attempts=1, ambiguous=ambiguous,
+                call_latencies_ms=(latency,),  # teaches the store its clear lead
+            )  # fmt: skip
         if outcome in _GONE:
             self.remote.pop(sid, None)
             self.model.forget(sid)
@@ -235,7 +261,10 @@ class StoreMachine(RuleBasedStateMachine):
     def wanted_state_is_the_last_events(self) -> None:
         now = self.clock.now_ms()
         for sid in SESSIONS:
-            assert self.store.desired(sid) is self.model.wanted(sid, now), sid
+            wanted = self.store.desired(sid)
+            if wanted is None and self.model.in_clear_lead(sid, now):
+                continue  # an expiry's clear may go out this early
+            assert wanted is self.model.wanted(sid, now), sid
 
     @invariant()
     def disagreement_is_always_being_reconciled(self) -> None:
@@ -246,6 +275,8 @@ class StoreMachine(RuleBasedStateMachine):
             pending = store.is_queued(sid) or store.is_in_flight(sid) or store.is_backing_off(sid)
             shown = self.remote.get(sid)
             wanted = self.model.wanted(sid, now)
+            if self.model.in_clear_lead(sid, now) and store.desired(sid) is None:
+                wanted = None  # expired early: the clear lands as the deadline passes
             if (shown is None) != (wanted is None) or (shown and shown.status is not wanted):
                 assert pending, f"{sid}: remote {shown} but wanted {wanted} and nothing pending"
             elif shown is not None:
