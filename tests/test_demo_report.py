@@ -14,7 +14,9 @@ from processor.demo.report import (
     accuracy,
     budget_bound,
     bursts,
+    calls_to_show,
     fidelity,
+    refresh_aware_bound,
     shown_intervals,
     typing_shown_intervals,
 )
@@ -90,6 +92,7 @@ async def test_a_short_demo_runs_and_reports_every_measure(targets: str) -> None
     assert result.accuracy.truth_ms > 0
     assert result.accuracy.shown_truth_ms > 0.8 * result.accuracy.truth_ms
     assert 0 < result.fidelity <= 1.5
+    assert 0 < result.ceiling_ms <= result.bound_ms  # refreshes can only cost more
     assert result.api_calls <= result.budget_calls
     if targets == "mixed":
         assert set(result.by_kind) == {"webchat", "messaging"}
@@ -97,4 +100,28 @@ async def test_a_short_demo_runs_and_reports_every_measure(targets: str) -> None
     table = summary_table(result)
     measures = list(table.columns[0].cells)
     assert "fidelity (shown / bound)" in measures
+    assert "fidelity ceiling under I2 (refreshes paid)" in measures
     assert ("missed typing time (messaging)" in measures) == (targets == "mixed")
+
+
+def test_a_burst_within_one_timeout_costs_a_set_and_a_clear() -> None:
+    assert calls_to_show((0, 3000), [(0, 5000)]) == 2
+
+
+def test_a_long_burst_pays_the_latest_refreshes_i2_allows() -> None:
+    # typing every second until 11 s, 5 s timeout: each call shows up to the deadline
+    # known then, so the set shows to 5 s and refreshes just before 5, 9 and 13 s reach
+    # 9, 13 and 16 s
+    events = [(t, t + 5000) for t in range(0, 12_000, 1000)]
+    assert calls_to_show((0, 16_000), events) == 5
+
+
+def test_a_messaging_burst_pays_for_its_longest_duration_and_no_clear() -> None:
+    assert calls_to_show((0, 8000), [(0, 8000)], max_span_ms=5000, clear=False) == 2
+    assert calls_to_show((0, 4000), [(0, 4000)], max_span_ms=5000, clear=False) == 1
+
+
+def test_refresh_aware_bound_takes_the_typing_per_call_first() -> None:
+    # one GET, then 5 calls: the 12 s burst (4 calls, 3 s a call) whole, half the other
+    assert refresh_aware_bound([(12_000, 4), (4000, 2)], calls=6, reads=1) == 14_000
+    assert refresh_aware_bound([(12_000, 4), (4000, 2)], calls=1, reads=1) == 0

@@ -130,3 +130,45 @@ def budget_bound(bursts_by_cost: dict[int, list[int]], calls: int, reads: int) -
 def fidelity(shown_truth_ms: float, bound_ms: float) -> float:
     """Typing shown as a share of the budget bound (1 when nothing could be shown)."""
     return 1.0 if bound_ms <= 0 else shown_truth_ms / bound_ms
+
+
+def calls_to_show(
+    burst: Interval,
+    deadlines: list[tuple[int, int]],
+    *,
+    max_span_ms: int | None = None,
+    clear: bool = True,
+) -> int:
+    """Fewest calls that keep `burst` shown from its start to its end while obeying I2:
+    what a call shows lasts until the deadline known when it is made (`deadlines`: each
+    event's `(occurred_at, deadline)`), at most `max_span_ms` (a messaging call's longest
+    duration), so a burst that outlasts it needs a refresh, made as late as possible; a
+    webchat burst also ends with a clear. Even a scheduler that knew the future pays this.
+    """
+    start, stop = burst
+    known = sorted(deadlines)
+
+    def shown_until(at: int) -> int:
+        until = max((d for t, d in known if t <= at), default=at)
+        return until if max_span_ms is None else min(until, at + max_span_ms)
+
+    calls = 2 if clear else 1
+    until = shown_until(start)
+    while until < stop:
+        later = shown_until(until - 1)  # the latest refresh that still comes in time
+        if later <= until:
+            break  # nothing known can carry it further
+        calls += 1
+        until = later
+    return calls
+
+
+def refresh_aware_bound(
+    bursts_with_calls: Iterable[tuple[int, int]], calls: int, reads: int
+) -> float:
+    """The budget bound with each burst at the calls it needs (`calls_to_show`), not at
+    two: the most typing any scheduler that keeps I2 could show with `calls` calls."""
+    by_cost: dict[int, list[int]] = {}
+    for length, cost in bursts_with_calls:
+        by_cost.setdefault(cost, []).append(length)
+    return budget_bound(by_cost, calls, reads)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from processor.broker import LocalBroker
 from processor.clock import SystemClock
+from processor.domain import Status
 from processor.emulator.config import EmulatorConfig
 from processor.emulator.faults import Faults
 from processor.emulator.server import serve_in_background
@@ -44,7 +45,9 @@ from .report import (
     accuracy,
     budget_bound,
     bursts,
+    calls_to_show,
     fidelity,
+    refresh_aware_bound,
     shown_intervals,
     typing_shown_intervals,
 )
@@ -91,6 +94,7 @@ class DemoResult:
     accuracy: Accuracy
     by_kind: dict[str, Accuracy] = field(default_factory=dict)
     bound_ms: float = 0.0
+    ceiling_ms: float = 0.0
     budget_calls: float = 0.0
     history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
@@ -98,6 +102,11 @@ class DemoResult:
     def fidelity(self) -> float:
         """Typing shown as a share of the budget bound."""
         return fidelity(self.accuracy.shown_truth_ms, self.bound_ms)
+
+    @property
+    def ceiling_fidelity(self) -> float:
+        """The most fidelity any scheduler that keeps I2 could reach on this traffic."""
+        return fidelity(self.ceiling_ms, self.bound_ms)
 
     @property
     def api_calls(self) -> int:
@@ -339,7 +348,39 @@ async def _run_stack(
         result.api_calls,
         len(webchat_sessions),
     )
+    result.ceiling_ms = refresh_aware_bound(
+        _bursts_with_calls(events, truth, kinds, settings.typing), result.api_calls,
+        len(webchat_sessions),
+    )  # fmt: skip
     return result
+
+
+def _bursts_with_calls(
+    events: list[TypingEvent],
+    truth: dict[str, list[Interval]],
+    kinds: dict[str, str],
+    typing: TypingSettings,
+) -> Iterator[tuple[int, int]]:
+    """Each true burst's length and the calls it takes to show it whole (`calls_to_show`)."""
+    deadlines: dict[str, list[tuple[int, int]]] = {}
+    for event in events:
+        if event.status is not Status.STOPPED:
+            timeout = event.timeout_ms or typing.timeout_matrix.timeout_ms(event.status, event.role)
+            deadlines.setdefault(event.session_id, []).append(
+                (event.occurred_at, event.occurred_at + timeout)
+            )
+    for sid, intervals in truth.items():
+        messaging = kinds[sid] == "messaging"
+        known = sorted(deadlines.get(sid, []))
+        for start, stop in intervals:
+            inside = [item for item in known if start <= item[0] < stop]
+            calls = calls_to_show(
+                (start, stop),
+                inside,
+                max_span_ms=typing.messaging_max_duration_ms if messaging else None,
+                clear=not messaging,
+            )
+            yield stop - start, calls
 
 
 def _targets(events: list[TypingEvent]) -> dict[str, Target | None]:
