@@ -3,8 +3,9 @@
 For each load, the processor and then the tutorial's approach run on the same traffic (same
 seed) against an emulator that allows exactly the budget, and the table shows: fidelity
 (typing shown / the budget bound), its ceiling (what any scheduler that keeps I2, even one
-that knew the future, could reach: the bound with each burst's refreshes paid), phantom and missed typing, clear lag and set latency
-(p50/p99), Genesys calls used / budget, and 429 answers.
+that knew the future, could reach: the bound with each burst's refreshes paid), phantom
+and missed typing, clear lag and set latency (p50/p99), Genesys calls used / budget, and
+429 answers.
 
     python bench/bench_fidelity.py                       # 40, 200, 500 sessions, 60 s, 300/min
     python bench/bench_fidelity.py --sessions 150 --duration 30 --no-tutorial
