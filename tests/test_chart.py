@@ -31,6 +31,8 @@ from helmchart import (
 )
 from kubernetes_validate.utils import latest_version
 
+from processor.runtime.partition import Counters
+from processor.runtime.service import PartitionStats
 from processor.settings import GenesysSettings, TypingSettings
 from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
@@ -463,33 +465,18 @@ def test_schema_accepts_every_ci_values_file(chart: helm.Chart) -> None:
 # --------------------------------------------------------------------------- metrics
 
 
-@dataclass
-class _Counters:
-    events: int = 1
-    dead_letters: int = 1
-    crm_records: int = 1
-    audit_records: int = 1
-    changelog_records: int = 1
-    decisions: Counter[str] = field(default_factory=lambda: Counter({"applied": 1}))
-
-
-@dataclass(frozen=True)
-class _Stats:
-    partition: int = 0
-    tracked_sessions: int = 1
-    queued_work: int = 1
-    in_flight: int = 1
-    lag: int | None = 1
+def _counters() -> Counters:
+    return Counters(1, 1, 1, 1, 1, Counter({"applied": 1}))
 
 
 @dataclass
 class _Processor:
-    counters: _Counters = field(default_factory=_Counters)
+    counters: Counters = field(default_factory=_counters)
     ready: bool = True
     problem: str | None = None
 
-    def partition_stats(self) -> list[_Stats]:
-        return [_Stats()]
+    def partition_stats(self) -> list[PartitionStats]:
+        return [PartitionStats(0, 1, 1, 1, 1)]
 
     async def broker_reachable(self) -> bool:
         return True

@@ -208,11 +208,15 @@ def test_expiry_clears_at_the_deadline_within_the_slack(
     assert [a.result for a in store.drain().audits][-1] is Decision.EXPIRED
 
 
-def _patched_in(latency_ms: float) -> SinkResult:
-    return SinkResult(
+def _learn_latency(store: PartitionStore, latency_ms: float, n: int = 0) -> None:
+    """One long-lived set on another session, answered after `latency_ms`."""
+    store.on_event(ev(f"w{n}", Status.TYPING, T0, timeout=20_000), n)
+    [work] = store.take_work(1)
+    result = SinkResult(
         Outcome.APPLIED, http_status=200, attempts=1, latency_ms=latency_ms,
         call_latencies_ms=(latency_ms,),
     )  # fmt: skip
+    store.on_result(work, result)
 
 
 def test_an_expiry_clear_goes_out_one_median_latency_early(
@@ -221,9 +225,7 @@ def test_an_expiry_clear_goes_out_one_median_latency_early(
     # Landing takes a PATCH's latency: sent that much before the deadline, the clear
     # lands when it passes instead of showing the latency as phantom typing.
     for n, latency in enumerate([40, 35, 900, 30, 38]):  # one slow outlier
-        store.on_event(ev(f"w{n}", Status.TYPING, T0, timeout=20_000), n)
-        [work] = store.take_work(1)
-        store.on_result(work, _patched_in(latency))
+        _learn_latency(store, latency, n)
     store.on_event(ev("s1", Status.TYPING, T0, timeout=3000), 10)
     [work] = store.take_work(1)
     store.on_result(work, APPLIED)  # no latency measured: the estimate stays
@@ -240,9 +242,7 @@ def test_an_expiry_clear_goes_out_one_median_latency_early(
 
 def test_clear_lead_is_bounded_by_the_timeout_and_the_setting(clock: ManualClock) -> None:
     store = PartitionStore(0, EngineConfig(clear_lead_max_ms=100), clock)
-    store.on_event(ev("w", Status.TYPING, T0, timeout=20_000), 0)
-    [work] = store.take_work(1)
-    store.on_result(work, _patched_in(400))  # a slow API: the setting caps the lead
+    _learn_latency(store, 400)  # a slow API: the setting caps the lead
     store.on_event(ev("s1", Status.TYPING, T0, timeout=5000), 1)
     store.on_event(ev("s2", Status.PAUSED, T0, timeout=1000), 2)
     for work in store.take_work(5):
@@ -261,11 +261,12 @@ def test_clear_lead_is_bounded_by_the_timeout_and_the_setting(clock: ManualClock
 def test_an_event_before_an_early_clear_goes_out_keeps_the_indicator(
     store: PartitionStore, clock: ManualClock
 ) -> None:
-    store.on_event(ev("s1", Status.TYPING, T0, timeout=3000), 0)
+    _learn_latency(store, 60)
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=3000), 1)
     [work] = store.take_work(1)
-    store.on_result(work, _patched_in(60))
+    store.on_result(work, APPLIED)
     clock.set(T0 + 2970)  # inside the lead, the tick not run yet: typing goes on
-    store.on_event(ev("s1", Status.TYPING, T0 + 2970, timeout=3000), 1)
+    store.on_event(ev("s1", Status.TYPING, T0 + 2970, timeout=3000), 2)
     store.on_tick()
     # no clear: the refresh I2 asks for, since Genesys' `expiresAt` is about to pass
     assert [w.kind for w in store.take_work(5)] == [WorkKind.REFRESH]
@@ -274,9 +275,7 @@ def test_an_event_before_an_early_clear_goes_out_keeps_the_indicator(
 def test_an_unshown_indicator_is_wanted_until_its_deadline(
     store: PartitionStore, clock: ManualClock
 ) -> None:
-    store.on_event(ev("w", Status.TYPING, T0, timeout=20_000), 0)
-    [work] = store.take_work(1)
-    store.on_result(work, _patched_in(200))
+    _learn_latency(store, 200)
     store.on_event(ev("s1", Status.TYPING, T0, timeout=10_000), 1)
     clock.set(T0 + 9850)  # within what would be the lead: still worth a set
     [work] = store.take_work(5)

@@ -8,7 +8,6 @@ import io
 import logging
 import secrets
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -31,6 +30,8 @@ from starlette.routing import Route
 
 from processor.asgi import serve_in_background
 from processor.logs import JsonFormatter, redact
+from processor.runtime.partition import Counters
+from processor.runtime.service import PartitionStats
 from processor.telemetry import OpsEndpoint, Telemetry
 from processor.telemetry.propagation import extract, header, inject
 from processor.telemetry.tracing import PartitionTracing
@@ -260,33 +261,14 @@ async def test_which_signals_are_exported_follows_the_environment(
 
 
 @dataclass
-class FakeCounters:
-    events: int = 0
-    dead_letters: int = 0
-    crm_records: int = 0
-    audit_records: int = 0
-    changelog_records: int = 0
-    decisions: Counter[str] = field(default_factory=Counter)
-
-
-@dataclass(frozen=True)
-class Stats:
-    partition: int
-    tracked_sessions: int
-    queued_work: int
-    in_flight: int
-    lag: int | None
-
-
-@dataclass
 class FakeProcessor:
-    counters: FakeCounters = field(default_factory=FakeCounters)
+    counters: Counters = field(default_factory=Counters)
     ready: bool = True
     reachable: bool = True
     problem: str | None = None
 
-    def partition_stats(self) -> list[Stats]:
-        return [Stats(0, 5, 1, 2, 3), Stats(1, 0, 0, 0, None)]
+    def partition_stats(self) -> list[PartitionStats]:
+        return [PartitionStats(0, 5, 1, 2, 3), PartitionStats(1, 0, 0, 0, None)]
 
     async def broker_reachable(self) -> bool:
         return self.reachable
