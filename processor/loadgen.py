@@ -180,7 +180,7 @@ def expected_intervals(
             if event.status is Status.STOPPED:
                 previous = None
                 continue
-            timeout = event.timeout_ms or matrix.timeout_ms(event.status, event.role)
+            timeout = matrix.event_timeout_ms(event)
             own = event.occurred_at + timeout
             deadline = max(deadline, own) if previous is event.status else own
             previous = event.status

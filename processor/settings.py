@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from processor.domain import Role, Status
-from processor.models import MAX_TIMEOUT_MS, MIN_TIMEOUT_MS
+from processor.models import MAX_TIMEOUT_MS, MIN_TIMEOUT_MS, TypingEvent
 
 TimeoutMs = Annotated[int, Field(ge=MIN_TIMEOUT_MS, le=MAX_TIMEOUT_MS)]
 
@@ -84,6 +84,10 @@ class TimeoutMatrix(BaseModel):
         if status is Status.PAUSED:
             return self.paused.for_role(role)
         return 0
+
+    def event_timeout_ms(self, event: TypingEvent) -> int:
+        """Lifetime of the indicator `event` asks for: its own `timeout_ms`, else the matrix's."""
+        return event.timeout_ms or self.timeout_ms(event.status, event.role)
 
 
 def _settings_config(prefix: str) -> SettingsConfigDict:

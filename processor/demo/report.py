@@ -146,10 +146,9 @@ def calls_to_show(
     webchat burst also ends with a clear. Even a scheduler that knew the future pays this.
     """
     start, stop = burst
-    known = sorted(deadlines)
 
     def shown_until(at: int) -> int:
-        until = max((d for t, d in known if t <= at), default=at)
+        until = max((d for t, d in deadlines if t <= at), default=at)
         return until if max_span_ms is None else min(until, at + max_span_ms)
 
     calls = 2 if clear else 1

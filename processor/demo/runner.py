@@ -365,13 +365,13 @@ def _bursts_with_calls(
     deadlines: dict[str, list[tuple[int, int]]] = {}
     for event in events:
         if event.status is not Status.STOPPED:
-            timeout = event.timeout_ms or typing.timeout_matrix.timeout_ms(event.status, event.role)
+            timeout = typing.timeout_matrix.event_timeout_ms(event)
             deadlines.setdefault(event.session_id, []).append(
                 (event.occurred_at, event.occurred_at + timeout)
             )
     for sid, intervals in truth.items():
         messaging = kinds[sid] == "messaging"
-        known = sorted(deadlines.get(sid, []))
+        known = deadlines.get(sid, [])
         for start, stop in intervals:
             inside = [item for item in known if start <= item[0] < stop]
             calls = calls_to_show(

@@ -732,8 +732,9 @@ class PartitionStore:
     ) -> int | None:
         """Earliest future time something may change for `s` (None = only eviction)."""
         wake: int | None = None
-        if s.status is not None and self._until(s) > now:
-            wake = self._until(s)
+        until = self._until(s) if s.status is not None else 0
+        if until > now:
+            wake = until
             if (
                 not flying
                 and (
