@@ -8,11 +8,12 @@ out, from the state at that moment; nothing waits inside the sink. In order:
    first;
 3. new sets, most valuable first: the value of a set is the typing it can still show,
    at least the time to its deadline, less what its age says (an indicator asked for
-   long ago is likely over soon). A status change (typing <-> paused) of an indicator
-   already shown adds little (it is shown either way) unless its `expiresAt` is about to
-   pass: then the store queues it with the refreshes. Since the value falls with age, a
-   round ranks only a window of the newest sets of each store, so its cost follows the
-   calls it can make, not the backlog.
+   long ago is likely over soon), weighed by how long this participant's typing usually
+   lasts against everyone's (learned per role and per session, `state.episodes`). A
+   status change (typing <-> paused) of an indicator already shown adds little (it is
+   shown either way) unless its `expiresAt` is about to pass: then the store queues it
+   with the refreshes. Since the value falls with age, a round ranks only a window of
+   the newest sets of each store, so its cost follows the calls it can make, not the backlog.
 
 A set is only made when the budget can also pay for what shown indicators will need in
 time: each shown webchat indicator owes a clear by its deadline plus a slack (a quarter
@@ -208,7 +209,7 @@ class Planner:
             # value per call: a set that needs a GET first (no ETag yet) costs more
             # (ties: queue order, hence -n)
             ranked = [
-                (self._value(s, now) / (cost(s) + 1), -n, s, store)
+                (self._value(s, store, now) / (cost(s) + 1), -n, s, store)
                 for n, (s, store) in enumerate(candidates)
             ]
             if debt is None:
@@ -250,10 +251,12 @@ class Planner:
                     dues.append(max(now, s.remote_expires - store.refresh_lead_ms(s)))
         return dues
 
-    def _value(self, s: Session, now: int) -> float:
+    def _value(self, s: Session, store: PartitionStore, now: int) -> float:
         """Typing a set can still show: the time to its deadline, less a share of its age
-        (a status change of a shown indicator shows nothing new: a small share of that)."""
+        (a status change of a shown indicator shows nothing new: a small share of that),
+        weighed by how long this participant's typing usually lasts against everyone's."""
         value = (s.deadline - now) - self._config.age_weight * (now - s.originated)
         if s.remote is not None:
             value *= self._config.status_change_weight
-        return value
+        weight = store.typing_weight(s)
+        return value * weight if value > 0 else value / weight

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from processor.domain import ChangeReason, MessagingTarget, Status
+from processor.domain import ChangeReason, MessagingTarget, Role, Status
 
 if TYPE_CHECKING:
     from processor.state.work import Work
@@ -60,9 +60,14 @@ class Session:
         epoch: creation time; keeps CRM event ids unique across evictions.
         touched: last activity (eviction clock).
         wake: bucket time of this session's live timer entry (0 = none); not persisted.
+    What its typing is like (learned, not persisted; see `episodes`):
+        began: when the current episode of wanted indicators began (0 = none).
+        role: the role of the participant who began it (`None` = not known yet).
+        typical: this session's typical episode length in ms (0 = none finished yet).
     """
 
     __slots__ = (
+        "began",
         "cause",
         "deadline",
         "epoch",
@@ -73,11 +78,13 @@ class Session:
         "remote",
         "remote_expires",
         "remote_target",
+        "role",
         "sid",
         "status",
         "target",
         "timeout",
         "touched",
+        "typical",
         "version",
         "wake",
         "window_at",
@@ -102,6 +109,9 @@ class Session:
         self.cause: Cause | None = None
         self.intent: Work | None = None
         self.wake = 0
+        self.began = 0
+        self.role: Role | None = None
+        self.typical = 0
 
     def persisted(self) -> PersistedSession:
         """The fields the changelog carries (everything but the timer handle)."""

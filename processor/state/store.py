@@ -72,6 +72,7 @@ from processor.models import CrmStatus
 from processor.state.changelog import encode, tombstone
 from processor.state.config import EngineConfig
 from processor.state.dedupe import EventIdMemory
+from processor.state.episodes import EpisodeLengths
 from processor.state.lead import ClearLead
 from processor.state.recovery import latest_sessions
 from processor.state.session import Cause, PersistedSession, Session
@@ -156,6 +157,7 @@ class PartitionStore:
         self._ints: dict[int, int] = {}
         self._leads: dict[int, int] = {}  # refresh lead by timeout (few distinct values)
         self._clear_lead = ClearLead(config.clear_lead_max_ms)
+        self._episodes = EpisodeLengths()
         self._default_timeouts = {
             status: {role: config.default_timeout_ms(status, role) for role in Role}
             for status in (Status.TYPING, Status.PAUSED)
@@ -193,7 +195,7 @@ class PartitionStore:
                 self._retarget(s, target, now)
                 moved = True
         if status is _STOPPED:
-            self._want_none(s, ChangeReason.STOPPED, (eid, offset, status), now)
+            self._want_none(s, ChangeReason.STOPPED, (eid, offset, status), now, occurred)
             return
         timeout = event.timeout_ms
         if timeout is None:
@@ -206,7 +208,7 @@ class PartitionStore:
         if deadline <= now:
             if s.status is not status:
                 # the newest word on this session says its indicator has already lapsed
-                self._want_none(s, ChangeReason.EXPIRED, None, now)
+                self._want_none(s, ChangeReason.EXPIRED, None, now, min(deadline, s.deadline))
             self._audit(sid, status, _STALE, eid, offset, "expired before processing")
             return
         if s.status is status and not moved:
@@ -227,6 +229,10 @@ class PartitionStore:
             if deadline > s.deadline:
                 s.deadline = deadline
         else:
+            if s.status is None:
+                participant = event.participant
+                s.began = occurred
+                s.role = _CUSTOMER if participant is None else participant.role
             s.status = status
             s.originated = occurred
             s.deadline = deadline
@@ -461,6 +467,16 @@ class PartitionStore:
         """How many webchat indicators are (or may be) shown."""
         return len(self._shown)
 
+    @property
+    def episodes(self) -> EpisodeLengths:
+        """What this store has learned of how long typing lasts (to read, not to feed)."""
+        return self._episodes
+
+    def typing_weight(self, session: Session) -> float:
+        """How much longer than this partition's average `session`'s typing usually
+        lasts (see `episodes`): the planner weighs a set's value by it."""
+        return self._episodes.weight(session.role, session.typical)
+
     def refresh_lead_ms(self, session: Session) -> int:
         """How long before its remote expiry `session` is refreshed (see `EngineConfig`)."""
         return self._lead(session)
@@ -508,9 +524,12 @@ class PartitionStore:
 
     # ------------------------------------------------------------------ internals
 
-    def _want_none(self, s: Session, reason: ChangeReason, cause: Cause | None, now: int) -> None:
-        """An event asks for no indicator (stopped, or lapsed before we saw it)."""
+    def _want_none(
+        self, s: Session, reason: ChangeReason, cause: Cause | None, now: int, ended: int
+    ) -> None:
+        """An event asks for no indicator (stopped, or lapsed before we saw it at `ended`)."""
         if s.status is not None:
+            self._episode_ended(s, ended)
             s.status = None
             s.originated = 0
             s.deadline = 0
@@ -567,12 +586,19 @@ class PartitionStore:
         if cause is not None:
             s.cause = None
             self._audit(s.sid, cause[2], Decision.EXPIRED, cause[0], cause[1], "lapsed before sent")
+        self._episode_ended(s, s.deadline)
         s.status = None
         s.originated = 0
         s.deadline = 0
         s.timeout = 0
         s.reason = ChangeReason.EXPIRED
         self._dirty[s.sid] = None
+
+    def _episode_ended(self, s: Session, ended: int) -> None:
+        """The session's wanted indicators end at `ended`: learn how long they lasted."""
+        if s.began and s.role is not None:
+            s.typical = self._episodes.record(s.role, ended - s.began, s.typical)
+        s.began = 0
 
     def _lapse(self, s: Session, reason: ChangeReason, now: int) -> None:
         """A messaging indicator ran out (or moved away): it is no longer shown.

@@ -1,0 +1,150 @@
+"""How long typing lasts, learned from the stream (`state.episodes`), and how the store and
+the planner use it: a set for a participant who types long is worth more."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from processor.clock import ManualClock
+from processor.domain import Role, Status
+from processor.models import Participant, TypingEvent
+from processor.planner import Capacity, Planner
+from processor.state import EngineConfig, PartitionStore, WorkKind
+from processor.state.episodes import MIN_EPISODES, WEIGHT_RANGE, EpisodeLengths
+from processor.state.session import Session
+
+T0 = 1_700_000_000_000
+
+
+def test_weight_is_one_until_enough_episodes_are_known() -> None:
+    lengths = EpisodeLengths()
+    for _ in range(MIN_EPISODES - 1):
+        lengths.record(Role.AGENT, 9000, 0)
+    assert lengths.mean() is None
+    assert lengths.weight(Role.AGENT, 9000) == 1.0
+    lengths.record(Role.CUSTOMER, 1000, 0)
+    assert lengths.mean() is not None
+    assert lengths.weight(Role.AGENT, 0) == 1.0  # the agents' own mean is not known yet
+
+
+def test_roles_and_sessions_that_type_longer_weigh_more() -> None:
+    lengths = EpisodeLengths()
+    for _ in range(MIN_EPISODES):
+        lengths.record(Role.AGENT, 8000, 0)
+        lengths.record(Role.CUSTOMER, 2000, 0)
+    assert lengths.mean() == 5000
+    assert lengths.weight(Role.AGENT, 0) == 8000 / 5000
+    assert lengths.weight(Role.CUSTOMER, 0) == 2000 / 5000
+    assert lengths.weight(None, 0) == 1.0
+    # a session's own typical length wins over its role's mean
+    assert lengths.weight(Role.CUSTOMER, 10_000) == 2.0
+
+
+def test_a_sessions_typical_length_halves_the_distance_to_each_episode() -> None:
+    lengths = EpisodeLengths()
+    for _ in range(MIN_EPISODES):
+        lengths.record(Role.CUSTOMER, 2000, 0)
+    typical = lengths.record(Role.CUSTOMER, 10_000, 0)  # from the role's mean
+    assert 5000 < typical < 7000
+    assert lengths.record(Role.CUSTOMER, 10_000, typical) == round((typical + 10_000) / 2)
+    assert EpisodeLengths().record(Role.BOT, 3000, 0) == 3000  # nothing known: its own
+
+
+@given(
+    episodes=st.lists(
+        st.tuples(st.sampled_from(list(Role)), st.integers(0, 120_000)), max_size=200
+    ),
+    typical=st.integers(0, 200_000),
+    role=st.sampled_from([None, *Role]),
+)
+def test_weights_stay_in_range_and_means_between_the_lengths_seen(
+    episodes: list[tuple[Role, int]], typical: int, role: Role | None
+) -> None:
+    lengths = EpisodeLengths()
+    own = 0
+    longest = max((length for _, length in episodes), default=0)
+    for episode_role, length in episodes:
+        own = lengths.record(episode_role, length, own)
+        assert 1 <= own <= max(1, longest)
+    low, high = WEIGHT_RANGE
+    assert low <= lengths.weight(role, typical) <= high
+    mean = lengths.mean()
+    if mean is not None:
+        seen = [length for _, length in episodes]
+        assert min(seen) - 1e-6 <= mean <= max(seen) + 1e-6
+
+
+def _typing(sid: str, role: Role, at: int, n: int, status: Status = Status.TYPING) -> TypingEvent:
+    return TypingEvent(
+        event_id=f"{sid}-{n}",
+        session_id=sid,
+        status=status,
+        occurred_at=at,
+        participant=Participant(id=f"{sid}-p", role=role),
+    )
+
+
+def _episodes(store: PartitionStore, clock: ManualClock, role: Role, length: int, n: int) -> None:
+    """`n` sessions of `role` each type for `length` ms (a keystroke every 500) and stop."""
+    start = clock.now_ms()
+    for i in range(n):
+        sid = f"{role.value}-{i}"
+        for k, at in enumerate(range(start, start + length, 500)):
+            clock.set(max(clock.now_ms(), at))
+            store.on_event(_typing(sid, role, at, k), k)
+        clock.set(max(clock.now_ms(), start + length))
+        store.on_event(_typing(sid, role, start + length, 10_000, Status.STOPPED), 10_000)
+    store.drain()
+
+
+def test_the_store_learns_episodes_from_events_and_weighs_sessions_by_them() -> None:
+    clock = ManualClock(T0)
+    store = PartitionStore(0, EngineConfig(), clock)
+    _episodes(store, clock, Role.AGENT, 8000, MIN_EPISODES)
+    _episodes(store, clock, Role.CUSTOMER, 1000, MIN_EPISODES)
+    clock.advance(10_000)
+    now = clock.now_ms()
+    store.on_event(_typing("agent-new", Role.AGENT, now, 1), 1)
+    store.on_event(_typing("customer-new", Role.CUSTOMER, now, 2), 2)
+    store.on_event(_typing("agent-0", Role.AGENT, now, 3), 3)  # an agent seen before
+    weights = {sid: store.typing_weight(_session(store, sid)) for sid in
+               ("agent-new", "customer-new", "agent-0")}  # fmt: skip
+    assert weights["customer-new"] < 1 < weights["agent-new"]
+    assert weights["agent-0"] > 1
+
+
+def test_an_expired_episode_counts_until_its_deadline() -> None:
+    clock = ManualClock(T0)
+    store = PartitionStore(0, EngineConfig(), clock)
+    for i in range(MIN_EPISODES):
+        sid = f"s{i}"
+        store.on_event(_typing(sid, Role.CUSTOMER, clock.now_ms(), 0), 0)
+        clock.advance(6000)  # past the 5 s typing timeout: it lapses
+        store.on_tick()
+    assert store.episodes.episodes == MIN_EPISODES
+    assert store.episodes.mean(Role.CUSTOMER) == 5000
+
+
+def _session(store: PartitionStore, sid: str) -> Session:
+    session = store.session(sid)
+    assert session is not None
+    return session
+
+
+def test_the_planner_spends_a_scarce_set_on_the_longer_typist() -> None:
+    clock = ManualClock(T0)
+    store = PartitionStore(0, EngineConfig(), clock)
+    _episodes(store, clock, Role.AGENT, 8000, MIN_EPISODES)
+    _episodes(store, clock, Role.CUSTOMER, 1000, MIN_EPISODES)
+    clock.advance(10_000)
+    now = clock.now_ms()
+    # the agent's set is as fresh as the customer's, and queued before it (among equals
+    # the newest goes first)
+    store.on_event(_typing("a-late", Role.AGENT, now, 1), 1)
+    store.on_event(_typing("c-late", Role.CUSTOMER, now, 2), 2)
+    picks = Planner().plan(
+        [store], Capacity(tokens=1.0, rate_per_ms=0.005, slots=4, set_slots=4), now,
+        lambda s: 1,
+    )  # fmt: skip
+    assert [(p.session_id, p.kind) for p in picks] == [("a-late", WorkKind.SET)]
