@@ -222,6 +222,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         partitions=args.partitions,
         api_rate_per_minute=args.rate_limit,
         targets=args.targets,
+        typists=args.typists,
     )
     try:
         result = asyncio.run(run_demo(options, console))
@@ -232,13 +233,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _typists_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--typists",
+        choices=("uniform", "varied", "agents-long"),
+        default="uniform",
+        help="how participants differ: all alike, each at its own pace (bursts 0.3x to 3x),"
+        " or agents typing four times as long as customers; default: uniform",
+    )
+
+
 def _cmd_loadgen(args: argparse.Namespace) -> int:
     import asyncio
 
-    from processor.loadgen import LoadProfile, run_loadgen
+    from processor.loadgen import TYPIST_MIXES, LoadProfile, run_loadgen
     from processor.settings import load_kafka, load_typing
 
-    profile = LoadProfile(sessions=args.sessions, duration_s=args.duration, seed=args.seed)
+    spread, agent_scale = TYPIST_MIXES[args.typists]
+    profile = LoadProfile(
+        sessions=args.sessions,
+        duration_s=args.duration,
+        seed=args.seed,
+        typist_spread=spread,
+        agent_burst_scale=agent_scale,
+    )
     sent = asyncio.run(run_loadgen(load_kafka(), load_typing(), profile, max_rate=args.rate))
     print(f"sent {sent} events")
     return 0
@@ -314,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where indicators are shown: webchat sessions, messaging typing, or a mix;"
         " default: webchat",
     )
+    _typists_option(demo)
     demo.set_defaults(handler=_cmd_demo)
 
     loadgen = commands.add_parser(
@@ -325,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     loadgen.add_argument(
         "--rate", type=_positive_float, default=None, help="cap on events per second"
     )
+    _typists_option(loadgen)
     loadgen.set_defaults(handler=_cmd_loadgen)
 
     webhook = commands.add_parser(

@@ -31,6 +31,13 @@ from processor.settings import KafkaSettings, TimeoutMatrix, TypingSettings
 
 TargetMix = Literal["webchat", "messaging", "mixed"]
 TARGET_MIXES: tuple[TargetMix, ...] = ("webchat", "messaging", "mixed")
+TypistMix = Literal["uniform", "varied", "agents-long"]
+TYPIST_MIXES: dict[TypistMix, tuple[tuple[float, float], float]] = {
+    "uniform": ((1.0, 1.0), 1.0),  # everyone types alike
+    "varied": ((0.3, 3.0), 1.0),  # each participant's bursts 0.3x to 3x as long
+    "agents-long": ((0.5, 1.5), 4.0),  # agents compose answers four times as long
+}
+"""Named (`typist_spread`, `agent_burst_scale`) pairs of `LoadProfile`."""
 # Fixed namespace: a session's conversation and integration ids are the same every run.
 _IDS = uuid.UUID("1d3f7a52-6c1e-4f0b-9b8e-2a7d5c4e3f10")
 
@@ -59,6 +66,10 @@ class LoadProfile:
     stop_weight: float = 0.40
     abandon_weight: float = 0.15
     agent_share: float = 0.3
+    # participants differ: each session's bursts are scaled by a factor drawn from
+    # `typist_spread` (its own speed), and agents' by `agent_burst_scale` too
+    typist_spread: tuple[float, float] = (1.0, 1.0)
+    agent_burst_scale: float = 1.0
     session_prefix: str = "sess"
     # where indicators are shown: "webchat" (no target), "messaging" (agents' typing to
     # the customer, customers' typing from an Open Messaging integration), or "mixed"
@@ -107,6 +118,14 @@ class TrafficModel:
             kind="open_messaging", integration_id=integration, from_id=f"{session_id}-customer"
         )
 
+    def typist_scale(self, session_id: str, role: Role) -> float:
+        """How much longer than the profile's `burst_ms` this participant's bursts last."""
+        p = self.profile
+        low, high = p.typist_spread
+        # a generator of its own: the schedule's draws stay the same whatever the spread
+        scale = random.Random(f"{p.seed}/{session_id}").uniform(low, high)
+        return scale * (p.agent_burst_scale if role is Role.AGENT else 1.0)
+
     def schedule(self, start_ms: int) -> Schedule:
         """All events of the run, with `occurred_at` = `start_ms` + their offset."""
         p = self.profile
@@ -118,9 +137,10 @@ class TrafficModel:
             role = Role.AGENT if rng.random() < p.agent_share else Role.CUSTOMER
             participant = Participant(id=f"{session_id}-{role.value}", role=role)
             target = self.target_of(session_id, role)
+            scale = self.typist_scale(session_id, role)
             t = rng.randint(0, max(1, end // 4))
             while t < end:
-                burst_end = min(end, t + rng.randint(*p.burst_ms))
+                burst_end = min(end, t + int(rng.randint(*p.burst_ms) * scale))
                 while t < burst_end:
                     serial += 1
                     event = self._event(

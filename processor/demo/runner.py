@@ -27,9 +27,11 @@ from processor.emulator.faults import Faults
 from processor.emulator.server import serve_in_background
 from processor.intervals import Interval, merge
 from processor.loadgen import (
+    TYPIST_MIXES,
     LoadProfile,
     TargetMix,
     TrafficModel,
+    TypistMix,
     expected_intervals,
     messaging_ids,
     produce,
@@ -74,6 +76,7 @@ class DemoOptions:
     conflict_rate: float = 0.02
     error_rate: float = 0.01
     targets: TargetMix = "webchat"
+    typists: TypistMix = "uniform"
     # An indicator still shown 15 s after the last deadline fails the run (else: measured).
     require_settled: bool = True
 
@@ -247,12 +250,15 @@ async def _run_stack(
     system: SystemUnderTest,
 ) -> DemoResult:
     settings = _settings(broker.bootstrap_servers, base_url, options)
+    spread, agent_scale = TYPIST_MIXES[options.typists]
     model = TrafficModel(
         LoadProfile(
             sessions=options.sessions,
             duration_s=options.duration_s,
             seed=options.seed,
             targets=options.targets,
+            typist_spread=spread,
+            agent_burst_scale=agent_scale,
         )
     )
     clock = SystemClock()

@@ -1,0 +1,68 @@
+"""The synthetic traffic model: deterministic, and participants that type differently."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from processor.cli import build_parser
+from processor.domain import Role, Status
+from processor.loadgen import TYPIST_MIXES, LoadProfile, TrafficModel, TypistMix
+
+T0 = 1_700_000_000_000
+
+
+def _burst_lengths(mix: TypistMix) -> dict[Role, list[int]]:
+    """Length of every run of `typing` events (first to last keystroke), by role."""
+    spread, agent_scale = TYPIST_MIXES[mix]
+    profile = LoadProfile(
+        sessions=300, duration_s=120, seed=11, typist_spread=spread, agent_burst_scale=agent_scale
+    )
+    runs: dict[Role, list[int]] = {role: [] for role in Role}
+    open_runs: dict[str, tuple[int, int]] = {}
+    for item in TrafficModel(profile).schedule(T0).events:
+        event = item.event
+        assert event.participant is not None
+        if event.status is Status.TYPING:
+            first, _ = open_runs.get(event.session_id, (event.occurred_at, 0))
+            open_runs[event.session_id] = (first, event.occurred_at)
+        elif event.session_id in open_runs:
+            first, last = open_runs.pop(event.session_id)
+            runs[event.participant.role].append(last - first)
+    return runs
+
+
+def test_the_same_seed_gives_the_same_schedule() -> None:
+    profile = LoadProfile(sessions=20, duration_s=10, typist_spread=(0.3, 3.0))
+    first = TrafficModel(profile).schedule(T0).events
+    assert first == TrafficModel(profile).schedule(T0).events
+    assert len(first) > 100
+
+
+def test_uniform_typists_type_alike_and_agents_long_type_four_times_as_long() -> None:
+    uniform = _burst_lengths("uniform")
+    ratio = statistics.mean(uniform[Role.AGENT]) / statistics.mean(uniform[Role.CUSTOMER])
+    assert 0.8 < ratio < 1.25
+    agents_long = _burst_lengths("agents-long")
+    ratio = statistics.mean(agents_long[Role.AGENT]) / statistics.mean(agents_long[Role.CUSTOMER])
+    assert 2.5 < ratio < 6
+
+
+def test_varied_typists_each_keep_their_own_pace() -> None:
+    spread, _ = TYPIST_MIXES["varied"]
+    model = TrafficModel(LoadProfile(sessions=50, typist_spread=spread))
+    scales = [model.typist_scale(sid, Role.CUSTOMER) for sid in model.session_ids()]
+    assert all(spread[0] <= scale <= spread[1] for scale in scales)
+    assert max(scales) / min(scales) > 3
+    assert scales == [model.typist_scale(sid, Role.CUSTOMER) for sid in model.session_ids()]
+
+
+@pytest.mark.parametrize("command", ["demo", "loadgen"])
+def test_every_typist_mix_is_offered_on_the_command_line(command: str) -> None:
+    parser = build_parser()
+    for mix in TYPIST_MIXES:
+        args = parser.parse_args([command, "--typists", mix])
+        assert args.typists == mix
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, "--typists", "telepathic"])
