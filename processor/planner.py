@@ -56,11 +56,14 @@ class PlannerConfig:
         age_weight: how much a set's value drops per ms of its cause's age.
         status_change_weight: the share of a set's value a status change (typing <->
             paused) of an indicator already shown keeps.
+        weigh_typists: weigh a set's value by how long its participant's typing usually
+            lasts (`PartitionStore.typing_weight`); off, every participant counts alike.
     """
 
     clear_slack_ms: int = 250
     age_weight: float = 0.25
     status_change_weight: float = 0.1
+    weigh_typists: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,5 +261,7 @@ class Planner:
         value = (s.deadline - now) - self._config.age_weight * (now - s.originated)
         if s.remote is not None:
             value *= self._config.status_change_weight
+        if not self._config.weigh_typists:
+            return value
         weight = store.typing_weight(s)
         return value * weight if value > 0 else value / weight

@@ -1,0 +1,261 @@
+"""How well the planner spends a tight budget, in seconds instead of minutes: the stores, the
+planner and the API budget as shipped, on a simulated clock, against a simulated Genesys
+that applies each call after 15-40 ms per request (no conflicts, no errors).
+
+For each traffic model it prints, averaged over seeds: the fidelity of the planner as
+shipped; the same planner with every participant weighed alike (no learned episode
+lengths); a clairvoyant ranking that knows how long every burst will last (the planner
+with each set valued at its true remaining typing per call it will cost); and the ceiling
+under I2 (the budget bound with each burst's refreshes paid, see `demo.report`). The
+clairvoyant column is what no online scheduler can beat by ranking alone: it tells how
+much is left to gain, and what a fidelity target can ask.
+
+    python bench/bench_scheduling.py                      # 200 sessions, 60 s, 300/min
+    python bench/bench_scheduling.py --sessions 150 --seeds 1,2,3,4,5
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import random
+import statistics
+import zlib
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+
+from rich.console import Console
+from rich.table import Table
+
+from processor.budget import ApiBudget
+from processor.clock import ManualClock
+from processor.demo.report import accuracy, budget_bound, bursts, refresh_aware_bound
+from processor.demo.runner import _bursts_with_calls
+from processor.domain import Outcome, SinkResult
+from processor.intervals import Interval
+from processor.loadgen import TYPIST_MIXES, LoadProfile, TrafficModel, expected_intervals
+from processor.planner import Capacity, Planner, PlannerConfig
+from processor.settings import TypingSettings
+from processor.state import EngineConfig, PartitionStore, Work, WorkKind
+from processor.state.session import Session
+
+T0 = 1_700_000_000_000
+STEP_MS = 5
+MAX_IN_FLIGHT = 32
+SET_SLOTS = 24  # as the reconciler keeps a quarter of its slots for clears
+DRAIN_MS = 25_000  # after the traffic: every indicator settles
+
+# the traffic models (sessions, duration and seed are set per run)
+TRAFFIC: dict[str, LoadProfile] = {
+    "demo": LoadProfile(),
+    "short bursts": LoadProfile(burst_ms=(500, 3000), idle_ms=(3000, 20_000)),
+    "varied typists": LoadProfile(
+        burst_ms=(500, 3000), idle_ms=(3000, 20_000), typist_spread=TYPIST_MIXES["varied"][0]
+    ),
+    "agents type longer": LoadProfile(
+        burst_ms=(500, 3000),
+        idle_ms=(3000, 15_000),
+        typist_spread=TYPIST_MIXES["agents-long"][0],
+        agent_burst_scale=TYPIST_MIXES["agents-long"][1],
+    ),
+}
+PLANNERS = ("shipped", "unweighted", "clairvoyant")
+
+
+class _Clairvoyant(Planner):
+    """Values a set at the typing it will really show per call it will cost."""
+
+    def __init__(self, truth: dict[str, list[Interval]], refresh_span_ms: int) -> None:
+        super().__init__()
+        self._truth = truth
+        self._span = refresh_span_ms
+
+    def _value(self, s: Session, store: PartitionStore, now: int) -> float:
+        for start, stop in self._truth.get(s.sid, []):
+            if start <= now < stop:
+                remaining = stop - now
+                value = remaining / (2 + remaining / self._span)
+                return value * 0.1 if s.remote is not None else value
+        return -1.0
+
+
+@dataclass(order=True)
+class _Call:
+    done_at: int
+    seq: int
+    work: Work = field(compare=False)
+    store: PartitionStore = field(compare=False)
+    latency_ms: float = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """What one simulated run measured (shares of the bound, of the truth, of the budget)."""
+
+    fidelity: float
+    ceiling: float
+    phantom: float
+    calls: int
+    budget: float
+    """What the budget allowed until the last call (its bucket, then its rate)."""
+
+
+def simulate(
+    traffic: str,
+    planner: str,
+    sessions: int,
+    duration_s: float,
+    seed: int,
+    rate: int,
+    partitions: int = 4,
+) -> Figures:
+    """One run: the traffic model's events into the stores, the planner spending the budget."""
+    typing = TypingSettings()
+    profile = replace(TRAFFIC[traffic], sessions=sessions, duration_s=duration_s, seed=seed)
+    events = [item.event for item in TrafficModel(profile).schedule(T0).events]
+    truth = expected_intervals(events, typing.timeout_matrix)
+    clock = ManualClock(T0)
+    elapsed_s = [0.0]
+    budget = ApiBudget(rate, monotonic=lambda: elapsed_s[0])
+    config = EngineConfig.from_settings(typing)
+    stores = [PartitionStore(p, config, clock) for p in range(partitions)]
+    if planner == "clairvoyant":
+        span = typing.timeout_matrix.typing.customer * (1 - config.refresh_fraction)
+        chooser: Planner = _Clairvoyant(truth, int(span))
+    else:
+        chooser = Planner(PlannerConfig(weigh_typists=planner == "shipped"))
+    rng = random.Random(seed)
+    # delivered a few ms after they happen, as a consumer sees them
+    arrivals = sorted((e.occurred_at + rng.randint(2, 10), n, e) for n, e in enumerate(events))
+    etags: set[str] = set()
+    calls: list[_Call] = []
+    shown_since: dict[str, int] = {}
+    shown: dict[str, list[Interval]] = {}
+    sets_flying = 0
+    spent = 0
+    seq = itertools.count()
+    next_event = 0
+    last_call_at = T0
+    end = T0 + int(duration_s * 1000) + DRAIN_MS
+
+    def cost(s: Session) -> int:
+        return 1 if s.sid in etags else 2
+
+    def store_of(sid: str) -> PartitionStore:
+        return stores[zlib.crc32(sid.encode()) % partitions]
+
+    now = T0
+    while now <= end:
+        clock.set(now)
+        elapsed_s[0] = (now - T0) / 1000
+        while calls and calls[0].done_at <= now:
+            call = heapq.heappop(calls)
+            work = call.work
+            if work.kind in (WorkKind.SET, WorkKind.REFRESH):
+                sets_flying -= 1
+            if work.kind is not WorkKind.RESOLVE:
+                if work.desired is not None:
+                    shown_since.setdefault(work.session_id, now)
+                elif work.session_id in shown_since:
+                    since = shown_since.pop(work.session_id)
+                    shown.setdefault(work.session_id, []).append((since, now))
+            result = SinkResult(
+                Outcome.APPLIED,
+                http_status=200,
+                attempts=1,
+                latency_ms=call.latency_ms,
+                call_latencies_ms=(call.latency_ms,),
+            )
+            call.store.on_result(work, result)
+        while next_event < len(arrivals) and arrivals[next_event][0] <= now:
+            _, offset, event = arrivals[next_event]
+            store_of(event.session_id).on_event(event, offset)
+            next_event += 1
+        for store in stores:
+            store.on_tick()
+        capacity = Capacity(
+            tokens=budget.level(),
+            rate_per_ms=budget.rate_per_s / 1000,
+            slots=MAX_IN_FLIGHT - len(calls),
+            set_slots=min(MAX_IN_FLIGHT - len(calls), SET_SLOTS - sets_flying),
+        )
+        for pick in chooser.plan(stores, capacity, now, cost):
+            taken = pick.store.take(pick.session_id)
+            if taken is None:
+                continue
+            budget.spend(pick.cost)
+            spent += pick.cost
+            last_call_at = now
+            etags.add(taken.session_id)
+            latency = sum(rng.uniform(15, 40) for _ in range(pick.cost))
+            if taken.kind in (WorkKind.SET, WorkKind.REFRESH):
+                sets_flying += 1
+            heapq.heappush(calls, _Call(now + int(latency), next(seq), taken, pick.store, latency))
+        for store in stores:
+            store.drain()
+        now += STEP_MS
+    for sid, since in shown_since.items():
+        shown.setdefault(sid, []).append((since, now))
+    measured = accuracy(truth, shown, now)
+    reads = sum(1 for sid in shown if shown[sid])
+    bound = budget_bound({2: bursts(truth)}, spent, reads)
+    kinds = dict.fromkeys(truth, "webchat")
+    ceiling = refresh_aware_bound(_bursts_with_calls(events, truth, kinds, typing), spent, reads)
+    return Figures(
+        fidelity=measured.shown_truth_ms / bound if bound else 1.0,
+        ceiling=ceiling / bound if bound else 1.0,
+        phantom=measured.phantom_ms / measured.truth_ms if measured.truth_ms else 0.0,
+        calls=spent,
+        budget=rate * (last_call_at - T0) / 60_000 + budget.capacity,
+    )
+
+
+def _run(job: tuple[str, str, int, float, int, int]) -> tuple[str, str, Figures]:
+    traffic, planner, sessions, duration, seed, rate = job
+    return traffic, planner, simulate(traffic, planner, sessions, duration, seed, rate)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=200)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds; default: 60")
+    parser.add_argument("--rate", type=int, default=300, help="calls per minute; default: 300")
+    parser.add_argument(
+        "--seeds", type=lambda text: [int(x) for x in text.split(",")], default=[1, 2, 3]
+    )
+    parser.add_argument("--jobs", type=int, default=2, help="processes; default: 2")
+    args = parser.parse_args(argv)
+    jobs = [
+        (traffic, planner, args.sessions, args.duration, seed, args.rate)
+        for traffic in TRAFFIC
+        for planner in PLANNERS
+        for seed in args.seeds
+    ]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(_run, jobs))
+    table = Table(
+        title=f"fidelity under quota, simulated: {args.sessions} sessions, {args.duration:.0f} s,"
+        f" {args.rate}/min, mean of seeds {','.join(map(str, args.seeds))}"
+    )
+    for column in ("traffic", *PLANNERS, "ceiling under I2", "phantom (shipped)", "calls / budget"):
+        table.add_column(column, justify="left" if column == "traffic" else "right")
+    for traffic in TRAFFIC:
+        by_planner = {
+            planner: [out for t, p, out in results if t == traffic and p == planner]
+            for planner in PLANNERS
+        }
+        shipped = by_planner["shipped"]
+        table.add_row(
+            traffic,
+            *(f"{statistics.mean(o.fidelity for o in by_planner[p]):.2f}" for p in PLANNERS),
+            f"{statistics.mean(o.ceiling for o in shipped):.2f}",
+            f"{100 * statistics.mean(o.phantom for o in shipped):.2f}%",
+            f"{statistics.mean(o.calls / o.budget for o in shipped):.0%}",
+        )
+    Console(width=150).print(table)
+
+
+if __name__ == "__main__":
+    main()
