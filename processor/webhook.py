@@ -5,6 +5,11 @@ record's JSON, as the tutorial's webhook did, with the record's `event_id` as th
 `Idempotency-Key` so the receiver can drop redeliveries (delivery is at least once: the
 offset is committed only after the endpoint accepted the record). It is ready (`/readyz`)
 once the group has assigned it partitions and the cluster answers, as `run` is.
+
+A lost cluster (also one down at start) is retried from the last commit, never fatal. A
+record that is not a CRM-sync record (not JSON, not an object, no `event_id`: something
+else wrote to the topic) is never posted: it goes to the DLQ with its original bytes, and
+the worker goes on once the dead letter is acknowledged.
 """
 
 from __future__ import annotations
@@ -12,14 +17,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from dataclasses import dataclass
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
+from aiokafka.errors import KafkaError
 
 from processor import USER_AGENT
-from processor.runtime.kafka import BrokerCheck, client_options
+from processor.deadletter import build_dead_letter
+from processor.models import DlqReason
+from processor.runtime.kafka import RESTART_BACKOFF_S, BrokerCheck, client_options
 from processor.settings import KafkaSettings, TypingSettings
 
 log = logging.getLogger(__name__)
@@ -44,6 +59,8 @@ class WebhookCounters:
     delivered: int = 0
     refused: int = 0
     retries: int = 0
+    dead_letters: int = 0
+    restarts: int = 0
 
 
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -100,23 +117,54 @@ class CrmWebhookWorker:
         return None
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until `stop` is set; commits after each accepted batch."""
+        """Deliver until `stop` is set; commits after each accepted batch. A lost cluster
+        is retried (after `RESTART_BACKOFF_S`) from the last commit."""
+        failures = 0
+        try:
+            while not stop.is_set():
+                try:
+                    await self._consume(stop)
+                    failures = 0
+                except (KafkaError, OSError) as exc:
+                    delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
+                    failures += 1
+                    self.counters.restarts += 1
+                    log.warning(
+                        "CRM delivery stopped (%s); restarting from the last commit in %.0fs",
+                        exc,
+                        delay,
+                    )
+                    try:
+                        async with asyncio.timeout(delay):
+                            await stop.wait()
+                    except TimeoutError:
+                        pass
+        finally:
+            if self._owns_http:
+                await self._http.aclose()
+
+    async def _consume(self, stop: asyncio.Event) -> None:
+        options = client_options(self._kafka)
         consumer = AIOKafkaConsumer(
-            **client_options(self._kafka),
+            **options,
             group_id=f"{self._typing.group_id}-crm-webhook",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
-        await consumer.start()
-        consumer.subscribe([self._typing.crm_topic], listener=_Assignment(self._assigned))
-        self._consumer = consumer
+        # dead letters only; acks from every replica: a letter is the record's only copy
+        # once its offset is committed
+        dead_letters = AIOKafkaProducer(**options, acks="all")
         try:
+            await consumer.start()
+            await dead_letters.start()
+            consumer.subscribe([self._typing.crm_topic], listener=_Assignment(self._assigned))
+            self._consumer = consumer
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=500, max_records=500)
                 offsets: dict[TopicPartition, int] = {}
                 for tp, records in batch.items():
                     for record in records:
-                        if not await self._deliver(record, stop):
+                        if not await self._deliver(record, stop, dead_letters):
                             break  # stopping: leave the rest uncommitted
                         offsets[tp] = record.offset + 1
                 if offsets:
@@ -125,14 +173,52 @@ class CrmWebhookWorker:
             self._consumer = None
             self._assigned.clear()
             await consumer.stop()
-            if self._owns_http:
-                await self._http.aclose()
+            await dead_letters.stop()
 
-    async def _deliver(self, record: ConsumerRecord[bytes, bytes], stop: asyncio.Event) -> bool:
+    async def _dead_letter(
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        reason: DlqReason,
+        detail: str,
+        producer: AIOKafkaProducer,
+    ) -> None:
+        """Put a record that is no CRM-sync record on the DLQ, and wait for its ack."""
+        letter = build_dead_letter(
+            reason,
+            detail,
+            record.key,
+            record.value,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            now_ms=time.time_ns() // 1_000_000,
+        )
+        await producer.send_and_wait(
+            self._typing.dlq_topic, letter.to_bytes(), key=letter.record_key()
+        )
+        self.counters.dead_letters += 1
+        log.error(
+            "not a CRM-sync record at %s/%d offset %d (%s): sent to %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            detail,
+            self._typing.dlq_topic,
+        )
+
+    async def _deliver(
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        stop: asyncio.Event,
+        dead_letters: AIOKafkaProducer,
+    ) -> bool:
         """POST one record until accepted or refused; False if stopped before either."""
         if record.value is None:
+            return True  # a tombstone: nothing to deliver
+        event_id = _event_id(record.value)
+        if isinstance(event_id, tuple):
+            await self._dead_letter(record, *event_id, dead_letters)
             return True
-        event_id = str(orjson.loads(record.value).get("event_id", ""))
         headers = {"Content-Type": "application/json", "Idempotency-Key": event_id}
         attempt = 0
         while not stop.is_set():
@@ -163,3 +249,17 @@ class CrmWebhookWorker:
             except TimeoutError:
                 continue
         return False
+
+
+def _event_id(value: bytes) -> str | tuple[DlqReason, str]:
+    """A CRM-sync record's `event_id`, or why the value is no CRM-sync record."""
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        return DlqReason.INVALID_JSON, f"not JSON: {exc}"
+    if not isinstance(body, dict):
+        return DlqReason.NOT_AN_OBJECT, f"a JSON {type(body).__name__}, not an object"
+    event_id = body.get("event_id")
+    if not isinstance(event_id, str) or not event_id:
+        return DlqReason.MISSING_FIELD, "no event_id"
+    return event_id

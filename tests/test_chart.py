@@ -487,6 +487,8 @@ class _Deliveries:
     delivered: int = 1
     refused: int = 1
     retries: int = 1
+    dead_letters: int = 1
+    restarts: int = 1
 
 
 @dataclass
@@ -552,6 +554,7 @@ async def test_alerts_and_dashboard_query_metrics_the_processor_exports(
         "GenesysRateLimited",
         "GenesysCircuitBreakerOpen",
         "CrmWebhookNotReady",
+        "CrmWebhookDeadLetters",
     } <= alerts
     rule_metrics = {name for rule in rules for name in QUERIED.findall(rule["expr"])}
     assert rule_metrics

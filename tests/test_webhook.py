@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -13,13 +14,15 @@ import httpx
 import orjson
 import pytest
 import uvicorn
-from pipeline import Producer, RunProcess, announced_port, eventually
+from pipeline import Producer, RunProcess, announced_port, eventually, read_topic
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from processor.broker import LocalBroker
 from processor.childproc import free_port
+from processor.models import DeadLetter, DlqReason
 from processor.settings import KafkaSettings, TypingSettings
 from processor.webhook import CrmWebhookWorker, WebhookConfig
 
@@ -122,6 +125,75 @@ async def test_records_are_delivered_in_order_with_retries_and_refusals(
         stop_again.set()
         await second
     assert [body["version"] for _, body in state.received] == [1, 3, 4, 5]
+
+
+async def test_records_that_are_no_crm_record_go_to_the_dlq_and_delivery_goes_on(
+    bootstrap_servers: str, receiver: tuple[Receiver, str]
+) -> None:
+    state, url = receiver
+    prefix = uuid.uuid4().hex[:8]
+    typing = TypingSettings(
+        group_id=f"hook-{prefix}", crm_topic=f"hook-{prefix}.crm", dlq_topic=f"hook-{prefix}.dlq"
+    )
+    junk = [b"{not json", b'["a", "list"]', orjson.dumps({"session_id": "w-2"})]
+    async with Producer(bootstrap_servers, typing.crm_topic) as producer:
+        await producer.send(record("w-2", 1))
+        for value in junk:
+            await producer.send_raw(b"w-2", value)
+        await producer.send(record("w-2", 2))
+    worker = CrmWebhookWorker(
+        KafkaSettings(bootstrap_servers=bootstrap_servers), typing, WebhookConfig(url=url)
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await eventually(lambda: len(state.received) == 2, 30, "both CRM records accepted")
+    finally:
+        stop.set()
+        await task
+    assert [body["version"] for _, body in state.received] == [1, 2]
+    assert state.attempts == 2  # nothing else was posted
+    assert worker.counters.dead_letters == 3
+    assert worker.counters.restarts == 0
+    letters = [
+        DeadLetter.model_validate_json(r.value)
+        for r in await read_topic(bootstrap_servers, typing.dlq_topic)
+        if r.value is not None
+    ]
+    assert [letter.reason for letter in letters] == [
+        DlqReason.INVALID_JSON,
+        DlqReason.NOT_AN_OBJECT,
+        DlqReason.MISSING_FIELD,
+    ]
+    assert [base64.b64decode(letter.value_b64 or "") for letter in letters] == junk
+    assert {letter.topic for letter in letters} == {typing.crm_topic}
+    assert [letter.offset for letter in letters] == [1, 2, 3]
+
+
+async def test_a_cluster_down_at_start_is_waited_for_not_fatal(
+    receiver: tuple[Receiver, str],
+) -> None:
+    state, url = receiver
+    port = free_port()
+    typing = TypingSettings(group_id="hook-late", crm_topic="hook-late.crm")
+    worker = CrmWebhookWorker(
+        KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}"), typing, WebhookConfig(url=url)
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await eventually(lambda: worker.counters.restarts >= 1, 60, "a failed start retried")
+        assert not task.done()
+        with LocalBroker(port=port) as late:
+            async with Producer(late.bootstrap_servers, typing.crm_topic) as producer:
+                await producer.send(record("w-3", 1))
+            await eventually(lambda: len(state.received) == 1, 60, "delivered once it is up")
+            stop.set()
+            await task
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+    assert state.received[0][1]["event_id"] == "w-3-1"
 
 
 async def test_worker_is_not_ready_before_it_runs() -> None:

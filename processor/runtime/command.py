@@ -17,12 +17,11 @@ from processor.sink.config import SinkConfig
 from processor.telemetry import OpsEndpoint, Telemetry
 from processor.telemetry.http import Readiness
 
-from .kafka import TopicError
+from .kafka import RESTART_BACKOFF_S, TopicError
 from .service import TypingProcessor
 
 log = logging.getLogger(__name__)
 
-RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 # Kubernetes probes and Prometheus reach the pod on its IP: listen on every interface.
 HTTP_HOST = "0.0.0.0"  # noqa: S104
 

@@ -18,6 +18,8 @@ from processor.settings import KafkaSettings, SecurityProtocol
 log = logging.getLogger(__name__)
 
 
+# Waits before restarting from the last commit after the cluster was lost (then the last).
+RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 # A broker check's answer serves readiness probes for this long.
 BROKER_CHECK_TTL_S = 2.0
 BROKER_CHECK_TIMEOUT_S = 5.0

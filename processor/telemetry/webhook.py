@@ -1,8 +1,10 @@
 """Metrics of the CRM webhook worker (`typing-processor crm-webhook`), read on collection.
 
 - `typing_crm_webhook_deliveries_total{result}`: records the CRM endpoint accepted
-  (`delivered`), refused for good (`refused`) and attempts that failed and were retried
-  (`retried`);
+  (`delivered`), refused for good (`refused`), attempts that failed and were retried
+  (`retried`) and records that were no CRM-sync record, sent to the DLQ (`dead_letter`);
+- `typing_crm_webhook_restarts_total`: restarts from the last commit after the cluster was
+  lost;
 - `typing_crm_webhook_ready`: 1 while the group has assigned the worker partitions.
 """
 
@@ -24,6 +26,8 @@ class DeliveryCounts(Protocol):
     delivered: int
     refused: int
     retries: int
+    dead_letters: int
+    restarts: int
 
 
 class ObservedWorker(Protocol):
@@ -52,7 +56,11 @@ def instrument_webhook(telemetry: Telemetry, worker: ObservedWorker) -> None:
             Observation(counts.delivered, {"result": "delivered"}),
             Observation(counts.refused, {"result": "refused"}),
             Observation(counts.retries, {"result": "retried"}),
+            Observation(counts.dead_letters, {"result": "dead_letter"}),
         ]
+
+    def restarts(options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(worker.counters.restarts)]
 
     def ready(options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(int(worker.ready))]
@@ -61,7 +69,14 @@ def instrument_webhook(telemetry: Telemetry, worker: ObservedWorker) -> None:
         "typing.crm_webhook.deliveries",
         [deliveries],
         unit="{record}",
-        description="CRM-sync records delivered, refused by the endpoint, and retried attempts",
+        description="CRM-sync records delivered, refused by the endpoint, retried attempts and"
+        " records sent to the DLQ",
+    )
+    meter.create_observable_counter(
+        "typing.crm_webhook.restarts",
+        [restarts],
+        unit="{restart}",
+        description="Restarts of CRM delivery from the last commit after the cluster was lost",
     )
     meter.create_observable_gauge(
         "typing.crm_webhook.ready",
