@@ -446,6 +446,10 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         "/typing/commitIntervalMs",
     ),
     "image digest that is no digest": ({"image": {"digest": "latest"}}, "/image/digest"),
+    # a misspelt key would otherwise be ignored in silence, its setting left at the default
+    "misspelt top-level key": ({"replicaCout": 3}, ""),
+    "misspelt setting": ({"typing": {"suppresionWindowMs": 800}}, "/typing"),
+    "misspelt webhook setting": ({"crmWebhook": {"enabeld": True}}, "/crmWebhook"),
 }
 
 
