@@ -98,13 +98,17 @@ def _episodes(store: PartitionStore, clock: ManualClock, role: Role, length: int
     store.drain()
 
 
-def test_the_store_learns_episodes_from_events_and_weighs_sessions_by_them() -> None:
+def _taught_store() -> tuple[PartitionStore, int]:
+    """A store that has seen agents type 8 s and customers 1 s; and the time 10 s later."""
     clock = ManualClock(T0)
     store = PartitionStore(0, EngineConfig(), clock)
     _episodes(store, clock, Role.AGENT, 8000, MIN_EPISODES)
     _episodes(store, clock, Role.CUSTOMER, 1000, MIN_EPISODES)
-    clock.advance(10_000)
-    now = clock.now_ms()
+    return store, clock.advance(10_000)
+
+
+def test_the_store_learns_episodes_from_events_and_weighs_sessions_by_them() -> None:
+    store, now = _taught_store()
     store.on_event(_typing("agent-new", Role.AGENT, now, 1), 1)
     store.on_event(_typing("customer-new", Role.CUSTOMER, now, 2), 2)
     store.on_event(_typing("agent-0", Role.AGENT, now, 3), 3)  # an agent seen before
@@ -133,12 +137,7 @@ def _session(store: PartitionStore, sid: str) -> Session:
 
 
 def test_the_planner_spends_a_scarce_set_on_the_longer_typist() -> None:
-    clock = ManualClock(T0)
-    store = PartitionStore(0, EngineConfig(), clock)
-    _episodes(store, clock, Role.AGENT, 8000, MIN_EPISODES)
-    _episodes(store, clock, Role.CUSTOMER, 1000, MIN_EPISODES)
-    clock.advance(10_000)
-    now = clock.now_ms()
+    store, now = _taught_store()
     # the agent's set is as fresh as the customer's, and queued before it (among equals
     # the newest goes first)
     store.on_event(_typing("a-late", Role.AGENT, now, 1), 1)
