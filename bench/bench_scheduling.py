@@ -3,7 +3,7 @@ planner and the API budget as shipped, on a simulated clock, against a simulated
 that applies each call after 15-40 ms per request (no conflicts, no errors).
 
 For each traffic model it prints, averaged over seeds: the fidelity of the planner as
-shipped; the same planner with every participant weighed alike (no learned episode
+shipped; the same planner with every participant weighed alike (no learned burst
 lengths); a clairvoyant ranking that knows how long every burst will last (the planner
 with each set valued at its true remaining typing per call it will cost); and the ceiling
 under I2 (the budget bound with each burst's refreshes paid, see `demo.report`). The

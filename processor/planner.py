@@ -9,7 +9,7 @@ out, from the state at that moment; nothing waits inside the sink. In order:
 3. new sets, most valuable first: the value of a set is the typing it can still show,
    at least the time to its deadline, less what its age says (an indicator asked for
    long ago is likely over soon), weighed by how long this participant's typing usually
-   lasts against everyone's (learned per role and per session, `state.episodes`). A
+   lasts against everyone's (learned per role and per session, `state.bursts`). A
    status change (typing <-> paused) of an indicator already shown adds little (it is
    shown either way) unless its `expiresAt` is about to pass: then the store queues it
    with the refreshes. Since the value falls with age, a round ranks only a window of

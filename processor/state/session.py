@@ -60,14 +60,12 @@ class Session:
         epoch: creation time; keeps CRM event ids unique across evictions.
         touched: last activity (eviction clock).
         wake: bucket time of this session's live timer entry (0 = none); not persisted.
-    What its typing is like (learned, not persisted; see `episodes`):
-        began: when the current episode of wanted indicators began (0 = none).
-        role: the role of the participant who began it (`None` = not known yet).
-        typical: this session's typical episode length in ms (0 = none finished yet).
+    What its typing is like (learned, not persisted; see `bursts`):
+        role: the role of the participant who typed last (`None` = not known yet).
+        typical: how long this session's typing usually lasts, ms (0 = not known yet).
     """
 
     __slots__ = (
-        "began",
         "cause",
         "deadline",
         "epoch",
@@ -109,7 +107,6 @@ class Session:
         self.cause: Cause | None = None
         self.intent: Work | None = None
         self.wake = 0
-        self.began = 0
         self.role: Role | None = None
         self.typical = 0
 

@@ -69,10 +69,10 @@ from processor.domain import (
     Status,
 )
 from processor.models import CrmStatus
+from processor.state.bursts import BurstLengths
 from processor.state.changelog import encode, tombstone
 from processor.state.config import EngineConfig
 from processor.state.dedupe import EventIdMemory
-from processor.state.episodes import EpisodeLengths
 from processor.state.lead import ClearLead
 from processor.state.recovery import latest_sessions
 from processor.state.session import Cause, PersistedSession, Session
@@ -106,6 +106,7 @@ _CLEARED = "cleared"
 # Enum members bound once for the hot paths: `Status.TYPING` goes through the enum
 # metaclass on every read (about 60 ns, ten times a global).
 _STOPPED = Status.STOPPED
+_TYPING = Status.TYPING
 _CUSTOMER = Role.CUSTOMER
 _DUPLICATE = Decision.DUPLICATE
 _STALE = Decision.STALE
@@ -157,7 +158,7 @@ class PartitionStore:
         self._ints: dict[int, int] = {}
         self._leads: dict[int, int] = {}  # refresh lead by timeout (few distinct values)
         self._clear_lead = ClearLead(config.clear_lead_max_ms)
-        self._episodes = EpisodeLengths()
+        self._bursts = BurstLengths()
         self._default_timeouts = {
             status: {role: config.default_timeout_ms(status, role) for role in Role}
             for status in (Status.TYPING, Status.PAUSED)
@@ -229,9 +230,10 @@ class PartitionStore:
             if deadline > s.deadline:
                 s.deadline = deadline
         else:
-            if s.status is None:
+            if s.status is _TYPING:
+                self._burst_ended(s, occurred)
+            elif status is _TYPING:
                 participant = event.participant
-                s.began = occurred
                 s.role = _CUSTOMER if participant is None else participant.role
             s.status = status
             s.originated = occurred
@@ -468,14 +470,14 @@ class PartitionStore:
         return len(self._shown)
 
     @property
-    def episodes(self) -> EpisodeLengths:
+    def bursts(self) -> BurstLengths:
         """What this store has learned of how long typing lasts (to read, not to feed)."""
-        return self._episodes
+        return self._bursts
 
     def typing_weight(self, session: Session) -> float:
         """How much longer than this partition's average `session`'s typing usually
-        lasts (see `episodes`): the planner weighs a set's value by it."""
-        return self._episodes.weight(session.role, session.typical)
+        lasts (see `bursts`): the planner weighs a set's value by it."""
+        return self._bursts.weight(session.role, session.typical)
 
     def refresh_lead_ms(self, session: Session) -> int:
         """How long before its remote expiry `session` is refreshed (see `EngineConfig`)."""
@@ -529,7 +531,8 @@ class PartitionStore:
     ) -> None:
         """An event asks for no indicator (stopped, or lapsed before we saw it at `ended`)."""
         if s.status is not None:
-            self._episode_ended(s, ended)
+            if s.status is _TYPING:
+                self._burst_ended(s, ended)
             s.status = None
             s.originated = 0
             s.deadline = 0
@@ -586,7 +589,8 @@ class PartitionStore:
         if cause is not None:
             s.cause = None
             self._audit(s.sid, cause[2], Decision.EXPIRED, cause[0], cause[1], "lapsed before sent")
-        self._episode_ended(s, s.deadline)
+        if s.status is _TYPING:
+            self._burst_ended(s, s.deadline)
         s.status = None
         s.originated = 0
         s.deadline = 0
@@ -594,11 +598,11 @@ class PartitionStore:
         s.reason = ChangeReason.EXPIRED
         self._dirty[s.sid] = None
 
-    def _episode_ended(self, s: Session, ended: int) -> None:
-        """The session's wanted indicators end at `ended`: learn how long they lasted."""
-        if s.began and s.role is not None:
-            s.typical = self._episodes.record(s.role, ended - s.began, s.typical)
-        s.began = 0
+    def _burst_ended(self, s: Session, ended: int) -> None:
+        """The session's typing ends at `ended` (it paused, stopped or lapsed): learn how
+        long it lasted."""
+        if s.role is not None:
+            s.typical = self._bursts.record(s.role, ended - s.originated, s.typical)
 
     def _lapse(self, s: Session, reason: ChangeReason, now: int) -> None:
         """A messaging indicator ran out (or moved away): it is no longer shown.

@@ -1,15 +1,14 @@
 """How long typing lasts, learned from the stream: what a set is worth depends on it.
 
-An episode is one stretch of a session's wanted indicator, from the event that asked for
-it while none was wanted to its stop or lapse (status changes inside it do not end it):
-what users see as one bout of typing. Participants differ (an agent composing an answer
-types longer than a customer saying "ok"), and under a tight budget the planner should
-spend its sets on the sessions that will go on typing longest. `EpisodeLengths` keeps a
-running mean of episode lengths per participant role and over all, and a session carries
-its own typical length (`typical`), so that the planner can weigh a set by how long this
-participant's typing usually lasts compared with everyone's (`weight`).
+A burst is one run of a session's `typing` status, from the event that began it to the
+one that paused or stopped it, or to its lapse. Participants differ (an agent composing an
+answer types longer than a customer saying "ok"), and under a tight budget the planner
+should spend its sets on the sessions that will go on typing longest. `BurstLengths` keeps
+a running mean of burst lengths per participant role and over all, and a session carries
+its own typical length (`Session.typical`), so that the planner can weigh a set by how long
+this participant's typing usually lasts compared with everyone's (`weight`).
 
-Pure and cheap: one update per finished episode, nothing per repeat event. Not persisted:
+Pure and cheap: one update per finished burst, nothing per repeat event. Not persisted:
 after a restore it is learned again (a weight of 1 meanwhile, the planner's plain order).
 """
 
@@ -17,10 +16,10 @@ from __future__ import annotations
 
 from processor.domain import Role
 
-MIN_EPISODES = 20
-"""Episodes seen before any weight departs from 1 (a few lengths say little)."""
+MIN_BURSTS = 20
+"""Bursts seen before any weight departs from 1 (a few lengths say little)."""
 HORIZON = 500
-"""The running means weigh the last few hundred episodes (traffic drifts over a day)."""
+"""The running means weigh the last few hundred bursts (traffic drifts over a day)."""
 WEIGHT_RANGE = (0.25, 4.0)
 """A weight never moves a set's value by more than this factor either way."""
 
@@ -35,34 +34,34 @@ class _RunningMean:
         self.mean = 0.0
 
 
-class EpisodeLengths:
-    """Running means of episode lengths (ms), by the role that began them and over all."""
+class BurstLengths:
+    """Running means of burst lengths (ms), by the role that began them and over all."""
 
     def __init__(self) -> None:
         self._all = _RunningMean()
         self._by_role = {role: _RunningMean() for role in Role}
 
     @property
-    def episodes(self) -> int:
-        """Episodes recorded so far."""
+    def bursts(self) -> int:
+        """Bursts recorded so far."""
         return self._all.count
 
     def mean(self, role: Role | None = None) -> float | None:
-        """Mean episode length of `role` (of everyone with None); None until known."""
+        """Mean burst length of `role` (of everyone with None); None until known."""
         stats = self._all if role is None else self._by_role[role]
-        return stats.mean if stats.count >= MIN_EPISODES else None
+        return stats.mean if stats.count >= MIN_BURSTS else None
 
     def record(self, role: Role, length_ms: int, typical_ms: int) -> int:
-        """Learn one finished episode of a session whose typical length was `typical_ms`
+        """Learn one finished burst of a session whose typical length was `typical_ms`
         (0: none yet); returns the session's typical length from now on.
 
-        A session's typical length halves the distance to each new episode, starting from
-        its role's mean: one long episode makes a participant look like a long typist only
+        A session's typical length halves the distance to each new burst, starting from
+        its role's mean: one long burst makes a participant look like a long typist only
         half way, two in a row most of the way.
         """
         if length_ms < 0:
             length_ms = 0
-        # (inlined running means: this runs at the end of every episode)
+        # (inlined running means: this runs at the end of every burst)
         stats = self._all
         stats.count += 1
         stats.mean += (length_ms - stats.mean) / (stats.count if stats.count < HORIZON else HORIZON)
@@ -70,7 +69,7 @@ class EpisodeLengths:
         stats.count += 1
         stats.mean += (length_ms - stats.mean) / (stats.count if stats.count < HORIZON else HORIZON)
         if not typical_ms:
-            typical_ms = int(stats.mean) if stats.count > MIN_EPISODES else length_ms
+            typical_ms = int(stats.mean) if stats.count > MIN_BURSTS else length_ms
         return (typical_ms + length_ms) // 2 or 1
 
     def weight(self, role: Role | None, typical_ms: int) -> float:

@@ -1,4 +1,4 @@
-"""How long typing lasts, learned from the stream (`state.episodes`), and how the store and
+"""How long typing lasts, learned from the stream (`state.bursts`), and how the store and
 the planner use it: a set for a participant who types long is worth more."""
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from processor.domain import Role, Status
 from processor.models import Participant, TypingEvent
 from processor.planner import Capacity, Planner
 from processor.state import EngineConfig, PartitionStore, WorkKind
-from processor.state.episodes import MIN_EPISODES, WEIGHT_RANGE, EpisodeLengths
+from processor.state.bursts import MIN_BURSTS, WEIGHT_RANGE, BurstLengths
 from processor.state.session import Session
 
 T0 = 1_700_000_000_000
 
 
-def test_weight_is_one_until_enough_episodes_are_known() -> None:
-    lengths = EpisodeLengths()
-    for _ in range(MIN_EPISODES - 1):
+def test_weight_is_one_until_enough_bursts_are_known() -> None:
+    lengths = BurstLengths()
+    for _ in range(MIN_BURSTS - 1):
         lengths.record(Role.AGENT, 9000, 0)
     assert lengths.mean() is None
     assert lengths.weight(Role.AGENT, 9000) == 1.0
@@ -29,8 +29,8 @@ def test_weight_is_one_until_enough_episodes_are_known() -> None:
 
 
 def test_roles_and_sessions_that_type_longer_weigh_more() -> None:
-    lengths = EpisodeLengths()
-    for _ in range(MIN_EPISODES):
+    lengths = BurstLengths()
+    for _ in range(MIN_BURSTS):
         lengths.record(Role.AGENT, 8000, 0)
         lengths.record(Role.CUSTOMER, 2000, 0)
     assert lengths.mean() == 5000
@@ -41,37 +41,35 @@ def test_roles_and_sessions_that_type_longer_weigh_more() -> None:
     assert lengths.weight(Role.CUSTOMER, 10_000) == 2.0
 
 
-def test_a_sessions_typical_length_halves_the_distance_to_each_episode() -> None:
-    lengths = EpisodeLengths()
-    for _ in range(MIN_EPISODES):
+def test_a_sessions_typical_length_halves_the_distance_to_each_burst() -> None:
+    lengths = BurstLengths()
+    for _ in range(MIN_BURSTS):
         lengths.record(Role.CUSTOMER, 2000, 0)
     typical = lengths.record(Role.CUSTOMER, 10_000, 0)  # from the role's mean
     assert 5000 < typical < 7000
     assert lengths.record(Role.CUSTOMER, 10_000, typical) == round((typical + 10_000) / 2)
-    assert EpisodeLengths().record(Role.BOT, 3000, 0) == 3000  # nothing known: its own
+    assert BurstLengths().record(Role.BOT, 3000, 0) == 3000  # nothing known: its own
 
 
 @given(
-    episodes=st.lists(
-        st.tuples(st.sampled_from(list(Role)), st.integers(0, 120_000)), max_size=200
-    ),
+    bursts=st.lists(st.tuples(st.sampled_from(list(Role)), st.integers(0, 120_000)), max_size=200),
     typical=st.integers(0, 200_000),
     role=st.sampled_from([None, *Role]),
 )
 def test_weights_stay_in_range_and_means_between_the_lengths_seen(
-    episodes: list[tuple[Role, int]], typical: int, role: Role | None
+    bursts: list[tuple[Role, int]], typical: int, role: Role | None
 ) -> None:
-    lengths = EpisodeLengths()
+    lengths = BurstLengths()
     own = 0
-    longest = max((length for _, length in episodes), default=0)
-    for episode_role, length in episodes:
-        own = lengths.record(episode_role, length, own)
+    longest = max((length for _, length in bursts), default=0)
+    for burst_role, length in bursts:
+        own = lengths.record(burst_role, length, own)
         assert 1 <= own <= max(1, longest)
     low, high = WEIGHT_RANGE
     assert low <= lengths.weight(role, typical) <= high
     mean = lengths.mean()
     if mean is not None:
-        seen = [length for _, length in episodes]
+        seen = [length for _, length in bursts]
         assert min(seen) - 1e-6 <= mean <= max(seen) + 1e-6
 
 
@@ -85,7 +83,7 @@ def _typing(sid: str, role: Role, at: int, n: int, status: Status = Status.TYPIN
     )
 
 
-def _episodes(store: PartitionStore, clock: ManualClock, role: Role, length: int, n: int) -> None:
+def _bursts(store: PartitionStore, clock: ManualClock, role: Role, length: int, n: int) -> None:
     """`n` sessions of `role` each type for `length` ms (a keystroke every 500) and stop."""
     start = clock.now_ms()
     for i in range(n):
@@ -102,12 +100,12 @@ def _taught_store() -> tuple[PartitionStore, int]:
     """A store that has seen agents type 8 s and customers 1 s; and the time 10 s later."""
     clock = ManualClock(T0)
     store = PartitionStore(0, EngineConfig(), clock)
-    _episodes(store, clock, Role.AGENT, 8000, MIN_EPISODES)
-    _episodes(store, clock, Role.CUSTOMER, 1000, MIN_EPISODES)
+    _bursts(store, clock, Role.AGENT, 8000, MIN_BURSTS)
+    _bursts(store, clock, Role.CUSTOMER, 1000, MIN_BURSTS)
     return store, clock.advance(10_000)
 
 
-def test_the_store_learns_episodes_from_events_and_weighs_sessions_by_them() -> None:
+def test_the_store_learns_bursts_from_events_and_weighs_sessions_by_them() -> None:
     store, now = _taught_store()
     store.on_event(_typing("agent-new", Role.AGENT, now, 1), 1)
     store.on_event(_typing("customer-new", Role.CUSTOMER, now, 2), 2)
@@ -118,16 +116,30 @@ def test_the_store_learns_episodes_from_events_and_weighs_sessions_by_them() -> 
     assert weights["agent-0"] > 1
 
 
-def test_an_expired_episode_counts_until_its_deadline() -> None:
+def test_a_lapsed_burst_counts_until_its_deadline() -> None:
     clock = ManualClock(T0)
     store = PartitionStore(0, EngineConfig(), clock)
-    for i in range(MIN_EPISODES):
+    for i in range(MIN_BURSTS):
         sid = f"s{i}"
         store.on_event(_typing(sid, Role.CUSTOMER, clock.now_ms(), 0), 0)
         clock.advance(6000)  # past the 5 s typing timeout: it lapses
         store.on_tick()
-    assert store.episodes.episodes == MIN_EPISODES
-    assert store.episodes.mean(Role.CUSTOMER) == 5000
+    assert store.bursts.bursts == MIN_BURSTS
+    assert store.bursts.mean(Role.CUSTOMER) == 5000
+
+
+def test_a_pause_ends_a_burst_and_only_typing_is_learned() -> None:
+    clock = ManualClock(T0)
+    store = PartitionStore(0, EngineConfig(), clock)
+    for i in range(MIN_BURSTS):
+        sid = f"s{i}"
+        store.on_event(_typing(sid, Role.AGENT, clock.now_ms(), 0), 0)
+        clock.advance(3000)
+        store.on_event(_typing(sid, Role.AGENT, clock.now_ms(), 1, Status.PAUSED), 1)
+        clock.advance(1000)
+        store.on_event(_typing(sid, Role.AGENT, clock.now_ms(), 2, Status.STOPPED), 2)
+    assert store.bursts.bursts == MIN_BURSTS  # the paused stretches are not bursts
+    assert store.bursts.mean(Role.AGENT) == 3000
 
 
 def _session(store: PartitionStore, sid: str) -> Session:
