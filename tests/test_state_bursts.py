@@ -41,13 +41,13 @@ def test_roles_and_sessions_that_type_longer_weigh_more() -> None:
     assert lengths.weight(Role.CUSTOMER, 10_000) == 2.0
 
 
-def test_a_sessions_typical_length_halves_the_distance_to_each_burst() -> None:
+def test_a_sessions_typical_length_moves_a_third_of_the_way_to_each_burst() -> None:
     lengths = BurstLengths()
     for _ in range(MIN_BURSTS):
         lengths.record(Role.CUSTOMER, 2000, 0)
     typical = lengths.record(Role.CUSTOMER, 10_000, 0)  # from the role's mean
-    assert 5000 < typical < 7000
-    assert lengths.record(Role.CUSTOMER, 10_000, typical) == round((typical + 10_000) / 2)
+    assert 4000 < typical < 6000
+    assert lengths.record(Role.CUSTOMER, 10_000, typical) == (2 * typical + 10_000) // 3
     assert BurstLengths().record(Role.BOT, 3000, 0) == 3000  # nothing known: its own
 
 

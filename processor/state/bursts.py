@@ -55,9 +55,9 @@ class BurstLengths:
         """Learn one finished burst of a session whose typical length was `typical_ms`
         (0: none yet); returns the session's typical length from now on.
 
-        A session's typical length halves the distance to each new burst, starting from
-        its role's mean: one long burst makes a participant look like a long typist only
-        half way, two in a row most of the way.
+        A session's typical length moves a third of the way to each new burst, starting
+        from its role's mean: one long burst says little about a participant, several in a
+        row say most (a faster pace makes noise of chance among participants alike).
         """
         if length_ms < 0:
             length_ms = 0
@@ -70,7 +70,7 @@ class BurstLengths:
         stats.mean += (length_ms - stats.mean) / (stats.count if stats.count < HORIZON else HORIZON)
         if not typical_ms:
             typical_ms = int(stats.mean) if stats.count > MIN_BURSTS else length_ms
-        return (typical_ms + length_ms) // 2 or 1
+        return (2 * typical_ms + length_ms) // 3 or 1
 
     def weight(self, role: Role | None, typical_ms: int) -> float:
         """How much longer than everyone's a session's typing usually lasts: its typical
