@@ -9,6 +9,7 @@ and missed typing, clear lag and set latency (p50/p99), Genesys calls used / bud
 
     python bench/bench_fidelity.py                       # 40, 200, 500 sessions, 60 s, 300/min
     python bench/bench_fidelity.py --sessions 150 --duration 30 --no-tutorial
+    python bench/bench_fidelity.py --sessions 200 --typists agents-long
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ async def main(args: argparse.Namespace) -> None:
     console = Console(width=150)
     quiet = Console(quiet=True)
     table = Table(
-        title=f"fidelity under quota: {args.rate}/min, {args.duration:.0f} s, seed {args.seed}"
+        title=f"fidelity under quota: {args.rate}/min, {args.duration:.0f} s, seed {args.seed},"
+        f" typists {args.typists}"
     )
     for column in (
         "system",
@@ -82,6 +84,7 @@ async def main(args: argparse.Namespace) -> None:
                 duration_s=args.duration,
                 seed=args.seed,
                 api_rate_per_minute=args.rate,
+                typists=args.typists,
                 require_settled=system is None,  # the tutorial may leave indicators behind
             )
             console.print(f"running {name} with {sessions} sessions ...")
@@ -105,5 +108,11 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=int, default=300, help="calls per minute; default: 300")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--no-tutorial", action="store_true", help="the processor only")
+    parser.add_argument(
+        "--typists",
+        choices=("uniform", "varied", "agents-long"),
+        default="uniform",
+        help="how participants differ (as `typing-processor demo --typists`)",
+    )
     configure_logging("ERROR")
     asyncio.run(main(parser.parse_args()))
