@@ -77,7 +77,9 @@ class _Clairvoyant(Planner):
             if start <= now < stop:
                 remaining = stop - now
                 value = remaining / (2 + remaining / self._span)
-                return value * 0.1 if s.remote is not None else value
+                if s.remote is not None:
+                    value *= self._config.status_change_weight  # as the shipped planner
+                return value
         return -1.0
 
 

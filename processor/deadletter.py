@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from processor.models import (
     DLQ_KEY_KEEP_BYTES,
@@ -21,6 +22,9 @@ from processor.models import (
     DeadLetter,
     DlqReason,
 )
+
+if TYPE_CHECKING:
+    from aiokafka import ConsumerRecord
 
 
 def iso_utc(epoch_ms: int) -> str:
@@ -76,4 +80,20 @@ def build_dead_letter(
         value_size=value_size,
         value_sha256=value_sha256,
         truncated=key_cut or value_cut,
+    )
+
+
+def dead_letter_of(
+    record: ConsumerRecord[bytes, bytes], reason: DlqReason, detail: str, now_ms: int
+) -> DeadLetter:
+    """The dead letter of a consumed record (see `build_dead_letter`)."""
+    return build_dead_letter(
+        reason,
+        detail,
+        record.key,
+        record.value,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        now_ms=now_ms,
     )

@@ -32,9 +32,9 @@ from aiokafka import (
 from aiokafka.errors import KafkaError
 
 from processor import USER_AGENT
-from processor.deadletter import build_dead_letter
+from processor.deadletter import dead_letter_of
 from processor.models import DlqReason
-from processor.runtime.kafka import RESTART_BACKOFF_S, BrokerCheck, client_options
+from processor.runtime.kafka import BrokerCheck, client_options, wait_to_restart
 from processor.settings import KafkaSettings, TypingSettings
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class CrmWebhookWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set; commits after each accepted batch. A lost cluster
-        is retried (after `RESTART_BACKOFF_S`) from the last commit."""
+        is retried (after the backoff of `wait_to_restart`) from the last commit."""
         failures = 0
         try:
             while not stop.is_set():
@@ -126,19 +126,9 @@ class CrmWebhookWorker:
                     await self._consume(stop)
                     failures = 0
                 except (KafkaError, OSError) as exc:
-                    delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
-                    failures += 1
                     self.counters.restarts += 1
-                    log.warning(
-                        "CRM delivery stopped (%s); restarting from the last commit in %.0fs",
-                        exc,
-                        delay,
-                    )
-                    try:
-                        async with asyncio.timeout(delay):
-                            await stop.wait()
-                    except TimeoutError:
-                        pass
+                    await wait_to_restart(stop, failures, "CRM delivery", exc)
+                    failures += 1
         finally:
             if self._owns_http:
                 await self._http.aclose()
@@ -183,16 +173,7 @@ class CrmWebhookWorker:
         producer: AIOKafkaProducer,
     ) -> None:
         """Put a record that is no CRM-sync record on the DLQ, and wait for its ack."""
-        letter = build_dead_letter(
-            reason,
-            detail,
-            record.key,
-            record.value,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            now_ms=time.time_ns() // 1_000_000,
-        )
+        letter = dead_letter_of(record, reason, detail, time.time_ns() // 1_000_000)
         await producer.send_and_wait(
             self._typing.dlq_topic, letter.to_bytes(), key=letter.record_key()
         )

@@ -17,7 +17,7 @@ from processor.sink.config import SinkConfig
 from processor.telemetry import OpsEndpoint, Telemetry
 from processor.telemetry.http import Readiness
 
-from .kafka import RESTART_BACKOFF_S, TopicError
+from .kafka import TopicError, wait_to_restart
 from .service import TypingProcessor
 
 log = logging.getLogger(__name__)
@@ -95,16 +95,8 @@ async def _run_until_stopped(
             log.error("topic set-up is wrong: %s", exc)
             return 2
         except (KafkaError, OSError) as exc:
-            delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
-            failures += 1
             telemetry.last_failure = str(exc)
-            log.warning(
-                "processing stopped (%s); restarting from the last commit in %.0fs", exc, delay
-            )
-            try:
-                async with asyncio.timeout(delay):
-                    await stop.wait()
-            except TimeoutError:
-                pass
+            await wait_to_restart(stop, failures, "processing", exc)
+            failures += 1
     log.info("stopped cleanly")
     return 0

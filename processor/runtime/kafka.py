@@ -25,6 +25,20 @@ BROKER_CHECK_TTL_S = 2.0
 BROKER_CHECK_TIMEOUT_S = 5.0
 
 
+async def wait_to_restart(
+    stop: asyncio.Event, failures: int, what: str, error: BaseException
+) -> None:
+    """`what` stopped on `error` after `failures` restarts in a row: say so, then wait the
+    backoff for the next restart (`RESTART_BACKOFF_S`), or until `stop` is set."""
+    delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
+    log.warning("%s stopped (%s); restarting from the last commit in %.0fs", what, error, delay)
+    try:
+        async with asyncio.timeout(delay):
+            await stop.wait()
+    except TimeoutError:
+        pass
+
+
 class TopicError(Exception):
     """Topics are missing or do not fit together (e.g. changelog partitions differ)."""
 

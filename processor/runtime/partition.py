@@ -34,7 +34,7 @@ from opentelemetry.trace import Span
 
 from processor.clock import Clock
 from processor.codec import decode_event, iso_utc
-from processor.deadletter import build_dead_letter
+from processor.deadletter import dead_letter_of
 from processor.domain import Decision, Outcome, SinkResult
 from processor.models import DeadLetter, DlqReason
 from processor.state import PartitionStore, Work
@@ -306,15 +306,11 @@ class PartitionWorker:
             log.exception(
                 "partition %s: record at offset %s failed", record.partition, record.offset
             )
-            letter = build_dead_letter(
+            letter = dead_letter_of(
+                record,
                 DlqReason.PROCESSING_ERROR,
                 f"{type(exc).__name__}: {exc}",
-                record.key,
-                record.value,
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                now_ms=self._clock.now_ms(),
+                self._clock.now_ms(),
             )
             self._dead_letter(record, letter, batch, started_ns)
 
