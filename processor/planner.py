@@ -16,10 +16,11 @@ out, from the state at that moment; nothing waits inside the sink. In order:
    the newest sets of each store, so its cost follows the calls it can make, not the backlog.
 
 A set is only made when the budget can also pay for what shown indicators will need in
-time: each shown webchat indicator owes a clear by its deadline plus a slack (a quarter
-of I1's second), and each one that typing keeps alive owes a refresh before its
-`expiresAt` (clear debt). The check is an earliest-deadline-first feasibility test over
-those obligations.
+time: each shown webchat indicator owes a clear by its deadline, and each one that typing
+keeps alive owes a refresh before its `expiresAt` (clear debt). The check is an
+earliest-deadline-first feasibility test over those obligations. A stop makes a clear due
+at once, which no plan foresees: sets leave a few tokens in hand for it (`stop_reserve`),
+so that it goes out without waiting for the budget to refill.
 
 Pure: the stores, the budget's figures and the clock come in; picks come out.
 """
@@ -50,9 +51,13 @@ class PlannerConfig:
 
     Attributes:
         clear_slack_ms: when a clear is due, after its deadline, as the clear-debt check
-            plans it. I1 allows 1 s; planning for a quarter of that leaves the rest for the
-            call's latency, a 412 or a retry, and for a stop that comes before the deadline
-            (its clear is due at once).
+            plans it. A clear planned late shows typing nobody does for as long, so it is
+            planned at the deadline; I1's second is left for a 412 or a retry.
+        stop_reserve: tokens that sets leave in hand while webchat indicators are shown.
+            A stop makes a shown indicator's clear due at once; with the budget spent to
+            the last token, it would wait for one to accrue (a fifth of a second at
+            300/min), showing typing that is over. Two cover the stops that come close
+            together for the cost of two calls of the whole run.
         age_weight: how much a set's value drops per ms of its cause's age.
         status_change_weight: the share of a set's value a status change (typing <->
             paused) of an indicator already shown keeps.
@@ -60,7 +65,8 @@ class PlannerConfig:
             lasts (`PartitionStore.typing_weight`); off, every participant counts alike.
     """
 
-    clear_slack_ms: int = 250
+    clear_slack_ms: int = 0
+    stop_reserve: int = 2
     age_weight: float = 0.25
     status_change_weight: float = 0.1
     weigh_typists: bool = True
@@ -189,11 +195,13 @@ class Planner:
         if not waiting or room <= 0:
             return picks
         slack = self._config.clear_slack_ms
+        shown = sum(store.shown_webchat_count for store in stores)
+        reserve = min(self._config.stop_reserve, shown)
         # Each shown indicator owes at most a refresh and a clear, each set two calls
-        # more: when the tokens in hand cover all that, no check is needed (the usual
-        # case with an ample budget, and the cheap one with many sessions).
+        # more: when the tokens in hand cover all that and the reserve, no check is
+        # needed (the usual case with an ample budget, and the cheap one with many sessions).
         owed_at_most = (
-            sum(2 * store.shown_webchat_count + store.queued_work for store in stores) + 2 * waiting
+            2 * shown + sum(store.queued_work for store in stores) + 2 * waiting + reserve
         )
         debt = (
             None
@@ -226,8 +234,8 @@ class Planner:
             if slots <= 0 or set_slots <= 0 or tokens < price:
                 break
             owes = [] if s.target is not None else [s.deadline + slack]
-            if debt is not None and debt.need(owes) > tokens - price:
-                continue  # its clear (or another's) could not be paid in time
+            if debt is not None and debt.need(owes) > tokens - price - reserve:
+                continue  # its clear (or another's, or a stop's) could not be paid in time
             picks.append(Pick(store, s.sid, WorkKind.SET, price))
             if debt is not None:
                 debt.add(owes)

@@ -41,12 +41,14 @@ class _Due:
 class Simulation:
     """Stores, a budget, the planner and a fake Genesys on one manual clock."""
 
-    def __init__(self, partitions: int, rate_per_minute: int) -> None:
+    def __init__(
+        self, partitions: int, rate_per_minute: int, config: PlannerConfig | None = None
+    ) -> None:
         self.clock = ManualClock(T0)
         self.monotonic = 0.0
         self.budget = ApiBudget(rate_per_minute, monotonic=lambda: self.monotonic)
         self.stores = [PartitionStore(p, CONFIG, self.clock) for p in range(partitions)]
-        self.planner = Planner(PlannerConfig(clear_slack_ms=SLACK_MS))
+        self.planner = Planner(config or PlannerConfig(clear_slack_ms=SLACK_MS))
         self.flying: list[_Due] = []
         self.seq = 0
         self.remote: dict[str, bool] = {}  # shown in Genesys
@@ -201,15 +203,42 @@ def test_ranks_sets_by_value_and_keeps_budget_for_clears() -> None:
     sim.event("fresh", Status.TYPING, 50)
     queued = {s.sid for s in store.queued_sets()}
     assert queued == {"old", "fresh"}
+    reserve = min(PlannerConfig().stop_reserve, 1)  # kept for one shown indicator's stop
     picks = sim.planner.plan(
-        sim.stores, Capacity(tokens=2.0, rate_per_ms=1 / 1000, slots=8, set_slots=8),
+        sim.stores, Capacity(tokens=2.0 + reserve, rate_per_ms=1 / 1000, slots=8, set_slots=8),
         sim.clock.now_ms(), sim.cost,
     )  # fmt: skip
     sets = [p.session_id for p in picks if p.kind is WorkKind.SET]
     assert sets[:1] == ["fresh"]  # a young burst is worth more than an old one
-    # with one token, a set would leave the shown indicator's clear unpaid in time
+    # with one token (and the reserve), a set would leave the shown indicator's clear
+    # unpaid in time
     starved = sim.planner.plan(
-        sim.stores, Capacity(tokens=1.0, rate_per_ms=0.0, slots=8, set_slots=8),
+        sim.stores, Capacity(tokens=1.0 + reserve, rate_per_ms=0.0, slots=8, set_slots=8),
         sim.clock.now_ms(), sim.cost,
     )  # fmt: skip
     assert [p for p in starved if p.kind is WorkKind.SET] == []
+
+
+def test_sets_leave_the_stop_reserve_in_hand() -> None:
+    """A stop makes a shown indicator's clear due at once: sets keep tokens for such
+    clears, as many as the reserve and at most one per shown indicator."""
+    for reserve in (0, 1, 2, 3):
+        sim = Simulation(1, 60, PlannerConfig(stop_reserve=reserve))
+        sim.etags.update({"a", "b", "next"})
+        sim.event("a", Status.TYPING, 1)
+        sim.event("b", Status.TYPING, 2)
+        sim.round()
+        sim.advance(LATENCY_MS)
+        sim.event("next", Status.TYPING, 3)
+        assert sim.stores[0].shown_webchat_count == 2
+        # nothing accrues: the set (1), its clear (1) and the shown ones' clears (2) are
+        # paid from the tokens in hand, and the reserve stays on top of them
+        needed = 4.0 + min(reserve, 2)
+        for tokens, made in ((needed - 0.5, False), (needed, True)):
+            picks = sim.planner.plan(
+                sim.stores, Capacity(tokens=tokens, rate_per_ms=0.0, slots=8, set_slots=8),
+                sim.clock.now_ms(), sim.cost,
+            )  # fmt: skip
+            assert [p.session_id for p in picks if p.kind is WorkKind.SET] == (
+                ["next"] if made else []
+            ), (reserve, tokens)
