@@ -6,8 +6,15 @@ assigned input partitions over all input partitions (`set_share`, on every rebal
 
 A token bucket that never makes anyone wait: the scheduler asks how many tokens there are
 and decides what to send; a request spends one token when it goes out, into debt if need
-be (a 412's re-read, a retry), and debt delays what the scheduler sends next. The service
-overrules the bucket: `Retry-After` pauses all spending, and the `inin-ratelimit-*`
+be (a 412's re-read, a retry), and debt delays what the scheduler sends next.
+
+The bucket alone would allow its burst on top of a minute's rate within one minute; a
+rolling one-minute count of what went out caps it, so that spending only what `level`
+offers never puts more than the minute's allowance into any sixty seconds, whatever
+window the service counts in. A replica (re)starts with little in the bucket, not a full
+burst: it cannot know what the client spent in the current minute.
+
+The service overrules both: `Retry-After` pauses all spending, and the `inin-ratelimit-*`
 headers (calls counted in the current window, calls allowed, seconds to its reset) cap
 the rate until the window resets, so the replicas together never outrun the window.
 
@@ -18,12 +25,18 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 
 DEFAULT_BURST_S = 3.0
 """Seconds of budget that may go back to back (the bucket's capacity)."""
 MIN_CAPACITY = 2.0
 """The bucket holds at least the dearest call (a GET then a PATCH), however low the rate."""
+WINDOW_S = 60.0
+"""The rolling window over which spending never exceeds a minute's allowance."""
+_SLOT_S = 0.1
+# Spending is counted in slots of this length; a slot leaves the window only once all of
+# it has, so the count errs on the side of too much.
 
 
 class ApiBudget:
@@ -44,12 +57,14 @@ class ApiBudget:
         self._client_rate = rate_per_minute / 60.0
         self._burst_s = burst_s
         self._share = 1.0
-        self._level = self.capacity
+        self._level = min(self.capacity, MIN_CAPACITY)  # see the module docstring
         self._since = monotonic()
         self._paused_until = 0.0
         # The service's window says we may spend at most this rate until then.
         self._cap_rate = math.inf
         self._cap_until = 0.0
+        self._slots: deque[list[float]] = deque()  # [slot start, tokens], oldest first
+        self._in_window = 0.0
         self.spent = 0
         """Tokens spent so far (requests that went out)."""
 
@@ -79,12 +94,18 @@ class ApiBudget:
         self._share = max(assigned, 1) / total if assigned else 0.0
         self._level = min(self._level, self.capacity)
 
+    @property
+    def allowance(self) -> float:
+        """Most tokens this replica may spend in any `WINDOW_S` (its share of a minute)."""
+        return max(MIN_CAPACITY, self._client_rate * self._share * WINDOW_S)
+
     def level(self) -> float:
         """Tokens available now (negative while in debt; 0 while paused)."""
         self._refill()
+        level = min(self._level, self.allowance - self._window_spent())
         if self.paused_for() > 0:
-            return min(0.0, self._level)
-        return self._level
+            return min(0.0, level)
+        return level
 
     def wait_s(self, tokens: float = 1.0) -> float:
         """Seconds until `tokens` are available (`inf` when nothing accrues)."""
@@ -92,18 +113,26 @@ class ApiBudget:
         self._refill()
         paused = max(0.0, self._paused_until - now)
         missing = tokens - self._level
-        if missing <= 0:
-            return paused
         rate = self.rate_per_s
-        if rate <= 0:
+        if missing <= 0:
+            bucket = paused
+        elif rate <= 0:
             return math.inf
-        return paused + missing / rate
+        else:
+            bucket = paused + missing / rate
+        return max(bucket, self._window_wait(tokens, now))
 
     def spend(self, tokens: float = 1.0) -> None:
         """Take `tokens` for requests going out now (into debt when there are too few)."""
         self._refill()
         self._level -= tokens
         self.spent += math.ceil(tokens)
+        slot = math.floor(self._now() / _SLOT_S) * _SLOT_S
+        if self._slots and self._slots[-1][0] == slot:
+            self._slots[-1][1] += tokens
+        else:
+            self._slots.append([slot, tokens])
+        self._in_window += tokens
 
     def refund(self, tokens: float) -> None:
         """Give back tokens that were spent for requests that did not go out."""
@@ -112,6 +141,14 @@ class ApiBudget:
         self._refill()
         self._level = min(self.capacity, self._level + tokens)
         self.spent -= math.ceil(tokens)
+        left = tokens
+        while left > 0 and self._slots:  # they went out last: take them from the newest
+            taken = min(left, self._slots[-1][1])
+            self._slots[-1][1] -= taken
+            self._in_window -= taken
+            left -= taken
+            if self._slots[-1][1] <= 0:
+                self._slots.pop()
 
     def paused_for(self) -> float:
         """Seconds left of a pause the service asked for (0 when not paused)."""
@@ -150,6 +187,26 @@ class ApiBudget:
         self._level = min(self._level, mine)
         self._cap_rate = mine / reset_s
         self._cap_until = self._now() + reset_s
+
+    def _window_spent(self) -> float:
+        """Tokens spent within the last `WINDOW_S` (counted by whole slots)."""
+        horizon = self._now() - WINDOW_S - _SLOT_S
+        while self._slots and self._slots[0][0] <= horizon:
+            self._in_window -= self._slots.popleft()[1]
+        if not self._slots:
+            self._in_window = 0.0  # no float residue once nothing is counted
+        return self._in_window
+
+    def _window_wait(self, tokens: float, now: float) -> float:
+        """Seconds until the rolling window has room for `tokens`."""
+        missing = tokens - (self.allowance - self._window_spent())
+        if missing <= 0:
+            return 0.0
+        for start, spent in self._slots:  # oldest first: they leave first
+            missing -= spent
+            if missing <= 0:
+                return max(0.0, start + WINDOW_S + _SLOT_S - now)
+        return math.inf  # more than a window's allowance at once
 
     def _refill(self) -> None:
         now = self._now()

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.budget import ApiBudget
+from processor.budget import MIN_CAPACITY, WINDOW_S, ApiBudget
 
 
 class Monotonic:
@@ -19,9 +19,12 @@ class Monotonic:
         return self.now
 
 
-def test_starts_with_its_burst_and_refills_at_its_rate() -> None:
+def test_starts_low_and_refills_at_its_rate_up_to_its_burst() -> None:
     clock = Monotonic()
     budget = ApiBudget(300, burst_s=2.0, monotonic=clock)  # 5/s, 10 at once
+    # a replica that (re)starts cannot know what the client spent this minute
+    assert budget.level() == pytest.approx(MIN_CAPACITY)
+    clock.now += 2.0
     assert budget.level() == pytest.approx(10)
     budget.spend(10)
     assert budget.level() == pytest.approx(0)
@@ -118,3 +121,61 @@ def test_spending_only_what_is_there_never_exceeds_burst_plus_rate(
                 budget.spend()
         elapsed = clock.now - start
         assert budget.spent <= burst + rate / 60 * elapsed + 1e-6
+
+
+def _most_in_any_window(times: list[float], window_s: float) -> int:
+    """Most of `times` (sorted) within any half-open span of `window_s`."""
+    most = start = 0
+    for end, at in enumerate(times):
+        while times[start] <= at - window_s:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+def test_the_burst_never_adds_to_a_minutes_allowance() -> None:
+    """Spending greedily from a full bucket: the burst goes at once, and the minute that
+    contains it gets no more than its allowance; the rate is kept over time."""
+    clock = Monotonic()
+    budget = ApiBudget(300, burst_s=3.0, monotonic=clock)  # 5/s, 15 at once
+    clock.now += 3.0  # full
+    times: list[float] = []
+    for _ in range(2400):  # two minutes in 50 ms steps
+        while budget.level() >= 1:
+            budget.spend()
+            times.append(clock.now)
+        clock.now += 0.05
+    assert _most_in_any_window(times, WINDOW_S) == 300
+    assert len(times) >= 595  # the cap costs the burst, not the rate
+    # the window, not the bucket, says when to go on: the burst's slot must leave it
+    budget = ApiBudget(300, burst_s=3.0, monotonic=clock)
+    clock.now = 1000.0  # full
+    assert budget.level() == pytest.approx(15)
+    budget.spend(15)
+    for _ in range(57 * 5):
+        clock.now += 0.2
+        budget.spend()
+    assert budget.level() <= 0 < budget.wait_s()
+    assert clock.now + budget.wait_s() == pytest.approx(1000.0 + WINDOW_S + 0.1)
+
+
+@settings(max_examples=200)
+@given(
+    rate=st.integers(1, 1200),
+    share=st.sampled_from([(1, 1), (1, 2), (3, 4), (1, 8)]),
+    steps=st.lists(st.tuples(st.floats(0, 20), st.integers(0, 4)), max_size=80),
+)
+def test_spending_only_what_is_there_never_exceeds_the_allowance_in_any_minute(
+    rate: int, share: tuple[int, int], steps: list[tuple[float, int]]
+) -> None:
+    clock = Monotonic()
+    budget = ApiBudget(rate, monotonic=clock)
+    budget.set_share(*share)
+    times: list[float] = []
+    for gap, wanted in steps:
+        clock.now += gap
+        for _ in range(wanted):
+            if budget.level() >= 1:
+                budget.spend()
+                times.append(clock.now)
+    assert _most_in_any_window(times, WINDOW_S) <= budget.allowance + 1e-9
