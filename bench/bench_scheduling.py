@@ -182,6 +182,10 @@ def simulate(
             rate_per_ms=budget.rate_per_s / 1000,
             slots=MAX_IN_FLIGHT - len(calls),
             set_slots=min(MAX_IN_FLIGHT - len(calls), SET_SLOTS - sets_flying),
+            window_room=budget.window_room(),
+            window_releases=lambda at=now: [
+                (at + round(1000 * after), n) for after, n in budget.window_releases()
+            ],
         )
         for pick in chooser.plan(stores, capacity, now, cost):
             taken = pick.store.take(pick.session_id)

@@ -99,10 +99,21 @@ class ApiBudget:
         """Most tokens this replica may spend in any `WINDOW_S` (its share of a minute)."""
         return max(MIN_CAPACITY, self._client_rate * self._share * WINDOW_S)
 
+    def window_room(self) -> float:
+        """Tokens the rolling window lets go out now (`level` is never more)."""
+        return self.allowance - self._window_spent()
+
+    def window_releases(self) -> list[tuple[float, float]]:
+        """When what went out within the last minute leaves the window: (seconds from
+        now, tokens), soonest first."""
+        now = self._now()
+        self._window_spent()
+        return [(max(0.0, start + WINDOW_S + _SLOT_S - now), n) for start, n in self._slots]
+
     def level(self) -> float:
         """Tokens available now (negative while in debt; 0 while paused)."""
         self._refill()
-        level = min(self._level, self.allowance - self._window_spent())
+        level = min(self._level, self.window_room())
         if self.paused_for() > 0:
             return min(0.0, level)
         return level

@@ -30,6 +30,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -94,24 +95,34 @@ class Capacity:
     """Calls that may start now (in-flight limit)."""
     set_slots: int
     """Sets and refreshes among them (the rest is kept for clears)."""
+    window_room: float = math.inf
+    """Tokens the budget's rolling one-minute cap lets go out now, whatever the bucket holds
+    (`tokens` is never more)."""
+    window_releases: Callable[[], Sequence[tuple[int, float]]] = tuple
+    """When tokens spent in the last minute leave that window: (time, tokens), in order.
+    Asked for only when the window could bind."""
+
+
+Supply = Callable[[int], float]
+"""Tokens that become available between now and a time."""
 
 
 class _Obligations:
     """Future calls shown indicators owe, as due times; answers "can one more be paid?".
 
-    With obligations due at d1 <= d2 <= ..., `L` tokens now and `r` per ms, every one is
-    paid in time iff for each k: k <= L + r * (dk - now). `f(k) = k - r * (dk - now)` is
-    kept with prefix and suffix maxima, so adding one obligation is checked in O(log n).
+    With obligations due at d1 <= d2 <= ..., `L` tokens now and `S(d)` more by time d,
+    every one is paid in time iff for each k: k <= L + S(dk). `f(k) = k - S(dk)` is kept
+    with prefix and suffix maxima, so adding one obligation is checked in O(log n). The
+    bucket's supply is its rate times the wait; the rolling window's is what leaves it.
     """
 
-    def __init__(self, dues: list[int], rate: float, now: int) -> None:
+    def __init__(self, dues: list[int], supply: Supply) -> None:
         self._dues = sorted(dues)
-        self._rate = rate
-        self._now = now
+        self._supply = supply
         self._rebuild()
 
     def _rebuild(self) -> None:
-        f = [k + 1 - self._rate * (due - self._now) for k, due in enumerate(self._dues)]
+        f = [k + 1 - self._supply(due) for k, due in enumerate(self._dues)]
         self._prefix = []
         best = float("-inf")
         for value in f:
@@ -126,12 +137,12 @@ class _Obligations:
         if not extra:
             return self._prefix[-1] if self._prefix else float("-inf")
         if len(extra) > 1:
-            return _Obligations(self._dues + extra, self._rate, self._now).need([])
+            return _Obligations(self._dues + extra, self._supply).need([])
         due = extra[0]
         p = bisect.bisect_right(self._dues, due)
         before = self._prefix[p - 1] if p else float("-inf")
         after = self._suffix[p] + 1
-        own = p + 1 - self._rate * (due - self._now)
+        own = p + 1 - self._supply(due)
         return max(before, after, own)
 
     def add(self, dues: list[int]) -> None:
@@ -203,11 +214,18 @@ class Planner:
         owed_at_most = (
             2 * shown + sum(store.queued_work for store in stores) + 2 * waiting + reserve
         )
-        debt = (
-            None
-            if tokens >= owed_at_most
-            else _Obligations(self._owed(stores, taken, now), capacity.rate_per_ms, now)
-        )
+        # (the rolling window has let out at least as much as the bucket: `tokens` is
+        # the lesser of the two, less what this round spent from both)
+        window_left = capacity.window_room - (capacity.tokens - tokens)
+        debt = capped = None
+        if tokens < owed_at_most:
+            dues = self._owed(stores, taken, now)
+            rate = capacity.rate_per_ms
+            debt = _Obligations(dues, lambda due: rate * (due - now))
+            if window_left < owed_at_most:
+                # what the window lets out by a due time may be less than the bucket's
+                # rate would give: a burst spent within the minute must age out first
+                capped = _Obligations(dues, _released_by(capacity.window_releases()))
         # Only `room` sets can go out this round, and the newest waiting are the most
         # valuable (youngest bursts; the value falls with age): a window of them per
         # store is ranked, not every set waiting, so a round costs O(room) however large
@@ -236,10 +254,15 @@ class Planner:
             owes = [] if s.target is not None else [s.deadline + slack]
             if debt is not None and debt.need(owes) > tokens - price - reserve:
                 continue  # its clear (or another's, or a stop's) could not be paid in time
+            if capped is not None and capped.need(owes) > window_left - price - reserve:
+                continue  # the same, with what the rolling window will let out by then
             picks.append(Pick(store, s.sid, WorkKind.SET, price))
             if debt is not None:
                 debt.add(owes)
+            if capped is not None:
+                capped.add(owes)
             tokens -= price
+            window_left -= price
             slots -= 1
             set_slots -= 1
         return picks
@@ -273,3 +296,15 @@ class Planner:
             return value
         weight = store.typing_weight(s)
         return value * weight if value > 0 else value / weight
+
+
+def _released_by(releases: Sequence[tuple[int, float]]) -> Supply:
+    """Tokens that leave the rolling window by a time, from its release schedule."""
+    times = [at for at, _ in releases]
+    totals = list(itertools.accumulate(tokens for _, tokens in releases))
+
+    def supply(due: int) -> float:
+        n = bisect.bisect_right(times, due)
+        return totals[n - 1] if n else 0.0
+
+    return supply

@@ -179,3 +179,21 @@ def test_spending_only_what_is_there_never_exceeds_the_allowance_in_any_minute(
                 budget.spend()
                 times.append(clock.now)
     assert _most_in_any_window(times, WINDOW_S) <= budget.allowance + 1e-9
+
+
+def test_the_window_says_what_it_lets_out_now_and_when_the_rest_follows() -> None:
+    clock = Monotonic()
+    budget = ApiBudget(6, monotonic=clock)  # 6 a minute, 2 at once
+    budget.spend(2)
+    clock.now += 10.0
+    budget.spend(3)  # into the bucket's debt
+    assert budget.window_room() == pytest.approx(1)
+    assert [(round(after, 3), n) for after, n in budget.window_releases()] == [
+        (50.1, 2),
+        (60.1, 3),
+    ]
+    budget.refund(1)  # one did not go out after all
+    assert budget.window_releases()[-1][1] == 2
+    clock.now += 50.1
+    assert budget.window_room() == pytest.approx(4)
+    assert len(budget.window_releases()) == 1

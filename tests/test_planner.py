@@ -95,6 +95,10 @@ class Simulation:
             rate_per_ms=self.budget.rate_per_s / 1000,
             slots=32,
             set_slots=24,
+            window_room=self.budget.window_room(),
+            window_releases=lambda: [
+                (now + round(1000 * after), n) for after, n in self.budget.window_releases()
+            ],
         )
         queued_clears = sum(1 for store in self.stores for _ in store.queued_clears())
         picks = self.planner.plan(self.stores, capacity, now, self.cost)
@@ -242,3 +246,29 @@ def test_sets_leave_the_stop_reserve_in_hand() -> None:
             assert [p.session_id for p in picks if p.kind is WorkKind.SET] == (
                 ["next"] if made else []
             ), (reserve, tokens)
+
+
+def test_sets_wait_for_what_the_rolling_window_lets_out_before_their_clears() -> None:
+    """The bucket may have tokens while the minute's allowance is spent: a set is made only
+    when the window lets out, by each due time, the clears that will then be owed."""
+    sim = Simulation(1, 60, PlannerConfig(stop_reserve=0))
+    sim.etags.update({"shown", "next"})
+    sim.event("shown", Status.TYPING, 1)
+    sim.round()
+    sim.advance(LATENCY_MS)
+    sim.event("next", Status.TYPING, 2)
+    now = sim.clock.now_ms()
+
+    def sets(room: float, releases: list[tuple[int, float]]) -> list[str]:
+        capacity = Capacity(
+            tokens=min(3.0, room), rate_per_ms=1.0, slots=8, set_slots=8,
+            window_room=room, window_releases=lambda: releases,
+        )  # fmt: skip
+        picks = sim.planner.plan(sim.stores, capacity, now, sim.cost)
+        return [p.session_id for p in picks if p.kind is WorkKind.SET]
+
+    # the set (1) and two clears (the shown one's and its own, due in about 5 s)
+    assert sets(3.0, []) == ["next"]
+    assert sets(2.0, []) == []  # the bucket would refill in time, the window would not
+    assert sets(2.0, [(now + 60_000, 10.0)]) == []  # it lets out too late
+    assert sets(2.0, [(now + 1_000, 1.0)]) == ["next"]  # one more leaves it in time
