@@ -19,8 +19,9 @@ A set is only made when the budget can also pay for what shown indicators will n
 time: each shown webchat indicator owes a clear by its deadline, and each one that typing
 keeps alive owes a refresh before its `expiresAt` (clear debt). The check is an
 earliest-deadline-first feasibility test over those obligations. A stop makes a clear due
-at once, which no plan foresees: sets leave a few tokens in hand for it (`stop_reserve`),
-so that it goes out without waiting for the budget to refill.
+at once, which no plan foresees: a set is made only when every obligation would still be
+paid in time after a few such clears came first (`stop_reserve`), which keeps tokens in
+hand for them while the budget is tight.
 
 Pure: the stores, the budget's figures and the clock come in; picks come out.
 """
@@ -54,11 +55,11 @@ class PlannerConfig:
         clear_slack_ms: when a clear is due, after its deadline, as the clear-debt check
             plans it. A clear planned late shows typing nobody does for as long, so it is
             planned at the deadline; I1's second is left for a 412 or a retry.
-        stop_reserve: tokens that sets leave in hand while webchat indicators are shown.
-            A stop makes a shown indicator's clear due at once; with the budget spent to
-            the last token, it would wait for one to accrue (a fifth of a second at
-            300/min), showing typing that is over. Two cover the stops that come close
-            together for the cost of two calls of the whole run.
+        stop_reserve: unforeseen clears the clear-debt check makes room for (at most one
+            per shown webchat indicator). A stop makes a shown indicator's clear due at
+            once; with the budget spent to the last token, it would wait for one to
+            accrue (a fifth of a second at 300/min), showing typing that is over. Two
+            cover the stops that come close together for the cost of two calls a run.
         age_weight: how much a set's value drops per ms of its cause's age.
         status_change_weight: the share of a set's value a status change (typing <->
             paused) of an indicator already shown keeps.
@@ -253,7 +254,7 @@ class Planner:
                 break
             owes = [] if s.target is not None else [s.deadline + slack]
             if debt is not None and debt.need(owes) > tokens - price - reserve:
-                continue  # its clear (or another's, or a stop's) could not be paid in time
+                continue  # its clear (or another's) could not be paid in time after stops
             if capped is not None and capped.need(owes) > window_left - price - reserve:
                 continue  # the same, with what the rolling window will let out by then
             picks.append(Pick(store, s.sid, WorkKind.SET, price))

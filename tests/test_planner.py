@@ -272,3 +272,21 @@ def test_sets_wait_for_what_the_rolling_window_lets_out_before_their_clears() ->
     assert sets(2.0, []) == []  # the bucket would refill in time, the window would not
     assert sets(2.0, [(now + 60_000, 10.0)]) == []  # it lets out too late
     assert sets(2.0, [(now + 1_000, 1.0)]) == ["next"]  # one more leaves it in time
+
+
+def test_the_reserve_never_stops_sets_on_a_small_share() -> None:
+    """A replica with a small share holds fewer tokens than a set plus the reserve: the
+    reserve is room at the due times, which the rate fills, not tokens kept back."""
+    sim = Simulation(1, 30, PlannerConfig())  # half a call a second, two held at most
+    sim.etags.update({"shown", "next"})
+    sim.event("shown", Status.TYPING, 1)
+    sim.round()
+    sim.advance(LATENCY_MS)
+    sim.event("next", Status.TYPING, 2)
+    capacity = Capacity(
+        tokens=sim.budget.capacity, rate_per_ms=sim.budget.rate_per_s / 1000, slots=8,
+        set_slots=8,
+    )  # fmt: skip
+    assert capacity.tokens < 1 + PlannerConfig().stop_reserve
+    picks = sim.planner.plan(sim.stores, capacity, sim.clock.now_ms(), sim.cost)
+    assert [p.session_id for p in picks if p.kind is WorkKind.SET] == ["next"]
