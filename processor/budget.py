@@ -12,7 +12,8 @@ The bucket alone would allow its burst on top of a minute's rate within one minu
 rolling one-minute count of what went out caps it, so that spending only what `level`
 offers never puts more than the minute's allowance into any sixty seconds, whatever
 window the service counts in. A replica (re)starts with little in the bucket, not a full
-burst: it cannot know what the client spent in the current minute.
+burst: it cannot know what the client spent in the current minute. A new share (a
+rebalance) starts the count afresh, so that a scale-out never stalls a replica.
 
 The service overrules both: `Retry-After` pauses all spending, and the `inin-ratelimit-*`
 headers (calls counted in the current window, calls allowed, seconds to its reset) cap
@@ -91,7 +92,15 @@ class ApiBudget:
         if total < 1 or not 0 <= assigned <= total:
             raise ValueError(f"share {assigned}/{total} is not a fraction of partitions")
         self._refill()
-        self._share = max(assigned, 1) / total if assigned else 0.0
+        share = max(assigned, 1) / total if assigned else 0.0
+        if share != self._share:
+            # The rolling count starts afresh: held against a smaller share, what went out
+            # under the larger one would stop this replica's clears for up to a minute
+            # after every scale-out. The other replicas' spending is unknown anyway; the
+            # bucket keeps at most the new share's burst.
+            self._slots.clear()
+            self._in_window = 0.0
+        self._share = share
         self._level = min(self._level, self.capacity)
 
     @property

@@ -197,3 +197,23 @@ def test_the_window_says_what_it_lets_out_now_and_when_the_rest_follows() -> Non
     clock.now += 50.1
     assert budget.window_room() == pytest.approx(4)
     assert len(budget.window_releases()) == 1
+
+
+def test_a_new_share_starts_the_rolling_count_afresh() -> None:
+    """After a scale-out, a replica that spent its whole minute goes on at its new share's
+    rate instead of stopping (clears included) until that minute has passed."""
+    clock = Monotonic()
+    budget = ApiBudget(300, monotonic=clock)
+    for _ in range(300):
+        clock.now += 0.2
+        if budget.level() >= 1:
+            budget.spend()
+    assert budget.window_room() < 5
+    budget.set_share(1, 2)
+    clock.now += 0.4
+    assert budget.level() >= 1
+    assert budget.window_room() == pytest.approx(budget.allowance)
+    budget.set_share(1, 2)  # the same share again: the count is kept
+    budget.spend()
+    budget.set_share(1, 2)
+    assert budget.window_room() == pytest.approx(budget.allowance - 1)
