@@ -177,16 +177,8 @@ def simulate(
             next_event += 1
         for store in stores:
             store.on_tick()
-        capacity = Capacity(
-            tokens=budget.level(),
-            rate_per_ms=budget.rate_per_s / 1000,
-            slots=MAX_IN_FLIGHT - len(calls),
-            set_slots=min(MAX_IN_FLIGHT - len(calls), SET_SLOTS - sets_flying),
-            window_room=budget.window_room(),
-            window_releases=lambda at=now: [
-                (at + round(1000 * after), n) for after, n in budget.window_releases()
-            ],
-        )
+        free = MAX_IN_FLIGHT - len(calls)
+        capacity = Capacity.of(budget, now, free, min(free, SET_SLOTS - sets_flying))
         for pick in chooser.plan(stores, capacity, now, cost):
             taken = pick.store.take(pick.session_id)
             if taken is None:

@@ -35,6 +35,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from processor.budget import ApiBudget
 from processor.state import PartitionStore, WorkKind
 from processor.state.session import Session
 
@@ -102,6 +103,20 @@ class Capacity:
     window_releases: Callable[[], Sequence[tuple[int, float]]] = tuple
     """When tokens spent in the last minute leave that window: (time, tokens), in order.
     Asked for only when the window could bind."""
+
+    @classmethod
+    def of(cls, budget: ApiBudget, now: int, slots: int, set_slots: int) -> Capacity:
+        """What `budget` lets a round spend at `now` (ms, the planner's clock)."""
+        return cls(
+            tokens=budget.level(),
+            rate_per_ms=budget.rate_per_s / 1000,
+            slots=slots,
+            set_slots=set_slots,
+            window_room=budget.window_room(),
+            window_releases=lambda: [
+                (now + round(1000 * after), n) for after, n in budget.window_releases()
+            ],
+        )
 
 
 Supply = Callable[[int], float]

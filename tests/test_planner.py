@@ -90,16 +90,7 @@ class Simulation:
 
     def round(self) -> list[Pick]:
         now = self.clock.now_ms()
-        capacity = Capacity(
-            tokens=self.budget.level(),
-            rate_per_ms=self.budget.rate_per_s / 1000,
-            slots=32,
-            set_slots=24,
-            window_room=self.budget.window_room(),
-            window_releases=lambda: [
-                (now + round(1000 * after), n) for after, n in self.budget.window_releases()
-            ],
-        )
+        capacity = Capacity.of(self.budget, now, slots=32, set_slots=24)
         queued_clears = sum(1 for store in self.stores for _ in store.queued_clears())
         picks = self.planner.plan(self.stores, capacity, now, self.cost)
         kinds = [pick.kind for pick in picks]

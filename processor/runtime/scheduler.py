@@ -108,16 +108,7 @@ class Scheduler:
         budget = self._budget
         reconciler = self._reconciler
         now = self._clock.now_ms()
-        capacity = Capacity(
-            tokens=budget.level(),
-            rate_per_ms=budget.rate_per_s / 1000,
-            slots=reconciler.free_slots,
-            set_slots=reconciler.free_set_slots,
-            window_room=budget.window_room(),
-            window_releases=lambda: [
-                (now + round(1000 * after), n) for after, n in budget.window_releases()
-            ],
-        )
+        capacity = Capacity.of(budget, now, reconciler.free_slots, reconciler.free_set_slots)
         launched = 0
         for pick in self._planner.plan(stores, capacity, now, self._cost):
             work = pick.store.take(pick.session_id)
