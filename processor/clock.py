@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Protocol
 
@@ -42,3 +43,12 @@ class ManualClock:
         if now_ms < self._now:
             raise ValueError("a clock never goes backwards")
         self._now = now_ms
+
+
+async def wait_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
+    """Wait `seconds` (a backoff), or less if `stop` is set meanwhile."""
+    try:
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    except TimeoutError:
+        pass

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from dataclasses import dataclass
 
 import httpx
@@ -32,6 +31,7 @@ from aiokafka import (
 from aiokafka.errors import KafkaError
 
 from processor import USER_AGENT
+from processor.clock import Clock, SystemClock, wait_unless_stopped
 from processor.deadletter import dead_letter_of
 from processor.models import DlqReason
 from processor.runtime.kafka import BrokerCheck, client_options, wait_to_restart
@@ -87,6 +87,7 @@ class CrmWebhookWorker:
         *,
         http: httpx.AsyncClient | None = None,
         rng: random.Random | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._kafka = kafka
         self._typing = typing
@@ -96,6 +97,7 @@ class CrmWebhookWorker:
             timeout=config.timeout_s, headers={"User-Agent": USER_AGENT}
         )
         self._rng = rng or random.Random()
+        self._clock = clock or SystemClock()  # dead letters' timestamps
         self.counters = WebhookCounters()
         self._consumer: AIOKafkaConsumer | None = None
         self._assigned: set[TopicPartition] = set()
@@ -173,7 +175,7 @@ class CrmWebhookWorker:
         producer: AIOKafkaProducer,
     ) -> None:
         """Put a record that is no CRM-sync record on the DLQ, and wait for its ack."""
-        letter = dead_letter_of(record, reason, detail, time.time_ns() // 1_000_000)
+        letter = dead_letter_of(record, reason, detail, self._clock.now_ms())
         await producer.send_and_wait(
             self._typing.dlq_topic, letter.to_bytes(), key=letter.record_key()
         )
@@ -224,11 +226,7 @@ class CrmWebhookWorker:
             self.counters.retries += 1
             delay = self._rng.uniform(0, min(self._config.max_backoff_s, 0.2 * 2**attempt))
             log.warning("CRM delivery of %s failed (%s); retry in %.1fs", event_id, detail, delay)
-            try:
-                async with asyncio.timeout(delay):
-                    await stop.wait()
-            except TimeoutError:
-                continue
+            await wait_unless_stopped(stop, delay)
         return False
 
 

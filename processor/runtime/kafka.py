@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from processor.clock import wait_unless_stopped
 from processor.settings import KafkaSettings, SecurityProtocol
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,7 @@ async def wait_to_restart(
     backoff for the next restart (`RESTART_BACKOFF_S`), or until `stop` is set."""
     delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
     log.warning("%s stopped (%s); restarting from the last commit in %.0fs", what, error, delay)
-    try:
-        async with asyncio.timeout(delay):
-            await stop.wait()
-    except TimeoutError:
-        pass
+    await wait_unless_stopped(stop, delay)
 
 
 class TopicError(Exception):
