@@ -140,7 +140,7 @@ class ApiBudget:
             return math.inf
         else:
             bucket = paused + missing / rate
-        return max(bucket, self._window_wait(tokens, now))
+        return max(bucket, self._window_wait(tokens))
 
     def spend(self, tokens: float = 1.0) -> None:
         """Take `tokens` for requests going out now (into debt when there are too few)."""
@@ -217,15 +217,15 @@ class ApiBudget:
             self._in_window = 0.0  # no float residue once nothing is counted
         return self._in_window
 
-    def _window_wait(self, tokens: float, now: float) -> float:
+    def _window_wait(self, tokens: float) -> float:
         """Seconds until the rolling window has room for `tokens`."""
-        missing = tokens - (self.allowance - self._window_spent())
+        missing = tokens - self.window_room()
         if missing <= 0:
             return 0.0
-        for start, spent in self._slots:  # oldest first: they leave first
+        for after, spent in self.window_releases():  # soonest first
             missing -= spent
             if missing <= 0:
-                return max(0.0, start + WINDOW_S + _SLOT_S - now)
+                return after
         return math.inf  # more than a window's allowance at once
 
     def _refill(self) -> None:
