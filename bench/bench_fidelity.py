@@ -28,6 +28,7 @@ from tutorial_baseline import tutorial_approach
 
 from processor.demo.report import percentile
 from processor.demo.runner import DemoOptions, DemoResult, run_demo
+from processor.loadgen import TYPIST_MIXES
 from processor.logs import configure_logging
 
 
@@ -110,7 +111,7 @@ if __name__ == "__main__":
     parser.add_argument("--no-tutorial", action="store_true", help="the processor only")
     parser.add_argument(
         "--typists",
-        choices=("uniform", "varied", "agents-long"),
+        choices=tuple(TYPIST_MIXES),
         default="uniform",
         help="how participants differ (as `typing-processor demo --typists`)",
     )

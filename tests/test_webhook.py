@@ -6,7 +6,7 @@ import asyncio
 import base64
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,6 +81,17 @@ def record(session: str, version: int) -> dict[str, object]:
     }
 
 
+async def deliver_until(worker: CrmWebhookWorker, done: Callable[[], bool], what: str) -> None:
+    """Run `worker` until `done()` holds (or fail after 30 s), then stop it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await eventually(done, 30, what)
+    finally:
+        stop.set()
+        await task
+
+
 async def test_records_are_delivered_in_order_with_retries_and_refusals(
     bootstrap_servers: str, receiver: tuple[Receiver, str]
 ) -> None:
@@ -98,13 +109,7 @@ async def test_records_are_delivered_in_order_with_retries_and_refusals(
         typing,
         WebhookConfig(url=url, max_backoff_s=0.05),
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        await eventually(lambda: len(state.received) == 3, 30, "three records accepted")
-    finally:
-        stop.set()
-        await task
+    await deliver_until(worker, lambda: len(state.received) == 3, "three records accepted")
     assert [body["version"] for _, body in state.received] == [1, 3, 4]
     assert [key for key, _ in state.received] == ["w-1-1", "w-1-3", "w-1-4"]
     assert state.received[0][1] == sent[0]
@@ -114,16 +119,9 @@ async def test_records_are_delivered_in_order_with_retries_and_refusals(
     again = CrmWebhookWorker(
         KafkaSettings(bootstrap_servers=bootstrap_servers), typing, WebhookConfig(url=url)
     )
-    stop_again = asyncio.Event()
-    second = asyncio.create_task(again.run(stop_again))
-    producer_done = Producer(bootstrap_servers, typing.crm_topic)
-    async with producer_done as producer:
+    async with Producer(bootstrap_servers, typing.crm_topic) as producer:
         await producer.send(record("w-1", 5))
-    try:
-        await eventually(lambda: len(state.received) == 4, 30, "the new record delivered")
-    finally:
-        stop_again.set()
-        await second
+    await deliver_until(again, lambda: len(state.received) == 4, "the new record delivered")
     assert [body["version"] for _, body in state.received] == [1, 3, 4, 5]
 
 
@@ -144,13 +142,7 @@ async def test_records_that_are_no_crm_record_go_to_the_dlq_and_delivery_goes_on
     worker = CrmWebhookWorker(
         KafkaSettings(bootstrap_servers=bootstrap_servers), typing, WebhookConfig(url=url)
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        await eventually(lambda: len(state.received) == 2, 30, "both CRM records accepted")
-    finally:
-        stop.set()
-        await task
+    await deliver_until(worker, lambda: len(state.received) == 2, "both CRM records accepted")
     assert [body["version"] for _, body in state.received] == [1, 2]
     assert state.attempts == 2  # nothing else was posted
     assert worker.counters.dead_letters == 3
