@@ -15,6 +15,10 @@ window the service counts in. A replica (re)starts with little in the bucket, no
 burst: it cannot know what the client spent in the current minute. A new share (a
 rebalance) starts the count afresh, so that a scale-out never stalls a replica.
 
+Requests the scheduler did not plan (a 412's re-read and retried PATCH, a retried 5xx, a
+re-authenticated call) spend too, into debt if need be; `overhead` tells how many of them
+come, recently, per planned one, so that the planner keeps room for them.
+
 The service overrules both: `Retry-After` pauses all spending, and the `inin-ratelimit-*`
 headers (calls counted in the current window, calls allowed, seconds to its reset) cap
 the rate until the window resets, so the replicas together never outrun the window.
@@ -35,6 +39,12 @@ MIN_CAPACITY = 2.0
 """The bucket holds at least the dearest call (a GET then a PATCH), however low the rate."""
 WINDOW_S = 60.0
 """The rolling window over which spending never exceeds a minute's allowance."""
+OVERHEAD_HALF_LIFE_S = 30.0
+"""How fast `overhead` forgets: the weight of a request halves every this many seconds."""
+OVERHEAD_PRIOR = 10.0
+"""Planned requests `overhead` assumes before any (so that the first 412 is not 200%)."""
+OVERHEAD_MAX = 2.0
+"""The most unplanned requests per planned one that `overhead` reports (two 412s each)."""
 _SLOT_S = 0.1
 # Spending is counted in slots of this length; a slot leaves the window only once all of
 # it has, so the count errs on the side of too much.
@@ -66,6 +76,10 @@ class ApiBudget:
         self._cap_until = 0.0
         self._slots: deque[list[float]] = deque()  # [slot start, tokens], oldest first
         self._in_window = 0.0
+        # decayed counts of planned and unplanned requests, as of `_counted_at`
+        self._planned = 0.0
+        self._unplanned = 0.0
+        self._counted_at = self._since
         self.spent = 0
         """Tokens spent so far (requests that went out)."""
 
@@ -142,9 +156,23 @@ class ApiBudget:
             bucket = paused + missing / rate
         return max(bucket, self._window_wait(tokens))
 
-    def spend(self, tokens: float = 1.0) -> None:
-        """Take `tokens` for requests going out now (into debt when there are too few)."""
+    @property
+    def overhead(self) -> float:
+        """Unplanned requests per planned one, recently (0 to `OVERHEAD_MAX`)."""
+        self._decay()
+        return min(OVERHEAD_MAX, self._unplanned / (self._planned + OVERHEAD_PRIOR))
+
+    def spend(self, tokens: float = 1.0, *, planned: bool = True) -> None:
+        """Take `tokens` for requests going out now (into debt when there are too few).
+
+        `planned`: the scheduler chose them; the sink's own extra requests are not.
+        """
         self._refill()
+        self._decay()
+        if planned:
+            self._planned += tokens
+        else:
+            self._unplanned += tokens
         self._level -= tokens
         self.spent += math.ceil(tokens)
         slot = math.floor(self._now() / _SLOT_S) * _SLOT_S
@@ -160,6 +188,8 @@ class ApiBudget:
             return
         self._refill()
         self._level = min(self.capacity, self._level + tokens)
+        self._decay()
+        self._planned = max(0.0, self._planned - tokens)  # only prepaid tokens come back
         self.spent -= math.ceil(tokens)
         left = tokens
         while left > 0 and self._slots:  # they went out last: take them from the newest
@@ -227,6 +257,14 @@ class ApiBudget:
             if missing <= 0:
                 return after
         return math.inf  # more than a window's allowance at once
+
+    def _decay(self) -> None:
+        now = self._now()
+        if now > self._counted_at:
+            factor = 0.5 ** ((now - self._counted_at) / OVERHEAD_HALF_LIFE_S)
+            self._planned *= factor
+            self._unplanned *= factor
+            self._counted_at = now
 
     def _refill(self) -> None:
         now = self._now()

@@ -103,6 +103,9 @@ class Capacity:
     window_releases: Callable[[], Sequence[tuple[int, float]]] = tuple
     """When tokens spent in the last minute leave that window: (time, tokens), in order.
     Asked for only when the window could bind."""
+    overhead: float = 0.0
+    """Unplanned requests (a 412's re-read and retry, a retried 5xx) per planned call,
+    recently: what each call is expected to cost on top of itself."""
 
     @classmethod
     def of(cls, budget: ApiBudget, now: int, slots: int, set_slots: int) -> Capacity:
@@ -116,6 +119,7 @@ class Capacity:
             window_releases=lambda: [
                 (now + round(1000 * after), n) for after, n in budget.window_releases()
             ],
+            overhead=budget.overhead,
         )
 
 
@@ -126,19 +130,23 @@ Supply = Callable[[int], float]
 class _Obligations:
     """Future calls shown indicators owe, as due times; answers "can one more be paid?".
 
-    With obligations due at d1 <= d2 <= ..., `L` tokens now and `S(d)` more by time d,
-    every one is paid in time iff for each k: k <= L + S(dk). `f(k) = k - S(dk)` is kept
-    with prefix and suffix maxima, so adding one obligation is checked in O(log n). The
-    bucket's supply is its rate times the wait; the rolling window's is what leaves it.
+    With obligations due at d1 <= d2 <= ..., each costing `w` tokens, `L` tokens now and
+    `S(d)` more by time d, every one is paid in time iff for each k: k w <= L + S(dk).
+    `f(k) = k w - S(dk)` is kept with prefix and suffix maxima, so adding one obligation
+    is checked in O(log n). The bucket's supply is its rate times the wait; the rolling
+    window's is what leaves it. `w` is a call and the unplanned requests that come with
+    one on average (a 412's re-read and retry: `ApiBudget.overhead`).
     """
 
-    def __init__(self, dues: list[int], supply: Supply) -> None:
+    def __init__(self, dues: list[int], supply: Supply, weight: float = 1.0) -> None:
         self._dues = sorted(dues)
         self._supply = supply
+        self._weight = weight
         self._rebuild()
 
     def _rebuild(self) -> None:
-        f = [k + 1 - self._supply(due) for k, due in enumerate(self._dues)]
+        w = self._weight
+        f = [(k + 1) * w - self._supply(due) for k, due in enumerate(self._dues)]
         self._prefix = []
         best = float("-inf")
         for value in f:
@@ -153,12 +161,12 @@ class _Obligations:
         if not extra:
             return self._prefix[-1] if self._prefix else float("-inf")
         if len(extra) > 1:
-            return _Obligations(self._dues + extra, self._supply).need([])
+            return _Obligations(self._dues + extra, self._supply, self._weight).need([])
         due = extra[0]
         p = bisect.bisect_right(self._dues, due)
         before = self._prefix[p - 1] if p else float("-inf")
-        after = self._suffix[p] + 1
-        own = p + 1 - self._supply(due)
+        after = self._suffix[p] + self._weight
+        own = (p + 1) * self._weight - self._supply(due)
         return max(before, after, own)
 
     def add(self, dues: list[int]) -> None:
@@ -227,7 +235,10 @@ class Planner:
         # Each shown indicator owes at most a refresh and a clear, each set two calls
         # more: when the tokens in hand cover all that and the reserve, no check is
         # needed (the usual case with an ample budget, and the cheap one with many sessions).
-        owed_at_most = (
+        # Each call is expected to bring `overhead` unplanned requests with it (a 412's
+        # re-read and retry): every obligation, set and reserved clear weighs that much more.
+        weight = 1.0 + capacity.overhead
+        owed_at_most = weight * (
             2 * shown + sum(store.queued_work for store in stores) + 2 * waiting + reserve
         )
         # (the rolling window has let out at least as much as the bucket: `tokens` is
@@ -237,11 +248,11 @@ class Planner:
         if tokens < owed_at_most:
             dues = self._owed(stores, taken, now)
             rate = capacity.rate_per_ms
-            debt = _Obligations(dues, lambda due: rate * (due - now))
+            debt = _Obligations(dues, lambda due: rate * (due - now), weight)
             if window_left < owed_at_most:
                 # what the window lets out by a due time may be less than the bucket's
                 # rate would give: a burst spent within the minute must age out first
-                capped = _Obligations(dues, _released_by(capacity.window_releases()))
+                capped = _Obligations(dues, _released_by(capacity.window_releases()), weight)
         # Only `room` sets can go out this round, and the newest waiting are the most
         # valuable (youngest bursts; the value falls with age): a window of them per
         # store is ranked, not every set waiting, so a round costs O(room) however large
@@ -268,9 +279,10 @@ class Planner:
             if slots <= 0 or set_slots <= 0 or tokens < price:
                 break
             owes = [] if s.target is not None else [s.deadline + slack]
-            if debt is not None and debt.need(owes) > tokens - price - reserve:
+            keep = weight * (price + reserve)
+            if debt is not None and debt.need(owes) > tokens - keep:
                 continue  # its clear (or another's) could not be paid in time after stops
-            if capped is not None and capped.need(owes) > window_left - price - reserve:
+            if capped is not None and capped.need(owes) > window_left - keep:
                 continue  # the same, with what the rolling window will let out by then
             picks.append(Pick(store, s.sid, WorkKind.SET, price))
             if debt is not None:

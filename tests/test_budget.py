@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.budget import MIN_CAPACITY, WINDOW_S, ApiBudget
+from processor.budget import (
+    MIN_CAPACITY,
+    OVERHEAD_HALF_LIFE_S,
+    OVERHEAD_MAX,
+    OVERHEAD_PRIOR,
+    WINDOW_S,
+    ApiBudget,
+)
 
 
 class Monotonic:
@@ -217,3 +224,28 @@ def test_a_new_share_starts_the_rolling_count_afresh() -> None:
     budget.spend()
     budget.set_share(1, 2)
     assert budget.window_room() == pytest.approx(budget.allowance - 1)
+
+
+def test_overhead_counts_unplanned_requests_per_planned_one_and_forgets_them() -> None:
+    """A 412's re-read and retry, spent by the sink, are what the planner did not plan:
+    `overhead` says how many come per planned call, recently, so that sets leave room."""
+    clock = Monotonic()
+    budget = ApiBudget(6000, monotonic=clock)
+    assert budget.overhead == 0.0
+    budget.spend(1, planned=False)
+    # one early 412 is not taken for 100%: ten planned calls are assumed before any
+    assert budget.overhead == pytest.approx(1 / OVERHEAD_PRIOR)
+    for _ in range(90):
+        budget.spend()
+    for _ in range(19):
+        budget.spend(planned=False)
+    assert budget.overhead == pytest.approx(20 / (90 + OVERHEAD_PRIOR))
+    budget.refund(40)  # prepaid tokens that did not go out were planned
+    assert budget.overhead == pytest.approx(20 / (50 + OVERHEAD_PRIOR))
+    clock.now += OVERHEAD_HALF_LIFE_S
+    assert budget.overhead == pytest.approx(10 / (25 + OVERHEAD_PRIOR))
+    for _ in range(1000):
+        budget.spend(planned=False)
+    assert budget.overhead == OVERHEAD_MAX
+    clock.now += 20 * OVERHEAD_HALF_LIFE_S
+    assert budget.overhead < 0.001

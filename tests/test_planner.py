@@ -239,6 +239,31 @@ def test_sets_leave_the_stop_reserve_in_hand() -> None:
             ), (reserve, tokens)
 
 
+def test_sets_leave_room_for_the_requests_conflicts_bring() -> None:
+    """Each call brings `overhead` unplanned requests on average (a 412's re-read and
+    retry, spent into debt by the sink): the clear-debt check weighs every call by that,
+    so that clears are still paid in time when conflicts are frequent."""
+    for overhead in (0.0, 0.25, 0.5, 1.0):
+        sim = Simulation(1, 60, PlannerConfig(stop_reserve=0))
+        sim.etags.update({"a", "b", "next"})
+        sim.event("a", Status.TYPING, 1)
+        sim.event("b", Status.TYPING, 2)
+        sim.round()
+        sim.advance(LATENCY_MS)
+        sim.event("next", Status.TYPING, 3)
+        # nothing accrues: the set, its clear and the two shown ones' clears, each with
+        # its expected share of unplanned requests, are paid from the tokens in hand
+        needed = 4.0 * (1 + overhead)
+        for tokens, made in ((needed - 0.25, False), (needed, True)):
+            capacity = Capacity(
+                tokens=tokens, rate_per_ms=0.0, slots=8, set_slots=8, overhead=overhead
+            )
+            picks = sim.planner.plan(sim.stores, capacity, sim.clock.now_ms(), sim.cost)
+            assert [p.session_id for p in picks if p.kind is WorkKind.SET] == (
+                ["next"] if made else []
+            ), (overhead, tokens)
+
+
 def test_sets_wait_for_what_the_rolling_window_lets_out_before_their_clears() -> None:
     """The bucket may have tokens while the minute's allowance is spent: a set is made only
     when the window lets out, by each due time, the clears that will then be owed."""

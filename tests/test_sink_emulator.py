@@ -12,6 +12,7 @@ import pytest
 from pydantic import SecretStr
 
 from processor import USER_AGENT
+from processor.budget import OVERHEAD_PRIOR
 from processor.clock import SystemClock
 from processor.domain import Indicator, Outcome, SessionState, Status
 from processor.emulator.app import SESSION_PATH, TOKEN_PATH
@@ -123,9 +124,13 @@ async def test_a_forced_412_costs_exactly_one_get_and_one_patch_more(
     before = (calls(emulator, "GET"), calls(emulator, "PATCH"))
 
     emulator.write_as_other("s1", {"agentNote": "hello"})  # bumps the ETag behind our back
-    result = await sink.apply("s1", indicator(3))
+    sink.budget.spend(1)  # as the scheduler prepays the one request it planned
+    overhead = sink.budget.overhead
+    result = await sink.apply("s1", indicator(3), prepaid=1)
 
     assert (result.outcome, result.http_status, result.attempts) == (Outcome.APPLIED, 200, 3)
+    # the re-read and the retry were not planned: the planner keeps room for such requests
+    assert sink.budget.overhead == pytest.approx(overhead + 2 / (1 + OVERHEAD_PRIOR), rel=1e-3)
     after = (calls(emulator, "GET"), calls(emulator, "PATCH"))
     assert (after[0] - before[0], after[1] - before[1]) == (1, 2)  # vs (0, 1) without the 412
     assert calls(emulator, "PATCH", 412) == 1

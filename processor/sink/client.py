@@ -560,7 +560,8 @@ class GenesysSink:
                     error=f"API budget paused for {self._budget.paused_for():.1f} s after a 429",
                 )
             else:
-                self._budget.spend()  # into debt if need be: the scheduler waits it out
+                # unplanned, into debt if need be: the scheduler waits it out
+                self._budget.spend(planned=False)
             token = await self._tokens.token()
             response, failure, maybe_sent = await self._send(
                 method, url, token, body, if_match, ledger
