@@ -33,8 +33,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 
-DEFAULT_BURST_S = 3.0
-"""Seconds of budget that may go back to back (the bucket's capacity)."""
+DEFAULT_BURST_S = 1.0
+"""Seconds of budget that may go back to back (the bucket's capacity). Genesys counts per
+minute, but a service (or a proxy) that smooths its limit admits back to back only what it
+holds: a second's worth keeps clear of any that holds a second or more, and a tight budget
+leaves the bucket near empty anyway, so a larger one buys nothing there."""
 MIN_CAPACITY = 2.0
 """The bucket holds at least the dearest call (a GET then a PATCH), however low the rate."""
 WINDOW_S = 60.0
