@@ -20,8 +20,9 @@ time: each shown webchat indicator owes a clear by its deadline, and each one th
 keeps alive owes a refresh before its `expiresAt` (clear debt). The check is an
 earliest-deadline-first feasibility test over those obligations. A stop makes a clear due
 at once, which no plan foresees: a set is made only when every obligation would still be
-paid in time after a few such clears came first (`stop_reserve`), which keeps tokens in
-hand for them while the budget is tight.
+paid in time after a few such clears came first (`stop_reserve`), and when it leaves a
+token in hand for the next one (`stop_hold`). Every call is weighed with the unplanned
+requests that come with calls on average (a 412's re-read and retry).
 
 Pure: the stores, the budget's figures and the clock come in; picks come out.
 """
@@ -61,6 +62,12 @@ class PlannerConfig:
             once; with the budget spent to the last token, it would wait for one to
             accrue (a fifth of a second at 300/min), showing typing that is over. Two
             cover the stops that come close together for the cost of two calls a run.
+        stop_hold: tokens sets leave in hand while an indicator is shown, so that a stop's
+            clear goes out at once instead of waiting for the next token: the reserve is
+            room at the due times, which the rate fills, and a budget spent to the last
+            token has none in hand. Holding costs no rate (the bucket fills all the same)
+            and the best set waits for its token rather than a worse one taking it. Not
+            held where the bucket cannot hold it beside the dearest set (a small share).
         age_weight: how much a set's value drops per ms of its cause's age.
         status_change_weight: the share of a set's value a status change (typing <->
             paused) of an indicator already shown keeps.
@@ -70,6 +77,7 @@ class PlannerConfig:
 
     clear_slack_ms: int = 0
     stop_reserve: int = 2
+    stop_hold: float = 1.0
     age_weight: float = 0.25
     status_change_weight: float = 0.1
     weigh_typists: bool = True
@@ -104,6 +112,8 @@ class Capacity:
     """When tokens spent in the last minute leave that window: (time, tokens), in order.
     Asked for only when the window could bind."""
     overhead: float = 0.0
+    burst: float = math.inf
+    """Most tokens the budget holds at once (its bucket's capacity)."""
     """Unplanned requests (a 412's re-read and retry, a retried 5xx) per planned call,
     recently: what each call is expected to cost on top of itself."""
 
@@ -120,6 +130,7 @@ class Capacity:
                 (now + round(1000 * after), n) for after, n in budget.window_releases()
             ],
             overhead=budget.overhead,
+            burst=budget.capacity,
         )
 
 
@@ -232,6 +243,7 @@ class Planner:
         slack = self._config.clear_slack_ms
         shown = sum(store.shown_webchat_count for store in stores)
         reserve = min(self._config.stop_reserve, shown)
+        hold = self._config.stop_hold if shown else 0.0  # nothing shown, nothing to stop
         # Each shown indicator owes at most a refresh and a clear, each set two calls
         # more: when the tokens in hand cover all that and the reserve, no check is
         # needed (the usual case with an ample budget, and the cheap one with many sessions).
@@ -279,6 +291,8 @@ class Planner:
             if slots <= 0 or set_slots <= 0 or tokens < price:
                 break
             owes = [] if s.target is not None else [s.deadline + slack]
+            if tokens - price < hold and price + hold <= capacity.burst:
+                break  # the best set waits for its token; the one in hand is for a stop
             keep = weight * (price + reserve)
             if debt is not None and debt.need(owes) > tokens - keep:
                 continue  # its clear (or another's) could not be paid in time after stops

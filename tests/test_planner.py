@@ -239,6 +239,33 @@ def test_sets_leave_the_stop_reserve_in_hand() -> None:
             ), (reserve, tokens)
 
 
+def test_sets_leave_a_token_in_hand_for_a_stop_while_indicators_are_shown() -> None:
+    """A stop's clear should not wait for the next token: while an indicator is shown,
+    the best set waits until it can leave one in hand (the bucket fills all the same),
+    and a worse, cheaper set does not take its place."""
+    sim = Simulation(1, 60, PlannerConfig(stop_reserve=0))
+    sim.etags.update({"shown", "cheap"})
+    sim.event("shown", Status.TYPING, 1)
+    sim.round()
+    sim.advance(LATENCY_MS)
+    sim.advance(2_000)
+    sim.event("cheap", Status.TYPING, 2)  # a cached ETag, but two seconds older
+    sim.advance(2_000)
+    sim.event("best", Status.TYPING, 3)  # no ETag yet: a GET and a PATCH
+    now = sim.clock.now_ms()
+
+    def sets(tokens: float, burst: float = 10.0, hold: float = 1.0) -> list[str]:
+        planner = Planner(PlannerConfig(stop_reserve=0, stop_hold=hold))
+        capacity = Capacity(tokens=tokens, rate_per_ms=1.0, slots=8, set_slots=8, burst=burst)
+        picks = planner.plan(sim.stores, capacity, now, sim.cost)
+        return [p.session_id for p in picks if p.kind is WorkKind.SET]
+
+    assert sets(2.0, hold=0.0)[:1] == ["best"]
+    assert sets(2.0) == []  # "best" waits for a third token; "cheap" does not take it
+    assert sets(3.0)[:1] == ["best"]
+    assert sets(2.0, burst=2.0)[:1] == ["best"]  # a bucket of two cannot hold one more
+
+
 def test_sets_leave_room_for_the_requests_conflicts_bring() -> None:
     """Each call brings `overhead` unplanned requests on average (a 412's re-read and
     retry, spent into debt by the sink): the clear-debt check weighs every call by that,
