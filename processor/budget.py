@@ -33,13 +33,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 
-DEFAULT_BURST_S = 1.0
-"""Seconds of budget that may go back to back (the bucket's capacity). Genesys counts per
-minute, but a service (or a proxy) that smooths its limit admits back to back only what it
-holds: a second's worth keeps clear of any that holds a second or more, and a tight budget
-leaves the bucket near empty anyway, so a larger one buys nothing there."""
+DEFAULT_BURST_S = 3.0
+"""Seconds of budget that may go back to back (the bucket's capacity): after a quiet spell,
+a few conversations starting at once are all shown without waiting for the rate. The
+rolling window keeps the minute's total whatever the burst."""
 MIN_CAPACITY = 2.0
 """The bucket holds at least the dearest call (a GET then a PATCH), however low the rate."""
+START_LEVEL = 3.0
+"""What a (re)started replica holds: the dearest call and one token more, which the planner
+keeps in hand for a stop's clear once an indicator is shown (never more than the bucket)."""
 WINDOW_S = 60.0
 """The rolling window over which spending never exceeds a minute's allowance."""
 OVERHEAD_HALF_LIFE_S = 30.0
@@ -71,7 +73,7 @@ class ApiBudget:
         self._client_rate = rate_per_minute / 60.0
         self._burst_s = burst_s
         self._share = 1.0
-        self._level = min(self.capacity, MIN_CAPACITY)  # see the module docstring
+        self._level = min(self.capacity, START_LEVEL)  # see the module docstring
         self._since = monotonic()
         self._paused_until = 0.0
         # The service's window says we may spend at most this rate until then.

@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processor.budget import (
-    MIN_CAPACITY,
     OVERHEAD_HALF_LIFE_S,
     OVERHEAD_MAX,
     OVERHEAD_PRIOR,
+    START_LEVEL,
     WINDOW_S,
     ApiBudget,
 )
@@ -30,7 +30,7 @@ def test_starts_low_and_refills_at_its_rate_up_to_its_burst() -> None:
     clock = Monotonic()
     budget = ApiBudget(300, burst_s=2.0, monotonic=clock)  # 5/s, 10 at once
     # a replica that (re)starts cannot know what the client spent this minute
-    assert budget.level() == pytest.approx(MIN_CAPACITY)
+    assert budget.level() == pytest.approx(START_LEVEL)
     clock.now += 2.0
     assert budget.level() == pytest.approx(10)
     budget.spend(10)
