@@ -112,10 +112,10 @@ class Capacity:
     """When tokens spent in the last minute leave that window: (time, tokens), in order.
     Asked for only when the window could bind."""
     overhead: float = 0.0
-    burst: float = math.inf
-    """Most tokens the budget holds at once (its bucket's capacity)."""
     """Unplanned requests (a 412's re-read and retry, a retried 5xx) per planned call,
     recently: what each call is expected to cost on top of itself."""
+    burst: float = math.inf
+    """Most tokens the budget holds at once (its bucket's capacity)."""
 
     @classmethod
     def of(cls, budget: ApiBudget, now: int, slots: int, set_slots: int) -> Capacity:
