@@ -214,18 +214,24 @@ def test_ranks_sets_by_value_and_keeps_budget_for_clears() -> None:
     assert [p for p in starved if p.kind is WorkKind.SET] == []
 
 
+def _two_shown_and_a_set_waiting(config: PlannerConfig) -> Simulation:
+    """Indicators "a" and "b" shown, a set for "next" waiting (every ETag cached)."""
+    sim = Simulation(1, 60, config)
+    sim.etags.update({"a", "b", "next"})
+    sim.event("a", Status.TYPING, 1)
+    sim.event("b", Status.TYPING, 2)
+    sim.round()
+    sim.advance(LATENCY_MS)
+    sim.event("next", Status.TYPING, 3)
+    assert sim.stores[0].shown_webchat_count == 2
+    return sim
+
+
 def test_sets_leave_the_stop_reserve_in_hand() -> None:
     """A stop makes a shown indicator's clear due at once: sets keep tokens for such
     clears, as many as the reserve and at most one per shown indicator."""
     for reserve in (0, 1, 2, 3):
-        sim = Simulation(1, 60, PlannerConfig(stop_reserve=reserve))
-        sim.etags.update({"a", "b", "next"})
-        sim.event("a", Status.TYPING, 1)
-        sim.event("b", Status.TYPING, 2)
-        sim.round()
-        sim.advance(LATENCY_MS)
-        sim.event("next", Status.TYPING, 3)
-        assert sim.stores[0].shown_webchat_count == 2
+        sim = _two_shown_and_a_set_waiting(PlannerConfig(stop_reserve=reserve))
         # nothing accrues: the set (1), its clear (1) and the shown ones' clears (2) are
         # paid from the tokens in hand, and the reserve stays on top of them
         needed = 4.0 + min(reserve, 2)
@@ -271,13 +277,7 @@ def test_sets_leave_room_for_the_requests_conflicts_bring() -> None:
     retry, spent into debt by the sink): the clear-debt check weighs every call by that,
     so that clears are still paid in time when conflicts are frequent."""
     for overhead in (0.0, 0.25, 0.5, 1.0):
-        sim = Simulation(1, 60, PlannerConfig(stop_reserve=0))
-        sim.etags.update({"a", "b", "next"})
-        sim.event("a", Status.TYPING, 1)
-        sim.event("b", Status.TYPING, 2)
-        sim.round()
-        sim.advance(LATENCY_MS)
-        sim.event("next", Status.TYPING, 3)
+        sim = _two_shown_and_a_set_waiting(PlannerConfig(stop_reserve=0))
         # nothing accrues: the set, its clear and the two shown ones' clears, each with
         # its expected share of unplanned requests, are paid from the tokens in hand
         needed = 4.0 * (1 + overhead)
