@@ -68,6 +68,10 @@ class PlannerConfig:
             token has none in hand. Holding costs no rate (the bucket fills all the same)
             and the best set waits for its token rather than a worse one taking it. Not
             held where the bucket cannot hold it beside the dearest set (a small share).
+        window_margin_s: seconds of the rate that sets leave within the rolling window,
+            on top of the reserve. The bucket refills all the time, so an unforeseen clear
+            waits at most a token's time for it; once the window is full, nothing goes out
+            until what was spent a minute before leaves it, and a clear would wait as long.
         age_weight: how much a set's value drops per ms of its cause's age.
         status_change_weight: the share of a set's value a status change (typing <->
             paused) of an indicator already shown keeps.
@@ -78,6 +82,7 @@ class PlannerConfig:
     clear_slack_ms: int = 0
     stop_reserve: int = 2
     stop_hold: float = 1.0
+    window_margin_s: float = 1.0
     age_weight: float = 0.25
     status_change_weight: float = 0.1
     weigh_typists: bool = True
@@ -244,6 +249,7 @@ class Planner:
         shown = sum(store.shown_webchat_count for store in stores)
         reserve = min(self._config.stop_reserve, shown)
         hold = self._config.stop_hold if shown else 0.0  # nothing shown, nothing to stop
+        window_margin = self._config.window_margin_s * 1000 * capacity.rate_per_ms
         # Each shown indicator owes at most a refresh and a clear, each set two calls
         # more: when the tokens in hand cover all that and the reserve, no check is
         # needed (the usual case with an ample budget, and the cheap one with many sessions).
@@ -296,7 +302,7 @@ class Planner:
             keep = weight * (price + reserve)
             if debt is not None and debt.need(owes) > tokens - keep:
                 continue  # its clear (or another's) could not be paid in time after stops
-            if capped is not None and capped.need(owes) > window_left - keep:
+            if capped is not None and capped.need(owes) > window_left - keep - window_margin:
                 continue  # the same, with what the rolling window will let out by then
             picks.append(Pick(store, s.sid, WorkKind.SET, price))
             if debt is not None:
