@@ -217,16 +217,18 @@ def test_ranks_sets_by_value_and_keeps_budget_for_clears() -> None:
     assert [p for p in starved if p.kind is WorkKind.SET] == []
 
 
-def _two_shown_and_a_set_waiting(config: PlannerConfig) -> Simulation:
-    """Indicators "a" and "b" shown, a set for "next" waiting (every ETag cached)."""
-    sim = Simulation(1, 60, config)
-    sim.etags.update({"a", "b", "next"})
-    sim.event("a", Status.TYPING, 1)
-    sim.event("b", Status.TYPING, 2)
+def _shown_and_a_set_waiting(
+    config: PlannerConfig, shown: tuple[str, ...] = ("a", "b"), rate_per_minute: int = 60
+) -> Simulation:
+    """The `shown` indicators up, a set for "next" waiting (every ETag cached)."""
+    sim = Simulation(1, rate_per_minute, config)
+    sim.etags.update({*shown, "next"})
+    for offset, sid in enumerate(shown, start=1):
+        sim.event(sid, Status.TYPING, offset)
     sim.round()
     sim.advance(LATENCY_MS)
-    sim.event("next", Status.TYPING, 3)
-    assert sim.stores[0].shown_webchat_count == 2
+    sim.event("next", Status.TYPING, len(shown) + 1)
+    assert sim.stores[0].shown_webchat_count == len(shown)
     return sim
 
 
@@ -234,7 +236,7 @@ def test_sets_leave_the_stop_reserve_in_hand() -> None:
     """A stop makes a shown indicator's clear due at once: sets keep tokens for such
     clears, as many as the reserve and at most one per shown indicator."""
     for reserve in (0, 1, 2, 3):
-        sim = _two_shown_and_a_set_waiting(PlannerConfig(stop_reserve=reserve))
+        sim = _shown_and_a_set_waiting(PlannerConfig(stop_reserve=reserve))
         # nothing accrues: the set (1), its clear (1) and the shown ones' clears (2) are
         # paid from the tokens in hand, and the reserve stays on top of them
         needed = 4.0 + min(reserve, 2)
@@ -280,7 +282,7 @@ def test_sets_leave_room_for_the_requests_conflicts_bring() -> None:
     retry, spent into debt by the sink): the clear-debt check weighs every call by that,
     so that clears are still paid in time when conflicts are frequent."""
     for overhead in (0.0, 0.25, 0.5, 1.0):
-        sim = _two_shown_and_a_set_waiting(PlannerConfig(stop_reserve=0))
+        sim = _shown_and_a_set_waiting(PlannerConfig(stop_reserve=0))
         # nothing accrues: the set, its clear and the two shown ones' clears, each with
         # its expected share of unplanned requests, are paid from the tokens in hand
         needed = 4.0 * (1 + overhead)
@@ -299,12 +301,7 @@ def test_sets_wait_for_what_the_rolling_window_lets_out_before_their_clears() ->
     when the window lets out, by each due time, the clears that will then be owed, and a
     second of the rate more (`window_margin_s`): once the window is full, an unforeseen
     clear waits for its next release, not for the next token."""
-    sim = Simulation(1, 60, PlannerConfig(stop_reserve=0))
-    sim.etags.update({"shown", "next"})
-    sim.event("shown", Status.TYPING, 1)
-    sim.round()
-    sim.advance(LATENCY_MS)
-    sim.event("next", Status.TYPING, 2)
+    sim = _shown_and_a_set_waiting(PlannerConfig(stop_reserve=0), shown=("shown",))
     now = sim.clock.now_ms()
 
     def sets(room: float, releases: list[tuple[int, float]], margin_s: float = 0.0) -> list[str]:
@@ -329,12 +326,8 @@ def test_sets_wait_for_what_the_rolling_window_lets_out_before_their_clears() ->
 def test_the_reserve_never_stops_sets_on_a_small_share() -> None:
     """A replica with a small share holds fewer tokens than a set plus the reserve: the
     reserve is room at the due times, which the rate fills, not tokens kept back."""
-    sim = Simulation(1, 30, PlannerConfig())  # half a call a second, two held at most
-    sim.etags.update({"shown", "next"})
-    sim.event("shown", Status.TYPING, 1)
-    sim.round()
-    sim.advance(LATENCY_MS)
-    sim.event("next", Status.TYPING, 2)
+    # half a call a second, two held at most
+    sim = _shown_and_a_set_waiting(PlannerConfig(), shown=("shown",), rate_per_minute=30)
     capacity = Capacity(
         tokens=sim.budget.capacity, rate_per_ms=sim.budget.rate_per_s / 1000, slots=8,
         set_slots=8,
