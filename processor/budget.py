@@ -21,7 +21,10 @@ come, recently, per planned one, so that the planner keeps room for them.
 
 The service overrules both: `Retry-After` pauses all spending, and the `inin-ratelimit-*`
 headers (calls counted in the current window, calls allowed, seconds to its reset) cap
-the rate until the window resets, so the replicas together never outrun the window.
+the rate until the window resets, so the replicas together never outrun the window. A 429
+says the service admits fewer calls back to back than the bucket holds (its own bucket is
+smaller, or other clients spent it): `throttled` halves the burst, which grows back by
+`BURST_RECOVERY_S` per quiet minute, up to the configured one.
 
 Pure: time comes from the injected `monotonic` function (seconds).
 """
@@ -44,6 +47,10 @@ START_LEVEL = 3.0
 keeps in hand for a stop's clear once an indicator is shown (never more than the bucket)."""
 WINDOW_S = 60.0
 """The rolling window over which spending never exceeds a minute's allowance."""
+MIN_BURST_S = 0.25
+"""The smallest burst a 429 shrinks the bucket to (it still holds `MIN_CAPACITY`)."""
+BURST_RECOVERY_S = 0.5
+"""Seconds of burst won back per `WINDOW_S` without a 429, after one shrank it."""
 OVERHEAD_HALF_LIFE_S = 30.0
 """How fast `overhead` forgets: the weight of a request halves every this many seconds."""
 OVERHEAD_PRIOR = 10.0
@@ -72,6 +79,9 @@ class ApiBudget:
         self._now = monotonic
         self._client_rate = rate_per_minute / 60.0
         self._burst_s = burst_s
+        # the burst a 429 left (at `_throttled_at`); it grows back with quiet minutes
+        self._throttled_burst_s = burst_s
+        self._throttled_at = -math.inf
         self._share = 1.0
         self._level = min(self.capacity, START_LEVEL)  # see the module docstring
         self._since = monotonic()
@@ -97,9 +107,16 @@ class ApiBudget:
         return rate
 
     @property
+    def burst_s(self) -> float:
+        """Seconds of the rate the bucket holds now: the configured burst, less what 429s
+        took (halved by each, won back by `BURST_RECOVERY_S` per quiet minute)."""
+        quiet = (self._now() - self._throttled_at) // WINDOW_S
+        return min(self._burst_s, self._throttled_burst_s + BURST_RECOVERY_S * quiet)
+
+    @property
     def capacity(self) -> float:
         """Most tokens that can be held at once (`MIN_CAPACITY` at least)."""
-        return max(MIN_CAPACITY, self._client_rate * self._share * self._burst_s)
+        return max(MIN_CAPACITY, self._client_rate * self._share * self.burst_s)
 
     @property
     def share(self) -> float:
@@ -217,6 +234,20 @@ class ApiBudget:
             self._paused_until = until
             self._level = min(self._level, 0.0)
             self._since = max(self._since, until)
+
+    def throttled(self, retry_after_s: float) -> None:
+        """The service refused a call (429): pause for `retry_after_s` and halve the burst.
+
+        Spending only what the bucket offers, a 429 means the service counts calls in a
+        smaller bucket than ours (or other clients spent it): after a quiet spell, a full
+        bucket sent back to back would be refused again, so hold less from now on.
+        """
+        if self.paused_for() <= 0:  # more 429s within the pause answer calls sent with the first
+            self._refill()
+            self._throttled_burst_s = max(MIN_BURST_S, self.burst_s / 2)
+            self._throttled_at = self._now()
+            self._level = min(self._level, self.capacity)
+        self.pause(retry_after_s)
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Follow the service's `inin-ratelimit-*` headers when they say less than we think.

@@ -9,6 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processor.budget import (
+    BURST_RECOVERY_S,
+    MIN_BURST_S,
     OVERHEAD_HALF_LIFE_S,
     OVERHEAD_MAX,
     OVERHEAD_PRIOR,
@@ -79,6 +81,33 @@ def test_retry_after_pauses_and_restarts_from_empty() -> None:
     assert budget.level() == pytest.approx(0)  # no burst built up during the pause
     clock.now += 0.1
     assert budget.level() == pytest.approx(1)
+
+
+def test_a_429_halves_the_burst_which_grows_back_with_quiet_minutes() -> None:
+    clock = Monotonic()
+    budget = ApiBudget(300, burst_s=3.0, monotonic=clock)  # 5/s, 15 at once
+    clock.now += 10
+    assert budget.level() == pytest.approx(15)
+    budget.throttled(1.0)
+    assert budget.paused_for() == pytest.approx(1.0)
+    assert budget.burst_s == pytest.approx(1.5)
+    clock.now += 10
+    assert budget.level() == pytest.approx(7.5)  # a full bucket is half what it was
+    budget.throttled(1.0)
+    budget.throttled(1.0)  # within the pause: an answer to a call sent with the first
+    assert budget.burst_s == pytest.approx(0.75)
+    for _ in range(5):
+        clock.now += 2
+        budget.throttled(1.0)
+    assert budget.burst_s == pytest.approx(MIN_BURST_S)
+    assert budget.capacity == pytest.approx(2)  # still the dearest call
+    clock.now += WINDOW_S - 1
+    assert budget.burst_s == pytest.approx(MIN_BURST_S)  # not a quiet minute yet
+    clock.now += 1
+    assert budget.burst_s == pytest.approx(MIN_BURST_S + BURST_RECOVERY_S)
+    clock.now += 10 * WINDOW_S
+    assert budget.burst_s == pytest.approx(3.0)  # never beyond the configured burst
+    assert budget.level() == pytest.approx(15)
 
 
 def test_window_headers_cap_spending_to_this_replicas_part_of_what_is_left() -> None:

@@ -457,6 +457,7 @@ async def test_429_pauses_the_budget_for_retry_after_and_ends_the_call(
         assert (await sink.apply(session_id, indicator(1))).ok  # ETags cached
     emulator.set_faults(rate_limit_per_minute=60, rate_limit_burst=1)
     assert (await sink.apply("s1", indicator(2))).ok  # the server's burst is spent
+    burst_s = sink.budget.burst_s
     throttled = await sink.apply("s1", indicator(3))
     assert (throttled.outcome, throttled.http_status, throttled.attempts) == (
         Outcome.RATE_LIMITED,
@@ -465,6 +466,7 @@ async def test_429_pauses_the_budget_for_retry_after_and_ends_the_call(
     )
     assert not throttled.ambiguous  # a 429 changed nothing
     assert sink.budget.paused_for() > 0
+    assert sink.budget.burst_s == pytest.approx(burst_s / 2)  # its bucket is smaller
     # During the pause nothing goes out: what to send then is decided when it ends.
     held = await sink.apply("s2", indicator(2))
     assert (held.outcome, held.attempts) == (Outcome.RATE_LIMITED, 0)

@@ -519,7 +519,7 @@ class GenesysSink:
                         # The budget waits, not this call: what to send after the pause is
                         # decided then, from the state at that moment.
                         pause = _retry_after_s(sent.response, self._clock)
-                        self._budget.pause(pause)
+                        self._budget.throttled(pause)
                         log.warning("429 from Genesys: pausing all calls for %.1f s", pause)
                         return ledger.result(
                             Outcome.RATE_LIMITED, error=f"429; retry after {pause:.1f} s"
