@@ -101,6 +101,8 @@ async def test_a_short_demo_runs_and_reports_every_measure(targets: str) -> None
     measures = list(table.columns[0].cells)
     assert "fidelity (shown / bound)" in measures
     assert "fidelity ceiling under I2 (refreshes paid)" in measures
+    assert "fidelity under I2 (shown / ceiling)" in measures
+    assert result.fidelity_of_ceiling == pytest.approx(result.fidelity / result.ceiling_fidelity)
     assert ("missed typing time (messaging)" in measures) == (targets == "mixed")
 
 

@@ -112,6 +112,11 @@ class DemoResult:
         return fidelity(self.ceiling_ms, self.bound_ms)
 
     @property
+    def fidelity_of_ceiling(self) -> float:
+        """Typing shown as a share of what any scheduler that keeps I2 could show."""
+        return fidelity(self.accuracy.shown_truth_ms, self.ceiling_ms)
+
+    @property
     def api_calls(self) -> int:
         """Every Genesys API call the run made (token requests aside)."""
         return sum(

@@ -8,6 +8,7 @@ the longest bursts that many calls pay for. Fidelity = typing shown / that bound
 The bound pays no refresh, which I2 requires while typing outlasts what one call shows; the
 ceiling is the same bound with each burst at the calls it needs to stay shown (even for a
 scheduler that knew the future), as a share of the bound: the most fidelity reachable.
+Typing shown as a share of that ceiling says how close the run came to it.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def summary_table(result: DemoResult) -> Table:
         ("budget bound (typing showable)", f"{result.bound_ms / 1000:,.1f} s"),
         ("fidelity (shown / bound)", f"{result.fidelity:.2f}"),
         ("fidelity ceiling under I2 (refreshes paid)", f"{result.ceiling_fidelity:.2f}"),
+        ("fidelity under I2 (shown / ceiling)", f"{result.fidelity_of_ceiling:.2f}"),
     ]
     for name, value in rows:
         table.add_row(name, value)
