@@ -2,7 +2,10 @@
 planner and the API budget as shipped, on a simulated clock, against a simulated Genesys
 that applies each call after 15-40 ms per request. A share of PATCHes (`--conflicts`, 2% by
 default, as the demo) is answered 412: the sink's re-read and retry go out at once, unplanned,
-into the budget's debt, as they do against Genesys. Nothing fails otherwise.
+into the budget's debt, as they do against Genesys. A share of requests (`--errors`, none by
+default) is answered 5xx: the sink retries after its jittered backoff, unplanned too; the
+last of its attempts is let through (a call failing every attempt, `errors` cubed, is not
+simulated).
 
 For each traffic model it prints, averaged over seeds: the fidelity of the planner as
 shipped; the same planner with every participant weighed alike (no learned burst
@@ -15,6 +18,7 @@ much is left to gain, and what a fidelity target can ask.
     python bench/bench_scheduling.py                      # 200 sessions, 60 s, 300/min
     python bench/bench_scheduling.py --sessions 150 --seeds 1,2,3,4,5
     python bench/bench_scheduling.py --sessions 150 --conflicts 0.1
+    python bench/bench_scheduling.py --sessions 150 --errors 0.05
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import statistics
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from rich.console import Console
 from rich.table import Table
@@ -47,6 +51,8 @@ from processor.intervals import Interval
 from processor.loadgen import TYPIST_MIXES, LoadProfile, TrafficModel, expected_intervals
 from processor.planner import Capacity, Planner, PlannerConfig
 from processor.settings import TypingSettings
+from processor.sink.backoff import Backoff
+from processor.sink.config import SinkConfig
 from processor.state import EngineConfig, PartitionStore, Work, WorkKind
 from processor.state.session import Session
 
@@ -54,6 +60,8 @@ T0 = 1_700_000_000_000
 STEP_MS = 5
 MAX_IN_FLIGHT = 32
 SET_SLOTS = 24  # as the reconciler keeps a quarter of its slots for clears
+SINK = {f.name: f.default for f in fields(SinkConfig)}
+"""The sink's defaults: how often it retries a 412 and a 5xx, and its backoff."""
 DRAIN_MS = 25_000  # after the traffic: every indicator settles
 
 # the traffic models (sessions, duration and seed are set per run)
@@ -123,6 +131,7 @@ def simulate(
     rate: int,
     partitions: int = 4,
     conflict_rate: float = 0.0,
+    error_rate: float = 0.0,
 ) -> Figures:
     """One run: the traffic model's events into the stores, the planner spending the budget."""
     typing = TypingSettings()
@@ -140,6 +149,7 @@ def simulate(
     else:
         chooser = Planner(PlannerConfig(weigh_typists=planner == "shipped"))
     rng = random.Random(seed)
+    backoff = Backoff(SINK["backoff_base_s"], SINK["backoff_cap_s"], rng)
     # delivered a few ms after they happen, as a consumer sees them
     arrivals = sorted((e.occurred_at + rng.randint(2, 10), n, e) for n, e in enumerate(events))
     etags: set[str] = set()
@@ -201,14 +211,22 @@ def simulate(
             requests = pick.cost
             if taken.kind is not WorkKind.RESOLVE:
                 # a 412: the sink re-reads and retries at once, beyond what was prepaid
-                # (twice at most, as `SinkConfig.max_conflict_attempts`)
-                for _ in range(2):
+                for _ in range(SINK["max_conflict_attempts"] - 1):
                     if rng.random() >= conflict_rate:
                         break
                     budget.spend(2, planned=False)
                     spent += 2
                     requests += 2
-            latency = sum(rng.uniform(15, 40) for _ in range(requests))
+            waited_ms = 0.0
+            for retry in range(SINK["max_transient_attempts"] - 1):
+                if rng.random() >= error_rate:
+                    break
+                # a 5xx: the same request again after the backoff (spent when it goes)
+                waited_ms += 1000 * backoff.delay(retry)
+                budget.spend(1, planned=False)
+                spent += 1
+                requests += 1
+            latency = waited_ms + sum(rng.uniform(15, 40) for _ in range(requests))
             if taken.kind in (WorkKind.SET, WorkKind.REFRESH):
                 sets_flying += 1
             heapq.heappush(calls, _Call(now + int(latency), next(seq), taken, pick.store, latency))
@@ -232,9 +250,14 @@ def simulate(
     )
 
 
-def _run(job: tuple[str, str, int, float, int, int, float]) -> tuple[str, str, Figures]:
-    traffic, planner, sessions, duration, seed, rate, conflicts = job
-    figures = simulate(traffic, planner, sessions, duration, seed, rate, conflict_rate=conflicts)
+def _run(
+    job: tuple[str, str, int, float, int, int, float, float],
+) -> tuple[str, str, Figures]:
+    traffic, planner, sessions, duration, seed, rate, conflicts, errors = job
+    figures = simulate(
+        traffic, planner, sessions, duration, seed, rate,
+        conflict_rate=conflicts, error_rate=errors,
+    )  # fmt: skip
     return traffic, planner, figures
 
 
@@ -252,10 +275,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=0.02,
         help="share of PATCHes answered 412 (re-read and retried at once); default: 0.02",
     )
+    parser.add_argument(
+        "--errors",
+        type=float,
+        default=0.0,
+        help="share of requests answered 5xx (retried after a backoff); default: 0",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="processes; default: 2")
     args = parser.parse_args(argv)
+    load = (args.conflicts, args.errors)
     jobs = [
-        (traffic, planner, args.sessions, args.duration, seed, args.rate, args.conflicts)
+        (traffic, planner, args.sessions, args.duration, seed, args.rate, *load)
         for traffic in TRAFFIC
         for planner in PLANNERS
         for seed in args.seeds
@@ -264,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         results = list(pool.map(_run, jobs))
     table = Table(
         title=f"fidelity under quota, simulated: {args.sessions} sessions, {args.duration:.0f} s,"
-        f" {args.rate}/min, {args.conflicts:.0%} conflicts, mean of seeds"
+        f" {args.rate}/min, {args.conflicts:.0%} conflicts, {args.errors:.0%} 5xx, mean of seeds"
         f" {','.join(map(str, args.seeds))}"
     )
     columns = ("ceiling under I2", "phantom (shipped)", "clear lag p99 (worst seed)")
