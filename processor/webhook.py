@@ -64,16 +64,16 @@ class WebhookCounters:
 
 
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Keeps the worker's set of assigned partitions current."""
+    """Notes when the worker has joined the group (its first assignment, even empty)."""
 
-    def __init__(self, assigned: set[TopicPartition]) -> None:
-        self._assigned = assigned
+    def __init__(self) -> None:
+        self.joined = False
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self._assigned.difference_update(revoked)
+        """Partitions go and come back within the same membership: nothing to note."""
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self._assigned.update(assigned)
+        self.joined = True  # even with no partition: more workers than partitions
 
 
 class CrmWebhookWorker:
@@ -100,20 +100,26 @@ class CrmWebhookWorker:
         self._clock = clock or SystemClock()  # dead letters' timestamps
         self.counters = WebhookCounters()
         self._consumer: AIOKafkaConsumer | None = None
-        self._assigned: set[TopicPartition] = set()
+        self._assignment: _Assignment | None = None
         self._broker = BrokerCheck()
 
     @property
     def ready(self) -> bool:
-        """Consuming: the group has assigned this worker partitions of the CRM topic."""
-        return self._consumer is not None and bool(self._assigned)
+        """Consuming: the worker is a member of the group, with whatever partitions of the
+        CRM topic it was given (none when there are more workers than partitions: an idle
+        worker is ready, so that a rollout's extra pod never stalls it)."""
+        return (
+            self._consumer is not None
+            and self._assignment is not None
+            and (self._assignment.joined)
+        )
 
     async def readiness(self) -> str | None:
         """Why the worker is not ready (for `/readyz`), or None when it is."""
         if self._consumer is None:
             return "worker not running"
-        if not self._assigned:
-            return f"no partition of {self._typing.crm_topic} assigned"
+        if self._assignment is None or not self._assignment.joined:
+            return f"not yet a member of the group consuming {self._typing.crm_topic}"
         if not await self._broker.reachable(self._consumer):
             return "Kafka cluster unreachable"
         return None
@@ -149,7 +155,8 @@ class CrmWebhookWorker:
         try:
             await consumer.start()
             await dead_letters.start()
-            consumer.subscribe([self._typing.crm_topic], listener=_Assignment(self._assigned))
+            self._assignment = _Assignment()
+            consumer.subscribe([self._typing.crm_topic], listener=self._assignment)
             self._consumer = consumer
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=500, max_records=500)
@@ -163,7 +170,7 @@ class CrmWebhookWorker:
                     await consumer.commit(offsets)
         finally:
             self._consumer = None
-            self._assigned.clear()
+            self._assignment = None
             await consumer.stop()
             await dead_letters.stop()
 

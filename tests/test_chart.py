@@ -156,11 +156,30 @@ def test_name_overrides(chart: helm.Chart) -> None:
 
 def test_every_object_carries_the_standard_labels(rendered: dict[str, list[Manifest]]) -> None:
     for objects in rendered.values():
-        for obj in objects:
+        pods = [d["spec"]["template"] for d in of_kind(objects, "Deployment")]
+        for obj in [*objects, *pods]:
             labels = obj["metadata"]["labels"]
             assert labels["helm.sh/chart"] == "genesys-typing-processor-0.2.0"
             for key in ("name", "instance", "version", "managed-by", "part-of"):
-                assert labels[f"app.kubernetes.io/{key}"], (obj["kind"], key)
+                assert labels[f"app.kubernetes.io/{key}"], (obj.get("kind", "pod"), key)
+
+
+def test_pods_carry_common_labels_and_pod_labels_but_keep_their_selector(
+    chart: helm.Chart,
+) -> None:
+    values = {
+        "commonLabels": {"team": "contact-centre"},
+        "podLabels": {"cost-centre": "cc-42", "app.kubernetes.io/component": "mine"},
+        "crmWebhook": {"enabled": True, "url": "https://crm.example.com/hooks/typing"},
+    }
+    objects = render(chart, values)
+    for component in ("processor", "crm-webhook"):
+        deployment = one(objects, "Deployment", component)
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert (labels["team"], labels["cost-centre"]) == ("contact-centre", "cc-42")
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector["app.kubernetes.io/component"] == component
+        assert selector.items() <= labels.items()  # the Deployment still owns its pods
 
 
 @pytest.mark.parametrize("case", [*CI_VALUES, "production-long-name"])
@@ -376,6 +395,29 @@ def test_keda_scales_on_the_consumer_group_without_more_calls(
     assert refs["ca"] == {"parameter": "ca", "name": "kafka-ca", "key": "ca.crt"}
     # the budget is the OAuth client's, whatever the replica count
     assert config["TYPING_API_RATE_PER_MINUTE"] == "300"
+
+
+def test_keda_never_scales_below_one_replica(chart: helm.Chart) -> None:
+    # clears of shown indicators must go out even when no input lags
+    objects = render(chart, {"keda": {"enabled": True}, "replicaCount": 0})
+    assert one(objects, "ScaledObject")["spec"]["minReplicaCount"] == 1
+
+
+def test_webhook_reads_the_sasl_user_from_the_existing_secret(chart: helm.Chart) -> None:
+    values = {
+        "kafka": {"securityProtocol": "SASL_SSL", "saslMechanism": "PLAIN", "saslUsername": ""},
+        "secrets": {"existingSecret": "kafka-and-genesys"},
+        "crmWebhook": {"enabled": True, "url": "https://crm.example.com/hooks/typing"},
+    }
+    objects = render(chart, values)
+    (container,) = one(objects, "Deployment", "crm-webhook")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    env = {e["name"]: e for e in container["env"]}
+    for name in ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"):
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == ("kafka-and-genesys", name)
+    assert "KAFKA_SASL_USERNAME" not in settings(objects)
 
 
 def test_keda_refuses_more_replicas_than_input_partitions(chart: helm.Chart) -> None:

@@ -14,6 +14,7 @@ import httpx
 import orjson
 import pytest
 import uvicorn
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pipeline import Producer, RunProcess, announced_port, eventually, read_topic
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -192,6 +193,32 @@ async def test_worker_is_not_ready_before_it_runs() -> None:
     worker = CrmWebhookWorker(KafkaSettings(), TypingSettings(), WebhookConfig(url="http://crm"))
     assert not worker.ready
     assert await worker.readiness() == "worker not running"
+
+
+async def test_a_worker_left_without_a_partition_is_ready(
+    bootstrap_servers: str, receiver: tuple[Receiver, str]
+) -> None:
+    """More workers than CRM partitions (a rollout's extra pod): the idle one is ready too,
+    or the rollout would wait for a partition no rebalance gives it."""
+    _, url = receiver
+    topic = f"hook-idle-{uuid.uuid4().hex[:8]}.crm"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    finally:
+        await admin.close()
+    typing = TypingSettings(group_id=f"{topic}-group", crm_topic=topic)
+    kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
+    workers = [CrmWebhookWorker(kafka, typing, WebhookConfig(url=url)) for _ in range(2)]
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(worker.run(stop)) for worker in workers]
+    try:
+        await eventually(lambda: all(w.ready for w in workers), 60, "both workers ready")
+        assert [await w.readiness() for w in workers] == [None, None]
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
 
 
 async def test_worker_process_serves_probes_and_metrics(

@@ -63,6 +63,14 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* A component's pod labels: every object's labels (commonLabels too, for policy engines
+and cost allocation), then podLabels; the selector's keys always win. */}}
+{{- define "gtp.podLabels" -}}
+{{- $labels := fromYaml (include "gtp.componentLabels" .) -}}
+{{- $labels = merge (fromYaml (include "gtp.selector" .)) (.ctx.Values.podLabels | default dict) $labels -}}
+{{- toYaml $labels -}}
+{{- end -}}
+
 {{- define "gtp.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "gtp.fullname" .) .Values.serviceAccount.name -}}
