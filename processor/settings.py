@@ -7,11 +7,20 @@ Three groups keep the documented names: `KAFKA_*`, `GENESYSCLOUD_*` and `TYPING_
 from __future__ import annotations
 
 import re
+import ssl
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from processor.domain import Role, Status
@@ -116,15 +125,40 @@ class KafkaSettings(BaseSettings):
     enable_idempotence: bool = False
     client_id: str = "genesys-typing-processor"
 
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _check_bootstrap_servers(cls, value: str) -> str:
+        for server in value.split(","):
+            host, port = _host_and_port(server.strip())
+            if not host:
+                raise ValueError(f"{server.strip()!r} is not host[:port]")
+            if port is not None and not (port.isdigit() and 1 <= int(port) <= 65_535):
+                raise ValueError(f"{server.strip()!r}: port must be a number in 1..65535")
+        return value
+
     @model_validator(mode="after")
     def _check_sasl(self) -> Self:
         if self.security_protocol in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL):
             for name in ("sasl_mechanism", "sasl_username", "sasl_password"):
                 if getattr(self, name) is None:
                     raise ValueError(f"{name}: required when KAFKA_SECURITY_PROTOCOL is SASL")
-        if self.ssl_cafile is not None and not self.ssl_cafile.is_file():
-            raise ValueError(f"ssl_cafile: no such file {self.ssl_cafile}")
+        if self.ssl_cafile is not None:
+            if not self.ssl_cafile.is_file():
+                raise ValueError(f"ssl_cafile: no such file {self.ssl_cafile}")
+            try:
+                ssl.create_default_context(cafile=str(self.ssl_cafile))
+            except ssl.SSLError:
+                raise ValueError(f"ssl_cafile: {self.ssl_cafile} is no PEM CA bundle") from None
         return self
+
+
+def _host_and_port(server: str) -> tuple[str, str | None]:
+    """`host[:port]` or `[ipv6][:port]` split (port None when absent)."""
+    if server.startswith("["):
+        host, _, rest = server[1:].partition("]")
+        return host, rest.removeprefix(":") if rest else None
+    host, colon, port = server.rpartition(":")
+    return (host, port) if colon else (server, None)
 
 
 class GenesysSettings(BaseSettings):
@@ -206,6 +240,27 @@ class TypingSettings(BaseSettings):
         """`<group>-state-changelog` unless set explicitly."""
         return self.changelog_topic or f"{self.group_id}-state-changelog"
 
+    @field_validator("audit_log_file", mode="before")
+    @classmethod
+    def _empty_audit_log_file_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _check_topics_and_files(self) -> Self:
+        # A topic used twice mixes records of two kinds; the DLQ (or any output) on the
+        # input feeds every dead letter back in as bad input, without end.
+        seen: dict[str, str] = {}
+        for name in ("input_topic", "crm_topic", "audit_topic", "dlq_topic", "changelog_topic"):
+            topic = (
+                self.resolved_changelog_topic if name == "changelog_topic" else getattr(self, name)
+            )
+            if topic in seen:
+                raise ValueError(f"{name}: same topic as TYPING_{seen[topic].upper()} ({topic})")
+            seen[topic] = name
+        if self.audit_log_file is not None and self.audit_log_file.is_dir():
+            raise ValueError(f"audit_log_file: {self.audit_log_file} is a directory")
+        return self
+
 
 _GROUPS: tuple[tuple[str, type[BaseSettings]], ...] = (
     ("KAFKA_", KafkaSettings),
@@ -223,7 +278,7 @@ def _one_line(prefix: str, exc: ValidationError) -> str:
         head, _, msg = msg.partition(": ")
         loc = [head]
     variable = prefix + (loc[0].upper() if loc else "?")
-    if error["type"] == "missing":
+    if error["type"] == "missing" and len(loc) == 1:  # a key inside JSON is "invalid"
         return f"{variable} is not set (required)"
     inner = ".".join(loc[1:])
     return f"{variable} is invalid: {inner + ': ' if inner else ''}{msg}"

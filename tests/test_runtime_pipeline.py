@@ -21,6 +21,7 @@ from pipeline import (
 )
 
 from processor.emulator.testing import EmulatorHandle
+from processor.settings import ConfigError
 
 
 @pytest.fixture
@@ -182,6 +183,17 @@ async def test_crm_records_match_applied_changes_one_to_one(
         assert record["event"] == "typing_indicator_update"
         assert record["reason"] in {"event", "stopped", "expired"}
     assert len({r["event_id"] for r in records}) == len(records)
+
+
+async def test_an_audit_file_that_cannot_be_written_stops_start_up(
+    bootstrap_servers: str, emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    """No restart makes it writable: one configuration error, not a restart loop."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"")
+    settings = make_settings(bootstrap_servers, emulator, audit_log_file=blocker / "audit.jsonl")
+    with pytest.raises(ConfigError, match=r"^TYPING_AUDIT_LOG_FILE is invalid: cannot write"):
+        await start_in_process(settings)
 
 
 async def test_audit_file_holds_the_audit_topic_as_json_lines(

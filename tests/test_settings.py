@@ -90,6 +90,13 @@ def test_timeout_matrix_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
         ("KAFKA_SECURITY_PROTOCOL", "CARRIER_PIGEON", load_kafka),
         ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL", load_kafka),
         ("KAFKA_SSL_CAFILE", "/definitely/missing.pem", load_kafka),
+        ("KAFKA_SSL_CAFILE", __file__, load_kafka),  # a file, but no CA bundle
+        ("KAFKA_BOOTSTRAP_SERVERS", "localhost:abc", load_kafka),
+        ("KAFKA_BOOTSTRAP_SERVERS", "localhost:99999", load_kafka),
+        ("KAFKA_BOOTSTRAP_SERVERS", "a:9092,,b:9092", load_kafka),
+        ("TYPING_DLQ_TOPIC", "genesys.typing.events", load_typing),
+        ("TYPING_CHANGELOG_TOPIC", "genesys.typing.audit", load_typing),
+        ("TYPING_AUDIT_LOG_FILE", "/", load_typing),
     ],
 )
 def test_bad_value_names_the_variable(
@@ -110,6 +117,38 @@ def test_missing_required_names_the_variable(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delenv("GENESYSCLOUD_OAUTHCLIENT_SECRET")
     with pytest.raises(ConfigError, match=r"^GENESYSCLOUD_OAUTHCLIENT_SECRET is not set"):
         load_genesys()
+
+
+def test_a_key_missing_inside_a_json_setting_is_invalid_not_unset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TYPING_TIMEOUT_MATRIX", '{"typing": {"customer": 1000}}')
+    with pytest.raises(ConfigError) as caught:
+        load_typing()
+    assert str(caught.value) == "TYPING_TIMEOUT_MATRIX is invalid: typing.agent: Field required"
+
+
+@pytest.mark.parametrize("servers", ["broker", "a:9092,b:19092", "[::1]:9092", "10.0.0.1:9092"])
+def test_bootstrap_servers_take_hosts_with_or_without_ports(
+    monkeypatch: pytest.MonkeyPatch, servers: str
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", servers)
+    assert load_kafka().bootstrap_servers == servers
+
+
+def test_a_topic_named_twice_is_refused_with_both_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TYPING_INPUT_TOPIC", "loop")
+    monkeypatch.setenv("TYPING_DLQ_TOPIC", "loop")
+    with pytest.raises(ConfigError) as caught:
+        load_typing()
+    assert str(caught.value) == (
+        "TYPING_DLQ_TOPIC is invalid: same topic as TYPING_INPUT_TOPIC (loop)"
+    )
+
+
+def test_an_empty_audit_log_file_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TYPING_AUDIT_LOG_FILE", "")
+    assert load_typing().audit_log_file is None
 
 
 def test_secret_never_in_repr_or_errors(monkeypatch: pytest.MonkeyPatch) -> None:

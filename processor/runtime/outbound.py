@@ -15,7 +15,7 @@ from typing import IO, Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
-from processor.settings import KafkaSettings, TypingSettings
+from processor.settings import ConfigError, KafkaSettings, TypingSettings
 
 from .kafka import client_options
 
@@ -55,8 +55,15 @@ class Outbound:
         await self._producer.start()
         path: Path | None = self.typing.audit_log_file
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._audit_file = path.open("ab")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._audit_file = path.open("ab")
+            except OSError as exc:
+                # no restart makes a missing volume or a read-only path writable
+                await self._producer.stop()
+                raise ConfigError(
+                    f"TYPING_AUDIT_LOG_FILE is invalid: cannot write {path} ({exc.strerror})"
+                ) from None
 
     async def stop(self) -> None:
         """Flush and close."""
