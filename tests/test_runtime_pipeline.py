@@ -9,6 +9,10 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.producer import message_accumulator
+from aiokafka.producer import producer as producer_module
+from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from pipeline import (
     InProcess,
     Producer,
@@ -138,6 +142,115 @@ async def test_malformed_input_goes_to_the_dlq_and_processing_goes_on(
     assert base64.b64decode(letter["value_b64"]) == b"{this is not json"
     assert base64.b64decode(letter["key_b64"]) == b"s-after-bad"
     assert letter["topic"] == running.settings.typing.input_topic
+
+
+class _NotUtf8(str):
+    """A header key that encodes to bytes no UTF-8 decoder accepts."""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return b"\xff\xfe"
+
+
+async def test_a_record_the_client_cannot_decode_is_dead_lettered_and_passed(
+    emulator: EmulatorHandle,
+    running: InProcess,
+    bootstrap_servers: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A header key that is not UTF-8 makes the Kafka client raise inside the fetch, at
+    every fetch and after every restart: the record goes to the DLQ by its position, the
+    records around it are processed, and the processor goes on."""
+    # the pure-Python batch builder encodes header keys with `str.encode`, which lets a
+    # test write the bytes a foreign producer could
+    for module in (message_accumulator, producer_module):
+        monkeypatch.setattr(module, "DefaultRecordBatchBuilder", _DefaultRecordBatchBuilderPy)
+    emulator.create_session("s-poison")
+    topic = running.settings.typing.input_topic
+    sender = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
+    await sender.start()
+    try:
+        before = await sender.send_and_wait(
+            topic, orjson.dumps(typing_event("s-poison", timeout_ms=20_000)), key=b"s-poison"
+        )
+        poison = await sender.send_and_wait(
+            topic,
+            orjson.dumps(typing_event("s-poison", timeout_ms=20_000)),
+            key=b"s-poison",
+            headers=[(_NotUtf8("trace"), b"x")],
+        )
+        await sender.send_and_wait(
+            topic, orjson.dumps(typing_event("s-poison", "stopped")), key=b"s-poison"
+        )
+    finally:
+        await sender.stop()
+    assert poison.partition == before.partition
+    await eventually(
+        lambda: len(emulator.history("s-poison")) == 2 and indicator(emulator, "s-poison") is None,
+        20,
+        "the typing before the poison set and the stop after it cleared",
+    )
+    letters = await read_json(bootstrap_servers, running.settings.typing.dlq_topic)
+    assert [(x["reason"], x["partition"], x["offset"]) for x in letters] == [
+        ("undecodable_record", poison.partition, poison.offset)
+    ]
+    assert letters[0]["value_b64"] is None
+    assert not running.task.done()
+
+
+async def test_a_backlog_with_an_undecodable_record_loses_none_of_the_others(
+    emulator: EmulatorHandle, bootstrap_servers: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written before the processor starts, the backlog comes in one fetch, across
+    partitions: the failed fetch drops what it had read of the others, which the processor
+    must fetch again, not skip. The client reads a record batch in one go, so the records
+    after the culprit in its batch are unreadable too: each is dead-lettered by its
+    position, and every other record is processed."""
+    for module in (message_accumulator, producer_module):
+        monkeypatch.setattr(module, "DefaultRecordBatchBuilder", _DefaultRecordBatchBuilderPy)
+    settings = make_settings(bootstrap_servers, emulator)
+    sessions = [f"s-backlog-{i}" for i in range(24)]
+    poisoned = sessions[len(sessions) // 2]
+    sender = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=50)
+    await sender.start()
+    try:
+        sent = []
+        for session_id in sessions:
+            emulator.create_session(session_id)
+            event = orjson.dumps(typing_event(session_id, timeout_ms=30_000))
+            headers = [(_NotUtf8("trace"), b"x")] if session_id == poisoned else []
+            sent.append(
+                await sender.send(
+                    settings.typing.input_topic, event, key=session_id.encode(), headers=headers
+                )
+            )
+        await sender.flush()
+    finally:
+        await sender.stop()
+    where = {
+        s: (f.result().partition, f.result().offset) for s, f in zip(sessions, sent, strict=True)
+    }
+    stack = await start_in_process(settings)
+    try:
+
+        async def accounted() -> bool:
+            letters = await read_json(bootstrap_servers, settings.typing.dlq_topic)
+            lettered = {(x["partition"], x["offset"]) for x in letters}
+            return all(
+                (indicator(emulator, s) is not None) != (where[s] in lettered) for s in sessions
+            )
+
+        await eventually(accounted, 30, "every record shown or dead-lettered, not both")
+        letters = await read_json(bootstrap_servers, settings.typing.dlq_topic)
+        assert {x["reason"] for x in letters} == {"undecodable_record"}
+        assert where[poisoned] in {(x["partition"], x["offset"]) for x in letters}
+        # only the culprit and what follows it in its partition's batch
+        assert all(
+            x["partition"] == where[poisoned][0] and x["offset"] >= where[poisoned][1]
+            for x in letters
+        )
+        assert len(letters) < len(sessions) // 2
+    finally:
+        await stack.close()
 
 
 async def test_crm_records_match_applied_changes_one_to_one(

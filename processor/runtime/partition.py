@@ -58,6 +58,13 @@ class _Records:
 
 
 @dataclass(frozen=True, slots=True)
+class _Undecodable:
+    record: ConsumerRecord[bytes, bytes]
+    """Only where it is: the client could not read what it holds."""
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Result:
     work: Work
     result: SinkResult
@@ -74,7 +81,7 @@ class _Stop:
     pass
 
 
-_Item = _Records | _Result | _Wake | _Stop
+_Item = _Records | _Undecodable | _Result | _Wake | _Stop
 
 # Decisions that mean a change reached Genesys (end-to-end latency is measured for them).
 _APPLIED = frozenset({Decision.APPLIED, Decision.CLEARED, Decision.EXPIRED})
@@ -137,6 +144,8 @@ class PartitionWorker:
         self.committable: int | None = None
         # offset of the first record received before any was processed (for the lag gauge)
         self.first_offset: int | None = None
+        # offset after the last record queued: where a consumer that lost its place resumes
+        self.submitted: int | None = None
         self.failed: BaseException | None = None
         # Offset after the last record processed, and acks not yet part of a flush.
         self._processed: int | None = None
@@ -191,9 +200,23 @@ class PartitionWorker:
 
     def submit(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Queue input records (in offset order) for processing."""
-        if self.first_offset is None and records:
+        if not records:
+            return
+        if self.first_offset is None:
             self.first_offset = records[0].offset
+        self.submitted = records[-1].offset + 1
         self._queue.put_nowait(_Records(records))
+
+    def submit_undecodable(self, topic: str, offset: int, detail: str) -> None:
+        """Queue a dead letter for the record at `offset` that the Kafka client could not
+        decode (a header key not in UTF-8): its bytes stay on `topic` at that position."""
+        record: ConsumerRecord[bytes, bytes] = ConsumerRecord(
+            topic, self.partition, offset, -1, 0, None, None, None, -1, -1, ()
+        )
+        if self.first_offset is None:
+            self.first_offset = offset
+        self.submitted = offset + 1
+        self._queue.put_nowait(_Undecodable(record, detail))
 
     def launch(self, work: Work, prepaid: int) -> None:
         """Send `work` (taken from this store by the scheduler) once its intent is on the
@@ -271,6 +294,13 @@ class PartitionWorker:
             for record in item.records:
                 self._process(record, batch)
                 self._processed = record.offset + 1
+        elif isinstance(item, _Undecodable):
+            record = item.record
+            letter = dead_letter_of(
+                record, DlqReason.UNDECODABLE_RECORD, item.detail, self._clock.now_ms()
+            )
+            self._dead_letter(record, letter, batch, time.time_ns())
+            self._processed = record.offset + 1
         elif isinstance(item, _Result):
             self.store.on_result(item.work, item.result)
             turn_span = item.span
