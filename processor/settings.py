@@ -11,7 +11,9 @@ import ssl
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Self
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+import httpx
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -29,6 +31,9 @@ from processor.models import MAX_TIMEOUT_MS, MIN_TIMEOUT_MS, TypingEvent
 TimeoutMs = Annotated[int, Field(ge=MIN_TIMEOUT_MS, le=MAX_TIMEOUT_MS)]
 
 # Region names and bare domains both map to the Genesys Cloud domain of that region.
+_MASK = "**********"
+"""What `config` shows in place of a secret."""
+
 REGION_DOMAINS: dict[str, str] = {
     "us-east-1": "mypurecloud.com",
     "us-east-2": "use2.us-gov-pure.cloud",
@@ -152,6 +157,33 @@ class KafkaSettings(BaseSettings):
         return self
 
 
+def http_url_problem(url: str) -> str | None:
+    """Why `url` is no usable http(s) URL (scheme, host, port), or None when it is."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "not a valid URL"
+    if parsed.scheme not in ("http", "https"):
+        return "must be an http(s) URL"
+    host = parsed.host
+    if not host or "%" in host:  # empty, or a space or such escaped into it
+        return "has no valid host"
+    if parsed.port is not None and not 1 <= parsed.port <= 65_535:
+        return "port must be in 1..65535"
+    return None
+
+
+def redacted_url(url: str) -> str:
+    """`url` with a password and query values masked (a webhook URL may carry a
+    credential in either)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:{_MASK}@{netloc.rpartition('@')[2]}"
+    query = "&".join(f"{key}={_MASK}" for key, _ in parse_qsl(parts.query, True))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
 def _host_and_port(server: str) -> tuple[str, str | None]:
     """`host[:port]` or `[ipv6][:port]` split (port None when absent)."""
     if server.startswith("["):
@@ -179,8 +211,9 @@ class GenesysSettings(BaseSettings):
     def _check_urls(self) -> Self:
         for name in ("api_url", "login_url"):
             url = getattr(self, name)
-            if url is not None and not url.startswith(("http://", "https://")):
-                raise ValueError(f"{name}: must be an http(s) URL, got {url!r}")
+            problem = None if url is None else http_url_problem(url)
+            if problem is not None:
+                raise ValueError(f"{name}: {problem}, got {url!r}")
         if self.api_url is None or self.login_url is None:
             region_domain(self.region)
         return self
@@ -233,12 +266,20 @@ class TypingSettings(BaseSettings):
     messaging_max_duration_ms: int = Field(5000, ge=1000, le=60_000)
     http_port: int = Field(8080, ge=0, le=65_535)
     log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
-    crm_webhook_url: str | None = Field(None, pattern=r"^https?://")
+    crm_webhook_url: str | None = None
 
     @property
     def resolved_changelog_topic(self) -> str:
         """`<group>-state-changelog` unless set explicitly."""
         return self.changelog_topic or f"{self.group_id}-state-changelog"
+
+    @field_validator("crm_webhook_url")
+    @classmethod
+    def _check_crm_webhook_url(cls, value: str | None) -> str | None:
+        problem = None if value is None else http_url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)  # not the URL itself: it may carry a credential
+        return value
 
     @field_validator("audit_log_file", mode="before")
     @classmethod
@@ -342,7 +383,9 @@ def describe_settings(settings: Settings) -> list[tuple[str, str]]:
         for name in type(group).model_fields:
             value = getattr(group, name)
             if isinstance(value, SecretStr):
-                shown = "**********"
+                shown = _MASK
+            elif name.endswith("url") and value is not None:
+                shown = redacted_url(value)
             elif isinstance(value, BaseModel):
                 shown = value.model_dump_json()
             else:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 import orjson
@@ -45,9 +45,10 @@ _RETRYABLE_4XX = frozenset({408, 425, 429})
 
 @dataclass(frozen=True, slots=True)
 class WebhookConfig:
-    """Where and how patiently to deliver."""
+    """Where and how patiently to deliver (the URL, which may carry a credential, is kept
+    out of `repr`)."""
 
-    url: str
+    url: str = field(repr=False)
     timeout_s: float = 5.0
     max_backoff_s: float = 30.0
 

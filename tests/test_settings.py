@@ -9,7 +9,15 @@ import sys
 import pytest
 
 from processor.domain import Role, Status
-from processor.settings import ConfigError, load_genesys, load_kafka, load_typing
+from processor.settings import (
+    ConfigError,
+    describe_settings,
+    load_genesys,
+    load_kafka,
+    load_settings,
+    load_typing,
+)
+from processor.webhook import WebhookConfig
 
 SECRET = "s3cr3t-value-never-shown"
 
@@ -97,6 +105,12 @@ def test_timeout_matrix_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
         ("TYPING_DLQ_TOPIC", "genesys.typing.events", load_typing),
         ("TYPING_CHANGELOG_TOPIC", "genesys.typing.audit", load_typing),
         ("TYPING_AUDIT_LOG_FILE", "/", load_typing),
+        ("GENESYSCLOUD_API_URL", "https://", load_genesys),
+        ("GENESYSCLOUD_API_URL", "http://exa mple.com", load_genesys),
+        ("GENESYSCLOUD_LOGIN_URL", "http://127.0.0.1:99999", load_genesys),
+        ("GENESYSCLOUD_LOGIN_URL", "http://[::1", load_genesys),
+        ("TYPING_CRM_WEBHOOK_URL", "ftp://crm.example.com/hook", load_typing),
+        ("TYPING_CRM_WEBHOOK_URL", "https://", load_typing),
     ],
 )
 def test_bad_value_names_the_variable(
@@ -187,3 +201,18 @@ def test_cli_config_prints_settings_without_secrets() -> None:
     assert "GENESYSCLOUD_OAUTHCLIENT_SECRET" in result.stdout
     assert "TYPING_GROUP_ID" in result.stdout
     assert SECRET not in result.stdout
+
+
+def test_a_webhook_url_credential_is_masked_and_never_in_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(
+        "TYPING_CRM_WEBHOOK_URL", "https://crm:s3cret@crm.example.com:8443/h?token=t0k"
+    )
+    shown = dict(describe_settings(load_settings()))["TYPING_CRM_WEBHOOK_URL"]
+    assert shown == "https://crm:**********@crm.example.com:8443/h?token=**********"
+    assert "s3cret" not in repr(WebhookConfig(url=load_typing().crm_webhook_url or ""))
+    monkeypatch.setenv("TYPING_CRM_WEBHOOK_URL", "ftp://crm:s3cret@crm.example.com/h")
+    with pytest.raises(ConfigError) as caught:
+        load_typing()
+    assert "s3cret" not in str(caught.value)
