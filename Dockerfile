@@ -11,9 +11,12 @@ ARG PYTHON_IMAGE=python:3.11.13-slim@sha256:9bffe4353b925a1656688797ebc68f9c525e
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
-COPY constraints.txt pyproject.toml README.md /src/
+# the pinned dependencies first: a layer that a change of the code does not rebuild
+COPY constraints.txt /src/
+RUN /opt/venv/bin/pip install --requirement /src/constraints.txt
+COPY pyproject.toml README.md /src/
 COPY processor /src/processor
-RUN /opt/venv/bin/pip install --constraint /src/constraints.txt /src
+RUN /opt/venv/bin/pip install --no-deps --constraint /src/constraints.txt /src
 
 FROM ${PYTHON_IMAGE}
 ARG VERSION=0.1.0
@@ -28,13 +31,15 @@ LABEL org.opencontainers.image.title="genesys-typing-processor" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.base.name="docker.io/library/python:3.11.13-slim"
-RUN useradd --system --uid 10001 --no-create-home processor
+# uid and gid 10001, as the chart's securityContext runs it
+RUN groupadd --system --gid 10001 processor \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home processor
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     TYPING_HTTP_PORT=8080
-USER 10001
+USER 10001:10001
 EXPOSE 8080
 # For docker and compose (Kubernetes uses the chart's probes): /healthz answers while the
 # event loop runs. The slim base has no curl; the standard library does the request.

@@ -420,6 +420,42 @@ def test_webhook_reads_the_sasl_user_from_the_existing_secret(chart: helm.Chart)
     assert "KAFKA_SASL_USERNAME" not in settings(objects)
 
 
+def test_a_webhook_url_with_a_credential_comes_from_the_secret(chart: helm.Chart) -> None:
+    values = {
+        "secrets": {"existingSecret": "typing-credentials"},
+        "crmWebhook": {"enabled": True, "urlSecretKey": "CRM_URL"},
+    }
+    objects = render(chart, values)
+    (container,) = one(objects, "Deployment", "crm-webhook")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    env = {e["name"]: e for e in container["env"]}
+    ref = env["TYPING_CRM_WEBHOOK_URL"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == ("typing-credentials", "CRM_URL")
+    assert "TYPING_CRM_WEBHOOK_URL" not in settings(objects)
+    with pytest.raises(helm.HelmRenderError, match=r"urlSecretKey names a key"):
+        render(
+            chart,
+            {
+                "secrets": {"oauthClientId": "id", "oauthClientSecret": "secret"},
+                "crmWebhook": {"enabled": True, "urlSecretKey": "CRM_URL"},
+            },
+        )
+
+
+def test_notes_never_show_a_credential_in_the_webhook_url(chart: helm.Chart) -> None:
+    url = "https://crm:s3cret@crm.example.com/hooks/typing?token=t0k"
+    text = notes(chart, {"crmWebhook": {"enabled": True, "url": url}})
+    assert "https://crm.example.com/hooks/typing" in text
+    assert "s3cret" not in text
+    assert "t0k" not in text
+
+
+def test_alerts_need_the_service_monitor_whose_job_they_select(chart: helm.Chart) -> None:
+    with pytest.raises(helm.HelmRenderError, match=r"needs serviceMonitor\.enabled"):
+        render(chart, {"prometheusRule": {"enabled": True}})
+
+
 def test_keda_refuses_more_replicas_than_input_partitions(chart: helm.Chart) -> None:
     with pytest.raises(helm.HelmRenderError, match=r"exceeds typing\.topicPartitions"):
         render(chart, {"keda": {"enabled": True, "maxReplicaCount": 7}})
@@ -488,6 +524,16 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         "/typing/commitIntervalMs",
     ),
     "image digest that is no digest": ({"image": {"digest": "latest"}}, "/image/digest"),
+    "misspelt resources": ({"resources": {"limit": {"memory": "1Gi"}}}, "/resources"),
+    # the template sets the handler: a second one would be rejected by the API server
+    "a probe handler of its own": (
+        {"readinessProbe": {"exec": {"command": ["true"]}}},
+        "/readinessProbe",
+    ),
+    "misspelt webhook resources": (
+        {"crmWebhook": {"resources": {"limit": {"memory": "1Gi"}}}},
+        "/crmWebhook/resources",
+    ),
     # a misspelt key would otherwise be ignored in silence, its setting left at the default
     "misspelt top-level key": ({"replicaCout": 3}, ""),
     "misspelt setting": ({"typing": {"suppresionWindowMs": 800}}, "/typing"),
