@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
+import warnings
 from typing import Any
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from pipeline import eventually, make_settings, read_json, typing_event
@@ -234,3 +237,21 @@ async def test_a_fenced_partition_sends_nothing_and_gives_back_what_it_had_taken
         await worker.close(1.0)
         await sink.aclose()
         await outbound.stop()
+
+
+async def test_a_cluster_down_at_start_leaves_no_kafka_client_open(
+    emulator: EmulatorHandle,
+) -> None:
+    """`run` restarts a processor whose cluster is down: each failed start must close the
+    clients it opened, or every restart leaks a producer (and logs that it did)."""
+    settings = make_settings("127.0.0.1:1", emulator)  # nothing listens on port 1
+    async with GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing)) as sink:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            for _ in range(2):
+                processor = TypingProcessor(settings, sink)
+                with pytest.raises(KafkaError):
+                    await processor.run(asyncio.Event())
+                del processor
+                gc.collect()
+    assert [str(w.message) for w in caught if "AIOKafka" in str(w.message)] == []

@@ -203,8 +203,6 @@ class TypingProcessor:
     async def run(self, stop: asyncio.Event) -> None:
         """Process until `stop` is set, then drain, commit and return."""
         self._stopping = False
-        await self.prepare_topics()
-        await self._outbound.start()
         consumer = AIOKafkaConsumer(
             **self._options,
             client_id=f"{self.settings.kafka.client_id}-consumer",
@@ -218,8 +216,17 @@ class TypingProcessor:
             # this bounds how long a new event can sit on the broker before we see it.
             fetch_max_wait_ms=self.settings.typing.fetch_max_wait_ms,
         )
-        self._consumer = consumer
-        await consumer.start()
+        try:
+            await self.prepare_topics()
+            await self._outbound.start()
+            self._consumer = consumer
+            await consumer.start()
+        except BaseException:
+            # a cluster down at start: close what was opened, or every restart leaks it
+            self._consumer = None
+            await consumer.stop()
+            await self._outbound.stop()
+            raise
         self.telemetry.observe(self)
         scheduling = asyncio.create_task(self.scheduler.run(), name="scheduler")
         try:
