@@ -21,18 +21,34 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
     from processor.schemas import check_schemas, write_schemas
 
     directory: Path = args.dir
-    if args.check:
-        problems = check_schemas(directory)
-        if problems:
-            sys.stderr.write("schemas drifted from the models; run `typing-processor schemas`\n")
-            for problem in problems:
-                sys.stderr.write(problem if problem.endswith("\n") else problem + "\n")
-            return 1
-        print(f"schemas in {directory} match the models")
-        return 0
-    for path in write_schemas(directory):
-        print(f"wrote {path}")
+    try:
+        if args.check:
+            problems = check_schemas(directory)
+            if problems:
+                sys.stderr.write(
+                    "schemas drifted from the models; run `typing-processor schemas`\n"
+                )
+                for problem in problems:
+                    sys.stderr.write(problem if problem.endswith("\n") else problem + "\n")
+                return 1
+            print(f"schemas in {directory} match the models")
+            return 0
+        for path in write_schemas(directory):
+            print(f"wrote {path}")
+    except OSError as exc:
+        raise ConfigError(f"--dir {directory} is invalid: {exc.strerror}") from None
     return 0
+
+
+def _port(text: str) -> int:
+    """A TCP port number (0: any free port), for argparse."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65_535:
+        raise argparse.ArgumentTypeError(f"{text!r} is no port number (0..65535)")
+    return port
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -70,7 +86,12 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
         flag = "--" + "-".join(str(part) for part in error["loc"]).replace("_", "-")
         raise ConfigError(f"{flag} is invalid: {error['msg']}") from None
     config = EmulatorConfig.single_client(args.client_id, args.client_secret, faults)
-    run(config, host=args.host, port=args.port, log_level=args.log_level)
+    try:
+        run(config, host=args.host, port=args.port, log_level=args.log_level)
+    except OSError as exc:  # the address is taken, or not this machine's
+        raise ConfigError(
+            f"--host/--port: cannot listen on {args.host}:{args.port} ({exc.strerror})"
+        ) from None
     return 0
 
 
@@ -87,7 +108,7 @@ def _add_emulator_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
         "emulator", help="serve a Genesys Cloud emulator (OAuth, web-chat sessions, faults)"
     )
     emulator.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
-    emulator.add_argument("--port", type=int, default=8787, help="default: 8787")
+    emulator.add_argument("--port", type=_port, default=8787, help="default: 8787")
     emulator.add_argument(
         "--client-id",
         default=os.environ.get("GENESYSCLOUD_OAUTHCLIENT_ID", "local-client"),
@@ -257,7 +278,15 @@ def _cmd_loadgen(args: argparse.Namespace) -> int:
         typist_spread=spread,
         agent_burst_scale=agent_scale,
     )
-    sent = asyncio.run(run_loadgen(load_kafka(), load_typing(), profile, max_rate=args.rate))
+    from aiokafka.errors import KafkaConnectionError
+
+    kafka = load_kafka()
+    try:
+        sent = asyncio.run(run_loadgen(kafka, load_typing(), profile, max_rate=args.rate))
+    except KafkaConnectionError:
+        raise ConfigError(
+            f"KAFKA_BOOTSTRAP_SERVERS is invalid: no broker answers at {kafka.bootstrap_servers}"
+        ) from None
     print(f"sent {sent} events")
     return 0
 

@@ -265,8 +265,8 @@ async def run_loadgen(
     """`typing-processor loadgen`: generate `profile` into the input topic in real time."""
     clock = clock or SystemClock()
     producer = AIOKafkaProducer(**client_options(kafka), linger_ms=5, acks="all")
-    await producer.start()
     try:
+        await producer.start()
         start_ms = clock.now_ms() + 100
         schedule = TrafficModel(profile).schedule(start_ms)
         return await produce(

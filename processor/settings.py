@@ -198,14 +198,22 @@ class GenesysSettings(BaseSettings):
 
     model_config = _settings_config("GENESYSCLOUD_")
 
-    oauthclient_id: str = Field(min_length=1)
-    oauthclient_secret: SecretStr = Field(min_length=1)
+    oauthclient_id: str
+    oauthclient_secret: SecretStr
     region: str = "us-east-1"
     api_url: str | None = None
     login_url: str | None = None
     # Space-separated scopes asked for with each token (least privilege); None = the
     # client's whole grant (no `scope` sent).
     oauth_scopes: str | None = Field(None, pattern=r"^\S+( \S+)*$")
+
+    @field_validator("oauthclient_id", "oauthclient_secret")
+    @classmethod
+    def _not_blank(cls, value: str | SecretStr) -> str | SecretStr:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not text.strip():
+            raise ValueError("must not be empty or blank")
+        return value
 
     @model_validator(mode="after")
     def _check_urls(self) -> Self:
@@ -333,6 +341,8 @@ def _load(prefix: str, model: type[BaseSettings], overrides: dict[str, Any]) -> 
         return model(**overrides)
     except ValidationError as exc:
         raise ConfigError(_one_line(prefix, exc)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(".env is invalid: not UTF-8 text") from None
     except SettingsError as exc:
         match = _FIELD_IN_SETTINGS_ERROR.search(str(exc))
         variable = prefix + (match.group(1).upper() if match else "?")

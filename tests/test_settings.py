@@ -105,6 +105,8 @@ def test_timeout_matrix_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
         ("TYPING_DLQ_TOPIC", "genesys.typing.events", load_typing),
         ("TYPING_CHANGELOG_TOPIC", "genesys.typing.audit", load_typing),
         ("TYPING_AUDIT_LOG_FILE", "/", load_typing),
+        ("GENESYSCLOUD_OAUTHCLIENT_SECRET", "   ", load_genesys),
+        ("GENESYSCLOUD_OAUTHCLIENT_ID", "", load_genesys),
         ("GENESYSCLOUD_API_URL", "https://", load_genesys),
         ("GENESYSCLOUD_API_URL", "http://exa mple.com", load_genesys),
         ("GENESYSCLOUD_LOGIN_URL", "http://127.0.0.1:99999", load_genesys),
@@ -182,6 +184,13 @@ def test_dotenv_file_supplies_the_same_names(monkeypatch: pytest.MonkeyPatch) ->
     assert load_typing().group_id == "from-dotenv"
 
 
+def test_a_dotenv_file_that_is_not_utf8_is_one_clear_error() -> None:
+    with open(".env", "wb") as env_file:
+        env_file.write(b"TYPING_GROUP_ID=\xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"^\.env is invalid: not UTF-8 text$"):
+        load_typing()
+
+
 def test_cli_exits_2_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GENESYSCLOUD_REGION", "nowhere")
     result = subprocess.run(
@@ -191,6 +200,37 @@ def test_cli_exits_2_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.stderr.count("\n") == 1, result.stderr
     assert "GENESYSCLOUD_REGION" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "exit_code", "named"),
+    [
+        (["emulator", "--port", "99999"], {}, 2, "--port"),
+        (["schemas", "--dir", "/proc/no/such/dir"], {}, 2, "--dir"),
+        (
+            ["loadgen", "--sessions", "1", "--duration", "1"],
+            {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"},  # nothing listens there
+            2,
+            "KAFKA_BOOTSTRAP_SERVERS",
+        ),
+    ],
+)
+def test_cli_commands_end_bad_arguments_with_one_line(
+    argv: list[str], env: dict[str, str], exit_code: int, named: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "processor", *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **env},
+        timeout=60,
+    )
+    assert result.returncode == exit_code, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert named in last, result.stderr
+    assert "Unclosed" not in result.stderr
 
 
 def test_cli_config_prints_settings_without_secrets() -> None:
