@@ -164,6 +164,14 @@ def test_every_object_carries_the_standard_labels(rendered: dict[str, list[Manif
                 assert labels[f"app.kubernetes.io/{key}"], (obj.get("kind", "pod"), key)
 
 
+def test_the_version_label_is_the_image_tag_that_runs(chart: helm.Chart) -> None:
+    objects = render(chart, {"image": {"tag": "0.1.1-rc.2"}})
+    deployment = one(objects, "Deployment", "processor")
+    assert deployment["metadata"]["labels"]["app.kubernetes.io/version"] == "0.1.1-rc.2"
+    pod = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pod["app.kubernetes.io/version"] == "0.1.1-rc.2"
+
+
 def test_pods_carry_common_labels_and_pod_labels_but_keep_their_selector(
     chart: helm.Chart,
 ) -> None:

@@ -38,7 +38,7 @@ fit, component names keep their suffix whole (the release part is cut instead).
 helm.sh/chart: {{ include "gtp.chart" . }}
 app.kubernetes.io/name: {{ include "gtp.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | trimSuffix "-" | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: {{ include "gtp.name" . }}
 {{- with .Values.commonLabels }}
