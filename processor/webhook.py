@@ -35,6 +35,7 @@ from processor.clock import Clock, SystemClock, wait_unless_stopped
 from processor.deadletter import dead_letter_of
 from processor.models import DlqReason
 from processor.runtime.kafka import BrokerCheck, client_options, wait_to_restart
+from processor.runtime.undecodable import Undecodable, fetch_past_undecodable, placeholder
 from processor.settings import KafkaSettings, TypingSettings
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,12 @@ class WebhookCounters:
     retries: int = 0
     dead_letters: int = 0
     restarts: int = 0
+
+
+def _from_commit() -> int | None:
+    """Where the search for an undecodable record starts: the worker commits what it
+    delivers, so its commit."""
+    return None
 
 
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -160,13 +167,18 @@ class CrmWebhookWorker:
             consumer.subscribe([self._typing.crm_topic], listener=self._assignment)
             self._consumer = consumer
             while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=500, max_records=500)
+                try:
+                    batch = await consumer.getmany(timeout_ms=500, max_records=500)
+                except KafkaError:
+                    raise
+                except Exception as exc:
+                    await self._set_aside_undecodable(consumer, exc, stop, dead_letters)
+                    continue
                 offsets: dict[TopicPartition, int] = {}
                 for tp, records in batch.items():
-                    for record in records:
-                        if not await self._deliver(record, stop, dead_letters):
-                            break  # stopping: leave the rest uncommitted
-                        offsets[tp] = record.offset + 1
+                    end = await self._deliver_all(records, stop, dead_letters)
+                    if end is not None:
+                        offsets[tp] = end
                 if offsets:
                     await consumer.commit(offsets)
         finally:
@@ -174,6 +186,47 @@ class CrmWebhookWorker:
             self._assignment = None
             await consumer.stop()
             await dead_letters.stop()
+
+    async def _set_aside_undecodable(
+        self,
+        consumer: AIOKafkaConsumer,
+        exc: Exception,
+        stop: asyncio.Event,
+        dead_letters: AIOKafkaProducer,
+    ) -> None:
+        """A fetch raised outside Kafka's errors: a record the client cannot decode. Each
+        partition goes back to its commit (the fetch may have skipped records it never
+        returned); what cannot be read goes to the DLQ by its position, the rest is
+        delivered, each committed as it goes (see `runtime.undecodable`)."""
+        log.warning("a fetch failed on a record the client cannot decode (%r); finding it", exc)
+        for tp in sorted(consumer.assignment() - consumer.paused()):
+            async for item in fetch_past_undecodable(consumer, tp, _from_commit):
+                if isinstance(item, Undecodable):
+                    record = placeholder(tp.topic, tp.partition, item.offset)
+                    await self._dead_letter(
+                        record, DlqReason.UNDECODABLE_RECORD, item.detail, dead_letters
+                    )
+                    end: int | None = item.offset + 1
+                else:
+                    end = await self._deliver_all(item, stop, dead_letters)
+                if end is None:
+                    return  # stopping
+                await consumer.commit({tp: end})
+
+    async def _deliver_all(
+        self,
+        records: list[ConsumerRecord[bytes, bytes]],
+        stop: asyncio.Event,
+        dead_letters: AIOKafkaProducer,
+    ) -> int | None:
+        """Deliver `records` in order; the offset after the last one delivered (None when
+        stopping came first)."""
+        end = None
+        for record in records:
+            if not await self._deliver(record, stop, dead_letters):
+                break  # stopping: leave the rest uncommitted
+            end = record.offset + 1
+        return end
 
     async def _dead_letter(
         self,

@@ -17,7 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.producer import message_accumulator
+from aiokafka.producer import producer as producer_module
+from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from pydantic import SecretStr
 
 from processor.emulator.testing import EmulatorHandle
@@ -256,3 +260,17 @@ async def announced_port(process: RunProcess, timeout_s: float = 30.0) -> int:
 
     await eventually(announced, timeout_s, "the HTTP port in the log")
     return found[-1]
+
+
+class NotUtf8(str):
+    """A header key that encodes to bytes no UTF-8 decoder accepts."""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return b"\xff\xfe"
+
+
+def allow_undecodable_headers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let this process's producers write a `NotUtf8` header key as a foreign producer
+    could: the pure-Python batch builder encodes keys with `str.encode`."""
+    for module in (message_accumulator, producer_module):
+        monkeypatch.setattr(module, "DefaultRecordBatchBuilder", _DefaultRecordBatchBuilderPy)

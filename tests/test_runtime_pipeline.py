@@ -10,12 +10,11 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.producer import message_accumulator
-from aiokafka.producer import producer as producer_module
-from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from pipeline import (
     InProcess,
+    NotUtf8,
     Producer,
+    allow_undecodable_headers,
     eventually,
     make_settings,
     now_ms,
@@ -144,13 +143,6 @@ async def test_malformed_input_goes_to_the_dlq_and_processing_goes_on(
     assert letter["topic"] == running.settings.typing.input_topic
 
 
-class _NotUtf8(str):
-    """A header key that encodes to bytes no UTF-8 decoder accepts."""
-
-    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-        return b"\xff\xfe"
-
-
 async def test_a_record_the_client_cannot_decode_is_dead_lettered_and_passed(
     emulator: EmulatorHandle,
     running: InProcess,
@@ -160,10 +152,7 @@ async def test_a_record_the_client_cannot_decode_is_dead_lettered_and_passed(
     """A header key that is not UTF-8 makes the Kafka client raise inside the fetch, at
     every fetch and after every restart: the record goes to the DLQ by its position, the
     records around it are processed, and the processor goes on."""
-    # the pure-Python batch builder encodes header keys with `str.encode`, which lets a
-    # test write the bytes a foreign producer could
-    for module in (message_accumulator, producer_module):
-        monkeypatch.setattr(module, "DefaultRecordBatchBuilder", _DefaultRecordBatchBuilderPy)
+    allow_undecodable_headers(monkeypatch)
     emulator.create_session("s-poison")
     topic = running.settings.typing.input_topic
     sender = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
@@ -176,7 +165,7 @@ async def test_a_record_the_client_cannot_decode_is_dead_lettered_and_passed(
             topic,
             orjson.dumps(typing_event("s-poison", timeout_ms=20_000)),
             key=b"s-poison",
-            headers=[(_NotUtf8("trace"), b"x")],
+            headers=[(NotUtf8("trace"), b"x")],
         )
         await sender.send_and_wait(
             topic, orjson.dumps(typing_event("s-poison", "stopped")), key=b"s-poison"
@@ -205,8 +194,7 @@ async def test_a_backlog_with_an_undecodable_record_loses_none_of_the_others(
     must fetch again, not skip. The client reads a record batch in one go, so the records
     after the culprit in its batch are unreadable too: each is dead-lettered by its
     position, and every other record is processed."""
-    for module in (message_accumulator, producer_module):
-        monkeypatch.setattr(module, "DefaultRecordBatchBuilder", _DefaultRecordBatchBuilderPy)
+    allow_undecodable_headers(monkeypatch)
     settings = make_settings(bootstrap_servers, emulator)
     sessions = [f"s-backlog-{i}" for i in range(24)]
     poisoned = sessions[len(sessions) // 2]
@@ -217,7 +205,7 @@ async def test_a_backlog_with_an_undecodable_record_loses_none_of_the_others(
         for session_id in sessions:
             emulator.create_session(session_id)
             event = orjson.dumps(typing_event(session_id, timeout_ms=30_000))
-            headers = [(_NotUtf8("trace"), b"x")] if session_id == poisoned else []
+            headers = [(NotUtf8("trace"), b"x")] if session_id == poisoned else []
             sent.append(
                 await sender.send(
                     settings.typing.input_topic, event, key=session_id.encode(), headers=headers

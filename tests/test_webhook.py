@@ -14,8 +14,17 @@ import httpx
 import orjson
 import pytest
 import uvicorn
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from pipeline import Producer, RunProcess, announced_port, eventually, read_topic
+from pipeline import (
+    NotUtf8,
+    Producer,
+    RunProcess,
+    allow_undecodable_headers,
+    announced_port,
+    eventually,
+    read_topic,
+)
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -161,6 +170,46 @@ async def test_records_that_are_no_crm_record_go_to_the_dlq_and_delivery_goes_on
     assert [base64.b64decode(letter.value_b64 or "") for letter in letters] == junk
     assert {letter.topic for letter in letters} == {typing.crm_topic}
     assert [letter.offset for letter in letters] == [1, 2, 3]
+
+
+async def test_a_record_the_client_cannot_decode_is_dead_lettered_and_delivery_goes_on(
+    bootstrap_servers: str, receiver: tuple[Receiver, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state, url = receiver
+    allow_undecodable_headers(monkeypatch)
+    prefix = uuid.uuid4().hex[:8]
+    typing = TypingSettings(
+        group_id=f"hook-{prefix}", crm_topic=f"hook-{prefix}.crm", dlq_topic=f"hook-{prefix}.dlq"
+    )
+    sender = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
+    await sender.start()
+    try:
+        written = [
+            await sender.send_and_wait(
+                typing.crm_topic,
+                orjson.dumps(record("w-4", version)),
+                key=b"w-4",
+                partition=0,
+                headers=[(NotUtf8("trace"), b"x")] if version == 2 else [],
+            )
+            for version in (1, 2, 3)
+        ]
+    finally:
+        await sender.stop()
+    worker = CrmWebhookWorker(
+        KafkaSettings(bootstrap_servers=bootstrap_servers), typing, WebhookConfig(url=url)
+    )
+    await deliver_until(worker, lambda: len(state.received) == 2, "the records around it")
+    assert [body["version"] for _, body in state.received] == [1, 3]
+    letters = [
+        DeadLetter.model_validate_json(r.value)
+        for r in await read_topic(bootstrap_servers, typing.dlq_topic)
+        if r.value is not None
+    ]
+    assert [(x.reason, x.offset) for x in letters] == [
+        (DlqReason.UNDECODABLE_RECORD, written[1].offset)
+    ]
+    assert worker.counters.restarts == 0
 
 
 async def test_a_cluster_down_at_start_is_waited_for_not_fatal(

@@ -44,6 +44,7 @@ from .outbound import Outbound, OutboundBatch
 from .reconciler import Reconciler
 from .records import audit_bytes, crm_bytes
 from .restore import RestoreError
+from .undecodable import placeholder
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +145,8 @@ class PartitionWorker:
         self.committable: int | None = None
         # offset of the first record received before any was processed (for the lag gauge)
         self.first_offset: int | None = None
-        # offset after the last record queued: where a consumer that lost its place resumes
-        self.submitted: int | None = None
+        # offset after the last record queued (see `resume_at`)
+        self._submitted: int | None = None
         self.failed: BaseException | None = None
         # Offset after the last record processed, and acks not yet part of a flush.
         self._processed: int | None = None
@@ -204,19 +205,22 @@ class PartitionWorker:
             return
         if self.first_offset is None:
             self.first_offset = records[0].offset
-        self.submitted = records[-1].offset + 1
+        self._submitted = records[-1].offset + 1
         self._queue.put_nowait(_Records(records))
 
     def submit_undecodable(self, topic: str, offset: int, detail: str) -> None:
         """Queue a dead letter for the record at `offset` that the Kafka client could not
         decode (a header key not in UTF-8): its bytes stay on `topic` at that position."""
-        record: ConsumerRecord[bytes, bytes] = ConsumerRecord(
-            topic, self.partition, offset, -1, 0, None, None, None, -1, -1, ()
-        )
+        record = placeholder(topic, self.partition, offset)
         if self.first_offset is None:
             self.first_offset = offset
-        self.submitted = offset + 1
+        self._submitted = offset + 1
         self._queue.put_nowait(_Undecodable(record, detail))
+
+    def resume_at(self) -> int | None:
+        """Offset of the first record not queued yet (None before any): where a consumer
+        that lost its place goes back to."""
+        return self._submitted
 
     def launch(self, work: Work, prepaid: int) -> None:
         """Send `work` (taken from this store by the scheduler) once its intent is on the

@@ -23,15 +23,12 @@ from .partition import Counters, PartitionWorker
 from .reconciler import Reconciler, Sink
 from .restore import read_changelog
 from .scheduler import Scheduler
+from .undecodable import Undecodable, fetch_past_undecodable
 
 log = logging.getLogger(__name__)
 
 REVOKE_GRACE_S = 5.0
 MAX_BACKLOG = 64
-# Finding a record the client cannot decode: records fetched per partition in a round,
-# and how long a partition with nothing new is waited for.
-_PROBE_RECORDS = 500
-_PROBE_WAIT_MS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,18 +40,6 @@ class PartitionStats:
     queued_work: int
     in_flight: int
     lag: int | None
-
-
-async def _rewind(consumer: AIOKafkaConsumer, tp: TopicPartition, worker: PartitionWorker) -> None:
-    """Put `tp`'s position back to the first record its worker was not given."""
-    if worker.submitted is not None:
-        consumer.seek(tp, worker.submitted)
-        return
-    committed = await consumer.committed(tp)
-    if committed is None:
-        await consumer.seek_to_beginning(tp)  # as `auto_offset_reset="earliest"`
-    else:
-        consumer.seek(tp, committed)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -283,49 +268,25 @@ class TypingProcessor:
             stopping.cancel()
 
     async def _set_aside_undecodable(self, consumer: AIOKafkaConsumer, exc: Exception) -> None:
-        """A fetch raised outside Kafka's errors: a record the client cannot decode (a
-        header key not in UTF-8). It would raise at every fetch and after every restart, so
-        it is found, dead-lettered by its position, and passed.
-
-        The failed fetch may have moved positions past records it never returned: each
-        partition goes back to what its worker was given and is fetched on its own; the one
-        that raises is stepped a record at a time to the culprit. The client reads a record
-        batch in one go, so the records after the culprit in its batch cannot be read
-        either: each goes to the DLQ by its position too, until a record can be read. If the
-        culprit lies beyond this round's records, the next fetch raises again, further on.
-        """
+        """A fetch raised outside Kafka's errors: a record the client cannot decode. Each
+        partition goes back to what its worker was given (the fetch may have skipped
+        records it never returned); what cannot be read goes to the DLQ by its position
+        (see `undecodable`)."""
         log.warning("a fetch failed on a record the client cannot decode (%r); finding it", exc)
         topic = self.settings.typing.input_topic
         for tp in sorted(consumer.assignment() - consumer.paused()):
             worker = self.workers.get(tp.partition)
             if worker is None or tp.topic != topic:
                 continue
-            await _rewind(consumer, tp, worker)
-            step = _PROBE_RECORDS
-            found = False
-            while True:
-                try:
-                    fetched = await consumer.getmany(
-                        tp, timeout_ms=_PROBE_WAIT_MS, max_records=step
-                    )
-                except KafkaError as failure:
-                    log.warning("fetch failed, retrying: %s", failure)
-                    return
-                except Exception as failure:
-                    if step > 1:  # the records before it in this round were lost: again
-                        await _rewind(consumer, tp, worker)
-                        step = 1
-                        continue
-                    offset = await consumer.position(tp)
-                    detail = f"the Kafka client could not decode its record batch: {failure!r}"
-                    worker.submit_undecodable(tp.topic, offset, detail)
-                    consumer.seek(tp, offset + 1)
-                    found = True
-                    continue
-                records = fetched.get(tp, [])
-                worker.submit(records)
-                if step > 1 or found or not records:
-                    break
+            try:
+                async for item in fetch_past_undecodable(consumer, tp, worker.resume_at):
+                    if isinstance(item, Undecodable):
+                        worker.submit_undecodable(tp.topic, item.offset, item.detail)
+                    else:
+                        worker.submit(item)
+            except KafkaError as failure:
+                log.warning("fetch failed, retrying: %s", failure)
+                return
 
     def _raise_if_failed(self) -> None:
         problem = self.problem
