@@ -411,6 +411,14 @@ def test_keda_never_scales_below_one_replica(chart: helm.Chart) -> None:
     assert one(objects, "ScaledObject")["spec"]["minReplicaCount"] == 1
 
 
+def webhook_env(objects: list[Manifest]) -> dict[str, Manifest]:
+    """The webhook container's `env` entries, by name."""
+    (container,) = one(objects, "Deployment", "crm-webhook")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    return {e["name"]: e for e in container["env"]}
+
+
 def test_webhook_reads_the_sasl_user_from_the_existing_secret(chart: helm.Chart) -> None:
     values = {
         "kafka": {"securityProtocol": "SASL_SSL", "saslMechanism": "PLAIN", "saslUsername": ""},
@@ -418,10 +426,7 @@ def test_webhook_reads_the_sasl_user_from_the_existing_secret(chart: helm.Chart)
         "crmWebhook": {"enabled": True, "url": "https://crm.example.com/hooks/typing"},
     }
     objects = render(chart, values)
-    (container,) = one(objects, "Deployment", "crm-webhook")["spec"]["template"]["spec"][
-        "containers"
-    ]
-    env = {e["name"]: e for e in container["env"]}
+    env = webhook_env(objects)
     for name in ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"):
         ref = env[name]["valueFrom"]["secretKeyRef"]
         assert (ref["name"], ref["key"]) == ("kafka-and-genesys", name)
@@ -434,10 +439,7 @@ def test_a_webhook_url_with_a_credential_comes_from_the_secret(chart: helm.Chart
         "crmWebhook": {"enabled": True, "urlSecretKey": "CRM_URL"},
     }
     objects = render(chart, values)
-    (container,) = one(objects, "Deployment", "crm-webhook")["spec"]["template"]["spec"][
-        "containers"
-    ]
-    env = {e["name"]: e for e in container["env"]}
+    env = webhook_env(objects)
     ref = env["TYPING_CRM_WEBHOOK_URL"]["valueFrom"]["secretKeyRef"]
     assert (ref["name"], ref["key"]) == ("typing-credentials", "CRM_URL")
     assert "TYPING_CRM_WEBHOOK_URL" not in settings(objects)
