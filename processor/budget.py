@@ -81,7 +81,7 @@ class ApiBudget:
         self._burst_s = burst_s
         # the burst a 429 left (at `_throttled_at`); it grows back with quiet minutes
         self._throttled_burst_s = burst_s
-        self._throttled_at = -math.inf
+        self._throttled_at: float | None = None
         self._share = 1.0
         self._level = min(self.capacity, START_LEVEL)  # see the module docstring
         self._since = monotonic()
@@ -110,6 +110,8 @@ class ApiBudget:
     def burst_s(self) -> float:
         """Seconds of the rate the bucket holds now: the configured burst, less what 429s
         took (halved by each, won back by `BURST_RECOVERY_S` per quiet minute)."""
+        if self._throttled_at is None:
+            return self._burst_s
         quiet = (self._now() - self._throttled_at) // WINDOW_S
         return min(self._burst_s, self._throttled_burst_s + BURST_RECOVERY_S * quiet)
 
