@@ -30,10 +30,10 @@ from processor.models import MAX_TIMEOUT_MS, MIN_TIMEOUT_MS, TypingEvent
 
 TimeoutMs = Annotated[int, Field(ge=MIN_TIMEOUT_MS, le=MAX_TIMEOUT_MS)]
 
-# Region names and bare domains both map to the Genesys Cloud domain of that region.
 _MASK = "**********"
 """What `config` shows in place of a secret."""
 
+# Region names and bare domains both map to the Genesys Cloud domain of that region.
 REGION_DOMAINS: dict[str, str] = {
     "us-east-1": "mypurecloud.com",
     "us-east-2": "use2.us-gov-pure.cloud",
