@@ -220,8 +220,8 @@ class DlqReason(StrEnum):
     INVALID_TARGET_ID = "invalid_target_id"
     PROCESSING_ERROR = "processing_error"
     UNDECODABLE_RECORD = "undecodable_record"
-    """The Kafka client could not read the record (a header key not in UTF-8): no bytes
-    are kept; `topic`/`partition`/`offset` say where it is."""
+    """The Kafka client could not read the record (a header key not in UTF-8, a batch that
+    fails its CRC): no bytes are kept; `topic`/`partition`/`offset` say where it is."""
 
 
 class DeadLetter(_Payload):

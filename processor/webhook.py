@@ -35,7 +35,12 @@ from processor.clock import Clock, SystemClock, wait_unless_stopped
 from processor.deadletter import dead_letter_of
 from processor.models import DlqReason
 from processor.runtime.kafka import BrokerCheck, client_options, wait_to_restart
-from processor.runtime.undecodable import Undecodable, fetch_past_undecodable, placeholder
+from processor.runtime.undecodable import (
+    Undecodable,
+    fetch_past_undecodable,
+    is_undecodable,
+    placeholder,
+)
 from processor.settings import KafkaSettings, TypingSettings
 
 log = logging.getLogger(__name__)
@@ -169,9 +174,9 @@ class CrmWebhookWorker:
             while not stop.is_set():
                 try:
                     batch = await consumer.getmany(timeout_ms=500, max_records=500)
-                except KafkaError:
-                    raise
                 except Exception as exc:
+                    if not is_undecodable(exc):
+                        raise  # the cluster's trouble: `run` restarts from the commit
                     await self._set_aside_undecodable(consumer, exc, stop, dead_letters)
                     continue
                 offsets: dict[TopicPartition, int] = {}

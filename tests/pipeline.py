@@ -21,6 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.producer import message_accumulator
 from aiokafka.producer import producer as producer_module
+from aiokafka.record import default_records
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from pydantic import SecretStr
 
@@ -133,6 +134,9 @@ class Producer:
 
     async def send_raw(self, key: bytes | None, value: bytes | None) -> None:
         await self._producer.send_and_wait(self.topic, value, key=key)
+
+    async def send_to(self, partition: int, key: bytes, value: bytes) -> None:
+        await self._producer.send_and_wait(self.topic, value, key=key, partition=partition)
 
 
 async def read_topic(
@@ -274,3 +278,18 @@ def allow_undecodable_headers(monkeypatch: pytest.MonkeyPatch) -> None:
     could: the pure-Python batch builder encodes keys with `str.encode`."""
     for module in (message_accumulator, producer_module):
         monkeypatch.setattr(module, "DefaultRecordBatchBuilder", _DefaultRecordBatchBuilderPy)
+
+
+async def send_with_bad_crc(bootstrap: str, topic: str, key: bytes, value: bytes) -> Any:
+    """Write one record in a batch whose CRC does not match, as a faulty producer could
+    (the broker keeps it as written); its metadata. Every producer of this process writes
+    such batches meanwhile: call it while nothing else produces."""
+    with pytest.MonkeyPatch.context() as patch:
+        allow_undecodable_headers(patch)
+        patch.setattr(default_records, "calc_crc32c", lambda data: 0)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        try:
+            return await producer.send_and_wait(topic, value, key=key, partition=0)
+        finally:
+            await producer.stop()

@@ -19,6 +19,7 @@ from pipeline import (
     make_settings,
     now_ms,
     read_json,
+    send_with_bad_crc,
     start_in_process,
     typing_event,
 )
@@ -237,6 +238,42 @@ async def test_a_backlog_with_an_undecodable_record_loses_none_of_the_others(
             for x in letters
         )
         assert len(letters) < len(sessions) // 2
+    finally:
+        await stack.close()
+
+
+async def test_a_batch_that_fails_its_crc_is_dead_lettered_not_fetched_for_ever(
+    emulator: EmulatorHandle, bootstrap_servers: str
+) -> None:
+    settings = make_settings(bootstrap_servers, emulator)
+    topic = settings.typing.input_topic
+    for session_id in ("s-crc-a", "s-crc-b", "s-crc-c"):
+        emulator.create_session(session_id)
+
+    def event(session_id: str) -> bytes:
+        return orjson.dumps(typing_event(session_id, timeout_ms=30_000))
+
+    async with Producer(bootstrap_servers, topic) as producer:
+        await producer.send_to(0, b"s-crc-a", event("s-crc-a"))
+    corrupt = await send_with_bad_crc(bootstrap_servers, topic, b"s-crc-b", event("s-crc-b"))
+    async with Producer(bootstrap_servers, topic) as producer:
+        await producer.send_to(0, b"s-crc-c", event("s-crc-c"))
+    stack = await start_in_process(settings)
+    try:
+        await eventually(
+            lambda: all(indicator(emulator, s) is not None for s in ("s-crc-a", "s-crc-c")),
+            30,
+            "the records on either side of the corrupt batch shown",
+        )
+
+        async def lettered() -> bool:
+            letters = await read_json(bootstrap_servers, settings.typing.dlq_topic)
+            return [(x["reason"], x["offset"]) for x in letters] == [
+                ("undecodable_record", corrupt.offset)
+            ]
+
+        await eventually(lettered, 10, "the corrupt record dead-lettered by its position")
+        assert indicator(emulator, "s-crc-b") is None
     finally:
         await stack.close()
 

@@ -23,7 +23,7 @@ from .partition import Counters, PartitionWorker
 from .reconciler import Reconciler, Sink
 from .restore import read_changelog
 from .scheduler import Scheduler
-from .undecodable import Undecodable, fetch_past_undecodable
+from .undecodable import Undecodable, fetch_past_undecodable, is_undecodable
 
 log = logging.getLogger(__name__)
 
@@ -248,11 +248,11 @@ class TypingProcessor:
                     break
                 try:
                     batches = fetch.result()
-                except KafkaError as exc:
-                    log.warning("fetch failed, retrying: %s", exc)
-                    continue
                 except Exception as exc:
-                    await self._set_aside_undecodable(consumer, exc)
+                    if is_undecodable(exc):
+                        await self._set_aside_undecodable(consumer, exc)
+                    else:  # the cluster's trouble: fetch again
+                        log.warning("fetch failed, retrying: %s", exc)
                     continue
                 for tp, records in batches.items():
                     worker = self.workers.get(tp.partition)

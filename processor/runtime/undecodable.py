@@ -1,10 +1,11 @@
 """Records the Kafka client cannot decode: found by their position and stepped past.
 
 aiokafka decodes a record batch as it hands records out. A record it cannot decode (a
-header key not in UTF-8, which a foreign producer can write) raises inside `getmany`,
-before any codec of ours sees it, and again at every fetch of its batch and after every
-restart: left alone, it stops a consumer for good. The fetch that raised may also have
-moved other partitions' positions past records it never returned.
+header key not in UTF-8, which a foreign producer can write; a batch whose CRC does not
+match, which the broker kept as written) raises inside `getmany`, before any codec of ours
+sees it, and again at every fetch of its batch and after every restart: left alone, it
+stops a consumer for good. The fetch that raised may also have moved other partitions'
+positions past records it never returned.
 
 `fetch_past_undecodable` takes one partition back to the first record its consumer has not
 handed on, fetches it on its own, and steps a record at a time through a round that
@@ -20,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CorruptRecordException, KafkaError
 
 PROBE_RECORDS = 500
 """Records fetched from a partition in one round of the search."""
@@ -34,6 +35,15 @@ class Undecodable:
 
     offset: int
     detail: str
+
+
+def is_undecodable(failure: BaseException) -> bool:
+    """Whether a failed fetch points at a record that cannot be read: any exception but
+    Kafka's own errors, and of those a batch that fails its CRC (once the search fetches
+    it again and it fails again, it is no accident of the network)."""
+    if isinstance(failure, CorruptRecordException):
+        return True
+    return isinstance(failure, Exception) and not isinstance(failure, KafkaError)
 
 
 def placeholder(topic: str, partition: int, offset: int) -> ConsumerRecord[bytes, bytes]:
@@ -56,9 +66,9 @@ async def fetch_past_undecodable(
     while True:
         try:
             fetched = await consumer.getmany(tp, timeout_ms=PROBE_WAIT_MS, max_records=step)
-        except KafkaError:
-            raise
         except Exception as failure:
+            if not is_undecodable(failure):
+                raise  # the cluster's trouble, not a record's
             if step > 1:  # the records before it in this round were lost: again, singly
                 await _rewind(consumer, tp, resume_at())
                 step = 1
