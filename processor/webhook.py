@@ -121,11 +121,8 @@ class CrmWebhookWorker:
         """Consuming: the worker is a member of the group, with whatever partitions of the
         CRM topic it was given (none when there are more workers than partitions: an idle
         worker is ready, so that a rollout's extra pod never stalls it)."""
-        return (
-            self._consumer is not None
-            and self._assignment is not None
-            and (self._assignment.joined)
-        )
+        assignment = self._assignment
+        return self._consumer is not None and assignment is not None and assignment.joined
 
     async def readiness(self) -> str | None:
         """Why the worker is not ready (for `/readyz`), or None when it is."""
@@ -199,7 +196,7 @@ class CrmWebhookWorker:
         stop: asyncio.Event,
         dead_letters: AIOKafkaProducer,
     ) -> None:
-        """A fetch raised outside Kafka's errors: a record the client cannot decode. Each
+        """A fetch raised on a record the client cannot decode (`is_undecodable`). Each
         partition goes back to its commit (the fetch may have skipped records it never
         returned); what cannot be read goes to the DLQ by its position, the rest is
         delivered, each committed as it goes (see `runtime.undecodable`)."""

@@ -210,7 +210,7 @@ class PartitionWorker:
 
     def submit_undecodable(self, topic: str, offset: int, detail: str) -> None:
         """Queue a dead letter for the record at `offset` that the Kafka client could not
-        decode (a header key not in UTF-8): its bytes stay on `topic` at that position."""
+        decode (see `undecodable`): its bytes stay on `topic` at that position."""
         record = placeholder(topic, self.partition, offset)
         if self.first_offset is None:
             self.first_offset = offset

@@ -268,7 +268,7 @@ class TypingProcessor:
             stopping.cancel()
 
     async def _set_aside_undecodable(self, consumer: AIOKafkaConsumer, exc: Exception) -> None:
-        """A fetch raised outside Kafka's errors: a record the client cannot decode. Each
+        """A fetch raised on a record the client cannot decode (`is_undecodable`). Each
         partition goes back to what its worker was given (the fetch may have skipped
         records it never returned); what cannot be read goes to the DLQ by its position
         (see `undecodable`)."""
