@@ -220,8 +220,9 @@ class DlqReason(StrEnum):
     INVALID_TARGET_ID = "invalid_target_id"
     PROCESSING_ERROR = "processing_error"
     UNDECODABLE_RECORD = "undecodable_record"
-    """The Kafka client could not read the record (a header key not in UTF-8, a batch that
-    fails its CRC): no bytes are kept; `topic`/`partition`/`offset` say where it is."""
+    """The Kafka client could not read the record: a header key not in UTF-8, or a batch
+    that fails its CRC (bytes kept as the broker holds them), or records that cannot be
+    parsed at all (no bytes; `topic`/`partition`/`offset` say where they are)."""
 
 
 class DeadLetter(_Payload):

@@ -35,12 +35,9 @@ from processor.clock import Clock, SystemClock, wait_unless_stopped
 from processor.deadletter import dead_letter_of
 from processor.models import DlqReason
 from processor.runtime.kafka import BrokerCheck, client_options, wait_to_restart
-from processor.runtime.undecodable import (
-    Undecodable,
-    fetch_past_undecodable,
-    is_undecodable,
-    placeholder,
-)
+from processor.runtime.rawfetch import RawFetcher
+from processor.runtime.recordbatch import Undecodable
+from processor.runtime.undecodable import fetch_past_undecodable, is_undecodable
 from processor.settings import KafkaSettings, TypingSettings
 
 log = logging.getLogger(__name__)
@@ -198,22 +195,24 @@ class CrmWebhookWorker:
     ) -> None:
         """A fetch raised on a record the client cannot decode (`is_undecodable`). Each
         partition goes back to its commit (the fetch may have skipped records it never
-        returned); what cannot be read goes to the DLQ by its position, the rest is
-        delivered, each committed as it goes (see `runtime.undecodable`)."""
-        log.warning("a fetch failed on a record the client cannot decode (%r); finding it", exc)
-        for tp in sorted(consumer.assignment() - consumer.paused()):
-            async for item in fetch_past_undecodable(consumer, tp, _from_commit):
-                if isinstance(item, Undecodable):
-                    record = placeholder(tp.topic, tp.partition, item.offset)
-                    await self._dead_letter(
-                        record, DlqReason.UNDECODABLE_RECORD, item.detail, dead_letters
-                    )
-                    end: int | None = item.offset + 1
-                else:
-                    end = await self._deliver_all(item, stop, dead_letters)
-                if end is None:
-                    return  # stopping
-                await consumer.commit({tp: end})
+        returned) and is read record by record: what can be read is delivered, what
+        cannot goes to the DLQ, each committed as it goes (see `runtime.undecodable`)."""
+        log.warning(
+            "a fetch failed on a record the client cannot decode (%r); reading past it", exc
+        )
+        async with RawFetcher(client_options(self._kafka)) as raw:
+            for tp in sorted(consumer.assignment() - consumer.paused()):
+                async for item in fetch_past_undecodable(consumer, raw, tp, _from_commit):
+                    if isinstance(item, Undecodable):
+                        await self._dead_letter(
+                            item.record, DlqReason.UNDECODABLE_RECORD, item.detail, dead_letters
+                        )
+                        end: int | None = item.offset + 1
+                    else:
+                        end = await self._deliver_all(item, stop, dead_letters)
+                    if end is None:
+                        return  # stopping
+                    await consumer.commit({tp: end})
 
     async def _deliver_all(
         self,

@@ -172,7 +172,7 @@ async def test_records_that_are_no_crm_record_go_to_the_dlq_and_delivery_goes_on
     assert [letter.offset for letter in letters] == [1, 2, 3]
 
 
-async def test_a_record_the_client_cannot_decode_is_dead_lettered_and_delivery_goes_on(
+async def test_an_undecodable_record_is_dead_lettered_with_its_bytes_and_delivery_goes_on(
     bootstrap_servers: str, receiver: tuple[Receiver, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     state, url = receiver
@@ -209,6 +209,7 @@ async def test_a_record_the_client_cannot_decode_is_dead_lettered_and_delivery_g
     assert [(x.reason, x.offset) for x in letters] == [
         (DlqReason.UNDECODABLE_RECORD, written[1].offset)
     ]
+    assert base64.b64decode(letters[0].value_b64 or "") == orjson.dumps(record("w-4", 2))
     assert worker.counters.restarts == 0
 
 

@@ -42,9 +42,9 @@ from processor.telemetry.tracing import DECISION, SESSION_ID, STATUS, PartitionT
 
 from .outbound import Outbound, OutboundBatch
 from .reconciler import Reconciler
+from .recordbatch import Undecodable
 from .records import audit_bytes, crm_bytes
 from .restore import RestoreError
-from .undecodable import placeholder
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +56,6 @@ _NOT_SENT = SinkResult(Outcome.FAILED, error="not sent: the partition is closing
 @dataclass(frozen=True, slots=True)
 class _Records:
     records: list[ConsumerRecord[bytes, bytes]]
-
-
-@dataclass(frozen=True, slots=True)
-class _Undecodable:
-    record: ConsumerRecord[bytes, bytes]
-    """Only where it is: the client could not read what it holds."""
-    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +75,7 @@ class _Stop:
     pass
 
 
-_Item = _Records | _Undecodable | _Result | _Wake | _Stop
+_Item = _Records | Undecodable | _Result | _Wake | _Stop
 
 # Decisions that mean a change reached Genesys (end-to-end latency is measured for them).
 _APPLIED = frozenset({Decision.APPLIED, Decision.CLEARED, Decision.EXPIRED})
@@ -208,14 +201,13 @@ class PartitionWorker:
         self._submitted = records[-1].offset + 1
         self._queue.put_nowait(_Records(records))
 
-    def submit_undecodable(self, topic: str, offset: int, detail: str) -> None:
-        """Queue a dead letter for the record at `offset` that the Kafka client could not
-        decode (see `undecodable`): its bytes stay on `topic` at that position."""
-        record = placeholder(topic, self.partition, offset)
+    def submit_undecodable(self, item: Undecodable) -> None:
+        """Queue a dead letter for a record that cannot be handed on as it is (see
+        `undecodable`): with its bytes when they could be read, else by its position."""
         if self.first_offset is None:
-            self.first_offset = offset
-        self._submitted = offset + 1
-        self._queue.put_nowait(_Undecodable(record, detail))
+            self.first_offset = item.offset
+        self._submitted = item.offset + 1
+        self._queue.put_nowait(item)
 
     def resume_at(self) -> int | None:
         """Offset of the first record not queued yet (None before any): where a consumer
@@ -298,7 +290,7 @@ class PartitionWorker:
             for record in item.records:
                 self._process(record, batch)
                 self._processed = record.offset + 1
-        elif isinstance(item, _Undecodable):
+        elif isinstance(item, Undecodable):
             record = item.record
             letter = dead_letter_of(
                 record, DlqReason.UNDECODABLE_RECORD, item.detail, self._clock.now_ms()

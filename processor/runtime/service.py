@@ -20,10 +20,12 @@ from processor.telemetry import Telemetry
 from .kafka import BrokerCheck, TopicError, TopicSpec, client_options, ensure_topics
 from .outbound import Outbound
 from .partition import Counters, PartitionWorker
+from .rawfetch import RawFetcher
 from .reconciler import Reconciler, Sink
+from .recordbatch import Undecodable
 from .restore import read_changelog
 from .scheduler import Scheduler
-from .undecodable import Undecodable, fetch_past_undecodable, is_undecodable
+from .undecodable import fetch_past_undecodable, is_undecodable
 
 log = logging.getLogger(__name__)
 
@@ -270,23 +272,25 @@ class TypingProcessor:
     async def _set_aside_undecodable(self, consumer: AIOKafkaConsumer, exc: Exception) -> None:
         """A fetch raised on a record the client cannot decode (`is_undecodable`). Each
         partition goes back to what its worker was given (the fetch may have skipped
-        records it never returned); what cannot be read goes to the DLQ by its position
-        (see `undecodable`)."""
-        log.warning("a fetch failed on a record the client cannot decode (%r); finding it", exc)
+        records it never returned) and is read record by record: what can be read is
+        processed, what cannot goes to the DLQ (see `undecodable`)."""
+        log.warning(
+            "a fetch failed on a record the client cannot decode (%r); reading past it", exc
+        )
         topic = self.settings.typing.input_topic
-        for tp in sorted(consumer.assignment() - consumer.paused()):
-            worker = self.workers.get(tp.partition)
-            if worker is None or tp.topic != topic:
-                continue
-            try:
-                async for item in fetch_past_undecodable(consumer, tp, worker.resume_at):
-                    if isinstance(item, Undecodable):
-                        worker.submit_undecodable(tp.topic, item.offset, item.detail)
-                    else:
-                        worker.submit(item)
-            except KafkaError as failure:
-                log.warning("fetch failed, retrying: %s", failure)
-                return
+        try:
+            async with RawFetcher(client_options(self.settings.kafka)) as raw:
+                for tp in sorted(consumer.assignment() - consumer.paused()):
+                    worker = self.workers.get(tp.partition)
+                    if worker is None or tp.topic != topic:
+                        continue
+                    async for item in fetch_past_undecodable(consumer, raw, tp, worker.resume_at):
+                        if isinstance(item, Undecodable):
+                            worker.submit_undecodable(item)
+                        else:
+                            worker.submit(item)
+        except KafkaError as failure:
+            log.warning("fetch failed, retrying: %s", failure)
 
     def _raise_if_failed(self) -> None:
         problem = self.problem

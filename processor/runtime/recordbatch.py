@@ -1,0 +1,254 @@
+"""Record batches read as the broker stores them, one record at a time, never giving up on
+the records around one that cannot be read.
+
+The Kafka client decodes a whole batch as it hands records out: a header key that is not
+UTF-8 (a foreign producer can write one) makes it raise, and every record after that one in
+its batch is lost to it too. `read_records` reads the raw record set of a fetch instead
+(format v2, as every client since Kafka 0.11 writes it) and sorts each record into one of:
+
+- a `ConsumerRecord`, exactly as the client would have handed it out;
+- an `Undecodable` with the record's bytes: a header key that is not UTF-8 (the protocol
+  says header keys are strings), or any record of a batch that fails its CRC (the broker
+  kept what a faulty producer wrote: the bytes are what there is, not to be trusted);
+- an `Undecodable` by position only, for each record of a batch whose records cannot even
+  be parsed (corrupt, or compressed with a codec this install lacks).
+
+Older formats (v0, v1) have no headers: the client's own reader takes them. Pure: bytes in,
+records out.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiokafka import ConsumerRecord
+from aiokafka.codec import gzip_decode, lz4_decode, snappy_decode, zstd_decode
+from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.record.util import calc_crc32c, decode_varint
+
+# baseOffset, batchLength, partitionLeaderEpoch, magic, crc, attributes, lastOffsetDelta,
+# baseTimestamp, maxTimestamp, producerId, producerEpoch, baseSequence, recordCount
+_HEADER = struct.Struct(">qiibIhiqqqhii")
+_LOG_OVERHEAD = 12  # baseOffset and batchLength: what batchLength does not count
+_CRC_FROM = 21  # the CRC covers the batch from its attributes on
+_MAGIC_AT = 16
+_COMPRESSION = 0x07
+_LOG_APPEND_TIME = 0x08
+_CONTROL = 0x20
+_MIN_RECORD = 7  # the fewest bytes a record takes: no batch holds more than its length / 7
+_DECOMPRESS: dict[int, Callable[[bytes], bytes]] = {
+    1: gzip_decode,
+    2: snappy_decode,
+    3: lz4_decode,
+    4: zstd_decode,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """A record that cannot be handed on: `record` holds its position, and its key and
+    value when they could be read (None otherwise); `detail` says why."""
+
+    record: ConsumerRecord[bytes, bytes]
+    detail: str
+
+    @property
+    def offset(self) -> int:
+        """Where the record is."""
+        return int(self.record.offset)
+
+
+@dataclass(slots=True)
+class ReadRecords:
+    """What `read_records` found, in offset order."""
+
+    items: list[ConsumerRecord[bytes, bytes] | Undecodable] = field(default_factory=list)
+    next_offset: int | None = None
+    """The offset after the last batch read whole (None: not one was)."""
+
+
+class _Malformed(Exception):
+    """A batch's records cannot be parsed."""
+
+
+def placeholder(topic: str, partition: int, offset: int) -> ConsumerRecord[bytes, bytes]:
+    """A record that stands for an unreadable one: its position, no content."""
+    return ConsumerRecord(topic, partition, offset, -1, 0, None, None, None, -1, -1, ())
+
+
+def read_records(topic: str, partition: int, data: bytes, start: int) -> ReadRecords:
+    """The records of `data` (a fetch's record set for one partition) from offset `start`
+    on. A batch cut short at the end (the fetch's size limit) is left for the next fetch."""
+    out = ReadRecords()
+    view = memoryview(data)
+    pos = 0
+    while len(view) - pos >= _LOG_OVERHEAD:
+        base_offset, length = struct.unpack_from(">qi", view, pos)
+        end = pos + _LOG_OVERHEAD + length
+        if length < 0 or end > len(view):
+            break
+        batch = view[pos:end]
+        pos = end
+        magic = batch[_MAGIC_AT] if len(batch) > _MAGIC_AT else -1
+        if magic == 2 and len(batch) >= _HEADER.size:
+            out.next_offset = _read_v2(topic, partition, batch, start, out.items)
+        elif magic in (0, 1):
+            out.next_offset = _read_legacy(topic, partition, batch, start, out.items)
+        else:  # no batch of any format: only its position is known
+            if base_offset >= start:
+                unknown = Undecodable(placeholder(topic, partition, base_offset), "no record batch")
+                out.items.append(unknown)
+            out.next_offset = int(base_offset) + 1
+    return out
+
+
+def _read_v2(
+    topic: str,
+    partition: int,
+    batch: memoryview,
+    start: int,
+    out: list[ConsumerRecord[bytes, bytes] | Undecodable],
+) -> int:
+    """Append the records of one v2 batch at or after `start`; the offset after it."""
+    (base_offset, length, _, _, crc, attributes, last_delta, first_ts, max_ts, *_, count) = (
+        _HEADER.unpack_from(batch)
+    )
+    # a corrupt header may claim any count: no more records than the batch has room for
+    last_offset: int = base_offset + max(0, min(last_delta, length // _MIN_RECORD))
+    if attributes & _CONTROL:
+        return last_offset + 1  # transaction markers: no records of anyone's
+    sound = calc_crc32c(batch[_CRC_FROM:]) == crc
+    try:
+        records = _parse_records(bytes(batch[_HEADER.size :]), attributes, count)
+    except Exception as failure:  # whatever the bytes make a codec or parser raise
+        why = "its record batch fails its CRC" if not sound else f"unreadable batch: {failure!r}"
+        for offset in range(max(start, base_offset), last_offset + 1):
+            out.append(Undecodable(placeholder(topic, partition, offset), why))
+        return last_offset + 1
+    log_append = bool(attributes & _LOG_APPEND_TIME)
+    for ts_delta, offset_delta, key, value, headers in records:
+        offset = base_offset + offset_delta
+        if offset < start:
+            continue
+        names: list[str] = []
+        strange = False
+        for name, _ in headers:
+            try:
+                names.append(name.decode())
+            except UnicodeDecodeError:
+                names.append(name.decode(errors="replace"))
+                strange = True
+        record: ConsumerRecord[bytes, bytes] = ConsumerRecord(
+            topic,
+            partition,
+            offset,
+            max_ts if log_append else first_ts + ts_delta,
+            int(log_append),
+            key,
+            value,
+            None,
+            -1 if key is None else len(key),
+            -1 if value is None else len(value),
+            tuple((n, v) for n, (_, v) in zip(names, headers, strict=True)),
+        )
+        if not sound:
+            out.append(Undecodable(record, "its record batch fails its CRC"))
+        elif strange:
+            out.append(Undecodable(record, "a header key is not UTF-8"))
+        else:
+            out.append(record)
+    return last_offset + 1
+
+
+_Parsed = tuple[int, int, bytes | None, bytes | None, list[tuple[bytes, bytes | None]]]
+
+
+def _parse_records(body: bytes, attributes: int, count: int) -> list[_Parsed]:
+    """(timestamp delta, offset delta, key, value, raw headers) of each record."""
+    codec = attributes & _COMPRESSION
+    if codec:
+        decompress = _DECOMPRESS.get(codec)
+        if decompress is None:
+            raise _Malformed(f"unknown compression type {codec}")
+        body = decompress(body)
+    buffer = bytearray(body)
+    pos = 0
+
+    def varint() -> int:
+        nonlocal pos
+        value, pos = decode_varint(buffer, pos)
+        return int(value)
+
+    def nullable(size: int) -> bytes | None:
+        nonlocal pos
+        if size < 0:
+            return None
+        if pos + size > len(buffer):
+            raise _Malformed("a record runs past its batch")
+        chunk = bytes(buffer[pos : pos + size])
+        pos += size
+        return chunk
+
+    records: list[_Parsed] = []
+    for _ in range(count):
+        length = varint()
+        begins = pos
+        pos += 1  # attributes: unused by any record format so far
+        ts_delta = varint()
+        offset_delta = varint()
+        key = nullable(varint())
+        value = nullable(varint())
+        headers: list[tuple[bytes, bytes | None]] = []
+        for _ in range(varint()):
+            name = nullable(varint())
+            if name is None:
+                raise _Malformed("a header without a key")
+            headers.append((name, nullable(varint())))
+        if pos - begins != length:
+            raise _Malformed(f"a record of {pos - begins} bytes says it has {length}")
+        records.append((ts_delta, offset_delta, key, value, headers))
+    if pos != len(buffer):
+        raise _Malformed("bytes left over after the batch's records")
+    return records
+
+
+def _read_legacy(
+    topic: str,
+    partition: int,
+    batch: memoryview,
+    start: int,
+    out: list[ConsumerRecord[bytes, bytes] | Undecodable],
+) -> int:
+    """Append the records of a v0/v1 message set (no headers: the client's reader has
+    nothing to fail on but a corrupt one); the offset after it."""
+    base_offset: int = struct.unpack_from(">q", batch)[0]
+    try:
+        reader = MemoryRecords(bytes(batch)).next_batch()
+        if not reader.validate_crc():
+            raise _Malformed("its message fails its CRC")
+        records = [
+            ConsumerRecord(
+                topic,
+                partition,
+                r.offset,
+                r.timestamp,
+                r.timestamp_type,
+                r.key,
+                r.value,
+                r.checksum,
+                -1 if r.key is None else len(r.key),
+                -1 if r.value is None else len(r.value),
+                (),
+            )
+            for r in reader
+        ]
+    except Exception as failure:  # whatever a corrupt message makes the reader raise
+        if base_offset >= start:
+            out.append(
+                Undecodable(placeholder(topic, partition, base_offset), f"unreadable: {failure!r}")
+            )
+        return base_offset + 1
+    out.extend(r for r in records if r.offset >= start)
+    return max((int(r.offset) for r in records), default=base_offset) + 1

@@ -1,0 +1,190 @@
+"""`recordbatch.read_records` against the Kafka client's own writer and reader."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from aiokafka import ConsumerRecord
+from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+from aiokafka.record.legacy_records import LegacyRecordBatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.record.util import calc_crc32c
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pipeline import NotUtf8
+
+from processor.runtime.recordbatch import ReadRecords, Undecodable, read_records
+
+TOPIC = "input"
+Header = tuple[str, bytes | None]
+Spec = tuple[bytes | None, bytes | None, list[Header]]
+
+
+def batch(base_offset: int, records: list[Spec], *, gzip: bool = False) -> bytes:
+    """A v2 record batch as a producer writes it, at `base_offset` (as the broker sets it)."""
+    builder = _DefaultRecordBatchBuilderPy(
+        magic=2,
+        compression_type=1 if gzip else 0,
+        is_transactional=False,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 24,
+    )
+    for delta, (key, value, headers) in enumerate(records):
+        builder.append(delta, timestamp=1_000 + delta, key=key, value=value, headers=headers)
+    data = bytearray(builder.build())
+    struct.pack_into(">q", data, 0, base_offset)
+    return bytes(data)
+
+
+def client_read(data: bytes) -> list[ConsumerRecord[bytes, bytes]]:
+    """What the Kafka client itself hands out for `data`."""
+    out = []
+    records = MemoryRecords(data)
+    while records.has_next():
+        for r in records.next_batch():
+            out.append(
+                ConsumerRecord(
+                    TOPIC,
+                    0,
+                    r.offset,
+                    r.timestamp,
+                    r.timestamp_type,
+                    r.key,
+                    r.value,
+                    r.checksum,
+                    -1 if r.key is None else len(r.key),
+                    -1 if r.value is None else len(r.value),
+                    tuple(r.headers),
+                )
+            )
+    return out
+
+
+def read(data: bytes, start: int = 0) -> ReadRecords:
+    return read_records(TOPIC, 0, data, start)
+
+
+def with_crc(data: bytearray) -> bytes:
+    """`data` (one batch) with its CRC computed again, as a producer would have."""
+    struct.pack_into(">I", data, 17, calc_crc32c(memoryview(data)[21:]))
+    return bytes(data)
+
+
+blobs = st.none() | st.binary(max_size=40)
+headers = st.lists(st.tuples(st.text(max_size=8), blobs), max_size=3)
+specs = st.lists(st.tuples(blobs, blobs, headers), min_size=1, max_size=6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(specs, min_size=1, max_size=4), st.booleans(), st.integers(0, 30), st.data())
+def test_readable_batches_read_as_the_client_reads_them(
+    batches: list[list[Spec]], gzip: bool, first: int, data: Any
+) -> None:
+    chunks, offset = [], first
+    for records in batches:
+        chunks.append(batch(offset, records, gzip=gzip))
+        offset += len(records)
+    raw = b"".join(chunks)
+    start = data.draw(st.integers(first, offset), label="start")
+    got = read(raw, start)
+    assert got.items == [r for r in client_read(raw) if r.offset >= start]
+    assert got.next_offset == offset
+
+
+def test_a_header_key_not_in_utf8_sets_aside_that_record_only_with_its_bytes() -> None:
+    raw = batch(
+        10,
+        [
+            (b"a", b"before", []),
+            (b"b", b"poison", [(NotUtf8("trace"), b"x")]),
+            (b"c", b"after", [("trace", b"y")]),
+        ],
+    )
+    got = read(raw)
+    before, poison, after = got.items
+    assert isinstance(before, ConsumerRecord)
+    assert (before.offset, before.value) == (10, b"before")
+    assert isinstance(poison, Undecodable)
+    assert (poison.offset, poison.record.key, poison.record.value) == (11, b"b", b"poison")
+    assert poison.detail == "a header key is not UTF-8"
+    assert isinstance(after, ConsumerRecord)
+    assert (after.offset, after.value, after.headers) == (12, b"after", (("trace", b"y"),))
+    assert got.next_offset == 13
+
+
+def test_every_record_of_a_batch_failing_its_crc_is_set_aside_with_its_bytes() -> None:
+    good = batch(0, [(b"k", b"fine", [])])
+    corrupt = bytearray(batch(1, [(b"k", b"one", []), (b"k", b"two", [])]))
+    corrupt[17] ^= 0xFF  # the CRC
+    got = read(good + bytes(corrupt))
+    assert [(type(i).__name__, i.offset) for i in got.items] == [
+        ("ConsumerRecord", 0),
+        ("Undecodable", 1),
+        ("Undecodable", 2),
+    ]
+    assert [i.record.value for i in got.items[1:] if isinstance(i, Undecodable)] == [
+        b"one",
+        b"two",
+    ]
+    assert {i.detail for i in got.items[1:] if isinstance(i, Undecodable)} == {
+        "its record batch fails its CRC"
+    }
+
+
+def test_a_batch_whose_records_cannot_be_parsed_is_set_aside_by_position() -> None:
+    data = bytearray(batch(5, [(b"k", b"v", []), (b"k", b"w", [])]))
+    data[61] = 0x7E  # the first record's length varint: 63 bytes, far more than it has
+    got = read(with_crc(data) + batch(7, [(b"k", b"next", [])]))
+    assert [(type(i).__name__, i.offset) for i in got.items] == [
+        ("Undecodable", 5),
+        ("Undecodable", 6),
+        ("ConsumerRecord", 7),
+    ]
+    unreadable = got.items[0]
+    assert isinstance(unreadable, Undecodable)
+    assert unreadable.record.value is None
+    assert unreadable.detail.startswith("unreadable batch")
+
+
+def test_a_batch_cut_short_by_the_fetch_size_is_left_for_the_next_fetch() -> None:
+    whole = batch(0, [(b"k", b"v", [])])
+    cut = batch(1, [(b"k", b"w" * 100, [])])
+    got = read(whole + cut[:50])
+    assert [i.offset for i in got.items] == [0]
+    assert got.next_offset == 1
+    alone = read(cut[:50])
+    assert (alone.items, alone.next_offset) == ([], None)
+
+
+def test_a_transaction_marker_is_passed_over() -> None:
+    marker = bytearray(batch(3, [(b"\x00\x00\x00\x01", b"\x00\x00\x00\x00\x00\x00", [])]))
+    struct.pack_into(">h", marker, 21, 0x20 | 0x10)  # attributes: control, transactional
+    got = read(with_crc(marker) + batch(4, [(b"k", b"v", [])]))
+    assert [i.offset for i in got.items] == [4]
+    assert got.next_offset == 5
+
+
+def test_an_old_format_message_set_is_read_by_the_clients_own_reader() -> None:
+    builder = LegacyRecordBatchBuilder(magic=1, compression_type=0, batch_size=1 << 20)
+    builder.append(0, timestamp=1_000, key=b"k", value=b"old")
+    data = bytearray(builder.build())
+    struct.pack_into(">q", data, 0, 42)
+    got = read(bytes(data))
+    assert [(i.offset, i.value) for i in got.items if isinstance(i, ConsumerRecord)] == [
+        (42, b"old")
+    ]
+    assert got.next_offset == 43
+
+
+def test_bytes_of_no_known_format_are_set_aside_by_position_and_passed() -> None:
+    data = bytearray(batch(8, [(b"k", b"v", [])]))
+    data[16] = 7  # magic: no such record format
+    got = read(bytes(data) + batch(9, [(b"k", b"next", [])]))
+    assert [(type(i).__name__, i.offset) for i in got.items] == [
+        ("Undecodable", 8),
+        ("ConsumerRecord", 9),
+    ]
+    assert got.next_offset == 10
