@@ -52,9 +52,11 @@ def _port(text: str) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from processor.settings import describe_settings, load_settings
+    from processor.settings import describe_settings, load_otel, load_settings
 
-    for name, value in describe_settings(load_settings()):
+    settings = load_settings()
+    load_otel()  # checked as `run` checks it; the SDK reads them itself
+    for name, value in describe_settings(settings):
         print(f"{name}={value}")
     return 0
 
@@ -218,9 +220,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from processor.logs import configure_logging
     from processor.runtime.command import run_service
-    from processor.settings import load_settings
+    from processor.settings import load_otel, load_settings
 
     settings = load_settings()
+    load_otel()
     configure_logging(settings.typing.log_level)
     return asyncio.run(run_service(settings))
 
@@ -295,12 +298,13 @@ def _cmd_crm_webhook(args: argparse.Namespace) -> int:
     import asyncio
 
     from processor.logs import configure_logging
-    from processor.settings import load_kafka, load_typing
+    from processor.settings import load_kafka, load_otel, load_typing
     from processor.webhook_command import run_webhook
 
     kafka, typing = load_kafka(), load_typing()
     if not typing.crm_webhook_url:
         raise ConfigError("TYPING_CRM_WEBHOOK_URL is not set (required by crm-webhook)")
+    load_otel()
     configure_logging(typing.log_level)
     return asyncio.run(run_webhook(kafka, typing, typing.crm_webhook_url))
 

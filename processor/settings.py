@@ -2,6 +2,8 @@
 
 Three groups keep the documented names: `KAFKA_*`, `GENESYSCLOUD_*` and `TYPING_*`.
 `load_settings()` raises `ConfigError` with one line naming the variable at fault.
+OpenTelemetry's own `OTEL_*` variables, which the SDK reads for itself, are checked the same
+way by `load_otel()`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import re
 import ssl
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx
@@ -18,8 +20,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FilePath,
+    NonNegativeInt,
+    PositiveInt,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -311,6 +317,157 @@ class TypingSettings(BaseSettings):
         return self
 
 
+OtlpProtocol = Literal["http/protobuf"]
+OtlpCompression = Literal["gzip", "deflate", "none"]
+Sampler = Literal[
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+]
+_RATIO_SAMPLERS = ("traceidratio", "parentbased_traceidratio")
+# What each `OTEL_*_EXPORTER` may name: OTLP/HTTP or nothing (`/metrics` is always served,
+# so `prometheus` asks for nothing more).
+_EXPORTERS = {
+    "traces_exporter": ("otlp", "none"),
+    "metrics_exporter": ("otlp", "none", "prometheus"),
+}
+_PROPAGATORS = ("tracecontext", "baggage", "none")
+
+
+def _key_value_problem(text: str) -> str | None:
+    """Why `text` is no comma-separated `key=value` list (the value never quoted)."""
+    for item in text.split(","):
+        key, equals, _ = item.partition("=")
+        if item.strip() and not (equals and key.strip()):
+            return "expected key=value pairs separated by commas"
+    return None
+
+
+class OtelSettings(BaseSettings):
+    """`OTEL_*`: OpenTelemetry's variables that the processor or its SDK reads (DESIGN §6).
+
+    Checked at start-up, because the SDK itself logs a bad value and carries on with its
+    default (a sampler, a batch size, a timeout), or fails at the first export (an endpoint).
+    Read from the environment only: the SDK never sees a `.env` file. An empty value is
+    unset, as OpenTelemetry's specification says. Only OTLP over HTTP/protobuf is exported,
+    and trace context travels as W3C `traceparent`.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="OTEL_",
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,
+        env_ignore_empty=True,
+    )
+
+    sdk_disabled: bool = False
+    service_name: str | None = None
+    resource_attributes: str | None = None
+    propagators: str | None = None
+    traces_exporter: str = "otlp"
+    metrics_exporter: str = "otlp"
+    traces_sampler: Sampler | None = None
+    traces_sampler_arg: str | None = None
+    bsp_schedule_delay: NonNegativeInt | None = None
+    bsp_export_timeout: NonNegativeInt | None = None
+    bsp_max_queue_size: PositiveInt | None = None
+    bsp_max_export_batch_size: PositiveInt | None = None
+    metric_export_interval: PositiveInt | None = None
+    metric_export_timeout: NonNegativeInt | None = None
+    exporter_otlp_endpoint: str | None = None
+    exporter_otlp_traces_endpoint: str | None = None
+    exporter_otlp_metrics_endpoint: str | None = None
+    exporter_otlp_protocol: OtlpProtocol | None = None
+    exporter_otlp_traces_protocol: OtlpProtocol | None = None
+    exporter_otlp_metrics_protocol: OtlpProtocol | None = None
+    exporter_otlp_timeout: NonNegativeInt | None = None
+    exporter_otlp_traces_timeout: NonNegativeInt | None = None
+    exporter_otlp_metrics_timeout: NonNegativeInt | None = None
+    exporter_otlp_compression: OtlpCompression | None = None
+    exporter_otlp_traces_compression: OtlpCompression | None = None
+    exporter_otlp_metrics_compression: OtlpCompression | None = None
+    exporter_otlp_headers: SecretStr | None = None
+    exporter_otlp_traces_headers: SecretStr | None = None
+    exporter_otlp_metrics_headers: SecretStr | None = None
+    exporter_otlp_certificate: FilePath | None = None
+    exporter_otlp_traces_certificate: FilePath | None = None
+    exporter_otlp_metrics_certificate: FilePath | None = None
+    exporter_otlp_client_key: FilePath | None = None
+    exporter_otlp_traces_client_key: FilePath | None = None
+    exporter_otlp_metrics_client_key: FilePath | None = None
+    exporter_otlp_client_certificate: FilePath | None = None
+    exporter_otlp_traces_client_certificate: FilePath | None = None
+    exporter_otlp_metrics_client_certificate: FilePath | None = None
+
+    @field_validator(
+        "exporter_otlp_endpoint", "exporter_otlp_traces_endpoint", "exporter_otlp_metrics_endpoint"
+    )
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        problem = None if value is None else http_url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("traces_exporter", "metrics_exporter")
+    @classmethod
+    def _check_exporters(cls, value: str, info: ValidationInfo) -> str:
+        allowed = _EXPORTERS[str(info.field_name)]
+        for name in (part.strip() for part in value.split(",")):
+            if name not in allowed:
+                raise ValueError(f"{name!r} is not available (one of {', '.join(allowed)})")
+        return value
+
+    @field_validator("propagators")
+    @classmethod
+    def _check_propagators(cls, value: str | None) -> str | None:
+        for name in (part.strip() for part in (value or "").split(",") if value):
+            if name not in _PROPAGATORS:
+                raise ValueError(
+                    f"{name!r} is not available: trace context travels as W3C tracecontext"
+                )
+        return value
+
+    @field_validator("resource_attributes", "service_name")
+    @classmethod
+    def _check_text(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.field_name == "resource_attributes":
+            problem = _key_value_problem(value)
+            if problem:
+                raise ValueError(problem)
+        if value is not None and not value.strip():
+            raise ValueError("blank")
+        return value
+
+    @field_validator(
+        "exporter_otlp_headers", "exporter_otlp_traces_headers", "exporter_otlp_metrics_headers"
+    )
+    @classmethod
+    def _check_headers(cls, value: SecretStr | None) -> SecretStr | None:
+        problem = None if value is None else _key_value_problem(value.get_secret_value())
+        if problem:
+            raise ValueError(problem)  # never the value: headers carry API keys
+        return value
+
+    @model_validator(mode="after")
+    def _check_together(self) -> Self:
+        if self.traces_sampler in _RATIO_SAMPLERS and self.traces_sampler_arg is not None:
+            try:
+                ratio = float(self.traces_sampler_arg)
+            except ValueError:
+                ratio = -1.0
+            if not 0.0 <= ratio <= 1.0:
+                raise ValueError("traces_sampler_arg: a sampling ratio must be a number in 0..1")
+        queue = self.bsp_max_queue_size or 2048  # the SDK's defaults
+        if (self.bsp_max_export_batch_size or 512) > queue:
+            raise ValueError(f"bsp_max_export_batch_size: more than the queue holds ({queue})")
+        return self
+
+
 _GROUPS: tuple[tuple[str, type[BaseSettings]], ...] = (
     ("KAFKA_", KafkaSettings),
     ("GENESYSCLOUD_", GenesysSettings),
@@ -364,6 +521,12 @@ def load_genesys(**overrides: Any) -> GenesysSettings:
 def load_typing(**overrides: Any) -> TypingSettings:
     """Processor settings from the environment; raises `ConfigError`."""
     result: TypingSettings = _load("TYPING_", TypingSettings, overrides)
+    return result
+
+
+def load_otel() -> OtelSettings:
+    """OpenTelemetry's variables from the environment, checked; raises `ConfigError`."""
+    result: OtelSettings = _load("OTEL_", OtelSettings, {})
     return result
 
 

@@ -14,6 +14,7 @@ from processor.settings import (
     describe_settings,
     load_genesys,
     load_kafka,
+    load_otel,
     load_settings,
     load_typing,
 )
@@ -25,7 +26,7 @@ SECRET = "s3cr3t-value-never-shown"
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]) -> None:
     for name in list(os.environ):
-        if name.startswith(("KAFKA_", "GENESYSCLOUD_", "TYPING_")):
+        if name.startswith(("KAFKA_", "GENESYSCLOUD_", "TYPING_", "OTEL_")):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)  # no stray .env
     monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_ID", "client")
@@ -256,3 +257,100 @@ def test_a_webhook_url_credential_is_masked_and_never_in_an_error(
     with pytest.raises(ConfigError) as caught:
         load_typing()
     assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("OTEL_SDK_DISABLED", "perhaps"),
+        ("OTEL_TRACES_EXPORTER", "zipkin"),
+        ("OTEL_METRICS_EXPORTER", "otlp,console"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://collector:99999/v1/traces"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/json"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "ten seconds"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli"),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/definitely/missing.pem"),
+        ("OTEL_TRACES_SAMPLER", "sometimes"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "-1"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096"),  # more than the default queue
+        ("OTEL_METRIC_EXPORT_INTERVAL", "0"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment"),
+        ("OTEL_SERVICE_NAME", "   "),
+        ("OTEL_PROPAGATORS", "b3"),
+    ],
+)
+def test_a_bad_opentelemetry_variable_is_named_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    """The SDK would log it and carry on with a default (or fail at the first export)."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_otel()
+    message = str(caught.value)
+    assert message.startswith(f"{name} is invalid: "), message
+    assert "\n" not in message
+
+
+def test_a_sampling_ratio_outside_0_to_1_is_refused_only_for_a_ratio_sampler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "1.5")
+    load_otel()  # the default sampler takes no argument
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    with pytest.raises(ConfigError, match=r"^OTEL_TRACES_SAMPLER_ARG is invalid: "):
+        load_otel()
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.25")
+    assert load_otel().traces_sampler_arg == "0.25"
+
+
+def test_usual_opentelemetry_settings_pass_and_empty_ones_are_unset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in {
+        "OTEL_SDK_DISABLED": "false",
+        "OTEL_SERVICE_NAME": "typing",
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,k8s.pod.name=p-1,",
+        "OTEL_PROPAGATORS": "tracecontext,baggage",
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_METRICS_EXPORTER": "prometheus",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector.observability:4318",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "10000",
+        "OTEL_BSP_MAX_QUEUE_SIZE": "4096",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "1024",
+        "OTEL_TRACES_SAMPLER": "always_off",
+        "OTEL_LOGS_EXPORTER": "anything: not read",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "",
+    }.items():
+        monkeypatch.setenv(name, value)
+    otel = load_otel()
+    assert otel.exporter_otlp_traces_endpoint is None
+    assert otel.metrics_exporter == "prometheus"
+
+
+def test_otlp_headers_are_checked_but_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", f"api-key {SECRET}")
+    with pytest.raises(ConfigError) as caught:
+        load_otel()
+    assert str(caught.value).startswith("OTEL_EXPORTER_OTLP_HEADERS is invalid")
+    assert SECRET not in str(caught.value)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", f"api-key={SECRET},x-team=typing")
+    assert SECRET not in repr(load_otel())
+
+
+@pytest.mark.parametrize("command", ["run", "config"])
+def test_cli_refuses_a_bad_opentelemetry_variable_with_one_line(command: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "processor", command],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "OTEL_TRACES_SAMPLER": "sometimes"},
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "OTEL_TRACES_SAMPLER is invalid" in result.stderr, result.stderr
