@@ -73,6 +73,31 @@ class _Malformed(Exception):
     """A batch's records cannot be parsed."""
 
 
+def _record(
+    topic: str,
+    partition: int,
+    where: tuple[int, int, int],
+    key: bytes | None,
+    value: bytes | None,
+    headers: tuple[tuple[str, bytes | None], ...],
+) -> ConsumerRecord[bytes, bytes]:
+    """A record as the client hands it out; `where` is (offset, timestamp, its type)."""
+    offset, timestamp, timestamp_type = where
+    return ConsumerRecord(
+        topic,
+        partition,
+        offset,
+        timestamp,
+        timestamp_type,
+        key,
+        value,
+        None,
+        -1 if key is None else len(key),
+        -1 if value is None else len(value),
+        headers,
+    )
+
+
 def placeholder(topic: str, partition: int, offset: int) -> ConsumerRecord[bytes, bytes]:
     """A record that stands for an unreadable one: its position, no content."""
     return ConsumerRecord(topic, partition, offset, -1, 0, None, None, None, -1, -1, ())
@@ -140,17 +165,12 @@ def _read_v2(
             except UnicodeDecodeError:
                 names.append(name.decode(errors="replace"))
                 strange = True
-        record: ConsumerRecord[bytes, bytes] = ConsumerRecord(
+        record = _record(
             topic,
             partition,
-            offset,
-            max_ts if log_append else first_ts + ts_delta,
-            int(log_append),
+            (offset, max_ts if log_append else first_ts + ts_delta, int(log_append)),
             key,
             value,
-            None,
-            -1 if key is None else len(key),
-            -1 if value is None else len(value),
             tuple((n, v) for n, (_, v) in zip(names, headers, strict=True)),
         )
         if not sound:
@@ -229,19 +249,7 @@ def _read_legacy(
         if not reader.validate_crc():
             raise _Malformed("its message fails its CRC")
         records = [
-            ConsumerRecord(
-                topic,
-                partition,
-                r.offset,
-                r.timestamp,
-                r.timestamp_type,
-                r.key,
-                r.value,
-                r.checksum,
-                -1 if r.key is None else len(r.key),
-                -1 if r.value is None else len(r.value),
-                (),
-            )
+            _record(topic, partition, (r.offset, r.timestamp, r.timestamp_type), r.key, r.value, ())
             for r in reader
         ]
     except Exception as failure:  # whatever a corrupt message makes the reader raise
