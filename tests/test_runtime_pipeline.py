@@ -128,6 +128,27 @@ async def test_closed_session_gets_no_patch_and_an_audit_record(
     assert emulator.history("s-closed") == []
 
 
+@pytest.mark.parametrize("compression", ["gzip", "snappy", "lz4", "zstd"])
+async def test_compressed_input_is_processed(
+    emulator: EmulatorHandle, running: InProcess, bootstrap_servers: str, compression: str
+) -> None:
+    """Producers often compress their batches; the broker keeps them so. Without the
+    codec such a batch could never be read, only fetched again."""
+    session_id = f"s-{compression}"
+    emulator.create_session(session_id)
+    sender = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, compression_type=compression)
+    await sender.start()
+    try:
+        await sender.send_and_wait(
+            running.settings.typing.input_topic,
+            orjson.dumps(typing_event(session_id, timeout_ms=30_000)),
+            key=session_id.encode(),
+        )
+    finally:
+        await sender.stop()
+    await eventually(lambda: indicator(emulator, session_id) is not None, 10, "indicator set")
+
+
 async def test_malformed_input_goes_to_the_dlq_and_processing_goes_on(
     emulator: EmulatorHandle, producer: Producer, running: InProcess, bootstrap_servers: str
 ) -> None:
