@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from aiokafka.record.legacy_records import LegacyRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from pipeline import NotUtf8
 
 from processor.runtime.recordbatch import ReadRecords, Undecodable, read_records
+from processor.runtime.undecodable import read_at
 
 TOPIC = "input"
 Header = tuple[str, bytes | None]
@@ -188,3 +189,19 @@ def test_bytes_of_no_known_format_are_set_aside_by_position_and_passed() -> None
         ("ConsumerRecord", 9),
     ]
     assert got.next_offset == 10
+
+
+async def test_a_first_batch_larger_than_asked_for_is_fetched_again_with_room() -> None:
+    """A broker may cut the first batch short at the fetch's size (Kafka sends it whole,
+    others need not): the search asks again for more, up to its limit."""
+    large = batch(0, [(b"k", b"x" * 3_000_000, [])]) + batch(1, [(b"k", b"next", [])])
+    asked: list[int] = []
+
+    class Cutting:
+        async def fetch(self, tp: TopicPartition, offset: int, max_bytes: int) -> bytes:
+            asked.append(max_bytes)
+            return large[:max_bytes]
+
+    got = await read_at(Cutting(), TopicPartition(TOPIC, 0), 0)  # type: ignore[arg-type]
+    assert [i.offset for i in got.items] == [0, 1]
+    assert asked == [1 << 20, 1 << 22]

@@ -46,7 +46,7 @@ async def fetch_past_undecodable(
     raw fetch reaches; then the consumer's position follows them. Kafka's errors
     propagate."""
     start = await _start(consumer, tp, resume_at())
-    read = await _read(raw, tp, start)
+    read = await read_at(raw, tp, start)
     run: list[ConsumerRecord[bytes, bytes]] = []
     for item in read.items:
         if isinstance(item, Undecodable):
@@ -61,9 +61,9 @@ async def fetch_past_undecodable(
     consumer.seek(tp, start if read.next_offset is None else read.next_offset)
 
 
-async def _read(raw: RawFetcher, tp: TopicPartition, start: int) -> ReadRecords:
-    """What one raw fetch at `start` holds, asking for more while its first record batch
-    does not fit."""
+async def read_at(raw: RawFetcher, tp: TopicPartition, start: int) -> ReadRecords:
+    """What one raw fetch of `tp` at `start` holds, asking for more bytes while its first
+    record batch does not fit."""
     size = FETCH_BYTES
     while True:
         data = await raw.fetch(tp, start, size)
