@@ -37,7 +37,7 @@ from processor.models import DlqReason
 from processor.runtime.kafka import BrokerCheck, client_options, wait_to_restart
 from processor.runtime.rawfetch import RawFetcher
 from processor.runtime.recordbatch import Undecodable
-from processor.runtime.undecodable import fetch_past_undecodable, is_undecodable
+from processor.runtime.undecodable import fetch_past_undecodable, is_undecodable, rewind
 from processor.settings import KafkaSettings, TypingSettings
 
 log = logging.getLogger(__name__)
@@ -65,12 +65,6 @@ class WebhookCounters:
     retries: int = 0
     dead_letters: int = 0
     restarts: int = 0
-
-
-def _from_commit() -> int | None:
-    """Where the search for an undecodable record starts: the worker commits what it
-    delivers, so its commit."""
-    return None
 
 
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -200,9 +194,13 @@ class CrmWebhookWorker:
         log.warning(
             "a fetch failed on a record the client cannot decode (%r); reading past it", exc
         )
+        # every partition back to its commit first: the fetch that raised may have moved
+        # any of them past records it never returned (Kafka's errors: `run` restarts)
+        owned = sorted(consumer.assignment() - consumer.paused())
+        starts = [(tp, await rewind(consumer, tp, None)) for tp in owned]
         async with RawFetcher(client_options(self._kafka)) as raw:
-            for tp in sorted(consumer.assignment() - consumer.paused()):
-                async for item in fetch_past_undecodable(consumer, raw, tp, _from_commit):
+            for tp, start in starts:
+                async for item in fetch_past_undecodable(consumer, raw, tp, start):
                     if isinstance(item, Undecodable):
                         await self._dead_letter(
                             item.record, DlqReason.UNDECODABLE_RECORD, item.detail, dead_letters

@@ -25,7 +25,7 @@ from .reconciler import Reconciler, Sink
 from .recordbatch import Undecodable
 from .restore import read_changelog
 from .scheduler import Scheduler
-from .undecodable import fetch_past_undecodable, is_undecodable
+from .undecodable import fetch_past_undecodable, is_undecodable, rewind
 
 log = logging.getLogger(__name__)
 
@@ -278,19 +278,21 @@ class TypingProcessor:
             "a fetch failed on a record the client cannot decode (%r); reading past it", exc
         )
         topic = self.settings.typing.input_topic
-        try:
-            async with RawFetcher(client_options(self.settings.kafka)) as raw:
-                for tp in sorted(consumer.assignment() - consumer.paused()):
-                    worker = self.workers.get(tp.partition)
-                    if worker is None or tp.topic != topic:
-                        continue
-                    async for item in fetch_past_undecodable(consumer, raw, tp, worker.resume_at):
-                        if isinstance(item, Undecodable):
-                            worker.submit_undecodable(item)
-                        else:
-                            worker.submit(item)
-        except KafkaError as failure:
-            log.warning("fetch failed, retrying: %s", failure)
+        owned = [
+            (tp, worker)
+            for tp in sorted(consumer.assignment() - consumer.paused())
+            if tp.topic == topic and (worker := self.workers.get(tp.partition)) is not None
+        ]
+        # Kafka's errors propagate from here: `run` restarts from the last commit, since a
+        # partition may have been left past records the failed fetch never returned
+        starts = [(tp, w, await rewind(consumer, tp, w.resume_at())) for tp, w in owned]
+        async with RawFetcher(client_options(self.settings.kafka)) as raw:
+            for tp, worker, start in starts:
+                async for item in fetch_past_undecodable(consumer, raw, tp, start):
+                    if isinstance(item, Undecodable):
+                        worker.submit_undecodable(item)
+                    else:
+                        worker.submit(item)
 
     def _raise_if_failed(self) -> None:
         problem = self.problem

@@ -7,17 +7,18 @@ sees it, and again at every fetch of its batch and after every restart: left alo
 stops a consumer for good. The fetch that raised may also have moved other partitions'
 positions past records it never returned.
 
-`fetch_past_undecodable` takes one partition back to the first record its consumer has not
-handed on, fetches the raw record set from there (`rawfetch`), reads it record by record
-(`recordbatch`), and puts the consumer after what it read. Every record that can be read is
-handed on as the client would have; only the record that cannot is set aside, as
-`Undecodable`, with its bytes whenever they can be parsed. Whatever lies beyond that one
-fetch, the consumer reads again; if it fails again, the next search starts there.
+`rewind` takes every partition back to the first record its consumer has not handed on;
+then `fetch_past_undecodable` fetches each one's raw record set from there (`rawfetch`),
+reads it record by record (`recordbatch`), and puts the consumer after what it read. Every
+record that can be read is handed on as the client would have; only the record that cannot
+is set aside, as `Undecodable`, with its bytes whenever they can be parsed. Whatever lies
+beyond that one fetch, the consumer reads again; if it fails again, the next search starts
+there.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CorruptRecordException, KafkaError
@@ -35,17 +36,30 @@ def is_undecodable(failure: BaseException) -> bool:
     return isinstance(failure, Exception) and not isinstance(failure, KafkaError)
 
 
+async def rewind(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int | None) -> int:
+    """Put `tp`'s position back at `offset` (the first record not handed on), or else at
+    its commit, or else at its beginning (as `auto_offset_reset` "earliest"); where it is.
+
+    Done for every partition before any is searched: the fetch that raised may have moved
+    the others past records it never returned, and a search that fails half-way must not
+    leave them there."""
+    if offset is None:
+        committed = await consumer.committed(tp)
+        if committed is None:
+            await consumer.seek_to_beginning(tp)
+            return int(await consumer.position(tp))
+        offset = int(committed)
+    consumer.seek(tp, offset)
+    return offset
+
+
 async def fetch_past_undecodable(
-    consumer: AIOKafkaConsumer,
-    raw: RawFetcher,
-    tp: TopicPartition,
-    resume_at: Callable[[], int | None],
+    consumer: AIOKafkaConsumer, raw: RawFetcher, tp: TopicPartition, start: int
 ) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]] | Undecodable]:
-    """Records of `tp` from `resume_at()` (the first not handed on; None: the commit), as
-    runs of readable records and single `Undecodable` ones, in offset order, as far as one
-    raw fetch reaches; then the consumer's position follows them. Kafka's errors
-    propagate."""
-    start = await _start(consumer, tp, resume_at())
+    """Records of `tp` from `start` (see `rewind`), as runs of readable records and single
+    `Undecodable` ones, in offset order, as far as one raw fetch reaches; then the
+    consumer's position follows them. Whoever iterates hands each item on before asking
+    for the next. Kafka's errors propagate."""
     read = await read_at(raw, tp, start)
     run: list[ConsumerRecord[bytes, bytes]] = []
     for item in read.items:
@@ -58,7 +72,8 @@ async def fetch_past_undecodable(
             run.append(item)
     if run:
         yield run
-    consumer.seek(tp, start if read.next_offset is None else read.next_offset)
+    if read.next_offset is not None:
+        consumer.seek(tp, read.next_offset)
 
 
 async def read_at(raw: RawFetcher, tp: TopicPartition, start: int) -> ReadRecords:
@@ -71,15 +86,3 @@ async def read_at(raw: RawFetcher, tp: TopicPartition, start: int) -> ReadRecord
         if read.next_offset is not None or not data or size >= MAX_FETCH_BYTES:
             return read
         size *= 4
-
-
-async def _start(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int | None) -> int:
-    """`offset`, or else `tp`'s commit, or else its beginning (as `auto_offset_reset`
-    "earliest")."""
-    if offset is not None:
-        return offset
-    committed = await consumer.committed(tp)
-    if committed is not None:
-        return int(committed)
-    await consumer.seek_to_beginning(tp)
-    return int(await consumer.position(tp))
