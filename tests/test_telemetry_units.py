@@ -32,6 +32,7 @@ from processor.asgi import serve_in_background
 from processor.logs import JsonFormatter, redact
 from processor.runtime.partition import Counters
 from processor.runtime.service import PartitionStats
+from processor.settings import load_otel
 from processor.telemetry import OpsEndpoint, Telemetry
 from processor.telemetry.propagation import extract, header, inject
 from processor.telemetry.tracing import PartitionTracing
@@ -166,6 +167,18 @@ def test_otel_sdk_disabled_turns_everything_off() -> None:
     assert telemetry.partition_tracing("in", 0, {}) is None
     assert telemetry.render_prometheus() == b""
     assert not Telemetry.disabled().enabled
+
+
+@pytest.mark.parametrize(
+    ("value", "off"), [("TRUE", True), ("on", True), ("t", True), ("0", False), ("no", False)]
+)
+def test_otel_sdk_disabled_reads_as_the_start_up_check_reads_it(
+    value: str, off: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`load_otel` accepts the value; telemetry must then do what it says."""
+    monkeypatch.setenv("OTEL_SDK_DISABLED", value)
+    assert load_otel().sdk_disabled is off
+    assert Telemetry.from_environment({"OTEL_SDK_DISABLED": value}).enabled is not off
 
 
 @dataclass

@@ -32,6 +32,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry, generate_latest
+from pydantic import TypeAdapter, ValidationError
 
 from processor import PRODUCT, __version__
 
@@ -120,8 +121,15 @@ class Observed(Protocol):
         ...
 
 
+_BOOL = TypeAdapter(bool)
+
+
 def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+    """A boolean variable as `settings.OtelSettings` reads it (unset or unreadable: false)."""
+    try:
+        return bool(value and value.strip() and _BOOL.validate_python(value.strip()))
+    except ValidationError:
+        return False
 
 
 def _otlp_endpoint(env: Mapping[str, str], signal: str) -> str | None:
