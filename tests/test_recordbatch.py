@@ -5,7 +5,9 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import CorruptRecordException, KafkaConnectionError, UnsupportedCodecError
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from aiokafka.record.legacy_records import LegacyRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 from pipeline import NotUtf8
 
 from processor.runtime.recordbatch import ReadRecords, Undecodable, read_records
-from processor.runtime.undecodable import read_at
+from processor.runtime.undecodable import is_undecodable, read_at
 
 TOPIC = "input"
 Header = tuple[str, bytes | None]
@@ -205,3 +207,29 @@ async def test_a_first_batch_larger_than_asked_for_is_fetched_again_with_room() 
     got = await read_at(Cutting(), TopicPartition(TOPIC, 0), 0)  # type: ignore[arg-type]
     assert [i.offset for i in got.items] == [0, 1]
     assert asked == [1 << 20, 1 << 22]
+
+
+def test_a_batch_compressed_with_no_known_codec_is_set_aside_by_position() -> None:
+    data = bytearray(batch(3, [(b"k", b"v", []), (b"k", b"w", [])]))
+    struct.pack_into(">h", data, 21, 5)  # attributes: compression type 5, which none is
+    got = read(with_crc(data) + batch(5, [(b"k", b"next", [])]))
+    assert [(type(i).__name__, i.offset) for i in got.items] == [
+        ("Undecodable", 3),
+        ("Undecodable", 4),
+        ("ConsumerRecord", 5),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("failure", "searched"),
+    [
+        (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), True),
+        (CorruptRecordException("Invalid CRC"), True),
+        (UnsupportedCodecError("libraries for codec 5 not found"), True),
+        (KafkaConnectionError("broker down"), False),
+    ],
+)
+def test_which_failed_fetches_are_searched_record_by_record(
+    failure: BaseException, searched: bool
+) -> None:
+    assert is_undecodable(failure) is searched

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CorruptRecordException, KafkaError
+from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
 
 from .rawfetch import FETCH_BYTES, MAX_FETCH_BYTES, RawFetcher
 from .recordbatch import ReadRecords, Undecodable, read_records
@@ -29,9 +29,9 @@ from .recordbatch import ReadRecords, Undecodable, read_records
 
 def is_undecodable(failure: BaseException) -> bool:
     """Whether a failed fetch may have met a record that cannot be read: any exception but
-    Kafka's own errors, and of those a batch that fails its CRC (the search reads it
-    again and checks for itself)."""
-    if isinstance(failure, CorruptRecordException):
+    Kafka's own errors, and of those a batch that fails its CRC or names a codec the
+    client lacks (the search reads it again and decides for itself)."""
+    if isinstance(failure, (CorruptRecordException, UnsupportedCodecError)):
         return True
     return isinstance(failure, Exception) and not isinstance(failure, KafkaError)
 
