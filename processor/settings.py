@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -179,6 +180,17 @@ def http_url_problem(url: str) -> str | None:
     return None
 
 
+def _check_http_url(url: str) -> str:
+    problem = http_url_problem(url)
+    if problem is not None:
+        raise ValueError(problem)  # not the URL itself: it may carry a credential
+    return url
+
+
+HttpUrlText = Annotated[str, AfterValidator(_check_http_url)]
+"""A setting that must be a usable http(s) URL (`http_url_problem`); errors never show it."""
+
+
 def redacted_url(url: str) -> str:
     """`url` with a password and query values masked (a webhook URL may carry a
     credential in either)."""
@@ -280,20 +292,12 @@ class TypingSettings(BaseSettings):
     messaging_max_duration_ms: int = Field(5000, ge=1000, le=60_000)
     http_port: int = Field(8080, ge=0, le=65_535)
     log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
-    crm_webhook_url: str | None = None
+    crm_webhook_url: HttpUrlText | None = None
 
     @property
     def resolved_changelog_topic(self) -> str:
         """`<group>-state-changelog` unless set explicitly."""
         return self.changelog_topic or f"{self.group_id}-state-changelog"
-
-    @field_validator("crm_webhook_url")
-    @classmethod
-    def _check_crm_webhook_url(cls, value: str | None) -> str | None:
-        problem = None if value is None else http_url_problem(value)
-        if problem is not None:
-            raise ValueError(problem)  # not the URL itself: it may carry a credential
-        return value
 
     @field_validator("audit_log_file", mode="before")
     @classmethod
@@ -378,9 +382,9 @@ class OtelSettings(BaseSettings):
     bsp_max_export_batch_size: PositiveInt | None = None
     metric_export_interval: PositiveInt | None = None
     metric_export_timeout: NonNegativeInt | None = None
-    exporter_otlp_endpoint: str | None = None
-    exporter_otlp_traces_endpoint: str | None = None
-    exporter_otlp_metrics_endpoint: str | None = None
+    exporter_otlp_endpoint: HttpUrlText | None = None
+    exporter_otlp_traces_endpoint: HttpUrlText | None = None
+    exporter_otlp_metrics_endpoint: HttpUrlText | None = None
     exporter_otlp_protocol: OtlpProtocol | None = None
     exporter_otlp_traces_protocol: OtlpProtocol | None = None
     exporter_otlp_metrics_protocol: OtlpProtocol | None = None
@@ -403,16 +407,6 @@ class OtelSettings(BaseSettings):
     exporter_otlp_traces_client_certificate: FilePath | None = None
     exporter_otlp_metrics_client_certificate: FilePath | None = None
 
-    @field_validator(
-        "exporter_otlp_endpoint", "exporter_otlp_traces_endpoint", "exporter_otlp_metrics_endpoint"
-    )
-    @classmethod
-    def _check_endpoint(cls, value: str | None) -> str | None:
-        problem = None if value is None else http_url_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
-
     @field_validator("traces_exporter", "metrics_exporter")
     @classmethod
     def _check_exporters(cls, value: str, info: ValidationInfo) -> str:
@@ -432,13 +426,17 @@ class OtelSettings(BaseSettings):
                 )
         return value
 
+    @field_validator("resource_attributes")
+    @classmethod
+    def _check_resource_attributes(cls, value: str | None) -> str | None:
+        problem = None if value is None else _key_value_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
     @field_validator("resource_attributes", "service_name")
     @classmethod
-    def _check_text(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None and info.field_name == "resource_attributes":
-            problem = _key_value_problem(value)
-            if problem:
-                raise ValueError(problem)
+    def _not_blank(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             raise ValueError("blank")
         return value
