@@ -100,7 +100,12 @@ def _record(
 
 def placeholder(topic: str, partition: int, offset: int) -> ConsumerRecord[bytes, bytes]:
     """A record that stands for an unreadable one: its position, no content."""
-    return ConsumerRecord(topic, partition, offset, -1, 0, None, None, None, -1, -1, ())
+    return _record(topic, partition, (offset, -1, 0), None, None, ())
+
+
+def _unreadable(topic: str, partition: int, offset: int, why: str) -> Undecodable:
+    """The record at `offset`, set aside by its position only."""
+    return Undecodable(placeholder(topic, partition, offset), why)
 
 
 def read_records(topic: str, partition: int, data: bytes, start: int) -> ReadRecords:
@@ -123,8 +128,7 @@ def read_records(topic: str, partition: int, data: bytes, start: int) -> ReadRec
             out.next_offset = _read_legacy(topic, partition, batch, start, out.items)
         else:  # no batch of any format: only its position is known
             if base_offset >= start:
-                unknown = Undecodable(placeholder(topic, partition, base_offset), "no record batch")
-                out.items.append(unknown)
+                out.items.append(_unreadable(topic, partition, base_offset, "no record batch"))
             out.next_offset = int(base_offset) + 1
     return out
 
@@ -150,28 +154,26 @@ def _read_v2(
     except Exception as failure:  # whatever the bytes make a codec or parser raise
         why = "its record batch fails its CRC" if not sound else f"unreadable batch: {failure!r}"
         for offset in range(max(start, base_offset), last_offset + 1):
-            out.append(Undecodable(placeholder(topic, partition, offset), why))
+            out.append(_unreadable(topic, partition, offset, why))
         return last_offset + 1
     log_append = bool(attributes & _LOG_APPEND_TIME)
     for ts_delta, offset_delta, key, value, headers in records:
         offset = base_offset + offset_delta
         if offset < start:
             continue
-        names: list[str] = []
-        strange = False
-        for name, _ in headers:
-            try:
-                names.append(name.decode())
-            except UnicodeDecodeError:
-                names.append(name.decode(errors="replace"))
-                strange = True
+        try:
+            named = tuple((name.decode(), v) for name, v in headers)
+            strange = False
+        except UnicodeDecodeError:
+            named = tuple((name.decode(errors="replace"), v) for name, v in headers)
+            strange = True
         record = _record(
             topic,
             partition,
             (offset, max_ts if log_append else first_ts + ts_delta, int(log_append)),
             key,
             value,
-            tuple((n, v) for n, (_, v) in zip(names, headers, strict=True)),
+            named,
         )
         if not sound:
             out.append(Undecodable(record, "its record batch fails its CRC"))
@@ -254,9 +256,7 @@ def _read_legacy(
         ]
     except Exception as failure:  # whatever a corrupt message makes the reader raise
         if base_offset >= start:
-            out.append(
-                Undecodable(placeholder(topic, partition, base_offset), f"unreadable: {failure!r}")
-            )
+            out.append(_unreadable(topic, partition, base_offset, f"unreadable: {failure!r}"))
         return base_offset + 1
     out.extend(r for r in records if r.offset >= start)
     return max((int(r.offset) for r in records), default=base_offset) + 1
