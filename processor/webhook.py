@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import httpx
@@ -35,9 +36,8 @@ from processor.clock import Clock, SystemClock, wait_unless_stopped
 from processor.deadletter import dead_letter_of
 from processor.models import DlqReason
 from processor.runtime.kafka import BrokerCheck, client_options, wait_to_restart
-from processor.runtime.rawfetch import RawFetcher
 from processor.runtime.recordbatch import Undecodable
-from processor.runtime.undecodable import fetch_past_undecodable, is_undecodable, rewind
+from processor.runtime.undecodable import is_undecodable, read_past_undecodable
 from processor.settings import KafkaSettings, TypingSettings
 
 log = logging.getLogger(__name__)
@@ -194,23 +194,23 @@ class CrmWebhookWorker:
         log.warning(
             "a fetch failed on a record the client cannot decode (%r); reading past it", exc
         )
-        # every partition back to its commit first: the fetch that raised may have moved
-        # any of them past records it never returned (Kafka's errors: `run` restarts)
+        # every partition from its commit (Kafka's errors propagate: `run` restarts)
         owned = sorted(consumer.assignment() - consumer.paused())
-        starts = [(tp, await rewind(consumer, tp, None)) for tp in owned]
-        async with RawFetcher(client_options(self._kafka)) as raw:
-            for tp, start in starts:
-                async for item in fetch_past_undecodable(consumer, raw, tp, start):
-                    if isinstance(item, Undecodable):
-                        await self._dead_letter(
-                            item.record, DlqReason.UNDECODABLE_RECORD, item.detail, dead_letters
-                        )
-                        end: int | None = item.offset + 1
-                    else:
-                        end = await self._deliver_all(item, stop, dead_letters)
-                    if end is None:
-                        return  # stopping
-                    await consumer.commit({tp: end})
+        search = read_past_undecodable(
+            consumer, client_options(self._kafka), dict.fromkeys(owned, None)
+        )
+        async with aclosing(search):
+            async for tp, item in search:
+                if isinstance(item, Undecodable):
+                    await self._dead_letter(
+                        item.record, DlqReason.UNDECODABLE_RECORD, item.detail, dead_letters
+                    )
+                    end: int | None = item.offset + 1
+                else:
+                    end = await self._deliver_all(item, stop, dead_letters)
+                if end is None:
+                    return  # stopping
+                await consumer.commit({tp: end})
 
     async def _deliver_all(
         self,

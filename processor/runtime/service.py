@@ -7,6 +7,7 @@ import functools
 import gc
 import logging
 from collections.abc import Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -20,12 +21,11 @@ from processor.telemetry import Telemetry
 from .kafka import BrokerCheck, TopicError, TopicSpec, client_options, ensure_topics
 from .outbound import Outbound
 from .partition import Counters, PartitionWorker
-from .rawfetch import RawFetcher
 from .reconciler import Reconciler, Sink
 from .recordbatch import Undecodable
 from .restore import read_changelog
 from .scheduler import Scheduler
-from .undecodable import fetch_past_undecodable, is_undecodable, rewind
+from .undecodable import is_undecodable, read_past_undecodable
 
 log = logging.getLogger(__name__)
 
@@ -278,21 +278,24 @@ class TypingProcessor:
             "a fetch failed on a record the client cannot decode (%r); reading past it", exc
         )
         topic = self.settings.typing.input_topic
-        owned = [
-            (tp, worker)
+        owned = {
+            tp: worker
             for tp in sorted(consumer.assignment() - consumer.paused())
             if tp.topic == topic and (worker := self.workers.get(tp.partition)) is not None
-        ]
+        }
         # Kafka's errors propagate from here: `run` restarts from the last commit, since a
         # partition may have been left past records the failed fetch never returned
-        starts = [(tp, w, await rewind(consumer, tp, w.resume_at())) for tp, w in owned]
-        async with RawFetcher(client_options(self.settings.kafka)) as raw:
-            for tp, worker, start in starts:
-                async for item in fetch_past_undecodable(consumer, raw, tp, start):
-                    if isinstance(item, Undecodable):
-                        worker.submit_undecodable(item)
-                    else:
-                        worker.submit(item)
+        search = read_past_undecodable(
+            consumer,
+            client_options(self.settings.kafka),
+            {tp: worker.resume_at() for tp, worker in owned.items()},
+        )
+        async with aclosing(search):
+            async for tp, item in search:
+                if isinstance(item, Undecodable):
+                    owned[tp].submit_undecodable(item)
+                else:
+                    owned[tp].submit(item)
 
     def _raise_if_failed(self) -> None:
         problem = self.problem

@@ -7,9 +7,9 @@ sees it, and again at every fetch of its batch and after every restart: left alo
 stops a consumer for good. The fetch that raised may also have moved other partitions'
 positions past records it never returned.
 
-`rewind` takes every partition back to the first record its consumer has not handed on;
-then `fetch_past_undecodable` fetches each one's raw record set from there (`rawfetch`),
-reads it record by record (`recordbatch`), and puts the consumer after what it read. Every
+`read_past_undecodable` takes every partition back to the first record its consumer has not
+handed on; then fetches each one's raw record set from there (`rawfetch`), reads it record
+by record (`recordbatch`), and puts the consumer after what it read. Every
 record that can be read is handed on as the client would have; only the record that cannot
 is set aside, as `Undecodable`, with its bytes whenever they can be parsed. Whatever lies
 beyond that one fetch, the consumer reads again; if it fails again, the next search starts
@@ -18,7 +18,8 @@ there.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
@@ -36,7 +37,25 @@ def is_undecodable(failure: BaseException) -> bool:
     return isinstance(failure, Exception) and not isinstance(failure, KafkaError)
 
 
-async def rewind(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int | None) -> int:
+async def read_past_undecodable(
+    consumer: AIOKafkaConsumer,
+    client_options: dict[str, Any],
+    resume_at: Mapping[TopicPartition, int | None],
+) -> AsyncGenerator[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]] | Undecodable]]:
+    """After a fetch raised on a record the client cannot decode: each partition of
+    `resume_at`, from the first record not handed on (None: the commit), as runs of
+    readable records and single `Undecodable` ones, in offset order, with the partition
+    they belong to. Every partition is rewound before any is read. Whoever iterates
+    hands each item on before asking for the next, and closes the iteration if it stops
+    early (`contextlib.aclosing`). Kafka's errors propagate."""
+    starts = [(tp, await _rewind(consumer, tp, offset)) for tp, offset in resume_at.items()]
+    async with RawFetcher(client_options) as raw:
+        for tp, start in starts:
+            async for item in _fetch_past(consumer, raw, tp, start):
+                yield tp, item
+
+
+async def _rewind(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int | None) -> int:
     """Put `tp`'s position back at `offset` (the first record not handed on), or else at
     its commit, or else at its beginning (as `auto_offset_reset` "earliest"); where it is.
 
@@ -53,13 +72,11 @@ async def rewind(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int | N
     return offset
 
 
-async def fetch_past_undecodable(
+async def _fetch_past(
     consumer: AIOKafkaConsumer, raw: RawFetcher, tp: TopicPartition, start: int
 ) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]] | Undecodable]:
-    """Records of `tp` from `start` (see `rewind`), as runs of readable records and single
-    `Undecodable` ones, in offset order, as far as one raw fetch reaches; then the
-    consumer's position follows them. Whoever iterates hands each item on before asking
-    for the next. Kafka's errors propagate."""
+    """Records of `tp` from `start`, as runs of readable records and single `Undecodable`
+    ones, as far as one raw fetch reaches; then the consumer's position follows them."""
     read = await read_at(raw, tp, start)
     run: list[ConsumerRecord[bytes, bytes]] = []
     for item in read.items:
