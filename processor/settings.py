@@ -71,6 +71,13 @@ class SecurityProtocol(StrEnum):
     SASL_SSL = "SASL_SSL"
 
 
+class IsolationLevel(StrEnum):
+    """Which records a consumer reads of a transactional producer's."""
+
+    READ_COMMITTED = "read_committed"
+    READ_UNCOMMITTED = "read_uncommitted"
+
+
 class SaslMechanism(StrEnum):
     PLAIN = "PLAIN"
     SCRAM_SHA_256 = "SCRAM-SHA-256"
@@ -135,6 +142,8 @@ class KafkaSettings(BaseSettings):
     ssl_cafile: Path | None = None
     # Tansu and some managed brokers lack idempotent producers; opt in where supported.
     enable_idempotence: bool = False
+    # A transactional producer upstream may abort: its records must never show typing.
+    isolation_level: IsolationLevel = IsolationLevel.READ_COMMITTED
     client_id: str = "genesys-typing-processor"
 
     @field_validator("bootstrap_servers")

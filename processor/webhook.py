@@ -149,6 +149,7 @@ class CrmWebhookWorker:
             group_id=f"{self._typing.group_id}-crm-webhook",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            isolation_level=self._kafka.isolation_level.value,
         )
         # dead letters only; acks from every replica: a letter is the record's only copy
         # once its offset is committed
@@ -197,7 +198,10 @@ class CrmWebhookWorker:
         # every partition from its commit (Kafka's errors propagate: `run` restarts)
         owned = sorted(consumer.assignment() - consumer.paused())
         search = read_past_undecodable(
-            consumer, client_options(self._kafka), dict.fromkeys(owned, None)
+            consumer,
+            client_options(self._kafka),
+            self._kafka.isolation_level,
+            dict.fromkeys(owned, None),
         )
         async with aclosing(search):
             async for tp, item in search:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.consumer.fetcher import PartitionRecords
 from aiokafka.errors import CorruptRecordException, KafkaConnectionError, UnsupportedCodecError
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from aiokafka.record.legacy_records import LegacyRecordBatchBuilder
@@ -16,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pipeline import NotUtf8
 
+from processor.runtime.rawfetch import RawRecords
 from processor.runtime.recordbatch import ReadRecords, Undecodable, read_records
 from processor.runtime.undecodable import is_undecodable, read_at
 
@@ -24,15 +26,18 @@ Header = tuple[str, bytes | None]
 Spec = tuple[bytes | None, bytes | None, list[Header]]
 
 
-def batch(base_offset: int, records: list[Spec], *, codec: int = 0) -> bytes:
-    """A v2 record batch as a producer writes it, at `base_offset` (as the broker sets it)."""
+def batch(
+    base_offset: int, records: list[Spec], *, codec: int = 0, producer: int | None = None
+) -> bytes:
+    """A v2 record batch as a producer writes it, at `base_offset` (as the broker sets it);
+    with `producer`, in a transaction of that producer id's."""
     builder = _DefaultRecordBatchBuilderPy(
         magic=2,
         compression_type=codec,  # none, gzip, snappy, lz4, zstd
-        is_transactional=False,
-        producer_id=-1,
-        producer_epoch=-1,
-        base_sequence=-1,
+        is_transactional=producer is not None,
+        producer_id=-1 if producer is None else producer,
+        producer_epoch=-1 if producer is None else 0,
+        base_sequence=-1 if producer is None else 0,
         batch_size=1 << 24,
     )
     for delta, (key, value, headers) in enumerate(records):
@@ -162,12 +167,88 @@ def test_a_batch_cut_short_by_the_fetch_size_is_left_for_the_next_fetch() -> Non
     assert (alone.items, alone.next_offset) == ([], None)
 
 
+def marker(offset: int, producer: int, *, commit: bool) -> bytes:
+    """The control batch that ends `producer`'s transaction, as the broker writes it."""
+    key = struct.pack(">hh", 0, 1 if commit else 0)  # version, type (0 abort, 1 commit)
+    data = bytearray(batch(offset, [(key, struct.pack(">hi", 0, 0), [])], producer=producer))
+    struct.pack_into(">h", data, 21, 0x20 | 0x10)  # attributes: control, transactional
+    return with_crc(data)
+
+
 def test_a_transaction_marker_is_passed_over() -> None:
-    marker = bytearray(batch(3, [(b"\x00\x00\x00\x01", b"\x00\x00\x00\x00\x00\x00", [])]))
-    struct.pack_into(">h", marker, 21, 0x20 | 0x10)  # attributes: control, transactional
-    got = read(with_crc(marker) + batch(4, [(b"k", b"v", [])]))
+    got = read(marker(3, 7, commit=True) + batch(4, [(b"k", b"v", [])]))
     assert [i.offset for i in got.items] == [4]
     assert got.next_offset == 5
+
+
+def test_read_committed_passes_over_an_aborted_transaction_only() -> None:
+    raw = (
+        batch(0, [(b"k", b"aborted", [])], producer=7)
+        + batch(1, [(b"k", b"plain", [])])
+        + batch(2, [(b"k", b"committed", [])], producer=8)
+        + marker(3, 7, commit=False)
+        + marker(4, 8, commit=True)
+        + batch(5, [(b"k", b"later", [])], producer=7)
+    )
+    committed = read_records(TOPIC, 0, raw, 0, [(7, 0)])
+    assert [(i.offset, i.value) for i in committed.items] == [
+        (1, b"plain"),
+        (2, b"committed"),
+        (5, b"later"),  # the abort marker ended producer 7's aborted transaction
+    ]
+    assert committed.next_offset == 6
+    uncommitted = read(raw)
+    assert [i.offset for i in uncommitted.items] == [0, 1, 2, 5]
+
+
+Step = tuple[str, int, int]  # (plain | open | commit | abort, producer, records)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["plain", "open", "commit", "abort"]),
+            st.integers(1, 3),
+            st.integers(1, 3),
+        ),
+        max_size=14,
+    ),
+    st.data(),
+)
+def test_read_committed_reads_as_the_client_reads_committed(steps: list[Step], data: Any) -> None:
+    """Transactions of several producers, interleaved, committed, aborted or left open:
+    what is read committed is what the Kafka client hands out reading committed."""
+    chunks: list[bytes] = []
+    aborted: list[tuple[int, int]] = []
+    open_since: dict[int, int] = {}
+    offset = 0
+    for kind, producer, count in steps:
+        if kind in ("commit", "abort"):
+            if producer not in open_since:
+                continue  # a broker writes a marker only for a transaction under way
+            first = open_since.pop(producer)
+            if kind == "abort":
+                aborted.append((producer, first))
+            chunks.append(marker(offset, producer, commit=kind == "commit"))
+            offset += 1
+            continue
+        records: list[Spec] = [(b"k", b"%d" % (offset + n), []) for n in range(count)]
+        chunks.append(batch(offset, records, producer=producer if kind == "open" else None))
+        if kind == "open":
+            open_since.setdefault(producer, offset)
+        offset += count
+    raw = b"".join(chunks)
+    start = data.draw(st.integers(0, offset), label="start")
+    expected = PartitionRecords(
+        TopicPartition(TOPIC, 0), MemoryRecords(raw), aborted, start, None, None, True, 1
+    )
+    got = read_records(TOPIC, 0, raw, start, aborted)
+    # (the client takes the set as starting at its fetch offset: filtered here)
+    assert [(i.offset, i.value) for i in got.items] == [
+        (r.offset, r.value) for r in expected if r.offset >= start
+    ]
+    assert all(isinstance(i, ConsumerRecord) for i in got.items)
 
 
 def test_an_old_format_message_set_is_read_by_the_clients_own_reader() -> None:
@@ -200,9 +281,9 @@ async def test_a_first_batch_larger_than_asked_for_is_fetched_again_with_room() 
     asked: list[int] = []
 
     class Cutting:
-        async def fetch(self, tp: TopicPartition, offset: int, max_bytes: int) -> bytes:
+        async def fetch(self, tp: TopicPartition, offset: int, max_bytes: int) -> RawRecords:
             asked.append(max_bytes)
-            return large[:max_bytes]
+            return RawRecords(large[:max_bytes], None)
 
     got = await read_at(Cutting(), TopicPartition(TOPIC, 0), 0)  # type: ignore[arg-type]
     assert [i.offset for i in got.items] == [0, 1]

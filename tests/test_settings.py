@@ -98,6 +98,7 @@ def test_timeout_matrix_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
         ("TYPING_API_RATE_PER_MINUTE", "0", load_typing),
         ("KAFKA_SECURITY_PROTOCOL", "CARRIER_PIGEON", load_kafka),
         ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL", load_kafka),
+        ("KAFKA_ISOLATION_LEVEL", "read_some", load_kafka),
         ("KAFKA_SSL_CAFILE", "/definitely/missing.pem", load_kafka),
         ("KAFKA_SSL_CAFILE", __file__, load_kafka),  # a file, but no CA bundle
         ("KAFKA_BOOTSTRAP_SERVERS", "localhost:abc", load_kafka),

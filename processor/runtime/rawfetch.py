@@ -2,11 +2,14 @@
 
 For the rare fetch the consumer cannot decode (see `undecodable`): a client of its own,
 opened for the occasion with the consumer's connection settings, asks the partition's
-leader for the bytes at an offset, and `recordbatch` reads them.
+leader for the bytes at an offset, and `recordbatch` reads them. Read committed (as the
+consumer reads), the broker sends records up to the last stable offset and names the
+aborted transactions among them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -15,20 +18,35 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError, LeaderNotAvailableError, for_code
 from aiokafka.protocol.fetch import FetchRequest
 
+from processor.settings import IsolationLevel
+
 FETCH_BYTES = 1 << 20
 """Bytes asked for at first (the consumer's own default per partition)."""
 MAX_FETCH_BYTES = 1 << 26
 """Bytes asked for at most, when a single record batch is larger than that."""
 FETCH_WAIT_MS = 100
 """How long the broker may wait for data at the end of the partition."""
-_READ_UNCOMMITTED = 0  # as the consumers: every record, markers aside
+_ISOLATION = {IsolationLevel.READ_UNCOMMITTED: 0, IsolationLevel.READ_COMMITTED: 1}
+_ABORTED_FROM_V11 = 2  # where the aborted transactions are among a partition's fields
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecords:
+    """One partition's answer to a fetch."""
+
+    data: bytes
+    """The record set, as the broker stores it."""
+    aborted: list[tuple[int, int]] | None
+    """Read committed: each aborted transaction in it, as (producer id, first offset);
+    None when reading uncommitted (every record counts)."""
 
 
 class RawFetcher:
     """Fetches raw record sets; use as an async context manager (it opens a client)."""
 
-    def __init__(self, client_options: dict[str, Any]) -> None:
+    def __init__(self, client_options: dict[str, Any], isolation: IsolationLevel) -> None:
         self._client = AIOKafkaClient(**client_options)
+        self._isolation = isolation
 
     async def __aenter__(self) -> RawFetcher:
         try:
@@ -46,7 +64,7 @@ class RawFetcher:
     ) -> None:
         await self._client.close()
 
-    async def fetch(self, tp: TopicPartition, offset: int, max_bytes: int) -> bytes:
+    async def fetch(self, tp: TopicPartition, offset: int, max_bytes: int) -> RawRecords:
         """The record set of `tp` from `offset`, at most about `max_bytes` (a broker sends a
         larger first batch whole, or cuts it short: then ask for more). Kafka's errors
         raise as the client's `KafkaError`s."""
@@ -58,10 +76,11 @@ class RawFetcher:
             FETCH_WAIT_MS,
             1,
             max_bytes,
-            _READ_UNCOMMITTED,
+            _ISOLATION[self._isolation],
             [(tp.topic, [(tp.partition, offset, max_bytes)])],
         )
         response = await self._client.send(leader, request)
+        committed = self._isolation is IsolationLevel.READ_COMMITTED
         for _, partitions in response.topics:
             for partition, error_code, _, *rest in partitions:
                 if partition != tp.partition:
@@ -69,5 +88,16 @@ class RawFetcher:
                 if error_code:
                     error: KafkaError = for_code(error_code)()
                     raise error
-                return bytes(rest[-1] or b"")
-        return b""
+                aborted = _aborted(response.API_VERSION, rest) if committed else None
+                return RawRecords(bytes(rest[-1] or b""), aborted)
+        return RawRecords(b"", [] if committed else None)
+
+
+def _aborted(version: int, fields: list[Any]) -> list[tuple[int, int]]:
+    """The aborted transactions among a partition's fields after its high watermark: v4
+    to v10 put them just before the records, v11 on before the preferred replica too
+    (versions before 4 have no transactions)."""
+    if version < 4:
+        return []
+    listed = fields[_ABORTED_FROM_V11] if version >= 11 else fields[-2]
+    return [(int(producer), int(first)) for producer, first in listed or ()]

@@ -13,14 +13,15 @@ its batch is lost to it too. `read_records` reads the raw record set of a fetch 
 - an `Undecodable` by position only, for each record of a batch whose records cannot even
   be parsed (corrupt, or compressed with a codec this install lacks).
 
-Older formats (v0, v1) have no headers: the client's own reader takes them. Pure: bytes in,
-records out.
+Older formats (v0, v1) have no headers: the client's own reader takes them. Read committed,
+the batches of aborted transactions are passed over, as the client passes them over. Pure:
+bytes in, records out.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from aiokafka import ConsumerRecord
@@ -36,7 +37,9 @@ _CRC_FROM = 21  # the CRC covers the batch from its attributes on
 _MAGIC_AT = 16
 _COMPRESSION = 0x07
 _LOG_APPEND_TIME = 0x08
+_TRANSACTIONAL = 0x10
 _CONTROL = 0x20
+_ABORT = 0  # a control record's key: version (int16), then type (int16): 0 abort, 1 commit
 _MIN_RECORD = 7  # the fewest bytes a record takes: no batch holds more than its length / 7
 _DECOMPRESS: dict[int, Callable[[bytes], bytes]] = {
     1: gzip_decode,
@@ -71,6 +74,37 @@ class ReadRecords:
 
 class _Malformed(Exception):
     """A batch's records cannot be parsed."""
+
+
+class _Aborts:
+    """Which producers' transactional batches are aborted, batch by batch, from the
+    fetch's list of aborted transactions (producer id, first offset): a producer's
+    batches are from its transaction's first offset until its abort marker."""
+
+    def __init__(self, aborted: Iterable[tuple[int, int]]) -> None:
+        self._ahead = sorted(aborted, key=lambda a: a[1], reverse=True)
+        self._producers: set[int] = set()
+
+    def skips(self, base_offset: int, producer_id: int, attributes: int, body: bytes) -> bool:
+        """Whether the batch at `base_offset` belongs to an aborted transaction; a control
+        batch that marks an abort ends that producer's."""
+        while self._ahead and self._ahead[-1][1] <= base_offset:
+            self._producers.add(self._ahead.pop()[0])
+        if attributes & _CONTROL:
+            if _is_abort_marker(attributes, body):
+                self._producers.discard(producer_id)
+            return False
+        return bool(attributes & _TRANSACTIONAL) and producer_id in self._producers
+
+
+def _is_abort_marker(attributes: int, body: bytes) -> bool:
+    """Whether a control batch marks an abort (its record's key says so)."""
+    try:
+        records = _parse_records(body, attributes, 1)
+    except Exception:  # whatever the bytes make a codec or parser raise: no marker known
+        return False
+    key = records[0][2]
+    return key is not None and len(key) >= 4 and struct.unpack_from(">h", key, 2)[0] == _ABORT
 
 
 def _record(
@@ -108,10 +142,19 @@ def _unreadable(topic: str, partition: int, offset: int, why: str) -> Undecodabl
     return Undecodable(placeholder(topic, partition, offset), why)
 
 
-def read_records(topic: str, partition: int, data: bytes, start: int) -> ReadRecords:
+def read_records(
+    topic: str,
+    partition: int,
+    data: bytes,
+    start: int,
+    aborted: Iterable[tuple[int, int]] | None = None,
+) -> ReadRecords:
     """The records of `data` (a fetch's record set for one partition) from offset `start`
-    on. A batch cut short at the end (the fetch's size limit) is left for the next fetch."""
+    on. A batch cut short at the end (the fetch's size limit) is left for the next fetch.
+    `aborted` (read committed): the fetch's aborted transactions, whose batches are passed
+    over; None: every record counts."""
     out = ReadRecords()
+    aborts = None if aborted is None else _Aborts(aborted)
     view = memoryview(data)
     pos = 0
     while len(view) - pos >= _LOG_OVERHEAD:
@@ -123,7 +166,7 @@ def read_records(topic: str, partition: int, data: bytes, start: int) -> ReadRec
         pos = end
         magic = batch[_MAGIC_AT] if len(batch) > _MAGIC_AT else -1
         if magic == 2 and len(batch) >= _HEADER.size:
-            out.next_offset = _read_v2(topic, partition, batch, start, out.items)
+            out.next_offset = _read_v2(topic, partition, batch, start, out.items, aborts)
         elif magic in (0, 1):
             out.next_offset = _read_legacy(topic, partition, batch, start, out.items)
         else:  # no batch of any format: only its position is known
@@ -139,18 +182,27 @@ def _read_v2(
     batch: memoryview,
     start: int,
     out: list[ConsumerRecord[bytes, bytes] | Undecodable],
+    aborts: _Aborts | None,
 ) -> int:
-    """Append the records of one v2 batch at or after `start`; the offset after it."""
-    (base_offset, length, _, _, crc, attributes, last_delta, first_ts, max_ts, *_, count) = (
-        _HEADER.unpack_from(batch)
-    )
+    """Append the records of one v2 batch at or after `start` (none of an aborted
+    transaction's when `aborts` tracks them); the offset after it."""
+    header = _HEADER.unpack_from(batch)
+    base_offset, length, _, _, crc, attributes, last_delta, first_ts, max_ts = header[:9]
+    producer_id, count = header[9], header[12]
     # a corrupt header may claim any count: no more records than the batch has room for
     last_offset: int = base_offset + max(0, min(last_delta, length // _MIN_RECORD))
+    body = bytes(batch[_HEADER.size :])
+    if (
+        aborts is not None
+        and producer_id >= 0
+        and aborts.skips(base_offset, producer_id, attributes, body)
+    ):
+        return last_offset + 1
     if attributes & _CONTROL:
         return last_offset + 1  # transaction markers: no records of anyone's
     sound = calc_crc32c(batch[_CRC_FROM:]) == crc
     try:
-        records = _parse_records(bytes(batch[_HEADER.size :]), attributes, count)
+        records = _parse_records(body, attributes, count)
     except Exception as failure:  # whatever the bytes make a codec or parser raise
         why = "its record batch fails its CRC" if not sound else f"unreadable batch: {failure!r}"
         for offset in range(max(start, base_offset), last_offset + 1):

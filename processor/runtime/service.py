@@ -196,6 +196,7 @@ class TypingProcessor:
             group_id=self.settings.typing.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            isolation_level=self.settings.kafka.isolation_level.value,
             session_timeout_ms=6_000,
             heartbeat_interval_ms=1_000,
             max_poll_interval_ms=60_000,
@@ -288,6 +289,7 @@ class TypingProcessor:
         search = read_past_undecodable(
             consumer,
             client_options(self.settings.kafka),
+            self.settings.kafka.isolation_level,
             {tp: worker.resume_at() for tp, worker in owned.items()},
         )
         async with aclosing(search):

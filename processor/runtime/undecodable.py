@@ -24,6 +24,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
 
+from processor.settings import IsolationLevel
+
 from .rawfetch import FETCH_BYTES, MAX_FETCH_BYTES, RawFetcher
 from .recordbatch import ReadRecords, Undecodable, read_records
 
@@ -40,16 +42,18 @@ def is_undecodable(failure: BaseException) -> bool:
 async def read_past_undecodable(
     consumer: AIOKafkaConsumer,
     client_options: dict[str, Any],
+    isolation: IsolationLevel,
     resume_at: Mapping[TopicPartition, int | None],
 ) -> AsyncGenerator[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]] | Undecodable]]:
     """After a fetch raised on a record the client cannot decode: each partition of
     `resume_at`, from the first record not handed on (None: the commit), as runs of
     readable records and single `Undecodable` ones, in offset order, with the partition
-    they belong to. Every partition is rewound before any is read. Whoever iterates
-    hands each item on before asking for the next, and closes the iteration if it stops
-    early (`contextlib.aclosing`). Kafka's errors propagate."""
+    they belong to, read at the consumer's `isolation`. Every partition is rewound before
+    any is read. Whoever iterates hands each item on before asking for the next, and
+    closes the iteration if it stops early (`contextlib.aclosing`). Kafka's errors
+    propagate."""
     starts = [(tp, await _rewind(consumer, tp, offset)) for tp, offset in resume_at.items()]
-    async with RawFetcher(client_options) as raw:
+    async with RawFetcher(client_options, isolation) as raw:
         for tp, start in starts:
             async for item in _fetch_past(consumer, raw, tp, start):
                 yield tp, item
@@ -98,8 +102,8 @@ async def read_at(raw: RawFetcher, tp: TopicPartition, start: int) -> ReadRecord
     record batch does not fit."""
     size = FETCH_BYTES
     while True:
-        data = await raw.fetch(tp, start, size)
-        read = read_records(tp.topic, tp.partition, data, start)
-        if read.next_offset is not None or not data or size >= MAX_FETCH_BYTES:
+        fetched = await raw.fetch(tp, start, size)
+        read = read_records(tp.topic, tp.partition, fetched.data, start, fetched.aborted)
+        if read.next_offset is not None or not fetched.data or size >= MAX_FETCH_BYTES:
             return read
         size *= 4
