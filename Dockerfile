@@ -4,19 +4,22 @@
 #   docker run --env-file .env -p 8080:8080 genesys-typing-processor
 #
 # The base is pinned by digest (the multi-arch index of python:3.11.13-slim), so a rebuild
-# gets the same bytes; dependencies come pinned from constraints.txt (.ci/constraints).
+# gets the same bytes; dependencies and the build backend come pinned, with their hashes,
+# from constraints.txt (.ci/constraints).
 # To move the base: docker buildx imagetools inspect python:3.11-slim (README, "Image").
 ARG PYTHON_IMAGE=python:3.11.13-slim@sha256:9bffe4353b925a1656688797ebc68f9c525e79b1d377a764d232182a519eeec4
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
-# the pinned dependencies first: a layer that a change of the code does not rebuild
+# the pinned dependencies first, checked against their hashes: a layer that a change of the
+# code does not rebuild
 COPY constraints.txt /src/
-RUN /opt/venv/bin/pip install --requirement /src/constraints.txt
+RUN /opt/venv/bin/pip install --require-hashes --only-binary=:all: --requirement /src/constraints.txt
 COPY pyproject.toml README.md /src/
 COPY processor /src/processor
-RUN /opt/venv/bin/pip install --no-deps --constraint /src/constraints.txt /src
+# packaged by the pinned backend installed above, not by one fetched at build time
+RUN /opt/venv/bin/pip install --no-deps --no-build-isolation /src
 
 FROM ${PYTHON_IMAGE}
 ARG VERSION=0.1.0
