@@ -7,7 +7,9 @@
 # gets the same bytes; dependencies and the build backend come pinned, with their hashes,
 # from constraints.txt (.ci/constraints).
 # To move the base: docker buildx imagetools inspect python:3.11-slim (README, "Image").
-ARG PYTHON_IMAGE=python:3.11.13-slim@sha256:9bffe4353b925a1656688797ebc68f9c525e79b1d377a764d232182a519eeec4
+ARG PYTHON_TAG=3.11.13-slim
+ARG PYTHON_DIGEST=sha256:9bffe4353b925a1656688797ebc68f9c525e79b1d377a764d232182a519eeec4
+ARG PYTHON_IMAGE=python:${PYTHON_TAG}@${PYTHON_DIGEST}
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -22,6 +24,8 @@ COPY processor /src/processor
 RUN /opt/venv/bin/pip install --no-deps --no-build-isolation /src
 
 FROM ${PYTHON_IMAGE}
+ARG PYTHON_TAG
+ARG PYTHON_DIGEST
 ARG VERSION=0.1.0
 ARG REVISION=""
 ARG CREATED=""
@@ -33,7 +37,8 @@ LABEL org.opencontainers.image.title="genesys-typing-processor" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.source="${SOURCE}" \
-      org.opencontainers.image.base.name="docker.io/library/python:3.11.13-slim"
+      org.opencontainers.image.base.name="docker.io/library/python:${PYTHON_TAG}" \
+      org.opencontainers.image.base.digest="${PYTHON_DIGEST}"
 # uid and gid 10001, as the chart's securityContext runs it
 RUN groupadd --system --gid 10001 processor \
     && useradd --system --uid 10001 --gid 10001 --no-create-home processor
