@@ -9,6 +9,7 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.consumer.fetcher import PartitionRecords
 from aiokafka.errors import CorruptRecordException, KafkaConnectionError, UnsupportedCodecError
+from aiokafka.protocol import fetch as fetch_protocol
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from aiokafka.record.legacy_records import LegacyRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from pipeline import NotUtf8
 
 from processor.runtime.rawfetch import RawRecords
+from processor.runtime.rawfetch import _aborted as aborted_in
 from processor.runtime.recordbatch import ReadRecords, Undecodable, read_records
 from processor.runtime.undecodable import is_undecodable, read_at
 
@@ -249,6 +251,20 @@ def test_read_committed_reads_as_the_client_reads_committed(steps: list[Step], d
         (r.offset, r.value) for r in expected if r.offset >= start
     ]
     assert all(isinstance(i, ConsumerRecord) for i in got.items)
+
+
+@pytest.mark.parametrize("version", range(12))
+def test_the_aborted_transactions_are_found_in_every_fetch_response_version(
+    version: int,
+) -> None:
+    """Laid out as the client's own schema of that version says, after the high watermark."""
+    response = getattr(fetch_protocol, f"FetchResponse_v{version}")
+    topics = response.SCHEMA.fields[list(response.SCHEMA.names).index("topics")].array_of
+    partition = topics.fields[list(topics.names).index("partitions")].array_of
+    names = list(partition.names)[3:]  # after partition, error_code, highwater_offset
+    fields = [[(7, 3)] if name == "aborted_transactions" else b"" for name in names]
+    expected = [(7, 3)] if "aborted_transactions" in names else []
+    assert aborted_in(version, fields) == expected
 
 
 def test_an_old_format_message_set_is_read_by_the_clients_own_reader() -> None:
