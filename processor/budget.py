@@ -22,9 +22,12 @@ come, recently, per planned one, so that the planner keeps room for them.
 The service overrules both: `Retry-After` pauses all spending, and the `inin-ratelimit-*`
 headers (calls counted in the current window, calls allowed, seconds to its reset) cap
 the rate until the window resets, so the replicas together never outrun the window. A 429
-says the service admits fewer calls back to back than the bucket holds (its own bucket is
-smaller, or other clients spent it): `throttled` halves the burst, which grows back by
-`BURST_RECOVERY_S` per quiet minute, up to the configured one.
+says the service admits fewer calls back to back than this replica drew (its own bucket is
+smaller, or other clients spent it): `throttled` shrinks the burst to half of what it had
+drawn beyond the rate when refused (and at least by half), leaving the other half for the
+requests that go out into debt; it grows back by `BURST_RECOVERY_S` per
+`BURST_RECOVERY_PERIOD_S` without a 429, up to the configured one. Against a service
+bucket smaller than ours, that is one 429 to learn it, not one per burst.
 
 Pure: time comes from the injected `monotonic` function (seconds).
 """
@@ -50,7 +53,10 @@ WINDOW_S = 60.0
 MIN_BURST_S = 0.25
 """The smallest burst a 429 shrinks the bucket to (it still holds `MIN_CAPACITY`)."""
 BURST_RECOVERY_S = 0.5
-"""Seconds of burst won back per `WINDOW_S` without a 429, after one shrank it."""
+"""Seconds of burst won back per `BURST_RECOVERY_PERIOD_S` without a 429, after one shrank it."""
+BURST_RECOVERY_PERIOD_S = 300.0
+"""How long without a 429 wins back `BURST_RECOVERY_S`: slowly, since each step back
+towards a burst the service refused may cost another 429 (and a pause of every call)."""
 OVERHEAD_HALF_LIFE_S = 30.0
 """How fast `overhead` forgets: the weight of a request halves every this many seconds."""
 OVERHEAD_PRIOR = 10.0
@@ -109,10 +115,11 @@ class ApiBudget:
     @property
     def burst_s(self) -> float:
         """Seconds of the rate the bucket holds now: the configured burst, less what 429s
-        took (halved by each, won back by `BURST_RECOVERY_S` per quiet minute)."""
+        took (see `throttled`), won back by `BURST_RECOVERY_S` per `BURST_RECOVERY_PERIOD_S`
+        without one."""
         if self._throttled_at is None:
             return self._burst_s
-        quiet = (self._now() - self._throttled_at) // WINDOW_S
+        quiet = (self._now() - self._throttled_at) // BURST_RECOVERY_PERIOD_S
         return min(self._burst_s, self._throttled_burst_s + BURST_RECOVERY_S * quiet)
 
     @property
@@ -238,15 +245,20 @@ class ApiBudget:
             self._since = max(self._since, until)
 
     def throttled(self, retry_after_s: float) -> None:
-        """The service refused a call (429): pause for `retry_after_s` and halve the burst.
+        """The service refused a call (429): pause for `retry_after_s` and shrink the burst.
 
         Spending only what the bucket offers, a 429 means the service counts calls in a
-        smaller bucket than ours (or other clients spent it): after a quiet spell, a full
-        bucket sent back to back would be refused again, so hold less from now on.
+        smaller bucket than ours (or other clients spent it): it refused once this
+        replica had drawn `drawn_beyond_rate` from it back to back. Hold half of that
+        from now on (at most half the burst), so that a full bucket spent at once and the
+        requests that go out into debt (a 412's re-read and retry) both fit in what the
+        service admits.
         """
         if self.paused_for() <= 0:  # more 429s within the pause answer calls sent with the first
             self._refill()
-            self._throttled_burst_s = max(MIN_BURST_S, self.burst_s / 2)
+            rate = self._client_rate * self._share
+            drawn_s = self.drawn_beyond_rate() / rate if rate > 0 else self.burst_s
+            self._throttled_burst_s = max(MIN_BURST_S, min(self.burst_s, drawn_s) / 2)
             self._throttled_at = self._now()
             self._level = min(self._level, self.capacity)
         self.pause(retry_after_s)
@@ -275,6 +287,17 @@ class ApiBudget:
         self._level = min(self._level, mine)
         self._cap_rate = mine / reset_s
         self._cap_until = self._now() + reset_s
+
+    def drawn_beyond_rate(self) -> float:
+        """The most tokens spent beyond what the rate accrued, over any recent stretch up
+        to now: what a service bucket of the same rate had to hold back to back."""
+        now = self._now()
+        rate = self._client_rate * self._share
+        spent = most = 0.0
+        for start, tokens in reversed(self._slots):  # stretches ending now, longer and longer
+            spent += tokens
+            most = max(most, spent - rate * (now - start))
+        return most
 
     def _window_spent(self) -> float:
         """Tokens spent within the last `WINDOW_S` (counted by whole slots)."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processor.budget import (
+    BURST_RECOVERY_PERIOD_S,
     BURST_RECOVERY_S,
     MIN_BURST_S,
     OVERHEAD_HALF_LIFE_S,
@@ -83,31 +85,105 @@ def test_retry_after_pauses_and_restarts_from_empty() -> None:
     assert budget.level() == pytest.approx(1)
 
 
-def test_a_429_halves_the_burst_which_grows_back_with_quiet_minutes() -> None:
+def test_a_429_holds_half_of_what_the_service_took_back_to_back() -> None:
     clock = Monotonic()
     budget = ApiBudget(300, burst_s=3.0, monotonic=clock)  # 5/s, 15 at once
     clock.now += 10
     assert budget.level() == pytest.approx(15)
+    budget.spend(8)  # at once: refused at the eighth, the service holds fewer than ours
     budget.throttled(1.0)
     assert budget.paused_for() == pytest.approx(1.0)
-    assert budget.burst_s == pytest.approx(1.5)
-    clock.now += 10
-    assert budget.level() == pytest.approx(7.5)  # a full bucket is half what it was
-    budget.throttled(1.0)
+    assert budget.burst_s == pytest.approx(0.8)  # half of the 8 drawn, at 5/s
     budget.throttled(1.0)  # within the pause: an answer to a call sent with the first
-    assert budget.burst_s == pytest.approx(0.75)
-    for _ in range(5):
-        clock.now += 2
-        budget.throttled(1.0)
+    assert budget.burst_s == pytest.approx(0.8)
+    clock.now += 10
+    assert budget.level() == pytest.approx(4)  # a full bucket is half what it refused at
+    assert budget.drawn_beyond_rate() == 0  # the eight left behind long ago
+
+
+def test_a_429_after_a_long_draw_still_at_least_halves_the_burst() -> None:
+    clock = Monotonic()
+    budget = ApiBudget(300, burst_s=3.0, monotonic=clock)
+    clock.now += 10
+    budget.spend(40)  # far into debt (re-reads and retries)
+    budget.throttled(1.0)
+    assert budget.burst_s == pytest.approx(1.5)
+
+
+def test_a_429_with_nothing_drawn_shrinks_the_burst_to_its_least() -> None:
+    """Other clients spent the shared budget: the service has no room for any burst."""
+    clock = Monotonic()
+    budget = ApiBudget(300, burst_s=3.0, monotonic=clock)
+    clock.now += 10
+    budget.throttled(1.0)
     assert budget.burst_s == pytest.approx(MIN_BURST_S)
     assert budget.capacity == pytest.approx(2)  # still the dearest call
-    clock.now += WINDOW_S - 1
-    assert budget.burst_s == pytest.approx(MIN_BURST_S)  # not a quiet minute yet
+
+
+def test_the_burst_grows_back_slowly_without_429s() -> None:
+    clock = Monotonic()
+    budget = ApiBudget(300, burst_s=3.0, monotonic=clock)
+    clock.now += 10
+    budget.throttled(1.0)
+    clock.now += BURST_RECOVERY_PERIOD_S - 1
+    assert budget.burst_s == pytest.approx(MIN_BURST_S)  # not a whole quiet period yet
     clock.now += 1
     assert budget.burst_s == pytest.approx(MIN_BURST_S + BURST_RECOVERY_S)
-    clock.now += 10 * WINDOW_S
+    clock.now += 10 * BURST_RECOVERY_PERIOD_S
     assert budget.burst_s == pytest.approx(3.0)  # never beyond the configured burst
     assert budget.level() == pytest.approx(15)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    service_burst=st.integers(5, 15),
+    conflict_rate=st.floats(0.0, 0.05),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_a_service_bucket_smaller_than_ours_costs_one_429_to_learn(
+    service_burst: int, conflict_rate: float, seed: int
+) -> None:
+    """The service admits `service_burst` calls back to back at the same rate (ours holds
+    15). Spending all the budget offers, in busy and quiet spells, with a 412's re-read
+    and retry (two requests into debt) after some calls: one 429 teaches the budget
+    what the service holds, and none follows before the burst starts to grow back."""
+    rnd = random.Random(seed)
+    clock = Monotonic()
+    budget = ApiBudget(300, burst_s=3.0, monotonic=clock)
+    service = float(service_burst)
+    last = clock.now
+
+    def admitted() -> bool:
+        nonlocal service, last
+        service = min(service_burst, service + (clock.now - last) * 5.0)
+        last = clock.now
+        if service < 1:
+            return False
+        service -= 1
+        return True
+
+    refusals = 0
+    end = clock.now + BURST_RECOVERY_PERIOD_S - 1
+    busy_until = clock.now
+    while clock.now < end:
+        if clock.now >= busy_until:
+            if rnd.random() < 0.5:
+                clock.now += rnd.uniform(1, 10)  # a quiet spell: the bucket fills
+            busy_until = clock.now + rnd.uniform(2, 20)
+        while budget.level() >= 1:
+            budget.spend(1)
+            requests = [True] + [False] * (2 if rnd.random() < conflict_rate else 0)
+            for planned in requests:
+                if not planned:
+                    budget.spend(1, planned=False)
+                if not admitted():
+                    refusals += 1
+                    budget.throttled(1.0)
+                    break
+            if budget.paused_for() > 0:
+                break
+        clock.now += rnd.uniform(0.005, 0.05)
+    assert refusals <= 1
 
 
 def test_window_headers_cap_spending_to_this_replicas_part_of_what_is_left() -> None:

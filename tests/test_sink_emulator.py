@@ -466,7 +466,7 @@ async def test_429_pauses_the_budget_for_retry_after_and_ends_the_call(
     )
     assert not throttled.ambiguous  # a 429 changed nothing
     assert sink.budget.paused_for() > 0
-    assert sink.budget.burst_s == pytest.approx(burst_s / 2)  # its bucket is smaller
+    assert sink.budget.burst_s <= burst_s / 2  # its bucket is smaller than what was drawn
     # During the pause nothing goes out: what to send then is decided when it ends.
     held = await sink.apply("s2", indicator(2))
     assert (held.outcome, held.attempts) == (Outcome.RATE_LIMITED, 0)
