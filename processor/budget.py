@@ -85,7 +85,7 @@ class ApiBudget:
         self._now = monotonic
         self._client_rate = rate_per_minute / 60.0
         self._burst_s = burst_s
-        # the burst a 429 left (at `_throttled_at`); it grows back with quiet minutes
+        # the burst a 429 left (at `_throttled_at`); it grows back with quiet periods
         self._throttled_burst_s = burst_s
         self._throttled_at: float | None = None
         self._share = 1.0
