@@ -245,6 +245,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         partitions=args.partitions,
         api_rate_per_minute=args.rate_limit,
+        rate_limit_burst=args.rate_limit_burst,
         targets=args.targets,
         typists=args.typists,
     )
@@ -357,6 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=6000,
         help="Genesys API calls per minute (emulator and processor); default: 6000",
+    )
+    demo.add_argument(
+        "--rate-limit-burst",
+        type=_positive_int,
+        default=None,
+        help="calls the emulator admits back to back (a stricter service than the processor"
+        " assumes); default: a twelfth of --rate-limit, 5 s of it",
     )
     demo.add_argument(
         "--targets",

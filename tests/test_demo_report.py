@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
+from processor.cli import build_parser
 from processor.demo.report import (
     accuracy,
     budget_bound,
@@ -20,7 +21,7 @@ from processor.demo.report import (
     shown_intervals,
     typing_shown_intervals,
 )
-from processor.demo.runner import DemoOptions, run_demo
+from processor.demo.runner import DemoOptions, emulator_faults, run_demo
 from processor.demo.summary import summary_table
 
 
@@ -104,6 +105,18 @@ async def test_a_short_demo_runs_and_reports_every_measure(targets: str) -> None
     assert "fidelity under I2 (shown / ceiling)" in measures
     assert result.fidelity_of_ceiling == pytest.approx(result.fidelity / result.ceiling_fidelity)
     assert ("missed typing time (messaging)" in measures) == (targets == "mixed")
+
+
+def test_the_demo_emulator_admits_the_burst_asked_for_else_five_seconds_of_the_rate() -> None:
+    default = emulator_faults(DemoOptions(api_rate_per_minute=300))
+    assert (default.rate_limit_per_minute, default.rate_limit_burst) == (300, 25)
+    args = build_parser().parse_args(["demo", "--rate-limit", "300", "--rate-limit-burst", "5"])
+    options = DemoOptions(
+        api_rate_per_minute=args.rate_limit, rate_limit_burst=args.rate_limit_burst
+    )
+    assert emulator_faults(options).rate_limit_burst == 5
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--rate-limit-burst", "0"])
 
 
 def test_a_burst_within_one_timeout_costs_a_set_and_a_clear() -> None:

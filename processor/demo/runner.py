@@ -71,6 +71,8 @@ class DemoOptions:
     seed: int = 7
     partitions: int = 4
     api_rate_per_minute: int = 6000
+    # Calls the emulator admits back to back (None: a twelfth of the rate, 5 s of it).
+    rate_limit_burst: int | None = None
     latency_ms: float = 15.0
     jitter_ms: float = 25.0
     conflict_rate: float = 0.02
@@ -223,6 +225,20 @@ async def typing_processor(settings: Settings, console: Console) -> AsyncIterato
     )
 
 
+def emulator_faults(options: DemoOptions) -> Faults:
+    """How the demo's emulator misbehaves: latency, conflicts, errors and its rate limit."""
+    burst = options.rate_limit_burst or max(1, options.api_rate_per_minute // 12)
+    return Faults(
+        latency_ms=options.latency_ms,
+        jitter_ms=options.jitter_ms,
+        conflict_rate=options.conflict_rate,
+        error_rate=options.error_rate,
+        rate_limit_per_minute=options.api_rate_per_minute,
+        rate_limit_burst=burst,
+        seed=options.seed,
+    )
+
+
 async def run_demo(
     options: DemoOptions, console: Console, system: SystemUnderTest = typing_processor
 ) -> DemoResult:
@@ -231,16 +247,9 @@ async def run_demo(
     broker = LocalBroker()
     broker.start()
     try:
-        faults = Faults(
-            latency_ms=options.latency_ms,
-            jitter_ms=options.jitter_ms,
-            conflict_rate=options.conflict_rate,
-            error_rate=options.error_rate,
-            rate_limit_per_minute=options.api_rate_per_minute,
-            rate_limit_burst=max(1, options.api_rate_per_minute // 12),
-            seed=options.seed,
+        config = EmulatorConfig.single_client(
+            DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, emulator_faults(options)
         )
-        config = EmulatorConfig.single_client(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, faults)
         async with serve_in_background(config) as emulator:
             return await _run_stack(options, console, broker, emulator.base_url, system)
     finally:
