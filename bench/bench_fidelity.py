@@ -11,6 +11,7 @@ and missed typing, clear lag and set latency (p50/p99), Genesys calls used / bud
     python bench/bench_fidelity.py                       # 40, 200, 500 sessions, 60 s, 300/min
     python bench/bench_fidelity.py --sessions 150 --duration 30 --no-tutorial
     python bench/bench_fidelity.py --sessions 200 --typists agents-long
+    python bench/bench_fidelity.py --sessions 200 --service-burst 5   # a stricter service
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ async def main(args: argparse.Namespace) -> None:
                 duration_s=args.duration,
                 seed=args.seed,
                 api_rate_per_minute=args.rate,
+                rate_limit_burst=args.service_burst,
                 typists=args.typists,
                 require_settled=system is None,  # the tutorial may leave indicators behind
             )
@@ -112,6 +114,13 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=int, default=300, help="calls per minute; default: 300")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--no-tutorial", action="store_true", help="the processor only")
+    parser.add_argument(
+        "--service-burst",
+        type=int,
+        default=None,
+        help="calls the emulator admits back to back (as `demo --rate-limit-burst`);"
+        " default: a twelfth of the rate",
+    )
     parser.add_argument(
         "--typists",
         choices=tuple(TYPIST_MIXES),
