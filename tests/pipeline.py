@@ -199,9 +199,13 @@ class InProcess:
             await self.sink.aclose()
 
 
-async def start_in_process(settings: Settings) -> InProcess:
+async def start_in_process(
+    settings: Settings, monotonic: Callable[[], float] = time.monotonic
+) -> InProcess:
+    """A processor running in this event loop, once assigned; `monotonic`: the clock its
+    stall guard reads."""
     sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
-    processor = TypingProcessor(settings, sink)
+    processor = TypingProcessor(settings, sink, monotonic=monotonic)
     stop = asyncio.Event()
     task = asyncio.create_task(processor.run(stop))
     ready = asyncio.ensure_future(processor.wait_ready())

@@ -25,6 +25,7 @@ from pipeline import (
 )
 
 from processor.emulator.testing import EmulatorHandle
+from processor.runtime.service import STALL_HOLD_S
 from processor.settings import ConfigError
 from processor.state import EngineConfig
 from processor.state.lead import ClearLead
@@ -113,6 +114,38 @@ async def test_stopped_clears_at_once(emulator: EmulatorHandle, producer: Produc
     await producer.send(stopped)
     await eventually(lambda: indicator(emulator, "s-stop") is None, 5, "cleared by stopped")
     assert emulator.history("s-stop")[-1]["at_ms"] - stopped["occurred_at"] < 1000
+
+
+async def test_after_a_stall_no_call_goes_out_until_the_group_could_have_moved_on(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """Woken from a stall that may have cost the group membership, the processor decides as
+    usual but holds its calls for two heartbeats: by then a rebalance would have taken
+    the partitions away from it, and nothing of theirs would go out."""
+    clock = [1_000.0]  # what the stall guard reads as monotonic time
+    stack = await start_in_process(make_settings(bootstrap_servers, emulator), lambda: clock[0])
+    try:
+        async with Producer(bootstrap_servers, stack.settings.typing.input_topic) as producer:
+            emulator.create_session("s-stall")
+            await producer.send(typing_event("s-stall", timeout_ms=30_000))
+            await eventually(lambda: indicator(emulator, "s-stall") is not None, 10, "set")
+            clock[0] += 10  # the process stood still for 10 s
+            await producer.send(typing_event("s-stall", "stopped"))
+
+            def clear_held() -> bool:
+                for worker in stack.processor.workers.values():
+                    store = worker.store
+                    if store.session("s-stall") is not None:
+                        return store.desired("s-stall") is None and store.is_queued("s-stall")
+                return False
+
+            await eventually(clear_held, 10, "the stop decided, its clear held")
+            assert indicator(emulator, "s-stall") is not None
+            assert stack.processor.stall_guard.stalls == 1
+            clock[0] += STALL_HOLD_S
+            await eventually(lambda: indicator(emulator, "s-stall") is None, 5, "cleared")
+    finally:
+        await stack.close()
 
 
 async def test_closed_session_gets_no_patch_and_an_audit_record(

@@ -22,6 +22,7 @@ from processor.state import PartitionStore, Work
 from processor.state.session import Session
 
 from .reconciler import Reconciler
+from .stall import StallGuard
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,10 @@ class Scheduler:
         clock: Clock,
         planner: Planner | None = None,
         on_wait: Callable[[float], None] | None = None,
+        stall_guard: StallGuard | None = None,
     ) -> None:
         self._reconciler = reconciler
+        self._stall_guard = stall_guard
         self._budget = reconciler.sink.budget
         self._clock = clock
         self._planner = planner or Planner()
@@ -104,6 +107,9 @@ class Scheduler:
         stores = [w.store for _, w in workers]
         if not stores:
             return 0, False
+        if self._stall_guard is not None and self._stall_guard.holding():
+            # woken from a stall: the partitions may be another replica's by now
+            return 0, any(store.queued_work for store in stores)
         by_store = {id(w.store): w for _, w in workers}
         budget = self._budget
         reconciler = self._reconciler

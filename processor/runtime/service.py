@@ -6,6 +6,7 @@ import asyncio
 import functools
 import gc
 import logging
+import time
 from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -25,12 +26,20 @@ from .reconciler import Reconciler, Sink
 from .recordbatch import Undecodable
 from .restore import read_changelog
 from .scheduler import Scheduler
+from .stall import StallGuard
 from .undecodable import is_undecodable, read_past_undecodable
 
 log = logging.getLogger(__name__)
 
 REVOKE_GRACE_S = 5.0
 MAX_BACKLOG = 64
+# The group's liveness: a member silent for the session timeout loses its partitions.
+SESSION_TIMEOUT_MS = 6_000
+HEARTBEAT_INTERVAL_MS = 1_000
+# A stall from which the last heartbeat cannot have come in time may have cost the
+# membership; calls wait two heartbeats after one, for the group to say (see `stall`).
+STALL_S = (SESSION_TIMEOUT_MS - HEARTBEAT_INTERVAL_MS) / 1000
+STALL_HOLD_S = 2 * HEARTBEAT_INTERVAL_MS / 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +75,7 @@ class TypingProcessor:
         clock: Clock | None = None,
         on_applied: Callable[[str, int], None] | None = None,
         telemetry: Telemetry | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.telemetry = telemetry or Telemetry.disabled()
@@ -74,8 +84,12 @@ class TypingProcessor:
         self._outbound = Outbound(settings.kafka, settings.typing)
         self._reconciler = Reconciler(sink, settings.typing.max_in_flight)
         self._budget = sink.budget
+        self.stall_guard = StallGuard(STALL_S, STALL_HOLD_S, monotonic)
         self.scheduler = Scheduler(
-            self._reconciler, self._clock, on_wait=self.telemetry.record_budget_wait
+            self._reconciler,
+            self._clock,
+            on_wait=self.telemetry.record_budget_wait,
+            stall_guard=self.stall_guard,
         )
         self._engine = EngineConfig.from_settings(settings.typing)
         self.counters = Counters()
@@ -197,8 +211,8 @@ class TypingProcessor:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level=self.settings.kafka.isolation_level.value,
-            session_timeout_ms=6_000,
-            heartbeat_interval_ms=1_000,
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
             max_poll_interval_ms=60_000,
             # Some brokers (Tansu among them) answer a waiting fetch only at its deadline:
             # this bounds how long a new event can sit on the broker before we see it.
@@ -217,6 +231,7 @@ class TypingProcessor:
             raise
         self.telemetry.observe(self)
         scheduling = asyncio.create_task(self.scheduler.run(), name="scheduler")
+        watching = asyncio.create_task(self.stall_guard.watch(), name="stall-guard")
         try:
             await self._check_changelog(consumer)
             consumer.subscribe([self.settings.typing.input_topic], listener=_Rebalance(self))
@@ -229,7 +244,8 @@ class TypingProcessor:
             input_topic = self.settings.typing.input_topic
             await self.release([TopicPartition(input_topic, p) for p in list(self.workers)])
             scheduling.cancel()
-            await asyncio.gather(scheduling, return_exceptions=True)
+            watching.cancel()
+            await asyncio.gather(scheduling, watching, return_exceptions=True)
             await consumer.stop()
             await self._reconciler.aclose()
             await self._outbound.stop()
