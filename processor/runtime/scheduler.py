@@ -89,10 +89,14 @@ class Scheduler:
     def plan_now(self) -> None:
         """A worker queued work: plan a round at once when budget and a slot are at hand,
         so that its calls go out in the worker's current turn (else soon, as `poke`)."""
-        if self._budget.level() >= 1 and self._reconciler.free_slots > 0:
+        if self._budget.level() >= 1 and self._reconciler.free_slots > 0 and not self._held():
             self.plan_round()
         else:
             self._poked.set()
+
+    def _held(self) -> float:
+        """Seconds the stall guard still holds calls (0: none)."""
+        return 0.0 if self._stall_guard is None else self._stall_guard.hold_left()
 
     def _cost(self, session: Session) -> int:
         # A webchat call without a cached ETag reads the session first.
@@ -107,7 +111,7 @@ class Scheduler:
         stores = [w.store for _, w in workers]
         if not stores:
             return 0, False
-        if self._stall_guard is not None and self._stall_guard.holding():
+        if self._held() > 0:
             # woken from a stall: the partitions may be another replica's by now
             return 0, any(store.queued_work for store in stores)
         by_store = {id(w.store): w for _, w in workers}
@@ -133,7 +137,10 @@ class Scheduler:
                 self._poked.clear()
                 launched, waiting = self.plan_round()
                 timeout: float | None = None
-                if waiting and self._reconciler.free_slots > 0:
+                held = self._held()
+                if held > 0:
+                    timeout = max(MIN_ROUND_GAP_S, held)  # nothing goes out before it ends
+                elif waiting and self._reconciler.free_slots > 0:
                     # wait for the next whole token (or a poke: new work, a freed slot)
                     level = self._budget.level()
                     timeout = self._budget.wait_s(max(1.0, math.floor(level) + 1))
@@ -147,7 +154,7 @@ class Scheduler:
                             await self._poked.wait()
                     except TimeoutError:
                         pass
-                if waiting and not launched and self._on_wait is not None:
+                if waiting and not launched and not held and self._on_wait is not None:
                     self._on_wait(time.monotonic() - started)
         finally:
             self._unsubscribe()

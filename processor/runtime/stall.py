@@ -47,11 +47,11 @@ class StallGuard:
         """The event loop runs now."""
         self._look(self._now())
 
-    def holding(self) -> bool:
-        """Whether calls must wait now (a stall, seen here if no tick saw it yet)."""
+    def hold_left(self) -> float:
+        """Seconds calls must still wait (0: none); a stall no tick saw yet counts."""
         now = self._now()
         self._look(now)
-        return now < self._hold_until
+        return max(0.0, self._hold_until - now)
 
     async def watch(self) -> None:
         """Tick until cancelled: a tick that comes late is a stall."""
