@@ -424,6 +424,8 @@ class TypingProcessor:
     async def release(self, revoked: list[TopicPartition]) -> None:
         """Finish, flush and commit the revoked partitions, then drop their stores."""
         partitions = [tp.partition for tp in revoked if tp.partition in self.workers]
+        if partitions:
+            log.info("partitions %s revoked", ", ".join(map(str, sorted(partitions))))
         for partition in partitions:
             self.scheduler.detach(partition)
         await asyncio.gather(
