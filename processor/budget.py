@@ -105,9 +105,14 @@ class ApiBudget:
         """Tokens spent so far (requests that went out)."""
 
     @property
+    def _share_rate(self) -> float:
+        """Tokens per second of this replica's share of the client's rate (no window cap)."""
+        return self._client_rate * self._share
+
+    @property
     def rate_per_s(self) -> float:
         """Tokens per second this replica accrues now (its share, any window cap)."""
-        rate = self._client_rate * self._share
+        rate = self._share_rate
         if self._now() < self._cap_until:
             rate = min(rate, self._cap_rate)
         return rate
@@ -125,7 +130,7 @@ class ApiBudget:
     @property
     def capacity(self) -> float:
         """Most tokens that can be held at once (`MIN_CAPACITY` at least)."""
-        return max(MIN_CAPACITY, self._client_rate * self._share * self.burst_s)
+        return max(MIN_CAPACITY, self._share_rate * self.burst_s)
 
     @property
     def share(self) -> float:
@@ -151,7 +156,7 @@ class ApiBudget:
     @property
     def allowance(self) -> float:
         """Most tokens this replica may spend in any `WINDOW_S` (its share of a minute)."""
-        return max(MIN_CAPACITY, self._client_rate * self._share * WINDOW_S)
+        return max(MIN_CAPACITY, self._share_rate * WINDOW_S)
 
     def window_room(self) -> float:
         """Tokens the rolling window lets go out now (`level` is never more)."""
@@ -256,7 +261,7 @@ class ApiBudget:
         """
         if self.paused_for() <= 0:  # more 429s within the pause answer calls sent with the first
             self._refill()
-            rate = self._client_rate * self._share
+            rate = self._share_rate
             drawn_s = self.drawn_beyond_rate() / rate if rate > 0 else self.burst_s
             self._throttled_burst_s = max(MIN_BURST_S, min(self.burst_s, drawn_s) / 2)
             self._throttled_at = self._now()
@@ -292,7 +297,7 @@ class ApiBudget:
         """The most tokens spent beyond what the rate accrued, over any recent stretch up
         to now: what a service bucket of the same rate had to hold back to back."""
         now = self._now()
-        rate = self._client_rate * self._share
+        rate = self._share_rate
         spent = most = 0.0
         for start, tokens in reversed(self._slots):  # stretches ending now, longer and longer
             spent += tokens
@@ -331,7 +336,7 @@ class ApiBudget:
         now = self._now()
         if now <= self._since:
             return
-        rate = self._client_rate * self._share
+        rate = self._share_rate
         if self._since < self._cap_until:
             capped_to = min(now, self._cap_until)
             self._level += (capped_to - self._since) * min(rate, self._cap_rate)
