@@ -197,12 +197,7 @@ class CrmWebhookWorker:
         )
         # every partition from its commit (Kafka's errors propagate: `run` restarts)
         owned = sorted(consumer.assignment() - consumer.paused())
-        search = read_past_undecodable(
-            consumer,
-            client_options(self._kafka),
-            self._kafka.isolation_level,
-            dict.fromkeys(owned, None),
-        )
+        search = read_past_undecodable(consumer, self._kafka, dict.fromkeys(owned, None))
         async with aclosing(search):
             async for tp, item in search:
                 if isinstance(item, Undecodable):

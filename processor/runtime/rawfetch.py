@@ -18,7 +18,9 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError, LeaderNotAvailableError, for_code
 from aiokafka.protocol.fetch import FetchRequest
 
-from processor.settings import IsolationLevel
+from processor.settings import IsolationLevel, KafkaSettings
+
+from .kafka import client_options
 
 FETCH_BYTES = 1 << 20
 """Bytes asked for at first (the consumer's own default per partition)."""
@@ -44,9 +46,10 @@ class RawRecords:
 class RawFetcher:
     """Fetches raw record sets; use as an async context manager (it opens a client)."""
 
-    def __init__(self, client_options: dict[str, Any], isolation: IsolationLevel) -> None:
-        self._client = AIOKafkaClient(**client_options)
-        self._isolation = isolation
+    def __init__(self, kafka: KafkaSettings) -> None:
+        """A client with the consumers' connection settings, reading at their isolation."""
+        self._client = AIOKafkaClient(**client_options(kafka))
+        self._isolation = kafka.isolation_level
 
     async def __aenter__(self) -> RawFetcher:
         try:

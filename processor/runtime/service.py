@@ -304,8 +304,7 @@ class TypingProcessor:
         # partition may have been left past records the failed fetch never returned
         search = read_past_undecodable(
             consumer,
-            client_options(self.settings.kafka),
-            self.settings.kafka.isolation_level,
+            self.settings.kafka,
             {tp: worker.resume_at() for tp, worker in owned.items()},
         )
         async with aclosing(search):

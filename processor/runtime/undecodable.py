@@ -19,12 +19,11 @@ there.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
 
-from processor.settings import IsolationLevel
+from processor.settings import KafkaSettings
 
 from .rawfetch import FETCH_BYTES, MAX_FETCH_BYTES, RawFetcher
 from .recordbatch import ReadRecords, Undecodable, read_records
@@ -41,19 +40,18 @@ def is_undecodable(failure: BaseException) -> bool:
 
 async def read_past_undecodable(
     consumer: AIOKafkaConsumer,
-    client_options: dict[str, Any],
-    isolation: IsolationLevel,
+    kafka: KafkaSettings,
     resume_at: Mapping[TopicPartition, int | None],
 ) -> AsyncGenerator[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]] | Undecodable]]:
     """After a fetch raised on a record the client cannot decode: each partition of
     `resume_at`, from the first record not handed on (None: the commit), as runs of
     readable records and single `Undecodable` ones, in offset order, with the partition
-    they belong to, read at the consumer's `isolation`. Every partition is rewound before
-    any is read. Whoever iterates hands each item on before asking for the next, and
-    closes the iteration if it stops early (`contextlib.aclosing`). Kafka's errors
+    they belong to, read as `kafka` says the consumers read. Every partition is rewound
+    before any is read. Whoever iterates hands each item on before asking for the next,
+    and closes the iteration if it stops early (`contextlib.aclosing`). Kafka's errors
     propagate."""
     starts = [(tp, await _rewind(consumer, tp, offset)) for tp, offset in resume_at.items()]
-    async with RawFetcher(client_options, isolation) as raw:
+    async with RawFetcher(kafka) as raw:
         for tp, start in starts:
             async for item in _fetch_past(consumer, raw, tp, start):
                 yield tp, item
