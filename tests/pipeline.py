@@ -181,6 +181,16 @@ async def read_json(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     return [orjson.loads(r.value) for r in await read_topic(bootstrap, topic) if r.value]
 
 
+class Monotonic:
+    """A monotonic clock (seconds) that moves only when a test sets `now`."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @dataclass
 class InProcess:
     """A `TypingProcessor` running in this event loop."""

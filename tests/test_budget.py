@@ -8,6 +8,7 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pipeline import Monotonic
 
 from processor.budget import (
     BURST_RECOVERY_PERIOD_S,
@@ -20,14 +21,6 @@ from processor.budget import (
     WINDOW_S,
     ApiBudget,
 )
-
-
-class Monotonic:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_starts_low_and_refills_at_its_rate_up_to_its_burst() -> None:

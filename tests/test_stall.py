@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from pipeline import eventually
+from pipeline import Monotonic, eventually
 
 from processor.budget import ApiBudget
 from processor.clock import ManualClock
@@ -15,14 +15,6 @@ from processor.models import TypingEvent
 from processor.runtime.scheduler import Scheduler
 from processor.runtime.stall import TICK_S, StallGuard
 from processor.state import EngineConfig, PartitionStore, Work
-
-
-class Monotonic:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_loop_that_keeps_running_never_holds_calls() -> None:
