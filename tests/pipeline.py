@@ -210,12 +210,14 @@ class InProcess:
 
 
 async def start_in_process(
-    settings: Settings, monotonic: Callable[[], float] = time.monotonic
+    settings: Settings,
+    monotonic: Callable[[], float] = time.monotonic,
+    on_applied: Callable[[str, int], None] | None = None,
 ) -> InProcess:
     """A processor running in this event loop, once assigned; `monotonic`: the clock its
-    stall guard reads."""
+    membership lease reads; `on_applied`: called with each change Genesys applied."""
     sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
-    processor = TypingProcessor(settings, sink, monotonic=monotonic)
+    processor = TypingProcessor(settings, sink, monotonic=monotonic, on_applied=on_applied)
     stop = asyncio.Event()
     task = asyncio.create_task(processor.run(stop))
     ready = asyncio.ensure_future(processor.wait_ready())

@@ -12,6 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from pipeline import (
     InProcess,
+    Monotonic,
     NotUtf8,
     Producer,
     allow_undecodable_headers,
@@ -25,7 +26,6 @@ from pipeline import (
 )
 
 from processor.emulator.testing import EmulatorHandle
-from processor.runtime.service import STALL_HOLD_S
 from processor.settings import ConfigError
 from processor.state import EngineConfig
 from processor.state.lead import ClearLead
@@ -116,34 +116,37 @@ async def test_stopped_clears_at_once(emulator: EmulatorHandle, producer: Produc
     assert emulator.history("s-stop")[-1]["at_ms"] - stopped["occurred_at"] < 1000
 
 
-async def test_after_a_stall_no_call_goes_out_until_the_group_could_have_moved_on(
+async def test_after_a_stall_no_call_goes_out_until_the_group_confirmed_the_member(
     bootstrap_servers: str, emulator: EmulatorHandle
 ) -> None:
-    """Woken from a stall that may have cost the group membership, the processor decides as
-    usual but holds its calls for two heartbeats: by then a rebalance would have taken
-    the partitions away from it, and nothing of theirs would go out."""
-    clock = [1_000.0]  # what the stall guard reads as monotonic time
-    stack = await start_in_process(make_settings(bootstrap_servers, emulator), lambda: clock[0])
+    """Woken from a stall longer than the lease (the group may have given its partitions to
+    another replica meanwhile), the processor makes its next call only once the group has
+    accepted a commit of it sent after the stall; it commits for that by itself, so the
+    calls resume without waiting for anything else."""
+    clock = Monotonic()  # what the membership lease reads
+    stack = await start_in_process(make_settings(bootstrap_servers, emulator), clock)
+    lease = stack.processor.lease
+    proven_at_call: list[float] = []  # the lease's last proof as each PATCH goes out
+    apply = stack.sink.apply
+
+    async def watched_apply(*args: Any, **kwargs: Any) -> Any:
+        proven_at_call.append(lease.proven_at)
+        return await apply(*args, **kwargs)
+
+    stack.sink.apply = watched_apply  # type: ignore[method-assign]
     try:
         async with Producer(bootstrap_servers, stack.settings.typing.input_topic) as producer:
             emulator.create_session("s-stall")
             await producer.send(typing_event("s-stall", timeout_ms=30_000))
             await eventually(lambda: indicator(emulator, "s-stall") is not None, 10, "set")
-            clock[0] += 10  # the process stood still for 10 s
+            assert len(proven_at_call) == 1
+            clock.now += 10  # the process stood still for 10 s: the lease lapsed
+            stalled_at = clock.now
             await producer.send(typing_event("s-stall", "stopped"))
-
-            def clear_held() -> bool:
-                for worker in stack.processor.workers.values():
-                    store = worker.store
-                    if store.session("s-stall") is not None:
-                        return store.desired("s-stall") is None and store.is_queued("s-stall")
-                return False
-
-            await eventually(clear_held, 10, "the stop decided, its clear held")
-            assert indicator(emulator, "s-stall") is not None
-            assert stack.processor.stall_guard.stalls == 1
-            clock[0] += STALL_HOLD_S
-            await eventually(lambda: indicator(emulator, "s-stall") is None, 5, "cleared")
+            await eventually(lambda: indicator(emulator, "s-stall") is None, 10, "cleared")
+            assert clock.now == stalled_at  # nothing but a commit ended the hold
+            assert proven_at_call[0] < stalled_at
+            assert proven_at_call[1:] == [stalled_at]  # the clear: after a commit since
     finally:
         await stack.close()
 

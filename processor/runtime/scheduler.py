@@ -21,8 +21,8 @@ from processor.planner import Capacity, Planner
 from processor.state import PartitionStore, Work
 from processor.state.session import Session
 
+from .lease import MembershipLease
 from .reconciler import Reconciler
-from .stall import StallGuard
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,10 @@ class Scheduler:
         clock: Clock,
         planner: Planner | None = None,
         on_wait: Callable[[float], None] | None = None,
-        stall_guard: StallGuard | None = None,
+        lease: MembershipLease | None = None,
     ) -> None:
         self._reconciler = reconciler
-        self._stall_guard = stall_guard
+        self._lease = lease
         self._budget = reconciler.sink.budget
         self._clock = clock
         self._planner = planner or Planner()
@@ -94,9 +94,9 @@ class Scheduler:
         else:
             self._poked.set()
 
-    def _held(self) -> float:
-        """Seconds the stall guard still holds calls (0: none)."""
-        return 0.0 if self._stall_guard is None else self._stall_guard.hold_left()
+    def _held(self) -> bool:
+        """True while the group has not confirmed this member lately (see `lease`)."""
+        return self._lease is not None and self._lease.left() <= 0
 
     def _cost(self, session: Session) -> int:
         # A webchat call without a cached ETag reads the session first.
@@ -111,8 +111,8 @@ class Scheduler:
         stores = [w.store for _, w in workers]
         if not stores:
             return 0, False
-        if self._held() > 0:
-            # woken from a stall: the partitions may be another replica's by now
+        if self._held():
+            # the partitions may be another replica's by now: wait for the group to say
             return 0, any(store.queued_work for store in stores)
         by_store = {id(w.store): w for _, w in workers}
         budget = self._budget
@@ -137,9 +137,10 @@ class Scheduler:
                 self._poked.clear()
                 launched, waiting = self.plan_round()
                 timeout: float | None = None
-                held = self._held()
-                if held > 0:
-                    timeout = max(MIN_ROUND_GAP_S, held)  # nothing goes out before it ends
+                # (held: the lease's renewal pokes; the gap bounds a missed one)
+                held = waiting and self._held()
+                if held:
+                    timeout = MAX_ROUND_GAP_S
                 elif waiting and self._reconciler.free_slots > 0:
                     # wait for the next whole token (or a poke: new work, a freed slot)
                     level = self._budget.level()

@@ -20,13 +20,13 @@ from processor.state import EngineConfig, PartitionStore
 from processor.telemetry import Telemetry
 
 from .kafka import BrokerCheck, TopicError, TopicSpec, client_options, ensure_topics
+from .lease import MembershipLease
 from .outbound import Outbound
 from .partition import Counters, PartitionWorker
 from .reconciler import Reconciler, Sink
 from .recordbatch import Undecodable
 from .restore import read_changelog
 from .scheduler import Scheduler
-from .stall import StallGuard
 from .undecodable import is_undecodable, read_past_undecodable
 
 log = logging.getLogger(__name__)
@@ -36,10 +36,11 @@ MAX_BACKLOG = 64
 # The group's liveness: a member silent for the session timeout loses its partitions.
 SESSION_TIMEOUT_MS = 6_000
 HEARTBEAT_INTERVAL_MS = 1_000
-# A stall from which the last heartbeat cannot have come in time may have cost the
-# membership; calls wait two heartbeats after one, for the group to say (see `stall`).
-STALL_S = (SESSION_TIMEOUT_MS - HEARTBEAT_INTERVAL_MS) / 1000
-STALL_HOLD_S = 2 * HEARTBEAT_INTERVAL_MS / 1000
+# Calls stop once the group has accepted no commit for the session timeout less two
+# heartbeats (the last heartbeat may have come a heartbeat before the commit; the other is
+# the margin for a call decided just before); a commit every heartbeat keeps the lease fresh.
+LEASE_TERM_S = (SESSION_TIMEOUT_MS - 2 * HEARTBEAT_INTERVAL_MS) / 1000
+LEASE_RENEW_S = HEARTBEAT_INTERVAL_MS / 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +85,12 @@ class TypingProcessor:
         self._outbound = Outbound(settings.kafka, settings.typing)
         self._reconciler = Reconciler(sink, settings.typing.max_in_flight)
         self._budget = sink.budget
-        self.stall_guard = StallGuard(STALL_S, STALL_HOLD_S, monotonic)
+        self.lease = MembershipLease(LEASE_TERM_S, LEASE_RENEW_S, monotonic)
         self.scheduler = Scheduler(
             self._reconciler,
             self._clock,
             on_wait=self.telemetry.record_budget_wait,
-            stall_guard=self.stall_guard,
+            lease=self.lease,
         )
         self._engine = EngineConfig.from_settings(settings.typing)
         self.counters = Counters()
@@ -231,7 +232,6 @@ class TypingProcessor:
             raise
         self.telemetry.observe(self)
         scheduling = asyncio.create_task(self.scheduler.run(), name="scheduler")
-        watching = asyncio.create_task(self.stall_guard.watch(), name="stall-guard")
         try:
             await self._check_changelog(consumer)
             consumer.subscribe([self.settings.typing.input_topic], listener=_Rebalance(self))
@@ -244,8 +244,7 @@ class TypingProcessor:
             input_topic = self.settings.typing.input_topic
             await self.release([TopicPartition(input_topic, p) for p in list(self.workers)])
             scheduling.cancel()
-            watching.cancel()
-            await asyncio.gather(scheduling, watching, return_exceptions=True)
+            await asyncio.gather(scheduling, return_exceptions=True)
             await consumer.stop()
             await self._reconciler.aclose()
             await self._outbound.stop()
@@ -280,7 +279,7 @@ class TypingProcessor:
                         worker.submit(records)
                 self._apply_backpressure(consumer)
                 self._raise_if_failed()
-                if loop.time() >= next_commit:
+                if loop.time() >= next_commit or self.lease.renewal_due():
                     await self.commit()
                     next_commit = loop.time() + interval_s
         finally:
@@ -329,7 +328,8 @@ class TypingProcessor:
                 consumer.resume(tp)
 
     async def commit(self) -> None:
-        """Commit every partition's safe offset that moved since the last commit."""
+        """Commit every partition's safe offset that moved since the last commit; when none
+        did and the lease is due, one partition's again, to renew it (see `lease`)."""
         consumer = self._consumer
         if consumer is None:
             return
@@ -339,8 +339,11 @@ class TypingProcessor:
             for p, w in self.workers.items()
             if w.committable is not None and w.committable != self._committed.get(p)
         }
+        if not offsets and self.lease.renewal_due():
+            offsets = await self._renewal_offset(consumer)
         if not offsets:
             return
+        sent_at = self.lease.now()
         try:
             await consumer.commit(offsets)
         except CommitFailedError:
@@ -354,12 +357,39 @@ class TypingProcessor:
             )
             for worker in self.workers.values():
                 worker.fence()
+            self.lease.tried(sent_at)
             return
         except KafkaError as exc:
+            self.lease.tried(sent_at)
             log.warning("commit failed (will retry): %s", exc)
             return
         for tp, offset in offsets.items():
             self._committed[tp.partition] = offset
+        if self.lease.renewed(sent_at):
+            self.scheduler.poke()  # the calls held for the lapse may go now
+
+    async def _renewal_offset(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
+        """One owned partition's safe offset, committed again to renew the lease (the group
+        checks the member and its generation whatever the partition): the last one
+        committed, else where its worker would resume, else (nothing read yet) where
+        reading starts."""
+        topic = self.settings.typing.input_topic
+        for partition, offset in self._committed.items():
+            if partition in self.workers:
+                return {TopicPartition(topic, partition): offset}
+        for partition, worker in self.workers.items():
+            resume_at = worker.resume_at()
+            if resume_at is not None:
+                return {TopicPartition(topic, partition): resume_at}
+        assigned = consumer.assignment()
+        for partition in self.workers:
+            tp = TopicPartition(topic, partition)
+            if tp in assigned:
+                try:
+                    return {tp: await consumer.position(tp)}
+                except KafkaError as exc:  # revoked meanwhile, or the cluster's trouble
+                    log.debug("no position to renew the lease with: %s", exc)
+        return {}
 
     async def acquire(self, assigned: list[TopicPartition]) -> None:
         """Start a worker for each new partition; each restores its store before input."""
@@ -436,4 +466,5 @@ class TypingProcessor:
             self._committed.pop(partition, None)
         if not self.workers:
             self.assigned = False
+            self.lease.forget()
         self._update_ready()

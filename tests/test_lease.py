@@ -1,0 +1,159 @@
+"""`MembershipLease`: calls go out only while the group has lately accepted a commit of
+this member; pure, on an injected monotonic clock."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from pipeline import Monotonic, eventually
+
+from processor.budget import ApiBudget
+from processor.clock import ManualClock
+from processor.domain import Status
+from processor.models import TypingEvent
+from processor.runtime.lease import MembershipLease
+from processor.runtime.scheduler import Scheduler
+from processor.state import EngineConfig, PartitionStore, Work
+
+
+def test_nothing_goes_out_before_the_group_first_accepted_a_commit() -> None:
+    clock = Monotonic()
+    lease = MembershipLease(4.0, 1.0, clock)
+    assert lease.left() == 0
+    assert lease.renewal_due()
+    assert lease.lapses == 0  # waiting for a first proof is no lapse
+
+
+def test_an_accepted_commit_allows_calls_for_the_term_from_its_request() -> None:
+    clock = Monotonic()
+    lease = MembershipLease(4.0, 1.0, clock)
+    sent = clock.now
+    clock.now += 0.3  # the commit's round trip
+    assert lease.renewed(sent) is True  # calls were held until this first proof
+    assert not lease.renewal_due()
+    clock.now += 0.7
+    assert lease.renewal_due()
+    assert lease.renewed(clock.now) is False  # a renewal in time held nothing
+
+
+def test_a_lapse_holds_calls_once_and_an_accepted_commit_ends_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Monotonic()
+    lease = MembershipLease(4.0, 1.0, clock)
+    lease.renewed(clock.now)
+    clock.now += 10  # the process stood still, or no commit came through
+    with caplog.at_level(logging.INFO, logger="processor.runtime.lease"):
+        assert lease.left() == 0
+        assert lease.left() == 0
+        assert lease.lapses == 1  # one lapse, one warning
+        assert lease.renewed(clock.now) is True
+        assert lease.left() == pytest.approx(4.0)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages
+    assert "not confirmed this member for 10.0 s" in messages[0]
+    assert "calls resume" in messages[1]
+
+
+def test_a_failed_commit_is_retried_after_the_renewal_period_not_at_once() -> None:
+    clock = Monotonic()
+    lease = MembershipLease(4.0, 1.0, clock)
+    lease.tried(clock.now)
+    assert not lease.renewal_due()
+    clock.now += 1.0
+    assert lease.renewal_due()
+
+
+def test_an_older_commit_answered_late_does_not_move_the_lease_back() -> None:
+    clock = Monotonic()
+    lease = MembershipLease(4.0, 1.0, clock)
+    lease.renewed(clock.now + 2)
+    lease.renewed(clock.now)
+    assert lease.proven_at == clock.now + 2
+
+
+def test_a_replica_left_without_partitions_starts_afresh() -> None:
+    clock = Monotonic()
+    lease = MembershipLease(4.0, 1.0, clock)
+    lease.renewed(clock.now)
+    lease.forget()
+    clock.now += 60
+    assert lease.left() == 0
+    assert lease.lapses == 0  # idle, not lapsed
+
+
+def test_a_renewal_period_not_shorter_than_the_term_is_refused() -> None:
+    with pytest.raises(ValueError, match="renew_every_s"):
+        MembershipLease(4.0, 4.0)
+
+
+class _Sink:
+    def __init__(self, budget: ApiBudget) -> None:
+        self.budget = budget
+
+    def cached_etag(self, session_id: str) -> str:
+        return "etag"  # every session read already: a set costs one call
+
+
+class _Reconciler:
+    free_slots = 8
+    free_set_slots = 8
+
+    def __init__(self, budget: ApiBudget) -> None:
+        self.sink = _Sink(budget)
+
+    def on_capacity(self, callback: object) -> object:
+        return lambda: None
+
+
+class _Worker:
+    accepting = True
+
+    def __init__(self, store: PartitionStore) -> None:
+        self.store = store
+        self.launched: list[Work] = []
+
+    def launch(self, work: Work, prepaid: int) -> None:
+        self.launched.append(work)
+
+
+async def test_the_scheduler_holds_calls_while_the_lease_lapsed_and_sends_on_renewal() -> None:
+    monotonic = Monotonic()
+    lease = MembershipLease(4.0, 1.0, monotonic)
+    lease.renewed(monotonic.now)
+    clock = ManualClock()
+    store = PartitionStore(0, EngineConfig(), clock)
+    worker = _Worker(store)
+    budget = ApiBudget(6000, monotonic=Monotonic())
+    scheduler = Scheduler(_Reconciler(budget), clock, lease=lease)  # type: ignore[arg-type]
+    scheduler.attach(0, worker)
+    running = asyncio.create_task(scheduler.run())
+    try:
+        await eventually(lambda: scheduler.rounds >= 1, 5, "the scheduler idle, waiting")
+        monotonic.now += 10  # the process stood still
+        event = TypingEvent.model_construct(
+            event_id="e1",
+            session_id="s1",
+            status=Status.TYPING,
+            occurred_at=clock.now_ms(),
+            timeout_ms=None,
+            participant=None,
+            channel=None,
+            target=None,
+        )
+        store.on_event(event, 0)
+        scheduler.plan_now()  # as a worker does once its turn queued work
+        assert worker.launched == []
+        assert store.is_queued("s1")
+        assert lease.lapses == 1
+        rounds = scheduler.rounds
+        await eventually(lambda: scheduler.rounds > rounds, 5, "another round, still held")
+        assert worker.launched == []
+        lease.renewed(monotonic.now)  # the group accepted a commit: the service pokes
+        scheduler.poke()
+        await eventually(lambda: len(worker.launched) == 1, 5, "the held set sent")
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
