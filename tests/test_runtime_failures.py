@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaError
 from pipeline import eventually, make_settings, read_json, typing_event
 
 from processor.clock import SystemClock
+from processor.domain import SinkResult
 from processor.emulator.app import SESSION_PATH
 from processor.emulator.testing import EmulatorHandle
 from processor.models import TypingEvent
@@ -25,10 +26,11 @@ from processor.runtime.partition import Counters, PartitionWorker
 from processor.runtime.reconciler import Reconciler
 from processor.runtime.restore import read_changelog
 from processor.runtime.service import TypingProcessor
-from processor.settings import Settings
+from processor.settings import KafkaSettings, Settings, TypingSettings
 from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
 from processor.state import EngineConfig, PartitionStore
+from processor.state.changelog import decode
 
 
 class PoisonStore(PartitionStore):
@@ -59,10 +61,30 @@ class DeadLetterUnwritable(Outbound):
         return await super()._send(topic, partition, records)
 
 
+class DeadLetterUnacknowledged(Outbound):
+    """A producer whose dead letters are taken, then never acknowledged (a request timeout,
+    a broker that fails the write): later flushes of the partition still succeed."""
+
+    async def _send(
+        self, topic: str, partition: int, records: list[tuple[bytes | None, bytes | None, Headers]]
+    ) -> list[asyncio.Future[Any]]:
+        if topic != self.typing.dlq_topic:
+            return await super()._send(topic, partition, records)
+        lost: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        lost.set_exception(KafkaError(f"{topic}: not acknowledged"))
+        return [lost]
+
+
 class BrokenDlqProcessor(TypingProcessor):
+    outbound: type[Outbound] = DeadLetterUnwritable
+
     def __init__(self, settings: Settings, sink: GenesysSink) -> None:
         super().__init__(settings, sink)
-        self._outbound = DeadLetterUnwritable(settings.kafka, settings.typing)
+        self._outbound = self.outbound(settings.kafka, settings.typing)
+
+
+class UnacknowledgedDlqProcessor(BrokenDlqProcessor):
+    outbound = DeadLetterUnacknowledged
 
 
 async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> list[int]:
@@ -126,14 +148,19 @@ async def test_a_record_whose_processing_raises_is_dead_lettered_and_the_partiti
         await sink.aclose()
 
 
+@pytest.mark.parametrize(
+    "broken", [BrokenDlqProcessor, UnacknowledgedDlqProcessor], ids=["refused", "unacknowledged"]
+)
 async def test_an_unwritable_dead_letter_stops_the_partition_and_skips_nothing(
-    bootstrap_servers: str, emulator: EmulatorHandle
+    bootstrap_servers: str, emulator: EmulatorHandle, broken: type[BrokenDlqProcessor]
 ) -> None:
+    """Refused at once, or lost after the producer took it: no later flush of the
+    partition moves its commit past the dead letter, even the one made on the way out."""
     settings = make_settings(bootstrap_servers, emulator)
     emulator.create_session("before")
     emulator.create_session("after")
     sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
-    processor = BrokenDlqProcessor(settings, sink)
+    processor = broken(settings, sink)
     stop = asyncio.Event()
     task = asyncio.create_task(processor.run(stop))
     try:
@@ -175,6 +202,34 @@ class StuckRestoreProcessor(TypingProcessor):
     async def _restore(self, partition: int) -> PartitionStore:
         await self.release_restore.wait()
         return await super()._restore(partition)
+
+
+async def test_a_changelog_it_cannot_read_stops_the_partition_and_says_so(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """A changelog record this release cannot decode (corrupt, or another format): the
+    partition is not restored past it (that would forget shown indicators); it stops,
+    readiness says why, and the processor stops to be restarted, instead of a partition
+    that silently never runs."""
+    settings = make_settings(bootstrap_servers, emulator)
+    async with GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing)) as sink:
+        await TypingProcessor(settings, sink).prepare_topics()
+        changelog = settings.typing.resolved_changelog_topic
+        async with AIOKafkaProducer(bootstrap_servers=bootstrap_servers) as producer:
+            await producer.send_and_wait(changelog, b"\x09garbage", key=b"s1", partition=0)
+        processor = TypingProcessor(settings, sink)
+        stop = asyncio.Event()
+        task = asyncio.create_task(processor.run(stop))
+        try:
+            await eventually(task.done, 60, "the processor stopped")
+            error = task.exception()
+            assert isinstance(error, KafkaError)
+            assert "partition 0 stopped committing" in str(error)
+            assert "ChangelogError" in str(error)
+            assert not processor.ready
+        finally:
+            stop.set()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_a_stop_while_partitions_restore_ends_promptly_and_leaves_no_worker(
@@ -234,6 +289,104 @@ async def test_a_fenced_partition_sends_nothing_and_gives_back_what_it_had_taken
         assert emulator.count("PATCH", SESSION_PATH) == 0
         assert emulator.history("fenced") == []
     finally:
+        await worker.close(1.0)
+        await sink.aclose()
+        await outbound.stop()
+
+
+class GatedOutbound(Outbound):
+    """Holds the next changelog send after each `hold()` until its `release` is set; notes
+    the call intents (session, version) the cluster has acknowledged."""
+
+    def __init__(self, kafka: KafkaSettings, typing: TypingSettings) -> None:
+        super().__init__(kafka, typing)
+        self._gates: list[tuple[asyncio.Event, asyncio.Event]] = []
+        self.acked: set[tuple[str, int]] = set()
+
+    def hold(self) -> tuple[asyncio.Event, asyncio.Event]:
+        """(holding: set once a send waits, release: set it to let the send go)."""
+        gate = asyncio.Event(), asyncio.Event()
+        self._gates.append(gate)
+        return gate
+
+    async def _send(
+        self, topic: str, partition: int, records: list[tuple[bytes | None, bytes | None, Headers]]
+    ) -> list[asyncio.Future[Any]]:
+        if topic != self.changelog_topic:
+            return await super()._send(topic, partition, records)
+        if self._gates:
+            holding, release = self._gates.pop(0)
+            holding.set()
+            await release.wait()
+        futures = await super()._send(topic, partition, records)
+        intents = {
+            (session.sid, session.intent.version)
+            for key, value, _ in records
+            if key is not None and value is not None
+            for session in [decode(key, value)]
+            if session.intent is not None
+        }
+
+        def acked(done: asyncio.Future[Any]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                self.acked.update(intents)
+
+        asyncio.gather(*futures).add_done_callback(acked)
+        return futures
+
+
+async def test_a_call_taken_while_its_worker_produces_waits_for_its_own_intent(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """The scheduler may take work while the worker's turn awaits the produce of what it
+    has drained: that work's intent goes in the next flush, and its call waits for that
+    flush's acknowledgement, not the one under way (I6: the intent is on the changelog
+    before the call goes out)."""
+    settings = make_settings(bootstrap_servers, emulator)
+    clock = SystemClock()
+    store = PartitionStore(0, EngineConfig(), clock)
+    for offset, session_id in enumerate(("first", "second")):
+        emulator.create_session(session_id)
+        event = typing_event(session_id, timeout_ms=30_000)
+        store.on_event(TypingEvent.model_validate(event), offset)
+    outbound = GatedOutbound(settings.kafka, settings.typing)
+    await outbound.start()
+    sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
+    intent_acked: dict[str, bool] = {}  # as each call goes out
+    apply = sink.apply
+
+    async def watched_apply(session_id: str, *args: Any, **kwargs: Any) -> SinkResult:
+        intent_acked[session_id] = (session_id, kwargs["version"]) in outbound.acked
+        return await apply(session_id, *args, **kwargs)
+
+    sink.apply = watched_apply  # type: ignore[method-assign]
+
+    async def restored() -> PartitionStore:
+        return store
+
+    worker = PartitionWorker(
+        settings.typing.input_topic, 0, restored, outbound, Reconciler(sink, 4), clock, Counters()
+    )
+    try:
+        await worker.restored.wait()
+        holding, release = outbound.hold()
+        first = store.take("first")
+        assert first is not None
+        worker.launch(first, 2)
+        await asyncio.wait_for(holding.wait(), 10)  # its turn is producing the intent
+        second = store.take("second")
+        assert second is not None
+        worker.launch(second, 2)
+        held_again, release_again = outbound.hold()  # the next flush: the second's intent
+        release.set()
+        await asyncio.wait_for(held_again.wait(), 10)
+        await eventually(lambda: emulator.count("PATCH", SESSION_PATH) >= 1, 10, "first landed")
+        release_again.set()
+        await eventually(lambda: len(intent_acked) == 2, 10, "both calls made")
+        assert intent_acked == {"first": True, "second": True}
+    finally:
+        for gate in outbound._gates:
+            gate[1].set()
         await worker.close(1.0)
         await sink.aclose()
         await outbound.stop()

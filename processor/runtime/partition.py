@@ -249,6 +249,13 @@ class PartitionWorker:
                     "partition %s: restore failed (%s); retry in %.1fs", self.partition, exc, delay
                 )
                 await asyncio.sleep(delay)
+            except Exception as exc:
+                # A changelog this release cannot read (a corrupt record, another format):
+                # restoring past it would forget shown indicators. Stop and say so (readiness
+                # reports it; the service restarts from the last commit).
+                log.exception("partition %s: restore failed", self.partition)
+                self.failed = exc
+                return
         self._next_flush = self._clock.now_ms() + self._flush_interval_ms
         self.restored.set()
         if self._on_ready is not None:
@@ -379,7 +386,12 @@ class PartitionWorker:
         """Produce what the turn decided; flush the changelog when its time has come or
         calls wait for their intent to be recorded, then launch those calls."""
         now = self._clock.now_ms()
+        # The calls whose intents this drain takes: one the scheduler takes while the
+        # produce below awaits has its intent in the next flush, and goes out after it.
         flush = flush or bool(self._launches) or now >= self._next_flush
+        launches: list[tuple[Work, int]] = []
+        if flush:
+            launches, self._launches = self._launches, []
         emitted = self.store.drain(changelog=flush)
         counters = self.counters
         tracing = self._tracing
@@ -419,7 +431,11 @@ class PartitionWorker:
         for key, value in emitted.changelog:
             batch.changelog(self.partition, key, value)
         counters.changelog_records += len(emitted.changelog)
-        futures = await batch.send() if len(batch) else {}
+        try:
+            futures = await batch.send() if len(batch) else {}
+        except BaseException:
+            self._launches = launches + self._launches  # not started: closing drops them
+            raise
         for span in decided:
             span.end()
         for span in published:
@@ -432,7 +448,7 @@ class PartitionWorker:
             return
         changelog = futures.get(self._outbound.changelog_topic, [])
         recorded = asyncio.gather(*changelog) if changelog else _done()
-        self._start_calls(recorded)
+        self._start_calls(launches, recorded)
         group = self._pending
         self._pending = []
         self._next_flush = now + self._flush_interval_ms
@@ -440,9 +456,7 @@ class PartitionWorker:
         self._flushed_end = self._processed
         await self._track_acks(group, self._processed)
 
-    def _start_calls(self, recorded: asyncio.Future[Any]) -> None:
-        launches = self._launches
-        self._launches = []
+    def _start_calls(self, launches: list[tuple[Work, int]], recorded: asyncio.Future[Any]) -> None:
         tracing = self._tracing
         for work, prepaid in launches:
             self.counters.calls[work.kind.value] += 1
@@ -477,6 +491,8 @@ class PartitionWorker:
             await asyncio.wait({self._unacked[0][0]})
 
     def _advance(self, _: asyncio.Future[Any]) -> None:
+        if self.failed is not None:
+            return  # a flush was lost: no later one may move the offset past it (I6)
         while self._unacked and self._unacked[0][0].done():
             acked, end = self._unacked.popleft()
             error = None if acked.cancelled() else acked.exception()
