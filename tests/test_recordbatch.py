@@ -330,3 +330,138 @@ def test_which_failed_fetches_are_searched_record_by_record(
     failure: BaseException, searched: bool
 ) -> None:
     assert is_undecodable(failure) is searched
+
+
+def search(raw: bytes, start: int, end: int) -> list[int]:
+    """The offsets a search of `raw` hands on from `start`, read again from each read's
+    `next_offset` (as a broker hands the batch holding an offset out again) until `end`;
+    each read must get further, in order."""
+    offsets: list[int] = []
+    while start < end:
+        got = read(raw, start)
+        assert got.next_offset is not None
+        assert got.next_offset > start, f"no progress from {start}"
+        read_offsets = [i.offset for i in got.items]
+        assert read_offsets == sorted(set(read_offsets))
+        assert all(start <= o < got.next_offset for o in read_offsets)
+        offsets += read_offsets
+        start = got.next_offset
+    return offsets
+
+
+@pytest.mark.parametrize("codec", [1, 2, 3, 4])
+@pytest.mark.parametrize("fault", ["corrupt", "no known codec"])
+def test_a_compressed_batch_that_cannot_be_parsed_is_set_aside_to_its_last_offset(
+    codec: int, fault: str
+) -> None:
+    """Compressed, records take far less than 7 bytes each: the batch's size is no bound
+    on its offsets, and each offset is set aside, once, then the batch after is read."""
+    data = bytearray(batch(0, [(b"k", b"v", [])] * 1_000, codec=codec))
+    assert struct.unpack_from(">i", data, 8)[0] // 7 < 1_000
+    if fault == "corrupt":  # the CRC fails too: the broker kept what a producer wrote
+        for at in range(len(data) // 2, len(data) // 2 + 16):
+            data[at] ^= 0xFF
+        raw = bytes(data)
+    else:
+        struct.pack_into(">h", data, 21, 5)
+        raw = with_crc(data)
+    raw += batch(1_000, [(b"k", b"next", [])])
+    got = read(raw)
+    assert [i.offset for i in got.items] == list(range(1_001))
+    assert all(isinstance(i, Undecodable) and i.record.value is None for i in got.items[:-1])
+    assert isinstance(got.items[-1], ConsumerRecord)
+    assert got.next_offset == 1_001
+    assert search(raw, 0, 1_001) == list(range(1_001))
+    assert search(raw, 700, 1_001) == list(range(700, 1_001))
+
+
+def test_a_header_that_fails_its_crc_claims_no_offset_of_the_batch_after_it() -> None:
+    data = bytearray(batch(0, [(b"k", b"v", [])] * 3))
+    struct.pack_into(">i", data, 23, 2**31 - 1)  # lastOffsetDelta: the CRC no longer agrees
+    data[61] = 0x7E  # and the records cannot be parsed
+    raw = bytes(data) + batch(3, [(b"k", b"next", [])])
+    got = read(raw)
+    assert [(type(i).__name__, i.offset) for i in got.items] == [
+        ("Undecodable", 0),
+        ("Undecodable", 1),
+        ("Undecodable", 2),
+        ("ConsumerRecord", 3),
+    ]
+    assert got.next_offset == 4
+
+
+def test_a_header_that_fails_its_crc_is_set_aside_a_part_at_a_time() -> None:
+    """However many offsets a corrupt header claims, one read sets aside a bounded number,
+    and the next goes on from there."""
+    data = bytearray(batch(10, [(b"k", b"v", [])]))
+    struct.pack_into(">i", data, 23, 2**31 - 1)
+    data[61] = 0x7E
+    got = read(bytes(data))
+    assert [i.offset for i in got.items] == list(range(10, 10 + (1 << 16)))
+    assert got.next_offset == 10 + (1 << 16)
+    near_end = read(bytes(data), 10 + 2**31 - 4)
+    assert [i.offset for i in near_end.items] == list(range(10 + 2**31 - 4, 10 + 2**31))
+    assert near_end.next_offset == 10 + 2**31
+
+
+def test_a_record_offset_past_its_batchs_last_is_not_read_again_and_again() -> None:
+    """A header (failing its CRC) that ends its batch before its records end: reading from
+    after that end finds them again; they are set aside by position instead."""
+    data = bytearray(batch(0, [(b"k", b"a", []), (b"k", b"b", []), (b"k", b"c", [])]))
+    struct.pack_into(">i", data, 23, 0)
+    got = read(bytes(data))
+    (only,) = got.items
+    assert isinstance(only, Undecodable)
+    assert (only.offset, only.record.value) == (0, None)
+    assert got.next_offset == 1
+
+
+def test_a_search_gets_past_batches_that_disagree_on_an_offset() -> None:
+    """A header claims `start`, but the batch after it (cut short) begins before: either
+    lies, and the next search would find the same, so `start` is set aside."""
+    data = bytearray(batch(0, [(b"k", b"v", [])] * 3))
+    struct.pack_into(">i", data, 23, 9)
+    data[61] = 0x7E
+    cut = batch(3, [(b"k", b"x" * 100, [])] * 3)[:40]
+    got = read(bytes(data) + cut, 5)
+    assert [(type(i).__name__, i.offset) for i in got.items] == [("Undecodable", 5)]
+    assert got.next_offset == 6
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(1, 400),
+            st.integers(0, 4),
+            st.sampled_from(["none", "crc", "body", "codec", "claims more"]),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.data(),
+)
+def test_a_search_from_any_offset_gets_further_and_hands_every_offset_on_once(
+    batches: list[tuple[int, int, str]], data: Any
+) -> None:
+    """Batches of many small records (compressed, far under 7 bytes each), some corrupt:
+    reading from any offset always gets further, and reading on from each read's
+    `next_offset` hands every offset on once, in order, as a record or set aside."""
+    chunks, offset = [], 0
+    for n, (count, codec, fault) in enumerate(batches):
+        chunk = bytearray(batch(offset, [(b"k", b"v", [])] * count, codec=codec))
+        if fault == "crc":
+            chunk[17] ^= 0xFF
+        elif fault == "body":
+            at = data.draw(st.integers(61, len(chunk) - 1), label="corrupt byte")
+            chunk[at] ^= 0xFF
+        elif fault == "codec":
+            struct.pack_into(">h", chunk, 21, 5)
+            chunk = bytearray(with_crc(chunk))
+        elif fault == "claims more" and n < len(batches) - 1:  # the batch after bounds it
+            struct.pack_into(">i", chunk, 23, count - 1 + data.draw(st.integers(1, 2**30)))
+        chunks.append(bytes(chunk))
+        offset += count
+    raw = b"".join(chunks)
+    start = data.draw(st.integers(0, offset - 1), label="start")
+    assert search(raw, start, offset) == list(range(start, offset))

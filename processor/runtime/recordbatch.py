@@ -23,6 +23,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from aiokafka import ConsumerRecord
 from aiokafka.codec import gzip_decode, lz4_decode, snappy_decode, zstd_decode
@@ -40,7 +41,9 @@ _LOG_APPEND_TIME = 0x08
 _TRANSACTIONAL = 0x10
 _CONTROL = 0x20
 _ABORT = 0  # a control record's key: version (int16), then type (int16): 0 abort, 1 commit
-_MIN_RECORD = 7  # the fewest bytes a record takes: no batch holds more than its length / 7
+# A batch that fails its CRC may claim up to 2**31 offsets: one read sets aside at most this
+# many by position (some 16 MB), and the next search goes on from the first it left.
+_MOST_SET_ASIDE = 1 << 16
 _DECOMPRESS: dict[int, Callable[[bytes], bytes]] = {
     1: gzip_decode,
     2: snappy_decode,
@@ -69,7 +72,8 @@ class ReadRecords:
 
     items: list[ConsumerRecord[bytes, bytes] | Undecodable] = field(default_factory=list)
     next_offset: int | None = None
-    """The offset after the last batch read whole (None: not one was)."""
+    """Where to read on: after the last batch read whole, or after the offsets of one set
+    aside so far (None: not one batch was read whole)."""
 
 
 class _Malformed(Exception):
@@ -152,27 +156,49 @@ def read_records(
     """The records of `data` (a fetch's record set for one partition) from offset `start`
     on. A batch cut short at the end (the fetch's size limit) is left for the next fetch.
     `aborted` (read committed): the fetch's aborted transactions, whose batches are passed
-    over; None: every record counts."""
+    over; None: every record counts.
+
+    Whenever a whole batch says it holds `start` or an offset after it, `next_offset` is
+    past `start`: a search from there always gets further."""
     out = ReadRecords()
     aborts = None if aborted is None else _Aborts(aborted)
     view = memoryview(data)
     pos = 0
-    while len(view) - pos >= _LOG_OVERHEAD:
+    claimed = -1  # the last offset any whole batch says it holds
+    whole = True
+    while whole and len(view) - pos >= _LOG_OVERHEAD:
         base_offset, length = struct.unpack_from(">qi", view, pos)
         end = pos + _LOG_OVERHEAD + length
         if length < 0 or end > len(view):
             break
         batch = view[pos:end]
         pos = end
+        # where the next batch begins (even one cut short): a batch cannot reach into it
+        following: int | None = None
+        if len(view) - pos >= 8:
+            following = struct.unpack_from(">q", view, pos)[0]
+        # should corrupt batches overlap, an offset is read once, and never an earlier one
+        floor = start if out.next_offset is None else max(start, out.next_offset)
         magic = batch[_MAGIC_AT] if len(batch) > _MAGIC_AT else -1
         if magic == 2 and len(batch) >= _HEADER.size:
-            out.next_offset = _read_v2(topic, partition, batch, start, out.items, aborts)
+            last, after, whole = _read_v2(
+                topic, partition, batch, following, floor, out.items, aborts
+            )
         elif magic in (0, 1):
-            out.next_offset = _read_legacy(topic, partition, batch, start, out.items)
+            after = _read_legacy(topic, partition, batch, floor, out.items)
+            last = after - 1
         else:  # no batch of any format: only its position is known
-            if base_offset >= start:
+            if base_offset >= floor:
                 out.items.append(_unreadable(topic, partition, base_offset, "no record batch"))
-            out.next_offset = int(base_offset) + 1
+            last = int(base_offset)
+            after = last + 1
+        claimed = max(claimed, last)
+        out.next_offset = after if out.next_offset is None else max(out.next_offset, after)
+    if out.next_offset is not None and out.next_offset <= start <= claimed:
+        # a batch says it holds `start`, but the batch after it begins at or before that:
+        # one of them lies, and every search from `start` would find the same
+        out.items.append(_unreadable(topic, partition, start, "no batch agrees on its offset"))
+        out.next_offset = start + 1
     return out
 
 
@@ -180,34 +206,50 @@ def _read_v2(
     topic: str,
     partition: int,
     batch: memoryview,
+    following: int | None,
     start: int,
     out: list[ConsumerRecord[bytes, bytes] | Undecodable],
     aborts: _Aborts | None,
-) -> int:
+) -> tuple[int, int, bool]:
     """Append the records of one v2 batch at or after `start` (none of an aborted
-    transaction's when `aborts` tracks them); the offset after it."""
+    transaction's when `aborts` tracks them), `following` the base offset of the batch
+    after it if known: the last offset its header claims, the offset after what was read,
+    and whether all of the batch was (else the next search goes on from there)."""
     header = _HEADER.unpack_from(batch)
-    base_offset, length, _, _, crc, attributes, last_delta, first_ts, max_ts = header[:9]
+    base_offset, _, _, _, crc, attributes, last_delta, first_ts, max_ts = header[:9]
     producer_id, count = header[9], header[12]
-    # a corrupt header may claim any count: no more records than the batch has room for
-    last_offset: int = base_offset + max(0, min(last_delta, length // _MIN_RECORD))
+    claimed: int = base_offset + max(0, last_delta)
+    sound = calc_crc32c(batch[_CRC_FROM:]) == crc
+    # The CRC covers lastOffsetDelta, and the broker finds the batch for an offset by it:
+    # a sound one is the batch's extent. Its size says nothing of it: compressed records
+    # take well under a byte each, and compaction keeps lastOffsetDelta as it removes
+    # records. Unsound, it may claim anything, but not the offsets of the next batch.
+    last_offset = claimed
+    if not sound and following is not None and following > base_offset:
+        last_offset = min(last_offset, following - 1)
     body = bytes(batch[_HEADER.size :])
     if (
         aborts is not None
         and producer_id >= 0
         and aborts.skips(base_offset, producer_id, attributes, body)
     ):
-        return last_offset + 1
+        return claimed, last_offset + 1, True
     if attributes & _CONTROL:
-        return last_offset + 1  # transaction markers: no records of anyone's
-    sound = calc_crc32c(batch[_CRC_FROM:]) == crc
+        return claimed, last_offset + 1, True  # transaction markers: no records of anyone's
     try:
         records = _parse_records(body, attributes, count)
+        bounds = [-1, *(r[1] for r in records), last_offset - base_offset + 1]
+        if any(a >= b for a, b in pairwise(bounds)):
+            # out of order, they could not be handed on in order; past the batch's last
+            # offset, they would be read again at every search after it
+            raise _Malformed("record offsets out of order or past the batch's last")
     except Exception as failure:  # whatever the bytes make a codec or parser raise
         why = "its record batch fails its CRC" if not sound else f"unreadable batch: {failure!r}"
-        for offset in range(max(start, base_offset), last_offset + 1):
+        first = max(start, base_offset)
+        upto = min(last_offset, first + _MOST_SET_ASIDE - 1)
+        for offset in range(first, upto + 1):
             out.append(_unreadable(topic, partition, offset, why))
-        return last_offset + 1
+        return claimed, upto + 1, upto == last_offset
     log_append = bool(attributes & _LOG_APPEND_TIME)
     for ts_delta, offset_delta, key, value, headers in records:
         offset = base_offset + offset_delta
@@ -233,7 +275,7 @@ def _read_v2(
             out.append(Undecodable(record, "a header key is not UTF-8"))
         else:
             out.append(record)
-    return last_offset + 1
+    return claimed, last_offset + 1, True
 
 
 _Parsed = tuple[int, int, bytes | None, bytes | None, list[tuple[bytes, bytes | None]]]
