@@ -218,14 +218,20 @@ class ApiBudget:
             self._slots.append([slot, tokens])
         self._in_window += tokens
 
-    def refund(self, tokens: float) -> None:
-        """Give back tokens that were spent for requests that did not go out."""
+    def refund(self, tokens: float, *, planned: bool = True) -> None:
+        """Give back tokens that were spent for requests that did not go out.
+
+        `planned`: as they were spent (`spend`), so that `overhead` forgets them.
+        """
         if tokens <= 0:
             return
         self._refill()
         self._level = min(self.capacity, self._level + tokens)
         self._decay()
-        self._planned = max(0.0, self._planned - tokens)  # only prepaid tokens come back
+        if planned:
+            self._planned = max(0.0, self._planned - tokens)
+        else:
+            self._unplanned = max(0.0, self._unplanned - tokens)
         self.spent -= math.ceil(tokens)
         left = tokens
         while left > 0 and self._slots:  # they went out last: take them from the newest

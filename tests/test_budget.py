@@ -347,3 +347,17 @@ def test_overhead_counts_unplanned_requests_per_planned_one_and_forgets_them() -
     assert budget.overhead == OVERHEAD_MAX
     clock.now += 20 * OVERHEAD_HALF_LIFE_S
     assert budget.overhead < 0.001
+
+
+def test_a_refund_of_unplanned_tokens_takes_them_off_the_overhead() -> None:
+    """The sink's own requests that did not go out (a connection never made) are given
+    back as unplanned: `overhead` must not count them, nor charge them to planned ones."""
+    clock = Monotonic()
+    budget = ApiBudget(6000, monotonic=clock)
+    for _ in range(10):
+        budget.spend()
+    budget.spend(3, planned=False)
+    assert budget.overhead == pytest.approx(3 / (10 + OVERHEAD_PRIOR))
+    budget.refund(2, planned=False)
+    assert budget.overhead == pytest.approx(1 / (10 + OVERHEAD_PRIOR))
+    assert budget.spent == 11

@@ -4,15 +4,22 @@ transport that scripts the responses."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 import httpx
 import pytest
+from pipeline import Monotonic
 from pydantic import SecretStr
 
+from processor.budget import OVERHEAD_PRIOR
 from processor.clock import ManualClock
 from processor.domain import Indicator, Outcome, Status
 from processor.sink import GenesysSink, SinkConfig
+from processor.sink.auth import REFRESH_RETRY_S, TokenManager
+from processor.sink.errors import TokenUnavailableError
 
 Script = Callable[[httpx.Request], httpx.Response]
 
@@ -25,6 +32,7 @@ CONFIG = SinkConfig(
     backoff_cap_s=0.002,
 )
 SESSION = {"id": "s1", "state": "connected", "etag": "e1", "customAttributes": {}}
+TYPING = Indicator(Status.TYPING, 0, 60_000, 1)
 
 
 def token_or(script: Script) -> Script:
@@ -175,3 +183,202 @@ async def test_login_service_outage_is_retried_then_failed() -> None:
     assert (result.outcome, result.attempts) == (Outcome.FAILED, 0)
     assert "login service" in result.error
     assert fetches == CONFIG.max_transient_attempts
+
+
+# --- tokens: an early refresh that fails ---
+
+
+async def test_a_failed_early_refresh_keeps_the_cached_token_until_it_expires(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A login-service blip within the refresh margin fails no call while the cached token
+    is valid: one refresh for all callers, the next only `REFRESH_RETRY_S` later."""
+    clock = Monotonic()
+    config = replace(CONFIG, client_secret=SecretStr("s3cr3t-42"))
+    login_up = True
+    fetches = 0
+    sent_with: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal fetches
+        if request.url.path == "/oauth/token":
+            fetches += 1
+            if not login_up:
+                return httpx.Response(503)
+            return httpx.Response(200, json={"access_token": f"tok-{fetches}", "expires_in": 100})
+        sent_with.append(request.headers["Authorization"])
+        if request.method == "GET":
+            return httpx.Response(200, json=SESSION, headers={"ETag": "e1"})
+        return httpx.Response(200, json={}, headers={"ETag": "e2"})
+
+    async def apply(*session_ids: str) -> list[Outcome]:
+        results = await asyncio.gather(*(sink.apply(sid, TYPING) for sid in session_ids))
+        return [result.outcome for result in results]
+
+    def warnings() -> list[logging.LogRecord]:
+        return [record for record in caplog.records if record.levelno == logging.WARNING]
+
+    with caplog.at_level(logging.DEBUG, logger="processor.sink"):
+        async with (
+            httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http,
+            GenesysSink(config, http=http, monotonic=clock) as sink,
+        ):
+            start = clock.now
+            assert await apply("s0") == [Outcome.APPLIED]  # tok-1, valid for 100 s
+            login_up = False
+            clock.now = start + 75  # within the 30 s margin, 25 s before it expires
+            assert await apply("s1", "s2", "s3") == [Outcome.APPLIED] * 3
+            assert fetches == 2  # one refresh for the three calls
+            assert len(warnings()) == 1
+            clock.now += REFRESH_RETRY_S - 1
+            assert await apply("s4") == [Outcome.APPLIED]
+            assert fetches == 2  # not on every call
+            clock.now += 1
+            assert await apply("s5") == [Outcome.APPLIED]
+            assert (fetches, len(warnings())) == (3, 2)
+            assert set(sent_with) == {"Bearer tok-1"}
+            login_up = True
+            clock.now += REFRESH_RETRY_S
+            assert await apply("s6") == [Outcome.APPLIED]
+            assert (fetches, sent_with[-1]) == (4, "Bearer tok-4")
+            login_up = False
+            clock.now += 100  # tok-4 has expired: now a failed refresh fails the call
+            expired = await sink.apply("s7", TYPING)
+    assert (expired.outcome, expired.attempts) == (Outcome.FAILED, 0)
+    assert "login service" in expired.error
+    assert len(warnings()) == 2
+    assert "s3cr3t-42" not in caplog.text
+    assert "tok-" not in caplog.text
+
+
+async def test_a_401_for_a_replaced_token_keeps_the_cached_one_while_login_is_down() -> None:
+    """A 401 for an older token leaves the cached one in use through a failed refresh;
+    a 401 for the cached one itself does not."""
+    clock = Monotonic()
+    login_up = True
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if not login_up:
+            return httpx.Response(503)
+        return httpx.Response(200, json={"access_token": "tok-new", "expires_in": 100})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+        tokens = TokenManager(http, CONFIG.token_url, "id", SecretStr("secret"), monotonic=clock)
+        assert await tokens.token() == "tok-new"
+        login_up = False
+        clock.now += 75  # the cached token is due for its refresh, and valid for 25 s
+        assert await tokens.invalidate("tok-old") == "tok-new"
+        with pytest.raises(TokenUnavailableError):
+            await tokens.invalidate("tok-new")  # the API refused it: never sent again
+        await tokens.aclose()
+
+
+# --- the budget: pauses and unsent requests ---
+
+
+async def test_prepaid_requests_do_not_go_out_during_a_pause_another_call_began() -> None:
+    """Call `a` was planned and paid before `b` met a 429: its PATCH is not sent during
+    the pause, and its token comes back (the scheduler decides again after the pause)."""
+    clock = Monotonic()
+    reading = asyncio.Event()
+    release = asyncio.Event()
+    patched: list[str] = []
+
+    async def script(request: httpx.Request) -> httpx.Response:
+        session_id = request.url.path.rsplit("/", 1)[1]
+        if session_id == "b":
+            return httpx.Response(429, headers={"Retry-After": "30"})
+        if request.method == "GET":
+            reading.set()
+            await release.wait()
+            return httpx.Response(200, json=SESSION, headers={"ETag": "e1"})
+        patched.append(session_id)
+        return httpx.Response(200, json={}, headers={"ETag": "e2"})
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/oauth/token":
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3600})
+        return await script(request)
+
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http,
+        GenesysSink(CONFIG, http=http, monotonic=clock) as sink,
+    ):
+        sink.budget.spend(2)  # the scheduler pays a's GET and PATCH,
+        sink.budget.spend(1)  # and b's PATCH
+        call_a = asyncio.create_task(sink.apply("a", TYPING, prepaid=2))
+        async with asyncio.timeout(5):
+            await reading.wait()
+        throttled = await sink.apply("b", TYPING, prepaid=1)
+        assert throttled.outcome is Outcome.RATE_LIMITED
+        release.set()
+        async with asyncio.timeout(5):
+            held = await call_a
+        assert (held.outcome, held.attempts) == (Outcome.RATE_LIMITED, 1)
+        assert patched == []
+        assert sink.budget.spent == 2  # a's GET and b's GET
+
+
+async def test_calls_that_never_got_a_token_cost_no_budget() -> None:
+    """A login-service outage sends nothing: it spends nothing (DESIGN §4b)."""
+    clock = Monotonic()
+    api_requests = 0
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal api_requests
+        if request.url.path != "/oauth/token":
+            api_requests += 1
+        return httpx.Response(503)
+
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http,
+        GenesysSink(CONFIG, http=http, monotonic=clock) as sink,
+    ):
+        budget = sink.budget
+        level = budget.level()
+        budget.spend(2)  # as the scheduler prepays a GET and a PATCH
+        paid = await sink.apply("s1", None, prepaid=2)
+        unpaid = await sink.apply("s2", None)  # what the sink itself would spend
+        for result in (paid, unpaid):
+            assert (result.outcome, result.attempts) == (Outcome.FAILED, 0)
+        assert api_requests == 0
+        assert budget.spent == 0
+        assert budget.level() == pytest.approx(level)
+        assert budget.window_room() == pytest.approx(budget.allowance)
+        assert budget.overhead == 0.0
+
+
+@pytest.mark.parametrize(
+    ("failure", "sent"),
+    [
+        (httpx.ConnectError("refused"), False),
+        (httpx.PoolTimeout("no connection free"), False),
+        (httpx.ReadTimeout("slow"), True),  # it may have reached the service: it costs
+    ],
+)
+async def test_a_request_that_never_left_gives_its_budget_token_back(
+    failure: Exception, sent: bool
+) -> None:
+    clock = Monotonic()
+
+    def script(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json=SESSION, headers={"ETag": "e1"})
+        raise failure
+
+    patches = CONFIG.max_transient_attempts
+    cost = 1 + (patches if sent else 0)  # the GET went out in any case
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(token_or(script))) as http,
+        GenesysSink(CONFIG, http=http, monotonic=clock) as sink,
+    ):
+        budget = sink.budget
+        unpaid = await sink.apply("s1", TYPING)
+        assert (unpaid.outcome, unpaid.attempts) == (Outcome.FAILED, 1 + patches)
+        assert budget.spent == cost
+        # all of them the sink's own: no planned call to charge them to
+        assert budget.overhead == pytest.approx(cost / OVERHEAD_PRIOR)
+        budget.spend(2)  # as the scheduler prepays a GET and a PATCH
+        paid = await sink.apply("s2", TYPING, prepaid=2)
+        assert (paid.outcome, paid.attempts) == (Outcome.FAILED, 1 + patches)
+        assert budget.spent == 2 * cost

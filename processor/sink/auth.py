@@ -6,21 +6,30 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import httpx
 from pydantic import SecretStr
 
 from processor import USER_AGENT
-from processor.sink.errors import AuthConfigError, ProtocolError, TokenUnavailableError
+from processor.sink.errors import (
+    AuthConfigError,
+    ProtocolError,
+    SinkError,
+    TokenUnavailableError,
+)
 
 log = logging.getLogger(__name__)
+
+REFRESH_RETRY_S = 5.0
+"""After an early refresh failed, the cached token serves this long before the next try."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Token:
     value: str = field(repr=False)
     refresh_at: float
+    expires_at: float
 
 
 class TokenManager:
@@ -28,7 +37,10 @@ class TokenManager:
 
     Credentials go in an HTTP Basic header. A token is reused until `refresh_margin_s`
     before it expires (half its lifetime for short-lived tokens). Concurrent callers that
-    need a new token share one request to the login service (single flight).
+    need a new token share one request to the login service (single flight). When that
+    early refresh fails, the cached token serves until it expires, and the refresh is
+    tried again `REFRESH_RETRY_S` later; only once it has expired does a failed refresh
+    fail the callers.
     """
 
     def __init__(
@@ -65,16 +77,21 @@ class TokenManager:
         current = self._token
         if current is not None and self._now() < current.refresh_at:
             return current.value
-        return (await self._refresh()).value
+        try:
+            return (await self._refresh()).value
+        except SinkError:
+            cached = self._token  # None when a 401 rejected it meanwhile
+            if cached is None or self._now() >= cached.expires_at:
+                raise
+            return cached.value
 
     async def invalidate(self, rejected: str) -> str:
         """The API answered 401 to `rejected`: a fresh token, fetched once for all callers."""
         current = self._token
-        if current is not None and current.value != rejected and self._now() < current.refresh_at:
-            return current.value  # another caller already replaced it
         if current is not None and current.value == rejected:
             self._token = None
-        return (await self._refresh()).value
+        # Otherwise another caller already replaced it: that one serves (refreshed if due).
+        return await self.token()
 
     async def aclose(self) -> None:
         """Cancel a fetch in flight and forget the token."""
@@ -94,8 +111,24 @@ class TokenManager:
     def _fetch_done(self, task: asyncio.Task[_Token]) -> None:
         if self._inflight is task:
             self._inflight = None
-        if not task.cancelled() and task.exception() is None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
             self._token = task.result()
+            return
+        cached, now = self._token, self._now()
+        if isinstance(error, SinkError) and cached is not None and now < cached.expires_at:
+            # The cached token still works: callers keep it, and the login service is
+            # asked again a little later, not on every call (runs once per failed fetch).
+            retry_at = min(now + REFRESH_RETRY_S, cached.expires_at)
+            self._token = replace(cached, refresh_at=retry_at)
+            log.warning(
+                "bearer token refresh failed (%s); the cached token, valid for %.0f s more,"
+                " is used meanwhile",
+                error,
+                cached.expires_at - now,
+            )
 
     async def _fetch(self) -> _Token:
         self._fetches += 1
@@ -133,4 +166,5 @@ class TokenManager:
         # Refresh early; a token shorter-lived than twice the margin is refreshed at half-life.
         margin = min(self._margin, lifetime / 2)
         log.debug("obtained a bearer token valid for %.0f s", lifetime)
-        return _Token(value=value, refresh_at=started + lifetime - margin)
+        expires_at = started + lifetime
+        return _Token(value=value, refresh_at=expires_at - margin, expires_at=expires_at)

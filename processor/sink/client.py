@@ -260,9 +260,9 @@ class GenesysSink:
         that shows the change already there ends the call without a PATCH. One that
         shows an indicator of this change's `version` (default: `desired`'s) or later
         ends it as `overtaken`: another writer got there first, and the version must
-        not repeat. Never waits for budget: each request spends a token (the first
-        `prepaid` were paid by the caller), and a 429 pauses the budget and ends the
-        call (`rate_limited`).
+        not repeat. Never waits for budget: each request that goes out spends a token
+        (the first `prepaid` were paid by the caller), and a 429 pauses the budget and
+        ends the call (`rate_limited`), as does a pause that another call's 429 began.
         """
         ledger = _Ledger(self._now, self._now(), prepaid)
         if not is_valid_session_id(session_id):
@@ -549,26 +549,38 @@ class GenesysSink:
         ledger: _Ledger,
     ) -> _Sent | SinkResult | str:
         """One request under the breaker's permission: a non-5xx answer, a final result
-        (the budget is paused), or why it failed transiently. Token errors propagate."""
+        (the budget is paused), or why it failed transiently. Token errors propagate.
+
+        The request spends a budget token (a prepaid one first) only once it can go out,
+        and gets it back when it provably did not (DESIGN §4b: unsent work costs nothing).
+        """
         settled = False
         try:
-            if ledger.prepaid > 0:
-                ledger.prepaid -= 1
-            elif self._budget.paused_for() > 0:
+            token = await self._tokens.token()
+            # Checked with the token in hand (fetching it may take a while), for prepaid
+            # requests too: a 429 met by another call since they were planned pauses them.
+            if self._budget.paused_for() > 0:
                 return ledger.result(
                     Outcome.RATE_LIMITED,
                     error=f"API budget paused for {self._budget.paused_for():.1f} s after a 429",
                 )
+            prepaid = ledger.prepaid > 0
+            if prepaid:
+                ledger.prepaid -= 1
             else:
                 # unplanned, into debt if need be: the scheduler waits it out
                 self._budget.spend(planned=False)
-            token = await self._tokens.token()
             response, failure, maybe_sent = await self._send(
                 method, url, token, body, if_match, ledger
             )
             settled = True
             changes = method != "GET"
             if response is None:
+                if not maybe_sent:
+                    if prepaid:
+                        ledger.prepaid += 1  # for the retry, or refunded when the call ends
+                    else:
+                        self._budget.refund(1, planned=False)
                 self._breaker.record_failure()
                 ledger.unanswered = ledger.unanswered or (changes and maybe_sent)
                 return failure
