@@ -294,6 +294,46 @@ async def test_a_fenced_partition_sends_nothing_and_gives_back_what_it_had_taken
         await outbound.stop()
 
 
+async def test_a_call_still_retrying_when_its_partition_goes_is_cancelled(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """Genesys failing, a call retries with backoff for seconds; once its revoked partition's
+    grace is over it is cancelled, not left to write after the next owner has read the
+    session back and acted on it."""
+    settings = make_settings(bootstrap_servers, emulator)
+    emulator.create_session("retrying")
+    emulator.set_faults(error_rate=1.0, latency_ms=1000)  # each attempt: a second, then a 5xx
+    clock = SystemClock()
+    store = PartitionStore(0, EngineConfig(), clock)
+    store.on_event(TypingEvent.model_validate(typing_event("retrying", timeout_ms=30_000)), 0)
+    outbound = Outbound(settings.kafka, settings.typing)
+    await outbound.start()
+    sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
+    reconciler = Reconciler(sink, 4)
+
+    async def restored() -> PartitionStore:
+        return store
+
+    worker = PartitionWorker(
+        settings.typing.input_topic, 0, restored, outbound, reconciler, clock, Counters()
+    )
+    try:
+        await worker.restored.wait()
+        work = store.take("retrying")
+        assert work is not None
+        worker.launch(work, 2)
+        await eventually(
+            lambda: emulator.count("GET", SESSION_PATH) >= 1, 10, "the call meets a 5xx"
+        )
+        assert reconciler.in_flight == 1
+        await worker.close(0.2)
+        assert reconciler.in_flight == 0
+    finally:
+        await reconciler.aclose()
+        await sink.aclose()
+        await outbound.stop()
+
+
 class GatedOutbound(Outbound):
     """Holds the next changelog send after each `hold()` until its `release` is set; notes
     the call intents (session, version) the cluster has acknowledged."""

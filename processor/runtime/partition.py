@@ -148,6 +148,7 @@ class PartitionWorker:
         self._next_flush = 0
         self._unflushed = False
         self._launches: list[tuple[Work, int]] = []
+        self._calls: set[asyncio.Task[None]] = set()
         self._unacked: deque[tuple[asyncio.Future[Any], int | None]] = deque()
         self._closing = False
         self._fenced = False
@@ -461,8 +462,10 @@ class PartitionWorker:
         for work, prepaid in launches:
             self.counters.calls[work.kind.value] += 1
             if tracing is None:
-                self._reconciler.launch(
-                    work, prepaid, recorded, functools.partial(self._deliver, work, None)
+                self._track(
+                    self._reconciler.launch(
+                        work, prepaid, recorded, functools.partial(self._deliver, work, None)
+                    )
                 )
                 continue
             cause = None if work.offset is None else self._spans.get(work.offset)
@@ -472,11 +475,17 @@ class PartitionWorker:
             # the call's task copies the current context: its HTTP spans become children
             token = otel_context.attach(context)
             try:
-                self._reconciler.launch(
-                    work, prepaid, recorded, functools.partial(self._deliver, work, span)
+                self._track(
+                    self._reconciler.launch(
+                        work, prepaid, recorded, functools.partial(self._deliver, work, span)
+                    )
                 )
             finally:
                 otel_context.detach(token)
+
+    def _track(self, call: asyncio.Task[None]) -> None:
+        self._calls.add(call)
+        call.add_done_callback(self._calls.discard)
 
     async def _track_acks(self, futures: list[asyncio.Future[Any]], end: int | None) -> None:
         """Let acknowledgements arrive in the background; the commit position follows them.
@@ -535,13 +544,19 @@ class PartitionWorker:
             async with asyncio.timeout(grace_s):
                 await self._idle.wait()
         except TimeoutError:
+            # Cancelled, not left running: a call retrying past the grace would write
+            # after the next owner has read the session back and acted on it.
             log.warning(
-                "partition %s: %d calls still in flight after %.1fs; the next owner reads "
-                "them back",
+                "partition %s: %d calls still in flight after %.1fs, cancelled; the next owner"
+                " reads them back",
                 self.partition,
                 self._in_flight,
                 grace_s,
             )
+            calls = list(self._calls)
+            for call in calls:
+                call.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
         self._queue.put_nowait(_Stop())
         await self._task
         self._end_open_spans()

@@ -125,14 +125,15 @@ class Reconciler:
 
     def launch(
         self, work: Work, prepaid: int, recorded: Awaitable[object], deliver: Deliver
-    ) -> None:
+    ) -> asyncio.Task[None]:
         """Start one call once `recorded` (its intent's changelog ack) completes;
-        `deliver` receives its result on the event loop."""
+        `deliver` receives its result on the event loop (not when the call is cancelled)."""
         task = asyncio.create_task(self._run(work, prepaid, recorded, deliver))
         self._tasks.add(task)
         if work.kind is WorkKind.SET or work.kind is WorkKind.REFRESH:
             self._sets.add(task)
         task.add_done_callback(self._finished)
+        return task
 
     async def _run(
         self, work: Work, prepaid: int, recorded: Awaitable[object], deliver: Deliver
