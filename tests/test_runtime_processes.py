@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from pipeline import (
     typing_event,
 )
 
+from processor.broker import LocalBroker
 from processor.emulator.testing import EmulatorHandle
 
 pytestmark = pytest.mark.slow
@@ -56,6 +59,52 @@ async def test_sigterm_exits_zero_quickly(
     started = now_ms()
     assert first.terminate(timeout_s=15) == 0, first.log_text()
     assert now_ms() - started < 10_000
+
+
+async def test_sigterm_exits_zero_in_time_when_the_cluster_stops_answering(
+    emulator: EmulatorHandle, processes: list[RunProcess], tmp_path: Path
+) -> None:
+    """The broker hangs (here: SIGSTOPped) while the processor runs: draining cannot
+    finish, and the processor gives it up rather than the 10 s SIGTERM allows."""
+    with LocalBroker() as broker:
+        env = pipeline.run_env(broker.bootstrap_servers, emulator)
+        emulator.create_session("h-1")
+        process = spawn(processes, env, tmp_path / "hung.log")
+        async with Producer(broker.bootstrap_servers, env["TYPING_INPUT_TOPIC"]) as producer:
+            await producer.send(typing_event("h-1", timeout_ms=20_000))
+            await eventually(lambda: shown(emulator, "h-1"), 60, "processor applied an event")
+        assert broker.pid is not None
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            started = now_ms()
+            assert process.terminate(timeout_s=15) == 0, process.log_text()
+            assert now_ms() - started < 10_000, process.log_text()
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+
+
+async def test_sigterm_during_start_up_against_a_silent_cluster_exits_zero_at_once(
+    emulator: EmulatorHandle, processes: list[RunProcess], tmp_path: Path
+) -> None:
+    """A bootstrap server that accepts connections and never answers: the processor is
+    still starting when the SIGTERM comes, and leaves at once."""
+    connected = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connected.set()
+        await reader.read()  # never answers; reads until the client goes
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        env = pipeline.run_env(f"127.0.0.1:{port}", emulator)
+        process = spawn(processes, env, tmp_path / "silent.log")
+        await asyncio.wait_for(connected.wait(), 30)
+        started = now_ms()
+        assert process.terminate(timeout_s=15) == 0, process.log_text()
+        assert now_ms() - started < 5_000, process.log_text()
+    finally:
+        server.close()
 
 
 async def test_sigkill_then_restart_clears_every_indicator(

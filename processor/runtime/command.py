@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 
 # Kubernetes probes and Prometheus reach the pod on its IP: listen on every interface.
 HTTP_HOST = "0.0.0.0"  # noqa: S104
+# SIGTERM to exit within 10 s (DESIGN §5): draining (calls landing within the revoke grace,
+# the last flush and commit) gets this much of it; a cluster that does not answer by then
+# is given up on (input since the last commit is processed again), leaving the rest for
+# the telemetry's last export.
+DRAIN_BUDGET_S = 6.5
 
 
 @contextlib.asynccontextmanager
@@ -88,7 +93,7 @@ async def _run_until_stopped(
     while not stop.is_set():
         processor = TypingProcessor(settings, sink, telemetry=telemetry)
         try:
-            await processor.run(stop)
+            await _run_within_budget(processor, stop)
             failures = 0
             telemetry.last_failure = None
         except TopicError as exc:
@@ -100,3 +105,28 @@ async def _run_until_stopped(
             failures += 1
     log.info("stopped cleanly")
     return 0
+
+
+async def _run_within_budget(processor: TypingProcessor, stop: asyncio.Event) -> None:
+    """`processor.run(stop)`, given `DRAIN_BUDGET_S` to finish once `stop` is set."""
+    running = asyncio.create_task(processor.run(stop), name="processor")
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not running.done():
+            await asyncio.wait({running}, timeout=DRAIN_BUDGET_S)
+        if not running.done():
+            log.warning(
+                "the cluster did not answer within %.1f s of the stop: leaving without the"
+                " last commit (input since the one before is processed again)",
+                DRAIN_BUDGET_S,
+            )
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            return
+        await running
+    finally:
+        stopping.cancel()
+        if not running.done():  # cancelled from outside
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)

@@ -7,7 +7,7 @@ import functools
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -220,16 +220,19 @@ class TypingProcessor:
             fetch_max_wait_ms=self.settings.typing.fetch_max_wait_ms,
         )
         try:
-            await self.prepare_topics()
-            await self._outbound.start()
-            self._consumer = consumer
-            await consumer.start()
+            # a stop during start-up (the cluster slow or not answering) ends it at once
+            await _unless_stopped(self._start(consumer), stop)
         except BaseException:
             # a cluster down at start: close what was opened, or every restart leaks it
             self._consumer = None
             await consumer.stop()
             await self._outbound.stop()
             raise
+        if stop.is_set():
+            self._consumer = None
+            await consumer.stop()
+            await self._outbound.stop()
+            return
         self.telemetry.observe(self)
         scheduling = asyncio.create_task(self.scheduler.run(), name="scheduler")
         try:
@@ -250,6 +253,12 @@ class TypingProcessor:
             await self._outbound.stop()
             self._consumer = None
             self.telemetry.forget(self)
+
+    async def _start(self, consumer: AIOKafkaConsumer) -> None:
+        await self.prepare_topics()
+        await self._outbound.start()
+        self._consumer = consumer
+        await consumer.start()
 
     async def _consume(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -468,3 +477,18 @@ class TypingProcessor:
             self.assigned = False
             self.lease.forget()
         self._update_ready()
+
+
+async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> None:
+    """Await `work`, or cancel it once `stop` is set."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    if not task.cancelled():
+        task.result()
