@@ -432,6 +432,73 @@ async def test_a_call_taken_while_its_worker_produces_waits_for_its_own_intent(
         await outbound.stop()
 
 
+class ReportsWatched(Outbound):
+    """Notes, as each changelog record goes to the producer, whether the CRM records sent
+    before it for the same session were all acknowledged already."""
+
+    def __init__(self, kafka: KafkaSettings, typing: TypingSettings) -> None:
+        super().__init__(kafka, typing)
+        self.reports: dict[bytes, list[asyncio.Future[Any]]] = {}
+        self.unreported: list[bytes] = []  # changelog keys sent ahead of their reports' acks
+
+    async def _send(
+        self, topic: str, partition: int, records: list[tuple[bytes | None, bytes | None, Headers]]
+    ) -> list[asyncio.Future[Any]]:
+        if topic == self.changelog_topic:
+            for key, _, _ in records:
+                if key is not None and not all(f.done() for f in self.reports.get(key, [])):
+                    self.unreported.append(key)
+        futures = await super()._send(topic, partition, records)
+        if topic == self.typing.crm_topic:
+            for key, _, _ in records:
+                if key is not None:
+                    self.reports.setdefault(key, []).extend(futures)
+        return futures
+
+
+async def test_an_outcome_is_on_the_changelog_only_once_its_report_is_acknowledged(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """The CRM record of a call's outcome is acknowledged before the changelog says the
+    outcome is known: else a crash in between restores a store with nothing to read back,
+    and the report is lost for good (I6)."""
+    settings = make_settings(bootstrap_servers, emulator)
+    emulator.create_session("reported")
+    clock = SystemClock()
+    store = PartitionStore(0, EngineConfig(), clock)
+    store.on_event(TypingEvent.model_validate(typing_event("reported", timeout_ms=30_000)), 0)
+    outbound = ReportsWatched(settings.kafka, settings.typing)
+    await outbound.start()
+    sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
+
+    async def restored() -> PartitionStore:
+        return store
+
+    worker = PartitionWorker(
+        settings.typing.input_topic,
+        0,
+        restored,
+        outbound,
+        Reconciler(sink, 4),
+        clock,
+        Counters(),
+        flush_interval_ms=0,  # every turn flushes the changelog: the outcome's turn too
+    )
+    try:
+        await worker.restored.wait()
+        work = store.take("reported")
+        assert work is not None
+        worker.launch(work, 2)
+        await eventually(lambda: b"reported" in outbound.reports, 10, "the outcome reported")
+        await eventually(lambda: store.session("reported").intent is None, 10, "outcome known")
+        await worker.flush()
+        assert outbound.unreported == []
+    finally:
+        await worker.close(1.0)
+        await sink.aclose()
+        await outbound.stop()
+
+
 async def test_a_cluster_down_at_start_leaves_no_kafka_client_open(
     emulator: EmulatorHandle,
 ) -> None:

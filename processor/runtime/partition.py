@@ -149,6 +149,8 @@ class PartitionWorker:
         self._unflushed = False
         self._launches: list[tuple[Work, int]] = []
         self._calls: set[asyncio.Task[None]] = set()
+        # acknowledgements of outcome reports sent since the last changelog flush
+        self._reports: list[asyncio.Future[Any]] = []
         self._unacked: deque[tuple[asyncio.Future[Any], int | None]] = deque()
         self._closing = False
         self._fenced = False
@@ -311,7 +313,9 @@ class PartitionWorker:
         self.store.on_tick()
         if self._on_queued is not None and self.store.queued_work and not self._closing:
             self._on_queued()  # calls taken now are flushed and launched in this turn
-        await self._publish(batch, turn_span, flush=isinstance(item, _Stop))
+        await self._publish(
+            batch, turn_span, flush=isinstance(item, _Stop), outcome=isinstance(item, _Result)
+        )
 
     def _process(self, record: ConsumerRecord[bytes, bytes], batch: OutboundBatch) -> None:
         tracing = self._tracing
@@ -383,9 +387,16 @@ class PartitionWorker:
             )
         self._queue.put_nowait(_Result(work, result, span))
 
-    async def _publish(self, batch: OutboundBatch, turn_span: Span | None, *, flush: bool) -> None:
+    async def _publish(
+        self, batch: OutboundBatch, turn_span: Span | None, *, flush: bool, outcome: bool
+    ) -> None:
         """Produce what the turn decided; flush the changelog when its time has come or
-        calls wait for their intent to be recorded, then launch those calls."""
+        calls wait for their intent to be recorded, then launch those calls.
+
+        What reports a call's outcome (its CRM record, and its audit record: `outcome`
+        turns) is acknowledged before the changelog says the outcome is known: else a
+        crash in between would restore a store with nothing left to read back, and the
+        report would be lost for good (I6). Input replay re-derives every other record."""
         now = self._clock.now_ms()
         # The calls whose intents this drain takes: one the scheduler takes while the
         # produce below awaits has its intent in the next flush, and goes out after it.
@@ -429,11 +440,20 @@ class PartitionWorker:
             batch.audit(decision.session_id.encode(), record, headers)
             counters.audit_records += 1
             counters.decisions[decision.result.value] += 1
+        state = self._outbound.batch()
         for key, value in emitted.changelog:
-            batch.changelog(self.partition, key, value)
+            state.changelog(self.partition, key, value)
         counters.changelog_records += len(emitted.changelog)
         try:
             futures = await batch.send() if len(batch) else {}
+            typing = self._outbound.typing
+            self._reports.extend(futures.get(typing.crm_topic, []))
+            if outcome:
+                self._reports.extend(futures.get(typing.audit_topic, []))
+            if len(state):
+                reports, self._reports = self._reports, []
+                await _acknowledged(reports)
+                futures.update(await state.send())
         except BaseException:
             self._launches = launches + self._launches  # not started: closing drops them
             raise
@@ -563,6 +583,13 @@ class PartitionWorker:
         await self.flush()
         self._reconciler.forget(self.store.session_ids())
         return self.committable
+
+
+async def _acknowledged(futures: list[asyncio.Future[Any]]) -> None:
+    """Wait for `futures` (producer acknowledgements); raise if one failed."""
+    for result in await asyncio.gather(*futures, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise KafkaError(f"an outcome report was not acknowledged: {result!r}")
 
 
 def _done() -> asyncio.Future[Any]:
