@@ -19,12 +19,36 @@ _SECRET_PATTERNS = (
         r"|authorization|api[_-]?key|secret)(\"?\s*[:=]\s*\"?)[^\s\"'&,}]+"
     ),
 )
+# The userinfo of a URL (`scheme://user:password@host`): greedy up to the authority's last `@`,
+# as URL parsers split it, so a password with a raw `@` in it is masked whole.
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^\s/?#\"'<>]+)@")
+# A query parameter whose name ends like a credential's (`token`, `access_token`, `apiKey`,
+# `X-Amz-Signature`, `sig`, OAuth's `code`, ...), in a query or a fragment. Only after `?`, `&`
+# or `#`, so prose such as "status code=404" keeps its value.
+_SECRET_QUERY = re.compile(
+    r"(?i)([?&#][^\s=&#?]*?(?:token|key|secret|password|passwd|pwd|pass|signature|sig|code|auth"
+    r"|authorization|credentials?|jwt)=)[^\s&#\"'<>]+"
+)
+
+# The HTTP clients' own lines carry what no redaction can mask reliably: httpx logs every
+# request's full URL at INFO (a CRM webhook URL may hold a credential), and at DEBUG httpcore,
+# h2 and hpack dump HTTP/2 header blocks, Huffman-coded, with the OAuth `Authorization` in them.
+_QUIET_HTTP_LOGGERS = ("httpx", "httpcore", "hpack", "h2")
+
+
+def _mask_userinfo(match: re.Match[str]) -> str:
+    user, colon, _ = match.group(2).partition(":")
+    # `user:password@`: the user helps to diagnose; a lone `token@` is the credential itself
+    return f"{match.group(1)}{user}:[REDACTED]@" if colon else f"{match.group(1)}[REDACTED]@"
 
 
 def redact(text: str) -> str:
-    """`text` with bearer/basic credentials and `secret=...`-style values masked."""
+    """`text` with credentials masked: bearer/basic values, `secret=...`-style values, URL
+    userinfo and the values of query parameters named like credentials."""
     if not text:
         return text
+    text = _URL_USERINFO.sub(_mask_userinfo, text)
+    text = _SECRET_QUERY.sub(lambda m: f"{m.group(1)}[REDACTED]", text)
     text = _SECRET_PATTERNS[0].sub(lambda m: f"{m.group(1)} [REDACTED]", text)
     return _SECRET_PATTERNS[1].sub(lambda m: f"{m.group(1)}{m.group(2)}[REDACTED]", text)
 
@@ -63,6 +87,9 @@ def configure_logging(level: str) -> None:
     root.setLevel(level.upper())
     # aiokafka is chatty at INFO about every group join; keep it to warnings.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+    # the HTTP clients' lines leak URLs and headers: warnings only, whatever the level
+    for name in _QUIET_HTTP_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     # uvicorn (the /metrics and probe endpoint) logs through the root handler, quietly.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         uvicorn_log = logging.getLogger(name)

@@ -4,13 +4,16 @@ to a real HTTP receiver, counters across restarts, and the probe endpoints."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
+import h2.config
+import h2.connection
 import httpx
 import orjson
 import pytest
@@ -29,7 +32,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from processor.asgi import serve_in_background
-from processor.logs import JsonFormatter, redact
+from processor.logs import JsonFormatter, configure_logging, redact
 from processor.runtime.partition import Counters
 from processor.runtime.service import PartitionStats
 from processor.settings import load_otel
@@ -158,6 +161,69 @@ def test_secrets_never_reach_a_log_line() -> None:
     assert redact("session s-1 applied") == "session s-1 applied"
 
 
+def test_urls_lose_their_credentials_in_log_lines() -> None:
+    """A CRM webhook or collector URL may carry a credential in its userinfo or its query."""
+    cases = {
+        'POST https://crm:crm-pass-1@crm.example/hook?token=abc123&sig=ff0 "200 OK"': (
+            'POST https://crm:[REDACTED]@crm.example/hook?token=[REDACTED]&sig=[REDACTED] "200 OK"'
+        ),
+        "https://u:p@ss@host/x": "https://u:[REDACTED]@host/x",  # the last `@` ends it
+        "cloning https://ghp_abc123@github.com/o/r": "cloning https://[REDACTED]@github.com/o/r",
+        "http://h/?X-Amz-Signature=ab&X-Amz-Credential=AK&page=2&apiKey=k1&Access_Token=t&code=c": (
+            "http://h/?X-Amz-Signature=[REDACTED]&X-Amz-Credential=[REDACTED]&page=2"
+            "&apiKey=[REDACTED]&Access_Token=[REDACTED]&code=[REDACTED]"
+        ),
+        "http://h/cb#access_token=t1&state=s": "http://h/cb#access_token=[REDACTED]&state=s",
+        # nothing to hide: hosts, ports, paths, plain parameters, prose and mail addresses stay
+        "exporting traces to http://127.0.0.1:4318/v1/traces?tenant=a": (
+            "exporting traces to http://127.0.0.1:4318/v1/traces?tenant=a"
+        ),
+        "status code=404 from ops@example.com": "status code=404 from ops@example.com",
+    }
+    for text, masked in cases.items():
+        assert redact(text) == masked, text
+
+
+@pytest.fixture
+def process_logging() -> Iterator[None]:
+    """Puts back what `configure_logging` changes on the process-wide loggers."""
+    names = ("", "aiokafka", "httpx", "httpcore", "hpack", "h2")
+    names += ("uvicorn", "uvicorn.error", "uvicorn.access")
+    saved = [
+        (logger, logger.level, list(logger.handlers), logger.propagate)
+        for logger in map(logging.getLogger, names)
+    ]
+    yield
+    for logger, level, handlers, propagate in saved:
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+
+
+@pytest.mark.usefixtures("process_logging")
+async def test_http_clients_log_no_urls_or_header_blocks_at_any_level(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """httpx logs each full URL at INFO; at DEBUG hpack/h2 dump header blocks, Huffman-coded
+    (no redaction sees the OAuth `Authorization: Basic` in them)."""
+    configure_logging("DEBUG")
+    logging.getLogger("processor.test").debug("own debug line")
+    url = "https://crm:crm-pass-1@crm.example.com/hook?token=abc123"
+    transport = httpx.MockTransport(lambda request: httpx.Response(200))
+    async with httpx.AsyncClient(transport=transport) as client:
+        await client.post(url, content=b"{}")
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    basic = base64.b64encode(b"client-id:client-secret-1").decode()
+    request = [(":method", "POST"), (":scheme", "https"), (":authority", "login.example.com")]
+    request += [(":path", "/oauth/token"), ("authorization", f"Basic {basic}")]
+    connection.send_headers(1, request)
+    entries = [orjson.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [e["message"] for e in entries if e["logger"] == "processor.test"] == ["own debug line"]
+    quiet = ("httpx", "httpcore", "hpack", "h2")
+    assert [e for e in entries if e["logger"].split(".")[0] in quiet] == []
+
+
 # --------------------------------------------------------------------------- configuration
 
 
@@ -268,6 +334,72 @@ async def test_which_signals_are_exported_follows_the_environment(
         telemetry = Telemetry.from_environment(env)
         assert telemetry.otlp_endpoints == expected
         await asyncio.to_thread(telemetry.shutdown)  # exports to the collector on this loop
+
+
+@pytest.mark.parametrize(
+    ("listed", "over_otlp"),
+    [
+        ("otlp", True),
+        ("prometheus", False),  # `/metrics` is served anyway: nothing more is asked for
+        ("otlp,prometheus", True),
+        ("prometheus, otlp", True),
+        ("none", False),
+        ("", True),  # empty is unset: the default, `otlp`
+    ],
+)
+async def test_metrics_go_over_otlp_only_when_the_exporter_list_names_otlp(
+    listed: str, over_otlp: bool, collector: tuple[str, Received], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, _ = collector
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", listed)
+    load_otel()  # the start-up check accepts the value; telemetry must then do what it says
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": url, "OTEL_METRICS_EXPORTER": listed}
+    telemetry = Telemetry.from_environment(env)
+    try:
+        assert telemetry.otlp_endpoints.get("traces") == f"{url}/v1/traces"
+        assert ("metrics" in telemetry.otlp_endpoints) is over_otlp
+    finally:
+        await asyncio.to_thread(telemetry.shutdown)
+
+
+async def test_the_collector_url_is_logged_without_its_credential(
+    collector: tuple[str, Received], caplog: pytest.LogCaptureFixture
+) -> None:
+    url, _ = collector
+    with_userinfo = url.replace("http://", "http://otel:otel-pass-1@")
+    caplog.set_level(logging.INFO, logger="processor.telemetry.core")
+    telemetry = Telemetry.from_environment({"OTEL_EXPORTER_OTLP_ENDPOINT": with_userinfo})
+    await asyncio.to_thread(telemetry.shutdown)
+    exporting = [m for m in caplog.messages if m.startswith("exporting")]
+    assert len(exporting) == 2
+    assert all("otel:[REDACTED]@" in m and "otel-pass-1" not in m for m in exporting)
+
+
+async def test_shutdown_does_not_wait_out_a_collector_that_never_answers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The exporters would each wait their whole timeout (10 s); SIGTERM has 10 s in all."""
+    release = asyncio.Event()
+    held: list[str] = []
+
+    async def hold(request: Request) -> Response:
+        held.append(request.url.path)
+        await release.wait()
+        return Response(b"", media_type="application/x-protobuf")
+
+    app = Starlette(routes=[Route("/v1/{signal}", hold, methods=["POST"])])
+    async with serve_in_background(app, port=0, name="stalled collector") as listening:
+        telemetry = Telemetry.from_environment({"OTEL_EXPORTER_OTLP_ENDPOINT": listening.base_url})
+        assert telemetry.tracer_provider is not None
+        telemetry.tracer_provider.get_tracer("t").start_span("held").end()
+        started = time.monotonic()
+        await asyncio.to_thread(telemetry.shutdown, 0.5)
+        elapsed = time.monotonic() - started
+        # both last exports did go out, and were still held when shutdown returned
+        await eventually(lambda: sorted(held) == ["/v1/metrics", "/v1/traces"], 10, "exports")
+        release.set()  # the abandoned exports complete and their threads end
+    assert elapsed < 5.0
+    assert "telemetry export unfinished after 0.5 s" in caplog.text
 
 
 # --------------------------------------------------------------------------- counters, probes

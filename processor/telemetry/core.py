@@ -9,7 +9,9 @@ Configuration is OpenTelemetry's own environment:
 - `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` /
   `..._METRICS_ENDPOINT`) enables OTLP/HTTP export; the exporters read the other
   `OTEL_EXPORTER_OTLP_*` variables (headers, timeout, compression, certificates) themselves.
-  `OTEL_TRACES_EXPORTER=none` / `OTEL_METRICS_EXPORTER=none` turn one signal's export off.
+  `OTEL_TRACES_EXPORTER` / `OTEL_METRICS_EXPORTER` are lists (default `otlp`): a signal goes
+  over OTLP only when its list names `otlp` and not `none`. `prometheus` asks for nothing
+  more, since `/metrics` is always served.
 - `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER(_ARG)`, `OTEL_BSP_*`,
   `OTEL_METRIC_EXPORT_INTERVAL` are applied by the SDK.
 Prometheus text is always available through `render_prometheus()` (served on `/metrics`).
@@ -17,8 +19,10 @@ Prometheus text is always available through `render_prometheus()` (served on `/m
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -35,6 +39,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import TypeAdapter, ValidationError
 
 from processor import PRODUCT, __version__
+from processor.logs import redact
 
 from .tracing import PartitionTracing
 
@@ -66,6 +71,9 @@ _Callback = Callable[[CallbackOptions], Iterable[Observation]]
 _SUPPORTED_PROTOCOL = "http/protobuf"
 # Waits shorter than this are not waits (the budget was there); they are not recorded.
 MIN_WAIT_S = 0.001
+# The most `Telemetry.shutdown` waits for the last exports: SIGTERM to exit is 10 s (DESIGN §5),
+# and an unanswering collector would hold each signal for the exporter's timeout (10 s).
+SHUTDOWN_TIMEOUT_S = 3.0
 
 
 class CountersLike(Protocol):
@@ -134,8 +142,10 @@ def _truthy(value: str | None) -> bool:
 
 def _otlp_endpoint(env: Mapping[str, str], signal: str) -> str | None:
     """Where OTLP/HTTP sends `signal` ("TRACES" or "METRICS"), or None when not exported."""
-    exporters = env.get(f"OTEL_{signal}_EXPORTER", "otlp").lower()
-    if "none" in exporters.split(","):
+    # a list, as OpenTelemetry specifies; empty is unset, as `settings.OtelSettings` reads it
+    listed = env.get(f"OTEL_{signal}_EXPORTER") or "otlp"
+    exporters = {name.strip().lower() for name in listed.split(",")}
+    if "otlp" not in exporters or "none" in exporters:
         return None
     endpoint = env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")
     if not endpoint:
@@ -240,7 +250,9 @@ class Telemetry:
             log.info("OpenTelemetry disabled by OTEL_SDK_DISABLED")
             return cls.disabled()
         resource = _resource()
-        tracer_provider = TracerProvider(resource=resource)
+        # no SDK exit hooks: `shutdown` stops the providers within its bound, and a hook would
+        # wait (or warn) again at exit for an export it left behind
+        tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         for processor in span_processors:
             tracer_provider.add_span_processor(processor)
         if traces_to := _otlp_endpoint(env, "TRACES"):
@@ -256,14 +268,17 @@ class Telemetry:
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
             readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=metrics_to)))
-        meter_provider = MeterProvider(metric_readers=readers, resource=resource)
+        meter_provider = MeterProvider(
+            metric_readers=readers, resource=resource, shutdown_on_exit=False
+        )
         telemetry = cls(
             tracer_provider, meter_provider, registry, processor_metrics=processor_metrics
         )
         for signal, url in (("traces", traces_to), ("metrics", metrics_to)):
             if url:
                 telemetry.otlp_endpoints[signal] = url
-                log.info("exporting %s over OTLP/HTTP to %s", signal, url)
+                # the URL may carry a credential (userinfo, a token in the query)
+                log.info("exporting %s over OTLP/HTTP to %s", signal, redact(url))
         return telemetry
 
     @property
@@ -470,14 +485,44 @@ class Telemetry:
         if self.meter_provider is not None:
             self.meter_provider.force_flush(millis)
 
-    def shutdown(self) -> None:
-        """Flush and stop the exporters (call once, at exit)."""
+    def shutdown(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+        """Flush and stop the exporters, waiting at most `timeout_s` (call once, at exit).
+
+        Traces and metrics are flushed side by side. An export still in flight at the deadline
+        (a collector that accepts and never answers holds it for the exporter's whole timeout)
+        is left to its daemon thread and ends with the process: the offsets are committed by
+        then, and only that last batch of telemetry is lost.
+        """
         started = time.monotonic()
+        steps: list[Callable[[], object]] = []
         if self.tracer_provider is not None:
-            self.tracer_provider.shutdown()
+            # takes no timeout: the thread's join below bounds it
+            steps.append(self.tracer_provider.shutdown)
         if self.meter_provider is not None:
-            self.meter_provider.shutdown()
-        log.debug("telemetry shut down in %.3f s", time.monotonic() - started)
+            steps.append(
+                functools.partial(self.meter_provider.shutdown, timeout_millis=timeout_s * 1000)
+            )
+        # plain daemon threads, not an executor: the interpreter joins an executor's at exit
+        threads = [
+            threading.Thread(target=_logged, args=(step,), name="telemetry-shutdown", daemon=True)
+            for step in steps
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(max(0.0, started + timeout_s - time.monotonic()))
+        if any(thread.is_alive() for thread in threads):
+            log.warning("telemetry export unfinished after %.1f s; not waiting for it", timeout_s)
+        else:
+            log.debug("telemetry shut down in %.3f s", time.monotonic() - started)
+
+
+def _logged(step: Callable[[], object]) -> None:
+    """Run `step`, logging a failure (a thread's uncaught exception would bypass the JSON log)."""
+    try:
+        step()
+    except Exception:
+        log.exception("telemetry shutdown failed")
 
 
 def _record_counts(counters: CountersLike) -> dict[str, int]:
