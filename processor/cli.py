@@ -220,10 +220,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from processor.logs import configure_logging
     from processor.runtime.command import run_service
+    from processor.runtime.outbound import check_audit_log_file
     from processor.settings import load_otel, load_settings
 
     settings = load_settings()
     load_otel()
+    check_audit_log_file(settings.typing)
     configure_logging(settings.typing.log_level)
     return asyncio.run(run_service(settings))
 

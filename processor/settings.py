@@ -8,6 +8,7 @@ way by `load_otel()`.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import ssl
 from enum import StrEnum
@@ -149,12 +150,11 @@ class KafkaSettings(BaseSettings):
     @field_validator("bootstrap_servers")
     @classmethod
     def _check_bootstrap_servers(cls, value: str) -> str:
+        # the client strips each entry too: spaces around the commas are harmless
         for server in value.split(","):
-            host, port = _host_and_port(server.strip())
-            if not host:
-                raise ValueError(f"{server.strip()!r} is not host[:port]")
-            if port is not None and not (port.isdigit() and 1 <= int(port) <= 65_535):
-                raise ValueError(f"{server.strip()!r}: port must be a number in 1..65535")
+            problem = _bootstrap_server_problem(server.strip())
+            if problem is not None:
+                raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -163,6 +163,12 @@ class KafkaSettings(BaseSettings):
             for name in ("sasl_mechanism", "sasl_username", "sasl_password"):
                 if getattr(self, name) is None:
                     raise ValueError(f"{name}: required when KAFKA_SECURITY_PROTOCOL is SASL")
+            # a blank credential is refused only by the broker, which `run` retries for ever
+            credentials = {"sasl_username": self.sasl_username, "sasl_password": self.sasl_password}
+            for name, value in credentials.items():
+                text = value.get_secret_value() if isinstance(value, SecretStr) else value
+                if not (text or "").strip():
+                    raise ValueError(f"{name}: must not be empty or blank with SASL")
         if self.ssl_cafile is not None:
             if not self.ssl_cafile.is_file():
                 raise ValueError(f"ssl_cafile: no such file {self.ssl_cafile}")
@@ -211,13 +217,46 @@ def redacted_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-def _host_and_port(server: str) -> tuple[str, str | None]:
-    """`host[:port]` or `[ipv6][:port]` split (port None when absent)."""
-    if server.startswith("["):
-        host, _, rest = server[1:].partition("]")
-        return host, rest.removeprefix(":") if rest else None
-    host, colon, port = server.rpartition(":")
-    return (host, port) if colon else (server, None)
+# One `KAFKA_BOOTSTRAP_SERVERS` entry: `host[:port]` or `[ipv6][:port]`.
+_BOOTSTRAP_SERVER = re.compile(
+    r"(?:\[(?P<ipv6>[^\]]*)\]|(?P<host>[^:\[\]]*))(?::(?P<port>[0-9]+))?"
+)
+# RFC 1123 labels, and `_` too: Docker Compose service names resolve with it.
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}\.?\Z){_LABEL}(?:\.{_LABEL})*\.?")
+_DOTTED_DIGITS = re.compile(r"[0-9.]+")
+
+
+def _bootstrap_server_problem(server: str) -> str | None:
+    """Why `server` is no `host[:port]` entry (a host name, an IPv4 address or a bracketed
+    IPv6 address; port 1..65535), or None when it is."""
+    match = _BOOTSTRAP_SERVER.fullmatch(server)
+    if match is None or not _is_host(match["host"], match["ipv6"]):
+        # never a password put before an `@`
+        shown = f"{_MASK}@{server.rpartition('@')[2]}" if "@" in server else server
+        return (
+            f"{shown!r} is not host[:port] (a host name, IPv4 or [IPv6] address;"
+            " no scheme, path or spaces)"
+        )
+    port = match["port"]
+    if port is not None and not 1 <= int(port) <= 65_535:
+        return f"{server!r}: port must be in 1..65535"
+    return None
+
+
+def _is_host(name: str | None, ipv6: str | None) -> bool:
+    """`ipv6` (the text in brackets) is an IPv6 address, or `name` a host name or an IPv4
+    address."""
+    try:
+        if ipv6 is not None:
+            ipaddress.IPv6Address(ipv6)
+        elif name is not None and _DOTTED_DIGITS.fullmatch(name):
+            ipaddress.IPv4Address(name)  # else `999.1.1.1` would pass as a host name
+        else:
+            return name is not None and _HOST_NAME.fullmatch(name) is not None
+    except ValueError:
+        return False
+    return True
 
 
 class GenesysSettings(BaseSettings):

@@ -10,6 +10,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import helm_python as helm
@@ -33,7 +34,7 @@ from kubernetes_validate.utils import latest_version
 
 from processor.runtime.partition import Counters
 from processor.runtime.service import PartitionStats
-from processor.settings import GenesysSettings, TypingSettings
+from processor.settings import GenesysSettings, TypingSettings, load_typing
 from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
 from processor.telemetry import Telemetry
@@ -304,6 +305,52 @@ def test_settings_the_issue_named_reach_the_processor(rendered: dict[str, list[M
         "GENESYSCLOUD_OAUTHCLIENT_SECRET",
         "KAFKA_SASL_PASSWORD",
     }
+
+
+# The largest integer each quoted setting may take (the schema's maximum; KEDA's lag has
+# none): Helm holds every number of the values as a float, and a float of a million or
+# more quoted as it is comes out as `1e+06`.
+LARGE_INTEGERS: dict[str, Any] = {
+    "typing": {
+        "suppressionWindowMs": 60_000,
+        "apiRatePerMinute": 1_000_000,
+        "topicPartitions": 10_000,
+        "topicReplicationFactor": 16,
+        "maxInFlight": 10_000,
+        "fetchMaxWaitMs": 10_000,
+        "commitIntervalMs": 60_000,
+        "messagingMaxDurationMs": 60_000,
+    },
+    "httpPort": 65_535,
+    "keda": {"enabled": True, "lagThreshold": 2_500_000},
+}
+
+
+def test_large_integers_render_as_integers(
+    chart: helm.Chart, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    objects = render(chart, LARGE_INTEGERS)
+    config = settings(objects)
+    expected = {
+        "TYPING_SUPPRESSION_WINDOW_MS": "60000",
+        "TYPING_API_RATE_PER_MINUTE": "1000000",
+        "TYPING_TOPIC_PARTITIONS": "10000",
+        "TYPING_TOPIC_REPLICATION_FACTOR": "16",
+        "TYPING_MAX_IN_FLIGHT": "10000",
+        "TYPING_FETCH_MAX_WAIT_MS": "10000",
+        "TYPING_COMMIT_INTERVAL_MS": "60000",
+        "TYPING_MESSAGING_MAX_DURATION_MS": "60000",
+        "TYPING_HTTP_PORT": "65535",
+    }
+    assert {name: config[name] for name in expected} == expected
+    (trigger,) = one(objects, "ScaledObject")["spec"]["triggers"]
+    assert trigger["metadata"]["lagThreshold"] == "2500000"
+    assert "typing.apiRatePerMinute (1000000)" in notes(chart, LARGE_INTEGERS)
+    # what the pods do with the ConfigMap: the processor takes every value
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    for name, value in config.items():
+        monkeypatch.setenv(name, value)
+    assert load_typing().api_rate_per_minute == 1_000_000
 
 
 def test_default_release_uses_the_existing_secret(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -104,6 +105,15 @@ def test_timeout_matrix_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
         ("KAFKA_BOOTSTRAP_SERVERS", "localhost:abc", load_kafka),
         ("KAFKA_BOOTSTRAP_SERVERS", "localhost:99999", load_kafka),
         ("KAFKA_BOOTSTRAP_SERVERS", "a:9092,,b:9092", load_kafka),
+        ("KAFKA_BOOTSTRAP_SERVERS", "http://kafka:9092", load_kafka),
+        ("KAFKA_BOOTSTRAP_SERVERS", "kafka 1:9092", load_kafka),
+        ("KAFKA_BOOTSTRAP_SERVERS", "kafka:9092/path", load_kafka),
+        ("KAFKA_BOOTSTRAP_SERVERS", "::1", load_kafka),
+        ("KAFKA_BOOTSTRAP_SERVERS", "[::g]:9092", load_kafka),
+        ("KAFKA_BOOTSTRAP_SERVERS", "999.1.1.1:9092", load_kafka),
+        ("KAFKA_BOOTSTRAP_SERVERS", "-kafka:9092", load_kafka),
+        ("KAFKA_BOOTSTRAP_SERVERS", "kafka:", load_kafka),
+        ("KAFKA_BOOTSTRAP_SERVERS", "kafka:0", load_kafka),
         ("TYPING_DLQ_TOPIC", "genesys.typing.events", load_typing),
         ("TYPING_CHANGELOG_TOPIC", "genesys.typing.audit", load_typing),
         ("TYPING_AUDIT_LOG_FILE", "/", load_typing),
@@ -146,12 +156,62 @@ def test_a_key_missing_inside_a_json_setting_is_invalid_not_unset(
     assert str(caught.value) == "TYPING_TIMEOUT_MATRIX is invalid: typing.agent: Field required"
 
 
-@pytest.mark.parametrize("servers", ["broker", "a:9092,b:19092", "[::1]:9092", "10.0.0.1:9092"])
+@pytest.mark.parametrize(
+    "servers",
+    [
+        "broker",
+        "a:9092,b:19092",
+        "a:9092, b:19092",  # the client strips each entry
+        "[::1]:9092",
+        "[fe80::1%eth0]",
+        "10.0.0.1:9092",
+        "kafka-0.kafka.svc.cluster.local.:9093",
+        "kafka_broker:9092",  # a Docker Compose service name
+    ],
+)
 def test_bootstrap_servers_take_hosts_with_or_without_ports(
     monkeypatch: pytest.MonkeyPatch, servers: str
 ) -> None:
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", servers)
     assert load_kafka().bootstrap_servers == servers
+
+
+def test_a_bad_bootstrap_server_is_named_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka-0:9092,http://kafka-1:9092")
+    with pytest.raises(ConfigError) as caught:
+        load_kafka()
+    assert str(caught.value) == (
+        "KAFKA_BOOTSTRAP_SERVERS is invalid: 'http://kafka-1:9092' is not host[:port]"
+        " (a host name, IPv4 or [IPv6] address; no scheme, path or spaces)"
+    )
+    # a credential written into an entry is no part of the line
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"user:{SECRET}@kafka:9092")
+    with pytest.raises(ConfigError) as caught:
+        load_kafka()
+    assert SECRET not in str(caught.value)
+    assert "@kafka:9092" in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"])
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_a_blank_sasl_credential_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch, name: str, blank: str
+) -> None:
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "typing")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", SECRET)
+    assert load_kafka().sasl_username == "typing"
+    monkeypatch.setenv(name, blank)
+    with pytest.raises(ConfigError) as caught:
+        load_kafka()
+    assert str(caught.value) == f"{name} is invalid: must not be empty or blank with SASL"
+
+
+def test_blank_sasl_credentials_are_ignored_without_sasl(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "")
+    assert load_kafka().security_protocol == "PLAINTEXT"
 
 
 def test_a_topic_named_twice_is_refused_with_both_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -233,6 +293,30 @@ def test_cli_commands_end_bad_arguments_with_one_line(
     last = result.stderr.strip().splitlines()[-1]
     assert named in last, result.stderr
     assert "Unclosed" not in result.stderr
+
+
+def test_run_refuses_an_unwritable_audit_file_before_it_touches_kafka(tmp_path: Path) -> None:
+    """No broker answers: `run` must not retry Kafka for ever before it opens the file."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"")
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",  # nothing listens there
+        "TYPING_AUDIT_LOG_FILE": str(blocker / "audit.jsonl"),
+        "TYPING_HTTP_PORT": "0",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "processor", "run"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **env},
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(
+        f"configuration error: TYPING_AUDIT_LOG_FILE is invalid: cannot write {blocker}/"
+    )
+    assert result.stderr.count("\n") == 1, result.stderr
 
 
 def test_cli_config_prints_settings_without_secrets() -> None:

@@ -25,6 +25,29 @@ MAX_BATCH_BYTES = 256 * 1024
 MAX_CACHED_KEYS = 200_000
 
 
+def open_audit_file(path: Path) -> IO[bytes]:
+    """`path` opened for appending, its folder created; raises `ConfigError` naming
+    `TYPING_AUDIT_LOG_FILE` when it cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.open("ab")
+    except OSError as exc:
+        # no restart makes a missing volume or a read-only path writable
+        raise ConfigError(
+            f"TYPING_AUDIT_LOG_FILE is invalid: cannot write {path} ({exc.strerror})"
+        ) from None
+
+
+def check_audit_log_file(typing: TypingSettings) -> None:
+    """Raise `ConfigError` when the configured audit file cannot be written.
+
+    `run` calls it before anything touches Kafka: `Outbound.start` opens the file only once
+    the topics are ready, and with the cluster down `run` would retry that for ever instead.
+    """
+    if typing.audit_log_file is not None:
+        open_audit_file(typing.audit_log_file).close()
+
+
 class Outbound:
     """One producer for every outbound topic.
 
@@ -53,17 +76,13 @@ class Outbound:
     async def start(self) -> None:
         """Connect the producer and open the audit file, if configured."""
         await self._producer.start()
-        path: Path | None = self.typing.audit_log_file
+        path = self.typing.audit_log_file
         if path is not None:
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._audit_file = path.open("ab")
-            except OSError as exc:
-                # no restart makes a missing volume or a read-only path writable
+                self._audit_file = open_audit_file(path)
+            except ConfigError:
                 await self._producer.stop()
-                raise ConfigError(
-                    f"TYPING_AUDIT_LOG_FILE is invalid: cannot write {path} ({exc.strerror})"
-                ) from None
+                raise
 
     async def stop(self) -> None:
         """Flush and close."""
