@@ -71,6 +71,22 @@ def test_breaker_opens_after_consecutive_failures_only() -> None:
     assert breaker.retry_in() == pytest.approx(10.0)
 
 
+def test_breaker_counts_the_requests_in_flight_at_a_failure_as_that_failure() -> None:
+    """A dropped HTTP/2 connection fails every stream on it at once: one event, not five."""
+    clock = FakeMonotonic()
+    breaker = CircuitBreaker(3, 10.0, clock)
+    sent_at = clock()
+    clock.advance(0.5)
+    for _ in range(6):  # every request in flight when the connection went
+        breaker.record_failure(sent_at)
+    assert breaker.state is BreakerState.CLOSED
+    clock.advance(0.1)
+    breaker.record_failure(clock())  # a retry sent after it, failing again: more evidence
+    clock.advance(0.1)
+    breaker.record_failure(clock())
+    assert breaker.state is BreakerState.OPEN
+
+
 def test_breaker_half_opens_with_exactly_one_probe() -> None:
     clock = FakeMonotonic()
     breaker = CircuitBreaker(1, 5.0, clock)

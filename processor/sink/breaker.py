@@ -18,6 +18,10 @@ class BreakerState(StrEnum):
 class CircuitBreaker:
     """Opens after `failure_threshold` consecutive failures; half-opens after `reset_timeout_s`.
 
+    A failure counts only when its request went out after the last failure counted: the
+    requests already in flight then fail of the same cause (a dropped HTTP/2 connection
+    fails every stream on it at once), which is no more evidence that the API keeps failing.
+
     While half-open exactly one call (the probe) goes through: its success closes the
     breaker, its failure opens it again for another `reset_timeout_s`. A caller that got
     permission and then did not call at all gives it back with `abandon()`.
@@ -36,6 +40,7 @@ class CircuitBreaker:
         self._now = monotonic
         self._state = BreakerState.CLOSED
         self._failures = 0
+        self._counted_at = float("-inf")
         self._opened_at = 0.0
         self._probe_out = False
 
@@ -69,11 +74,15 @@ class CircuitBreaker:
         self._failures = 0
         self._probe_out = False
 
-    def record_failure(self) -> None:
-        """The API failed (5xx, timeout, connection error)."""
+    def record_failure(self, sent_at: float | None = None) -> None:
+        """The API failed (5xx, timeout, connection error) a request that went out at
+        `sent_at` (this breaker's clock; None: counts whenever it went)."""
         if self._state is BreakerState.HALF_OPEN:
             self._open()
             return
+        if sent_at is not None and sent_at < self._counted_at:
+            return
+        self._counted_at = self._now()
         self._failures += 1
         if self._failures >= self._threshold:
             self._open()

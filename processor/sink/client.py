@@ -570,6 +570,7 @@ class GenesysSink:
             else:
                 # unplanned, into debt if need be: the scheduler waits it out
                 self._budget.spend(planned=False)
+            sent_at = self._now()
             response, failure, maybe_sent = await self._send(
                 method, url, token, body, if_match, ledger
             )
@@ -581,12 +582,12 @@ class GenesysSink:
                         ledger.prepaid += 1  # for the retry, or refunded when the call ends
                     else:
                         self._budget.refund(1, planned=False)
-                self._breaker.record_failure()
+                self._breaker.record_failure(sent_at)
                 ledger.unanswered = ledger.unanswered or (changes and maybe_sent)
                 return failure
             self._budget.observe(response.headers)
             if response.status_code >= 500:
-                self._breaker.record_failure()
+                self._breaker.record_failure(sent_at)
                 ledger.unanswered = ledger.unanswered or changes
                 return f"{method} answered HTTP {response.status_code}"
             # Any other answer (even 4xx or 429) shows the API is up.
