@@ -1,10 +1,12 @@
-"""Time sources. Logic takes a `Clock` so that tests can drive time by hand."""
+"""Time sources, and waits bounded by a stop. Logic takes a `Clock` so that tests can drive
+time by hand."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 
 class Clock(Protocol):
@@ -52,3 +54,25 @@ async def wait_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
             await stop.wait()
     except TimeoutError:
         pass
+
+
+async def within_grace(
+    work: Coroutine[Any, Any, None], stop: asyncio.Event, grace_s: float
+) -> bool:
+    """Run `work` for as long as it takes until `stop` is set, then for at most `grace_s`
+    more; False when it was cancelled for taking longer. Its exceptions propagate."""
+    running = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not running.done():
+            await asyncio.wait({running}, timeout=grace_s)
+        if not running.done():
+            return False
+        await running
+        return True
+    finally:
+        stopping.cancel()
+        if not running.done():  # past the grace, or cancelled from outside
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)

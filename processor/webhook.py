@@ -6,15 +6,27 @@ record's JSON, as the tutorial's webhook did, with the record's `event_id` as th
 offset is committed only after the endpoint accepted the record). It is ready (`/readyz`)
 once the group has assigned it partitions and the cluster answers, as `run` is.
 
+What the endpoint answers decides what becomes of a record (`_answer`): a 2xx is delivered;
+400, 413 and 422 say the record itself is wrong, so it is refused for good (counted and
+logged) and delivery goes on; any other answer (5xx, timeouts, 408/409/425/429, and the
+statuses that say the endpoint is wrong: 3xx, 401, 403, 404, ...) holds the partition and is
+retried with backoff until the endpoint accepts, since every later record would get it too.
+
 A lost cluster (also one down at start) is retried from the last commit, never fatal. A
 record that is not a CRM-sync record (not JSON, not an object, no `event_id`: something
 else wrote to the topic) is never posted: it goes to the DLQ with its original bytes, and
 the worker goes on once the dead letter is acknowledged.
+
+Once stopped (SIGTERM), the worker gives up whatever would outlast DESIGN §5's 10 s: a start
+at once, the delivery in flight and the last commit after `WebhookConfig.stop_grace_s`,
+leaving the group and closing its clients after `close_grace_s`; what was not committed by
+then is delivered again (at least once).
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import random
 from contextlib import aclosing
@@ -32,7 +44,7 @@ from aiokafka import (
 from aiokafka.errors import KafkaError
 
 from processor import USER_AGENT
-from processor.clock import Clock, SystemClock, wait_unless_stopped
+from processor.clock import Clock, SystemClock, wait_unless_stopped, within_grace
 from processor.deadletter import dead_letter_of
 from processor.models import DlqReason
 from processor.runtime.kafka import BrokerCheck, client_options, wait_to_restart
@@ -42,18 +54,65 @@ from processor.settings import KafkaSettings, TypingSettings
 
 log = logging.getLogger(__name__)
 
-# 4xx answers that a retry can fix; every other 4xx is a permanent refusal of that record.
-_RETRYABLE_4XX = frozenset({408, 425, 429})
+# Answers about the record itself (400 Bad Request, 413 Content Too Large, 422 Unprocessable
+# Content): every other record may well be accepted, so this one is refused for good
+# rather than holding its partition for ever.
+_RECORD_REFUSED = frozenset({400, 413, 422})
+# 4xx answers that the same request may pass later, as 5xx: 408 Request Timeout, 425 Too
+# Early, 429 Too Many Requests, and 409 Conflict, which a receiver implementing the
+# Idempotency-Key draft answers while the same key's earlier attempt (one this worker
+# timed out on) is still being processed.
+_TRANSIENT_4XX = frozenset({408, 409, 425, 429})
+# First backoff; each retry doubles it, up to `WebhookConfig.max_backoff_s`.
+_FIRST_BACKOFF_S = 0.2
+# Doublings past which the cap is reached anyway (2**1024 would overflow a float).
+_MAX_DOUBLINGS = 32
+
+
+class _Answer(enum.Enum):
+    """What an answer of the CRM endpoint means for the record posted."""
+
+    ACCEPTED = "accepted"
+    REFUSED = "refused"  # the record's fault: dropped, delivery goes on
+    TRANSIENT = "transient"  # retried: 5xx, `_TRANSIENT_4XX`, no answer at all
+    ENDPOINT_WRONG = "endpoint wrong"  # retried: the endpoint is misconfigured
+
+
+def _answer(status: int | None) -> _Answer:
+    """Classify the endpoint's answer (None: none, the request failed).
+
+    Every status that is neither a 2xx, nor about the record (`_RECORD_REFUSED`), nor
+    transient (5xx, `_TRANSIENT_4XX`) says that the endpoint would answer every record so:
+    a redirect (3xx: not followed, the URL is outdated, e.g. http for https), 401/403 (an
+    expired or rotated credential, a missing permission), 402, 404/405/410 (a wrong path),
+    406/415 (the URL points at something that takes no JSON), 407 (a proxy's credential),
+    411/414/421/426/428/431/451 and any status not listed. Held and retried, not refused: a
+    misconfiguration must not drop the whole CRM stream while it lasts.
+    """
+    if status is None or status >= 500 or status in _TRANSIENT_4XX:
+        return _Answer.TRANSIENT
+    if 200 <= status < 300:
+        return _Answer.ACCEPTED
+    if status in _RECORD_REFUSED:
+        return _Answer.REFUSED
+    return _Answer.ENDPOINT_WRONG
 
 
 @dataclass(frozen=True, slots=True)
 class WebhookConfig:
     """Where and how patiently to deliver (the URL, which may carry a credential, is kept
-    out of `repr`)."""
+    out of `repr`).
+
+    Once stopped, the delivery in flight and the last commit get `stop_grace_s`, leaving
+    the group and closing the Kafka clients `close_grace_s`: 6.5 s of SIGTERM's 10
+    (DESIGN §5), the rest is for the ops endpoint and the telemetry's last export.
+    """
 
     url: str = field(repr=False)
     timeout_s: float = 5.0
     max_backoff_s: float = 30.0
+    stop_grace_s: float = 4.5
+    close_grace_s: float = 2.0
 
 
 @dataclass(slots=True)
@@ -127,7 +186,9 @@ class CrmWebhookWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set; commits after each accepted batch. A lost cluster
-        is retried (after the backoff of `wait_to_restart`) from the last commit."""
+        is retried (after the backoff of `wait_to_restart`) from the last commit. Once
+        `stop` is set, what the cluster or the endpoint do not finish within the graces of
+        `WebhookConfig` is given up."""
         failures = 0
         try:
             while not stop.is_set():
@@ -143,6 +204,8 @@ class CrmWebhookWorker:
                 await self._http.aclose()
 
     async def _consume(self, stop: asyncio.Event) -> None:
+        """One pair of clients: start, deliver until stopped, close; each step bounded
+        once `stop` is set."""
         options = client_options(self._kafka)
         consumer = AIOKafkaConsumer(
             **options,
@@ -155,31 +218,52 @@ class CrmWebhookWorker:
         # once its offset is committed
         dead_letters = AIOKafkaProducer(**options, acks="all")
         try:
-            await consumer.start()
-            await dead_letters.start()
+            # A cluster that does not answer holds a start for its request timeout (40 s):
+            # given up as soon as the worker is stopped.
+            if not await within_grace(_start(consumer, dead_letters), stop, 0.0):
+                log.info("stopped before the Kafka cluster answered")
+                return
             self._assignment = _Assignment()
             consumer.subscribe([self._typing.crm_topic], listener=self._assignment)
             self._consumer = consumer
-            while not stop.is_set():
-                try:
-                    batch = await consumer.getmany(timeout_ms=500, max_records=500)
-                except Exception as exc:
-                    if not is_undecodable(exc):
-                        raise  # the cluster's trouble: `run` restarts from the commit
-                    await self._set_aside_undecodable(consumer, exc, stop, dead_letters)
-                    continue
-                offsets: dict[TopicPartition, int] = {}
-                for tp, records in batch.items():
-                    end = await self._deliver_all(records, stop, dead_letters)
-                    if end is not None:
-                        offsets[tp] = end
-                if offsets:
-                    await consumer.commit(offsets)
+            delivering = self._deliver_until_stopped(consumer, stop, dead_letters)
+            if not await within_grace(delivering, stop, self._config.stop_grace_s):
+                log.warning(
+                    "the CRM endpoint or the Kafka cluster did not answer within %.1fs of the"
+                    " stop: leaving without the last commit (the records since the one before"
+                    " are delivered again)",
+                    self._config.stop_grace_s,
+                )
         finally:
             self._consumer = None
             self._assignment = None
-            await consumer.stop()
-            await dead_letters.stop()
+            closing = _stop(consumer, dead_letters)
+            if not await within_grace(closing, stop, self._config.close_grace_s):
+                log.warning(
+                    "the Kafka cluster did not answer within %.1fs: left without leaving the"
+                    " group (its partitions move once its session times out)",
+                    self._config.close_grace_s,
+                )
+
+    async def _deliver_until_stopped(
+        self, consumer: AIOKafkaConsumer, stop: asyncio.Event, dead_letters: AIOKafkaProducer
+    ) -> None:
+        """Fetch, deliver and commit until `stop` is set."""
+        while not stop.is_set():
+            try:
+                batch = await consumer.getmany(timeout_ms=500, max_records=500)
+            except Exception as exc:
+                if not is_undecodable(exc):
+                    raise  # the cluster's trouble: `run` restarts from the commit
+                await self._set_aside_undecodable(consumer, exc, stop, dead_letters)
+                continue
+            offsets: dict[TopicPartition, int] = {}
+            for tp, records in batch.items():
+                end = await self._deliver_all(records, stop, dead_letters)
+                if end is not None:
+                    offsets[tp] = end
+            if offsets:
+                await consumer.commit(offsets)
 
     async def _set_aside_undecodable(
         self,
@@ -265,28 +349,57 @@ class CrmWebhookWorker:
         attempt = 0
         while not stop.is_set():
             try:
-                answer = await self._http.post(
+                response = await self._http.post(
                     self._config.url, content=record.value, headers=headers
                 )
-                status = answer.status_code
+                status: int | None = response.status_code
             except httpx.HTTPError as exc:
                 status, detail = None, type(exc).__name__
             else:
                 detail = f"HTTP {status}"
-            if status is not None and status < 300:
+            answer = _answer(status)
+            if answer is _Answer.ACCEPTED:
                 self.counters.delivered += 1
                 return True
-            if status is not None and status < 500 and status not in _RETRYABLE_4XX:
-                # A permanent refusal: retrying would block every later record.
+            if answer is _Answer.REFUSED:
+                # The record's own fault: retrying would block every later record.
                 self.counters.refused += 1
                 log.error("CRM endpoint refused record %s: %s", event_id, detail)
                 return True
             attempt += 1
             self.counters.retries += 1
-            delay = self._rng.uniform(0, min(self._config.max_backoff_s, 0.2 * 2**attempt))
-            log.warning("CRM delivery of %s failed (%s); retry in %.1fs", event_id, detail, delay)
+            delay = self._backoff_s(attempt)
+            if answer is _Answer.ENDPOINT_WRONG:
+                log.error(
+                    "CRM endpoint answers %s, which no record can pass (wrong URL, expired"
+                    " credential?): delivery is held at %s, retry in %.1fs",
+                    detail,
+                    event_id,
+                    delay,
+                )
+            else:
+                log.warning(
+                    "CRM delivery of %s failed (%s); retry in %.1fs", event_id, detail, delay
+                )
             await wait_unless_stopped(stop, delay)
         return False
+
+    def _backoff_s(self, attempt: int) -> float:
+        """The wait before retry `attempt` (from 1): full jitter over a doubling cap."""
+        cap = _FIRST_BACKOFF_S * 2 ** min(attempt, _MAX_DOUBLINGS)
+        return self._rng.uniform(0, min(self._config.max_backoff_s, cap))
+
+
+async def _start(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
+    """Connect both clients."""
+    await consumer.start()
+    await producer.start()
+
+
+async def _stop(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
+    """Leave the group and close both clients."""
+    await consumer.stop()
+    await producer.stop()
 
 
 def _event_id(value: bytes) -> str | tuple[DlqReason, str]:

@@ -24,7 +24,9 @@ async def run_webhook(
 ) -> int:
     """Deliver CRM-sync records to `url` until SIGTERM/SIGINT; returns the exit code.
 
-    Telemetry comes from the `OTEL_*` environment unless given.
+    Once signalled, the worker gives up on a Kafka cluster or CRM endpoint that does not
+    answer in time (`WebhookConfig`'s graces), so that the process exits within DESIGN §5's
+    10 s. Telemetry comes from the `OTEL_*` environment unless given.
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

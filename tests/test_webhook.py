@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
+import os
 import re
+import signal
+import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -14,7 +19,7 @@ import httpx
 import orjson
 import pytest
 import uvicorn
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pipeline import (
     NotUtf8,
@@ -43,18 +48,33 @@ DELIVERED = re.compile(
 
 @dataclass
 class Receiver:
-    """A CRM endpoint that fails the first `failures` posts, then accepts."""
+    """A CRM endpoint that fails the first `failures` posts, then accepts.
+
+    The posts of an event in `answers` get its statuses one by one before it is accepted;
+    those of an event in `held` wait for `release` first.
+    """
 
     failures: int = 0
     refuse: set[str] = field(default_factory=set)
+    answers: dict[str, list[int]] = field(default_factory=dict)
+    held: set[str] = field(default_factory=set)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
     received: list[tuple[str, dict[str, object]]] = field(default_factory=list)
     attempts: int = 0
 
     async def hook(self, request: Request) -> Response:
         self.attempts += 1
         body = orjson.loads(await request.body())
-        if body["event_id"] in self.refuse:
+        event_id = body["event_id"]
+        if event_id in self.held:
+            await self.release.wait()
+        if event_id in self.refuse:
             return Response(status_code=422)
+        if self.answers.get(event_id):
+            status = self.answers[event_id].pop(0)
+            # a redirect says where to: the worker does not follow it
+            location = {"Location": "https://crm.example/hook"} if 300 <= status < 400 else {}
+            return Response(status_code=status, headers=location)
         if self.failures > 0:
             self.failures -= 1
             return Response(status_code=503)
@@ -73,6 +93,7 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
     try:
         yield state, f"http://127.0.0.1:{port}/hook"
     finally:
+        state.release.set()  # a held post would hold the server's shutdown
         server.should_exit = True
         await task
 
@@ -133,6 +154,80 @@ async def test_records_are_delivered_in_order_with_retries_and_refusals(
         await producer.send(record("w-1", 5))
     await deliver_until(again, lambda: len(state.received) == 4, "the new record delivered")
     assert [body["version"] for _, body in state.received] == [1, 3, 4, 5]
+
+
+# Statuses that say the endpoint, not the record, is wrong (every record would get them).
+ENDPOINT_WRONG = [301, 307, 308, 401, 402, 403, 404, 405, 406, 407, 410, 415, 451]
+
+
+async def test_an_endpoint_that_rejects_every_request_holds_delivery_until_it_is_fixed(
+    bootstrap_servers: str, receiver: tuple[Receiver, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A redirect, an expired credential or a wrong path would refuse every record: the
+    worker holds the record, retries, says why at ERROR and delivers once it is fixed."""
+    state, url = receiver
+    state.answers = {"w-5-1": list(ENDPOINT_WRONG)}
+    prefix = uuid.uuid4().hex[:8]
+    typing = TypingSettings(group_id=f"hook-{prefix}", crm_topic=f"hook-{prefix}.crm")
+    async with Producer(bootstrap_servers, typing.crm_topic) as producer:
+        for version in (1, 2):
+            await producer.send(record("w-5", version))
+    worker = CrmWebhookWorker(
+        KafkaSettings(bootstrap_servers=bootstrap_servers),
+        typing,
+        WebhookConfig(url=url, max_backoff_s=0),
+    )
+    with caplog.at_level(logging.ERROR, logger="processor.webhook"):
+        await deliver_until(worker, lambda: len(state.received) == 2, "both, once fixed")
+    assert [key for key, _ in state.received] == ["w-5-1", "w-5-2"]
+    assert state.attempts == len(ENDPOINT_WRONG) + 2
+    assert (worker.counters.refused, worker.counters.retries) == (0, len(ENDPOINT_WRONG))
+    held = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert [re.findall(r"answers HTTP (\d+),.* held at w-5-1", m) for m in held] == [
+        [str(status)] for status in ENDPOINT_WRONG
+    ]
+
+
+async def test_answers_about_the_record_refuse_it_and_a_conflict_is_retried(
+    bootstrap_servers: str, receiver: tuple[Receiver, str]
+) -> None:
+    """400, 413 and 422 are the record's fault: refused, delivery goes on. 409 is what an
+    Idempotency-Key receiver answers while an earlier attempt is in progress: retried."""
+    state, url = receiver
+    state.answers = {"w-6-1": [400], "w-6-2": [413], "w-6-3": [422], "w-6-4": [409, 409]}
+    prefix = uuid.uuid4().hex[:8]
+    typing = TypingSettings(group_id=f"hook-{prefix}", crm_topic=f"hook-{prefix}.crm")
+    async with Producer(bootstrap_servers, typing.crm_topic) as producer:
+        for version in range(1, 6):
+            await producer.send(record("w-6", version))
+    worker = CrmWebhookWorker(
+        KafkaSettings(bootstrap_servers=bootstrap_servers),
+        typing,
+        WebhookConfig(url=url, max_backoff_s=0),
+    )
+    await deliver_until(worker, lambda: len(state.received) == 2, "the last two accepted")
+    assert [key for key, _ in state.received] == ["w-6-4", "w-6-5"]
+    assert (worker.counters.refused, worker.counters.retries) == (3, 2)
+
+
+async def test_an_outage_of_more_than_a_thousand_retries_is_still_retried(
+    bootstrap_servers: str, receiver: tuple[Receiver, str]
+) -> None:
+    """A doubling backoff overflows a float at the 1024th retry (hours into a long outage
+    at the real cap): it stays capped instead of failing the worker."""
+    state, url = receiver
+    state.answers = {"w-7-1": [503] * 1030}
+    prefix = uuid.uuid4().hex[:8]
+    typing = TypingSettings(group_id=f"hook-{prefix}", crm_topic=f"hook-{prefix}.crm")
+    async with Producer(bootstrap_servers, typing.crm_topic) as producer:
+        await producer.send(record("w-7", 1))
+    worker = CrmWebhookWorker(
+        KafkaSettings(bootstrap_servers=bootstrap_servers),
+        typing,
+        WebhookConfig(url=url, max_backoff_s=0),
+    )
+    await deliver_until(worker, lambda: len(state.received) == 1, "accepted after the outage")
+    assert worker.counters.retries == 1030
 
 
 async def test_records_that_are_no_crm_record_go_to_the_dlq_and_delivery_goes_on(
@@ -237,6 +332,113 @@ async def test_a_cluster_down_at_start_is_waited_for_not_fatal(
         stop.set()
         await asyncio.gather(task, return_exceptions=True)
     assert state.received[0][1]["event_id"] == "w-3-1"
+
+
+async def test_a_stop_while_the_cluster_hangs_gives_up_on_it_after_the_grace(
+    receiver: tuple[Receiver, str],
+) -> None:
+    """The cluster stops answering while a post is in flight; the worker is stopped and the
+    post accepted: the dead letter that follows, the last commit and closing the clients
+    (whose producer still waits for that letter's ack) are given up after their grace
+    instead of holding the exit (what was not committed is delivered again)."""
+    state, url = receiver
+    state.held = {"w-8-1"}
+    typing = TypingSettings(group_id="hook-hung", crm_topic="hook-hung.crm", dlq_topic="hook.dlq")
+    config = WebhookConfig(url=url, stop_grace_s=0.5, close_grace_s=0.5)
+    with LocalBroker() as broker:
+        assert broker.pid is not None
+        async with Producer(broker.bootstrap_servers, typing.crm_topic) as producer:
+            await producer.send_raw(b"w-8", b"{not json")  # a dead letter, while it answers
+            await producer.send(record("w-8", 1))
+            await producer.send_raw(b"w-8", b"{not json either")
+        worker = CrmWebhookWorker(
+            KafkaSettings(bootstrap_servers=broker.bootstrap_servers), typing, config
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            await eventually(lambda: state.attempts == 1, 60, "the post in flight")
+            os.kill(broker.pid, signal.SIGSTOP)  # a hung broker: connected, never answering
+            try:
+                stop.set()
+                state.release.set()
+                started = time.monotonic()
+                async with asyncio.timeout(10):
+                    await task
+                stopped_in = time.monotonic() - started
+            finally:
+                os.kill(broker.pid, signal.SIGKILL)  # never back: nothing waits for it
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert (worker.counters.dead_letters, worker.counters.delivered) == (1, 1)
+    assert stopped_in < config.stop_grace_s + config.close_grace_s + 1
+
+
+async def test_a_post_still_in_flight_after_the_grace_is_given_up_uncommitted(
+    bootstrap_servers: str, receiver: tuple[Receiver, str]
+) -> None:
+    """A post the endpoint does not answer is given up after the grace, not waited for up
+    to the HTTP timeout; its record stays uncommitted, to be delivered again."""
+    state, url = receiver
+    state.held = {"w-9-1"}
+    prefix = uuid.uuid4().hex[:8]
+    typing = TypingSettings(group_id=f"hook-{prefix}", crm_topic=f"hook-{prefix}.crm")
+    async with Producer(bootstrap_servers, typing.crm_topic) as producer:
+        await producer.send_to(0, b"w-9", orjson.dumps(record("w-9", 1)))
+    config = WebhookConfig(url=url, timeout_s=60, stop_grace_s=0.5)
+    worker = CrmWebhookWorker(KafkaSettings(bootstrap_servers=bootstrap_servers), typing, config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await eventually(lambda: state.attempts == 1, 60, "the post in flight")
+        stop.set()
+        async with asyncio.timeout(10):
+            await task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert worker.counters.delivered == 0
+    group = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=f"{typing.group_id}-crm-webhook"
+    )
+    await group.start()
+    try:
+        assert await group.committed(TopicPartition(typing.crm_topic, 0)) is None
+    finally:
+        await group.stop()
+
+
+async def test_worker_process_stopped_while_kafka_does_not_answer_exits_at_once(
+    receiver: tuple[Receiver, str], tmp_path: Path
+) -> None:
+    """A cluster that takes connections and never answers holds a start for the client's
+    request timeout (40 s): SIGTERM gives the start up and the process exits 0 at once,
+    well within the 10 s of DESIGN §5."""
+    _, url = receiver
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent.setblocking(False)
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{silent.getsockname()[1]}",
+            "TYPING_GROUP_ID": "hook-silent",
+            "TYPING_CRM_TOPIC": "hook-silent.crm",
+            "TYPING_CRM_WEBHOOK_URL": url,
+            "TYPING_HTTP_PORT": "0",
+            "TYPING_LOG_LEVEL": "INFO",
+        }
+        process = RunProcess(env, tmp_path / "webhook.log", command="crm-webhook")
+        process.start()
+        try:
+            async with asyncio.timeout(30):
+                # connected: the worker is starting, waiting for the cluster's answer
+                connection, _ = await asyncio.get_running_loop().sock_accept(silent)
+            with connection:
+                assert process.terminate(timeout_s=10) == 0
+        finally:
+            process.kill()
+    assert "stopped before the Kafka cluster answered" in process.log_text()
 
 
 async def test_worker_is_not_ready_before_it_runs() -> None:

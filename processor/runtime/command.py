@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from aiokafka.errors import KafkaError
 
 from processor.asgi import serve_in_background
+from processor.clock import within_grace
 from processor.settings import Settings
 from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
@@ -93,7 +94,12 @@ async def _run_until_stopped(
     while not stop.is_set():
         processor = TypingProcessor(settings, sink, telemetry=telemetry)
         try:
-            await _run_within_budget(processor, stop)
+            if not await within_grace(processor.run(stop), stop, DRAIN_BUDGET_S):
+                log.warning(
+                    "the cluster did not answer within %.1f s of the stop: leaving without the"
+                    " last commit (input since the one before is processed again)",
+                    DRAIN_BUDGET_S,
+                )
             failures = 0
             telemetry.last_failure = None
         except TopicError as exc:
@@ -105,28 +111,3 @@ async def _run_until_stopped(
             failures += 1
     log.info("stopped cleanly")
     return 0
-
-
-async def _run_within_budget(processor: TypingProcessor, stop: asyncio.Event) -> None:
-    """`processor.run(stop)`, given `DRAIN_BUDGET_S` to finish once `stop` is set."""
-    running = asyncio.create_task(processor.run(stop), name="processor")
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if not running.done():
-            await asyncio.wait({running}, timeout=DRAIN_BUDGET_S)
-        if not running.done():
-            log.warning(
-                "the cluster did not answer within %.1f s of the stop: leaving without the"
-                " last commit (input since the one before is processed again)",
-                DRAIN_BUDGET_S,
-            )
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
-            return
-        await running
-    finally:
-        stopping.cancel()
-        if not running.done():  # cancelled from outside
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)

@@ -7,14 +7,14 @@ import functools
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from processor.clock import Clock, SystemClock
+from processor.clock import Clock, SystemClock, within_grace
 from processor.settings import Settings
 from processor.state import EngineConfig, PartitionStore
 from processor.telemetry import Telemetry
@@ -221,7 +221,7 @@ class TypingProcessor:
         )
         try:
             # a stop during start-up (the cluster slow or not answering) ends it at once
-            await _unless_stopped(self._start(consumer), stop)
+            await within_grace(self._start(consumer), stop, 0.0)
         except BaseException:
             # a cluster down at start: close what was opened, or every restart leaks it
             self._consumer = None
@@ -477,18 +477,3 @@ class TypingProcessor:
             self.assigned = False
             self.lease.forget()
         self._update_ready()
-
-
-async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> None:
-    """Await `work`, or cancel it once `stop` is set."""
-    task = asyncio.ensure_future(work)
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-        if not task.done():
-            task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    if not task.cancelled():
-        task.result()
