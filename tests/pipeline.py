@@ -4,6 +4,7 @@ events into the input topic, and reads of the outbound topics."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -309,3 +310,20 @@ async def send_with_bad_crc(bootstrap: str, topic: str, key: bytes, value: bytes
             return await producer.send_and_wait(topic, value, key=key, partition=0)
         finally:
             await producer.stop()
+
+
+@contextlib.asynccontextmanager
+async def silent_listener() -> AsyncIterator[tuple[int, asyncio.Event]]:
+    """A loopback port that takes connections and never answers (a hung broker or
+    collector): its port, and an event set once a client has connected."""
+    connected = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connected.set()
+        await reader.read()  # never answers; reads until the client goes
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], connected
+    finally:
+        server.close()

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gc
 import warnings
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -29,7 +32,7 @@ from processor.runtime.service import TypingProcessor
 from processor.settings import KafkaSettings, Settings, TypingSettings
 from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
-from processor.state import EngineConfig, PartitionStore
+from processor.state import EngineConfig, PartitionStore, Work
 from processor.state.changelog import decode
 
 
@@ -253,45 +256,80 @@ async def test_a_stop_while_partitions_restore_ends_promptly_and_leaves_no_worke
         await sink.aclose()
 
 
+@dataclass
+class Standalone:
+    """A partition worker outside any group, on the real broker and emulator."""
+
+    worker: PartitionWorker
+    store: PartitionStore
+    sink: GenesysSink
+    reconciler: Reconciler
+
+    def take(self, session_id: str) -> Work:
+        """The session's queued work, taken as the scheduler takes it."""
+        work = self.store.take(session_id)
+        assert work is not None
+        return work
+
+
+@contextlib.asynccontextmanager
+async def standalone_worker(
+    settings: Settings,
+    emulator: EmulatorHandle,
+    sessions: list[str],
+    outbound: Outbound | None = None,
+    **options: Any,
+) -> AsyncIterator[Standalone]:
+    """A restored worker of partition 0 whose store has a typing event of each of
+    `sessions` (created in the emulator), with `outbound` (started here) and its own sink;
+    `options` go to the worker. Everything is closed afterwards."""
+    clock = SystemClock()
+    store = PartitionStore(0, EngineConfig(), clock)
+    for offset, session_id in enumerate(sessions):
+        emulator.create_session(session_id)
+        event = typing_event(session_id, timeout_ms=30_000)
+        store.on_event(TypingEvent.model_validate(event), offset)
+    outbound = outbound or Outbound(settings.kafka, settings.typing)
+    await outbound.start()
+    sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
+    reconciler = Reconciler(sink, 4)
+
+    async def restored() -> PartitionStore:
+        return store
+
+    worker = PartitionWorker(
+        settings.typing.input_topic, 0, restored, outbound, reconciler, clock, Counters(), **options
+    )
+    try:
+        await worker.restored.wait()
+        yield Standalone(worker, store, sink, reconciler)
+    finally:
+        await worker.close(1.0)
+        await reconciler.aclose()
+        await sink.aclose()
+        await outbound.stop()
+
+
 async def test_a_fenced_partition_sends_nothing_and_gives_back_what_it_had_taken(
     bootstrap_servers: str, emulator: EmulatorHandle
 ) -> None:
     """A refused commit means another member may own the partition: a call taken but not
     sent yet never goes out, its budget comes back, and the store hears it was not sent."""
     settings = make_settings(bootstrap_servers, emulator)
-    emulator.create_session("fenced")
-    clock = SystemClock()
-    store = PartitionStore(0, EngineConfig(), clock)
-    store.on_event(TypingEvent.model_validate(typing_event("fenced", timeout_ms=30_000)), 0)
-    outbound = Outbound(settings.kafka, settings.typing)
-    await outbound.start()
-    sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
-
-    async def restored() -> PartitionStore:
-        return store
-
-    worker = PartitionWorker(
-        settings.typing.input_topic, 0, restored, outbound, Reconciler(sink, 4), clock, Counters()
-    )
-    try:
-        await worker.restored.wait()
+    async with standalone_worker(settings, emulator, ["fenced"]) as alone:
+        worker, store, budget = alone.worker, alone.store, alone.sink.budget
         assert worker.accepting
-        work = store.take("fenced")
-        assert work is not None
-        level = sink.budget.level()
-        sink.budget.spend(2)
+        work = alone.take("fenced")
+        level = budget.level()
+        budget.spend(2)
         worker.launch(work, 2)
         worker.fence()  # before the worker's next turn could send it
         assert not worker.accepting
         await eventually(lambda: not store.is_in_flight("fenced"), 10, "the store heard back")
         assert store.is_backing_off("fenced") or store.is_queued("fenced")
-        assert sink.budget.level() >= level - 0.01  # refunded
+        assert budget.level() >= level - 0.01  # refunded
         assert emulator.count("PATCH", SESSION_PATH) == 0
         assert emulator.history("fenced") == []
-    finally:
-        await worker.close(1.0)
-        await sink.aclose()
-        await outbound.stop()
 
 
 async def test_a_call_still_retrying_when_its_partition_goes_is_cancelled(
@@ -301,37 +339,15 @@ async def test_a_call_still_retrying_when_its_partition_goes_is_cancelled(
     grace is over it is cancelled, not left to write after the next owner has read the
     session back and acted on it."""
     settings = make_settings(bootstrap_servers, emulator)
-    emulator.create_session("retrying")
     emulator.set_faults(error_rate=1.0, latency_ms=1000)  # each attempt: a second, then a 5xx
-    clock = SystemClock()
-    store = PartitionStore(0, EngineConfig(), clock)
-    store.on_event(TypingEvent.model_validate(typing_event("retrying", timeout_ms=30_000)), 0)
-    outbound = Outbound(settings.kafka, settings.typing)
-    await outbound.start()
-    sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
-    reconciler = Reconciler(sink, 4)
-
-    async def restored() -> PartitionStore:
-        return store
-
-    worker = PartitionWorker(
-        settings.typing.input_topic, 0, restored, outbound, reconciler, clock, Counters()
-    )
-    try:
-        await worker.restored.wait()
-        work = store.take("retrying")
-        assert work is not None
-        worker.launch(work, 2)
+    async with standalone_worker(settings, emulator, ["retrying"]) as alone:
+        alone.worker.launch(alone.take("retrying"), 2)
         await eventually(
             lambda: emulator.count("GET", SESSION_PATH) >= 1, 10, "the call meets a 5xx"
         )
-        assert reconciler.in_flight == 1
-        await worker.close(0.2)
-        assert reconciler.in_flight == 0
-    finally:
-        await reconciler.aclose()
-        await sink.aclose()
-        await outbound.stop()
+        assert alone.reconciler.in_flight == 1
+        await alone.worker.close(0.2)
+        assert alone.reconciler.in_flight == 0
 
 
 class GatedOutbound(Outbound):
@@ -348,6 +364,10 @@ class GatedOutbound(Outbound):
         gate = asyncio.Event(), asyncio.Event()
         self._gates.append(gate)
         return gate
+
+    def release_all(self) -> None:
+        for _, release in self._gates:
+            release.set()
 
     async def _send(
         self, topic: str, partition: int, records: list[tuple[bytes | None, bytes | None, Headers]]
@@ -383,53 +403,30 @@ async def test_a_call_taken_while_its_worker_produces_waits_for_its_own_intent(
     flush's acknowledgement, not the one under way (I6: the intent is on the changelog
     before the call goes out)."""
     settings = make_settings(bootstrap_servers, emulator)
-    clock = SystemClock()
-    store = PartitionStore(0, EngineConfig(), clock)
-    for offset, session_id in enumerate(("first", "second")):
-        emulator.create_session(session_id)
-        event = typing_event(session_id, timeout_ms=30_000)
-        store.on_event(TypingEvent.model_validate(event), offset)
     outbound = GatedOutbound(settings.kafka, settings.typing)
-    await outbound.start()
-    sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
     intent_acked: dict[str, bool] = {}  # as each call goes out
-    apply = sink.apply
+    async with standalone_worker(settings, emulator, ["first", "second"], outbound) as alone:
+        apply = alone.sink.apply
 
-    async def watched_apply(session_id: str, *args: Any, **kwargs: Any) -> SinkResult:
-        intent_acked[session_id] = (session_id, kwargs["version"]) in outbound.acked
-        return await apply(session_id, *args, **kwargs)
+        async def watched_apply(session_id: str, *args: Any, **kwargs: Any) -> SinkResult:
+            intent_acked[session_id] = (session_id, kwargs["version"]) in outbound.acked
+            return await apply(session_id, *args, **kwargs)
 
-    sink.apply = watched_apply  # type: ignore[method-assign]
-
-    async def restored() -> PartitionStore:
-        return store
-
-    worker = PartitionWorker(
-        settings.typing.input_topic, 0, restored, outbound, Reconciler(sink, 4), clock, Counters()
-    )
-    try:
-        await worker.restored.wait()
-        holding, release = outbound.hold()
-        first = store.take("first")
-        assert first is not None
-        worker.launch(first, 2)
-        await asyncio.wait_for(holding.wait(), 10)  # its turn is producing the intent
-        second = store.take("second")
-        assert second is not None
-        worker.launch(second, 2)
-        held_again, release_again = outbound.hold()  # the next flush: the second's intent
-        release.set()
-        await asyncio.wait_for(held_again.wait(), 10)
-        await eventually(lambda: emulator.count("PATCH", SESSION_PATH) >= 1, 10, "first landed")
-        release_again.set()
-        await eventually(lambda: len(intent_acked) == 2, 10, "both calls made")
-        assert intent_acked == {"first": True, "second": True}
-    finally:
-        for gate in outbound._gates:
-            gate[1].set()
-        await worker.close(1.0)
-        await sink.aclose()
-        await outbound.stop()
+        alone.sink.apply = watched_apply  # type: ignore[method-assign]
+        try:
+            holding, release = outbound.hold()
+            alone.worker.launch(alone.take("first"), 2)
+            await asyncio.wait_for(holding.wait(), 10)  # its turn is producing the intent
+            alone.worker.launch(alone.take("second"), 2)
+            held_again, release_again = outbound.hold()  # the next flush: the second's intent
+            release.set()
+            await asyncio.wait_for(held_again.wait(), 10)
+            await eventually(lambda: emulator.count("PATCH", SESSION_PATH) >= 1, 10, "first landed")
+            release_again.set()
+            await eventually(lambda: len(intent_acked) == 2, 10, "both calls made")
+            assert intent_acked == {"first": True, "second": True}
+        finally:
+            outbound.release_all()
 
 
 class ReportsWatched(Outbound):
@@ -463,40 +460,18 @@ async def test_an_outcome_is_on_the_changelog_only_once_its_report_is_acknowledg
     outcome is known: else a crash in between restores a store with nothing to read back,
     and the report is lost for good (I6)."""
     settings = make_settings(bootstrap_servers, emulator)
-    emulator.create_session("reported")
-    clock = SystemClock()
-    store = PartitionStore(0, EngineConfig(), clock)
-    store.on_event(TypingEvent.model_validate(typing_event("reported", timeout_ms=30_000)), 0)
     outbound = ReportsWatched(settings.kafka, settings.typing)
-    await outbound.start()
-    sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
-
-    async def restored() -> PartitionStore:
-        return store
-
-    worker = PartitionWorker(
-        settings.typing.input_topic,
-        0,
-        restored,
-        outbound,
-        Reconciler(sink, 4),
-        clock,
-        Counters(),
-        flush_interval_ms=0,  # every turn flushes the changelog: the outcome's turn too
-    )
-    try:
-        await worker.restored.wait()
-        work = store.take("reported")
-        assert work is not None
-        worker.launch(work, 2)
+    # every turn flushes the changelog: the outcome's turn too
+    async with standalone_worker(
+        settings, emulator, ["reported"], outbound, flush_interval_ms=0
+    ) as alone:
+        alone.worker.launch(alone.take("reported"), 2)
         await eventually(lambda: b"reported" in outbound.reports, 10, "the outcome reported")
-        await eventually(lambda: store.session("reported").intent is None, 10, "outcome known")
-        await worker.flush()
+        await eventually(
+            lambda: alone.store.session("reported").intent is None, 10, "outcome known"
+        )
+        await alone.worker.flush()
         assert outbound.unreported == []
-    finally:
-        await worker.close(1.0)
-        await sink.aclose()
-        await outbound.stop()
 
 
 async def test_a_cluster_down_at_start_leaves_no_kafka_client_open(

@@ -15,6 +15,7 @@ from pipeline import (
     RunProcess,
     eventually,
     now_ms,
+    silent_listener,
     typing_event,
 )
 
@@ -88,23 +89,13 @@ async def test_sigterm_during_start_up_against_a_silent_cluster_exits_zero_at_on
 ) -> None:
     """A bootstrap server that accepts connections and never answers: the processor is
     still starting when the SIGTERM comes, and leaves at once."""
-    connected = asyncio.Event()
-
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connected.set()
-        await reader.read()  # never answers; reads until the client goes
-
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with silent_listener() as (port, connected):
         env = pipeline.run_env(f"127.0.0.1:{port}", emulator)
         process = spawn(processes, env, tmp_path / "silent.log")
         await asyncio.wait_for(connected.wait(), 30)
         started = now_ms()
         assert process.terminate(timeout_s=15) == 0, process.log_text()
         assert now_ms() - started < 5_000, process.log_text()
-    finally:
-        server.close()
 
 
 async def test_sigkill_then_restart_clears_every_indicator(

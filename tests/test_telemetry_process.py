@@ -13,7 +13,14 @@ import httpx
 import orjson
 import pipeline
 import pytest
-from pipeline import Producer, RunProcess, announced_port, eventually, typing_event
+from pipeline import (
+    Producer,
+    RunProcess,
+    announced_port,
+    eventually,
+    silent_listener,
+    typing_event,
+)
 
 from processor.emulator.testing import EmulatorHandle
 
@@ -76,31 +83,23 @@ async def test_sigterm_with_a_collector_that_never_answers_exits_zero_in_time(
 ) -> None:
     """SIGTERM to exit 0 is 10 s (DESIGN §5), though each OTLP exporter would wait its whole
     timeout (10 s) for the last export."""
-    connected = asyncio.Event()
-
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connected.set()
-        await reader.read()  # never answers; reads until the client goes
-
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    env = {
-        **env,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-        "OTEL_BSP_SCHEDULE_DELAY": "100",  # spans go out at once, to hang there
-    }
-    running = RunProcess(env, tmp_path / "run.log")
-    running.start()
-    try:
-        await announced_port(running)
-        emulator.create_session("p-otlp")
-        async with Producer(env["KAFKA_BOOTSTRAP_SERVERS"], env["TYPING_INPUT_TOPIC"]) as p:
-            await p.send(typing_event("p-otlp", timeout_ms=30_000))
-        await asyncio.wait_for(connected.wait(), 60)  # an export is in flight, unanswered
-        started = time.monotonic()
-        assert running.terminate(timeout_s=15) == 0, running.log_text()
-        assert time.monotonic() - started < 10.0, running.log_text()
-    finally:
-        running.kill()
-        server.close()
+    async with silent_listener() as (port, connected):
+        env = {
+            **env,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",  # spans go out at once, to hang there
+        }
+        running = RunProcess(env, tmp_path / "run.log")
+        running.start()
+        try:
+            await announced_port(running)
+            emulator.create_session("p-otlp")
+            async with Producer(env["KAFKA_BOOTSTRAP_SERVERS"], env["TYPING_INPUT_TOPIC"]) as p:
+                await p.send(typing_event("p-otlp", timeout_ms=30_000))
+            await asyncio.wait_for(connected.wait(), 60)  # an export is in flight, unanswered
+            started = time.monotonic()
+            assert running.terminate(timeout_s=15) == 0, running.log_text()
+            assert time.monotonic() - started < 10.0, running.log_text()
+        finally:
+            running.kill()
     assert "telemetry export unfinished" in running.log_text()

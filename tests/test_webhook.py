@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +28,7 @@ from pipeline import (
     announced_port,
     eventually,
     read_topic,
+    silent_listener,
 )
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -416,12 +416,9 @@ async def test_worker_process_stopped_while_kafka_does_not_answer_exits_at_once(
     request timeout (40 s): SIGTERM gives the start up and the process exits 0 at once,
     well within the 10 s of DESIGN §5."""
     _, url = receiver
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen()
-        silent.setblocking(False)
+    async with silent_listener() as (port, connected):
         env = {
-            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{silent.getsockname()[1]}",
+            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
             "TYPING_GROUP_ID": "hook-silent",
             "TYPING_CRM_TOPIC": "hook-silent.crm",
             "TYPING_CRM_WEBHOOK_URL": url,
@@ -431,11 +428,9 @@ async def test_worker_process_stopped_while_kafka_does_not_answer_exits_at_once(
         process = RunProcess(env, tmp_path / "webhook.log", command="crm-webhook")
         process.start()
         try:
-            async with asyncio.timeout(30):
-                # connected: the worker is starting, waiting for the cluster's answer
-                connection, _ = await asyncio.get_running_loop().sock_accept(silent)
-            with connection:
-                assert process.terminate(timeout_s=10) == 0
+            # connected: the worker is starting, waiting for the cluster's answer
+            await asyncio.wait_for(connected.wait(), 30)
+            assert process.terminate(timeout_s=10) == 0
         finally:
             process.kill()
     assert "stopped before the Kafka cluster answered" in process.log_text()
