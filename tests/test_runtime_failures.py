@@ -8,6 +8,7 @@ import asyncio
 import base64
 import contextlib
 import gc
+import math
 import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -249,6 +250,35 @@ async def test_a_stop_while_partitions_restore_ends_promptly_and_leaves_no_worke
         # the rebalance listener waits for the restores it started: the stop must end them
         await asyncio.wait_for(task, 20)
         assert processor.workers == {}
+    finally:
+        stop.set()
+        processor.release_restore.set()
+        await asyncio.gather(task, return_exceptions=True)
+        await sink.aclose()
+
+
+async def test_records_queued_while_their_partition_restores_are_not_committed(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """Renewing its membership lease, the processor commits only offsets already safe:
+    records handed to a partition still restoring are not processed yet, and a commit past
+    them would lose them if the partition moved on before the restore ended (I6)."""
+    settings = make_settings(bootstrap_servers, emulator)
+    sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
+    await TypingProcessor(settings, sink).prepare_topics()
+    await produce(bootstrap_servers, settings.typing.input_topic, [record("q1"), record("q2")])
+    processor = StuckRestoreProcessor(settings, sink)
+    stop = asyncio.Event()
+    task = asyncio.create_task(processor.run(stop))
+    try:
+
+        def queued() -> bool:
+            worker = processor.workers.get(0)
+            return worker is not None and worker.first_offset is not None
+
+        await eventually(queued, 60, "records queued while the partition restores")
+        await eventually(lambda: processor.lease.proven_at > -math.inf, 10, "lease renewed")
+        assert await committed(bootstrap_servers, settings, 0) is None
     finally:
         stop.set()
         processor.release_restore.set()

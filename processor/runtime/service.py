@@ -378,26 +378,29 @@ class TypingProcessor:
             self.scheduler.poke()  # the calls held for the lapse may go now
 
     async def _renewal_offset(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
-        """One owned partition's safe offset, committed again to renew the lease (the group
-        checks the member and its generation whatever the partition): the last one
-        committed, else where its worker would resume, else (nothing read yet) where
-        reading starts."""
+        """One owned partition's offset, committed again to renew the lease (the group checks
+        the member and its generation whatever the partition). Only an offset that is safe
+        to commit: the last one committed, else the group's own, else (nothing read yet)
+        where reading starts. Never where a worker's queue ends: records handed to a
+        worker still restoring are not processed yet."""
         topic = self.settings.typing.input_topic
         for partition, offset in self._committed.items():
             if partition in self.workers:
                 return {TopicPartition(topic, partition): offset}
-        for partition, worker in self.workers.items():
-            resume_at = worker.resume_at()
-            if resume_at is not None:
-                return {TopicPartition(topic, partition): resume_at}
         assigned = consumer.assignment()
-        for partition in self.workers:
+        for partition, worker in list(self.workers.items()):
             tp = TopicPartition(topic, partition)
-            if tp in assigned:
-                try:
-                    return {tp: await consumer.position(tp)}
-                except KafkaError as exc:  # revoked meanwhile, or the cluster's trouble
-                    log.debug("no position to renew the lease with: %s", exc)
+            if tp not in assigned:
+                continue
+            try:
+                offset = await consumer.committed(tp)
+                if offset is None and worker.first_offset is None:
+                    offset = await consumer.position(tp)
+            except KafkaError as exc:  # revoked meanwhile, or the cluster's trouble
+                log.debug("no offset to renew the lease with: %s", exc)
+                continue
+            if offset is not None:
+                return {tp: offset}
         return {}
 
     async def acquire(self, assigned: list[TopicPartition]) -> None:
