@@ -459,6 +459,28 @@ async def test_a_call_taken_while_its_worker_produces_waits_for_its_own_intent(
             outbound.release_all()
 
 
+async def test_a_fence_while_the_intent_is_produced_stops_the_call(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """The commit refused while the worker's turn produces a call's intent: another member
+    may own the partition by now, and the call never goes out."""
+    settings = make_settings(bootstrap_servers, emulator)
+    outbound = GatedOutbound(settings.kafka, settings.typing)
+    async with standalone_worker(settings, emulator, ["fenced"], outbound) as alone:
+        try:
+            holding, release = outbound.hold()
+            alone.worker.launch(alone.take("fenced"), 2)
+            await asyncio.wait_for(holding.wait(), 10)  # its turn is producing the intent
+            alone.worker.fence()
+            release.set()
+            await eventually(
+                lambda: not alone.store.is_in_flight("fenced"), 10, "the store heard back"
+            )
+            assert emulator.count("PATCH", SESSION_PATH) == 0
+        finally:
+            outbound.release_all()
+
+
 class ReportsWatched(Outbound):
     """Notes, as each changelog record goes to the producer, whether the CRM records sent
     before it for the same session were all acknowledged already."""

@@ -189,11 +189,15 @@ class PartitionWorker:
         self._drop_launches()
 
     def _drop_launches(self) -> None:
-        # Calls taken but not launched yet never go out: the store hears so.
-        for work, prepaid in self._launches:
+        launches, self._launches = self._launches, []
+        self._drop(launches)
+
+    def _drop(self, launches: list[tuple[Work, int]]) -> None:
+        # Calls taken but not launched never go out: their budget comes back, the store
+        # hears so.
+        for work, prepaid in launches:
             self._reconciler.sink.budget.refund(prepaid)
             self._deliver(work, None, _NOT_SENT)
-        self._launches = []
 
     def submit(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Queue input records (in offset order) for processing."""
@@ -455,8 +459,15 @@ class PartitionWorker:
                 await _acknowledged(reports)
                 futures.update(await state.send())
         except BaseException:
-            self._launches = launches + self._launches  # not started: closing drops them
+            if self._fenced or self._closing:
+                self._drop(launches)
+            else:
+                self._launches = launches + self._launches  # not started: closing drops them
             raise
+        if self._fenced or self._closing:
+            # fenced or closed while the flush was produced: what it took never goes out
+            self._drop(launches)
+            launches = []
         for span in decided:
             span.end()
         for span in published:
