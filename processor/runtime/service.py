@@ -83,9 +83,11 @@ class TypingProcessor:
         self._clock = clock or SystemClock()
         self._options = client_options(settings.kafka)
         self._outbound = Outbound(settings.kafka, settings.typing)
-        self._reconciler = Reconciler(sink, settings.typing.max_in_flight)
-        self._budget = sink.budget
         self.lease = MembershipLease(LEASE_TERM_S, LEASE_RENEW_S, monotonic)
+        self._reconciler = Reconciler(
+            sink, settings.typing.max_in_flight, held=lambda: self.lease.left() <= 0
+        )
+        self._budget = sink.budget
         self.scheduler = Scheduler(
             self._reconciler,
             self._clock,
