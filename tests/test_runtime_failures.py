@@ -9,6 +9,7 @@ import base64
 import contextlib
 import gc
 import math
+import uuid
 import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -308,16 +309,19 @@ async def standalone_worker(
     emulator: EmulatorHandle,
     sessions: list[str],
     outbound: Outbound | None = None,
+    timeout_ms: int = 30_000,
+    target: dict[str, str] | None = None,
     **options: Any,
 ) -> AsyncIterator[Standalone]:
-    """A restored worker of partition 0 whose store has a typing event of each of
-    `sessions` (created in the emulator), with `outbound` (started here) and its own sink;
-    `options` go to the worker. Everything is closed afterwards."""
+    """A restored worker of partition 0 whose store has a typing event (of `timeout_ms`,
+    for `target`: None, the webchat session) of each of `sessions` (created in the
+    emulator), with `outbound` (started here) and its own sink; `options` go to the
+    worker. Everything is closed afterwards."""
     clock = SystemClock()
     store = PartitionStore(0, EngineConfig(), clock)
     for offset, session_id in enumerate(sessions):
         emulator.create_session(session_id)
-        event = typing_event(session_id, timeout_ms=30_000)
+        event = typing_event(session_id, timeout_ms=timeout_ms, target=target)
         store.on_event(TypingEvent.model_validate(event), offset)
     outbound = outbound or Outbound(settings.kafka, settings.typing)
     await outbound.start()
@@ -482,8 +486,8 @@ async def test_a_fence_while_the_intent_is_produced_stops_the_call(
 
 
 class ReportsWatched(Outbound):
-    """Notes, as each changelog record goes to the producer, whether the CRM records sent
-    before it for the same session were all acknowledged already."""
+    """Notes, as each changelog record goes to the producer, whether the CRM and audit
+    records sent before it for the same session were all acknowledged already."""
 
     def __init__(self, kafka: KafkaSettings, typing: TypingSettings) -> None:
         super().__init__(kafka, typing)
@@ -498,7 +502,7 @@ class ReportsWatched(Outbound):
                 if key is not None and not all(f.done() for f in self.reports.get(key, [])):
                     self.unreported.append(key)
         futures = await super()._send(topic, partition, records)
-        if topic == self.typing.crm_topic:
+        if topic in (self.typing.crm_topic, self.typing.audit_topic):
             for key, _, _ in records:
                 if key is not None:
                     self.reports.setdefault(key, []).extend(futures)
@@ -508,19 +512,29 @@ class ReportsWatched(Outbound):
 async def test_an_outcome_is_on_the_changelog_only_once_its_report_is_acknowledged(
     bootstrap_servers: str, emulator: EmulatorHandle
 ) -> None:
-    """The CRM record of a call's outcome is acknowledged before the changelog says the
-    outcome is known: else a crash in between restores a store with nothing to read back,
-    and the report is lost for good (I6)."""
+    """The CRM and audit records of a call's outcome, and the audit record of a timer's
+    expiry, are acknowledged before the changelog says the outcome is known: else a crash
+    in between restores a store with nothing left to redo, and the report is lost for good
+    (I6)."""
     settings = make_settings(bootstrap_servers, emulator)
     outbound = ReportsWatched(settings.kafka, settings.typing)
+    conversation, communication = str(uuid.uuid4()), str(uuid.uuid4())
+    emulator.create_conversation(conversation, [communication])
+    agent = {
+        "kind": "agent_typing",
+        "conversation_id": conversation,
+        "communication_id": communication,
+    }
     # every turn flushes the changelog: the outcome's turn too
     async with standalone_worker(
-        settings, emulator, ["reported"], outbound, flush_interval_ms=0
+        settings, emulator, ["reported"], outbound, 1_000, agent, flush_interval_ms=0
     ) as alone:
-        alone.worker.launch(alone.take("reported"), 2)
+        alone.worker.launch(alone.take("reported"), 1)
         await eventually(lambda: b"reported" in outbound.reports, 10, "the outcome reported")
+        reports = len(outbound.reports[b"reported"])
+        # shown until its deadline: a timer's turn says it lapsed (no call)
         await eventually(
-            lambda: alone.store.session("reported").intent is None, 10, "outcome known"
+            lambda: len(outbound.reports[b"reported"]) > reports, 10, "the lapse audited"
         )
         await alone.worker.flush()
         assert outbound.unreported == []

@@ -317,9 +317,9 @@ class PartitionWorker:
         self.store.on_tick()
         if self._on_queued is not None and self.store.queued_work and not self._closing:
             self._on_queued()  # calls taken now are flushed and launched in this turn
-        await self._publish(
-            batch, turn_span, flush=isinstance(item, _Stop), outcome=isinstance(item, _Result)
-        )
+        # input turns are replayed from the last commit; results and timers are not
+        replayed = isinstance(item, (_Records, Undecodable))
+        await self._publish(batch, turn_span, flush=isinstance(item, _Stop), outcome=not replayed)
 
     def _process(self, record: ConsumerRecord[bytes, bytes], batch: OutboundBatch) -> None:
         tracing = self._tracing
@@ -397,10 +397,11 @@ class PartitionWorker:
         """Produce what the turn decided; flush the changelog when its time has come or
         calls wait for their intent to be recorded, then launch those calls.
 
-        What reports a call's outcome (its CRM record, and its audit record: `outcome`
-        turns) is acknowledged before the changelog says the outcome is known: else a
-        crash in between would restore a store with nothing left to read back, and the
-        report would be lost for good (I6). Input replay re-derives every other record."""
+        What reports an outcome (a CRM record; the audit records of an `outcome` turn: a
+        call's result, a timer's expiry) is acknowledged before the changelog says the
+        outcome is known: else a crash in between would restore a store with nothing left
+        to redo, and the report would be lost for good (I6). Input replay re-derives what
+        input turns produce."""
         now = self._clock.now_ms()
         # The calls whose intents this drain takes: one the scheduler takes while the
         # produce below awaits has its intent in the next flush, and goes out after it.
