@@ -32,6 +32,10 @@ from .undecodable import is_undecodable, read_past_undecodable
 log = logging.getLogger(__name__)
 
 REVOKE_GRACE_S = 5.0
+# Leaving (or restarting): release the partitions (calls land within the revoke grace, the
+# last flush and commit), then close the clients; a cluster that does not answer by then is
+# given up on.
+CLOSE_S = REVOKE_GRACE_S + 1.0
 MAX_BACKLOG = 64
 # The group's liveness: a member silent for the session timeout loses its partitions.
 SESSION_TIMEOUT_MS = 6_000
@@ -242,19 +246,32 @@ class TypingProcessor:
             consumer.subscribe([self.settings.typing.input_topic], listener=_Rebalance(self))
             await self._consume(consumer, stop)
         finally:
-            # every worker, not only the consumer's assignment: a partition being assigned
-            # when the stop came has a worker (restoring) and no assignment entry yet; and
-            # no new one from a rebalance still under way
             self._stopping = True
-            input_topic = self.settings.typing.input_topic
-            await self.release([TopicPartition(input_topic, p) for p in list(self.workers)])
+            try:
+                # A cluster that stopped answering would hold each step for its request
+                # timeout: the stop (10 s, DESIGN §5) and a restart cannot wait for that.
+                async with asyncio.timeout(CLOSE_S):
+                    await self._close(consumer)
+            except TimeoutError:
+                log.warning(
+                    "the cluster did not answer within %.1f s: leaving without the last"
+                    " flush and commit (input since the one before is processed again)",
+                    CLOSE_S,
+                )
             scheduling.cancel()
             await asyncio.gather(scheduling, return_exceptions=True)
-            await consumer.stop()
             await self._reconciler.aclose()
-            await self._outbound.stop()
             self._consumer = None
             self.telemetry.forget(self)
+
+    async def _close(self, consumer: AIOKafkaConsumer) -> None:
+        # every worker, not only the consumer's assignment: a partition being assigned when
+        # the stop came has a worker (restoring) and no assignment entry yet; and no new
+        # one from a rebalance still under way
+        input_topic = self.settings.typing.input_topic
+        await self.release([TopicPartition(input_topic, p) for p in list(self.workers)])
+        await consumer.stop()
+        await self._outbound.stop()
 
     async def _start(self, consumer: AIOKafkaConsumer) -> None:
         await self.prepare_topics()
@@ -291,7 +308,8 @@ class TypingProcessor:
                 self._apply_backpressure(consumer)
                 self._raise_if_failed()
                 if loop.time() >= next_commit or self.lease.renewal_due():
-                    await self.commit()
+                    # a stop leaves it to the last commit, on the way out
+                    await within_grace(self.commit(), stop, 0.0)
                     next_commit = loop.time() + interval_s
         finally:
             stopping.cancel()
@@ -356,7 +374,10 @@ class TypingProcessor:
             return
         sent_at = self.lease.now()
         try:
-            await consumer.commit(offsets)
+            # no longer than the lease lasts: a commit that hangs (aiokafka retries one for
+            # as long as the coordinator is out of reach) would hold the consume loop
+            async with asyncio.timeout(LEASE_TERM_S):
+                await consumer.commit(offsets)
         except CommitFailedError:
             # The group has moved on without this member (its next heartbeat or poll
             # rejoins): another member may own these partitions already, and two owners
@@ -370,9 +391,9 @@ class TypingProcessor:
                 worker.fence()
             self.lease.tried(sent_at)
             return
-        except KafkaError as exc:
+        except (KafkaError, TimeoutError) as exc:
             self.lease.tried(sent_at)
-            log.warning("commit failed (will retry): %s", exc)
+            log.warning("commit failed (will retry): %r", exc)
             return
         for tp, offset in offsets.items():
             self._committed[tp.partition] = offset
