@@ -218,11 +218,11 @@ async def test_a_changelog_it_cannot_read_stops_the_partition_and_says_so(
     that silently never runs."""
     settings = make_settings(bootstrap_servers, emulator)
     async with GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing)) as sink:
-        await TypingProcessor(settings, sink).prepare_topics()
+        processor = TypingProcessor(settings, sink)
+        await processor.prepare_topics()
         changelog = settings.typing.resolved_changelog_topic
         async with AIOKafkaProducer(bootstrap_servers=bootstrap_servers) as producer:
             await producer.send_and_wait(changelog, b"\x09garbage", key=b"s1", partition=0)
-        processor = TypingProcessor(settings, sink)
         stop = asyncio.Event()
         task = asyncio.create_task(processor.run(stop))
         try:
@@ -266,9 +266,9 @@ async def test_records_queued_while_their_partition_restores_are_not_committed(
     them would lose them if the partition moved on before the restore ended (I6)."""
     settings = make_settings(bootstrap_servers, emulator)
     sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
-    await TypingProcessor(settings, sink).prepare_topics()
-    await produce(bootstrap_servers, settings.typing.input_topic, [record("q1"), record("q2")])
     processor = StuckRestoreProcessor(settings, sink)
+    await processor.prepare_topics()
+    await produce(bootstrap_servers, settings.typing.input_topic, [record("q1"), record("q2")])
     stop = asyncio.Event()
     task = asyncio.create_task(processor.run(stop))
     try:
