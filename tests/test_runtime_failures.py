@@ -540,6 +540,22 @@ async def test_an_outcome_is_on_the_changelog_only_once_its_report_is_acknowledg
         assert outbound.unreported == []
 
 
+async def test_a_processor_built_and_never_run_leaves_no_kafka_client_to_close(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """Preparing topics with a processor that is then dropped (a test, a tool) opens no
+    client it would have to close."""
+    settings = make_settings(bootstrap_servers, emulator)
+    async with GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing)) as sink:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            processor = TypingProcessor(settings, sink)
+            await processor.prepare_topics()
+            del processor
+            gc.collect()
+    assert [str(w.message) for w in caught if "AIOKafka" in str(w.message)] == []
+
+
 async def test_a_cluster_down_at_start_leaves_no_kafka_client_open(
     emulator: EmulatorHandle,
 ) -> None:

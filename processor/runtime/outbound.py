@@ -57,15 +57,10 @@ class Outbound:
     """
 
     def __init__(self, kafka: KafkaSettings, typing: TypingSettings) -> None:
-        self._producer = AIOKafkaProducer(
-            **client_options(kafka),
-            client_id=f"{kafka.client_id}-producer",
-            acks="all",
-            enable_idempotence=kafka.enable_idempotence,
-            linger_ms=5,
-            max_batch_size=MAX_BATCH_BYTES,
-            compression_type=None,
-        )
+        self._kafka = kafka
+        # made by `start`: a client made and never started or stopped (a processor built
+        # and dropped) is reported unclosed when it is collected
+        self._client: AIOKafkaProducer | None = None
         self._partitioner = DefaultPartitioner()
         self._partitions: dict[str, list[int]] = {}
         self._by_key: dict[str, dict[bytes, int]] = {}
@@ -75,19 +70,36 @@ class Outbound:
 
     async def start(self) -> None:
         """Connect the producer and open the audit file, if configured."""
-        await self._producer.start()
+        kafka = self._kafka
+        self._client = AIOKafkaProducer(
+            **client_options(kafka),
+            client_id=f"{kafka.client_id}-producer",
+            acks="all",
+            enable_idempotence=kafka.enable_idempotence,
+            linger_ms=5,
+            max_batch_size=MAX_BATCH_BYTES,
+            compression_type=None,
+        )
+        await self._client.start()
         path = self.typing.audit_log_file
         if path is not None:
             try:
                 self._audit_file = open_audit_file(path)
             except ConfigError:
-                await self._producer.stop()
+                await self._client.stop()
                 raise
+
+    @property
+    def _producer(self) -> AIOKafkaProducer:
+        if self._client is None:
+            raise RuntimeError("the outbound producer is not started")
+        return self._client
 
     async def stop(self) -> None:
         """Flush and close."""
-        await self._producer.flush()
-        await self._producer.stop()
+        if self._client is not None:
+            await self._client.flush()
+            await self._client.stop()
         if self._audit_file is not None:
             self._audit_file.close()
             self._audit_file = None
