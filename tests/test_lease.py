@@ -7,14 +7,19 @@ import asyncio
 import logging
 
 import pytest
-from pipeline import Monotonic, eventually
+from pipeline import Monotonic, eventually, make_settings
 
 from processor.budget import ApiBudget
 from processor.clock import ManualClock
-from processor.domain import Status
+from processor.domain import Indicator, Outcome, Status
+from processor.emulator.app import SESSION_PATH
+from processor.emulator.testing import EmulatorHandle
 from processor.models import TypingEvent
 from processor.runtime.lease import MembershipLease
 from processor.runtime.scheduler import Scheduler
+from processor.runtime.service import TypingProcessor
+from processor.sink.client import GenesysSink
+from processor.sink.config import SinkConfig
 from processor.state import EngineConfig, PartitionStore, Work
 
 
@@ -157,3 +162,21 @@ async def test_the_scheduler_holds_calls_while_the_lease_lapsed_and_sends_on_ren
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_the_processor_holds_its_sink_while_its_lease_has_lapsed(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """Every request of the processor's sink, retries included, waits for the lease: one
+    that never held (nothing committed yet) sends nothing; a confirmed one lets it go."""
+    settings = make_settings(bootstrap_servers, emulator)
+    emulator.create_session("s1")
+    clock = Monotonic()
+    async with GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing)) as sink:
+        processor = TypingProcessor(settings, sink, monotonic=clock)
+        wanted = Indicator(Status.TYPING, 1, 2, 1)
+        held = await sink.apply("s1", wanted)
+        assert (held.outcome, held.ambiguous) == (Outcome.FAILED, False)
+        assert emulator.count("PATCH", SESSION_PATH) == 0
+        processor.lease.renewed(clock.now)  # the group accepted a commit
+        assert (await sink.apply("s1", wanted)).ok

@@ -144,25 +144,6 @@ async def test_a_call_whose_intent_was_not_recorded_is_not_sent() -> None:
     assert sink.budget.level() == pytest.approx(level, abs=0.1)  # the token comes back
 
 
-async def test_a_call_is_not_sent_once_the_membership_is_no_longer_confirmed() -> None:
-    """Planned under a valid lease, a call waits for its intent's acknowledgement; if the
-    lease lapsed meanwhile (a stall, lost contact), it does not go out."""
-    sink = GatedSink()
-    held = False
-    reconciler = Reconciler(sink, max_in_flight=2, held=lambda: held)
-    recorded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    delivered: list[SinkResult] = []
-    level = sink.budget.level()
-    sink.budget.spend(1)
-    reconciler.launch(work("s1"), 1, recorded, delivered.append)
-    held = True
-    recorded.set_result(None)
-    assert await reconciler.wait_idle(5)
-    assert sink.calls == []
-    assert (delivered[0].outcome, delivered[0].ambiguous) == (Outcome.FAILED, False)
-    assert sink.budget.level() == pytest.approx(level, abs=0.1)
-
-
 async def test_a_call_cancelled_while_it_waits_leaves_the_acknowledgement_alone() -> None:
     """A call of a revoked partition cancelled before its intent's acknowledgement came:
     that acknowledgement is the flush's too, which must still complete, and the call's

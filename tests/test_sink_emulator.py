@@ -503,6 +503,24 @@ async def test_a_change_that_landed_unanswered_is_not_made_twice(
 # --- 5xx, timeouts, circuit breaker ---
 
 
+async def test_a_retry_is_not_sent_once_the_sink_is_held(
+    emulator: EmulatorHandle, sink: GenesysSink
+) -> None:
+    """A PATCH answered 5xx backs off; if the processor's lease lapsed meanwhile (a stall),
+    the retry is not sent, and the outcome is unknown (the first may have landed)."""
+    emulator.create_session("s1")
+    assert (await sink.apply("s1", indicator(1))).ok  # an ETag cached: the next is a PATCH
+    answers = iter([False])  # the first request may go; after it, held
+    sink.hold_while(lambda: next(answers, True))
+    emulator.set_faults(error_rate=1.0, seed=3)
+    patches = calls(emulator, "PATCH")
+    result = await sink.apply("s1", indicator(2))
+    assert result.outcome is Outcome.FAILED
+    assert "not confirmed" in result.error
+    assert result.ambiguous
+    assert calls(emulator, "PATCH") == patches + 1
+
+
 async def test_5xx_burst_opens_the_breaker_and_a_probe_closes_it(
     emulator: EmulatorHandle,
 ) -> None:

@@ -36,6 +36,10 @@ class Sink(Protocol):
         """The OAuth client's budget (this replica's share)."""
         ...
 
+    def hold_while(self, held: Callable[[], bool]) -> None:
+        """Send no request while `held()` says so (see `GenesysSink.hold_while`)."""
+        ...
+
     def cached_etag(self, session_id: str) -> str | None:
         """The ETag the next PATCH of this session would send, if any."""
         ...
@@ -84,21 +88,13 @@ Deliver = Callable[[SinkResult], None]
 _NOT_RECORDED = SinkResult(
     Outcome.FAILED, error="not sent: its intent was not acknowledged on the changelog"
 )
-_NOT_CONFIRMED = SinkResult(
-    Outcome.FAILED, error="not sent: the group has not confirmed this member lately"
-)
 
 
 class Reconciler:
     """Bounded pool of in-flight Genesys calls shared by every partition of a process."""
 
-    def __init__(
-        self, sink: Sink, max_in_flight: int, held: Callable[[], bool] = lambda: False
-    ) -> None:
-        """`held`: True while no call may go out (the membership lease lapsed); checked
-        again as each call is about to go, after its intent's acknowledgement."""
+    def __init__(self, sink: Sink, max_in_flight: int) -> None:
         self.sink = sink
-        self._held = held
         self._capacity = max_in_flight
         # Sets must not take every slot: a clear could then not go out (I1).
         self._set_capacity = max(1, max_in_flight - max(1, max_in_flight // 4))
@@ -156,12 +152,6 @@ class Reconciler:
         except Exception:  # the worker sees the failed ack too, and stops committing
             self.sink.budget.refund(prepaid)
             deliver(_NOT_RECORDED)
-            return
-        if self._held():
-            # the group has not confirmed this member since the call was planned (see
-            # `lease`): its partition may be another's by now
-            self.sink.budget.refund(prepaid)
-            deliver(_NOT_CONFIRMED)
             return
         try:
             result = await self._call(work, prepaid)

@@ -88,9 +88,10 @@ class TypingProcessor:
         self._options = client_options(settings.kafka)
         self._outbound = Outbound(settings.kafka, settings.typing)
         self.lease = MembershipLease(LEASE_TERM_S, LEASE_RENEW_S, monotonic)
-        self._reconciler = Reconciler(
-            sink, settings.typing.max_in_flight, held=lambda: self.lease.left() <= 0
-        )
+        # checked before every request, retries included: a call planned under the lease
+        # may wait for its intent's acknowledgement, or back off, through a stall
+        sink.hold_while(lambda: self.lease.left() <= 0)
+        self._reconciler = Reconciler(sink, settings.typing.max_in_flight)
         self._budget = sink.budget
         self.scheduler = Scheduler(
             self._reconciler,

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 # A 429 without a usable Retry-After still pauses the client this long.
 _DEFAULT_RETRY_AFTER_S = 1.0
+NOT_CONFIRMED = "the group has not confirmed this member lately"
+"""Why a request was held back by `GenesysSink.hold_while`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +194,7 @@ class GenesysSink:
         self._locks: dict[str, _SessionLock] = {}
         self._auth_error_reported = False
         self._closed = False
+        self._held: Callable[[], bool] = lambda: False
 
     def __repr__(self) -> str:
         return f"GenesysSink(api_url={self._config.api_url!r}, cached_etags={len(self._etags)})"
@@ -235,6 +238,13 @@ class GenesysSink:
     def forget(self, session_id: str) -> None:
         """Drop what is cached about a session (closed, or its partition moved away)."""
         self._etags.drop(session_id)
+
+    def hold_while(self, held: Callable[[], bool]) -> None:
+        """Send no request while `held()` says so (the processor's membership lease has
+        lapsed: its partitions may be another replica's). A call that meets it ends as
+        failed, unsent, or of unknown outcome when an earlier request of it may have
+        landed; checked before every request, retries included."""
+        self._held = held
 
     async def aclose(self) -> None:
         """Release the connection pool (if the sink created it) and the token."""
@@ -564,6 +574,9 @@ class GenesysSink:
                     Outcome.RATE_LIMITED,
                     error=f"API budget paused for {self._budget.paused_for():.1f} s after a 429",
                 )
+            if self._held():
+                # a retry too: its backoff may have slept through a stall
+                return ledger.result(Outcome.FAILED, error=f"not sent: {NOT_CONFIRMED}")
             prepaid = ledger.prepaid > 0
             if prepaid:
                 ledger.prepaid -= 1
