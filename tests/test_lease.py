@@ -132,7 +132,11 @@ async def test_the_scheduler_holds_calls_while_the_lease_lapsed_and_sends_on_ren
     store = PartitionStore(0, EngineConfig(), clock)
     worker = _Worker(store)
     budget = ApiBudget(6000, monotonic=Monotonic())
-    scheduler = Scheduler(_Reconciler(budget), clock, lease=lease)  # type: ignore[arg-type]
+    scheduler = Scheduler(
+        _Reconciler(budget),  # type: ignore[arg-type]
+        clock,
+        held=lambda: lease.left() <= 0,
+    )
     scheduler.attach(0, worker)
     running = asyncio.create_task(scheduler.run())
     try:

@@ -21,7 +21,6 @@ from processor.planner import Capacity, Planner
 from processor.state import PartitionStore, Work
 from processor.state.session import Session
 
-from .lease import MembershipLease
 from .reconciler import Reconciler
 
 log = logging.getLogger(__name__)
@@ -59,10 +58,12 @@ class Scheduler:
         clock: Clock,
         planner: Planner | None = None,
         on_wait: Callable[[float], None] | None = None,
-        lease: MembershipLease | None = None,
+        held: Callable[[], bool] = lambda: False,
     ) -> None:
+        """`held`: True while no work may be taken (the membership lease has lapsed: the
+        partitions may be another replica's by now); a caller that ends it pokes."""
         self._reconciler = reconciler
-        self._lease = lease
+        self._held = held
         self._budget = reconciler.sink.budget
         self._clock = clock
         self._planner = planner or Planner()
@@ -93,10 +94,6 @@ class Scheduler:
             self.plan_round()
         else:
             self._poked.set()
-
-    def _held(self) -> bool:
-        """True while the group has not confirmed this member lately (see `lease`)."""
-        return self._lease is not None and self._lease.left() <= 0
 
     def _cost(self, session: Session) -> int:
         # A webchat call without a cached ETag reads the session first.

@@ -88,16 +88,17 @@ class TypingProcessor:
         self._options = client_options(settings.kafka)
         self._outbound = Outbound(settings.kafka, settings.typing)
         self.lease = MembershipLease(LEASE_TERM_S, LEASE_RENEW_S, monotonic)
-        # checked before every request, retries included: a call planned under the lease
-        # may wait for its intent's acknowledgement, or back off, through a stall
-        sink.hold_while(lambda: self.lease.left() <= 0)
+        # The scheduler takes no work while the lease has lapsed; the sink sends no request
+        # either, retries included: a call planned under the lease may wait for its
+        # intent's acknowledgement, or back off, through a stall.
+        sink.hold_while(self._unconfirmed)
         self._reconciler = Reconciler(sink, settings.typing.max_in_flight)
         self._budget = sink.budget
         self.scheduler = Scheduler(
             self._reconciler,
             self._clock,
             on_wait=self.telemetry.record_budget_wait,
-            lease=self.lease,
+            held=self._unconfirmed,
         )
         self._engine = EngineConfig.from_settings(settings.typing)
         self.counters = Counters()
@@ -115,6 +116,10 @@ class TypingProcessor:
             "audit": settings.typing.audit_topic,
             "dlq": settings.typing.dlq_topic,
         }
+
+    def _unconfirmed(self) -> bool:
+        """True while the group has not confirmed this member lately (see `lease`)."""
+        return self.lease.left() <= 0
 
     @property
     def ready(self) -> bool:
@@ -226,19 +231,19 @@ class TypingProcessor:
             # this bounds how long a new event can sit on the broker before we see it.
             fetch_max_wait_ms=self.settings.typing.fetch_max_wait_ms,
         )
+        started = False
         try:
             # a stop during start-up (the cluster slow or not answering) ends it at once
             await within_grace(self._start(consumer), stop, 0.0)
-        except BaseException:
-            # a cluster down at start: close what was opened, or every restart leaks it
-            self._consumer = None
-            await consumer.stop()
-            await self._outbound.stop()
-            raise
-        if stop.is_set():
-            self._consumer = None
-            await consumer.stop()
-            await self._outbound.stop()
+            started = not stop.is_set()
+        finally:
+            if not started:
+                # a cluster down at start, or a stop: close what was opened, or every
+                # restart leaks it
+                self._consumer = None
+                await consumer.stop()
+                await self._outbound.stop()
+        if not started:
             return
         self.telemetry.observe(self)
         scheduling = asyncio.create_task(self.scheduler.run(), name="scheduler")

@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 
 # A 429 without a usable Retry-After still pauses the client this long.
 _DEFAULT_RETRY_AFTER_S = 1.0
-NOT_CONFIRMED = "the group has not confirmed this member lately"
-"""Why a request was held back by `GenesysSink.hold_while`."""
+# Why a request was held back by `GenesysSink.hold_while`.
+_NOT_CONFIRMED = "the group has not confirmed this member lately"
 
 
 @dataclass(frozen=True, slots=True)
@@ -576,7 +576,7 @@ class GenesysSink:
                 )
             if self._held():
                 # a retry too: its backoff may have slept through a stall
-                return ledger.result(Outcome.FAILED, error=f"not sent: {NOT_CONFIRMED}")
+                return ledger.result(Outcome.FAILED, error=f"not sent: {_NOT_CONFIRMED}")
             prepaid = ledger.prepaid > 0
             if prepaid:
                 ledger.prepaid -= 1
