@@ -51,6 +51,7 @@ from processor.runtime.kafka import BrokerCheck, client_options, wait_to_restart
 from processor.runtime.recordbatch import Undecodable
 from processor.runtime.undecodable import is_undecodable, read_past_undecodable
 from processor.settings import KafkaSettings, TypingSettings
+from processor.sink.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,9 @@ _RECORD_REFUSED = frozenset({400, 413, 422})
 # Idempotency-Key draft answers while the same key's earlier attempt (one this worker
 # timed out on) is still being processed.
 _TRANSIENT_4XX = frozenset({408, 409, 425, 429})
-# First backoff; each retry doubles it, up to `WebhookConfig.max_backoff_s`.
-_FIRST_BACKOFF_S = 0.2
-# Doublings past which the cap is reached anyway (2**1024 would overflow a float).
-_MAX_DOUBLINGS = 32
+# Base of the retries' backoff: the wait after failed attempt n (from 1) is drawn up to
+# 0.2 * 2**n s (0.4 s after the first), capped by `WebhookConfig.max_backoff_s`.
+_BACKOFF_BASE_S = 0.2
 
 
 class _Answer(enum.Enum):
@@ -110,7 +110,7 @@ class WebhookConfig:
 
     url: str = field(repr=False)
     timeout_s: float = 5.0
-    max_backoff_s: float = 30.0
+    max_backoff_s: float = 30.0  # 0: retry at once
     stop_grace_s: float = 4.5
     close_grace_s: float = 2.0
 
@@ -159,7 +159,7 @@ class CrmWebhookWorker:
         self._http = http or httpx.AsyncClient(
             timeout=config.timeout_s, headers={"User-Agent": USER_AGENT}
         )
-        self._rng = rng or random.Random()
+        self._backoff = Backoff(_BACKOFF_BASE_S, config.max_backoff_s, rng)
         self._clock = clock or SystemClock()  # dead letters' timestamps
         self.counters = WebhookCounters()
         self._consumer: AIOKafkaConsumer | None = None
@@ -368,7 +368,8 @@ class CrmWebhookWorker:
                 return True
             attempt += 1
             self.counters.retries += 1
-            delay = self._backoff_s(attempt)
+            # `attempt` counts from 1: the first retry waits up to 0.4 s, as it always did
+            delay = self._backoff.delay(attempt)
             if answer is _Answer.ENDPOINT_WRONG:
                 log.error(
                     "CRM endpoint answers %s, which no record can pass (wrong URL, expired"
@@ -383,11 +384,6 @@ class CrmWebhookWorker:
                 )
             await wait_unless_stopped(stop, delay)
         return False
-
-    def _backoff_s(self, attempt: int) -> float:
-        """The wait before retry `attempt` (from 1): full jitter over a doubling cap."""
-        cap = _FIRST_BACKOFF_S * 2 ** min(attempt, _MAX_DOUBLINGS)
-        return self._rng.uniform(0, min(self._config.max_backoff_s, cap))
 
 
 async def _start(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:

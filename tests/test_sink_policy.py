@@ -45,11 +45,26 @@ def test_backoff_full_jitter_spans_zero_to_ceiling() -> None:
     assert max(delays) > 0.75
 
 
+def test_backoff_cap_below_the_base_bounds_every_delay() -> None:
+    backoff = Backoff(1.0, 0.5, random.Random(3))
+    assert [backoff.ceiling(n) for n in (0, 1, 10_000)] == [0.5, 0.5, 0.5]
+    assert all(0.0 <= backoff.delay(n) <= 0.5 for n in range(100))
+
+
+def test_backoff_cap_zero_retries_at_once() -> None:
+    """A cap of 0 (the CRM webhook's "retry at once") makes every delay 0, however many
+    retries came before (no float overflow past 2**1024 either)."""
+    backoff = Backoff(0.2, 0.0)
+    assert {backoff.delay(n) for n in (0, 1, 1023, 1024, 10_000)} == {0.0}
+
+
 def test_backoff_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="base_s"):
         Backoff(0.0, 1.0)
     with pytest.raises(ValueError, match="base_s"):
-        Backoff(1.0, 0.5)
+        Backoff(-0.1, 1.0)
+    with pytest.raises(ValueError, match="cap_s"):
+        Backoff(0.1, -1.0)
 
 
 # --- circuit breaker ---
