@@ -16,7 +16,7 @@ from processor.domain import (
 )
 from processor.models import CrmStatus
 from processor.settings import TimeoutMatrix, TypingSettings
-from processor.state.changelog import ChangelogError, decode, encode, tombstone
+from processor.state.changelog import ChangelogError, decode, encode, floor_record, tombstone
 from processor.state.config import EngineConfig
 from processor.state.dedupe import EventIdMemory
 from processor.state.recovery import latest_sessions
@@ -192,6 +192,19 @@ def test_changelog_round_trips_any_session(session: Session) -> None:
     assert decode(*encode(session)).persisted() == session.persisted()
 
 
+def test_a_version_floor_is_an_idle_session_record_of_the_current_format() -> None:
+    key, value = floor_record("s1", 7, 1_000)
+    session = decode(key, value)
+    assert (session.sid, session.version, session.touched) == ("s1", 7, 1_000)
+    assert (session.status, session.remote, session.intent, session.cause) == (
+        None,
+        None,
+        None,
+        None,
+    )
+    assert len(value) == 77  # the head alone: as small as a record gets
+
+
 def _with(index: int, replacement: int) -> bytes:
     """A valid changelog value with byte `index` replaced."""
     value = bytearray(encode(_session())[1])
@@ -261,6 +274,7 @@ def test_crm_event_id_is_deterministic_and_distinguishes_inputs() -> None:
         {"timer_resolution_ms": 0},
         {"timer_resolution_ms": 600},
         {"idle_evict_ms": 59_999},
+        {"version_memory_ms": 299_999},
         {"dedupe_capacity": 0},
         {"retry_base_ms": 0},
         {"retry_base_ms": 20_000},

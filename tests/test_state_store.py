@@ -10,6 +10,7 @@ from processor.clock import ManualClock
 from processor.domain import ChangeReason, Decision, Indicator, Outcome, SinkResult, Status
 from processor.models import CrmStatus, Participant, TypingEvent
 from processor.state import EngineConfig, PartitionStore, Work, WorkKind
+from processor.state.changelog import floor_record
 from processor.state.work import crm_event_id
 
 T0 = 1_700_000_000_000
@@ -414,7 +415,7 @@ def test_change_back_to_the_shown_state_while_queued_costs_no_call(
     ],
 )
 def test_closed_or_unknown_session_is_forgotten(
-    store: PartitionStore, outcome: Outcome, decision: Decision
+    store: PartitionStore, clock: ManualClock, outcome: Outcome, decision: Decision
 ) -> None:
     store.on_event(ev("s1", Status.TYPING, T0), 1)
     apply_all(store)
@@ -424,7 +425,7 @@ def test_closed_or_unknown_session_is_forgotten(
     store.on_result(work, SinkResult(outcome, http_status=404))
     out = store.drain()
     assert out.audits[-1].result is decision
-    assert out.changelog == [(b"s1", None)]
+    assert out.changelog == [floor_record("s1", 2, clock.now_ms() - EngineConfig().idle_evict_ms)]
     [change] = out.changes
     assert (change.status, change.reason, change.version) == (
         CrmStatus.CLEARED,
@@ -432,6 +433,7 @@ def test_closed_or_unknown_session_is_forgotten(
         2,
     )
     assert store.tracked_sessions == 0
+    assert store.version_floor("s1") == 2
     assert store.take_work(5) == []
 
 
@@ -570,22 +572,121 @@ def test_set_that_would_lapse_before_it_is_sent_is_dropped(
     assert [(a.result, a.event_id) for a in out.audits] == [(Decision.EXPIRED, "late")]
 
 
-def test_idle_session_is_evicted_with_a_tombstone(
-    store: PartitionStore, clock: ManualClock
-) -> None:
+def _typed_and_evicted(store: PartitionStore, clock: ManualClock) -> int:
+    """s1 sets and clears an indicator (versions 1 and 2), then idles out; returns when
+    it went idle."""
     store.on_event(ev("s1", Status.TYPING, T0), 1)
     apply_all(store)
     clock.advance(6000)
     store.on_tick()
     apply_all(store)  # the expiry clear
     store.drain()
+    idle_since = clock.now_ms()
     clock.advance(EngineConfig().idle_evict_ms - 1000)
     store.on_tick()
     assert store.tracked_sessions == 1
     clock.advance(1000)
     store.on_tick()
     assert store.tracked_sessions == 0
+    return idle_since
+
+
+def test_idle_session_is_evicted_leaving_its_version_behind(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    idle_since = _typed_and_evicted(store, clock)
+    assert store.version_floor("s1") == 2
+    assert store.drain().changelog == [floor_record("s1", 2, idle_since)]
+
+
+def test_a_session_back_after_eviction_goes_on_with_the_next_version(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    _typed_and_evicted(store, clock)
+    store.drain()
+    store.on_event(ev("s1", Status.TYPING, clock.now_ms(), eid="back"), 2)
+    [work] = store.take_work(5)
+    assert work.version == 3  # versions never repeat (I6)
+    store.on_result(work, APPLIED)
+    [change] = store.drain().changes
+    assert change.version == 3
+    assert store.version_floor("s1") is None  # tracked again
+
+
+def test_a_closed_session_back_on_another_target_goes_on_with_the_next_version(
+    store: PartitionStore,
+) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0), 1)
+    [work] = store.take_work(5)
+    store.on_result(work, SinkResult(Outcome.SESSION_NOT_CONNECTED, http_status=409))
+    assert store.version_floor("s1") is None  # nothing was ever applied: nothing to keep
+    store.on_event(ev("s1", Status.TYPING, T0 + 1, eid="again"), 2)
+    [work] = store.take_work(5)
+    store.on_result(work, APPLIED)
+    store.on_event(ev("s1", Status.PAUSED, T0 + 2, eid="paused"), 3)
+    [work] = store.take_work(5)
+    store.on_result(work, SinkResult(Outcome.SESSION_NOT_FOUND, http_status=404))
+    assert store.version_floor("s1") == 2  # the set, then the clear the closing implies
+    store.on_event(ev("s1", Status.TYPING, T0 + 3, eid="reopened"), 4)
+    [work] = store.take_work(5)
+    assert work.version == 3
+
+
+def test_a_version_floor_is_forgotten_after_version_memory_ms(clock: ManualClock) -> None:
+    config = EngineConfig(version_memory_ms=EngineConfig().idle_evict_ms + 60_000)
+    store = PartitionStore(0, config, clock)
+    idle_since = _typed_and_evicted(store, clock)
+    store.drain()
+    clock.set(idle_since + config.version_memory_ms - 1)
+    store.on_tick()
+    assert store.version_floor("s1") == 2
+    assert store.drain().changelog == []
+    clock.advance(60_000)  # forgetting it is not urgent: within a minute
+    store.on_tick()
+    assert store.version_floor("s1") is None
     assert store.drain().changelog == [(b"s1", None)]
+    store.on_event(ev("s1", Status.TYPING, clock.now_ms(), eid="new"), 2)
+    [work] = store.take_work(5)
+    assert work.version == 1  # a new lineage, under a new epoch
+
+
+def test_a_stale_floor_timer_does_not_forget_a_later_floor(clock: ManualClock) -> None:
+    config = EngineConfig(version_memory_ms=3 * EngineConfig().idle_evict_ms)
+    store = PartitionStore(0, config, clock)
+    first_idle = _typed_and_evicted(store, clock)
+    store.on_event(ev("s1", Status.TYPING, clock.now_ms(), eid="back"), 2)
+    apply_all(store)
+    clock.advance(6000)
+    store.on_tick()
+    apply_all(store)
+    clock.advance(config.idle_evict_ms)
+    store.on_tick()
+    assert store.version_floor("s1") == 4
+    clock.set(first_idle + config.version_memory_ms + 60_000)  # the first floor's timer
+    store.on_tick()
+    assert store.version_floor("s1") == 4
+
+
+def test_restore_keeps_floors_and_forgets_the_idled_out(clock: ManualClock) -> None:
+    config = EngineConfig()
+    store = PartitionStore(0, config, clock)
+    log: list[tuple[bytes, bytes | None]] = []
+    store.on_event(ev("idle", Status.TYPING, T0), 1)
+    store.on_event(ev("quiet", Status.TYPING, T0 - 10_000, timeout=500), 2)  # stale: no change
+    apply_all(store)
+    clock.advance(6000)
+    store.on_tick()
+    apply_all(store)
+    log += store.drain().changelog
+    # a crash before the eviction tick: the restore forgets what was due
+    clock.advance(config.idle_evict_ms)
+    restored = PartitionStore.restore(0, config, clock, log)
+    store.on_tick()
+    assert restored == store
+    assert restored.version_floor("idle") == 2
+    assert restored.tracked_sessions == 0
+    log += store.drain().changelog
+    assert PartitionStore.restore(0, config, clock, log) == store
 
 
 def test_tick_cost_is_proportional_to_due_timers(

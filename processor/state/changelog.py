@@ -181,6 +181,15 @@ def encode(session: Session) -> tuple[bytes, bytes]:
     return s.sid.encode("utf-8", "surrogatepass"), value
 
 
+def floor_record(session_id: str, version: int, idle_since: int) -> tuple[bytes, bytes]:
+    """The record of a forgotten session's last version: the session idle since
+    `idle_since`, with nothing wanted or shown. It needs no format of its own: every
+    reader takes it for an idle session, which a store forgets once idle long enough."""
+    session = Session(session_id, idle_since)
+    session.version = version
+    return encode(session)
+
+
 def tombstone(session_id: str) -> tuple[bytes, None]:
     """The record that makes the changelog forget `session_id`."""
     return session_id.encode("utf-8", "surrogatepass"), None

@@ -41,6 +41,12 @@ class EngineConfig:
         idle_evict_ms: a session with nothing shown, wanted or pending is forgotten after
             this long without activity. At least the longest timeout, so that any event
             older than an eviction is stale anyway (I5) and forgetting loses nothing.
+        version_memory_ms: how long a forgotten session's last version is remembered
+            after it went idle (a 77-byte changelog record, and about 0.25 KiB in memory
+            with its id), so that a session typing again goes on with the next version
+            (I6: versions never repeat). Beyond it a session starts again at version 1
+            under a new epoch (its CRM event ids stay distinct). A day outlives a
+            web-chat session.
         dedupe_capacity: exact duplicates among at least this many recent event ids are
             dropped (up to twice as many are held; see `EventIdMemory`).
         retry_base_ms / retry_max_ms: exponential backoff for failed calls.
@@ -57,6 +63,7 @@ class EngineConfig:
     clear_lead_max_ms: int = 250
     timer_resolution_ms: int = 2
     idle_evict_ms: int = 300_000
+    version_memory_ms: int = 86_400_000
     dedupe_capacity: int = 100_000
     retry_base_ms: int = 250
     retry_max_ms: int = 10_000
@@ -76,6 +83,8 @@ class EngineConfig:
             raise ValueError("timer_resolution_ms must be in [1, clear_slack_ms / 2]")
         if self.idle_evict_ms < MAX_TIMEOUT_MS:
             raise ValueError(f"idle_evict_ms must be >= {MAX_TIMEOUT_MS} (the longest timeout)")
+        if self.version_memory_ms < self.idle_evict_ms:
+            raise ValueError("version_memory_ms must be >= idle_evict_ms")
         if self.dedupe_capacity < 1:
             raise ValueError("dedupe_capacity must be >= 1")
         if not 1 <= self.retry_base_ms <= self.retry_max_ms:

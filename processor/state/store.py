@@ -43,7 +43,10 @@ Rules (DESIGN §4, §2b):
   the budget instead); what is retried is recomputed then, so a stale set is never
   re-sent while a clear always is.
 - Idle sessions (nothing wanted, shown, pending or uncertain) are forgotten after
-  `idle_evict_ms`; so are sessions Genesys reports closed, unknown or invalid.
+  `idle_evict_ms`; so are sessions Genesys reports closed, unknown or invalid. A forgotten
+  session that had changed something leaves its version behind (a floor, kept
+  `version_memory_ms` on the changelog as an idle record), so that if it comes back its
+  versions go on where they stopped instead of starting again at 1.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ from processor.domain import (
 )
 from processor.models import CrmStatus
 from processor.state.bursts import BurstLengths
-from processor.state.changelog import encode, tombstone
+from processor.state.changelog import encode, floor_record, tombstone
 from processor.state.config import EngineConfig
 from processor.state.dedupe import EventIdMemory
 from processor.state.lead import ClearLead
@@ -103,6 +106,7 @@ _RETRY = {
     Outcome.AUTH_CONFIG_ERROR: Decision.AUTH_CONFIG_ERROR,
 }
 _CLEARED = "cleared"
+_FLOOR_RESOLUTION_MS = 60_000
 # Enum members bound once for the hot paths: `Status.TYPING` goes through the enum
 # metaclass on every read (about 60 ns, ten times a global).
 _STOPPED = Status.STOPPED
@@ -138,6 +142,10 @@ class PartitionStore:
         self._clock = clock
         self._window = config.suppression_window_ms
         self._sessions: dict[str, Session] = {}
+        # Forgotten sessions' last versions: (version, idle since); see `_remember`. Their
+        # expiry needs no precision: coarse buckets keep a floor to about one list slot.
+        self._floors: dict[str, tuple[int, int]] = {}
+        self._floor_timers = TimerWheel(_FLOOR_RESOLUTION_MS)
         self._dedupe = EventIdMemory(config.dedupe_capacity)
         self._timers = TimerWheel(config.timer_resolution_ms)
         # Ready work by session id, one queue per class: read-backs and clears first
@@ -178,6 +186,9 @@ class PartitionStore:
         s = self._sessions.get(sid)
         if s is None:
             s = self._sessions[sid] = Session(sid, now)
+            floor = self._floors.pop(sid, None)
+            if floor is not None:
+                s.version = floor[0]  # a session back after it was forgotten
         occurred = event.occurred_at
         if occurred > now:
             occurred = now  # a producer clock ahead is clamped (DESIGN §4)
@@ -257,6 +268,15 @@ class PartitionStore:
                     continue  # cancelled lazily: forgotten, or rescheduled earlier
                 s.wake = 0
                 self._settle(s, now)
+        floors = self._floors
+        memory = self._config.version_memory_ms
+        for bucket, sids in self._floor_timers.pop_due(now):
+            for sid in sids:
+                floor = floors.get(sid)
+                # stale when the session came back (and maybe went again) since
+                if floor is not None and self._floor_timers.slot(floor[1] + memory) == bucket:
+                    del floors[sid]
+                    self._dirty[sid] = None
 
     def take(self, session_id: str) -> Work | None:
         """The work `session_id` needs now, if any; the session then has a call out.
@@ -371,9 +391,14 @@ class PartitionStore:
         records: list[tuple[bytes, bytes | None]] = []
         if changelog:
             sessions = self._sessions
+            floors = self._floors
             for sid in self._dirty:
                 s = sessions.get(sid)
-                records.append(encode(s) if s is not None else tombstone(sid))
+                if s is not None:
+                    records.append(encode(s))
+                else:
+                    floor = floors.get(sid)
+                    records.append(tombstone(sid) if floor is None else floor_record(sid, *floor))
             self._dirty.clear()
         out = Emitted(self._audits, self._changes, records)
         self._audits = []
@@ -382,7 +407,11 @@ class PartitionStore:
 
     def next_wakeup_ms(self) -> int | None:
         """When `on_tick` next has something to do (possibly a cancelled timer), or None."""
-        return self._timers.next_due()
+        due = self._timers.next_due()
+        floor_due = self._floor_timers.next_due()
+        if floor_due is None or (due is not None and due <= floor_due):
+            return due
+        return floor_due
 
     @classmethod
     def restore(
@@ -399,9 +428,14 @@ class PartitionStore:
         which cannot be read back, counts as landed (I6).
         """
         store = cls(partition, config, clock)
-        store._sessions = latest_sessions(records)
         now = clock.now_ms()
-        for s in store._sessions.values():
+        sessions = store._sessions = latest_sessions(records)
+        for s in [s for s in sessions.values() if store._idled_out(s, now)]:
+            # forgotten by the store that wrote it (or due to be): what it leaves is a floor
+            del sessions[s.sid]
+            if not store._remember(s.sid, s.version, s.touched, now):
+                store._dirty[s.sid] = None  # tombstone it now
+        for s in sessions.values():
             intent = s.intent
             if intent is not None and intent.target is not None:
                 store._landed(
@@ -513,14 +547,27 @@ class PartitionStore:
             return None
         return s.status
 
+    def version_floor(self, session_id: str) -> int | None:
+        """The last version of a forgotten session, while it is remembered (else None)."""
+        floor = self._floors.get(session_id)
+        return None if floor is None else floor[0]
+
     def snapshot(self) -> dict[str, PersistedSession]:
         """Every session's persisted fields: what a restore from the changelog reproduces."""
         return {sid: s.persisted() for sid, s in self._sessions.items()}
 
+    def floors(self) -> dict[str, tuple[int, int]]:
+        """Every remembered version floor, `(version, idle since)`: restored with the rest."""
+        return dict(self._floors)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PartitionStore):
             return NotImplemented
-        return self.partition == other.partition and self.snapshot() == other.snapshot()
+        return (
+            self.partition == other.partition
+            and self.snapshot() == other.snapshot()
+            and self._floors == other._floors
+        )
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -731,7 +778,7 @@ class PartitionStore:
             # idle: nothing wanted, shown, pending or uncertain
             evict_at = s.touched + self._config.idle_evict_ms
             if evict_at <= now:
-                self._forget(s, None)
+                self._forget(s, None, s.touched, now)
                 return
             wake = evict_at
         bucket = self._timers.slot(wake)
@@ -863,7 +910,8 @@ class PartitionStore:
             # the indicator the CRM last heard of is gone with the session
             s.version += 1
             self._change(s, CrmStatus.CLEARED, ChangeReason.SESSION_CLOSED, None, now)
-        self._forget(s, decision)
+        # dated as if idle long enough: a restore then forgets it as this store did
+        self._forget(s, decision, now - self._config.idle_evict_ms, now)
 
     def _on_read_back(self, s: Session, work: Work, result: SinkResult, now: int) -> None:
         """A read-back answered: the unresolved intent landed or it did not."""
@@ -948,9 +996,11 @@ class PartitionStore:
         spread = zlib.crc32(sid.encode("utf-8", "surrogatepass")) % 1024
         return max(1, delay - delay * spread // 4096)  # up to 25 % earlier
 
-    def _forget(self, s: Session, decision: Decision | None) -> None:
+    def _forget(self, s: Session, decision: Decision | None, idle_since: int, now: int) -> None:
+        """Stop tracking `s`; its version stays behind as a floor (`_remember`)."""
         sid = s.sid
         del self._sessions[sid]
+        self._remember(sid, s.version, idle_since, now)
         self._clears.pop(sid, None)
         self._refreshes.pop(sid, None)
         self._sets.pop(sid, None)
@@ -961,6 +1011,30 @@ class PartitionStore:
         if cause is not None and decision is not None:
             self._audit(sid, cause[2], decision, cause[0], cause[1])
         self._dirty[sid] = None
+
+    def _idled_out(self, s: Session, now: int) -> bool:
+        """True when a restored session is one its store forgot, or would have by `now`:
+        nothing wanted, shown or uncertain, and idle for `idle_evict_ms`."""
+        return (
+            s.status is None
+            and s.remote is None
+            and s.intent is None
+            and s.cause is None
+            and s.touched + self._config.idle_evict_ms <= now
+        )
+
+    def _remember(self, sid: str, version: int, idle_since: int, now: int) -> bool:
+        """Keep a forgotten session's last version for `version_memory_ms` after it went
+        idle, so that if it comes back its versions go on (DESIGN I6: versions never
+        repeat). On the changelog the floor is an idle session's record, so a store that
+        does not know floors reads it as an idle session and forgets it. A session that
+        never changed anything, or whose floor is already due, is not remembered (False)."""
+        expires_at = idle_since + self._config.version_memory_ms
+        if not version or expires_at <= now:
+            return False
+        self._floors[sid] = (version, idle_since)
+        self._floor_timers.schedule(sid, expires_at)
+        return True
 
     def _audit(
         self,

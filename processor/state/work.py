@@ -102,8 +102,8 @@ class Emitted:
 def crm_event_id(session_id: str, epoch: int, version: int, status: CrmStatus) -> str:
     """Deterministic id of a CRM record: same session, version and status, same id.
 
-    `epoch` (when the engine started tracking the session) keeps ids distinct when an
-    evicted session's versions start again at 1.
+    `epoch` (when the engine started tracking the session) keeps ids distinct when a
+    session forgotten for longer than `EngineConfig.version_memory_ms` starts again at 1.
     """
     name = f"{session_id}/{epoch}/{version}/{status.value}"
     return str(uuid.uuid5(CRM_EVENT_NAMESPACE, name))
