@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 
+from processor.runtime.abandoned import report_abandoned_kafka_work
 from processor.runtime.command import ops_endpoint
 from processor.settings import KafkaSettings, TypingSettings
 from processor.telemetry import Telemetry
@@ -35,6 +36,7 @@ async def run_webhook(
     telemetry = telemetry or Telemetry.from_environment(processor_metrics=False)
     worker = CrmWebhookWorker(kafka, typing, WebhookConfig(url=url))
     instrument_webhook(telemetry, worker)
+    report_abandoned_kafka_work(loop)
     try:
         async with ops_endpoint(telemetry, typing.http_port, readiness=worker.readiness):
             await worker.run(stop)

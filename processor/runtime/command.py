@@ -18,6 +18,7 @@ from processor.sink.config import SinkConfig
 from processor.telemetry import OpsEndpoint, Telemetry
 from processor.telemetry.http import Readiness
 
+from .abandoned import report_abandoned_kafka_work
 from .kafka import TopicError, wait_to_restart
 from .service import TypingProcessor
 
@@ -77,6 +78,7 @@ async def run_service(settings: Settings, telemetry: Telemetry | None = None) ->
     telemetry = telemetry or Telemetry.from_environment()
     sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
     telemetry.instrument_sink(sink)
+    report_abandoned_kafka_work(loop)
     try:
         async with ops_endpoint(telemetry, settings.typing.http_port):
             return await _run_until_stopped(settings, sink, telemetry, stop)
