@@ -268,15 +268,9 @@ class PartitionStore:
                     continue  # cancelled lazily: forgotten, or rescheduled earlier
                 s.wake = 0
                 self._settle(s, now)
-        floors = self._floors
-        memory = self._config.version_memory_ms
-        for bucket, sids in self._floor_timers.pop_due(now):
-            for sid in sids:
-                floor = floors.get(sid)
-                # stale when the session came back (and maybe went again) since
-                if floor is not None and self._floor_timers.slot(floor[1] + memory) == bucket:
-                    del floors[sid]
-                    self._dirty[sid] = None
+        floor_due = self._floor_timers.next_due()
+        if floor_due is not None and floor_due <= now:
+            self._drop_floors(now)
 
     def take(self, session_id: str) -> Work | None:
         """The work `session_id` needs now, if any; the session then has a call out.
@@ -1035,6 +1029,19 @@ class PartitionStore:
         self._floors[sid] = (version, idle_since)
         self._floor_timers.schedule(sid, expires_at)
         return True
+
+    def _drop_floors(self, now: int) -> None:
+        """Forget the versions remembered for `version_memory_ms`."""
+        floors = self._floors
+        timers = self._floor_timers
+        memory = self._config.version_memory_ms
+        for bucket, sids in timers.pop_due(now):
+            for sid in sids:
+                floor = floors.get(sid)
+                # stale when the session came back (and maybe went again) since
+                if floor is not None and timers.slot(floor[1] + memory) == bucket:
+                    del floors[sid]
+                    self._dirty[sid] = None
 
     def _audit(
         self,
