@@ -402,6 +402,35 @@ async def test_shutdown_does_not_wait_out_a_collector_that_never_answers(
     assert "telemetry export unfinished after 0.5 s" in caplog.text
 
 
+async def test_the_otlp_timeout_is_read_in_milliseconds() -> None:
+    """`OTEL_EXPORTER_OTLP_TIMEOUT=300` is 300 ms, as the specification says (the SDK alone
+    would read 300 s): an export to a collector that never answers gives up after it."""
+    release = asyncio.Event()
+
+    async def hold(request: Request) -> Response:
+        await release.wait()
+        return Response(b"", media_type="application/x-protobuf")
+
+    app = Starlette(routes=[Route("/v1/{signal}", hold, methods=["POST"])])
+    async with serve_in_background(app, port=0, name="stalled collector") as listening:
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": listening.base_url,
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "300",
+            "OTEL_METRICS_EXPORTER": "none",
+        }
+        telemetry = Telemetry.from_environment(env)
+        try:
+            assert telemetry.tracer_provider is not None
+            telemetry.tracer_provider.get_tracer("t").start_span("held").end()
+            started = time.monotonic()
+            await asyncio.to_thread(telemetry.force_flush, 8.0)
+            elapsed = time.monotonic() - started
+        finally:
+            release.set()
+            await asyncio.to_thread(telemetry.shutdown)
+    assert elapsed < 4.0  # the SDK's default (10 s) would hold it to the flush's 8 s
+
+
 # --------------------------------------------------------------------------- counters, probes
 
 

@@ -8,7 +8,9 @@ Configuration is OpenTelemetry's own environment:
 - `OTEL_SDK_DISABLED=true` turns traces and metrics off (health and readiness still work).
 - `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` /
   `..._METRICS_ENDPOINT`) enables OTLP/HTTP export; the exporters read the other
-  `OTEL_EXPORTER_OTLP_*` variables (headers, timeout, compression, certificates) themselves.
+  `OTEL_EXPORTER_OTLP_*` variables (headers, compression, certificates) themselves. The
+  timeouts (`OTEL_EXPORTER_OTLP_TIMEOUT`, `..._TRACES_TIMEOUT`, `..._METRICS_TIMEOUT`) are
+  read here, in milliseconds as the specification says: the SDK would read them as seconds.
   `OTEL_TRACES_EXPORTER` / `OTEL_METRICS_EXPORTER` are lists (default `otlp`): a signal goes
   over OTLP only when its list names `otlp` and not `none`. `prometheus` asks for nothing
   more, since `/metrics` is always served.
@@ -166,6 +168,21 @@ def _otlp_endpoint(env: Mapping[str, str], signal: str) -> str | None:
     return endpoint
 
 
+def _otlp_timeout_s(env: Mapping[str, str], signal: str) -> float | None:
+    """The OTLP export timeout of `signal` in seconds, or None for the SDK's default (10 s).
+
+    The variables hold milliseconds (the specification; other languages' SDKs read them
+    so, and a platform sets them once for all): this SDK reads seconds, and a shared
+    `10000` would hold each export on a silent collector for hours. 0 is the default.
+    """
+    raw = env.get(f"OTEL_EXPORTER_OTLP_{signal}_TIMEOUT") or env.get("OTEL_EXPORTER_OTLP_TIMEOUT")
+    try:
+        millis = int(raw.strip()) if raw else 0
+    except ValueError:
+        return None  # `settings.OtelSettings` stops start-up on it; embedders get the default
+    return millis / 1000 if millis > 0 else None
+
+
 def _resource() -> Resource:
     defaults = Resource.create({"service.name": PRODUCT, "service.version": __version__})
     # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win over the defaults
@@ -258,7 +275,7 @@ class Telemetry:
         if traces_to := _otlp_endpoint(env, "TRACES"):
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-            exporter = OTLPSpanExporter(endpoint=traces_to)
+            exporter = OTLPSpanExporter(endpoint=traces_to, timeout=_otlp_timeout_s(env, "TRACES"))
             tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
         registry = CollectorRegistry(auto_describe=True)
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -267,7 +284,10 @@ class Telemetry:
         if metrics_to := _otlp_endpoint(env, "METRICS"):
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
-            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=metrics_to)))
+            metric_exporter = OTLPMetricExporter(
+                endpoint=metrics_to, timeout=_otlp_timeout_s(env, "METRICS")
+            )
+            readers.append(PeriodicExportingMetricReader(metric_exporter))
         meter_provider = MeterProvider(
             metric_readers=readers, resource=resource, shutdown_on_exit=False
         )
