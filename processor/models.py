@@ -202,7 +202,7 @@ class AuditRecord(_Payload):
 
 
 class DlqReason(StrEnum):
-    """Why an input record went to the dead-letter topic."""
+    """Why a record went to the dead-letter topic."""
 
     OVERSIZE = "oversize"
     MISSING_VALUE = "missing_value"
@@ -223,6 +223,9 @@ class DlqReason(StrEnum):
     """The Kafka client could not read the record: a header key not in UTF-8, or a batch
     that fails its CRC (bytes kept as the broker holds them), or records that cannot be
     parsed at all (no bytes; `topic`/`partition`/`offset` say where they are)."""
+    CRM_REFUSED = "crm_refused"
+    """The CRM endpoint refused a CRM-sync record for good (400, 413 or 422); `detail`
+    says which. Replay it from here once the record or the endpoint is put right."""
 
 
 class DeadLetter(_Payload):

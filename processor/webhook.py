@@ -73,7 +73,7 @@ class _Answer(enum.Enum):
     """What an answer of the CRM endpoint means for the record posted."""
 
     ACCEPTED = "accepted"
-    REFUSED = "refused"  # the record's fault: dropped, delivery goes on
+    REFUSED = "refused"  # the record's fault: set aside on the DLQ, delivery goes on
     TRANSIENT = "transient"  # retried: 5xx, `_TRANSIENT_4XX`, no answer at all
     ENDPOINT_WRONG = "endpoint wrong"  # retried: the endpoint is misconfigured
 
@@ -310,6 +310,19 @@ class CrmWebhookWorker:
             end = record.offset + 1
         return end
 
+    async def _set_aside(
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        reason: DlqReason,
+        detail: str,
+        producer: AIOKafkaProducer,
+    ) -> None:
+        """Put `record` on the DLQ with its original bytes, and wait for its ack."""
+        letter = dead_letter_of(record, reason, detail, self._clock.now_ms())
+        await producer.send_and_wait(
+            self._typing.dlq_topic, letter.to_bytes(), key=letter.record_key()
+        )
+
     async def _dead_letter(
         self,
         record: ConsumerRecord[bytes, bytes],
@@ -318,10 +331,7 @@ class CrmWebhookWorker:
         producer: AIOKafkaProducer,
     ) -> None:
         """Put a record that is no CRM-sync record on the DLQ, and wait for its ack."""
-        letter = dead_letter_of(record, reason, detail, self._clock.now_ms())
-        await producer.send_and_wait(
-            self._typing.dlq_topic, letter.to_bytes(), key=letter.record_key()
-        )
+        await self._set_aside(record, reason, detail, producer)
         self.counters.dead_letters += 1
         log.error(
             "not a CRM-sync record at %s/%d offset %d (%s): sent to %s",
@@ -362,9 +372,19 @@ class CrmWebhookWorker:
                 self.counters.delivered += 1
                 return True
             if answer is _Answer.REFUSED:
-                # The record's own fault: retrying would block every later record.
+                # The record's own fault: retrying would block every later record. Kept
+                # with its bytes all the same: an endpoint that refuses every record with
+                # 400 (plain HTTP sent to an HTTPS port) must not lose the stream.
+                await self._set_aside(
+                    record, DlqReason.CRM_REFUSED, f"CRM endpoint answered {detail}", dead_letters
+                )
                 self.counters.refused += 1
-                log.error("CRM endpoint refused record %s: %s", event_id, detail)
+                log.error(
+                    "CRM endpoint refused record %s for good (%s): sent to %s with its bytes",
+                    event_id,
+                    detail,
+                    self._typing.dlq_topic,
+                )
                 return True
             attempt += 1
             self.counters.retries += 1

@@ -191,15 +191,19 @@ async def test_an_endpoint_that_rejects_every_request_holds_delivery_until_it_is
 async def test_answers_about_the_record_refuse_it_and_a_conflict_is_retried(
     bootstrap_servers: str, receiver: tuple[Receiver, str]
 ) -> None:
-    """400, 413 and 422 are the record's fault: refused, delivery goes on. 409 is what an
-    Idempotency-Key receiver answers while an earlier attempt is in progress: retried."""
+    """400, 413 and 422 are the record's fault: refused, set aside on the DLQ with its
+    bytes, delivery goes on. 409 is what an Idempotency-Key receiver answers while an
+    earlier attempt is in progress: retried."""
     state, url = receiver
     state.answers = {"w-6-1": [400], "w-6-2": [413], "w-6-3": [422], "w-6-4": [409, 409]}
     prefix = uuid.uuid4().hex[:8]
-    typing = TypingSettings(group_id=f"hook-{prefix}", crm_topic=f"hook-{prefix}.crm")
+    typing = TypingSettings(
+        group_id=f"hook-{prefix}", crm_topic=f"hook-{prefix}.crm", dlq_topic=f"hook-{prefix}.dlq"
+    )
+    sent = [record("w-6", version) for version in range(1, 6)]
     async with Producer(bootstrap_servers, typing.crm_topic) as producer:
-        for version in range(1, 6):
-            await producer.send(record("w-6", version))
+        for item in sent:
+            await producer.send(item)
     worker = CrmWebhookWorker(
         KafkaSettings(bootstrap_servers=bootstrap_servers),
         typing,
@@ -208,6 +212,20 @@ async def test_answers_about_the_record_refuse_it_and_a_conflict_is_retried(
     await deliver_until(worker, lambda: len(state.received) == 2, "the last two accepted")
     assert [key for key, _ in state.received] == ["w-6-4", "w-6-5"]
     assert (worker.counters.refused, worker.counters.retries) == (3, 2)
+    assert worker.counters.dead_letters == 0  # they were CRM-sync records: counted as refused
+    letters = [
+        DeadLetter.model_validate_json(r.value)
+        for r in await read_topic(bootstrap_servers, typing.dlq_topic)
+        if r.value is not None
+    ]
+    assert [(letter.reason, letter.detail) for letter in letters] == [
+        (DlqReason.CRM_REFUSED, f"CRM endpoint answered HTTP {status}")
+        for status in (400, 413, 422)
+    ]
+    assert [orjson.loads(base64.b64decode(letter.value_b64 or "")) for letter in letters] == sent[
+        :3
+    ]
+    assert [letter.offset for letter in letters] == [0, 1, 2]
 
 
 async def test_an_outage_of_more_than_a_thousand_retries_is_still_retried(
