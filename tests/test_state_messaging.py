@@ -199,6 +199,31 @@ def test_a_restored_messaging_intent_counts_as_landed(clock: ManualClock) -> Non
     assert refresh.version == 2  # versions never repeat
 
 
+def test_a_messaging_intent_restored_after_the_session_idled_out_is_recorded_then_forgotten(
+    clock: ManualClock,
+) -> None:
+    """The owner died with the call out and the partition came back more than the idle
+    eviction later: the restore records the call as landed, then forgets the session while
+    it goes through the rest (it used to fail, changing the sessions it was iterating)."""
+    config = EngineConfig()
+    store = PartitionStore(0, config, clock)
+    store.on_event(ev("s1", Status.TYPING, T0, eid="cause"), 7)
+    store.on_event(ev("s2", Status.TYPING, T0, eid="other"), 8)
+    store.take_work(5)
+    log = store.drain().changelog
+    clock.advance(config.idle_evict_ms + 10_000)
+    restored = PartitionStore.restore(0, config, clock, log)
+    out = restored.drain()
+    assert sorted((c.session_id, c.version, c.status) for c in out.changes) == [
+        ("s1", 1, CrmStatus.TYPING),
+        ("s1", 2, CrmStatus.CLEARED),
+        ("s2", 1, CrmStatus.TYPING),
+        ("s2", 2, CrmStatus.CLEARED),
+    ]
+    assert restored.tracked_sessions == 0
+    assert (restored.version_floor("s1"), restored.version_floor("s2")) == (2, 2)
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     gaps=st.lists(st.integers(100, 1400), min_size=1, max_size=40),

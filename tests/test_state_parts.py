@@ -274,7 +274,7 @@ def test_crm_event_id_is_deterministic_and_distinguishes_inputs() -> None:
         {"timer_resolution_ms": 0},
         {"timer_resolution_ms": 600},
         {"idle_evict_ms": 59_999},
-        {"version_memory_ms": 299_999},
+        {"version_memory_ms": 300_000},
         {"dedupe_capacity": 0},
         {"retry_base_ms": 0},
         {"retry_base_ms": 20_000},

@@ -82,11 +82,13 @@ class Model:
                 self.status[sid] = None
             return
         if current is event.status:
-            self.deadline[sid] = max(self.deadline[sid], deadline)
+            if deadline > self.deadline[sid]:  # a repeat that extends nothing changes nothing
+                self.deadline[sid] = deadline
+                self.timeout[sid] = timeout
         else:
             self.status[sid] = event.status
             self.deadline[sid] = deadline
-        self.timeout[sid] = timeout
+            self.timeout[sid] = timeout
 
     def forget(self, sid: str) -> None:
         self.latest.pop(sid, None)

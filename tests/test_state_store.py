@@ -667,6 +667,48 @@ def test_a_stale_floor_timer_does_not_forget_a_later_floor(clock: ManualClock) -
     assert store.version_floor("s1") == 4
 
 
+def test_restore_agrees_with_the_live_store_on_a_floor_about_to_be_forgotten(
+    clock: ManualClock,
+) -> None:
+    """A floor lasts until its (minute-wide) timer fires: a restore in between keeps it
+    too, so that both give the session coming back the same version."""
+    config = EngineConfig()
+    store = PartitionStore(0, config, clock)
+    idle_since = _typed_and_evicted(store, clock)
+    log = store.drain().changelog
+    clock.set(idle_since + config.version_memory_ms)  # due, its timer not fired yet
+    store.on_tick()
+    log += store.drain().changelog
+    restored = PartitionStore.restore(0, config, clock, log)
+    assert restored == store
+    assert restored.version_floor("s1") == store.version_floor("s1") == 2
+
+
+def test_restore_agrees_with_the_live_store_at_the_eviction_itself() -> None:
+    """An idle session is forgotten as its timer fires, live and restored alike (here the
+    eviction falls between two 2 ms timer buckets)."""
+    clock = ManualClock(T0 + 1)
+    config = EngineConfig()
+    store = PartitionStore(0, config, clock)
+    store.on_event(ev("s1", Status.TYPING, clock.now_ms()), 1)
+    apply_all(store)
+    clock.advance(6000)
+    store.on_tick()
+    apply_all(store)
+    log = store.drain().changelog
+    session = store.session("s1")
+    assert session is not None
+    clock.set(session.touched + config.idle_evict_ms)
+    store.on_tick()
+    log += store.drain().changelog
+    assert PartitionStore.restore(0, config, clock, log) == store
+    clock.advance(1)
+    store.on_tick()
+    log += store.drain().changelog
+    assert store.tracked_sessions == 0
+    assert PartitionStore.restore(0, config, clock, log) == store
+
+
 def test_restore_keeps_floors_and_forgets_the_idled_out(clock: ManualClock) -> None:
     config = EngineConfig()
     store = PartitionStore(0, config, clock)

@@ -83,8 +83,9 @@ class EngineConfig:
             raise ValueError("timer_resolution_ms must be in [1, clear_slack_ms / 2]")
         if self.idle_evict_ms < MAX_TIMEOUT_MS:
             raise ValueError(f"idle_evict_ms must be >= {MAX_TIMEOUT_MS} (the longest timeout)")
-        if self.version_memory_ms < self.idle_evict_ms:
-            raise ValueError("version_memory_ms must be >= idle_evict_ms")
+        if self.version_memory_ms < self.idle_evict_ms + 60_000:
+            # a floor must outlive the eviction that leaves it (by its timer's minute)
+            raise ValueError("version_memory_ms must be >= idle_evict_ms + 60000")
         if self.dedupe_capacity < 1:
             raise ValueError("dedupe_capacity must be >= 1")
         if not 1 <= self.retry_base_ms <= self.retry_max_ms:

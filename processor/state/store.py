@@ -429,7 +429,7 @@ class PartitionStore:
             del sessions[s.sid]
             if not store._remember(s.sid, s.version, s.touched, now):
                 store._dirty[s.sid] = None  # tombstone it now
-        for s in sessions.values():
+        for s in list(sessions.values()):  # a session may be forgotten as it settles
             intent = s.intent
             if intent is not None and intent.target is not None:
                 store._landed(
@@ -771,7 +771,7 @@ class PartitionStore:
                 return
             # idle: nothing wanted, shown, pending or uncertain
             evict_at = s.touched + self._config.idle_evict_ms
-            if evict_at <= now:
+            if self._timers.slot(evict_at) <= now:  # as its timer fires: restore agrees
                 self._forget(s, None, s.touched, now)
                 return
             wake = evict_at
@@ -1014,7 +1014,7 @@ class PartitionStore:
             and s.remote is None
             and s.intent is None
             and s.cause is None
-            and s.touched + self._config.idle_evict_ms <= now
+            and self._timers.slot(s.touched + self._config.idle_evict_ms) <= now
         )
 
     def _remember(self, sid: str, version: int, idle_since: int, now: int) -> bool:
@@ -1023,8 +1023,8 @@ class PartitionStore:
         repeat). On the changelog the floor is an idle session's record, so a store that
         does not know floors reads it as an idle session and forgets it. A session that
         never changed anything, or whose floor is already due, is not remembered (False)."""
-        expires_at = idle_since + self._config.version_memory_ms
-        if not version or expires_at <= now:
+        expires_at = self._floor_timers.slot(idle_since + self._config.version_memory_ms)
+        if not version or expires_at <= now:  # as its timer would fire: restore agrees
             return False
         self._floors[sid] = (version, idle_since)
         self._floor_timers.schedule(sid, expires_at)
