@@ -167,6 +167,13 @@ class StoreMachine(RuleBasedStateMachine):
         self.store.on_tick()
         self._drain()
 
+    @rule(ms=st.integers(CONFIG.idle_evict_ms - 60_000, CONFIG.idle_evict_ms + 60_000))
+    def idle_for_minutes(self, ms: int) -> None:
+        """Long enough for idle sessions to be forgotten (their versions stay behind)."""
+        self.clock.advance(ms)
+        self.store.on_tick()
+        self._drain()
+
     @rule(sid=st.sampled_from(SESSIONS), before=st.integers(0, 300))
     def advance_near_a_deadline(self, sid: str, before: int) -> None:
         """Into the last stretch before a deadline, where an expiry's clear goes out."""
