@@ -310,19 +310,6 @@ class CrmWebhookWorker:
             end = record.offset + 1
         return end
 
-    async def _set_aside(
-        self,
-        record: ConsumerRecord[bytes, bytes],
-        reason: DlqReason,
-        detail: str,
-        producer: AIOKafkaProducer,
-    ) -> None:
-        """Put `record` on the DLQ with its original bytes, and wait for its ack."""
-        letter = dead_letter_of(record, reason, detail, self._clock.now_ms())
-        await producer.send_and_wait(
-            self._typing.dlq_topic, letter.to_bytes(), key=letter.record_key()
-        )
-
     async def _dead_letter(
         self,
         record: ConsumerRecord[bytes, bytes],
@@ -330,11 +317,20 @@ class CrmWebhookWorker:
         detail: str,
         producer: AIOKafkaProducer,
     ) -> None:
-        """Put a record that is no CRM-sync record on the DLQ, and wait for its ack."""
-        await self._set_aside(record, reason, detail, producer)
-        self.counters.dead_letters += 1
+        """Put `record` on the DLQ with its original bytes, and wait for its ack: a record
+        that is no CRM-sync record, or one the endpoint refused (`DlqReason.CRM_REFUSED`)."""
+        letter = dead_letter_of(record, reason, detail, self._clock.now_ms())
+        await producer.send_and_wait(
+            self._typing.dlq_topic, letter.to_bytes(), key=letter.record_key()
+        )
+        refused = reason is DlqReason.CRM_REFUSED
+        if refused:
+            self.counters.refused += 1
+        else:
+            self.counters.dead_letters += 1
         log.error(
-            "not a CRM-sync record at %s/%d offset %d (%s): sent to %s",
+            "%s at %s/%d offset %d (%s): sent to %s with its bytes",
+            "refused for good" if refused else "not a CRM-sync record",
             record.topic,
             record.partition,
             record.offset,
@@ -375,15 +371,8 @@ class CrmWebhookWorker:
                 # The record's own fault: retrying would block every later record. Kept
                 # with its bytes all the same: an endpoint that refuses every record with
                 # 400 (plain HTTP sent to an HTTPS port) must not lose the stream.
-                await self._set_aside(
+                await self._dead_letter(
                     record, DlqReason.CRM_REFUSED, f"CRM endpoint answered {detail}", dead_letters
-                )
-                self.counters.refused += 1
-                log.error(
-                    "CRM endpoint refused record %s for good (%s): sent to %s with its bytes",
-                    event_id,
-                    detail,
-                    self._typing.dlq_topic,
                 )
                 return True
             attempt += 1
