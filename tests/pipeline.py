@@ -27,6 +27,7 @@ from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from pydantic import SecretStr
 
 from processor.emulator.testing import EmulatorHandle
+from processor.models import DeadLetter
 from processor.runtime.service import TypingProcessor
 from processor.settings import GenesysSettings, KafkaSettings, Settings, TypingSettings
 from processor.sink.client import GenesysSink
@@ -180,6 +181,22 @@ async def read_topic(
 
 async def read_json(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     return [orjson.loads(r.value) for r in await read_topic(bootstrap, topic) if r.value]
+
+
+async def read_dead_letters(bootstrap: str, topic: str) -> list[DeadLetter]:
+    """Every dead letter on `topic`, in order."""
+    return [
+        DeadLetter.model_validate_json(r.value)
+        for r in await read_topic(bootstrap, topic)
+        if r.value is not None
+    ]
+
+
+async def publish(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> None:
+    """Write `events` to `topic` in order, each keyed by its session id."""
+    async with Producer(bootstrap, topic) as producer:
+        for event in events:
+            await producer.send(event)
 
 
 class Monotonic:

@@ -27,7 +27,8 @@ from pipeline import (
     allow_undecodable_headers,
     announced_port,
     eventually,
-    read_topic,
+    publish,
+    read_dead_letters,
     silent_listener,
 )
 from starlette.applications import Starlette
@@ -37,7 +38,7 @@ from starlette.routing import Route
 
 from processor.broker import LocalBroker
 from processor.childproc import free_port
-from processor.models import DeadLetter, DlqReason
+from processor.models import DlqReason
 from processor.settings import KafkaSettings, TypingSettings
 from processor.webhook import CrmWebhookWorker, WebhookConfig
 
@@ -132,9 +133,7 @@ async def test_records_are_delivered_in_order_with_retries_and_refusals(
     prefix = uuid.uuid4().hex[:8]
     typing = TypingSettings(group_id=f"hook-{prefix}", crm_topic=f"hook-{prefix}.crm")
     sent = [record("w-1", v) for v in range(1, 5)]
-    async with Producer(bootstrap_servers, typing.crm_topic) as producer:
-        for item in sent:
-            await producer.send(item)
+    await publish(bootstrap_servers, typing.crm_topic, sent)
     worker = CrmWebhookWorker(
         KafkaSettings(bootstrap_servers=bootstrap_servers),
         typing,
@@ -201,9 +200,7 @@ async def test_answers_about_the_record_refuse_it_and_a_conflict_is_retried(
         group_id=f"hook-{prefix}", crm_topic=f"hook-{prefix}.crm", dlq_topic=f"hook-{prefix}.dlq"
     )
     sent = [record("w-6", version) for version in range(1, 6)]
-    async with Producer(bootstrap_servers, typing.crm_topic) as producer:
-        for item in sent:
-            await producer.send(item)
+    await publish(bootstrap_servers, typing.crm_topic, sent)
     worker = CrmWebhookWorker(
         KafkaSettings(bootstrap_servers=bootstrap_servers),
         typing,
@@ -213,11 +210,7 @@ async def test_answers_about_the_record_refuse_it_and_a_conflict_is_retried(
     assert [key for key, _ in state.received] == ["w-6-4", "w-6-5"]
     assert (worker.counters.refused, worker.counters.retries) == (3, 2)
     assert worker.counters.dead_letters == 0  # they were CRM-sync records: counted as refused
-    letters = [
-        DeadLetter.model_validate_json(r.value)
-        for r in await read_topic(bootstrap_servers, typing.dlq_topic)
-        if r.value is not None
-    ]
+    letters = await read_dead_letters(bootstrap_servers, typing.dlq_topic)
     assert [(letter.reason, letter.detail) for letter in letters] == [
         (DlqReason.CRM_REFUSED, f"CRM endpoint answered HTTP {status}")
         for status in (400, 413, 422)
@@ -270,11 +263,7 @@ async def test_records_that_are_no_crm_record_go_to_the_dlq_and_delivery_goes_on
     assert state.attempts == 2  # nothing else was posted
     assert worker.counters.dead_letters == 3
     assert worker.counters.restarts == 0
-    letters = [
-        DeadLetter.model_validate_json(r.value)
-        for r in await read_topic(bootstrap_servers, typing.dlq_topic)
-        if r.value is not None
-    ]
+    letters = await read_dead_letters(bootstrap_servers, typing.dlq_topic)
     assert [letter.reason for letter in letters] == [
         DlqReason.INVALID_JSON,
         DlqReason.NOT_AN_OBJECT,
@@ -314,11 +303,7 @@ async def test_an_undecodable_record_is_dead_lettered_with_its_bytes_and_deliver
     )
     await deliver_until(worker, lambda: len(state.received) == 2, "the records around it")
     assert [body["version"] for _, body in state.received] == [1, 3]
-    letters = [
-        DeadLetter.model_validate_json(r.value)
-        for r in await read_topic(bootstrap_servers, typing.dlq_topic)
-        if r.value is not None
-    ]
+    letters = await read_dead_letters(bootstrap_servers, typing.dlq_topic)
     assert [(x.reason, x.offset) for x in letters] == [
         (DlqReason.UNDECODABLE_RECORD, written[1].offset)
     ]
