@@ -770,8 +770,8 @@ class PartitionStore:
             if kind is not None or flying or backoff is not None:
                 return
             # idle: nothing wanted, shown, pending or uncertain
-            evict_at = s.touched + self._config.idle_evict_ms
-            if self._timers.slot(evict_at) <= now:  # as its timer fires: restore agrees
+            evict_at = self._evict_at(s)
+            if evict_at <= now:
                 self._forget(s, None, s.touched, now)
                 return
             wake = evict_at
@@ -1014,8 +1014,17 @@ class PartitionStore:
             and s.remote is None
             and s.intent is None
             and s.cause is None
-            and self._timers.slot(s.touched + self._config.idle_evict_ms) <= now
+            and self._evict_at(s) <= now
         )
+
+    def _evict_at(self, s: Session) -> int:
+        """When an idle session is forgotten: as the timer for `idle_evict_ms` after its
+        last activity fires (the live store and a restore apply the same rule)."""
+        return self._timers.slot(s.touched + self._config.idle_evict_ms)
+
+    def _floor_expiry(self, idle_since: int) -> int:
+        """When a floor is forgotten: as its timer for `version_memory_ms` fires."""
+        return self._floor_timers.slot(idle_since + self._config.version_memory_ms)
 
     def _remember(self, sid: str, version: int, idle_since: int, now: int) -> bool:
         """Keep a forgotten session's last version for `version_memory_ms` after it went
@@ -1023,8 +1032,8 @@ class PartitionStore:
         repeat). On the changelog the floor is an idle session's record, so a store that
         does not know floors reads it as an idle session and forgets it. A session that
         never changed anything, or whose floor is already due, is not remembered (False)."""
-        expires_at = self._floor_timers.slot(idle_since + self._config.version_memory_ms)
-        if not version or expires_at <= now:  # as its timer would fire: restore agrees
+        expires_at = self._floor_expiry(idle_since)
+        if not version or expires_at <= now:
             return False
         self._floors[sid] = (version, idle_since)
         self._floor_timers.schedule(sid, expires_at)
@@ -1033,13 +1042,11 @@ class PartitionStore:
     def _drop_floors(self, now: int) -> None:
         """Forget the versions remembered for `version_memory_ms`."""
         floors = self._floors
-        timers = self._floor_timers
-        memory = self._config.version_memory_ms
-        for bucket, sids in timers.pop_due(now):
+        for bucket, sids in self._floor_timers.pop_due(now):
             for sid in sids:
                 floor = floors.get(sid)
                 # stale when the session came back (and maybe went again) since
-                if floor is not None and timers.slot(floor[1] + memory) == bucket:
+                if floor is not None and self._floor_expiry(floor[1]) == bucket:
                     del floors[sid]
                     self._dirty[sid] = None
 
