@@ -9,8 +9,10 @@ Streams, on one queue).
 Commit protocol (I6). Audit, CRM and dead-letter records of a turn are produced at once;
 changelog records are kept in the store (a write cache: one record per changed session)
 and flushed every commit interval, and before any call goes out (a call's intent is on
-the changelog, acknowledged, before the call is sent). The input offset of a flush may
-be committed once everything produced up to it is acknowledged. A record whose
+the changelog, acknowledged, before the call is sent), and only while the group has
+confirmed this member lately (`confirmed`, see `lease`): a member that stood still past
+its session must not write over what the partition's next owner wrote. The input offset
+of a flush may be committed once everything produced up to it is acknowledged. A record whose
 processing raises goes to the DLQ (`processing_error`) and the partition goes on; a
 record that cannot be written stops the partition (`failed`): nothing is ever skipped.
 """
@@ -116,6 +118,7 @@ class PartitionWorker:
         on_queued: Callable[[], None] | None = None,
         on_applied: Callable[[str, int], None] | None = None,
         tracing: PartitionTracing | None = None,
+        confirmed: Callable[[], bool] = lambda: True,
     ) -> None:
         self.topic = topic
         self.partition = partition
@@ -131,6 +134,7 @@ class PartitionWorker:
         self._on_queued = on_queued
         self._on_applied = on_applied
         self._tracing = tracing
+        self._confirmed = confirmed
         # Processing spans of events whose decision is still open, by input offset, with
         # the event's occurred_at (for the end-to-end latency).
         self._spans: dict[int, tuple[Span, int]] = {}
@@ -406,6 +410,14 @@ class PartitionWorker:
         # The calls whose intents this drain takes: one the scheduler takes while the
         # produce below awaits has its intent in the next flush, and goes out after it.
         flush = flush or bool(self._launches) or now >= self._next_flush
+        if flush and (self._fenced or not self._confirmed()):
+            # Another member may own the partition already and have restored its store: a
+            # changelog record written now would come after that owner's, and the next
+            # restore would read this stale session (a pending change forgotten, a version
+            # repeated). The changes wait in the store; confirmed again, they are written,
+            # revoked, the next owner replays the input from the last commit (I6).
+            flush = False
+            self._next_flush = now + self._flush_interval_ms
         launches: list[tuple[Work, int]] = []
         if flush:
             launches, self._launches = self._launches, []

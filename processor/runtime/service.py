@@ -121,6 +121,10 @@ class TypingProcessor:
         """True while the group has not confirmed this member lately (see `lease`)."""
         return self.lease.left() <= 0
 
+    def _confirmed(self) -> bool:
+        """True while the group has confirmed this member lately: its partitions are its own."""
+        return self.lease.left() > 0
+
     @property
     def ready(self) -> bool:
         """Partitions assigned and restored: input is being processed."""
@@ -409,9 +413,11 @@ class TypingProcessor:
     async def _renewal_offset(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
         """One owned partition's offset, committed again to renew the lease (the group checks
         the member and its generation whatever the partition). Only an offset that is safe
-        to commit: the last one committed, else the group's own, else (nothing read yet)
-        where reading starts. Never where a worker's queue ends: records handed to a
-        worker still restoring are not processed yet."""
+        to commit: the last one committed, else the group's own, else (none yet) the
+        worker's first record, else (nothing read yet) where reading starts. Never where a
+        worker's queue ends: records handed to a worker are not all processed yet. (Changes
+        are written only once the group has confirmed the member, so the first commit of a
+        new group cannot wait for a processed offset.)"""
         topic = self.settings.typing.input_topic
         for partition, offset in self._committed.items():
             if partition in self.workers:
@@ -423,7 +429,9 @@ class TypingProcessor:
                 continue
             try:
                 offset = await consumer.committed(tp)
-                if offset is None and worker.first_offset is None:
+                if offset is None:
+                    offset = worker.first_offset
+                if offset is None:
                     offset = await consumer.position(tp)
             except KafkaError as exc:  # revoked meanwhile, or the cluster's trouble
                 log.debug("no offset to renew the lease with: %s", exc)
@@ -455,6 +463,7 @@ class TypingProcessor:
                 on_queued=self.scheduler.plan_now,
                 on_applied=self._on_applied,
                 tracing=self.telemetry.partition_tracing(topic, partition, self._outbound_topics),
+                confirmed=self._confirmed,
             )
         self._share_budget(assigned)
         self.assigned = True
