@@ -428,16 +428,16 @@ class TypingProcessor:
             if tp not in assigned:
                 continue
             try:
-                offset = await consumer.committed(tp)
-                if offset is None:
-                    offset = worker.first_offset
-                if offset is None:
-                    offset = await consumer.position(tp)
+                safe = await consumer.committed(tp)
+                if safe is None:
+                    safe = worker.first_offset
+                if safe is None:
+                    safe = await consumer.position(tp)
             except KafkaError as exc:  # revoked meanwhile, or the cluster's trouble
                 log.debug("no offset to renew the lease with: %s", exc)
                 continue
-            if offset is not None:
-                return {tp: offset}
+            if safe is not None:
+                return {tp: safe}
         return {}
 
     async def acquire(self, assigned: list[TopicPartition]) -> None:
