@@ -21,7 +21,8 @@ come, recently, per planned one, so that the planner keeps room for them.
 
 The service overrules both: `Retry-After` pauses all spending, and the `inin-ratelimit-*`
 headers (calls counted in the current window, calls allowed, seconds to its reset) cap
-the rate until the window resets, so the replicas together never outrun the window. A 429
+the rate until the window resets, so the replicas together never outrun the window; each
+for a minute at most (`MAX_PAUSE_S`). A 429
 says the service admits fewer calls back to back than this replica drew (its own bucket is
 smaller, or other clients spent it): `throttled` shrinks the burst to half of what it had
 drawn beyond the rate when refused (and at least by half), leaving the other half for the
@@ -50,6 +51,11 @@ START_LEVEL = 3.0
 keeps in hand for a stop's clear once an indicator is shown (never more than the bucket)."""
 WINDOW_S = 60.0
 """The rolling window over which spending never exceeds a minute's allowance."""
+MAX_PAUSE_S = WINDOW_S
+"""The longest the service's word stops all spending at once. Its limit is per minute, so a
+longer `Retry-After` or window reset (an epoch time sent as seconds, `inf`) is not believed
+as it stands: it would hold every call, clears included, until a restart. After a minute a
+call goes out, and the service may say again."""
 MIN_BURST_S = 0.25
 """The smallest burst a 429 shrinks the bucket to (it still holds `MIN_CAPACITY`)."""
 BURST_RECOVERY_S = 0.5
@@ -177,6 +183,15 @@ class ApiBudget:
             return min(0.0, level)
         return level
 
+    def peek(self) -> float:
+        """`level` as a metrics reader on another thread may see it: computed from the
+        state as it stands, changing nothing (`level` brings the bucket and the window up
+        to date, which only the event loop may do). What left the window since the loop
+        last looked still counts: it reads low by at most that."""
+        now = self._now()
+        level = min(self._refilled(max(now, self._since)), self.allowance - self._in_window)
+        return min(0.0, level) if self._paused_until > now else level
+
     def wait_s(self, tokens: float = 1.0) -> float:
         """Seconds until `tokens` are available (`inf` when nothing accrues)."""
         now = self._now()
@@ -247,8 +262,11 @@ class ApiBudget:
         return max(0.0, self._paused_until - self._now())
 
     def pause(self, seconds: float) -> None:
-        """Spend nothing for `seconds` (a 429's `Retry-After`); restart from empty."""
-        until = self._now() + max(0.0, seconds)
+        """Spend nothing for `seconds` (a 429's `Retry-After`; at most `MAX_PAUSE_S`, and
+        none for a value that is no number); restart from empty."""
+        if not math.isfinite(seconds):
+            seconds = MAX_PAUSE_S if seconds > 0 else 0.0
+        until = self._now() + min(MAX_PAUSE_S, max(0.0, seconds))
         if until > self._paused_until:
             self._refill()
             self._paused_until = until
@@ -287,8 +305,8 @@ class ApiBudget:
             reset_s = float(headers["inin-ratelimit-reset"])
         except (KeyError, ValueError):
             return
-        if allowed <= 0 or reset_s <= 0:
-            return
+        if allowed <= 0 or not 0 < reset_s <= MAX_PAUSE_S:
+            return  # not a window this replica can follow (`MAX_PAUSE_S`; NaN too)
         remaining = allowed - count
         if remaining <= 0:
             self.pause(reset_s)
@@ -340,12 +358,16 @@ class ApiBudget:
 
     def _refill(self) -> None:
         now = self._now()
-        if now <= self._since:
-            return
+        if now > self._since:
+            self._level = self._refilled(now)
+            self._since = now
+
+    def _refilled(self, now: float) -> float:
+        """The bucket's level at `now` (not before `_since`), without changing it."""
         rate = self._share_rate
-        if self._since < self._cap_until:
+        level, since = self._level, self._since
+        if since < self._cap_until:
             capped_to = min(now, self._cap_until)
-            self._level += (capped_to - self._since) * min(rate, self._cap_rate)
-            self._since = capped_to
-        self._level = min(self.capacity, self._level + (now - self._since) * rate)
-        self._since = now
+            level += (capped_to - since) * min(rate, self._cap_rate)
+            since = capped_to
+        return min(self.capacity, level + (now - since) * rate)

@@ -13,6 +13,7 @@ from pipeline import Monotonic
 from processor.budget import (
     BURST_RECOVERY_PERIOD_S,
     BURST_RECOVERY_S,
+    MAX_PAUSE_S,
     MIN_BURST_S,
     OVERHEAD_HALF_LIFE_S,
     OVERHEAD_MAX,
@@ -177,6 +178,60 @@ def test_a_service_bucket_smaller_than_ours_costs_one_429_to_learn(
                 break
         clock.now += rnd.uniform(0.005, 0.05)
     assert refusals <= 1
+
+
+@pytest.mark.parametrize("seconds", [math.inf, 1e12, 3e9])
+def test_a_pause_longer_than_the_window_holds_calls_for_one_window_only(seconds: float) -> None:
+    """An absurd `Retry-After` (`inf`, an epoch time, a date decades ahead) must not stop
+    every call, clears included, until a restart: after a minute, calls go again."""
+    clock = Monotonic()
+    budget = ApiBudget(300, monotonic=clock)
+    budget.pause(seconds)
+    assert budget.paused_for() == pytest.approx(MAX_PAUSE_S)
+    clock.now += MAX_PAUSE_S + 1
+    assert budget.paused_for() == 0
+    assert budget.level() == pytest.approx(5)  # a second of the rate accrued since
+
+
+def test_a_pause_of_no_number_pauses_nothing() -> None:
+    budget = ApiBudget(300, monotonic=Monotonic())
+    budget.pause(math.nan)
+    assert budget.paused_for() == 0
+
+
+@pytest.mark.parametrize("reset", ["1700000060", "inf", "nan", "1e12", "-5", "0"])
+def test_window_headers_with_a_reset_beyond_a_window_are_not_followed(reset: str) -> None:
+    """Genesys says seconds to the window's reset; anything beyond a minute (an epoch time,
+    `inf`) would cap the rate near zero or pause every call for that long."""
+    clock = Monotonic()
+    budget = ApiBudget(300, monotonic=clock)
+    for count in ("280", "300"):  # part of the window left, and none
+        budget.observe(
+            {
+                "inin-ratelimit-count": count,
+                "inin-ratelimit-allowed": "300",
+                "inin-ratelimit-reset": reset,
+            }
+        )
+    assert budget.paused_for() == 0
+    assert budget.rate_per_s == pytest.approx(5.0)
+
+
+def test_a_metrics_read_changes_nothing_and_agrees_with_the_level() -> None:
+    """The token gauge is read on the metrics exporter's thread: `peek` must not bring the
+    bucket or the window up to date (only the event loop may), and reads what `level` says."""
+    clock = Monotonic()
+    budget = ApiBudget(300, monotonic=clock)
+    budget.spend(2)
+    clock.now += 0.5
+    before = (budget._level, budget._since, list(budget._slots), budget._in_window)
+    peeked = budget.peek()
+    assert (budget._level, budget._since, list(budget._slots), budget._in_window) == before
+    assert peeked == pytest.approx(budget.level())
+    budget.pause(2.0)
+    assert budget.peek() <= 0
+    clock.now += WINDOW_S + 5  # what went out left the window: the loop has not looked
+    assert budget.peek() == pytest.approx(budget.level())
 
 
 def test_window_headers_cap_spending_to_this_replicas_part_of_what_is_left() -> None:

@@ -103,6 +103,31 @@ async def test_retry_after_as_an_http_date_pauses_the_budget() -> None:
 
 
 @pytest.mark.parametrize(
+    ("value", "paused_s"),
+    [
+        ("inf", 1.0),  # no usable number: the default pause
+        ("nan", 1.0),
+        ("1e999", 1.0),
+        ("99999999999", 60.0),  # believed for one window at most
+        ("Thu, 01 Jan 2099 00:00:00 GMT", 60.0),
+    ],
+)
+async def test_an_absurd_retry_after_pauses_for_a_window_at_most(
+    value: str, paused_s: float
+) -> None:
+    clock = ManualClock(start_ms=1_700_000_000_000)
+    throttled = httpx.Response(429, headers={"Retry-After": value})
+    desired = Indicator(Status.TYPING, clock.now_ms(), clock.now_ms() + 60_000, 1)
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(token_or(lambda r: throttled))) as http,
+        GenesysSink(CONFIG, http=http, clock=clock) as sink,
+    ):
+        result = await sink.apply("s1", desired)
+        assert (result.outcome, result.attempts) == (Outcome.RATE_LIMITED, 1)
+        assert sink.budget.paused_for() == pytest.approx(paused_s, abs=0.1)
+
+
+@pytest.mark.parametrize(
     ("failure", "ambiguous"),
     [
         (httpx.ReadTimeout("slow"), True),  # it may have reached the service

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -732,9 +733,12 @@ def _retry_after_s(response: httpx.Response, clock: Clock) -> float:
     if not value:
         return _DEFAULT_RETRY_AFTER_S
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        # (`inf`, `nan`: no usable number; the budget bounds any pause it is asked for)
+        return max(0.0, seconds) if math.isfinite(seconds) else _DEFAULT_RETRY_AFTER_S
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):

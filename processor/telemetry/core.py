@@ -423,7 +423,8 @@ class Telemetry:
         return observe
 
     def _observe_tokens(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(sink.budget.level()) for sink in self._sinks[:1]]
+        # (the exporter's thread: a read that changes nothing)
+        return [Observation(sink.budget.peek()) for sink in self._sinks[:1]]
 
     def _observe_share(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(sink.budget.share) for sink in self._sinks[:1]]
