@@ -57,7 +57,13 @@ class GatedSink:
         return SinkResult(Outcome.APPLIED, http_status=200, attempts=1)
 
     async def agent_typing(
-        self, conversation_id: str, communication_id: str, duration_ms: int, *, prepaid: int = 0
+        self,
+        conversation_id: str,
+        communication_id: str,
+        duration_ms: int,
+        *,
+        until_ms: int | None = None,
+        prepaid: int = 0,
     ) -> SinkResult:
         self.calls.append(("agent_typing", conversation_id, communication_id, duration_ms))
         return SinkResult(Outcome.APPLIED, http_status=202, attempts=1)
@@ -70,6 +76,7 @@ class GatedSink:
         nickname: str | None,
         duration_ms: int,
         *,
+        until_ms: int | None = None,
         prepaid: int = 0,
     ) -> SinkResult:
         self.calls.append(("open", integration_id, from_id, from_id_type, nickname, duration_ms))

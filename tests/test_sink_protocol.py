@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import Any
 
 import httpx
+import orjson
 import pytest
 from pipeline import Monotonic
 from pydantic import SecretStr
 
 from processor.budget import OVERHEAD_PRIOR
 from processor.clock import ManualClock
-from processor.domain import Indicator, Outcome, Status
+from processor.domain import Indicator, Outcome, SinkResult, Status
 from processor.sink import GenesysSink, SinkConfig
 from processor.sink.auth import REFRESH_RETRY_S, TokenManager
 from processor.sink.errors import TokenUnavailableError
@@ -407,3 +409,74 @@ async def test_a_request_that_never_left_gives_its_budget_token_back(
         paid = await sink.apply("s2", TYPING, prepaid=2)
         assert (paid.outcome, paid.attempts) == (Outcome.FAILED, 1 + patches)
         assert budget.spent == 2 * cost
+
+
+CONV = "11111111-1111-4111-8111-111111111111"
+COMM = "22222222-2222-4222-8222-222222222222"
+INTEGRATION = "33333333-3333-4333-8333-333333333333"
+
+
+def typing_call(
+    sink: GenesysSink, kind: str, duration_ms: int, until_ms: int | None
+) -> Awaitable[SinkResult]:
+    if kind == "agent":
+        return sink.agent_typing(CONV, COMM, duration_ms, until_ms=until_ms)
+    return sink.open_messaging_typing(
+        INTEGRATION, "cust-1", "Opaque", None, duration_ms, until_ms=until_ms
+    )
+
+
+@pytest.mark.parametrize("kind", ["agent", "open"])
+async def test_a_retried_typing_call_shows_no_longer_than_it_was_asked_to(kind: str) -> None:
+    """Genesys shows typing from when a request arrives: a retry (after a slow 503 here)
+    carries what is left until the indicator is to go, and the time it is sent at, not
+    what the first attempt carried; else it shows typing past the deadline."""
+    clock = ManualClock(start_ms=1_700_000_000_000)
+    until = clock.now_ms() + 5000
+    received: list[tuple[int, dict[str, Any]]] = []
+
+    def script(request: httpx.Request) -> httpx.Response:
+        received.append((clock.now_ms(), orjson.loads(request.content)))
+        if len(received) == 1:
+            clock.advance(3000)  # the gateway took 3 s to say it is busy
+            return httpx.Response(503, text="<html>busy</html>")
+        return httpx.Response(202)
+
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(token_or(script))) as http,
+        GenesysSink(CONFIG, http=http, clock=clock) as sink,
+    ):
+        result = await typing_call(sink, kind, 5000, until)
+    assert (result.outcome, result.attempts) == (Outcome.APPLIED, 2)
+    durations = [
+        (body["typing"] if kind == "agent" else body["events"][0]["typing"])["duration"]
+        for _, body in received
+    ]
+    assert durations == [5000, 2000]
+    assert all(at + d == until for (at, _), d in zip(received, durations, strict=True))
+    if kind == "open":
+        sent_at = [body["channel"]["time"] for _, body in received]
+        assert sent_at == ["2023-11-14T22:13:20.000Z", "2023-11-14T22:13:23.000Z"]
+
+
+@pytest.mark.parametrize("kind", ["agent", "open"])
+async def test_a_typing_call_whose_time_passed_while_retrying_is_not_sent_again(
+    kind: str,
+) -> None:
+    clock = ManualClock(start_ms=1_700_000_000_000)
+    until = clock.now_ms() + 2000
+    requests: list[int] = []
+
+    def script(request: httpx.Request) -> httpx.Response:
+        requests.append(clock.now_ms())
+        clock.advance(2500)
+        raise httpx.ReadTimeout("slow")
+
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(token_or(script))) as http,
+        GenesysSink(CONFIG, http=http, clock=clock) as sink,
+    ):
+        result = await typing_call(sink, kind, 2000, until)
+    assert len(requests) == 1
+    assert result.outcome is Outcome.FAILED
+    assert "time passed" in (result.error or "")

@@ -65,9 +65,15 @@ class Sink(Protocol):
         ...
 
     async def agent_typing(
-        self, conversation_id: str, communication_id: str, duration_ms: int, *, prepaid: int = 0
+        self,
+        conversation_id: str,
+        communication_id: str,
+        duration_ms: int,
+        *,
+        until_ms: int | None = None,
+        prepaid: int = 0,
     ) -> SinkResult:
-        """Show agent typing to the customer for `duration_ms`."""
+        """Show agent typing to the customer for `duration_ms`, not past `until_ms`."""
         ...
 
     async def open_messaging_typing(
@@ -78,9 +84,10 @@ class Sink(Protocol):
         nickname: str | None,
         duration_ms: int,
         *,
+        until_ms: int | None = None,
         prepaid: int = 0,
     ) -> SinkResult:
-        """Show customer typing to the agent for `duration_ms`."""
+        """Show customer typing to the agent for `duration_ms`, not past `until_ms`."""
         ...
 
 
@@ -172,9 +179,15 @@ class Reconciler:
             return await sink.apply(
                 work.session_id, work.desired, version=work.version, prepaid=prepaid
             )
+        # not shown past what the store records as "shown until", however late it goes
+        until = None if work.desired is None else work.desired.expires_at
         if isinstance(target, AgentTypingTarget):
             return await sink.agent_typing(
-                target.conversation_id, target.communication_id, work.duration_ms, prepaid=prepaid
+                target.conversation_id,
+                target.communication_id,
+                work.duration_ms,
+                until_ms=until,
+                prepaid=prepaid,
             )
         assert isinstance(target, OpenMessagingTarget)
         return await sink.open_messaging_typing(
@@ -183,6 +196,7 @@ class Reconciler:
             target.from_id_type,
             target.nickname,
             work.duration_ms,
+            until_ms=until,
             prepaid=prepaid,
         )
 

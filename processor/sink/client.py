@@ -22,6 +22,7 @@ from processor import USER_AGENT
 from processor.budget import ApiBudget
 from processor.clock import Clock, SystemClock
 from processor.domain import (
+    MESSAGING_MIN_DURATION_MS,
     Indicator,
     Outcome,
     SessionState,
@@ -322,14 +323,28 @@ class GenesysSink:
         return replace(result, remote_indicator=session.typing_indicator)
 
     async def agent_typing(
-        self, conversation_id: str, communication_id: str, duration_ms: int, *, prepaid: int = 0
+        self,
+        conversation_id: str,
+        communication_id: str,
+        duration_ms: int,
+        *,
+        until_ms: int | None = None,
+        prepaid: int = 0,
     ) -> SinkResult:
-        """Show agent (or bot) typing to the customer for `duration_ms` (DESIGN §2b)."""
+        """Show agent (or bot) typing to the customer for `duration_ms` (DESIGN §2b), and
+        not past `until_ms` (epoch ms) when given (see `_typing_duration`)."""
         ledger = _Ledger(self._now, self._now(), prepaid)
         if not (is_uuid(conversation_id) and is_uuid(communication_id)):
             return self._settle(ledger, Outcome.REJECTED, "conversation ids must be UUIDs")
         self._check_open()
-        body = orjson.dumps({"typing": {"type": "On", "duration": duration_ms}})
+        until = self._typing_until(duration_ms, until_ms)
+
+        def body() -> bytes | None:
+            duration = self._typing_duration(until)
+            if duration is None:
+                return None
+            return orjson.dumps({"typing": {"type": "On", "duration": duration}})
+
         url = self._config.agent_typing_url(conversation_id, communication_id)
         try:
             async with self._exclusive(f"agent_typing/{conversation_id}/{communication_id}"):
@@ -345,9 +360,11 @@ class GenesysSink:
         nickname: str | None,
         duration_ms: int,
         *,
+        until_ms: int | None = None,
         prepaid: int = 0,
     ) -> SinkResult:
-        """Show the customer's typing to the agent for `duration_ms` (DESIGN §2b)."""
+        """Show the customer's typing to the agent for `duration_ms` (DESIGN §2b), and not
+        past `until_ms` (epoch ms) when given (see `_typing_duration`)."""
         ledger = _Ledger(self._now, self._now(), prepaid)
         if not is_uuid(integration_id):
             return self._settle(ledger, Outcome.REJECTED, "integration id must be a UUID")
@@ -355,18 +372,25 @@ class GenesysSink:
         sender: dict[str, str] = {"id": from_id, "idType": from_id_type}
         if nickname is not None:
             sender["nickname"] = nickname
-        now = datetime.fromtimestamp(self._clock.now_ms() / 1000, tz=UTC)
-        body = orjson.dumps(
-            {
-                "channel": {
-                    "from": sender,
-                    "time": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                },
-                "events": [
-                    {"eventType": "Typing", "typing": {"type": "On", "duration": duration_ms}}
-                ],
-            }
-        )
+        until = self._typing_until(duration_ms, until_ms)
+
+        def body() -> bytes | None:
+            duration = self._typing_duration(until)
+            if duration is None:
+                return None
+            now = datetime.fromtimestamp(self._clock.now_ms() / 1000, tz=UTC)
+            return orjson.dumps(
+                {
+                    "channel": {
+                        "from": sender,
+                        "time": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                    },
+                    "events": [
+                        {"eventType": "Typing", "typing": {"type": "On", "duration": duration}}
+                    ],
+                }
+            )
+
         url = self._config.open_event_url(integration_id)
         try:
             async with self._exclusive(f"open_messaging/{integration_id}/{from_id}"):
@@ -374,7 +398,23 @@ class GenesysSink:
         finally:
             self._budget.refund(ledger.prepaid)
 
-    async def _post_typing(self, url: str, body: bytes, ledger: _Ledger) -> SinkResult:
+    def _typing_until(self, duration_ms: int, until_ms: int | None) -> int:
+        """When a typing call's indicator is to go: `until_ms`, else `duration_ms` from now."""
+        return self._clock.now_ms() + duration_ms if until_ms is None else until_ms
+
+    def _typing_duration(self, until_ms: int) -> int | None:
+        """The `duration` a typing request sent now carries: what is left until `until_ms`,
+        at least `MESSAGING_MIN_DURATION_MS` (None: nothing is left). Computed for each
+        attempt: a retry after a 5xx or a timeout, or a request that waited for its token,
+        shows typing from when it arrives, so a duration fixed when the work was taken would
+        show it past the deadline by as long as the wait (a phantom the store never knew of).
+        """
+        left = until_ms - self._clock.now_ms()
+        return None if left <= 0 else max(MESSAGING_MIN_DURATION_MS, left)
+
+    async def _post_typing(
+        self, url: str, body: Callable[[], bytes | None], ledger: _Ledger
+    ) -> SinkResult:
         answer = await self._call("POST", url, ledger, body)
         if isinstance(answer, SinkResult):
             return answer
@@ -498,12 +538,14 @@ class GenesysSink:
         method: str,
         url: str,
         ledger: _Ledger,
-        body: bytes | None = None,
+        body: bytes | Callable[[], bytes | None] | None = None,
         if_match: str | None = None,
     ) -> httpx.Response | SinkResult:
         """One logical call: breaker, budget, token, 401/429/5xx handling, bounded retries.
 
-        Returns the response to interpret, or the final result when the call gave up.
+        A callable `body` is built again for each attempt (None: nothing is worth sending
+        any more). Returns the response to interpret, or the final result when the call
+        gave up.
         """
         failures = 0
         reauthenticated = False
@@ -514,8 +556,13 @@ class GenesysSink:
                     Outcome.FAILED,
                     error=f"circuit open; next probe in {self._breaker.retry_in():.1f} s",
                 )
+            payload = body() if callable(body) else body
+            if callable(body) and payload is None:
+                return ledger.result(
+                    Outcome.FAILED, error="its time passed before it could be sent"
+                )
             try:
-                sent = await self._attempt(method, url, body, if_match, ledger)
+                sent = await self._attempt(method, url, payload, if_match, ledger)
                 if isinstance(sent, SinkResult):
                     return sent
                 if isinstance(sent, _Sent):
