@@ -17,11 +17,11 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from pipeline import eventually, make_settings, read_json, typing_event
 
-from processor.clock import SystemClock
+from processor.clock import Clock, SystemClock
 from processor.domain import SinkResult
 from processor.emulator.app import SESSION_PATH
 from processor.emulator.testing import EmulatorHandle
@@ -311,13 +311,14 @@ async def standalone_worker(
     outbound: Outbound | None = None,
     timeout_ms: int = 30_000,
     target: dict[str, str] | None = None,
+    clock: Clock | None = None,
     **options: Any,
 ) -> AsyncIterator[Standalone]:
     """A restored worker of partition 0 whose store has a typing event (of `timeout_ms`,
     for `target`: None, the webchat session) of each of `sessions` (created in the
     emulator), with `outbound` (started here) and its own sink; `options` go to the
     worker. Everything is closed afterwards."""
-    clock = SystemClock()
+    clock = clock or SystemClock()
     store = PartitionStore(0, EngineConfig(), clock)
     for offset, session_id in enumerate(sessions):
         emulator.create_session(session_id)
@@ -538,6 +539,85 @@ async def test_an_outcome_is_on_the_changelog_only_once_its_report_is_acknowledg
         )
         await alone.worker.flush()
         assert outbound.unreported == []
+
+
+class AuditsUnacknowledged(Outbound):
+    """Audit records go to the producer and are never acknowledged, once `failing`."""
+
+    failing = False
+
+    async def _send(
+        self, topic: str, partition: int, records: list[tuple[bytes | None, bytes | None, Headers]]
+    ) -> list[asyncio.Future[Any]]:
+        if self.failing and topic == self.typing.audit_topic:
+            lost: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            lost.set_exception(KafkaError(f"{topic}: not acknowledged"))
+            return [lost]
+        return await super()._send(topic, partition, records)
+
+
+class ShiftedClock:
+    """The system's time, moved on by `shift` ms when a test says so."""
+
+    def __init__(self) -> None:
+        self.shift = 0
+
+    def now_ms(self) -> int:
+        return SystemClock().now_ms() + self.shift
+
+
+async def test_a_lapse_found_in_an_input_turn_is_recorded_only_once_it_is_audited(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """Timers run in every turn: a messaging indicator whose "shown until" passed while
+    input waited lapses in an input turn. Replaying that input would not decide the lapse
+    again, so its audit record must be acknowledged before the changelog records it; when
+    it is not, the changelog still shows the indicator, and a restart lapses and audits it
+    again (I6)."""
+    settings = make_settings(bootstrap_servers, emulator)
+    outbound = AuditsUnacknowledged(settings.kafka, settings.typing)
+    conversation, communication = str(uuid.uuid4()), str(uuid.uuid4())
+    emulator.create_conversation(conversation, [communication])
+    agent = {
+        "kind": "agent_typing",
+        "conversation_id": conversation,
+        "communication_id": communication,
+    }
+    clock = ShiftedClock()
+    async with standalone_worker(
+        settings, emulator, ["lapser"], outbound, 5_000, agent, clock, flush_interval_ms=0
+    ) as alone:
+        worker, store = alone.worker, alone.store
+        worker.launch(alone.take("lapser"), 1)
+
+        def shown() -> bool:
+            session = store.session("lapser")
+            return session is not None and session.remote is not None and session.intent is None
+
+        await eventually(shown, 10, "the indicator shown")
+        session = store.session("lapser")
+        assert session is not None
+        shown_version = session.version
+        await worker.flush()
+        outbound.failing = True
+        clock.shift += 10_000  # its "shown until" passes while input is queued
+        bystander = typing_event("bystander", timeout_ms=30_000, occurred_at=clock.now_ms())
+        key, value = b"bystander", orjson.dumps(bystander)
+        worker.submit(
+            [ConsumerRecord(settings.typing.input_topic, 0, 1, 0, 0, key, value, None, 9, 0, [])]
+        )
+        await eventually(lambda: worker.failed is not None, 10, "the lost audit noticed")
+    records = await read_changelog(
+        {"bootstrap_servers": bootstrap_servers}, settings.typing.resolved_changelog_topic, 0
+    )
+    again = PartitionStore.restore(0, EngineConfig(), clock, records)
+    restored = again.session("lapser")
+    assert restored is not None
+    assert restored.remote is not None
+    assert restored.version == shown_version
+    clock.shift += 10  # the restored store's first tick
+    again.on_tick()
+    assert [a.result.value for a in again.drain().audits] == ["lapsed"]
 
 
 async def test_a_processor_built_and_never_run_leaves_no_kafka_client_to_close(

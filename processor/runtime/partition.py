@@ -153,7 +153,7 @@ class PartitionWorker:
         self._unflushed = False
         self._launches: list[tuple[Work, int]] = []
         self._calls: set[asyncio.Task[None]] = set()
-        # acknowledgements of outcome reports sent since the last changelog flush
+        # acknowledgements of CRM and audit records sent since the last changelog flush
         self._reports: list[asyncio.Future[Any]] = []
         self._unacked: deque[tuple[asyncio.Future[Any], int | None]] = deque()
         self._closing = False
@@ -321,9 +321,7 @@ class PartitionWorker:
         self.store.on_tick()
         if self._on_queued is not None and self.store.queued_work and not self._closing:
             self._on_queued()  # calls taken now are flushed and launched in this turn
-        # input turns are replayed from the last commit; results and timers are not
-        replayed = isinstance(item, (_Records, Undecodable))
-        await self._publish(batch, turn_span, flush=isinstance(item, _Stop), outcome=not replayed)
+        await self._publish(batch, turn_span, flush=isinstance(item, _Stop))
 
     def _process(self, record: ConsumerRecord[bytes, bytes], batch: OutboundBatch) -> None:
         tracing = self._tracing
@@ -395,17 +393,18 @@ class PartitionWorker:
             )
         self._queue.put_nowait(_Result(work, result, span))
 
-    async def _publish(
-        self, batch: OutboundBatch, turn_span: Span | None, *, flush: bool, outcome: bool
-    ) -> None:
+    async def _publish(self, batch: OutboundBatch, turn_span: Span | None, *, flush: bool) -> None:
         """Produce what the turn decided; flush the changelog when its time has come or
         calls wait for their intent to be recorded, then launch those calls.
 
-        What reports an outcome (a CRM record; the audit records of an `outcome` turn: a
-        call's result, a timer's expiry) is acknowledged before the changelog says the
-        outcome is known: else a crash in between would restore a store with nothing left
-        to redo, and the report would be lost for good (I6). Input replay re-derives what
-        input turns produce."""
+        The CRM and audit records produced so far are acknowledged before the changelog
+        is written: what reports an outcome (a call's result, a lapse or an expiry a timer
+        found, in any turn, input turns included) must be on its topic before the changelog
+        says the outcome is known, else a crash in between would restore a store with
+        nothing left to redo, and the report would be lost for good (I6). (Input replay
+        would re-derive an event's own decision, but not a timer's that the same turn
+        made.) The wait costs one round trip per flush, most acknowledgements having come
+        by then."""
         now = self._clock.now_ms()
         # The calls whose intents this drain takes: one the scheduler takes while the
         # produce below awaits has its intent in the next flush, and goes out after it.
@@ -465,8 +464,7 @@ class PartitionWorker:
             futures = await batch.send() if len(batch) else {}
             typing = self._outbound.typing
             self._reports.extend(futures.get(typing.crm_topic, []))
-            if outcome:
-                self._reports.extend(futures.get(typing.audit_topic, []))
+            self._reports.extend(futures.get(typing.audit_topic, []))
             if len(state):
                 reports, self._reports = self._reports, []
                 await _acknowledged(reports)
