@@ -265,7 +265,7 @@ class PartitionWorker:
                 # restoring past it would forget shown indicators. Stop and say so (readiness
                 # reports it; the service restarts from the last commit).
                 log.exception("partition %s: restore failed", self.partition)
-                self.failed = exc
+                self.failed = _logged(exc)
                 return
         self._next_flush = self._clock.now_ms() + self._flush_interval_ms
         self.restored.set()
@@ -283,7 +283,7 @@ class PartitionWorker:
                 # Never skip: the offset stays where it is and the service restarts from
                 # the last commit (input, state and calls are replayed or read back).
                 log.exception("partition %s: processing stopped", self.partition)
-                self.failed = exc
+                self.failed = _logged(exc)
                 return
             if isinstance(item, _Stop):
                 return
@@ -612,6 +612,12 @@ async def _acknowledged(futures: list[asyncio.Future[Any]]) -> None:
     for result in await asyncio.gather(*futures, return_exceptions=True):
         if isinstance(result, BaseException):
             raise KafkaError(f"an outcome report was not acknowledged: {result!r}")
+
+
+def _logged(exc: Exception) -> Exception:
+    """A failure kept once its traceback is logged: without it, whose frames hold the
+    worker (a cycle that would keep the worker and its store alive)."""
+    return exc.with_traceback(None)
 
 
 def _done() -> asyncio.Future[Any]:

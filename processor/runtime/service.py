@@ -496,7 +496,10 @@ class TypingProcessor:
         store = PartitionStore.restore(partition, self._engine, self._clock, records)
         log.info("partition %d restored from %d changelog records", partition, len(records))
         # The restored sessions live long: keep them out of every later collection (a full
-        # one over a million sessions costs a quarter second of the event loop).
+        # one over a million sessions costs a quarter second of the event loop). Garbage
+        # first, or it is frozen too (what a collection looks at is what is not frozen yet:
+        # about what the restore made).
+        gc.collect()
         gc.freeze()
         return store
 
@@ -514,6 +517,13 @@ class TypingProcessor:
         for partition in partitions:
             self.workers.pop(partition, None)
             self._committed.pop(partition, None)
+        if partitions:
+            # The released stores were frozen out of collection (see `_restore`): what of
+            # them is cyclic garbage now (a failed worker and its traceback hold their store)
+            # is collected once, here, and what lives on is frozen again.
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
         if not self.workers:
             self.assigned = False
             self.lease.forget()
