@@ -480,3 +480,48 @@ async def test_a_typing_call_whose_time_passed_while_retrying_is_not_sent_again(
     assert len(requests) == 1
     assert result.outcome is Outcome.FAILED
     assert "time passed" in (result.error or "")
+
+
+UNREADABLE = {"Content-Encoding": "gzip", "Content-Type": "text/html"}
+"""A proxy's error page that says it is gzipped and is not: httpx cannot decode it."""
+
+
+async def test_an_answer_that_cannot_be_read_is_a_failed_call_not_a_crash() -> None:
+    def script(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(502, content=b"<html>bad gateway</html>", headers=UNREADABLE)
+
+    clock = ManualClock()
+    desired = Indicator(Status.TYPING, clock.now_ms(), clock.now_ms() + 60_000, 1)
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(token_or(script))) as http,
+        GenesysSink(CONFIG, http=http, clock=clock) as sink,
+    ):
+        result = await sink.apply("s1", desired)
+    assert result.outcome is Outcome.FAILED
+    assert result.attempts == CONFIG.max_transient_attempts  # retried as a 5xx would be
+    assert "DecodingError" in (result.error or "")
+
+
+LOGINS: dict[str, Callable[[], httpx.Response]] = {
+    "unreadable": lambda: httpx.Response(503, content=b"<html>down</html>", headers=UNREADABLE),
+    "nan-lifetime": lambda: httpx.Response(200, json={"access_token": "t", "expires_in": "NaN"}),
+    "endless-lifetime": lambda: httpx.Response(
+        200, json={"access_token": "t", "expires_in": "Infinity"}
+    ),
+}
+
+
+@pytest.mark.parametrize("login", sorted(LOGINS))
+async def test_a_login_answer_that_cannot_be_used_leaves_no_token(login: str) -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/oauth/token":
+            return LOGINS[login]()
+        return httpx.Response(200, json=SESSION, headers={"ETag": "e1"})
+
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http,
+        GenesysSink(CONFIG, http=http, clock=ManualClock()) as sink,
+    ):
+        result = await sink.apply("s1", None)
+    assert result.outcome is Outcome.FAILED
+    assert "login service" in (result.error or "")

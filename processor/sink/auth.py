@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -145,7 +146,7 @@ class TokenManager:
             )
         except httpx.TimeoutException:
             raise TokenUnavailableError("login service timed out") from None
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:  # unreachable, or an answer that cannot be read
             problem = type(exc).__name__
             raise TokenUnavailableError(f"login service unreachable ({problem})") from None
         status = response.status_code
@@ -161,7 +162,7 @@ class TokenManager:
             lifetime = float(body["expires_in"])
         except (ValueError, KeyError, TypeError):
             raise ProtocolError("login service sent no access_token/expires_in") from None
-        if not isinstance(value, str) or not value or lifetime <= 0:
+        if not isinstance(value, str) or not value or not 0 < lifetime < math.inf:
             raise ProtocolError("login service sent an unusable token")
         # Refresh early; a token shorter-lived than twice the margin is refreshed at half-life.
         margin = min(self._margin, lifetime / 2)

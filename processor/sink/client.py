@@ -685,7 +685,8 @@ class GenesysSink:
             return None, f"{method} not sent ({type(exc).__name__})", False
         except httpx.TimeoutException:
             return None, f"{method} timed out", True
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:
+            # (a transport failure, or an answer that cannot be read: a gzip error page)
             return None, f"{method} failed ({type(exc).__name__})", True
         finally:
             ledger.attempts += 1
