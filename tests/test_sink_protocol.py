@@ -219,7 +219,8 @@ async def test_a_failed_early_refresh_keeps_the_cached_token_until_it_expires(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A login-service blip within the refresh margin fails no call while the cached token
-    is valid: one refresh for all callers, the next only `REFRESH_RETRY_S` later."""
+    is valid: one refresh for all callers, the next only `REFRESH_RETRY_S` later; calls
+    never wait for a refresh while the cached token is valid."""
     clock = Monotonic()
     config = replace(CONFIG, client_secret=SecretStr("s3cr3t-42"))
     login_up = True
@@ -266,6 +267,9 @@ async def test_a_failed_early_refresh_keeps_the_cached_token_until_it_expires(
             assert set(sent_with) == {"Bearer tok-1"}
             login_up = True
             clock.now += REFRESH_RETRY_S
+            # the valid token serves while the new one is fetched, which serves next
+            assert await apply("s6") == [Outcome.APPLIED]
+            assert (fetches, sent_with[-1]) == (4, "Bearer tok-1")
             assert await apply("s6") == [Outcome.APPLIED]
             assert (fetches, sent_with[-1]) == (4, "Bearer tok-4")
             login_up = False
@@ -276,6 +280,35 @@ async def test_a_failed_early_refresh_keeps_the_cached_token_until_it_expires(
     assert len(warnings()) == 2
     assert "s3cr3t-42" not in caplog.text
     assert "tok-" not in caplog.text
+
+
+async def test_calls_do_not_wait_for_an_early_refresh_while_their_token_is_valid() -> None:
+    """A login service that hangs at the early refresh holds no call: the cached token
+    serves until it expires, and only then does a call wait for the login."""
+    clock = Monotonic()
+    hanging = asyncio.Event()
+    logins = 0
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal logins
+        if request.url.path == "/oauth/token":
+            logins += 1
+            if logins > 1:
+                await hanging.wait()  # never answers within the test
+            return httpx.Response(200, json={"access_token": "tok", "expires_in": 100})
+        return httpx.Response(200, json=SESSION, headers={"ETag": "e1"})
+
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http,
+        GenesysSink(CONFIG, http=http, monotonic=clock) as sink,
+    ):
+        assert (await sink.apply("s0", None)).outcome is Outcome.APPLIED
+        clock.now += 80  # the early refresh is due; the token is valid 20 s more
+        async with asyncio.timeout(5):
+            results = await asyncio.gather(*(sink.apply(f"s{i}", None) for i in range(1, 4)))
+        assert [r.outcome for r in results] == [Outcome.APPLIED] * 3
+        assert logins == 2  # one refresh under way for all of them
+        hanging.set()
 
 
 async def test_a_401_for_a_replaced_token_keeps_the_cached_one_while_login_is_down() -> None:

@@ -74,12 +74,23 @@ class TokenManager:
         return self._fetches
 
     async def token(self) -> str:
-        """A valid bearer token, fetching a new one only when the cached one is due."""
+        """A valid bearer token, fetching a new one only when the cached one is due.
+
+        A token due for its early refresh but not expired is returned at once while the
+        new one is fetched in the background: a slow or hanging login service must not
+        hold every call (a clear's among them) for its timeouts. Only a caller with no
+        valid token waits for the fetch.
+        """
         current = self._token
-        if current is not None and self._now() < current.refresh_at:
+        now = self._now()
+        if current is not None and now < current.refresh_at:
+            return current.value
+        if current is not None and now < current.expires_at:
+            self._fetching()
             return current.value
         try:
-            return (await self._refresh()).value
+            # Shielded: one caller giving up must not cancel the fetch the others wait for.
+            return (await asyncio.shield(self._fetching())).value
         except SinkError:
             cached = self._token  # None when a 401 rejected it meanwhile
             if cached is None or self._now() >= cached.expires_at:
@@ -101,13 +112,13 @@ class TokenManager:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    async def _refresh(self) -> _Token:
+    def _fetching(self) -> asyncio.Task[_Token]:
+        """The token fetch in flight, started when there is none (single flight)."""
         if self._inflight is None:
             task = asyncio.get_running_loop().create_task(self._fetch())
             task.add_done_callback(self._fetch_done)
             self._inflight = task
-        # Shielded: one caller giving up must not cancel the fetch the others wait for.
-        return await asyncio.shield(self._inflight)
+        return self._inflight
 
     def _fetch_done(self, task: asyncio.Task[_Token]) -> None:
         if self._inflight is task:
