@@ -698,3 +698,22 @@ async def test_a_cluster_down_at_start_leaves_no_kafka_client_open(
                 del processor
                 gc.collect()
     assert [str(w.message) for w in caught if "AIOKafka" in str(w.message)] == []
+
+
+async def test_a_restore_keeps_only_what_survives_of_each_key(bootstrap_servers: str) -> None:
+    """An uncompacted changelog holds every write: the read folds them as they come (the
+    last per key wins, a tombstone deletes), so its memory follows the sessions."""
+    topic = f"t{uuid.uuid4().hex[:10]}-changelog"
+    async with AIOKafkaProducer(bootstrap_servers=bootstrap_servers) as producer:
+        writes: list[tuple[bytes, bytes | None]] = [
+            *((b"kept", f"v{n}".encode()) for n in range(500)),
+            (b"deleted", b"v0"),
+            (b"deleted", None),
+            (b"back", b"v0"),
+            (b"back", None),
+            (b"back", b"v1"),
+        ]
+        for key, value in writes:
+            await producer.send_and_wait(topic, value, key=key, partition=0)
+    records = await read_changelog({"bootstrap_servers": bootstrap_servers}, topic, 0)
+    assert records == [(b"kept", b"v499"), (b"back", b"v1")]

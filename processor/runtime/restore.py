@@ -16,13 +16,18 @@ class RestoreError(Exception):
 
 
 async def read_changelog(
-    options: dict[str, Any], topic: str, partition: int, timeout_s: float = 120.0
+    options: dict[str, Any], topic: str, partition: int, stall_s: float = 60.0
 ) -> list[tuple[bytes, bytes | None]]:
-    """Every (key, value) of `topic`/`partition`, from its beginning to its real end.
+    """The latest (key, value) of every key of `topic`/`partition` that a tombstone has not
+    deleted, read from its beginning to its real end.
 
     The end offset a broker reports can lag a record it has already acknowledged (the
     local broker does so): reading stops at the first empty fetch once that end is
     reached, not at the reported end, so the last change written is never left out.
+
+    Records are folded as they come (the last per key wins, a tombstone deletes), so the
+    memory a restore takes follows the sessions, not the log's uncompacted tail. The read
+    may take as long as the log needs; it fails once `stall_s` pass without a record.
 
     A separate, group-less consumer with manual assignment, so reading the changelog never
     disturbs the consumer group.
@@ -36,27 +41,38 @@ async def read_changelog(
         fetch_max_wait_ms=END_PROBE_WAIT_MS,
     )
     await consumer.start()
-    records: list[tuple[bytes, bytes | None]] = []
+    latest: dict[bytes, bytes | None] = {}
     try:
         consumer.assign([tp])
         end = (await consumer.end_offsets([tp]))[tp]
         await consumer.seek_to_beginning(tp)
-        try:
-            async with asyncio.timeout(timeout_s):
-                while True:
+        loop = asyncio.get_running_loop()
+        progress_at = loop.time()
+        while True:
+            try:
+                async with asyncio.timeout(max(0.0, progress_at + stall_s - loop.time())):
                     batch = await consumer.getmany(
                         tp, timeout_ms=END_PROBE_WAIT_MS, max_records=10_000
                     )
                     fetched = batch.get(tp, [])
-                    for record in fetched:
-                        if record.key is not None:
-                            records.append((record.key, record.value))
-                    if not fetched and await consumer.position(tp) >= end:
-                        break
-        except TimeoutError:
-            raise RestoreError(
-                f"changelog {topic}[{partition}] not read to its end in {timeout_s:.0f}s"
-            ) from None
+                    reached = not fetched and await consumer.position(tp) >= end
+            except TimeoutError:
+                raise RestoreError(
+                    f"changelog {topic}[{partition}] read no record for {stall_s:.0f}s"
+                    " before its end"
+                ) from None
+            if reached:
+                break
+            if fetched:
+                progress_at = loop.time()
+            for record in fetched:
+                key = record.key
+                if key is None:
+                    continue
+                if record.value is None:
+                    latest.pop(key, None)
+                else:
+                    latest[key] = record.value
     finally:
         await consumer.stop()
-    return records
+    return list(latest.items())

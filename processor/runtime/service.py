@@ -494,7 +494,11 @@ class TypingProcessor:
             self._options, self.settings.typing.resolved_changelog_topic, partition
         )
         store = PartitionStore.restore(partition, self._engine, self._clock, records)
-        log.info("partition %d restored from %d changelog records", partition, len(records))
+        log.info(
+            "partition %d restored: %d sessions (and version floors) from the changelog",
+            partition,
+            len(records),
+        )
         # The restored sessions live long: keep them out of every later collection (a full
         # one over a million sessions costs a quarter second of the event loop). Garbage
         # first, or it is frozen too (what a collection looks at is what is not frozen yet:
