@@ -717,3 +717,25 @@ async def test_a_restore_keeps_only_what_survives_of_each_key(bootstrap_servers:
             await producer.send_and_wait(topic, value, key=key, partition=0)
     records = await read_changelog({"bootstrap_servers": bootstrap_servers}, topic, 0)
     assert records == [(b"kept", b"v499"), (b"back", b"v1")]
+
+
+async def test_a_scheduler_that_stopped_stops_the_processor_and_says_why(
+    bootstrap_servers: str, emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing else plans the calls: a scheduler that died would leave every queued clear
+    waiting for ever. The processor reports it and ends, to be restarted from its commit."""
+    settings = make_settings(bootstrap_servers, emulator)
+    sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
+    processor = TypingProcessor(settings, sink)
+
+    def broken() -> tuple[int, bool]:
+        raise RuntimeError("planner bug")
+
+    monkeypatch.setattr(processor.scheduler, "plan_round", broken)
+    stop = asyncio.Event()
+    try:
+        with pytest.raises(KafkaError, match="the scheduler stopped: RuntimeError"):
+            await asyncio.wait_for(processor.run(stop), 60)
+    finally:
+        stop.set()
+        await sink.aclose()

@@ -106,6 +106,7 @@ class TypingProcessor:
         self.workers: dict[int, PartitionWorker] = {}
         self._committed: dict[int, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
+        self._scheduling: asyncio.Task[None] | None = None
         self.assigned = False
         self._stopping = False
         self._restoring = 0
@@ -132,7 +133,13 @@ class TypingProcessor:
 
     @property
     def problem(self) -> str | None:
-        """Why a partition stopped committing, if one did (readiness says so)."""
+        """Why a partition stopped committing, or the scheduler stopped planning, if one
+        did (readiness says so; the processor restarts from the last commit)."""
+        scheduling = self._scheduling
+        if scheduling is not None and scheduling.done() and not scheduling.cancelled():
+            error = scheduling.exception()
+            # (it never returns by itself: without it, queued clears would wait for ever)
+            return f"the scheduler stopped: {error!r}"[:500]
         for partition, worker in self.workers.items():
             failed = worker.failed
             if failed is not None:
@@ -250,7 +257,7 @@ class TypingProcessor:
         if not started:
             return
         self.telemetry.observe(self)
-        scheduling = asyncio.create_task(self.scheduler.run(), name="scheduler")
+        scheduling = self._scheduling = asyncio.create_task(self.scheduler.run(), name="scheduler")
         try:
             await self._check_changelog(consumer)
             consumer.subscribe([self.settings.typing.input_topic], listener=_Rebalance(self))
@@ -270,6 +277,7 @@ class TypingProcessor:
                 )
             scheduling.cancel()
             await asyncio.gather(scheduling, return_exceptions=True)
+            self._scheduling = None
             await self._reconciler.aclose()
             self._consumer = None
             self.telemetry.forget(self)
