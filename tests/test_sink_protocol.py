@@ -209,7 +209,40 @@ async def test_login_service_outage_is_retried_then_failed() -> None:
         result = await sink.apply("s1", None)
     assert (result.outcome, result.attempts) == (Outcome.FAILED, 0)
     assert "login service" in result.error
-    assert fetches == CONFIG.max_transient_attempts
+    # the call's retries come within `LOGIN_RETRY_S`: they do not ask the login again
+    assert fetches == 1
+
+
+async def test_a_failed_login_is_not_asked_again_by_every_call_until_it_may_answer() -> None:
+    """With no valid token, every call (and its retries) would start a login of its own
+    once the last one failed: callers fail at once until `Retry-After` (else
+    `LOGIN_RETRY_S`) has passed, then one login serves them all."""
+    clock = Monotonic()
+    logins: list[float] = []
+    login_up = False
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/oauth/token":
+            logins.append(clock.now)
+            if not login_up:
+                return httpx.Response(429, headers={"Retry-After": "7"})
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3600})
+        return httpx.Response(200, json=SESSION, headers={"ETag": "e1"})
+
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http,
+        GenesysSink(CONFIG, http=http, monotonic=clock) as sink,
+    ):
+        results = await asyncio.gather(*(sink.apply(f"s{i}", None) for i in range(20)))
+        assert {r.outcome for r in results} == {Outcome.FAILED}
+        clock.now += 6.9
+        assert (await sink.apply("s0", None)).outcome is Outcome.FAILED
+        assert len(logins) == 1
+        login_up = True
+        clock.now += 0.2
+        results = await asyncio.gather(*(sink.apply(f"s{i}", None) for i in range(20)))
+        assert {r.outcome for r in results} == {Outcome.APPLIED}
+        assert len(logins) == 2
 
 
 # --- tokens: an early refresh that fails ---

@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 
 REFRESH_RETRY_S = 5.0
 """After an early refresh failed, the cached token serves this long before the next try."""
+LOGIN_RETRY_S = 1.0
+"""After a login failed with no valid token to fall back on, callers fail at once for this
+long (or the login's `Retry-After`, up to `MAX_LOGIN_WAIT_S`) instead of each asking the
+login service again: a replica's every call and retry would otherwise hammer it."""
+MAX_LOGIN_WAIT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,8 @@ class TokenManager:
         self._token: _Token | None = None
         self._inflight: asyncio.Task[_Token] | None = None
         self._fetches = 0
+        # the last failed login with no valid token left: (no new login before, its error)
+        self._failed: tuple[float, SinkError] | None = None
 
     def __repr__(self) -> str:
         return f"TokenManager(token_url={self._token_url!r}, fetches={self._fetches})"
@@ -88,6 +95,10 @@ class TokenManager:
         if current is not None and now < current.expires_at:
             self._fetching()
             return current.value
+        failed = self._failed
+        if failed is not None and now < failed[0] and self._inflight is None:
+            error = failed[1]
+            raise type(error)(f"{error}; the next login in {failed[0] - now:.1f} s")
         try:
             # Shielded: one caller giving up must not cancel the fetch the others wait for.
             return (await asyncio.shield(self._fetching())).value
@@ -128,8 +139,14 @@ class TokenManager:
         error = task.exception()
         if error is None:
             self._token = task.result()
+            self._failed = None
             return
         cached, now = self._token, self._now()
+        if isinstance(error, SinkError) and (cached is None or now >= cached.expires_at):
+            wait = LOGIN_RETRY_S
+            if isinstance(error, TokenUnavailableError) and error.retry_after_s is not None:
+                wait = min(MAX_LOGIN_WAIT_S, error.retry_after_s)
+            self._failed = (now + wait, error)
         if isinstance(error, SinkError) and cached is not None and now < cached.expires_at:
             # The cached token still works: callers keep it, and the login service is
             # asked again a little later, not on every call (runs once per failed fetch).
@@ -164,7 +181,9 @@ class TokenManager:
         if status in (400, 401, 403):
             raise AuthConfigError(f"login service rejected the client credentials (HTTP {status})")
         if status == 429 or status >= 500:
-            raise TokenUnavailableError(f"login service answered HTTP {status}")
+            raise TokenUnavailableError(
+                f"login service answered HTTP {status}", _retry_after_s(response)
+            )
         if status != 200:
             raise ProtocolError(f"login service answered HTTP {status}")
         try:
@@ -180,3 +199,12 @@ class TokenManager:
         log.debug("obtained a bearer token valid for %.0f s", lifetime)
         expires_at = started + lifetime
         return _Token(value=value, refresh_at=expires_at - margin, expires_at=expires_at)
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    """The login's `Retry-After` in seconds, when it is a usable number of them."""
+    try:
+        seconds = float(response.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < math.inf else None

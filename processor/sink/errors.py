@@ -20,7 +20,14 @@ class AuthConfigError(SinkError):
 
 
 class TokenUnavailableError(SinkError):
-    """The login service failed transiently (5xx, timeout, network); a later try may work."""
+    """The login service failed transiently (5xx, timeout, network); a later try may work.
+
+    `retry_after_s`: how long the login service asked callers to wait (`Retry-After`), if it
+    said."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class ProtocolError(SinkError):
