@@ -21,7 +21,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
-from pipeline import eventually, make_settings, read_json, typing_event
+from pipeline import eventually, make_settings, read_json, read_topic, typing_event
 
 from processor.clock import Clock, SystemClock
 from processor.domain import SinkResult
@@ -739,3 +739,44 @@ async def test_a_scheduler_that_stopped_stops_the_processor_and_says_why(
     finally:
         stop.set()
         await sink.aclose()
+
+
+async def test_an_unconfirmed_member_writes_nothing_until_confirmed_again(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """While the group has not confirmed the member, another may own the partition: what
+    the turns decide is held (no audit, CRM, changelog record); confirmed again, it is
+    written in order."""
+    settings = make_settings(bootstrap_servers, emulator)
+    confirmed = False
+
+    def membership() -> bool:
+        return confirmed
+
+    async with standalone_worker(
+        settings, emulator, [], confirmed=membership, flush_interval_ms=100
+    ) as alone:
+        worker = alone.worker
+        stale = typing_event("first", timeout_ms=1000, occurred_at=1_700_000_000_000)
+        for offset, event in enumerate([stale, typing_event("second")]):
+            session_id = event["session_id"]
+            key, value = session_id.encode(), orjson.dumps(event)
+            worker.submit(
+                [ConsumerRecord(settings.typing.input_topic, 0, offset, 0, 0, key, value,
+                                None, len(key), len(value), [])]
+            )  # fmt: skip
+            await eventually(
+                lambda s=session_id: alone.store.session(s) is not None, 10, "processed"
+            )
+        assert worker.holding
+        assert worker.counters.audit_records == 1  # "first" is stale: decided at once
+        await worker.flush()
+        assert await read_json(bootstrap_servers, settings.typing.audit_topic) == []
+        assert await read_topic(bootstrap_servers, settings.typing.resolved_changelog_topic) == []
+        assert worker.committable is None
+        confirmed = True
+        await eventually(lambda: worker.committable == 2, 10, "written and acknowledged")
+        audits = await read_json(bootstrap_servers, settings.typing.audit_topic)
+        assert [(a["session_id"], a["result"]) for a in audits] == [("first", "stale")]
+        changelog = await read_topic(bootstrap_servers, settings.typing.resolved_changelog_topic)
+        assert sorted(r.key for r in changelog) == [b"first", b"second"]

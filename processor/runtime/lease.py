@@ -13,8 +13,10 @@ scheduler sends nothing once the lease is older than the session timeout less a 
 it holds, the group cannot have moved the partitions on. The service commits at least every
 `renew_every_s` to keep it fresh. A lapsed lease holds calls until the next commit, which
 either confirms the membership (the calls go) or is refused (the partitions are fenced until
-the rebalance revokes them). The same holds for the changelog: a lapsed member writes no
-state, which could land after the new owner's and be what the next restore reads.
+the rebalance revokes them). The same holds for what it writes: a lapsed member produces
+nothing (its state could land after the new owner's and be what the next restore reads,
+its CRM records could give a version the new owner gives to another change) and fetches
+no input until a commit confirms it.
 """
 
 from __future__ import annotations

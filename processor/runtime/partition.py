@@ -9,10 +9,10 @@ Streams, on one queue).
 Commit protocol (I6). Audit, CRM and dead-letter records of a turn are produced at once;
 changelog records are kept in the store (a write cache: one record per changed session)
 and flushed every commit interval, and before any call goes out (a call's intent is on
-the changelog, acknowledged, before the call is sent), and only while the group has
-confirmed this member lately (`confirmed`, see `lease`): a member that stood still past
-its session must not write over what the partition's next owner wrote. The input offset
-of a flush may be committed once everything produced up to it is acknowledged. A record whose
+the changelog, acknowledged, before the call is sent). Nothing is written while the group
+has not confirmed this member lately (`holding`, see `lease`): a member that stood still
+past its session must not write over what the partition's next owner wrote. The input
+offset of a flush may be committed once everything produced up to it is acknowledged. A record whose
 processing raises goes to the DLQ (`processing_error`) and the partition goes on; a
 record that cannot be written stops the partition (`failed`): nothing is ever skipped.
 """
@@ -158,6 +158,8 @@ class PartitionWorker:
         self._unacked: deque[tuple[asyncio.Future[Any], int | None]] = deque()
         self._closing = False
         self._fenced = False
+        # batches decided while `holding`, in order (see `holding`)
+        self._held: list[OutboundBatch] = []
         self._in_flight = 0
         self._wake_queued = False
         self._idle = asyncio.Event()
@@ -409,12 +411,8 @@ class PartitionWorker:
         # The calls whose intents this drain takes: one the scheduler takes while the
         # produce below awaits has its intent in the next flush, and goes out after it.
         flush = flush or bool(self._launches) or now >= self._next_flush
-        if flush and (self._fenced or not self._confirmed()):
-            # Another member may own the partition already and have restored its store: a
-            # changelog record written now would come after that owner's, and the next
-            # restore would read this stale session (a pending change forgotten, a version
-            # repeated). The changes wait in the store; confirmed again, they are written,
-            # revoked, the next owner replays the input from the last commit (I6).
+        holding = self.holding
+        if flush and holding:
             flush = False
             self._next_flush = now + self._flush_interval_ms
         launches: list[tuple[Work, int]] = []
@@ -461,7 +459,14 @@ class PartitionWorker:
             state.changelog(self.partition, key, value)
         counters.changelog_records += len(emitted.changelog)
         try:
-            futures = await batch.send() if len(batch) else {}
+            if holding:
+                if len(batch):
+                    self._held.append(batch)
+                futures = {}
+            else:
+                futures = await self._send_held()
+                for topic, sent in (await batch.send() if len(batch) else {}).items():
+                    futures.setdefault(topic, []).extend(sent)
             typing = self._outbound.typing
             self._reports.extend(futures.get(typing.crm_topic, []))
             self._reports.extend(futures.get(typing.audit_topic, []))
@@ -498,6 +503,30 @@ class PartitionWorker:
         self._unflushed = False
         self._flushed_end = self._processed
         await self._track_acks(group, self._processed)
+
+    @property
+    def holding(self) -> bool:
+        """True while this member writes nothing: the group refused its commit (fenced), or
+        has not confirmed it lately (`confirmed`).
+
+        Another member may own the partition already and have restored its store. A
+        changelog record written now would come after that owner's, and the next restore
+        would read this stale session (a pending change forgotten, a version repeated); a
+        CRM record could give a version that owner gives to another change. What the turns
+        decide waits: confirmed again, it is written; revoked, it is dropped, and the next
+        owner decides it again from the last commit (I6). The service fetches no input for
+        a partition meanwhile.
+        """
+        return self._fenced or not self._confirmed()
+
+    async def _send_held(self) -> dict[str, list[asyncio.Future[Any]]]:
+        """Produce the batches held while the member was not confirmed, in order."""
+        futures: dict[str, list[asyncio.Future[Any]]] = {}
+        held, self._held = self._held, []
+        for batch in held:
+            for topic, sent in (await batch.send()).items():
+                futures.setdefault(topic, []).extend(sent)
+        return futures
 
     def _start_calls(self, launches: list[tuple[Work, int]], recorded: asyncio.Future[Any]) -> None:
         tracing = self._tracing
@@ -601,6 +630,14 @@ class PartitionWorker:
             await asyncio.gather(*calls, return_exceptions=True)
         self._queue.put_nowait(_Stop())
         await self._task
+        if self._held:
+            log.warning(
+                "partition %s: %d records decided while the group had not confirmed this"
+                " member are dropped; its next owner decides them again",
+                self.partition,
+                sum(len(batch) for batch in self._held),
+            )
+            self._held.clear()
         self._end_open_spans()
         await self.flush()
         self._reconciler.forget(self.store.session_ids())

@@ -369,7 +369,8 @@ class TypingProcessor:
         topic = self.settings.typing.input_topic
         for partition, worker in self.workers.items():
             tp = TopicPartition(topic, partition)
-            if worker.backlog > MAX_BACKLOG:
+            # (a worker that writes nothing meanwhile would hold all it decides in memory)
+            if worker.backlog > MAX_BACKLOG or worker.holding:
                 consumer.pause(tp)
             elif worker.backlog < MAX_BACKLOG // 2 and tp in consumer.paused():
                 consumer.resume(tp)
