@@ -46,7 +46,8 @@ def token_or(script: Script) -> Script:
     return handle
 
 
-async def apply_with(script: Script, clock: ManualClock | None = None) -> tuple[Outcome, int]:
+async def applied(script: Script, clock: ManualClock | None = None) -> SinkResult:
+    """One set of session s1 against `script` (the login always answers)."""
     clock = clock or ManualClock()
     desired = Indicator(Status.TYPING, clock.now_ms(), clock.now_ms() + 60_000, 1)
     async with (
@@ -55,6 +56,11 @@ async def apply_with(script: Script, clock: ManualClock | None = None) -> tuple[
     ):
         result = await sink.apply("s1", desired)
         assert sink.cached_etag("s1") is None or result.ok
+    return result
+
+
+async def apply_with(script: Script, clock: ManualClock | None = None) -> tuple[Outcome, int]:
+    result = await applied(script, clock)
     return result.outcome, result.attempts
 
 
@@ -556,13 +562,7 @@ async def test_an_answer_that_cannot_be_read_is_a_failed_call_not_a_crash() -> N
     def script(request: httpx.Request) -> httpx.Response:
         return httpx.Response(502, content=b"<html>bad gateway</html>", headers=UNREADABLE)
 
-    clock = ManualClock()
-    desired = Indicator(Status.TYPING, clock.now_ms(), clock.now_ms() + 60_000, 1)
-    async with (
-        httpx.AsyncClient(transport=httpx.MockTransport(token_or(script))) as http,
-        GenesysSink(CONFIG, http=http, clock=clock) as sink,
-    ):
-        result = await sink.apply("s1", desired)
+    result = await applied(script)
     assert result.outcome is Outcome.FAILED
     assert result.attempts == CONFIG.max_transient_attempts  # retried as a 5xx would be
     assert "DecodingError" in (result.error or "")
