@@ -131,7 +131,12 @@ securityContext: {{- toYaml $ctx.Values.podSecurityContext | nindent 2 }}
 {{- with $ctx.Values.topologySpreadConstraints }}
 topologySpreadConstraints:
 {{- range . }}
-  - {{ toYaml (merge (dict) . (dict "labelSelector" (dict "matchLabels" (include "gtp.selector" (dict "ctx" $ctx "component" $.component) | fromYaml)))) | indent 4 | trim }}
+{{- /* a copy: writing into .Values would leave this component's labels to the next */}}
+{{- $item := deepCopy . }}
+{{- if not $item.labelSelector }}
+{{- $_ := set $item "labelSelector" (dict "matchLabels" (include "gtp.selector" (dict "ctx" $ctx "component" $.component) | fromYaml)) }}
+{{- end }}
+  - {{ toYaml $item | indent 4 | trim }}
 {{- end }}
 {{- end }}
 {{- with $ctx.Values.nodeSelector }}
