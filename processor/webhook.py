@@ -127,13 +127,16 @@ class WebhookCounters:
 
 
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Notes when the worker has joined the group (its first assignment, even empty)."""
+    """Notes when the worker has joined the group (its first assignment, even empty), and
+    hands revoked partitions over (`CrmWebhookWorker._hand_over`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, worker: CrmWebhookWorker, consumer: AIOKafkaConsumer) -> None:
         self.joined = False
+        self._worker = worker
+        self._consumer = consumer
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        """Partitions go and come back within the same membership: nothing to note."""
+        await self._worker._hand_over(self._consumer, revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.joined = True  # even with no partition: more workers than partitions
@@ -165,6 +168,12 @@ class CrmWebhookWorker:
         self._consumer: AIOKafkaConsumer | None = None
         self._assignment: _Assignment | None = None
         self._broker = BrokerCheck()
+        # Offset after the last record delivered, by partition, not committed yet; the
+        # partitions revoked since the batch being delivered was fetched; no POST out.
+        self._delivered: dict[TopicPartition, int] = {}
+        self._revoked: set[TopicPartition] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @property
     def ready(self) -> bool:
@@ -223,7 +232,7 @@ class CrmWebhookWorker:
             if not await within_grace(_start(consumer, dead_letters), stop, 0.0):
                 log.info("stopped before the Kafka cluster answered")
                 return
-            self._assignment = _Assignment()
+            self._assignment = _Assignment(self, consumer)
             consumer.subscribe([self._typing.crm_topic], listener=self._assignment)
             self._consumer = consumer
             delivering = self._deliver_until_stopped(consumer, stop, dead_letters)
@@ -249,6 +258,7 @@ class CrmWebhookWorker:
         self, consumer: AIOKafkaConsumer, stop: asyncio.Event, dead_letters: AIOKafkaProducer
     ) -> None:
         """Fetch, deliver and commit until `stop` is set."""
+        self._delivered.clear()
         while not stop.is_set():
             try:
                 batch = await consumer.getmany(timeout_ms=500, max_records=500)
@@ -257,13 +267,40 @@ class CrmWebhookWorker:
                     raise  # the cluster's trouble: `run` restarts from the commit
                 await self._set_aside_undecodable(consumer, exc, stop, dead_letters)
                 continue
-            offsets: dict[TopicPartition, int] = {}
-            for tp, records in batch.items():
-                end = await self._deliver_all(records, stop, dead_letters)
-                if end is not None:
-                    offsets[tp] = end
-            if offsets:
-                await consumer.commit(offsets)
+            self._revoked.clear()  # (fetched since: from where their new owner commits)
+            for records in batch.values():
+                await self._deliver_all(records, stop, dead_letters)
+            await self._commit(consumer, consumer.assignment())
+
+    async def _commit(self, consumer: AIOKafkaConsumer, owned: set[TopicPartition]) -> None:
+        """Commit what was delivered of the partitions in `owned`."""
+        offsets = {tp: end for tp, end in self._delivered.items() if tp in owned}
+        if offsets:
+            await consumer.commit(offsets)
+            for tp in offsets:
+                self._delivered.pop(tp, None)
+
+    async def _hand_over(self, consumer: AIOKafkaConsumer, revoked: list[TopicPartition]) -> None:
+        """A rebalance takes `revoked` away (and may give some back): their delivery stops
+        after the post out, and what was delivered of them is committed now, while the
+        group still counts this member, so that their next owner (this worker again, or
+        another) starts where delivery stopped, not at the last batch's commit. Posting on
+        meanwhile would deliver what the next owner delivers too, out of order with it."""
+        gone = set(revoked)
+        self._revoked |= gone
+        try:
+            # the POST out, if any: at most its timeout (no retry follows a revocation)
+            async with asyncio.timeout(self._config.timeout_s + 1.0):
+                await self._idle.wait()
+            await self._commit(consumer, gone)
+        except (KafkaError, TimeoutError) as exc:
+            log.warning(
+                "delivered CRM records of revoked partitions not committed (%r): their next"
+                " owner delivers them again",
+                exc,
+            )
+        for tp in gone:
+            self._delivered.pop(tp, None)
 
     async def _set_aside_undecodable(
         self,
@@ -292,8 +329,8 @@ class CrmWebhookWorker:
                 else:
                     end = await self._deliver_all(item, stop, dead_letters)
                 if end is None:
-                    return  # stopping
-                await consumer.commit({tp: end})
+                    return  # stopping, or the partition was revoked
+                await self._commit(consumer, {tp})
 
     async def _deliver_all(
         self,
@@ -301,13 +338,17 @@ class CrmWebhookWorker:
         stop: asyncio.Event,
         dead_letters: AIOKafkaProducer,
     ) -> int | None:
-        """Deliver `records` in order; the offset after the last one delivered (None when
-        stopping came first)."""
+        """Deliver `records` (of one partition) in order, noting each in `_delivered`; the
+        offset after the last one delivered (None when stopping, or the partition's
+        revocation, came first)."""
         end = None
         for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            if tp in self._revoked:
+                break  # its next owner delivers the rest
             if not await self._deliver(record, stop, dead_letters):
-                break  # stopping: leave the rest uncommitted
-            end = record.offset + 1
+                break  # stopping, or revoked: leave the rest uncommitted
+            end = self._delivered[tp] = record.offset + 1
         return end
 
     async def _dead_letter(
@@ -353,7 +394,9 @@ class CrmWebhookWorker:
             return True
         headers = {"Content-Type": "application/json", "Idempotency-Key": event_id}
         attempt = 0
-        while not stop.is_set():
+        tp = TopicPartition(record.topic, record.partition)
+        while not stop.is_set() and tp not in self._revoked:
+            self._idle.clear()
             try:
                 response = await self._http.post(
                     self._config.url, content=record.value, headers=headers
@@ -363,6 +406,8 @@ class CrmWebhookWorker:
                 status, detail = None, type(exc).__name__
             else:
                 detail = f"HTTP {status}"
+            finally:
+                self._idle.set()
             answer = _answer(status)
             if answer is _Answer.ACCEPTED:
                 self.counters.delivered += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import logging
 import os
 import re
@@ -516,3 +517,66 @@ async def test_worker_process_serves_probes_and_metrics(
     finally:
         process.kill()
     assert [key for key, _ in state.received] == ["w-2-1"]
+
+
+async def test_a_partition_revoked_mid_delivery_moves_on_where_delivery_stopped(
+    bootstrap_servers: str,
+) -> None:
+    """A second worker joins while the first delivers a backlog (a rollout's surge pod, a
+    scale-up): the first stops posting a revoked partition after the POST out and commits
+    what it delivered, so the new owner goes on from there. No two workers post one
+    session at once, no session's versions go backwards at the CRM, nothing is skipped,
+    and nobody restarts."""
+    per_partition = 300
+    posts: list[tuple[str, str, int]] = []  # worker, session, version
+
+    async def hook(request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        posts.append((request.query_params["w"], body["session_id"], body["version"]))
+        await asyncio.sleep(0.01)  # a CRM's round trip: the backlog takes a few seconds
+        return Response(status_code=204)
+
+    topic = f"hook-moved-{uuid.uuid4().hex[:8]}.crm"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+    finally:
+        await admin.close()
+    async with AIOKafkaProducer(bootstrap_servers=bootstrap_servers) as producer:
+        for version in range(1, per_partition + 1):
+            for partition in (0, 1):
+                session = f"p{partition}"
+                value = orjson.dumps(record(session, version))
+                await producer.send(topic, value, key=session.encode(), partition=partition)
+    typing = TypingSettings(group_id=f"{topic}-group", crm_topic=topic)
+    kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
+    port = free_port()
+    app = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    serving = asyncio.create_task(server.serve())
+    await eventually(lambda: server.started, 10, "the CRM endpoint listening")
+    url = f"http://127.0.0.1:{port}/hook"
+    first = CrmWebhookWorker(kafka, typing, WebhookConfig(url=f"{url}?w=first"))
+    second = CrmWebhookWorker(kafka, typing, WebhookConfig(url=f"{url}?w=second"))
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(first.run(stop))]
+    everything = {(f"p{p}", v) for p in (0, 1) for v in range(1, per_partition + 1)}
+    try:
+        await eventually(lambda: len(posts) >= 20, 60, "the first worker delivering")
+        tasks.append(asyncio.create_task(second.run(stop)))
+        await eventually(lambda: {(s, v) for _, s, v in posts} >= everything, 90, "all posted")
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        server.should_exit = True
+        await serving
+    assert any(worker == "second" for worker, _, _ in posts), "the second worker took one"
+    for session in ("p0", "p1"):
+        seen = [(worker, version) for worker, s, version in posts if s == session]
+        versions = [version for _, version in seen]
+        # at least once: the POST out at the revocation may come again, nothing more
+        assert all(b >= a - 1 for a, b in itertools.pairwise(versions)), session
+        handovers = sum(1 for a, b in itertools.pairwise(seen) if a[0] != b[0])
+        assert handovers <= 1, f"{session}: delivered by two workers at once"
+    assert first.counters.restarts == second.counters.restarts == 0
