@@ -13,8 +13,8 @@ statuses that say the endpoint is wrong: 3xx, 401, 403, 404, ...) holds the part
 retried with backoff until the endpoint accepts, since every later record would get it too.
 
 A lost cluster (also one down at start) is retried from the last commit, never fatal. A
-record that is not a CRM-sync record (not JSON, not an object, no `event_id`: something
-else wrote to the topic) is never posted: it goes to the DLQ with its original bytes, and
+record that is not a CRM-sync record (not JSON, not an object, not valid as one: something
+else wrote to the topic), or whose `event_id` no header can carry, is never posted: it goes to the DLQ with its original bytes, and
 the worker goes on once the dead letter is acknowledged.
 
 Once stopped (SIGTERM), the worker gives up whatever would outlast DESIGN §5's 10 s: a start
@@ -29,6 +29,7 @@ import asyncio
 import enum
 import logging
 import random
+import re
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -42,11 +43,12 @@ from aiokafka import (
     TopicPartition,
 )
 from aiokafka.errors import KafkaError
+from pydantic import ValidationError
 
 from processor import USER_AGENT
 from processor.clock import Clock, SystemClock, wait_unless_stopped, within_grace
 from processor.deadletter import dead_letter_of
-from processor.models import DlqReason
+from processor.models import CrmSyncRecord, DlqReason
 from processor.runtime.kafka import BrokerCheck, client_options, wait_to_restart
 from processor.runtime.recordbatch import Undecodable
 from processor.runtime.undecodable import is_undecodable, read_past_undecodable
@@ -64,6 +66,8 @@ _RECORD_REFUSED = frozenset({400, 413, 422})
 # Idempotency-Key draft answers while the same key's earlier attempt (one this worker
 # timed out on) is still being processed.
 _TRANSIENT_4XX = frozenset({408, 409, 425, 429})
+# An `event_id` that can go out as a header value: visible ASCII, bounded.
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]{1,256}")
 # Base of the retries' backoff: the wait after failed attempt n (from 1) is drawn up to
 # 0.2 * 2**n s (0.4 s after the first), capped by `WebhookConfig.max_backoff_s`.
 _BACKOFF_BASE_S = 0.2
@@ -453,14 +457,26 @@ async def _stop(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
 
 
 def _event_id(value: bytes) -> str | tuple[DlqReason, str]:
-    """A CRM-sync record's `event_id`, or why the value is no CRM-sync record."""
+    """A CRM-sync record's `event_id`, or why the value is no CRM-sync record (not JSON, not
+    an object, not valid as `CrmSyncRecord`: an input event or an audit record written to
+    the topic by mistake), or why its `event_id` cannot go out as the `Idempotency-Key`."""
     try:
         body = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         return DlqReason.INVALID_JSON, f"not JSON: {exc}"
     if not isinstance(body, dict):
         return DlqReason.NOT_AN_OBJECT, f"a JSON {type(body).__name__}, not an object"
-    event_id = body.get("event_id")
-    if not isinstance(event_id, str) or not event_id:
-        return DlqReason.MISSING_FIELD, "no event_id"
+    try:
+        crm = CrmSyncRecord.model_validate(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        reason = (
+            DlqReason.MISSING_FIELD if errors[0]["type"] == "missing" else (DlqReason.INVALID_FIELD)
+        )
+        where = ".".join(str(part) for part in errors[0]["loc"]) or "value"
+        return reason, f"not a CRM-sync record: {where}: {errors[0]['msg']}"
+    event_id = crm.event_id
+    if not _HEADER_SAFE.fullmatch(event_id):
+        # (a header with a CR/LF or beyond ASCII cannot be sent: held for ever, or a crash)
+        return DlqReason.INVALID_FIELD, "event_id cannot be an Idempotency-Key header"
     return event_id

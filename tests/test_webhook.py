@@ -250,7 +250,15 @@ async def test_records_that_are_no_crm_record_go_to_the_dlq_and_delivery_goes_on
     typing = TypingSettings(
         group_id=f"hook-{prefix}", crm_topic=f"hook-{prefix}.crm", dlq_topic=f"hook-{prefix}.dlq"
     )
-    junk = [b"{not json", b'["a", "list"]', orjson.dumps({"session_id": "w-2"})]
+    typing_event = {"event_id": "e-1", "session_id": "w-2", "status": "typing"}
+    junk = [
+        b"{not json",
+        b'["a", "list"]',
+        orjson.dumps({"session_id": "w-2"}),
+        orjson.dumps(typing_event),  # an input event written to the wrong topic
+        orjson.dumps(record("w-2", 9) | {"event_id": "w-2-\u00e9"}),  # no header can hold it
+        orjson.dumps(record("w-2", 9) | {"event_id": "w-2\r\nX-Injected: 1"}),
+    ]
     async with Producer(bootstrap_servers, typing.crm_topic) as producer:
         await producer.send(record("w-2", 1))
         for value in junk:
@@ -262,17 +270,20 @@ async def test_records_that_are_no_crm_record_go_to_the_dlq_and_delivery_goes_on
     await deliver_until(worker, lambda: len(state.received) == 2, "both CRM records accepted")
     assert [body["version"] for _, body in state.received] == [1, 2]
     assert state.attempts == 2  # nothing else was posted
-    assert worker.counters.dead_letters == 3
+    assert worker.counters.dead_letters == len(junk)
     assert worker.counters.restarts == 0
     letters = await read_dead_letters(bootstrap_servers, typing.dlq_topic)
     assert [letter.reason for letter in letters] == [
         DlqReason.INVALID_JSON,
         DlqReason.NOT_AN_OBJECT,
         DlqReason.MISSING_FIELD,
+        DlqReason.MISSING_FIELD,
+        DlqReason.INVALID_FIELD,
+        DlqReason.INVALID_FIELD,
     ]
     assert [base64.b64decode(letter.value_b64 or "") for letter in letters] == junk
     assert {letter.topic for letter in letters} == {typing.crm_topic}
-    assert [letter.offset for letter in letters] == [1, 2, 3]
+    assert [letter.offset for letter in letters] == list(range(1, len(junk) + 1))
 
 
 async def test_an_undecodable_record_is_dead_lettered_with_its_bytes_and_delivery_goes_on(
