@@ -14,8 +14,9 @@ retried with backoff until the endpoint accepts, since every later record would 
 
 A lost cluster (also one down at start) is retried from the last commit, never fatal. A
 record that is not a CRM-sync record (not JSON, not an object, not valid as one: something
-else wrote to the topic), or whose `event_id` no header can carry, is never posted: it goes to the DLQ with its original bytes, and
-the worker goes on once the dead letter is acknowledged.
+else wrote to the topic), or whose `event_id` no header can carry, is never posted: it
+goes to the DLQ with its original bytes, and the worker goes on once the dead letter is
+acknowledged.
 
 Once stopped (SIGTERM), the worker gives up whatever would outlast DESIGN §5's 10 s: a start
 at once, the delivery in flight and the last commit after `WebhookConfig.stop_grace_s`,
@@ -49,6 +50,7 @@ from processor import USER_AGENT
 from processor.clock import Clock, SystemClock, wait_unless_stopped, within_grace
 from processor.deadletter import dead_letter_of
 from processor.models import CrmSyncRecord, DlqReason
+from processor.retryafter import retry_after_s
 from processor.runtime.kafka import BrokerCheck, client_options, wait_to_restart
 from processor.runtime.recordbatch import Undecodable
 from processor.runtime.undecodable import is_undecodable, read_past_undecodable
@@ -66,6 +68,10 @@ _RECORD_REFUSED = frozenset({400, 413, 422})
 # Idempotency-Key draft answers while the same key's earlier attempt (one this worker
 # timed out on) is still being processed.
 _TRANSIENT_4XX = frozenset({408, 409, 425, 429})
+# Most of an answer's body read (no more is needed: the status says it all), and the longest
+# wait a `Retry-After` is followed for.
+_MAX_BODY = 64 * 1024
+_MAX_RETRY_AFTER_S = 60.0
 # An `event_id` that can go out as a header value: visible ASCII, bounded.
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]{1,256}")
 # Base of the retries' backoff: the wait after failed attempt n (from 1) is drawn up to
@@ -355,6 +361,26 @@ class CrmWebhookWorker:
             end = self._delivered[tp] = record.offset + 1
         return end
 
+    async def _post(self, value: bytes, headers: dict[str, str]) -> tuple[int, float | None]:
+        """POST one record: the answer's status, and the wait its `Retry-After` asks for
+        (429 and 503 only). The whole exchange gets the timeout, not each read (a body
+        that trickles would hold delivery), and at most `_MAX_BODY` bytes of the answer
+        are read (a huge one would exhaust the worker's memory on every retry)."""
+        async with (
+            asyncio.timeout(self._config.timeout_s),
+            self._http.stream("POST", self._config.url, content=value, headers=headers) as answer,
+        ):
+            status = answer.status_code
+            asked = None
+            if status in (429, 503):
+                asked = retry_after_s(answer.headers, self._clock.now_ms())
+            read = 0
+            async for chunk in answer.aiter_raw():
+                read += len(chunk)
+                if read > _MAX_BODY:
+                    break  # the connection is closed, not reused
+            return status, asked
+
     async def _dead_letter(
         self,
         record: ConsumerRecord[bytes, bytes],
@@ -402,12 +428,11 @@ class CrmWebhookWorker:
         while not stop.is_set() and tp not in self._revoked:
             self._idle.clear()
             try:
-                response = await self._http.post(
-                    self._config.url, content=record.value, headers=headers
-                )
-                status: int | None = response.status_code
+                status, asked = await self._post(record.value, headers)
             except httpx.HTTPError as exc:
-                status, detail = None, type(exc).__name__
+                status, asked, detail = None, None, type(exc).__name__
+            except TimeoutError:
+                status, asked, detail = None, None, "no answer in time"
             else:
                 detail = f"HTTP {status}"
             finally:
@@ -428,6 +453,8 @@ class CrmWebhookWorker:
             self.counters.retries += 1
             # `attempt` counts from 1: the first retry waits up to 0.4 s, as it always did
             delay = self._backoff.delay(attempt)
+            if asked is not None:
+                delay = max(delay, min(asked, _MAX_RETRY_AFTER_S))  # as the endpoint asks
             if answer is _Answer.ENDPOINT_WRONG:
                 log.error(
                     "CRM endpoint answers %s, which no record can pass (wrong URL, expired"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import logging
 import os
@@ -11,7 +12,7 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from pipeline import (
 )
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from processor.broker import LocalBroker
@@ -97,6 +98,22 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
     finally:
         state.release.set()  # a held post would hold the server's shutdown
         server.should_exit = True
+        await task
+
+
+@contextlib.asynccontextmanager
+async def serving(hook: Callable[[Request], Awaitable[Response]]) -> AsyncIterator[str]:
+    """A CRM endpoint answering with `hook`, on loopback; its URL."""
+    port = free_port()
+    app = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: server.started, 10, "the CRM endpoint listening")
+    try:
+        yield f"http://127.0.0.1:{port}/hook"
+    finally:
+        server.should_exit = True
+        server.force_exit = True
         await task
 
 
@@ -562,26 +579,19 @@ async def test_a_partition_revoked_mid_delivery_moves_on_where_delivery_stopped(
                 await producer.send(topic, value, key=session.encode(), partition=partition)
     typing = TypingSettings(group_id=f"{topic}-group", crm_topic=topic)
     kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
-    port = free_port()
-    app = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    serving = asyncio.create_task(server.serve())
-    await eventually(lambda: server.started, 10, "the CRM endpoint listening")
-    url = f"http://127.0.0.1:{port}/hook"
-    first = CrmWebhookWorker(kafka, typing, WebhookConfig(url=f"{url}?w=first"))
-    second = CrmWebhookWorker(kafka, typing, WebhookConfig(url=f"{url}?w=second"))
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(first.run(stop))]
     everything = {(f"p{p}", v) for p in (0, 1) for v in range(1, per_partition + 1)}
-    try:
-        await eventually(lambda: len(posts) >= 20, 60, "the first worker delivering")
-        tasks.append(asyncio.create_task(second.run(stop)))
-        await eventually(lambda: {(s, v) for _, s, v in posts} >= everything, 90, "all posted")
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks)
-        server.should_exit = True
-        await serving
+    async with serving(hook) as url:
+        first = CrmWebhookWorker(kafka, typing, WebhookConfig(url=f"{url}?w=first"))
+        second = CrmWebhookWorker(kafka, typing, WebhookConfig(url=f"{url}?w=second"))
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(first.run(stop))]
+        try:
+            await eventually(lambda: len(posts) >= 20, 60, "the first worker delivering")
+            tasks.append(asyncio.create_task(second.run(stop)))
+            await eventually(lambda: {(s, v) for _, s, v in posts} >= everything, 90, "all posted")
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
     assert any(worker == "second" for worker, _, _ in posts), "the second worker took one"
     for session in ("p0", "p1"):
         seen = [(worker, version) for worker, s, version in posts if s == session]
@@ -591,3 +601,68 @@ async def test_a_partition_revoked_mid_delivery_moves_on_where_delivery_stopped(
         handovers = sum(1 for a, b in itertools.pairwise(seen) if a[0] != b[0])
         assert handovers <= 1, f"{session}: delivered by two workers at once"
     assert first.counters.restarts == second.counters.restarts == 0
+
+
+async def crm_topic(bootstrap_servers: str, records: list[dict[str, object]]) -> TypingSettings:
+    """A fresh CRM-sync topic holding `records`, and the settings that name it."""
+    prefix = uuid.uuid4().hex[:8]
+    typing = TypingSettings(
+        group_id=f"hook-{prefix}", crm_topic=f"hook-{prefix}.crm", dlq_topic=f"hook-{prefix}.dlq"
+    )
+    async with Producer(bootstrap_servers, typing.crm_topic) as producer:
+        for body in records:
+            await producer.send(body)
+    return typing
+
+
+async def test_a_retry_waits_as_long_as_the_endpoint_asks(bootstrap_servers: str) -> None:
+    """A 429 or 503 with `Retry-After` is retried no sooner than it says (whatever the
+    backoff: here none)."""
+    attempts: list[float] = []
+
+    async def hook(request: Request) -> Response:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            return Response(status_code=429, headers={"Retry-After": "1"})
+        return Response(status_code=204)
+
+    typing = await crm_topic(bootstrap_servers, [record("ra-1", 1)])
+    async with serving(hook) as url:
+        worker = CrmWebhookWorker(
+            KafkaSettings(bootstrap_servers=bootstrap_servers),
+            typing,
+            WebhookConfig(url=url, max_backoff_s=0),
+        )
+        await deliver_until(worker, lambda: worker.counters.delivered == 1, "delivered")
+    assert len(attempts) == 2
+    assert attempts[1] - attempts[0] >= 0.95
+
+
+async def test_an_answer_that_never_ends_is_given_up_after_the_timeout(
+    bootstrap_servers: str,
+) -> None:
+    """The timeout bounds the whole exchange: an answer whose body trickles in (a proxy
+    streaming an error page) must not hold delivery, and a huge one is not read whole."""
+    attempts: list[float] = []
+
+    async def trickle() -> AsyncIterator[bytes]:
+        while True:
+            yield b"x"
+            await asyncio.sleep(0.2)  # the endpoint's pace, not synchronisation
+
+    async def hook(request: Request) -> Response:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            return StreamingResponse(trickle(), status_code=200)
+        return Response(b"y" * (8 * 1024 * 1024), status_code=200)  # 8 MiB: not read whole
+
+    typing = await crm_topic(bootstrap_servers, [record("slow-1", 1)])
+    async with serving(hook) as url:
+        worker = CrmWebhookWorker(
+            KafkaSettings(bootstrap_servers=bootstrap_servers),
+            typing,
+            WebhookConfig(url=url, timeout_s=1.0, max_backoff_s=0),
+        )
+        await deliver_until(worker, lambda: worker.counters.delivered == 1, "delivered")
+    assert len(attempts) == 2
+    assert attempts[1] - attempts[0] < 3.0  # given up after its second, not held

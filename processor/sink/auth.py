@@ -13,6 +13,7 @@ import httpx
 from pydantic import SecretStr
 
 from processor import USER_AGENT
+from processor.retryafter import retry_after_s
 from processor.sink.errors import (
     AuthConfigError,
     ProtocolError,
@@ -182,7 +183,8 @@ class TokenManager:
             raise AuthConfigError(f"login service rejected the client credentials (HTTP {status})")
         if status == 429 or status >= 500:
             raise TokenUnavailableError(
-                f"login service answered HTTP {status}", _retry_after_s(response)
+                f"login service answered HTTP {status}",
+                retry_after_s(response.headers, int(time.time() * 1000)),
             )
         if status != 200:
             raise ProtocolError(f"login service answered HTTP {status}")
@@ -199,12 +201,3 @@ class TokenManager:
         log.debug("obtained a bearer token valid for %.0f s", lifetime)
         expires_at = started + lifetime
         return _Token(value=value, refresh_at=expires_at - margin, expires_at=expires_at)
-
-
-def _retry_after_s(response: httpx.Response) -> float | None:
-    """The login's `Retry-After` in seconds, when it is a usable number of them."""
-    try:
-        seconds = float(response.headers.get("Retry-After", ""))
-    except ValueError:
-        return None
-    return seconds if 0 <= seconds < math.inf else None

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, Self, TypeGuard
 
@@ -31,6 +29,7 @@ from processor.domain import (
     is_uuid,
     is_valid_session_id,
 )
+from processor.retryafter import retry_after_s
 from processor.sink.auth import TokenManager
 from processor.sink.backoff import Backoff
 from processor.sink.breaker import CircuitBreaker
@@ -576,7 +575,9 @@ class GenesysSink:
                     if status == 429:
                         # The budget waits, not this call: what to send after the pause is
                         # decided then, from the state at that moment.
-                        pause = _retry_after_s(sent.response, self._clock)
+                        pause = retry_after_s(sent.response.headers, self._clock.now_ms())
+                        if pause is None:
+                            pause = _DEFAULT_RETRY_AFTER_S
                         self._budget.throttled(pause)
                         log.warning("429 from Genesys: pausing all calls for %.1f s", pause)
                         return ledger.result(
@@ -773,25 +774,3 @@ def _parse_session(session_id: str, response: httpx.Response) -> RemoteSession:
         etag=etag,
         indicator=indicator if isinstance(indicator, dict) else None,
     )
-
-
-def _retry_after_s(response: httpx.Response, clock: Clock) -> float:
-    """`Retry-After` in seconds (delta or HTTP date); a default when absent or unusable."""
-    value = response.headers.get("Retry-After", "").strip()
-    if not value:
-        return _DEFAULT_RETRY_AFTER_S
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        # (`inf`, `nan`: no usable number; the budget bounds any pause it is asked for)
-        return max(0.0, seconds) if math.isfinite(seconds) else _DEFAULT_RETRY_AFTER_S
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return _DEFAULT_RETRY_AFTER_S
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    now = datetime.fromtimestamp(clock.now_ms() / 1000.0, tz=UTC)
-    return max(0.0, (when - now).total_seconds())
