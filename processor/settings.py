@@ -14,7 +14,7 @@ import ssl
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from pydantic import (
@@ -207,13 +207,18 @@ HttpUrlText = Annotated[str, AfterValidator(_check_http_url)]
 
 
 def redacted_url(url: str) -> str:
-    """`url` with a password and query values masked (a webhook URL may carry a
-    credential in either)."""
+    """`url` with its userinfo and query values masked (a webhook URL may carry a
+    credential in either: `user:password@`, a token alone before the `@`, a token as a
+    query value or as a query item with no `=`)."""
     parts = urlsplit(url)
     netloc = parts.netloc
-    if parts.password is not None:
-        netloc = f"{parts.username or ''}:{_MASK}@{netloc.rpartition('@')[2]}"
-    query = "&".join(f"{key}={_MASK}" for key, _ in parse_qsl(parts.query, True))
+    if "@" in netloc:
+        netloc = f"{_MASK}@{netloc.rpartition('@')[2]}"
+    query = "&".join(
+        f"{item.partition('=')[0]}={_MASK}" if "=" in item else _MASK
+        for item in parts.query.split("&")
+        if item
+    )
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 

@@ -336,7 +336,11 @@ def test_a_webhook_url_credential_is_masked_and_never_in_an_error(
         "TYPING_CRM_WEBHOOK_URL", "https://crm:s3cret@crm.example.com:8443/h?token=t0k"
     )
     shown = dict(describe_settings(load_settings()))["TYPING_CRM_WEBHOOK_URL"]
-    assert shown == "https://crm:**********@crm.example.com:8443/h?token=**********"
+    assert shown == "https://**********@crm.example.com:8443/h?token=**********"
+    # a token alone before the `@`, or as a query item with no `=`
+    monkeypatch.setenv("TYPING_CRM_WEBHOOK_URL", "https://t0k3n@crm.example.com/h?k3y&a=1")
+    shown = dict(describe_settings(load_settings()))["TYPING_CRM_WEBHOOK_URL"]
+    assert shown == "https://**********@crm.example.com/h?**********&a=**********"
     assert "s3cret" not in repr(WebhookConfig(url=load_typing().crm_webhook_url or ""))
     monkeypatch.setenv("TYPING_CRM_WEBHOOK_URL", "ftp://crm:s3cret@crm.example.com/h")
     with pytest.raises(ConfigError) as caught:
