@@ -430,7 +430,11 @@ class CrmWebhookWorker:
             try:
                 status, asked = await self._post(record.value, headers)
             except httpx.HTTPError as exc:
-                status, asked, detail = None, None, type(exc).__name__
+                # (what the library says: a certificate refused, a name not found; the
+                # log formatter masks any credential in it)
+                reason = str(exc).strip()
+                detail = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+                status, asked = None, None
             except TimeoutError:
                 status, asked, detail = None, None, "no answer in time"
             else:

@@ -666,3 +666,22 @@ async def test_an_answer_that_never_ends_is_given_up_after_the_timeout(
         await deliver_until(worker, lambda: worker.counters.delivered == 1, "delivered")
     assert len(attempts) == 2
     assert attempts[1] - attempts[0] < 3.0  # given up after its second, not held
+
+
+async def test_a_failed_connection_is_logged_with_its_reason(
+    bootstrap_servers: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused connection, a certificate refused, a name not found: the log says which,
+    not only the exception's class."""
+    typing = await crm_topic(bootstrap_servers, [record("down-1", 1)])
+    nothing_there = f"http://127.0.0.1:{free_port()}/hook"
+    worker = CrmWebhookWorker(
+        KafkaSettings(bootstrap_servers=bootstrap_servers),
+        typing,
+        WebhookConfig(url=nothing_there, max_backoff_s=0),
+    )
+    with caplog.at_level(logging.WARNING, logger="processor.webhook"):
+        await deliver_until(worker, lambda: worker.counters.retries >= 2, "retried")
+    failures = [r.getMessage() for r in caplog.records if "CRM delivery of" in r.getMessage()]
+    assert failures
+    assert all(re.search(r"\(ConnectError: \S", message) for message in failures), failures
