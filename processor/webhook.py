@@ -68,6 +68,9 @@ _RECORD_REFUSED = frozenset({400, 413, 422})
 # Idempotency-Key draft answers while the same key's earlier attempt (one this worker
 # timed out on) is still being processed.
 _TRANSIENT_4XX = frozenset({408, 409, 425, 429})
+# How long a partition may be held at one record (a CRM outage) while this worker stays in
+# the group: a week.
+_HELD_FOR_MS = 7 * 24 * 3600 * 1000
 # Most of an answer's body read (no more is needed: the status says it all), and the longest
 # wait a `Retry-After` is followed for.
 _MAX_BODY = 64 * 1024
@@ -232,6 +235,11 @@ class CrmWebhookWorker:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level=self._kafka.isolation_level.value,
+            # A record is held, not fetched past, while the endpoint fails (by design, for
+            # as long as it fails): the client must not leave the group after its default
+            # five minutes without a fetch, silently, and deliver the batch again once
+            # back. Heartbeats keep the membership; a stuck process fails its liveness probe.
+            max_poll_interval_ms=_HELD_FOR_MS,
         )
         # dead letters only; acks from every replica: a letter is the record's only copy
         # once its offset is committed
