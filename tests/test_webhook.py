@@ -117,6 +117,20 @@ async def serving(hook: Callable[[Request], Awaitable[Response]]) -> AsyncIterat
         await task
 
 
+async def new_topic(bootstrap_servers: str, prefix: str, partitions: int) -> str:
+    """A fresh CRM topic of `partitions` partitions; its name."""
+    topic = f"{prefix}-{uuid.uuid4().hex[:8]}.crm"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(topic, num_partitions=partitions, replication_factor=1)]
+        )
+    finally:
+        await admin.close()
+    return topic
+
+
 def record(session: str, version: int) -> dict[str, object]:
     return {
         "event": "typing_indicator_update",
@@ -480,13 +494,7 @@ async def test_a_worker_left_without_a_partition_is_ready(
     """More workers than CRM partitions (a rollout's extra pod): the idle one is ready too,
     or the rollout would wait for a partition no rebalance gives it."""
     _, url = receiver
-    topic = f"hook-idle-{uuid.uuid4().hex[:8]}.crm"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-    finally:
-        await admin.close()
+    topic = await new_topic(bootstrap_servers, "hook-idle", 1)
     typing = TypingSettings(group_id=f"{topic}-group", crm_topic=topic)
     kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
     workers = [CrmWebhookWorker(kafka, typing, WebhookConfig(url=url)) for _ in range(2)]
@@ -564,13 +572,7 @@ async def test_a_partition_revoked_mid_delivery_moves_on_where_delivery_stopped(
         await asyncio.sleep(0.01)  # a CRM's round trip: the backlog takes a few seconds
         return Response(status_code=204)
 
-    topic = f"hook-moved-{uuid.uuid4().hex[:8]}.crm"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
-    finally:
-        await admin.close()
+    topic = await new_topic(bootstrap_servers, "hook-moved", 2)
     async with AIOKafkaProducer(bootstrap_servers=bootstrap_servers) as producer:
         for version in range(1, per_partition + 1):
             for partition in (0, 1):
