@@ -34,7 +34,7 @@ from kubernetes_validate.utils import latest_version
 
 from processor.runtime.partition import Counters
 from processor.runtime.service import PartitionStats
-from processor.settings import GenesysSettings, TypingSettings, load_typing
+from processor.settings import REGION_DOMAINS, GenesysSettings, TypingSettings, load_typing
 from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
 from processor.telemetry import Telemetry
@@ -670,6 +670,15 @@ def test_schema_refuses_bad_values(chart: helm.Chart, case: str) -> None:
     with pytest.raises(helm.HelmValuesError) as refused:
         render(chart, values)
     assert f"at '{where}'" in str(refused.value)
+
+
+def test_schema_knows_the_regions_the_processor_knows(chart: helm.Chart) -> None:
+    """An unknown region passed the schema and stopped every pod at start-up."""
+    schema = json.loads((Path(CHART) / "values.schema.json").read_text())
+    regions = schema["properties"]["genesys"]["properties"]["region"]["enum"]
+    assert set(regions) == set(REGION_DOMAINS) | set(REGION_DOMAINS.values())
+    with pytest.raises(helm.HelmValuesError, match="/genesys/region"):
+        render(chart, {"genesys": {"region": "eu-west-9"}})
 
 
 def test_schema_accepts_every_ci_values_file(chart: helm.Chart) -> None:
