@@ -331,19 +331,16 @@ class GenesysSink:
         prepaid: int = 0,
     ) -> SinkResult:
         """Show agent (or bot) typing to the customer for `duration_ms` (DESIGN §2b), and
-        not past `until_ms` (epoch ms) when given (see `_typing_duration`)."""
+        not past `until_ms` (epoch ms) when given (see `_typing_body`)."""
         ledger = _Ledger(self._now, self._now(), prepaid)
         if not (is_uuid(conversation_id) and is_uuid(communication_id)):
             return self._settle(ledger, Outcome.REJECTED, "conversation ids must be UUIDs")
         self._check_open()
-        until = self._typing_until(duration_ms, until_ms)
-
-        def body() -> bytes | None:
-            duration = self._typing_duration(until)
-            if duration is None:
-                return None
-            return orjson.dumps({"typing": {"type": "On", "duration": duration}})
-
+        body = self._typing_body(
+            duration_ms,
+            until_ms,
+            lambda duration: orjson.dumps({"typing": {"type": "On", "duration": duration}}),
+        )
         url = self._config.agent_typing_url(conversation_id, communication_id)
         try:
             async with self._exclusive(f"agent_typing/{conversation_id}/{communication_id}"):
@@ -363,7 +360,7 @@ class GenesysSink:
         prepaid: int = 0,
     ) -> SinkResult:
         """Show the customer's typing to the agent for `duration_ms` (DESIGN §2b), and not
-        past `until_ms` (epoch ms) when given (see `_typing_duration`)."""
+        past `until_ms` (epoch ms) when given (see `_typing_body`)."""
         ledger = _Ledger(self._now, self._now(), prepaid)
         if not is_uuid(integration_id):
             return self._settle(ledger, Outcome.REJECTED, "integration id must be a UUID")
@@ -371,12 +368,8 @@ class GenesysSink:
         sender: dict[str, str] = {"id": from_id, "idType": from_id_type}
         if nickname is not None:
             sender["nickname"] = nickname
-        until = self._typing_until(duration_ms, until_ms)
 
-        def body() -> bytes | None:
-            duration = self._typing_duration(until)
-            if duration is None:
-                return None
+        def build(duration: int) -> bytes:
             now = datetime.fromtimestamp(self._clock.now_ms() / 1000, tz=UTC)
             return orjson.dumps(
                 {
@@ -390,6 +383,7 @@ class GenesysSink:
                 }
             )
 
+        body = self._typing_body(duration_ms, until_ms, build)
         url = self._config.open_event_url(integration_id)
         try:
             async with self._exclusive(f"open_messaging/{integration_id}/{from_id}"):
@@ -397,19 +391,29 @@ class GenesysSink:
         finally:
             self._budget.refund(ledger.prepaid)
 
-    def _typing_until(self, duration_ms: int, until_ms: int | None) -> int:
-        """When a typing call's indicator is to go: `until_ms`, else `duration_ms` from now."""
-        return self._clock.now_ms() + duration_ms if until_ms is None else until_ms
+    def _typing_body(
+        self, duration_ms: int, until_ms: int | None, build: Callable[[int], bytes]
+    ) -> Callable[[], bytes | None]:
+        """The body of each attempt of a typing request, built (`build`) with the `duration`
+        it carries when it goes out: what is left until `until_ms` (epoch ms; when None,
+        `duration_ms` after the first attempt), at most `duration_ms`, at least
+        `MESSAGING_MIN_DURATION_MS`; None once nothing is left.
 
-    def _typing_duration(self, until_ms: int) -> int | None:
-        """The `duration` a typing request sent now carries: what is left until `until_ms`,
-        at least `MESSAGING_MIN_DURATION_MS` (None: nothing is left). Computed for each
-        attempt: a retry after a 5xx or a timeout, or a request that waited for its token,
-        shows typing from when it arrives, so a duration fixed when the work was taken would
-        show it past the deadline by as long as the wait (a phantom the store never knew of).
-        """
-        left = until_ms - self._clock.now_ms()
-        return None if left <= 0 else max(MESSAGING_MIN_DURATION_MS, left)
+        Genesys shows typing from when a request arrives: a retry after a 5xx or a timeout,
+        or a request that waited for its token, with the duration fixed when the work was
+        taken would show it past the deadline by as long as the wait (a phantom the store
+        never knew of)."""
+        end = until_ms
+
+        def body() -> bytes | None:
+            nonlocal end
+            now = self._clock.now_ms()
+            if end is None:
+                end = now + duration_ms
+            left = min(duration_ms, end - now)
+            return None if left <= 0 else build(max(MESSAGING_MIN_DURATION_MS, left))
+
+        return body
 
     async def _post_typing(
         self, url: str, body: Callable[[], bytes | None], ledger: _Ledger
