@@ -750,11 +750,11 @@ async def test_an_unconfirmed_member_writes_nothing_until_confirmed_again(
     settings = make_settings(bootstrap_servers, emulator)
     confirmed = False
 
-    def membership() -> bool:
-        return confirmed
+    def unconfirmed() -> bool:
+        return not confirmed
 
     async with standalone_worker(
-        settings, emulator, [], confirmed=membership, flush_interval_ms=100
+        settings, emulator, [], held=unconfirmed, flush_interval_ms=100
     ) as alone:
         worker = alone.worker
         stale = typing_event("first", timeout_ms=1000, occurred_at=1_700_000_000_000)

@@ -12,9 +12,10 @@ and flushed every commit interval, and before any call goes out (a call's intent
 the changelog, acknowledged, before the call is sent). Nothing is written while the group
 has not confirmed this member lately (`holding`, see `lease`): a member that stood still
 past its session must not write over what the partition's next owner wrote. The input
-offset of a flush may be committed once everything produced up to it is acknowledged. A record whose
-processing raises goes to the DLQ (`processing_error`) and the partition goes on; a
-record that cannot be written stops the partition (`failed`): nothing is ever skipped.
+offset of a flush may be committed once everything produced up to it is acknowledged. A
+record whose processing raises goes to the DLQ (`processing_error`) and the partition goes
+on; a record that cannot be written stops the partition (`failed`): nothing is ever
+skipped.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class PartitionWorker:
         on_queued: Callable[[], None] | None = None,
         on_applied: Callable[[str, int], None] | None = None,
         tracing: PartitionTracing | None = None,
-        confirmed: Callable[[], bool] = lambda: True,
+        held: Callable[[], bool] = lambda: False,
     ) -> None:
         self.topic = topic
         self.partition = partition
@@ -134,7 +135,7 @@ class PartitionWorker:
         self._on_queued = on_queued
         self._on_applied = on_applied
         self._tracing = tracing
-        self._confirmed = confirmed
+        self._held = held
         # Processing spans of events whose decision is still open, by input offset, with
         # the event's occurred_at (for the end-to-end latency).
         self._spans: dict[int, tuple[Span, int]] = {}
@@ -158,8 +159,8 @@ class PartitionWorker:
         self._unacked: deque[tuple[asyncio.Future[Any], int | None]] = deque()
         self._closing = False
         self._fenced = False
-        # batches decided while `holding`, in order (see `holding`)
-        self._held: list[OutboundBatch] = []
+        # batches of records decided and not produced yet (kept while `holding`), in order
+        self._unsent: list[OutboundBatch] = []
         self._in_flight = 0
         self._wake_queued = False
         self._idle = asyncio.Event()
@@ -459,14 +460,9 @@ class PartitionWorker:
             state.changelog(self.partition, key, value)
         counters.changelog_records += len(emitted.changelog)
         try:
-            if holding:
-                if len(batch):
-                    self._held.append(batch)
-                futures = {}
-            else:
-                futures = await self._send_held()
-                for topic, sent in (await batch.send() if len(batch) else {}).items():
-                    futures.setdefault(topic, []).extend(sent)
+            if len(batch):
+                self._unsent.append(batch)
+            futures = {} if holding else await self._send_unsent()
             typing = self._outbound.typing
             self._reports.extend(futures.get(typing.crm_topic, []))
             self._reports.extend(futures.get(typing.audit_topic, []))
@@ -507,7 +503,7 @@ class PartitionWorker:
     @property
     def holding(self) -> bool:
         """True while this member writes nothing: the group refused its commit (fenced), or
-        has not confirmed it lately (`confirmed`).
+        has not confirmed it lately (`held`).
 
         Another member may own the partition already and have restored its store. A
         changelog record written now would come after that owner's, and the next restore
@@ -517,13 +513,14 @@ class PartitionWorker:
         owner decides it again from the last commit (I6). The service fetches no input for
         a partition meanwhile.
         """
-        return self._fenced or not self._confirmed()
+        return self._fenced or self._held()
 
-    async def _send_held(self) -> dict[str, list[asyncio.Future[Any]]]:
-        """Produce the batches held while the member was not confirmed, in order."""
+    async def _send_unsent(self) -> dict[str, list[asyncio.Future[Any]]]:
+        """Produce the batches not produced yet, in order (those of this turn, and those
+        kept while `holding`); their acknowledgements by topic."""
         futures: dict[str, list[asyncio.Future[Any]]] = {}
-        held, self._held = self._held, []
-        for batch in held:
+        unsent, self._unsent = self._unsent, []
+        for batch in unsent:
             for topic, sent in (await batch.send()).items():
                 futures.setdefault(topic, []).extend(sent)
         return futures
@@ -630,14 +627,14 @@ class PartitionWorker:
             await asyncio.gather(*calls, return_exceptions=True)
         self._queue.put_nowait(_Stop())
         await self._task
-        if self._held:
+        if self._unsent:
             log.warning(
                 "partition %s: %d records decided while the group had not confirmed this"
                 " member are dropped; its next owner decides them again",
                 self.partition,
-                sum(len(batch) for batch in self._held),
+                sum(len(batch) for batch in self._unsent),
             )
-            self._held.clear()
+            self._unsent.clear()
         self._end_open_spans()
         await self.flush()
         self._reconciler.forget(self.store.session_ids())

@@ -122,10 +122,6 @@ class TypingProcessor:
         """True while the group has not confirmed this member lately (see `lease`)."""
         return self.lease.left() <= 0
 
-    def _confirmed(self) -> bool:
-        """True while the group has confirmed this member lately: its partitions are its own."""
-        return self.lease.left() > 0
-
     @property
     def ready(self) -> bool:
         """Partitions assigned and restored: input is being processed."""
@@ -472,7 +468,7 @@ class TypingProcessor:
                 on_queued=self.scheduler.plan_now,
                 on_applied=self._on_applied,
                 tracing=self.telemetry.partition_tracing(topic, partition, self._outbound_topics),
-                confirmed=self._confirmed,
+                held=self._unconfirmed,
             )
         self._share_budget(assigned)
         self.assigned = True
