@@ -43,7 +43,8 @@ _validate = TypingEvent.__pydantic_validator__.validate_python
 
 
 def reason_for(error: ErrorDetails) -> DlqReason:
-    """The dead-letter reason of one validation error of a `TypingEvent`."""
+    """The dead-letter reason of one validation error of a payload (a `TypingEvent`; a
+    `CrmSyncRecord` too, whose fields are a subset's namesakes)."""
     loc = error["loc"]
     field = loc[0] if loc else ""
     kind = error["type"]
@@ -65,6 +66,11 @@ def reason_for(error: ErrorDetails) -> DlqReason:
     if field == "occurred_at":
         return DlqReason.OCCURRED_AT_OUT_OF_RANGE
     return DlqReason.INVALID_FIELD
+
+
+def describe_errors(errors: list[ErrorDetails]) -> str:
+    """A dead letter's `detail` for validation errors: where each is, and what it says."""
+    return "; ".join(_describe(error) for error in errors)
 
 
 def _describe(error: ErrorDetails) -> str:
@@ -112,7 +118,7 @@ def _check(key: bytes | None, value: bytes) -> TypingEvent | tuple[DlqReason, st
         event: TypingEvent = _validate(document)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
-        return reason_for(errors[0]), "; ".join(_describe(e) for e in errors)
+        return reason_for(errors[0]), describe_errors(errors)
     if key is None or key != event.session_id.encode():
         shown = "none" if key is None else repr(key[:140])
         return DlqReason.KEY_MISMATCH, f"key {shown} differs from session_id"

@@ -48,6 +48,7 @@ from pydantic import ValidationError
 
 from processor import USER_AGENT
 from processor.clock import Clock, SystemClock, wait_unless_stopped, within_grace
+from processor.codec import describe_errors, reason_for
 from processor.deadletter import dead_letter_of
 from processor.models import CrmSyncRecord, DlqReason
 from processor.retryafter import retry_after_s
@@ -509,11 +510,7 @@ def _event_id(value: bytes) -> str | tuple[DlqReason, str]:
         crm = CrmSyncRecord.model_validate(body)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
-        reason = (
-            DlqReason.MISSING_FIELD if errors[0]["type"] == "missing" else (DlqReason.INVALID_FIELD)
-        )
-        where = ".".join(str(part) for part in errors[0]["loc"]) or "value"
-        return reason, f"not a CRM-sync record: {where}: {errors[0]['msg']}"
+        return reason_for(errors[0]), f"not a CRM-sync record: {describe_errors(errors)}"
     event_id = crm.event_id
     if not _HEADER_SAFE.fullmatch(event_id):
         # (a header with a CR/LF or beyond ASCII cannot be sent: held for ever, or a crash)
