@@ -142,13 +142,15 @@ class TokenManager:
             self._token = task.result()
             self._failed = None
             return
+        if not isinstance(error, SinkError):
+            return
         cached, now = self._token, self._now()
-        if isinstance(error, SinkError) and (cached is None or now >= cached.expires_at):
+        if cached is None or now >= cached.expires_at:
             wait = LOGIN_RETRY_S
             if isinstance(error, TokenUnavailableError) and error.retry_after_s is not None:
                 wait = min(MAX_LOGIN_WAIT_S, error.retry_after_s)
             self._failed = (now + wait, error)
-        if isinstance(error, SinkError) and cached is not None and now < cached.expires_at:
+        else:
             # The cached token still works: callers keep it, and the login service is
             # asked again a little later, not on every call (runs once per failed fetch).
             retry_at = min(now + REFRESH_RETRY_S, cached.expires_at)
