@@ -22,13 +22,13 @@ come, recently, per planned one, so that the planner keeps room for them.
 The service overrules both: `Retry-After` pauses all spending, and the `inin-ratelimit-*`
 headers (calls counted in the current window, calls allowed, seconds to its reset) cap
 the rate until the window resets, so the replicas together never outrun the window; each
-for a minute at most (`MAX_PAUSE_S`). A 429
-says the service admits fewer calls back to back than this replica drew (its own bucket is
-smaller, or other clients spent it): `throttled` shrinks the burst to half of what it had
-drawn beyond the rate when refused (and at least by half), leaving the other half for the
-requests that go out into debt; it grows back by `BURST_RECOVERY_S` per
-`BURST_RECOVERY_PERIOD_S` without a 429, up to the configured one. Against a service
-bucket smaller than ours, that is one 429 to learn it, not one per burst.
+for a minute at most (`MAX_PAUSE_S`). A 429 says the service admits fewer calls back to
+back than this replica drew (its own bucket is smaller, or other clients spent it):
+`throttled` shrinks the burst to half of what it had drawn beyond the rate when refused
+(and at least by half), leaving the other half for the requests that go out into debt; it
+grows back by `BURST_RECOVERY_S` per `BURST_RECOVERY_PERIOD_S` without a 429, up to the
+configured one. Against a service bucket smaller than ours, that is one 429 to learn it,
+not one per burst.
 
 Pure: time comes from the injected `monotonic` function (seconds).
 """
