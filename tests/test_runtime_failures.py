@@ -13,7 +13,7 @@ import math
 import uuid
 import warnings
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +115,25 @@ async def committed(bootstrap: str, settings: Settings, partition: int) -> int |
         await consumer.stop()
 
 
+@contextlib.asynccontextmanager
+async def running(
+    settings: Settings, kind: Callable[[Settings, GenesysSink], TypingProcessor]
+) -> AsyncIterator[tuple[TypingProcessor, asyncio.Task[None]]]:
+    """A processor of `kind` running, once ready, and its task; afterwards stopped
+    (whatever became of it) and its sink closed."""
+    sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
+    processor = kind(settings, sink)
+    stop = asyncio.Event()
+    task = asyncio.create_task(processor.run(stop))
+    try:
+        await eventually(lambda: processor.ready, 60, "processor ready")
+        yield processor, task
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+        await sink.aclose()
+
+
 def record(session_id: str, **extra: Any) -> tuple[bytes, bytes]:
     return session_id.encode(), orjson.dumps(typing_event(session_id, timeout_ms=30_000, **extra))
 
@@ -166,12 +185,7 @@ async def test_an_unwritable_dead_letter_stops_the_partition_and_skips_nothing(
     settings = make_settings(bootstrap_servers, emulator)
     emulator.create_session("before")
     emulator.create_session("after")
-    sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
-    processor = broken(settings, sink)
-    stop = asyncio.Event()
-    task = asyncio.create_task(processor.run(stop))
-    try:
-        await eventually(lambda: processor.ready, 60, "processor ready")
+    async with running(settings, broken) as (_, task):
         offsets = await produce(bootstrap_servers, settings.typing.input_topic, [record("before")])
 
         async def first_committed() -> bool:
@@ -193,10 +207,6 @@ async def test_an_unwritable_dead_letter_stops_the_partition_and_skips_nothing(
         assert offsets[0] < position <= bad[0]
         audits = await read_json(bootstrap_servers, settings.typing.audit_topic)
         assert "before" in {a["session_id"] for a in audits}
-    finally:
-        stop.set()
-        await asyncio.gather(task, return_exceptions=True)
-        await sink.aclose()
 
 
 async def test_a_partition_that_stopped_leaves_its_store_to_the_collector(
@@ -219,12 +229,7 @@ async def stores_of_a_processor_that_stopped(
     """Run a processor until a refused dead letter stops a partition; its stores, weakly."""
     settings = make_settings(bootstrap_servers, emulator)
     emulator.create_session("kept")
-    sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
-    processor = BrokenDlqProcessor(settings, sink)
-    stop = asyncio.Event()
-    task = asyncio.create_task(processor.run(stop))
-    try:
-        await eventually(lambda: processor.ready, 60, "processor ready")
+    async with running(settings, BrokenDlqProcessor) as (processor, task):
         await produce(bootstrap_servers, settings.typing.input_topic, [record("kept")])
         await eventually(
             lambda: processor.workers[0].store.tracked_sessions == 1, 30, "the session tracked"
@@ -233,10 +238,6 @@ async def stores_of_a_processor_that_stopped(
         await produce(bootstrap_servers, settings.typing.input_topic, [(b"broken", b"{")])
         await eventually(task.done, 30, "the processor stopped")
         assert isinstance(task.exception(), KafkaError)
-    finally:
-        stop.set()
-        await asyncio.gather(task, return_exceptions=True)
-        await sink.aclose()
     return stores
 
 
