@@ -557,6 +557,17 @@ class ReportsWatched(Outbound):
         return futures
 
 
+def agent_typing_target(emulator: EmulatorHandle) -> dict[str, str]:
+    """The target of agent typing in a conversation created in the emulator for it."""
+    conversation, communication = str(uuid.uuid4()), str(uuid.uuid4())
+    emulator.create_conversation(conversation, [communication])
+    return {
+        "kind": "agent_typing",
+        "conversation_id": conversation,
+        "communication_id": communication,
+    }
+
+
 async def test_an_outcome_is_on_the_changelog_only_once_its_report_is_acknowledged(
     bootstrap_servers: str, emulator: EmulatorHandle
 ) -> None:
@@ -566,13 +577,7 @@ async def test_an_outcome_is_on_the_changelog_only_once_its_report_is_acknowledg
     (I6)."""
     settings = make_settings(bootstrap_servers, emulator)
     outbound = ReportsWatched(settings.kafka, settings.typing)
-    conversation, communication = str(uuid.uuid4()), str(uuid.uuid4())
-    emulator.create_conversation(conversation, [communication])
-    agent = {
-        "kind": "agent_typing",
-        "conversation_id": conversation,
-        "communication_id": communication,
-    }
+    agent = agent_typing_target(emulator)
     # every turn flushes the changelog: the outcome's turn too
     async with standalone_worker(
         settings, emulator, ["reported"], outbound, 1_000, agent, flush_interval_ms=0
@@ -623,13 +628,7 @@ async def test_a_lapse_found_in_an_input_turn_is_recorded_only_once_it_is_audite
     again (I6)."""
     settings = make_settings(bootstrap_servers, emulator)
     outbound = AuditsUnacknowledged(settings.kafka, settings.typing)
-    conversation, communication = str(uuid.uuid4()), str(uuid.uuid4())
-    emulator.create_conversation(conversation, [communication])
-    agent = {
-        "kind": "agent_typing",
-        "conversation_id": conversation,
-        "communication_id": communication,
-    }
+    agent = agent_typing_target(emulator)
     clock = ShiftedClock()
     async with standalone_worker(
         settings, emulator, ["lapser"], outbound, 5_000, agent, clock, flush_interval_ms=0
