@@ -241,7 +241,10 @@ class ApiBudget:
         if tokens <= 0:
             return
         self._refill()
-        self._level = min(self.capacity, self._level + tokens)
+        # A pause restarts from empty: what comes back during it must not be a burst
+        # ready to go out the moment it ends.
+        ceiling = 0.0 if self.paused_for() > 0 else self.capacity
+        self._level = min(max(ceiling, self._level), self._level + tokens)
         self._decay()
         if planned:
             self._planned = max(0.0, self._planned - tokens)

@@ -79,6 +79,22 @@ def test_retry_after_pauses_and_restarts_from_empty() -> None:
     assert budget.level() == pytest.approx(1)
 
 
+def test_refunds_during_a_pause_do_not_build_a_burst_for_its_end() -> None:
+    clock = Monotonic()
+    budget = ApiBudget(600, burst_s=1.0, monotonic=clock)  # 10/s, 10 at once
+    clock.now += 1.0
+    budget.spend(5)  # five calls taken; a 429 pauses them before they go out
+    budget.pause(2.0)
+    budget.refund(5)
+    assert budget.spent == 0
+    clock.now += 2.0
+    assert budget.level() == pytest.approx(0)  # restarted from empty all the same
+    budget.spend(1)
+    budget.pause(1.0)
+    budget.refund(3)  # a debt is paid back, but only up to empty
+    assert budget.level() == pytest.approx(0)
+
+
 def test_a_429_holds_half_of_what_the_service_took_back_to_back() -> None:
     clock = Monotonic()
     budget = ApiBudget(300, burst_s=3.0, monotonic=clock)  # 5/s, 15 at once
