@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -169,6 +170,34 @@ async def test_a_5xx_on_a_patch_is_ambiguous_but_on_a_read_it_is_not() -> None:
     ):
         read = await sink.read_back("s1")
         assert (read.outcome, read.ambiguous) == (Outcome.FAILED, False)
+
+
+async def test_a_5xx_retry_after_is_the_least_wait_before_the_retry() -> None:
+    """A busy service says when to come back: a retry is not sent sooner, and a wait that
+    outlasts the call's retry time fails the call at once instead of hammering."""
+    sent: list[float] = []
+
+    def script(request: httpx.Request) -> httpx.Response:
+        sent.append(time.monotonic())
+        if len(sent) == 1:
+            return httpx.Response(503, headers={"Retry-After": "0.2"})
+        return httpx.Response(200, json=SESSION, headers={"ETag": "e1"})
+
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(token_or(script))) as http,
+        GenesysSink(CONFIG, http=http) as sink,
+    ):
+        read = await sink.read_back("s1")
+    assert (read.outcome, read.attempts) == (Outcome.APPLIED, 2)
+    assert sent[1] - sent[0] >= 0.2  # (the backoff alone waits 2 ms at most)
+    busy = token_or(lambda request: httpx.Response(503, headers={"Retry-After": "30"}))
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(busy)) as http,
+        GenesysSink(CONFIG, http=http) as sink,
+    ):
+        read = await sink.read_back("s1")
+    assert (read.outcome, read.attempts) == (Outcome.FAILED, 1)
+    assert read.error == "GET answered HTTP 503 (no time left to retry)"
 
 
 async def test_read_back_reports_the_indicator_it_finds() -> None:

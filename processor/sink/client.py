@@ -17,7 +17,7 @@ import httpx
 import orjson
 
 from processor import USER_AGENT
-from processor.budget import ApiBudget
+from processor.budget import MAX_PAUSE_S, ApiBudget
 from processor.clock import Clock, SystemClock
 from processor.domain import (
     MESSAGING_MIN_DURATION_MS,
@@ -129,6 +129,15 @@ class _Sent:
 
     response: httpx.Response
     token: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """Why an attempt failed transiently, and the least wait before the next one (a 5xx's
+    `Retry-After`, believed up to `MAX_PAUSE_S`)."""
+
+    reason: str
+    retry_after_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -592,15 +601,17 @@ class GenesysSink:
             except AuthConfigError as exc:
                 return self._auth_failure(ledger, str(exc))
             except (TokenUnavailableError, ProtocolError) as exc:
-                failure = str(exc)
+                failure = _Failed(str(exc))
             failures += 1
             if failures >= self._config.max_transient_attempts:
                 return ledger.result(
-                    Outcome.FAILED, error=f"{failure} (gave up after {failures} tries)"
+                    Outcome.FAILED, error=f"{failure.reason} (gave up after {failures} tries)"
                 )
-            delay = self._backoff.delay(failures - 1)
+            delay = max(self._backoff.delay(failures - 1), failure.retry_after_s)
             if self._now() + delay > give_up_at:
-                return ledger.result(Outcome.FAILED, error=f"{failure} (no time left to retry)")
+                return ledger.result(
+                    Outcome.FAILED, error=f"{failure.reason} (no time left to retry)"
+                )
             await asyncio.sleep(delay)
 
     async def _attempt(
@@ -610,7 +621,7 @@ class GenesysSink:
         body: bytes | None,
         if_match: str | None,
         ledger: _Ledger,
-    ) -> _Sent | SinkResult | str:
+    ) -> _Sent | SinkResult | _Failed:
         """One request under the breaker's permission: a non-5xx answer, a final result
         (the budget is paused), or why it failed transiently. Token errors propagate.
 
@@ -650,12 +661,16 @@ class GenesysSink:
                         self._budget.refund(1, planned=False)
                 self._breaker.record_failure(sent_at)
                 ledger.unanswered = ledger.unanswered or (changes and maybe_sent)
-                return failure
+                return _Failed(failure)
             self._budget.observe(response.headers)
             if response.status_code >= 500:
                 self._breaker.record_failure(sent_at)
                 ledger.unanswered = ledger.unanswered or changes
-                return f"{method} answered HTTP {response.status_code}"
+                wait = retry_after_s(response.headers, self._clock.now_ms())
+                return _Failed(
+                    f"{method} answered HTTP {response.status_code}",
+                    min(MAX_PAUSE_S, wait or 0.0),
+                )
             # Any other answer (even 4xx or 429) shows the API is up.
             self._breaker.record_success()
             return _Sent(response, token)
