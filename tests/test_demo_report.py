@@ -17,6 +17,7 @@ from processor.demo.report import (
     bursts,
     calls_to_show,
     fidelity,
+    percentile,
     refresh_aware_bound,
     shown_intervals,
     typing_shown_intervals,
@@ -49,6 +50,26 @@ def test_accuracy_counts_phantom_missed_and_latencies_of_shown_bursts_only() -> 
     assert (result.phantom_ms, result.missed_ms) == (200, 100 + 1000)
     assert result.shown_truth_ms == 1900
     assert (result.set_latencies_ms, result.clear_latencies_ms) == ([100.0], [200.0])
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [
+        ([100.0, 200.0], 50, 100.0),  # rank ceil(0.5 * 2) = 1
+        ([float(v) for v in range(1, 11)], 50, 5.0),
+        ([float(v) for v in range(1, 11)], 90, 9.0),
+        ([float(v) for v in range(1, 5)], 25, 1.0),
+        ([float(v) for v in range(1, 101)], 99, 99.0),
+        ([float(v) for v in range(1, 151)], 99, 149.0),  # ceil(148.5)
+        ([3.0, 1.0, 2.0], 100, 3.0),
+        ([3.0, 1.0, 2.0], 0, 1.0),
+        ([], 99, None),
+    ],
+)
+def test_percentile_is_the_nearest_rank(
+    values: list[float], q: float, expected: float | None
+) -> None:
+    assert percentile(values, q) == expected
 
 
 def test_the_bound_is_the_longest_bursts_the_calls_pay_for() -> None:

@@ -5,6 +5,7 @@ Pure functions over interval lists, so the demo's numbers are testable without a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -30,11 +31,15 @@ def shown_intervals(history: Iterable[dict[str, Any]], end_ms: int) -> list[Inte
 
 
 def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100); None for no values."""
+    """Nearest-rank percentile (q in 0..100); None for no values.
+
+    The value of rank ceil(q/100 x n) (1-based): `q * n` first, so that whole ranks stay whole
+    in floating point (0.99 * 100 is 98.99999999999999, 99 * 100 / 100 is 99.0).
+    """
     if not values:
         return None
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    rank = max(0, min(len(ordered) - 1, math.ceil(q * len(ordered) / 100) - 1))
     return ordered[rank]
 
 
