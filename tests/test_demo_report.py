@@ -52,6 +52,16 @@ def test_accuracy_counts_phantom_missed_and_latencies_of_shown_bursts_only() -> 
     assert (result.set_latencies_ms, result.clear_latencies_ms) == ([100.0], [200.0])
 
 
+def test_an_indicator_never_cleared_counts_its_clear_lag_up_to_the_end() -> None:
+    # a's clear never came: still shown at the end (a messaging call may show past it)
+    truth = {"a": [(1000, 2000)], "b": [(1000, 2000)], "c": [(9000, 12_000)]}
+    shown = {"a": [(1000, 10_000)], "b": [(1000, 12_000)], "c": [(9000, 10_000)]}
+    result = accuracy(truth, shown, end_ms=10_000)
+    assert result.set_latencies_ms == [0.0, 0.0, 0.0]
+    # c is still typing at the end: no clear is due yet
+    assert result.clear_latencies_ms == [8000.0, 8000.0]
+
+
 @pytest.mark.parametrize(
     ("values", "q", "expected"),
     [

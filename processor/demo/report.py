@@ -77,7 +77,9 @@ def accuracy(
     Phantom: shown while nobody typed (beyond `slack_ms` after each truth interval, the
     allowance I1 gives a clear). Missed: typing that was not shown. Latencies, for each
     truth interval that was shown at all: from its start to the first set in it, and from
-    its end to when the indicator went (or the next burst began, if it stayed up).
+    its end to when the indicator went (or the next burst began, if it stayed up). A clear
+    that never came counts up to `end_ms` (at least that late); a truth interval not over by
+    `end_ms` has no clear lag yet.
     """
     truth_ms = shown_ms = phantom_ms = missed_ms = 0
     set_lat: list[float] = []
@@ -97,8 +99,8 @@ def accuracy(
             set_lat.append(float(max(0, covering[0][0] - start)))
             # shown on past the end, until it went or the next burst began
             following = expected[index + 1][0] if index + 1 < len(expected) else end_ms
-            gone = min(covering[-1][1], following)
-            if gone < end_ms:
+            gone = min(covering[-1][1], following, end_ms)
+            if stop < end_ms:
                 clear_lat.append(float(max(0, gone - stop)))
     return Accuracy(truth_ms, shown_ms, phantom_ms, missed_ms, set_lat, clear_lat)
 
