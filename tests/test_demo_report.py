@@ -18,6 +18,7 @@ from processor.demo.report import (
     calls_to_show,
     fidelity,
     percentile,
+    read_once,
     refresh_aware_bound,
     shown_intervals,
     typing_shown_intervals,
@@ -148,6 +149,49 @@ def test_the_demo_emulator_admits_the_burst_asked_for_else_five_seconds_of_the_r
     assert emulator_faults(options).rate_limit_burst == 5
     with pytest.raises(SystemExit):
         build_parser().parse_args(["demo", "--rate-limit-burst", "0"])
+
+
+def bursts_of(sessions: dict[str, list[int]]) -> list[int]:
+    return [length for lengths in sessions.values() for length in lengths]
+
+
+def test_the_bound_charges_a_get_per_session_the_bound_shows_not_per_session_the_run_showed() -> (
+    None
+):
+    # a run showed b, c and d once each: 3 GETs and 3 bursts, 9 calls, 3 s of typing.
+    # A scheduler showing only a, four bursts of 9 s, pays 1 GET and 8 calls: 36 s.
+    sessions = {"a": [9000, 9000, 9000, 9000], "b": [1000], "c": [1000], "d": [1000]}
+    assert budget_bound({2: bursts_of(sessions)}, calls=9, reads=3) == 27_000  # beaten
+    items = read_once([[(length, 2) for length in lengths] for lengths in sessions.values()])
+    assert refresh_aware_bound(items, calls=9) == 36_000
+    # a GET is charged once per session, to its longest burst
+    assert sorted(read_once([[(1000, 2), (8000, 4), (3000, 2)]])) == [
+        (1000, 2), (3000, 2), (8000, 5)
+    ]  # fmt: skip
+    assert read_once([[], [(500, 1)]]) == [(500, 2)]
+
+
+@settings(max_examples=200)
+@given(
+    webchat=st.lists(st.lists(st.integers(1, 20_000), min_size=1, max_size=4), max_size=4),
+    messaging=st.lists(st.integers(1, 20_000), max_size=4),
+    calls=st.integers(0, 30),
+)
+def test_no_schedule_paying_a_get_per_session_it_shows_beats_the_bound(
+    webchat: list[list[int]], messaging: list[int], calls: int
+) -> None:
+    items = [*read_once([[(length, 2) for length in lengths] for lengths in webchat])]
+    bound = refresh_aware_bound([*items, *((length, 1) for length in messaging)], calls)
+    choices = [(s, length) for s, lengths in enumerate(webchat) for length in lengths]
+    choices += [(None, length) for length in messaging]
+    best = 0
+    for picked in itertools.product((False, True), repeat=min(len(choices), 12)):
+        chosen = [item for item, take in zip(choices, picked, strict=False) if take]
+        sessions = {s for s, _ in chosen if s is not None}
+        cost = sum(1 if s is None else 2 for s, _ in chosen) + len(sessions)
+        if cost <= calls:
+            best = max(best, sum(length for _, length in chosen))
+    assert best <= bound + 1e-6
 
 
 def test_a_burst_within_one_timeout_costs_a_set_and_a_clear() -> None:

@@ -114,7 +114,8 @@ def budget_bound(bursts_by_cost: dict[int, list[int]], calls: int, reads: int) -
     """Most typing time any scheduler could show with `calls` Genesys calls (DESIGN §4b).
 
     Every shown burst costs at least `cost` calls (2 for a webchat session: a set and its
-    clear; 1 for a messaging target), and `reads` calls go to one GET per webchat session.
+    clear; 1 for a messaging target), and `reads` calls are set aside as showing nothing
+    (the GET each webchat session shown costs depends on the sessions picked: `read_once`).
     The bound is the fractional knapsack over bursts by length per call: with one kind it
     is the `(calls - reads) / cost` longest bursts.
     """
@@ -170,11 +171,37 @@ def calls_to_show(
 
 
 def refresh_aware_bound(
-    bursts_with_calls: Iterable[tuple[int, int]], calls: int, reads: int
+    bursts_with_calls: Iterable[tuple[int, int]], calls: int, reads: int = 0
 ) -> float:
     """The budget bound with each burst at the calls it needs (`calls_to_show`), not at
-    two: the most typing any scheduler that keeps I2 could show with `calls` calls."""
+    two: the most typing any scheduler that keeps I2 could show with `calls` calls.
+    (`bursts_with_calls` may be any `(length, cost)` items, such as `read_once`'s.)"""
     by_cost: dict[int, list[int]] = {}
     for length, cost in bursts_with_calls:
         by_cost.setdefault(cost, []).append(length)
     return budget_bound(by_cost, calls, reads)
+
+
+def read_once(
+    sessions: Iterable[Iterable[tuple[int, int]]], read_cost: int = 1
+) -> list[tuple[int, int]]:
+    """The `(length, cost)` bursts of webchat sessions, each session's first call (its GET)
+    charged to one of its bursts: the longest (the first of equals).
+
+    A scheduler pays one GET for every session it shows, whichever sessions it picks, so a
+    bound cannot charge the GETs of the sessions one run happened to show: one that showed
+    fewer sessions, each for longer, would beat it. Charging the GET to a single burst of
+    each session asks no more than any choice of bursts really costs (a burst of a session
+    taken without that one goes without a GET), so the bound over these items still bounds
+    every scheduler. The same burst is charged whatever the costs, so that dearer costs
+    for every burst (refreshes paid) never give a higher bound.
+    """
+    items: list[tuple[int, int]] = []
+    for session in sessions:
+        bursts_of = list(session)
+        if not bursts_of:
+            continue
+        best = max(range(len(bursts_of)), key=lambda i: bursts_of[i][0])
+        for index, (length, cost) in enumerate(bursts_of):
+            items.append((length, cost + read_cost if index == best else cost))
+    return items

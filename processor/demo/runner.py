@@ -45,10 +45,9 @@ from processor.sink.config import SinkConfig
 from .report import (
     Accuracy,
     accuracy,
-    budget_bound,
-    bursts,
     calls_to_show,
     fidelity,
+    read_once,
     refresh_aware_bound,
     shown_intervals,
     typing_shown_intervals,
@@ -358,21 +357,40 @@ async def _run_stack(
         budget_calls=options.api_rate_per_minute * (end_ms - start_ms) / 60_000,
         history=histories,
     )
-    # One GET per webchat session the run showed (the first call of a session reads it)
-    webchat_sessions = [sid for sid, kind in kinds.items() if kind == "webchat" and histories[sid]]
-    result.bound_ms = budget_bound(
-        {
-            2: bursts({sid: iv for sid, iv in truth.items() if kinds[sid] == "webchat"}),
-            1: bursts({sid: iv for sid, iv in truth.items() if kinds[sid] == "messaging"}),
-        },
-        result.api_calls,
-        len(webchat_sessions),
+    result.bound_ms, result.ceiling_ms = budget_bounds(
+        events, truth, kinds, settings.typing, result.api_calls
     )
-    result.ceiling_ms = refresh_aware_bound(
-        _bursts_with_calls(events, truth, kinds, settings.typing), result.api_calls,
-        len(webchat_sessions),
-    )  # fmt: skip
     return result
+
+
+def budget_bounds(
+    events: list[TypingEvent],
+    truth: dict[str, list[Interval]],
+    kinds: dict[str, str],
+    typing: TypingSettings,
+    calls: int,
+) -> tuple[float, float]:
+    """The budget bound and the ceiling under I2 of a run that made `calls` Genesys calls.
+
+    The bound: each burst at two calls (a set and its clear; one for a messaging target).
+    The ceiling: each at the calls it takes to show it whole (`calls_to_show`). In both,
+    every webchat session shown also costs one GET (`read_once`), whichever sessions a
+    scheduler picks, not the sessions this run happened to show.
+    """
+    webchat: dict[str, list[tuple[int, int]]] = {}
+    shown_whole: dict[str, list[tuple[int, int]]] = {}
+    messaging: list[tuple[int, int]] = []
+    messaging_whole: list[tuple[int, int]] = []
+    for sid, length, needed in _bursts_with_calls(events, truth, kinds, typing):
+        if kinds[sid] == "webchat":
+            webchat.setdefault(sid, []).append((length, 2))
+            shown_whole.setdefault(sid, []).append((length, needed))
+        else:
+            messaging.append((length, 1))
+            messaging_whole.append((length, needed))
+    bound = refresh_aware_bound([*read_once(webchat.values()), *messaging], calls)
+    ceiling = refresh_aware_bound([*read_once(shown_whole.values()), *messaging_whole], calls)
+    return bound, ceiling
 
 
 def _bursts_with_calls(
@@ -380,8 +398,9 @@ def _bursts_with_calls(
     truth: dict[str, list[Interval]],
     kinds: dict[str, str],
     typing: TypingSettings,
-) -> Iterator[tuple[int, int]]:
-    """Each true burst's length and the calls it takes to show it whole (`calls_to_show`)."""
+) -> Iterator[tuple[str, int, int]]:
+    """Each true burst's session, length and the calls it takes to show it whole
+    (`calls_to_show`)."""
     deadlines: dict[str, list[tuple[int, int]]] = {}
     for event in events:
         if event.status is not Status.STOPPED:
@@ -400,7 +419,7 @@ def _bursts_with_calls(
                 max_span_ms=typing.messaging_max_duration_ms if messaging else None,
                 clear=not messaging,
             )
-            yield stop - start, calls
+            yield sid, stop - start, calls
 
 
 def _targets(events: list[TypingEvent]) -> dict[str, Target | None]:
