@@ -23,8 +23,10 @@ from processor.demo.report import (
     shown_intervals,
     typing_shown_intervals,
 )
-from processor.demo.runner import DemoOptions, emulator_faults, run_demo
+from processor.demo.runner import DemoOptions, emulator_config, emulator_faults, run_demo
 from processor.demo.summary import summary_table
+from processor.emulator.config import EmulatorConfig
+from processor.emulator.messaging import MessagingStore
 
 
 def test_shown_intervals_from_webchat_history_and_typing_calls() -> None:
@@ -192,6 +194,21 @@ def test_no_schedule_paying_a_get_per_session_it_shows_beats_the_bound(
         if cost <= calls:
             best = max(best, sum(length for _, length in chosen))
     assert best <= bound + 1e-6
+
+
+def test_the_demo_emulator_keeps_every_typing_call_of_a_long_run() -> None:
+    """What a messaging target showed is measured from the emulator's typing calls at the
+    end: a long run's first calls must still be there."""
+    options = DemoOptions(duration_s=300, targets="messaging")
+    config = emulator_config(options)
+    faults = config.faults
+    admitted = faults.rate_limit_burst + faults.rate_limit_per_minute * 10  # ten minutes
+    assert admitted > EmulatorConfig().typing_events_kept  # the default would drop some
+    store = MessagingStore(config.typing_events_kept)
+    for n in range(admitted):
+        store.record(n, 5000, kind="agent_typing", conversation_id=f"conv-{n % 500}")
+    assert len(store.query(conversation_id="conv-0")) == len(range(0, admitted, 500))
+    assert store.query(conversation_id="conv-0")[0]["at_ms"] == 0
 
 
 def test_a_burst_within_one_timeout_costs_a_set_and_a_clear() -> None:

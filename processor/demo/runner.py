@@ -238,6 +238,21 @@ def emulator_faults(options: DemoOptions) -> Faults:
     )
 
 
+DEMO_TYPING_CALLS_KEPT = 1_000_000
+"""Typing calls the demo's emulator keeps: what a messaging target showed is measured from
+them at the end, so none may be dropped (the emulator's default keeps 10,000, which a
+demo with messaging targets and the default rate passes in a few minutes)."""
+
+
+def emulator_config(options: DemoOptions) -> EmulatorConfig:
+    """The demo's emulator: its one client, `emulator_faults`, and every typing call kept."""
+    return EmulatorConfig(
+        clients=EmulatorConfig.single_client(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET).clients,
+        faults=emulator_faults(options),
+        typing_events_kept=DEMO_TYPING_CALLS_KEPT,
+    )
+
+
 async def run_demo(
     options: DemoOptions, console: Console, system: SystemUnderTest = typing_processor
 ) -> DemoResult:
@@ -246,9 +261,7 @@ async def run_demo(
     broker = LocalBroker()
     broker.start()
     try:
-        config = EmulatorConfig.single_client(
-            DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, emulator_faults(options)
-        )
+        config = emulator_config(options)
         async with serve_in_background(config) as emulator:
             return await _run_stack(options, console, broker, emulator.base_url, system)
     finally:
@@ -339,6 +352,16 @@ async def _run_stack(
                 await asyncio.sleep(0.25)  # polling the emulator's view, not synchronisation
             end_ms = clock.now_ms()
         stats = (await admin.get("/emulator/stats")).json()
+    accepted = sum(
+        int(statuses.get("202", 0))
+        for route, statuses in stats.get("by_route", {}).items()
+        if route.startswith("POST /api/v2/conversations/")
+    )
+    if accepted > DEMO_TYPING_CALLS_KEPT:
+        raise DemoError(
+            f"the emulator kept {DEMO_TYPING_CALLS_KEPT:,} of {accepted:,} typing calls:"
+            " what messaging targets showed cannot be measured; run shorter or slower"
+        )
     kinds = {sid: ("webchat" if targets.get(sid) is None else "messaging") for sid in truth}
     by_kind = {
         kind: accuracy(
