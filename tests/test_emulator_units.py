@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 from pydantic import SecretStr, ValidationError
 
@@ -9,6 +13,7 @@ from processor.clock import ManualClock
 from processor.domain import SessionState
 from processor.emulator.auth import Authenticator, AuthError, ClientConfig
 from processor.emulator.faults import FaultInjector, Faults, FaultsUpdate
+from processor.emulator.messaging import MessagingStore
 from processor.emulator.ratelimit import RateLimiter
 from processor.emulator.store import (
     PreconditionFailed,
@@ -221,3 +226,47 @@ def test_fault_update_merges_and_validates() -> None:
         FaultsUpdate(error_rate=1.5)
     with pytest.raises(ValidationError):
         FaultsUpdate.model_validate({"nonsense": 1})
+
+
+# --- messaging typing calls ---
+
+
+class _Unread(deque[dict[str, Any]]):
+    """Every call of every target: a query of one target must not read it through."""
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        raise AssertionError("a query of one target read every target's calls")
+
+
+def test_a_query_reads_only_its_targets_calls() -> None:
+    # the demo asks for every target's calls, again and again: reading all of them each
+    # time was quadratic (seconds per round at 500 targets, on the processor's event loop)
+    store = MessagingStore(kept=1000)
+    for n in range(300):
+        store.record(n, 5000, kind="agent_typing", conversation_id=f"conv-{n % 3}")
+        store.record(n, 4000, kind="open_messaging", integration_id="int-1", from_id=f"f{n % 2}")
+    store.calls = _Unread(store.calls, maxlen=store.calls.maxlen)
+    assert [c["at_ms"] for c in store.query(conversation_id="conv-1")] == list(range(1, 300, 3))
+    assert len(store.query(integration_id="int-1")) == 300
+    assert [c["at_ms"] for c in store.query(integration_id="int-1", from_id="f1")] == list(
+        range(1, 300, 2)
+    )
+    assert store.query(conversation_id="conv-9") == []
+
+
+def test_typing_calls_beyond_the_kept_number_go_oldest_first_from_every_view() -> None:
+    store = MessagingStore(kept=4)
+    for n in range(6):
+        store.record(n, 1000, kind="agent_typing", conversation_id=f"conv-{n % 2}")
+    assert [c["at_ms"] for c in store.calls] == [2, 3, 4, 5]
+    assert [c["at_ms"] for c in store.query(conversation_id="conv-0")] == [2, 4]
+    assert [c["at_ms"] for c in store.query(conversation_id="conv-1")] == [3, 5]
+    for n in range(6, 10):
+        store.record(n, 1000, kind="open_messaging", integration_id="int-1", from_id="f")
+    assert store.query(conversation_id="conv-0") == []
+    assert [c["at_ms"] for c in store.query(integration_id="int-1", from_id="f")] == [6, 7, 8, 9]
+    store.clear()
+    assert store.query(integration_id="int-1") == []
+    nothing_kept = MessagingStore(kept=0)
+    nothing_kept.record(1, 1000, kind="agent_typing", conversation_id="conv-0")
+    assert nothing_kept.query(conversation_id="conv-0") == []

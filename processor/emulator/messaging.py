@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections import deque
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -111,12 +112,26 @@ class MessagingStore:
         self._conversations: dict[str, set[str]] = {}
         self._integrations: set[str] = set()
         self.calls: deque[dict[str, Any]] = deque(maxlen=kept)
+        # The same calls by target, oldest first, so that a query reads its target's calls
+        # only (the demo asks for every target's, again and again, while calls go on).
+        self._by_target: dict[tuple[str | None, ...], deque[dict[str, Any]]] = {}
 
     def clear(self) -> None:
         """Forget every conversation, integration and call."""
         self._conversations.clear()
         self._integrations.clear()
         self.calls.clear()
+        self._by_target.clear()
+
+    @staticmethod
+    def _targets(call: dict[str, Any]) -> list[tuple[str | None, ...]]:
+        """The index keys of a call: its conversation, or its integration and its sender."""
+        if call.get("conversation_id") is not None:
+            return [("conversation", call["conversation_id"])]
+        if call.get("integration_id") is not None:
+            integration = call["integration_id"]
+            return [("integration", integration), ("from", integration, call.get("from_id"))]
+        return []
 
     def add_conversation(self, conversation_id: str, communication_ids: list[str]) -> None:
         """Know a conversation and its communications (again: more communications)."""
@@ -139,7 +154,18 @@ class MessagingStore:
         """Keep one accepted typing call; its indicator is shown until `at_ms + duration`."""
         shown_for = DEFAULT_DURATION_MS if duration is None else duration
         call = {"at_ms": at_ms, "duration": shown_for, "shown_until": at_ms + shown_for, **fields}
+        if self.calls.maxlen == 0:
+            return call
+        if len(self.calls) == self.calls.maxlen:
+            oldest = self.calls[0]  # about to be dropped: the oldest of its targets' too
+            for key in self._targets(oldest):
+                kept = self._by_target[key]
+                kept.popleft()
+                if not kept:
+                    del self._by_target[key]
         self.calls.append(call)
+        for key in self._targets(call):
+            self._by_target.setdefault(key, deque()).append(call)
         return call
 
     def query(
@@ -149,8 +175,18 @@ class MessagingStore:
         from_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """Accepted calls, oldest first, of one conversation or one integration (and sender)."""
+        if conversation_id is not None:
+            candidates: Iterable[dict[str, Any]] = self._by_target.get(
+                ("conversation", conversation_id), ()
+            )
+        elif integration_id is not None and from_id is not None:
+            candidates = self._by_target.get(("from", integration_id, from_id), ())
+        elif integration_id is not None:
+            candidates = self._by_target.get(("integration", integration_id), ())
+        else:
+            candidates = self.calls
         out = []
-        for call in self.calls:
+        for call in candidates:
             if conversation_id is not None and call.get("conversation_id") != conversation_id:
                 continue
             if integration_id is not None and call.get("integration_id") != integration_id:
