@@ -38,14 +38,8 @@ from rich.table import Table
 
 from processor.budget import ApiBudget
 from processor.clock import ManualClock
-from processor.demo.report import (
-    accuracy,
-    budget_bound,
-    bursts,
-    percentile,
-    refresh_aware_bound,
-)
-from processor.demo.runner import _bursts_with_calls
+from processor.demo.report import accuracy, percentile
+from processor.demo.runner import budget_bounds
 from processor.domain import Outcome, SinkResult
 from processor.intervals import Interval
 from processor.loadgen import TYPIST_MIXES, LoadProfile, TrafficModel, expected_intervals
@@ -236,10 +230,7 @@ def simulate(
     for sid, since in shown_since.items():
         shown.setdefault(sid, []).append((since, now))
     measured = accuracy(truth, shown, now)
-    reads = sum(1 for sid in shown if shown[sid])
-    bound = budget_bound({2: bursts(truth)}, spent, reads)
-    kinds = dict.fromkeys(truth, "webchat")
-    ceiling = refresh_aware_bound(_bursts_with_calls(events, truth, kinds, typing), spent, reads)
+    bound, ceiling = budget_bounds(events, truth, dict.fromkeys(truth, "webchat"), typing, spent)
     return Figures(
         fidelity=measured.shown_truth_ms / bound if bound else 1.0,
         ceiling=ceiling / bound if bound else 1.0,
