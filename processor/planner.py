@@ -18,7 +18,9 @@ out, from the state at that moment; nothing waits inside the sink. In order:
 A set is only made when the budget can also pay for what shown indicators will need in
 time: each shown webchat indicator owes a clear by its deadline, and each one that typing
 keeps alive owes a refresh before its `expiresAt` (clear debt). The check is an
-earliest-deadline-first feasibility test over those obligations. A stop makes a clear due
+earliest-deadline-first feasibility test over those obligations, and the clears due
+together must fit in what the bucket holds at once (a clear cannot go out before its
+deadline, and the bucket fills no further than its burst meanwhile). A stop makes a clear due
 at once, which no plan foresees: a set is made only when every obligation would still be
 paid in time after a few such clears came first (`stop_reserve`), and when it leaves a
 token in hand for the next one (`stop_hold`). Every call is weighed with the unplanned
@@ -152,12 +154,23 @@ class _Obligations:
     is checked in O(log n). The bucket's supply is its rate times the wait; the rolling
     window's is what leaves it. `w` is a call and the unplanned requests that come with
     one on average (a 412's re-read and retry: `ApiBudget.overhead`).
+
+    A bucket also holds at most its burst `B`, and an obligation cannot be paid before it
+    comes due (a clear goes out at its deadline): what accrues beyond `B` while nothing
+    is due is lost. With a `rate` (tokens per ms), `peak` tells how many tokens the
+    obligations due together would need at once, one more included: the most
+    `(j - i + 1) w - rate (dj - di)` over the runs i..j that hold it, which must stay
+    within `B` (plus what the rate brings over the slack a due time allows).
+    `h(k) = k w - rate dk` is kept with prefix minima and suffix maxima for it.
     """
 
-    def __init__(self, dues: list[int], supply: Supply, weight: float = 1.0) -> None:
+    def __init__(
+        self, dues: list[int], supply: Supply, weight: float = 1.0, rate: float | None = None
+    ) -> None:
         self._dues = sorted(dues)
         self._supply = supply
         self._weight = weight
+        self._rate = rate
         self._rebuild()
 
     def _rebuild(self) -> None:
@@ -171,6 +184,24 @@ class _Obligations:
         self._suffix = [float("-inf")] * (len(f) + 1)
         for k in range(len(f) - 1, -1, -1):
             self._suffix[k] = max(f[k], self._suffix[k + 1])
+        if self._rate is not None:
+            rate = self._rate
+            h = [(k + 1) * w - rate * due for k, due in enumerate(self._dues)]
+            self._low = list(itertools.accumulate(h, min))
+            self._high = [float("-inf")] * (len(h) + 1)
+            for k in range(len(h) - 1, -1, -1):
+                self._high[k] = max(h[k], self._high[k + 1])
+
+    def peak(self, due: int) -> float:
+        """Tokens needed at once by the obligations due together with one more at `due`
+        (the runs of consecutive due times that hold it); needs a `rate`."""
+        assert self._rate is not None, "peak needs the rate"
+        w = self._weight
+        p = bisect.bisect_right(self._dues, due)
+        own = (p + 1) * w - self._rate * due
+        first = min(self._low[p - 1], own) if p else own  # the run starts here or before
+        last = max(self._high[p] + w, own)  # (the later ones move one place on)
+        return last - first + w
 
     def need(self, extra: list[int]) -> float:
         """Tokens needed now so that all obligations, plus `extra` ones, are paid in time."""
@@ -262,11 +293,14 @@ class Planner:
         # (the rolling window has let out at least as much as the bucket: `tokens` is
         # the lesser of the two, less what this round spent from both)
         window_left = capacity.window_room - (capacity.tokens - tokens)
+        # the clears due together are paid from what the bucket holds at most, and what
+        # the rate brings over the slack their due times allow
+        bucket_room = capacity.burst + capacity.rate_per_ms * slack
         debt = capped = None
-        if tokens < owed_at_most:
+        if tokens < owed_at_most or bucket_room < owed_at_most:
             dues = self._owed(stores, taken, now)
             rate = capacity.rate_per_ms
-            debt = _Obligations(dues, lambda due: rate * (due - now), weight)
+            debt = _Obligations(dues, lambda due: rate * (due - now), weight, rate)
             if window_left < owed_at_most:
                 # what the window lets out by a due time may be less than the bucket's
                 # rate would give: a burst spent within the minute must age out first
@@ -302,6 +336,8 @@ class Planner:
             keep = weight * (price + reserve)
             if debt is not None and debt.need(owes) > tokens - keep:
                 continue  # its clear (or another's) could not be paid in time after stops
+            if debt is not None and owes and debt.peak(owes[0]) > bucket_room:
+                continue  # due with more clears than the bucket can hold when they are
             if capped is not None and capped.need(owes) > window_left - keep - window_margin:
                 continue  # the same, with what the rolling window will let out by then
             picks.append(Pick(store, s.sid, WorkKind.SET, price))

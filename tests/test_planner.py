@@ -61,13 +61,13 @@ class Simulation:
     def store_of(self, sid: str) -> PartitionStore:
         return self.stores[hash(sid) % len(self.stores)]
 
-    def event(self, sid: str, status: Status, offset: int) -> None:
+    def event(self, sid: str, status: Status, offset: int, timeout_ms: int | None = None) -> None:
         event = TypingEvent.model_construct(
             event_id=f"{sid}-{offset}",
             session_id=sid,
             status=status,
             occurred_at=self.clock.now_ms(),
-            timeout_ms=None,
+            timeout_ms=timeout_ms,
             participant=None,
             channel=None,
             target=None,
@@ -335,3 +335,48 @@ def test_the_reserve_never_stops_sets_on_a_small_share() -> None:
     assert capacity.tokens < 1 + PlannerConfig().stop_reserve
     picks = sim.planner.plan(sim.stores, capacity, sim.clock.now_ms(), sim.cost)
     assert [p.session_id for p in picks if p.kind is WorkKind.SET] == ["next"]
+
+
+def test_sets_never_owe_more_clears_at_once_than_the_bucket_holds() -> None:
+    """Clears go out at their deadlines, not before: the bucket can hold at most its burst
+    for the clears due together, however much the rate brings over the wait. A set whose
+    clear would come due with more than that is not made."""
+    for shown, made in ((4, True), (12, False)):
+        names = tuple(f"s{n}" for n in range(shown))
+        sim = Simulation(1, 6000, PlannerConfig(stop_reserve=0, stop_hold=0.0))
+        sim.etags.update({*names, "next"})
+        for offset, sid in enumerate(names, start=1):
+            sim.event(sid, Status.TYPING, offset, timeout_ms=60_000)
+        while sim.stores[0].queued_work or sim.flying:
+            sim.round()
+            sim.advance(STEP_MS)
+        sim.event("next", Status.TYPING, shown + 1, timeout_ms=60_000)
+        assert sim.stores[0].shown_webchat_count == shown
+        # five tokens at most in the bucket, a token a second: a minute brings 60 more,
+        # but the clears due within a second of one another are paid from at most six
+        capacity = Capacity(tokens=5.0, rate_per_ms=1 / 1000, slots=8, set_slots=8, burst=5.0)
+        picks = sim.planner.plan(sim.stores, capacity, sim.clock.now_ms(), sim.cost)
+        assert [p.session_id for p in picks if p.kind is WorkKind.SET] == (
+            ["next"] if made else []
+        ), shown
+
+
+def test_indicators_that_expire_together_are_all_cleared_within_the_slack() -> None:
+    """Many conversations start typing at once with a long timeout (a backlog replayed, a
+    broadcast everyone answers): the indicators shown expire together, and each is
+    cleared within the I1 slack of its deadline."""
+    sim = Simulation(1, 300)
+    timeout = 20_000
+    names = [f"s{n}" for n in range(120)]
+    sim.etags.update(names)
+    for offset, sid in enumerate(names, start=1):
+        sim.event(sid, Status.TYPING, offset, timeout_ms=timeout)
+    deadline = T0 + timeout
+    lags: list[int] = []
+    while sim.clock.now_ms() < deadline + 30_000:
+        sim.round()
+        before = {sid for sid, up in sim.remote.items() if up}
+        sim.advance(STEP_MS)
+        lags += [sim.clock.now_ms() - deadline for sid in before if not sim.remote[sid]]
+    assert lags, "some indicators were shown"
+    assert max(lags) <= SLACK_MS + LATENCY_MS + STEP_MS
