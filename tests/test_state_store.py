@@ -363,6 +363,43 @@ def test_producer_clock_ahead_is_clamped_to_now(store: PartitionStore) -> None:
     assert work.desired.expires_at == T0 + 5000
 
 
+class SteppedClock:
+    """A wall clock that an operating system may step backwards (NTP, a restored VM), or
+    that another host reads a little behind."""
+
+    def __init__(self, now_ms: int) -> None:
+        self.now = now_ms
+
+    def now_ms(self) -> int:
+        return self.now
+
+
+def test_a_clock_stepped_back_never_makes_newer_events_out_of_order() -> None:
+    clock = SteppedClock(T0)
+    store = PartitionStore(0, EngineConfig(), clock)
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=60_000), 1)
+    apply_all(store)
+    store.drain()
+    clock.now = T0 - 2000  # the wall clock steps back two seconds
+    store.on_event(ev("s1", Status.STOPPED, T0 + 100), 2)  # the producer's time goes on
+    assert decisions(store) == []  # not "stale": the stop is the newest word
+    assert store.desired("s1") is None
+    [work] = store.take_work(5)
+    assert (work.kind, work.reason) == (WorkKind.CLEAR, ChangeReason.STOPPED)
+
+
+def test_a_store_restored_on_a_host_whose_clock_is_behind_takes_newer_events() -> None:
+    store = PartitionStore(0, EngineConfig(), SteppedClock(T0))
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=60_000), 1)
+    apply_all(store)
+    log = store.drain().changelog
+    behind = SteppedClock(T0 - 1500)  # the next owner's clock is 1.5 s behind
+    restored = PartitionStore.restore(0, EngineConfig(), behind, log)
+    restored.on_event(ev("s1", Status.STOPPED, T0 + 200), 2)
+    assert restored.desired("s1") is None
+    assert [w.kind for w in restored.take_work(5)] == [WorkKind.CLEAR]
+
+
 def test_versions_increase_by_one_per_applied_change_including_clears(
     store: PartitionStore, clock: ManualClock
 ) -> None:

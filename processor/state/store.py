@@ -11,7 +11,9 @@ a given sequence of inputs and clock readings. The Kafka and HTTP edges drive it
 Rules (DESIGN §4, §2b):
 - Ordering: an event older (by `occurred_at`, clamped to now) than the newest accepted
   event of its session is out of order and never overrides it (audited `stale`). Equal
-  times are accepted in offset order.
+  times are accepted in offset order. The clamp never goes below the newest time
+  accepted, so a wall clock stepped back (or a new owner's clock behind the previous
+  owner's) does not make newer events look older.
 - Staleness (I5): an event whose `occurred_at + timeout` is past never sets an indicator;
   if it is the newest word on the session and names another status, it clears instead.
 - Deadline: `min(occurred_at, now) + timeout`, moved later (never earlier) by later events
@@ -191,7 +193,12 @@ class PartitionStore:
                 s.version = floor[0]  # a session back after it was forgotten
         occurred = event.occurred_at
         if occurred > now:
-            occurred = now  # a producer clock ahead is clamped (DESIGN §4)
+            # a producer clock ahead is clamped (DESIGN §4), though never below the newest
+            # time accepted: our clock may have stepped back, or a previous owner's (whose
+            # changelog we restored) may have read later than ours
+            ceiling = now if now >= s.latest else s.latest
+            if occurred > ceiling:
+                occurred = ceiling
         if occurred < s.latest:
             self._audit(sid, status, _STALE, eid, offset, "out of order: a newer event applies")
             return
