@@ -242,7 +242,8 @@ class Planner:
         set_slots = capacity.set_slots
         if slots <= 0 or tokens < 1:
             return picks
-        taken: set[str] = set()
+        taken: set[str] = set()  # read-backs and clears paid this round
+        refreshed: set[str] = set()  # shown indicators kept alive: their clears are owed
 
         clears = [(s, store) for store in stores for s in store.queued_clears()]
         # read-backs first (they hold everything else of their session), then oldest
@@ -267,7 +268,7 @@ class Planner:
                 return picks
             kind = WorkKind.REFRESH if s.remote is s.status else WorkKind.SET
             picks.append(Pick(store, s.sid, kind, price))
-            taken.add(s.sid)
+            refreshed.add(s.sid)
             tokens -= price
             slots -= 1
             set_slots -= 1
@@ -298,7 +299,7 @@ class Planner:
         bucket_room = capacity.burst + capacity.rate_per_ms * slack
         debt = capped = None
         if tokens < owed_at_most or bucket_room < owed_at_most:
-            dues = self._owed(stores, taken, now)
+            dues = self._owed(stores, taken, refreshed, now)
             rate = capacity.rate_per_ms
             debt = _Obligations(dues, lambda due: rate * (due - now), weight, rate)
             if window_left < owed_at_most:
@@ -351,8 +352,11 @@ class Planner:
             set_slots -= 1
         return picks
 
-    def _owed(self, stores: Sequence[PartitionStore], taken: set[str], now: int) -> list[int]:
-        """Due times of the calls shown indicators will need (besides this round's)."""
+    def _owed(
+        self, stores: Sequence[PartitionStore], taken: set[str], refreshed: set[str], now: int
+    ) -> list[int]:
+        """Due times of the calls shown indicators will need (besides this round's: the
+        clears `taken`, and the refreshes of `refreshed`, whose clears are still owed)."""
         slack = self._config.clear_slack_ms
         dues: list[int] = []
         for store in stores:
@@ -364,6 +368,8 @@ class Planner:
                     continue
                 wanted = s.status is not None and s.deadline > now
                 dues.append((s.deadline if wanted else now) + slack)
+                if s.sid in refreshed:
+                    continue
                 if wanted and s.remote is not None and s.deadline > s.remote_expires:
                     # typing goes on past what Genesys shows: a refresh is owed first
                     dues.append(max(now, s.remote_expires - store.refresh_lead_ms(s)))

@@ -380,3 +380,31 @@ def test_indicators_that_expire_together_are_all_cleared_within_the_slack() -> N
         lags += [sim.clock.now_ms() - deadline for sid in before if not sim.remote[sid]]
     assert lags, "some indicators were shown"
     assert max(lags) <= SLACK_MS + LATENCY_MS + STEP_MS
+
+
+def test_a_refresh_in_the_round_still_owes_its_clear_to_the_sets_after_it() -> None:
+    """A refresh picked in a round keeps its indicator shown: its clear is still owed at
+    the deadline, and a set in the same round must leave room for it."""
+    config = PlannerConfig(stop_reserve=0, stop_hold=0.0)
+    sim = Simulation(1, 60, config)
+    sim.etags.update({"shown", "next"})
+    sim.event("shown", Status.TYPING, 1)
+    sim.round()
+    sim.advance(LATENCY_MS)
+    offset = 1
+    store = sim.stores[0]
+    while not any(True for _ in store.queued_refreshes()):
+        sim.advance(200)
+        offset += 1
+        sim.event("shown", Status.TYPING, offset)  # typing goes on past its expiresAt
+    sim.event("next", Status.TYPING, offset + 1)
+    now = sim.clock.now_ms()
+    # nothing accrues: the refresh (1), the set (1), and both clears (2) come from the
+    # tokens in hand
+    for tokens, made in ((3.5, False), (4.0, True)):
+        capacity = Capacity(tokens=tokens, rate_per_ms=0.0, slots=8, set_slots=8)
+        picks = sim.planner.plan(sim.stores, capacity, now, sim.cost)
+        assert [(p.session_id, p.kind) for p in picks] == [
+            ("shown", WorkKind.REFRESH),
+            *([("next", WorkKind.SET)] if made else []),
+        ], tokens
