@@ -27,10 +27,13 @@ def ci_values(name: str) -> dict[str, Any]:
 
 
 def render(
-    chart: helm.Chart, values: dict[str, Any] | None = None, release: str = RELEASE
+    chart: helm.Chart,
+    values: dict[str, Any] | None = None,
+    release: str = RELEASE,
+    namespace: str = NAMESPACE,
 ) -> list[Manifest]:
     """Every object the chart renders for `values` (NOTES.txt left out)."""
-    rendered = chart.render(values=values or {}, name=release, namespace=NAMESPACE)
+    rendered = chart.render(values=values or {}, name=release, namespace=namespace)
     objects: list[Manifest] = []
     for path, text in sorted(rendered.items()):
         if path.endswith(".yaml"):

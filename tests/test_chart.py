@@ -566,6 +566,61 @@ def test_a_spread_constraint_with_its_own_selector_keeps_it_for_each_workload(
         )
 
 
+MONITORING = {
+    "serviceMonitor": {"enabled": True},
+    "prometheusRule": {"enabled": True},
+    "grafanaDashboard": {"enabled": True},
+}
+
+
+def monitoring_objects(objects: list[Manifest]) -> list[Manifest]:
+    """The objects that may be sent to another namespace: ServiceMonitor, PrometheusRule and
+    the dashboard ConfigMap."""
+    kinds = ("ServiceMonitor", "PrometheusRule")
+    return [o for o in objects if o["kind"] in kinds or is_dashboard(o)]
+
+
+@pytest.mark.parametrize("release", ["typing", LONG_RELEASE])
+def test_one_release_name_in_two_namespaces_can_share_a_monitoring_namespace(
+    chart: helm.Chart, release: str
+) -> None:
+    """The same release name in two namespaces, both sending their monitoring objects to
+    one central namespace: every object there has a name of its own (else the second
+    `helm install` fails on an object the first release owns), and the dashboard's file
+    name, which the Grafana sidecar writes into one folder, differs too."""
+    central = {key: {**value, "namespace": "monitoring"} for key, value in MONITORING.items()}
+    seen: dict[tuple[str, str], str] = {}
+    files: dict[str, str] = {}
+    for namespace in ("contact-centre-emea-production", "contact-centre-apac-production"):
+        for obj in monitoring_objects(render(chart, central, release, namespace)):
+            meta = obj["metadata"]
+            assert meta["namespace"] == "monitoring"
+            assert DNS_LABEL.match(meta["name"]), meta["name"]
+            key = (obj["kind"], meta["name"])
+            assert key not in seen, f"{key} of {namespace} is also {seen[key]}'s"
+            seen[key] = namespace
+            if is_dashboard(obj):
+                (file,) = obj["data"]
+                assert file not in files, f"{file} of {namespace} is also {files[file]}'s"
+                files[file] = namespace
+    assert (len(seen), len(files)) == (6, 2)
+
+
+def test_monitoring_objects_in_the_release_namespace_keep_their_names(chart: helm.Chart) -> None:
+    objects = render(chart, MONITORING)
+    names = {o["kind"]: o["metadata"]["name"] for o in monitoring_objects(objects)}
+    assert names == {
+        "ServiceMonitor": "typing-genesys-typing-processor",
+        "PrometheusRule": "typing-genesys-typing-processor",
+        "ConfigMap": "typing-genesys-typing-processor-dashboard",
+    }
+    # the release's own namespace named explicitly is the default case too
+    named = {key: {**value, "namespace": NAMESPACE} for key, value in MONITORING.items()}
+    assert {o["metadata"]["name"] for o in monitoring_objects(render(chart, named))} == set(
+        names.values()
+    )
+
+
 def test_alerts_need_the_service_monitor_whose_job_they_select(chart: helm.Chart) -> None:
     with pytest.raises(helm.HelmRenderError, match=r"needs serviceMonitor\.enabled"):
         render(chart, {"prometheusRule": {"enabled": True}})

@@ -25,6 +25,35 @@ fit, component names keep their suffix whole (the release part is cut instead).
 {{- printf "%s-%s" $base .suffix -}}
 {{- end -}}
 
+{{/*
+Name of an object that values may send to another namespace (ServiceMonitor,
+PrometheusRule, dashboard ConfigMap): (dict "ctx" $ "namespace" $sm.namespace "suffix" "")
+In the release's own namespace it is the usual name (<fullname>, or <fullname>-<suffix>).
+Elsewhere, typically one central monitoring namespace shared by many releases, it also
+names the release's namespace, <fullname>-<release namespace>[-<suffix>], so that the same
+release name in two namespaces gives two objects there; cut to 63 characters, the cut part
+gives way to a hash of the whole, which keeps names apart that the cut would make equal.
+*/}}
+{{- define "gtp.monitoringName" -}}
+{{- $ctx := .ctx -}}
+{{- $suffix := .suffix | default "" -}}
+{{- if eq (.namespace | default $ctx.Release.Namespace) $ctx.Release.Namespace -}}
+{{- if $suffix -}}
+{{- include "gtp.componentName" (dict "ctx" $ctx "suffix" $suffix) -}}
+{{- else -}}
+{{- include "gtp.fullname" $ctx -}}
+{{- end -}}
+{{- else -}}
+{{- $base := printf "%s-%s" (include "gtp.fullname" $ctx) $ctx.Release.Namespace -}}
+{{- $tail := ternary (printf "-%s" $suffix) "" (ne $suffix "") -}}
+{{- if gt (add (len $base) (len $tail)) 63 -}}
+{{- $hash := printf "%s/%s" $ctx.Release.Namespace (include "gtp.fullname" $ctx) | sha256sum | trunc 8 -}}
+{{- $base = printf "%s-%s" ($base | trunc (int (sub 54 (len $tail))) | trimSuffix "-") $hash -}}
+{{- end -}}
+{{- printf "%s%s" $base $tail -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "gtp.webhookName" -}}
 {{- include "gtp.componentName" (dict "ctx" . "suffix" "crm-webhook") -}}
 {{- end -}}
