@@ -26,18 +26,38 @@ def ci_values(name: str) -> dict[str, Any]:
     return values or {}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a mapping with a key twice, as the Kubernetes API and
+    Helm's own YAML-to-JSON step do (PyYAML keeps the last one in silence)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        twice = sorted({str(key) for key in keys if keys.count(key) > 1})
+        if twice:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate keys {twice}", node.start_mark
+            )
+        return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping
+)
+
+
 def render(
     chart: helm.Chart,
     values: dict[str, Any] | None = None,
     release: str = RELEASE,
     namespace: str = NAMESPACE,
 ) -> list[Manifest]:
-    """Every object the chart renders for `values` (NOTES.txt left out)."""
+    """Every object the chart renders for `values` (NOTES.txt left out); a key that a
+    mapping holds twice fails, as it fails `helm install`."""
     rendered = chart.render(values=values or {}, name=release, namespace=namespace)
     objects: list[Manifest] = []
     for path, text in sorted(rendered.items()):
         if path.endswith(".yaml"):
-            objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
+            objects.extend(doc for doc in yaml.load_all(text, Loader=_UniqueKeyLoader) if doc)
     return objects
 
 

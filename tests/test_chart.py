@@ -191,6 +191,64 @@ def test_pods_carry_common_labels_and_pod_labels_but_keep_their_selector(
         assert selector.items() <= labels.items()  # the Deployment still owns its pods
 
 
+@pytest.mark.parametrize(
+    "label",
+    [
+        "app.kubernetes.io/name",
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/component",
+        "app.kubernetes.io/version",
+        "app.kubernetes.io/managed-by",
+        "helm.sh/chart",
+    ],
+)
+@pytest.mark.parametrize("where", ["commonLabels", "serviceMonitor"])
+def test_a_standard_label_in_common_or_additional_labels_is_refused(
+    chart: helm.Chart, label: str, where: str
+) -> None:
+    """Rendered twice, a label is a duplicate key that fails `helm install` with a YAML
+    error far from its cause; the chart's own value is what selectors, Helm's ownership
+    checks and dashboards rely on, so another value is refused by name."""
+    values: dict[str, Any] = {**MONITORING, "commonLabels": {label: "mine"}}
+    if where == "serviceMonitor":
+        monitor = {"enabled": True, "additionalLabels": {label: "x"}}
+        values = {**MONITORING, "serviceMonitor": monitor}
+    with pytest.raises(helm.HelmRenderError, match=rf"sets {re.escape(label)}, which the chart"):
+        render(chart, values)
+
+
+def test_common_labels_merge_with_the_standard_and_monitoring_labels(chart: helm.Chart) -> None:
+    """commonLabels may name the system the release is part of, and a label that
+    additionalLabels (or the dashboard's sidecar label) names too: each is rendered once,
+    the more specific value winning."""
+    selected = {"enabled": True, "additionalLabels": {"release": "kube-prometheus-stack"}}
+    values = {
+        **MONITORING,
+        "commonLabels": {
+            "app.kubernetes.io/part-of": "contact-centre",
+            "release": "platform",
+            "grafana_dashboard": "0",
+            "team": "cx",
+        },
+        "serviceMonitor": selected,
+        "prometheusRule": selected,
+    }
+    objects = render(chart, values)  # fails on a key rendered twice
+    for obj in objects:
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/part-of"] == "contact-centre"
+        assert labels["app.kubernetes.io/name"] == "genesys-typing-processor"
+        assert labels["team"] == "cx"
+    assert one(objects, "ServiceMonitor")["metadata"]["labels"]["release"] == (
+        "kube-prometheus-stack"
+    )
+    assert one(objects, "PrometheusRule")["metadata"]["labels"]["release"] == (
+        "kube-prometheus-stack"
+    )
+    assert dashboard_configmap(objects)["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert one(objects, "Service")["metadata"]["labels"]["release"] == "platform"
+
+
 @pytest.mark.parametrize("case", [*CI_VALUES, "production-long-name"])
 def test_pods_meet_the_restricted_pod_security_standard(
     rendered: dict[str, list[Manifest]], case: str

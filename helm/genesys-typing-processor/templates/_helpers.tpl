@@ -62,17 +62,38 @@ gives way to a hash of the whole, which keeps names apart that the cut would mak
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* Labels every object carries. */}}
-{{- define "gtp.labels" -}}
-helm.sh/chart: {{ include "gtp.chart" . }}
-app.kubernetes.io/name: {{ include "gtp.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | trimSuffix "-" | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
-app.kubernetes.io/part-of: {{ include "gtp.name" . }}
-{{- with .Values.commonLabels }}
-{{ toYaml . }}
+{{/*
+Labels every object carries: the standard labels, then commonLabels, then the object's own
+(`extra`, e.g. serviceMonitor.additionalLabels, named `from` in errors), each key once, the
+later winning: (dict "ctx" $ "extra" $sm.additionalLabels "from" "serviceMonitor.additionalLabels")
+The labels that select the pods or tell Helm and tools what they look at (name, instance,
+component, version, managed-by, helm.sh/chart) are the chart's: another value for one of them
+is refused. app.kubernetes.io/part-of (the chart's name by default) may be set.
+*/}}
+{{- define "gtp.labelsWith" -}}
+{{- $ctx := .ctx -}}
+{{- $labels := dict
+  "helm.sh/chart" (include "gtp.chart" $ctx)
+  "app.kubernetes.io/name" (include "gtp.name" $ctx)
+  "app.kubernetes.io/instance" $ctx.Release.Name
+  "app.kubernetes.io/version" ($ctx.Values.image.tag | default $ctx.Chart.AppVersion | toString | trunc 63 | trimSuffix "-")
+  "app.kubernetes.io/managed-by" $ctx.Release.Service
+  "app.kubernetes.io/part-of" (include "gtp.name" $ctx) -}}
+{{- $reserved := append (without (keys $labels) "app.kubernetes.io/part-of") "app.kubernetes.io/component" -}}
+{{- range $source := list (list "commonLabels" $ctx.Values.commonLabels) (list .from .extra) }}
+{{- $name := index $source 0 }}
+{{- range $key, $_ := index $source 1 }}
+{{- if has $key $reserved }}
+{{- fail (printf "%s sets %s, which the chart sets itself (selectors, Helm's ownership checks and the dashboards rely on its value): drop it (nameOverride and fullnameOverride change the names; app.kubernetes.io/part-of may be set)" $name $key) }}
 {{- end }}
+{{- end }}
+{{- $labels = mergeOverwrite $labels (index $source 1 | default dict) }}
+{{- end }}
+{{- toYaml $labels }}
+{{- end -}}
+
+{{- define "gtp.labels" -}}
+{{- include "gtp.labelsWith" (dict "ctx" . "extra" dict "from" "") -}}
 {{- end -}}
 
 {{/* Labels of the release's pods and services, whatever their component. */}}
