@@ -34,7 +34,15 @@ from kubernetes_validate.utils import latest_version
 
 from processor.runtime.partition import Counters
 from processor.runtime.service import PartitionStats
-from processor.settings import REGION_DOMAINS, GenesysSettings, TypingSettings, load_typing
+from processor.settings import (
+    REGION_DOMAINS,
+    ConfigError,
+    GenesysSettings,
+    TypingSettings,
+    load_otel,
+    load_settings,
+    load_typing,
+)
 from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
 from processor.telemetry import Telemetry
@@ -783,6 +791,188 @@ def test_schema_refuses_bad_values(chart: helm.Chart, case: str) -> None:
     with pytest.raises(helm.HelmValuesError) as refused:
         render(chart, values)
     assert f"at '{where}'" in str(refused.value)
+
+
+# Values the processor refuses at start-up (every pod stops with a ConfigError, and the
+# Deployment crash-loops after a `helm install` that succeeded): the schema refuses them.
+# Each case: the values, where the schema refuses them, and the environment the chart
+# would give the processor for them.
+STARTUP_REFUSALS: dict[str, tuple[dict[str, Any], str, dict[str, str]]] = {
+    "sampling ratio in per cent": (
+        {"otel": {"tracesSampler": "parentbased_traceidratio", "tracesSamplerArg": "10%"}},
+        "/otel/tracesSamplerArg",
+        {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "10%"},
+    ),
+    "sampling ratio above one": (
+        {"otel": {"tracesSampler": "traceidratio", "tracesSamplerArg": "1.5"}},
+        "/otel/tracesSamplerArg",
+        {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.5"},
+    ),
+    "resource attribute without =": (
+        {"otel": {"resourceAttributes": "deployment.environment=prod,production"}},
+        "/otel/resourceAttributes",
+        {"OTEL_RESOURCE_ATTRIBUTES": "k8s.pod.name=p,deployment.environment=prod,production"},
+    ),
+    "resource attribute without a key": (
+        {"otel": {"resourceAttributes": "=production"}},
+        "/otel/resourceAttributes",
+        {"OTEL_RESOURCE_ATTRIBUTES": "k8s.pod.name=p,=production"},
+    ),
+    "OTLP header without = in extraEnv": (
+        {"extraEnv": [{"name": "OTEL_EXPORTER_OTLP_HEADERS", "value": "api-key"}]},
+        "/extraEnv/0/value",
+        {"OTEL_EXPORTER_OTLP_HEADERS": "api-key"},
+    ),
+    "OTLP trace header without = in the webhook's extraEnv": (
+        {"crmWebhook": {"extraEnv": [{"name": "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "value": "k"}]}},
+        "/crmWebhook/extraEnv/0/value",
+        {"OTEL_EXPORTER_OTLP_TRACES_HEADERS": "k"},
+    ),
+    "blank service name": (
+        {"otel": {"serviceName": " "}},
+        "/otel/serviceName",
+        {"OTEL_SERVICE_NAME": " "},
+    ),
+    "blank webhook service name": (
+        {"crmWebhook": {"otelServiceName": " "}},
+        "/crmWebhook/otelServiceName",
+        {"OTEL_SERVICE_NAME": " "},
+    ),
+    "OTLP endpoint without a host": (
+        {"otel": {"exporterOtlpEndpoint": "http://:4318"}},
+        "/otel/exporterOtlpEndpoint",
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://:4318"},
+    ),
+    "bootstrap server with a scheme": (
+        {"kafka": {"bootstrapServers": "PLAINTEXT://kafka:9092"}},
+        "/kafka/bootstrapServers",
+        {"KAFKA_BOOTSTRAP_SERVERS": "PLAINTEXT://kafka:9092"},
+    ),
+    "bootstrap server port out of range": (
+        {"kafka": {"bootstrapServers": "kafka-0:9092,kafka-1:90920"}},
+        "/kafka/bootstrapServers",
+        {"KAFKA_BOOTSTRAP_SERVERS": "kafka-0:9092,kafka-1:90920"},
+    ),
+    "bootstrap servers with an empty entry": (
+        {"kafka": {"bootstrapServers": "kafka-0:9092,"}},
+        "/kafka/bootstrapServers",
+        {"KAFKA_BOOTSTRAP_SERVERS": "kafka-0:9092,"},
+    ),
+    "bootstrap server as a bad IPv4 address": (
+        {"kafka": {"bootstrapServers": "10.0.0.256:9092"}},
+        "/kafka/bootstrapServers",
+        {"KAFKA_BOOTSTRAP_SERVERS": "10.0.0.256:9092"},
+    ),
+    "blank SASL user": (
+        {"kafka": {"securityProtocol": "SASL_SSL", "saslMechanism": "PLAIN", "saslUsername": " "}},
+        "/kafka/saslUsername",
+        {
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SASL_MECHANISM": "PLAIN",
+            "KAFKA_SASL_USERNAME": " ",
+        },
+    ),
+    "API URL with a space in the host": (
+        {"genesys": {"apiUrl": "https://api example.com"}},
+        "/genesys/apiUrl",
+        {"GENESYSCLOUD_API_URL": "https://api example.com"},
+    ),
+    "login URL with a port out of range": (
+        {"genesys": {"loginUrl": "https://login.example.com:70000"}},
+        "/genesys/loginUrl",
+        {"GENESYSCLOUD_LOGIN_URL": "https://login.example.com:70000"},
+    ),
+    "webhook URL without a host": (
+        {"crmWebhook": {"enabled": True, "url": "https:///hooks/typing"}},
+        "/crmWebhook/url",
+        {"TYPING_CRM_WEBHOOK_URL": "https:///hooks/typing"},
+    ),
+    "audit log file that is the root directory": (
+        {"typing": {"auditLogFile": "/"}},
+        "/typing/auditLogFile",
+        {"TYPING_AUDIT_LOG_FILE": "/"},
+    ),
+    "audit log file that names a directory": (
+        {"typing": {"auditLogFile": "/etc/"}},
+        "/typing/auditLogFile",
+        {"TYPING_AUDIT_LOG_FILE": "/etc/"},
+    ),
+}
+
+# Valid settings near those edges: the schema keeps accepting what the processor accepts.
+STARTUP_ACCEPTED: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
+    "sampling ratios": (
+        {"otel": {"tracesSampler": "traceidratio", "tracesSamplerArg": "0.05"}},
+        {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.05"},
+    ),
+    "resource attributes": (
+        {"otel": {"resourceAttributes": "deployment.environment=prod, team = cx,"}},
+        {"OTEL_RESOURCE_ATTRIBUTES": "k8s.pod.name=p,deployment.environment=prod, team = cx,"},
+    ),
+    "OTLP headers": (
+        {"extraEnv": [{"name": "OTEL_EXPORTER_OTLP_HEADERS", "value": "api-key=k,x-org=a=b"}]},
+        {"OTEL_EXPORTER_OTLP_HEADERS": "api-key=k,x-org=a=b"},
+    ),
+    "bootstrap servers": (
+        {"kafka": {"bootstrapServers": "b-1.kafka.example.com:9096, 10.0.0.7:9092,[::1]:9092,k_1"}},
+        {"KAFKA_BOOTSTRAP_SERVERS": "b-1.kafka.example.com:9096, 10.0.0.7:9092,[::1]:9092,k_1"},
+    ),
+    "URLs": (
+        {
+            "genesys": {"apiUrl": "http://10.0.0.1:8080", "loginUrl": "https://[::1]:8443/x"},
+            "otel": {"exporterOtlpEndpoint": "http://otel-collector.observability:4318"},
+        },
+        {
+            "GENESYSCLOUD_API_URL": "http://10.0.0.1:8080",
+            "GENESYSCLOUD_LOGIN_URL": "https://[::1]:8443/x",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability:4318",
+        },
+    ),
+    "audit log file": (
+        {"typing": {"auditLogFile": "/var/log/typing/audit.jsonl"}},
+        {"TYPING_AUDIT_LOG_FILE": "/var/log/typing/audit.jsonl"},
+    ),
+}
+
+
+def processor_environment_accepted(
+    environment: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> bool:
+    """Whether `run` gets past its settings with `environment` over a valid one."""
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    base = {
+        "GENESYSCLOUD_OAUTHCLIENT_ID": "id",
+        "GENESYSCLOUD_OAUTHCLIENT_SECRET": "secret",
+        "KAFKA_SASL_PASSWORD": "pw",
+    }
+    for name, value in {**base, **environment}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        load_settings()
+        load_otel()
+    except ConfigError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("case", STARTUP_REFUSALS)
+def test_schema_refuses_what_stops_the_processor_at_start_up(
+    chart: helm.Chart, case: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    values, where, environment = STARTUP_REFUSALS[case]
+    assert not processor_environment_accepted(environment, monkeypatch, tmp_path)
+    with pytest.raises(helm.HelmValuesError) as refused:
+        render(chart, values)
+    assert f"at '{where}'" in str(refused.value)
+
+
+@pytest.mark.parametrize("case", STARTUP_ACCEPTED)
+def test_schema_accepts_what_the_processor_accepts(
+    chart: helm.Chart, case: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    values, environment = STARTUP_ACCEPTED[case]
+    assert processor_environment_accepted(environment, monkeypatch, tmp_path)
+    chart.validate_schema(chart.merge_values(values))
 
 
 def test_schema_knows_the_regions_the_processor_knows(chart: helm.Chart) -> None:
