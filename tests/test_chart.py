@@ -975,6 +975,37 @@ def test_schema_accepts_what_the_processor_accepts(
     chart.validate_schema(chart.merge_values(values))
 
 
+# Settings the schema cannot check (one value against another, JSON in a string) that the
+# processor refuses at start-up: the template fails instead, naming the values.
+TEMPLATE_REFUSALS: dict[str, tuple[dict[str, Any], str, dict[str, str]]] = {
+    "dead letters into the input topic": (
+        {"typing": {"dlqTopic": "genesys.typing.events"}},
+        r"typing\.dlqTopic is the topic of typing\.inputTopic \(genesys\.typing\.events\)",
+        {"TYPING_DLQ_TOPIC": "genesys.typing.events"},
+    ),
+    "the changelog on the audit topic": (
+        {"typing": {"changelogTopic": "genesys.typing.audit"}},
+        r"typing\.changelogTopic is the topic of typing\.auditTopic",
+        {"TYPING_CHANGELOG_TOPIC": "genesys.typing.audit"},
+    ),
+    "the default changelog on the CRM topic": (
+        {"typing": {"groupId": "typing.crm", "crmTopic": "typing.crm-state-changelog"}},
+        r"typing\.changelogTopic is the topic of typing\.crmTopic",
+        {"TYPING_GROUP_ID": "typing.crm", "TYPING_CRM_TOPIC": "typing.crm-state-changelog"},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", TEMPLATE_REFUSALS)
+def test_template_refuses_settings_that_stop_the_processor_at_start_up(
+    chart: helm.Chart, case: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    values, message, environment = TEMPLATE_REFUSALS[case]
+    assert not processor_environment_accepted(environment, monkeypatch, tmp_path)
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render(chart, values)
+
+
 def test_schema_knows_the_regions_the_processor_knows(chart: helm.Chart) -> None:
     """An unknown region passed the schema and stopped every pod at start-up."""
     schema = json.loads((Path(CHART) / "values.schema.json").read_text())
