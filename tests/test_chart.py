@@ -975,6 +975,10 @@ def test_schema_accepts_what_the_processor_accepts(
     chart.validate_schema(chart.merge_values(values))
 
 
+MATRIX = (
+    '{"typing": {"customer": 6000, "agent": 5000, "bot": 3000},'
+    ' "paused": {"customer": 2000, "agent": 2500, "bot": 1500}}'
+)
 # Settings the schema cannot check (one value against another, JSON in a string) that the
 # processor refuses at start-up: the template fails instead, naming the values.
 TEMPLATE_REFUSALS: dict[str, tuple[dict[str, Any], str, dict[str, str]]] = {
@@ -993,7 +997,45 @@ TEMPLATE_REFUSALS: dict[str, tuple[dict[str, Any], str, dict[str, str]]] = {
         r"typing\.changelogTopic is the topic of typing\.crmTopic",
         {"TYPING_GROUP_ID": "typing.crm", "TYPING_CRM_TOPIC": "typing.crm-state-changelog"},
     ),
+    "a timeout matrix that is no JSON": (
+        {"typing": {"timeoutMatrix": '{"typing": {"customer": 4000'}},
+        r"typing\.timeoutMatrix is not a JSON object",
+        {"TYPING_TIMEOUT_MATRIX": '{"typing": {"customer": 4000'},
+    ),
+    "a timeout matrix with a role left out": (
+        {"typing": {"timeoutMatrix": '{"typing": {"customer": 4000}}'}},
+        r"typing\.timeoutMatrix\.typing needs customer, agent and bot",
+        {"TYPING_TIMEOUT_MATRIX": '{"typing": {"customer": 4000}}'},
+    ),
+    "a timeout matrix with an unknown status": (
+        {"typing": {"timeoutMatrix": '{"stopped": {"customer": 1, "agent": 1, "bot": 1}}'}},
+        r"typing\.timeoutMatrix has stopped",
+        {"TYPING_TIMEOUT_MATRIX": '{"stopped": {"customer": 1, "agent": 1, "bot": 1}}'},
+    ),
+    "a timeout matrix with an unknown role": (
+        {"typing": {"timeoutMatrix": MATRIX.replace('"bot"', '"bots"')}},
+        r"typing\.timeoutMatrix\.paused has bots",
+        {"TYPING_TIMEOUT_MATRIX": MATRIX.replace('"bot"', '"bots"')},
+    ),
+    "a timeout out of the bounds of an event's": (
+        {"typing": {"timeoutMatrix": MATRIX.replace("2000", "100")}},
+        r"typing\.timeoutMatrix\.paused\.customer must be a whole number of ms in 500\.\.60000",
+        {"TYPING_TIMEOUT_MATRIX": MATRIX.replace("2000", "100")},
+    ),
+    "a timeout with a fraction": (
+        {"typing": {"timeoutMatrix": MATRIX.replace("2000", "2000.5")}},
+        r"typing\.timeoutMatrix\.paused\.customer must be a whole number",
+        {"TYPING_TIMEOUT_MATRIX": MATRIX.replace("2000", "2000.5")},
+    ),
 }
+
+
+def test_a_valid_timeout_matrix_reaches_the_processor(
+    chart: helm.Chart, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = settings(render(chart, {"typing": {"timeoutMatrix": MATRIX}}))
+    assert config["TYPING_TIMEOUT_MATRIX"] == MATRIX
+    assert processor_environment_accepted({"TYPING_TIMEOUT_MATRIX": MATRIX}, monkeypatch, tmp_path)
 
 
 @pytest.mark.parametrize("case", TEMPLATE_REFUSALS)
