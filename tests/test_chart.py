@@ -1048,6 +1048,52 @@ def test_template_refuses_settings_that_stop_the_processor_at_start_up(
         render(chart, values)
 
 
+AUDIT_FILE = "/var/log/typing/audit.jsonl"
+
+
+@pytest.mark.parametrize(
+    "mounts",
+    [
+        [],
+        [{"name": "audit", "mountPath": "/var/log/typing", "readOnly": True}],
+        [{"name": "audit", "mountPath": "/var/log/typing-other"}],
+    ],
+)
+def test_an_audit_file_on_the_read_only_root_is_refused(
+    chart: helm.Chart, mounts: list[dict[str, Any]]
+) -> None:
+    """`run` opens the audit file before anything else and stops with a ConfigError when it
+    cannot write it: on the read-only root filesystem, without a writable volume mounted
+    above it, every pod crash-loops."""
+    values = {
+        "typing": {"auditLogFile": AUDIT_FILE},
+        "extraVolumes": [{"name": "audit", "emptyDir": {}}],
+        "extraVolumeMounts": mounts,
+    }
+    with pytest.raises(helm.HelmRenderError, match=r"typing\.auditLogFile .* no writable volume"):
+        render(chart, values)
+
+
+def test_an_audit_file_in_the_small_tmp_volume_is_refused(chart: helm.Chart) -> None:
+    """The /tmp volume is a 64Mi emptyDir: an audit file growing there gets the pod evicted."""
+    with pytest.raises(helm.HelmRenderError, match=r"typing\.auditLogFile .* /tmp"):
+        render(chart, {"typing": {"auditLogFile": "/tmp/audit.jsonl"}})  # noqa: S108
+
+
+def test_an_audit_file_on_a_writable_volume_or_root_is_accepted(chart: helm.Chart) -> None:
+    mounted = {
+        "typing": {"auditLogFile": AUDIT_FILE},
+        "extraVolumes": [{"name": "audit", "emptyDir": {}}],
+        "extraVolumeMounts": [{"name": "audit", "mountPath": "/var/log/"}],
+    }
+    assert settings(render(chart, mounted))["TYPING_AUDIT_LOG_FILE"] == AUDIT_FILE
+    writable_root = {
+        "typing": {"auditLogFile": AUDIT_FILE},
+        "containerSecurityContext": {"readOnlyRootFilesystem": False},
+    }
+    assert settings(render(chart, writable_root))["TYPING_AUDIT_LOG_FILE"] == AUDIT_FILE
+
+
 def test_schema_knows_the_regions_the_processor_knows(chart: helm.Chart) -> None:
     """An unknown region passed the schema and stopped every pod at start-up."""
     schema = json.loads((Path(CHART) / "values.schema.json").read_text())
