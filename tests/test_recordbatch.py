@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.consumer.fetcher import PartitionRecords
-from aiokafka.errors import CorruptRecordException, KafkaConnectionError, UnsupportedCodecError
+from aiokafka.errors import (
+    CorruptRecordException,
+    KafkaConnectionError,
+    OffsetOutOfRangeError,
+    UnsupportedCodecError,
+)
 from aiokafka.protocol import fetch as fetch_protocol
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from aiokafka.record.legacy_records import LegacyRecordBatchBuilder
@@ -18,10 +23,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pipeline import NotUtf8
 
+from processor.runtime import undecodable
 from processor.runtime.rawfetch import RawRecords
 from processor.runtime.rawfetch import _aborted as aborted_in
 from processor.runtime.recordbatch import ReadRecords, Undecodable, read_records
-from processor.runtime.undecodable import is_undecodable, read_at
+from processor.runtime.undecodable import is_undecodable, read_at, read_past_undecodable
+from processor.settings import KafkaSettings
 
 TOPIC = "input"
 Header = tuple[str, bytes | None]
@@ -465,3 +472,83 @@ def test_a_search_from_any_offset_gets_further_and_hands_every_offset_on_once(
     raw = b"".join(chunks)
     start = data.draw(st.integers(0, offset - 1), label="start")
     assert search(raw, start, offset) == list(range(start, offset))
+
+
+class RetainedFrom:
+    """A partition whose records before `log_start` retention has deleted: a raw fetch
+    there is answered OFFSET_OUT_OF_RANGE, as a broker answers it."""
+
+    def __init__(self, log_start: int, data: bytes) -> None:
+        self.log_start = log_start
+        self.data = data
+        self.asked: list[int] = []
+
+    async def fetch(self, tp: TopicPartition, offset: int, max_bytes: int) -> RawRecords:
+        self.asked.append(offset)
+        if offset < self.log_start:
+            raise OffsetOutOfRangeError(f"{tp.topic}/{tp.partition} begins at {self.log_start}")
+        return RawRecords(self.data[:max_bytes], [])
+
+    async def __aenter__(self) -> RetainedFrom:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+
+class ConsumerOf:
+    """The consumer calls a search makes, on a partition that begins at `log_start` and
+    whose group committed `committed`."""
+
+    def __init__(self, log_start: int, committed: int) -> None:
+        self.log_start = log_start
+        self._committed = committed
+        self.positions: dict[TopicPartition, int] = {}
+
+    async def committed(self, tp: TopicPartition) -> int:
+        return self._committed
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.positions[tp] = offset
+
+    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+        for tp in tps:
+            self.positions[tp] = self.log_start
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.positions[tp]
+
+
+async def test_a_search_from_records_retention_deleted_reads_on_where_the_log_begins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Retention may delete the records after the group's commit (the processor was down
+    longer than the topic keeps them): a search from that commit is answered
+    OFFSET_OUT_OF_RANGE. It reads on where the partition begins now, as the consumer
+    itself does (`auto_offset_reset` "earliest"); raising instead, every restart would
+    fetch the undecodable record again and fail the same way, for ever."""
+    tp = TopicPartition(TOPIC, 0)
+    data = batch(
+        20,
+        [
+            (b"a", b"first kept", []),
+            (b"b", b"poison", [(NotUtf8("trace"), b"x")]),
+            (b"c", b"after", []),
+        ],
+    )
+    raw = RetainedFrom(20, data)
+    monkeypatch.setattr(undecodable, "RawFetcher", lambda kafka: raw)
+    consumer = ConsumerOf(log_start=20, committed=7)
+    search = read_past_undecodable(
+        consumer,  # type: ignore[arg-type]
+        KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+        {tp: None},
+    )
+    got = [item async for _, item in search]
+    assert [
+        [(r.offset, r.value) for r in item]
+        if isinstance(item, list)
+        else ("set aside", item.offset, item.record.value)
+        for item in got
+    ] == [[(20, b"first kept")], ("set aside", 21, b"poison"), [(22, b"after")]]
+    assert consumer.positions[tp] == 23

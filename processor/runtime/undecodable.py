@@ -18,15 +18,23 @@ there.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
+from aiokafka.errors import (
+    CorruptRecordException,
+    KafkaError,
+    OffsetOutOfRangeError,
+    UnsupportedCodecError,
+)
 
 from processor.settings import KafkaSettings
 
 from .rawfetch import FETCH_BYTES, MAX_FETCH_BYTES, RawFetcher
 from .recordbatch import ReadRecords, Undecodable, read_records
+
+log = logging.getLogger(__name__)
 
 
 def is_undecodable(failure: BaseException) -> bool:
@@ -78,8 +86,26 @@ async def _fetch_past(
     consumer: AIOKafkaConsumer, raw: RawFetcher, tp: TopicPartition, start: int
 ) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]] | Undecodable]:
     """Records of `tp` from `start`, as runs of readable records and single `Undecodable`
-    ones, as far as one raw fetch reaches; then the consumer's position follows them."""
-    read = await read_at(raw, tp, start)
+    ones, as far as one raw fetch reaches; then the consumer's position follows them.
+
+    A `start` the partition no longer holds (retention deleted the records after the
+    commit while they waited) is read from where the partition begins now, as the
+    consumer itself does (`auto_offset_reset` "earliest"): else every search, after every
+    restart, would fail there again."""
+    try:
+        read = await read_at(raw, tp, start)
+    except OffsetOutOfRangeError:
+        await consumer.seek_to_beginning(tp)
+        begins = int(await consumer.position(tp))
+        log.warning(
+            "%s/%d holds no offset %d any more (deleted by retention?): reading on from %d,"
+            " where it begins",
+            tp.topic,
+            tp.partition,
+            start,
+            begins,
+        )
+        read = await read_at(raw, tp, begins)
     run: list[ConsumerRecord[bytes, bytes]] = []
     for item in read.items:
         if isinstance(item, Undecodable):
