@@ -28,6 +28,7 @@ from processor.domain import SinkResult
 from processor.emulator.app import SESSION_PATH
 from processor.emulator.testing import EmulatorHandle
 from processor.models import TypingEvent
+from processor.runtime.kafka import TopicError, TopicSpec, ensure_topics
 from processor.runtime.outbound import Headers, Outbound
 from processor.runtime.partition import Counters, PartitionWorker
 from processor.runtime.reconciler import Reconciler
@@ -276,6 +277,41 @@ async def test_a_changelog_it_cannot_read_stops_the_partition_and_says_so(
             assert "partition 0 stopped committing" in str(error)
             assert "ChangelogError" in str(error)
             assert not processor.ready
+        finally:
+            stop.set()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.parametrize("missing", ["dlq_topic", "crm_topic", "audit_topic"])
+async def test_a_topic_it_writes_that_does_not_exist_stops_start_up_and_says_which(
+    bootstrap_servers: str, emulator: EmulatorHandle, missing: str
+) -> None:
+    """With TYPING_CREATE_TOPICS off, every topic the processor writes must exist, as the
+    input and the changelog must: a mistyped TYPING_DLQ_TOPIC would otherwise pass
+    start-up and readiness, and the first malformed record, whose dead letter cannot be
+    written, would stop its partition there, at every restart."""
+    settings = make_settings(bootstrap_servers, emulator, create_topics=False)
+    typing = settings.typing
+    absent = getattr(typing, missing)
+    names = [typing.input_topic, typing.crm_topic, typing.audit_topic, typing.dlq_topic]
+    await ensure_topics(
+        settings.kafka,
+        [
+            *(TopicSpec(name) for name in names if name != absent),
+            TopicSpec(typing.resolved_changelog_topic, compacted=True),
+        ],
+        typing.topic_partitions,
+        1,
+    )
+    async with GenesysSink(SinkConfig.from_settings(settings.genesys, typing)) as sink:
+        processor = TypingProcessor(settings, sink)
+        stop = asyncio.Event()
+        task = asyncio.create_task(processor.run(stop))
+        try:
+            await eventually(lambda: task.done() or processor.ready, 60, "start-up decided")
+            assert task.done(), f"started without {absent}"
+            with pytest.raises(TopicError, match=f"topic {absent} does not exist"):
+                task.result()
         finally:
             stop.set()
             await asyncio.gather(task, return_exceptions=True)

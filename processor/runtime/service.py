@@ -191,7 +191,7 @@ class TypingProcessor:
             self._ready.clear()
 
     async def prepare_topics(self) -> None:
-        """Create missing topics (unless turned off) and check the changelog fits the input."""
+        """Create missing topics (unless turned off)."""
         typing = self.settings.typing
         if typing.create_topics:
             await ensure_topics(
@@ -207,10 +207,19 @@ class TypingProcessor:
                 typing.topic_replication_factor,
             )
 
-    async def _check_changelog(self, consumer: AIOKafkaConsumer) -> None:
+    async def _check_topics(self, consumer: AIOKafkaConsumer) -> None:
+        """Every topic read or written exists, and the changelog fits the input. A topic
+        written (the DLQ above all) is checked too: missing, it would fail only at its first
+        record, a dead letter that cannot be written stopping its partition for good."""
         typing = self.settings.typing
         topics = await consumer.topics()
-        for name in (typing.input_topic, typing.resolved_changelog_topic):
+        for name in (
+            typing.input_topic,
+            typing.resolved_changelog_topic,
+            typing.crm_topic,
+            typing.audit_topic,
+            typing.dlq_topic,
+        ):
             if name not in topics:
                 raise TopicError(f"topic {name} does not exist (TYPING_CREATE_TOPICS is off)")
         inputs = consumer.partitions_for_topic(typing.input_topic) or set()
@@ -255,7 +264,7 @@ class TypingProcessor:
         self.telemetry.observe(self)
         scheduling = self._scheduling = asyncio.create_task(self.scheduler.run(), name="scheduler")
         try:
-            await self._check_changelog(consumer)
+            await self._check_topics(consumer)
             consumer.subscribe([self.settings.typing.input_topic], listener=_Rebalance(self))
             await self._consume(consumer, stop)
         finally:
