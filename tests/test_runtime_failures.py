@@ -242,6 +242,49 @@ async def stores_of_a_processor_that_stopped(
     return stores
 
 
+class AlwaysUndecodable(TypingProcessor):
+    """Every fetch of its consumer raises as the Kafka client does on a header key that
+    is not UTF-8 (a foreign producer writing such keys on every record, or a backlog with
+    one in every fetch): only the record-by-record search reads the input."""
+
+    async def _start(self, consumer: AIOKafkaConsumer) -> None:
+        await super()._start(consumer)
+
+        async def getmany(*tps: TopicPartition, **options: Any) -> Any:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+        consumer.getmany = getmany  # type: ignore[method-assign]
+
+
+async def test_input_read_past_undecodable_records_is_committed_all_the_same(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """While every fetch meets a record the client cannot decode, what the search hands on
+    is processed, and its offsets are committed as any others: else the group's commit and
+    the membership lease (renewed by commits) stand still, and once the lease lapses the
+    partitions write nothing and make no call until a fetch succeeds again."""
+    settings = make_settings(bootstrap_servers, emulator, topic_partitions=1)
+    emulator.create_session("searched")
+    async with running(settings, AlwaysUndecodable) as (processor, task):
+        offsets = await produce(
+            bootstrap_servers, settings.typing.input_topic, [record("searched")]
+        )
+        await eventually(
+            lambda: processor.workers[0].committable == offsets[0] + 1, 30, "record processed"
+        )
+
+        async def committed_past_it() -> bool:
+            return (await committed(bootstrap_servers, settings, 0) or 0) > offsets[0]
+
+        await eventually(committed_past_it, 10, "its offset committed")
+        await eventually(
+            lambda: emulator.session("searched")["customAttributes"].get("typingIndicator"),
+            10,
+            "its indicator set",
+        )
+        assert not task.done()
+
+
 class StuckRestoreProcessor(TypingProcessor):
     """A restore that does not finish until released (a long changelog, a slow broker)."""
 

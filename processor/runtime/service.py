@@ -318,11 +318,14 @@ class TypingProcessor:
                 try:
                     batches = fetch.result()
                 except Exception as exc:
-                    if is_undecodable(exc):
-                        await self._set_aside_undecodable(consumer, exc)
-                    else:  # the cluster's trouble: fetch again
+                    if not is_undecodable(exc):  # the cluster's trouble: fetch again
                         log.warning("fetch failed, retrying: %s", exc)
-                    continue
+                        continue
+                    # What the search hands on is committed as any input: while every
+                    # fetch meets such a record, no commit (nor the lease it renews) may
+                    # wait for one that does not.
+                    await self._set_aside_undecodable(consumer, exc)
+                    batches = {}
                 for tp, records in batches.items():
                     worker = self.workers.get(tp.partition)
                     # no worker: revoked meanwhile; its next owner starts from the commit
