@@ -859,3 +859,26 @@ async def test_an_unconfirmed_member_writes_nothing_until_confirmed_again(
         assert [(a["session_id"], a["result"]) for a in audits] == [("first", "stale")]
         changelog = await read_topic(bootstrap_servers, settings.typing.resolved_changelog_topic)
         assert sorted(r.key for r in changelog) == [b"first", b"second"]
+
+
+async def test_long_dead_letter_keys_are_partitioned_without_being_remembered(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """A flood of distinct long keys (a hostile producer's) must not fill the cache of
+    partitions by key, which is for session ids; each letter is written all the same."""
+    settings = make_settings(bootstrap_servers, emulator)
+    typing = settings.typing
+    await ensure_topics(settings.kafka, [TopicSpec(typing.dlq_topic)], 4, 1)
+    outbound = Outbound(settings.kafka, typing)
+    await outbound.start()
+    try:
+        batch = outbound.batch()
+        for key in [b"s1", *(b"%04d" % n + b"k" * 1000 for n in range(50))]:
+            batch.dead_letter(key, b"{}")
+        acks = await batch.send()
+        written = await asyncio.gather(*acks[typing.dlq_topic])
+        assert written
+        assert all(meta.topic == typing.dlq_topic for meta in written)
+        assert list(await outbound._partitioner_for(typing.dlq_topic)) == [b"s1"]
+    finally:
+        await outbound.stop()

@@ -23,6 +23,9 @@ Headers = list[tuple[str, bytes]]
 # Larger batches than aiokafka's 16 KiB default: a turn's audit records go in a few.
 MAX_BATCH_BYTES = 256 * 1024
 MAX_CACHED_KEYS = 200_000
+# The longest key worth remembering: a session id. A dead letter's key may be far longer
+# (a hostile producer's), and a flood of distinct ones would fill the cache with MBs.
+MAX_CACHED_KEY_BYTES = 128
 
 
 def open_audit_file(path: Path) -> IO[bytes]:
@@ -216,7 +219,9 @@ class OutboundBatch:
                 key = record[0] or b""
                 chosen = cache.get(key)
                 if chosen is None:
-                    chosen = cache[key] = outbound._partition(topic, key)
+                    chosen = outbound._partition(topic, key)
+                    if len(key) <= MAX_CACHED_KEY_BYTES:
+                        cache[key] = chosen
                 grouped.setdefault((topic, chosen), []).append(record)
         futures: dict[str, list[asyncio.Future[Any]]] = {}
         for (topic, partition), records in grouped.items():
