@@ -27,11 +27,13 @@ from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from pydantic import SecretStr
 
 from processor.emulator.testing import EmulatorHandle
-from processor.models import DeadLetter
+from processor.models import DeadLetter, TypingEvent
+from processor.runtime.restore import read_changelog
 from processor.runtime.service import TypingProcessor
 from processor.settings import GenesysSettings, KafkaSettings, Settings, TypingSettings
 from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
+from processor.state import PartitionStore
 
 
 def now_ms() -> int:
@@ -344,3 +346,20 @@ async def silent_listener() -> AsyncIterator[tuple[int, asyncio.Event]]:
         yield server.sockets[0].getsockname()[1], connected
     finally:
         server.close()
+
+
+class PoisonStore(PartitionStore):
+    """A store with a bug that one event triggers (what no validation can foresee)."""
+
+    def on_event(self, event: TypingEvent, offset: int) -> None:
+        if event.event_id == "poison":
+            raise RuntimeError("engine bug triggered by this event")
+        super().on_event(event, offset)
+
+
+class PoisonedProcessor(TypingProcessor):
+    async def _restore(self, partition: int) -> PartitionStore:
+        records = await read_changelog(
+            self._options, self.settings.typing.resolved_changelog_topic, partition
+        )
+        return PoisonStore.restore(partition, self._engine, self._clock, records)

@@ -21,7 +21,14 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
-from pipeline import eventually, make_settings, read_json, read_topic, typing_event
+from pipeline import (
+    PoisonedProcessor,
+    eventually,
+    make_settings,
+    read_json,
+    read_topic,
+    typing_event,
+)
 
 from processor.clock import Clock, SystemClock
 from processor.domain import SinkResult
@@ -39,23 +46,6 @@ from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
 from processor.state import EngineConfig, PartitionStore, Work
 from processor.state.changelog import decode
-
-
-class PoisonStore(PartitionStore):
-    """A store with a bug that one event triggers (what no validation can foresee)."""
-
-    def on_event(self, event: TypingEvent, offset: int) -> None:
-        if event.event_id == "poison":
-            raise RuntimeError("engine bug triggered by this event")
-        super().on_event(event, offset)
-
-
-class PoisonedProcessor(TypingProcessor):
-    async def _restore(self, partition: int) -> PartitionStore:
-        records = await read_changelog(
-            self._options, self.settings.typing.resolved_changelog_topic, partition
-        )
-        return PoisonStore.restore(partition, self._engine, self._clock, records)
 
 
 class DeadLetterUnwritable(Outbound):

@@ -18,7 +18,14 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from pipeline import InProcess, eventually, make_settings, read_topic, typing_event
+from pipeline import (
+    InProcess,
+    PoisonedProcessor,
+    eventually,
+    make_settings,
+    read_topic,
+    typing_event,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from processor.asgi import serve_in_background
@@ -261,6 +268,38 @@ async def test_events_without_a_parent_start_a_trace_and_dead_letters_keep_their
         and (s.attributes or {}).get("typing.decision") == "dead_letter"
     ]
     assert [format(trace_id(s), "032x") for s in dead] == [remote_trace]
+
+
+async def test_an_event_whose_processing_raises_ends_its_span_as_a_dead_letter(
+    bootstrap_servers: str,
+    emulator: EmulatorHandle,
+    telemetry: Telemetry,
+    spans: InMemorySpanExporter,
+) -> None:
+    stack = await start(make_settings(bootstrap_servers, emulator), telemetry, PoisonedProcessor)
+    try:
+        await until_ready(stack)
+        typing = stack.settings.typing
+        remote_trace = secrets.token_hex(16)
+        await produce(
+            bootstrap_servers,
+            typing.input_topic,
+            b"victim",
+            orjson.dumps(typing_event("victim", event_id="poison")),
+            [("traceparent", f"00-{remote_trace}-{secrets.token_hex(8)}-01".encode())],
+        )
+        await records_for(bootstrap_servers, typing.dlq_topic, "victim")
+    finally:
+        await stack.close()
+    (span,) = [
+        s
+        for s in finished(spans)
+        if s.name == f"{typing.input_topic} process" and format(trace_id(s), "032x") == remote_trace
+    ]
+    attributes = span.attributes or {}
+    assert attributes.get("typing.decision") == "dead_letter"
+    assert attributes.get("typing.dlq.reason") == "processing_error"
+    assert attributes.get("typing.session_id") == "victim"  # the event's own span, ended
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -359,7 +359,9 @@ class PartitionWorker:
                 f"{type(exc).__name__}: {exc}",
                 self._clock.now_ms(),
             )
-            self._dead_letter(record, letter, batch, started_ns)
+            # the event's span, if it was started, ends here as the dead letter's
+            started = self._spans.pop(record.offset, None)
+            self._dead_letter(record, letter, batch, started_ns, started and started[0])
 
     def _dead_letter(
         self,
@@ -367,6 +369,7 @@ class PartitionWorker:
         letter: DeadLetter,
         batch: OutboundBatch,
         started_ns: int,
+        span: Span | None = None,
     ) -> None:
         self.counters.dead_letters += 1
         log.warning(
@@ -380,7 +383,10 @@ class PartitionWorker:
         headers = None
         if tracing is not None:
             attributes = {DECISION: "dead_letter", "typing.dlq.reason": letter.reason.value}
-            span = tracing.start_event(record.headers, record.offset, started_ns, attributes)
+            if span is None:
+                span = tracing.start_event(record.headers, record.offset, started_ns, attributes)
+            else:
+                span.set_attributes(attributes)
             publish, headers = tracing.start_publish("dlq", span)
             span.end()
             publish.end()
