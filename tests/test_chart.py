@@ -793,6 +793,20 @@ def test_schema_refuses_bad_values(chart: helm.Chart, case: str) -> None:
     assert f"at '{where}'" in str(refused.value)
 
 
+@pytest.mark.parametrize("port", [80, 443, 1023])
+def test_a_privileged_http_port_is_refused(chart: helm.Chart, port: int) -> None:
+    """Both workers run as user 10001 with every capability dropped: a port below 1024
+    cannot be bound where the runtime keeps the kernel's unprivileged-port floor, and the
+    worker then runs without /healthz (it only logs the error), so liveness restarts it
+    without end. The Service may still listen on a low port (service.port)."""
+    with pytest.raises(helm.HelmValuesError, match=r"at '/httpPort': minimum: .*want 1,?024"):
+        render(chart, {"httpPort": port})
+    values = {"httpPort": 1024, "service": {"port": 80}}
+    processor = one(render(chart, values), "Deployment", "processor")
+    (container,) = processor["spec"]["template"]["spec"]["containers"]
+    assert container["ports"][0]["containerPort"] == 1024
+
+
 # Values the processor refuses at start-up (every pod stops with a ConfigError, and the
 # Deployment crash-loops after a `helm install` that succeeded): the schema refuses them.
 # Each case: the values, where the schema refuses them, and the environment the chart
