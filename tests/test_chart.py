@@ -528,6 +528,32 @@ def test_keda_never_scales_below_one_replica(chart: helm.Chart) -> None:
     assert one(objects, "ScaledObject")["spec"]["minReplicaCount"] == 1
 
 
+def test_the_kafka_ca_is_mounted_by_its_key(chart: helm.Chart) -> None:
+    """A Secret volume without `items` mounts whatever keys the Secret has: with the CA
+    under another key the pod starts and the processor stops on a missing file, a
+    crash-loop far from its cause. Mounted by its key, a missing key holds the pod in
+    ContainerCreating with an event naming the Secret and the key."""
+    values = {
+        "kafka": {"securityProtocol": "SSL", "caSecretName": "kafka-ca", "caSecretKey": "ca.pem"},
+        "crmWebhook": {"enabled": True, "url": "https://crm.example.com/hooks/typing"},
+    }
+    objects = render(chart, values)
+    cafile = settings(objects)["KAFKA_SSL_CAFILE"]
+    for component in ("processor", "crm-webhook"):
+        spec = one(objects, "Deployment", component)["spec"]["template"]["spec"]
+        (volume,) = [v for v in spec["volumes"] if v["name"] == "kafka-ca"]
+        assert volume["secret"] == {
+            "secretName": "kafka-ca",
+            "items": [{"key": "ca.pem", "path": "ca.pem"}],
+        }
+        (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "kafka-ca"]
+        assert f"{mount['mountPath']}/ca.pem" == cafile
+        # every Secret the chart itself mounts names the keys it needs
+        for volume in spec["volumes"]:
+            if "secret" in volume:
+                assert volume["secret"].get("items"), volume["name"]
+
+
 def webhook_env(objects: list[Manifest]) -> dict[str, Manifest]:
     """The webhook container's `env` entries, by name."""
     (container,) = one(objects, "Deployment", "crm-webhook")["spec"]["template"]["spec"][

@@ -211,7 +211,12 @@ checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha
 checksum/secret: {{ print (include "gtp.secretName" .) (include (print .Template.BasePath "/secret.yaml") .) | sha256sum }}
 {{- end -}}
 
-{{/* /tmp (the root filesystem is read-only), the Kafka CA, and extraVolumes. */}}
+{{/*
+/tmp (the root filesystem is read-only), the Kafka CA, and extraVolumes. The CA is mounted
+by its key (`items`): a Secret without that key holds the pod in ContainerCreating with an
+event naming the Secret and the key, where a whole-Secret mount would start the pod and
+the processor would stop on a missing file.
+*/}}
 {{- define "gtp.volumes" -}}
 - name: tmp
   emptyDir:
@@ -220,6 +225,9 @@ checksum/secret: {{ print (include "gtp.secretName" .) (include (print .Template
 - name: kafka-ca
   secret:
     secretName: {{ .Values.kafka.caSecretName }}
+    items:
+      - key: {{ .Values.kafka.caSecretKey | quote }}
+        path: {{ .Values.kafka.caSecretKey | quote }}
 {{- end }}
 {{- with .Values.extraVolumes }}
 {{ toYaml . }}
