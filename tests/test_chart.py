@@ -528,6 +528,18 @@ def test_keda_never_scales_below_one_replica(chart: helm.Chart) -> None:
     assert one(objects, "ScaledObject")["spec"]["minReplicaCount"] == 1
 
 
+def test_no_processor_without_keda_is_refused(chart: helm.Chart) -> None:
+    """Without KEDA, replicaCount is the processor's replica count: 0 leaves shown
+    indicators that nothing clears (the same reason KEDA never goes below one)."""
+    with pytest.raises(helm.HelmValuesError) as refused:
+        render(chart, {"replicaCount": 0})
+    assert "at '/replicaCount': minimum: got 0, want 1" in str(refused.value)
+    with pytest.raises(helm.HelmValuesError, match=r"at '/replicaCount'"):
+        render(chart, {"replicaCount": 0, "keda": {"enabled": False}})
+    processor = one(render(chart, {"replicaCount": 1}), "Deployment", "processor")
+    assert processor["spec"]["replicas"] == 1
+
+
 def test_the_kafka_ca_is_mounted_by_its_key(chart: helm.Chart) -> None:
     """A Secret volume without `items` mounts whatever keys the Secret has: with the CA
     under another key the pod starts and the processor stops on a missing file, a
