@@ -588,6 +588,99 @@ def test_webhook_reads_the_sasl_user_from_the_existing_secret(chart: helm.Chart)
     assert "KAFKA_SASL_USERNAME" not in settings(objects)
 
 
+# Values under which the chart sets the most variables itself: its own Secret, SASL, a CA,
+# explicit URLs, every OTel setting and the webhook.
+EVERY_SETTING: dict[str, Any] = {
+    **ci_values("chart-secret"),
+    "kafka": {
+        **ci_values("chart-secret")["kafka"],
+        "securityProtocol": "SASL_SSL",
+        "caSecretName": "kafka-ca",
+    },
+    "genesys": {
+        "apiUrl": "https://api.example.com",
+        "loginUrl": "https://login.example.com",
+        "oauthScopes": "webchat:read",
+    },
+    "otel": {
+        "exporterOtlpEndpoint": "http://otel-collector:4318",
+        "tracesSampler": "traceidratio",
+        "tracesSamplerArg": "0.1",
+        "resourceAttributes": "team=cx",
+    },
+    "crmWebhook": {"enabled": True, "url": "https://crm.example.com/hooks/typing"},
+}
+
+
+def chart_set_variables(objects: list[Manifest], component: str) -> set[str]:
+    """What the chart sets in a component's container: its `env`, and the keys of the
+    ConfigMap and Secret it reads through `envFrom`."""
+    (container,) = one(objects, "Deployment", component)["spec"]["template"]["spec"]["containers"]
+    names = {entry["name"] for entry in container["env"]}
+    for source in container["envFrom"]:
+        if "configMapRef" in source:
+            names |= set(settings(objects))
+        elif "secretRef" in source:
+            names |= set(one(objects, "Secret")["stringData"])
+    return names
+
+
+def with_extra_env(values: dict[str, Any], where: str, name: str) -> dict[str, Any]:
+    entry = {"name": name, "value": "x"}
+    if where == "extraEnv":
+        return {**values, "extraEnv": [entry]}
+    return {**values, "crmWebhook": {**values["crmWebhook"], "extraEnv": [entry]}}
+
+
+@pytest.mark.parametrize(
+    ("where", "component"),
+    [("extraEnv", "processor"), ("crmWebhook.extraEnv", "crm-webhook")],
+)
+def test_extra_env_never_replaces_a_variable_the_chart_sets(
+    chart: helm.Chart, where: str, component: str
+) -> None:
+    """An env entry named like one the chart sets replaces the chart's value in silence
+    (the later entry wins, and `env` wins over `envFrom`): the consumer group KEDA scales
+    on, the pod identity in the resource attributes, a topic the template checked. The
+    template refuses it, naming the variable and what to set instead."""
+    names = chart_set_variables(render(chart, EVERY_SETTING), component)
+    assert {"OTEL_RESOURCE_ATTRIBUTES", "TYPING_GROUP_ID", "KAFKA_SASL_PASSWORD"} <= names
+    for name in sorted(names):
+        with pytest.raises(helm.HelmRenderError, match=rf"{where} sets {name}, which the chart"):
+            render(chart, with_extra_env(EVERY_SETTING, where, name))
+    hints = {
+        "TYPING_GROUP_ID": "set typing.groupId instead",
+        "OTEL_RESOURCE_ATTRIBUTES": "set otel.resourceAttributes instead",
+        "OTEL_SERVICE_NAME": (
+            "set otel.serviceName instead"
+            if component == "processor"
+            else "set crmWebhook.otelServiceName instead"
+        ),
+        "TYPING_HTTP_PORT": "set httpPort instead",
+    }
+    for name, hint in hints.items():
+        with pytest.raises(helm.HelmRenderError, match=re.escape(hint)):
+            render(chart, with_extra_env(EVERY_SETTING, where, name))
+
+
+def test_extra_env_of_the_chart_s_own_names_is_accepted_where_the_chart_sets_none(
+    chart: helm.Chart,
+) -> None:
+    """Variables the chart leaves unset stay open to extraEnv (a CA from a trust bundle
+    ConfigMap, OTLP headers), once each."""
+    extra = [
+        {"name": "KAFKA_SSL_CAFILE", "value": "/etc/trust/ca.pem"},
+        {"name": "OTEL_EXPORTER_OTLP_HEADERS", "value": "api-key=k"},
+    ]
+    objects = render(chart, {"extraEnv": extra})
+    (container,) = one(objects, "Deployment", "processor")["spec"]["template"]["spec"]["containers"]
+    names = [entry["name"] for entry in container["env"]]
+    assert len(names) == len(set(names))
+    assert {"KAFKA_SSL_CAFILE", "OTEL_EXPORTER_OTLP_HEADERS"} <= set(names)
+    with pytest.raises(helm.HelmRenderError, match=r"extraEnv sets KAFKA_SSL_CAFILE twice"):
+        render(chart, {"extraEnv": [*extra, extra[0]]})
+
+
 def test_a_webhook_url_with_a_credential_comes_from_the_secret(chart: helm.Chart) -> None:
     values = {
         "secrets": {"existingSecret": "typing-credentials"},

@@ -261,6 +261,39 @@ the processor would stop on a missing file.
   value: {{ printf "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)%s" (ternary (printf ",%s" .Values.otel.resourceAttributes) "" (ne .Values.otel.resourceAttributes "")) | quote }}
 {{- end -}}
 
+{{/* The CRM webhook worker's own env: pod identity, its service name, the CRM URL from the
+Secret, and the Kafka login (it reads no Secret through envFrom). */}}
+{{- define "gtp.webhookEnv" -}}
+{{- include "gtp.podEnv" . }}
+- name: OTEL_SERVICE_NAME
+  value: {{ .Values.crmWebhook.otelServiceName | quote }}
+{{- with .Values.crmWebhook.urlSecretKey }}
+{{- if include "gtp.createSecret" $ }}
+{{- fail "crmWebhook.urlSecretKey names a key of secrets.existingSecret, which is not set" }}
+{{- end }}
+- name: TYPING_CRM_WEBHOOK_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "gtp.secretName" $ }}
+      key: {{ . }}
+{{- end }}
+{{- if include "gtp.saslEnabled" . }}
+{{- if not .Values.kafka.saslUsername }}
+# the user is in the existing Secret, as the processor reads it
+- name: KAFKA_SASL_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "gtp.secretName" . }}
+      key: KAFKA_SASL_USERNAME
+{{- end }}
+- name: KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "gtp.secretName" . }}
+      key: KAFKA_SASL_PASSWORD
+{{- end }}
+{{- end -}}
+
 {{/* The HTTP probes of both workers (timings from values). */}}
 {{- define "gtp.probes" -}}
 livenessProbe:
@@ -273,4 +306,87 @@ readinessProbe:
     path: /readyz
     port: http
   {{- toYaml .Values.readinessProbe | nindent 2 }}
+{{- end -}}
+
+{{/*
+An extra env entry named like a variable the chart sets in that container would replace
+the chart's value in silence (Kubernetes keeps the later of two entries, and `env` wins
+over `envFrom`): the consumer group KEDA scales on, a topic checked above, the pod's
+identity. Refused, naming the value to set instead; an entry given twice is refused too.
+Keys of secrets.existingSecret are not known here and stay open.
+(dict "ctx" $ "from" "extraEnv" "entries" $list "own" $chartEnvEntries "hints" (dict name hint))
+*/}}
+{{- define "gtp.checkExtraEnv" -}}
+{{- $ctx := .ctx -}}
+{{- $values := dict
+  "KAFKA_BOOTSTRAP_SERVERS" "kafka.bootstrapServers"
+  "KAFKA_SECURITY_PROTOCOL" "kafka.securityProtocol"
+  "KAFKA_SASL_MECHANISM" "kafka.saslMechanism"
+  "KAFKA_SASL_USERNAME" "kafka.saslUsername (or KAFKA_SASL_USERNAME in secrets.existingSecret)"
+  "KAFKA_SASL_PASSWORD" "secrets.kafkaSaslPassword (or KAFKA_SASL_PASSWORD in secrets.existingSecret)"
+  "KAFKA_SSL_CAFILE" "kafka.caSecretName and kafka.caSecretKey"
+  "KAFKA_ENABLE_IDEMPOTENCE" "kafka.enableIdempotence"
+  "KAFKA_ISOLATION_LEVEL" "kafka.isolationLevel"
+  "GENESYSCLOUD_REGION" "genesys.region"
+  "GENESYSCLOUD_API_URL" "genesys.apiUrl"
+  "GENESYSCLOUD_LOGIN_URL" "genesys.loginUrl"
+  "GENESYSCLOUD_OAUTH_SCOPES" "genesys.oauthScopes"
+  "GENESYSCLOUD_OAUTHCLIENT_ID" "secrets.oauthClientId"
+  "GENESYSCLOUD_OAUTHCLIENT_SECRET" "secrets.oauthClientSecret"
+  "TYPING_GROUP_ID" "typing.groupId"
+  "TYPING_INPUT_TOPIC" "typing.inputTopic"
+  "TYPING_CRM_TOPIC" "typing.crmTopic"
+  "TYPING_AUDIT_TOPIC" "typing.auditTopic"
+  "TYPING_DLQ_TOPIC" "typing.dlqTopic"
+  "TYPING_CHANGELOG_TOPIC" "typing.changelogTopic"
+  "TYPING_SUPPRESSION_WINDOW_MS" "typing.suppressionWindowMs"
+  "TYPING_TIMEOUT_MATRIX" "typing.timeoutMatrix"
+  "TYPING_API_RATE_PER_MINUTE" "typing.apiRatePerMinute"
+  "TYPING_CREATE_TOPICS" "typing.createTopics"
+  "TYPING_TOPIC_PARTITIONS" "typing.topicPartitions"
+  "TYPING_TOPIC_REPLICATION_FACTOR" "typing.topicReplicationFactor"
+  "TYPING_MAX_IN_FLIGHT" "typing.maxInFlight"
+  "TYPING_FETCH_MAX_WAIT_MS" "typing.fetchMaxWaitMs"
+  "TYPING_COMMIT_INTERVAL_MS" "typing.commitIntervalMs"
+  "TYPING_MESSAGING_MAX_DURATION_MS" "typing.messagingMaxDurationMs"
+  "TYPING_AUDIT_LOG_FILE" "typing.auditLogFile"
+  "TYPING_LOG_LEVEL" "typing.logLevel"
+  "TYPING_HTTP_PORT" "httpPort"
+  "TYPING_CRM_WEBHOOK_URL" "crmWebhook.url (or crmWebhook.urlSecretKey)"
+  "OTEL_SERVICE_NAME" "otel.serviceName"
+  "OTEL_EXPORTER_OTLP_ENDPOINT" "otel.exporterOtlpEndpoint"
+  "OTEL_TRACES_SAMPLER" "otel.tracesSampler"
+  "OTEL_TRACES_SAMPLER_ARG" "otel.tracesSamplerArg"
+  "OTEL_RESOURCE_ATTRIBUTES" "otel.resourceAttributes" -}}
+{{- $hints := dict
+  "POD_NAME" "it is the pod's own name (for OTEL_RESOURCE_ATTRIBUTES): give yours another name"
+  "POD_NAMESPACE" "it is the pod's own namespace (for OTEL_RESOURCE_ATTRIBUTES): give yours another name" -}}
+{{- range $name, $value := $values }}
+{{- $_ := set $hints $name (printf "set %s instead" $value) }}
+{{- end }}
+{{- $hints = mergeOverwrite $hints (.hints | default dict) -}}
+{{- $set := dict -}}
+{{- range .own }}
+{{- $_ := set $set .name true }}
+{{- end }}
+{{- $config := include (print $ctx.Template.BasePath "/configmap.yaml") $ctx | fromYaml -}}
+{{- range $name, $_ := $config.data }}
+{{- $_ := set $set $name true }}
+{{- end }}
+{{- if .secret }}
+{{- $secret := include (print $ctx.Template.BasePath "/secret.yaml") $ctx | fromYaml -}}
+{{- range $name, $_ := ($secret.stringData | default dict) }}
+{{- $_ := set $set $name true }}
+{{- end }}
+{{- end }}
+{{- $seen := dict -}}
+{{- range .entries }}
+{{- if hasKey $set .name }}
+{{- fail (printf "%s sets %s, which the chart sets itself (Kubernetes would keep one of the two in silence): %s" $.from .name (get $hints .name | default "drop it")) }}
+{{- end }}
+{{- if hasKey $seen .name }}
+{{- fail (printf "%s sets %s twice (Kubernetes would keep the last in silence): keep one" $.from .name) }}
+{{- end }}
+{{- $_ := set $seen .name true }}
+{{- end }}
 {{- end -}}
