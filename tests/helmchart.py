@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +57,84 @@ def render(
 ) -> list[Manifest]:
     """Every object the chart renders for `values` (NOTES.txt left out); a key that a
     mapping holds twice fails, as it fails `helm install`."""
-    rendered = chart.render(values=values or {}, name=release, namespace=namespace)
+    return _objects(chart.render(values=values or {}, name=release, namespace=namespace))
+
+
+@contextmanager
+def _api_server(live: list[Manifest]) -> Iterator[str]:
+    """A Kubernetes API server holding `live` (namespaced objects), for `lookup`: it
+    answers the discovery of apps/v1 and of the objects' group versions, and GETs of each
+    object; the URL."""
+
+    def resource(kind: str) -> dict[str, Any]:
+        return {"name": kind.lower() + "s", "namespaced": True, "kind": kind, "verbs": ["get"]}
+
+    resources: dict[str, list[dict[str, Any]]] = {"/apis/apps/v1": [resource("Deployment")]}
+    objects: dict[str, Manifest] = {}
+    for obj in live:
+        group_version, kind = obj["apiVersion"], obj["kind"]
+        plural = kind.lower() + "s"
+        prefix = f"/apis/{group_version}" if "/" in group_version else f"/api/{group_version}"
+        if resource(kind) not in resources.setdefault(prefix, []):
+            resources[prefix].append(resource(kind))
+        meta = obj["metadata"]
+        objects[f"{prefix}/namespaces/{meta['namespace']}/{plural}/{meta['name']}"] = obj
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?")[0]
+            body: Manifest
+            if path in resources:
+                group_version = path.split("/", 2)[2]
+                body = {
+                    "kind": "APIResourceList",
+                    "apiVersion": "v1",
+                    "groupVersion": group_version,
+                    "resources": resources[path],
+                }
+                status = 200
+            elif path in objects:
+                body, status = objects[path], 200
+            else:
+                body = {"kind": "Status", "apiVersion": "v1", "status": "Failure"}
+                body |= {"reason": "NotFound", "code": 404}
+                status = 404
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def render_in_cluster(
+    chart: helm.Chart, values: dict[str, Any], live: list[Manifest]
+) -> list[Manifest]:
+    """What `helm upgrade` renders against a cluster that holds `live`: `lookup` finds
+    those objects (with `helm template` it finds nothing)."""
+    with _api_server(live) as url:
+        config = helm.Config(
+            kube_apiserver=url, kube_token="test", namespace=NAMESPACE, storage_driver="memory"
+        )
+        with config:
+            rendered = config.render(chart, values, name=RELEASE, namespace=NAMESPACE)
+    return _objects(rendered)
+
+
+def _objects(rendered: dict[str, str]) -> list[Manifest]:
     objects: list[Manifest] = []
     for path, text in sorted(rendered.items()):
         if path.endswith(".yaml"):

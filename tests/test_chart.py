@@ -28,6 +28,7 @@ from helmchart import (
     one,
     pod_specs,
     render,
+    render_in_cluster,
     settings,
 )
 from kubernetes_validate.utils import latest_version
@@ -526,6 +527,37 @@ def test_keda_never_scales_below_one_replica(chart: helm.Chart) -> None:
     # clears of shown indicators must go out even when no input lags
     objects = render(chart, {"keda": {"enabled": True}, "replicaCount": 0})
     assert one(objects, "ScaledObject")["spec"]["minReplicaCount"] == 1
+
+
+def live_processor(replicas: int) -> Manifest:
+    """The processor's Deployment as a cluster holds it, scaled to `replicas`."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "typing-genesys-typing-processor", "namespace": NAMESPACE},
+        "spec": {"replicas": replicas},
+    }
+
+
+def rendered_replicas(objects: list[Manifest]) -> int | None:
+    replicas: int | None = one(objects, "Deployment", "processor")["spec"].get("replicas")
+    return replicas
+
+
+def test_turning_keda_on_keeps_the_replicas_that_run(chart: helm.Chart) -> None:
+    """Without `replicas` in the new manifest, `helm upgrade` removes the field from a
+    Deployment that had it, which drops it to one replica (a rebalance for every replica
+    stopped, and again for each KEDA brings back). The chart keeps the count that runs,
+    never below KEDA's minimum; with no Deployment yet (a first install, `helm
+    template`) it leaves the field to KEDA, as before."""
+    keda = {"replicaCount": 3, "keda": {"enabled": True}}
+    assert rendered_replicas(render_in_cluster(chart, keda, [live_processor(5)])) == 5
+    assert rendered_replicas(render_in_cluster(chart, keda, [live_processor(1)])) == 3
+    assert rendered_replicas(render_in_cluster(chart, keda, [])) is None
+    assert rendered_replicas(render(chart, keda)) is None
+    # without KEDA, replicaCount as ever
+    static = {"replicaCount": 2}
+    assert rendered_replicas(render_in_cluster(chart, static, [live_processor(5)])) == 2
 
 
 def test_no_processor_without_keda_is_refused(chart: helm.Chart) -> None:

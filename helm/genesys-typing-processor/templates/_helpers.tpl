@@ -200,6 +200,12 @@ affinity: {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
 
+{{/* KEDA's least replica count: keda.minReplicaCount (default replicaCount), never below
+one (clears of shown indicators must go out even when no input lags). */}}
+{{- define "gtp.kedaMinReplicas" -}}
+{{- max 1 (.Values.keda.minReplicaCount | default .Values.replicaCount | int) -}}
+{{- end -}}
+
 {{/* PromQL matchers of one component's series as the ServiceMonitor scrapes them. */}}
 {{- define "gtp.promSelector" -}}
 namespace="{{ .ctx.Release.Namespace }}", job="{{ .job }}"
