@@ -264,3 +264,56 @@ def test_shown_until_never_lapses_while_typing_and_ends_within_a_second_of_the_d
         covered_until = max(covered_until, until)
     assert covered_until >= last_deadline - 10 - latency  # typing was shown to its end
     assert covered_until <= last_deadline + 1000 + latency  # and lapsed within the bound
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        SinkResult(Outcome.RATE_LIMITED, http_status=429, attempts=1),
+        SinkResult(Outcome.FAILED, http_status=400, attempts=1),
+    ],
+    ids=["rate-limited", "failed"],
+)
+def test_a_failed_refresh_on_the_old_target_does_not_hold_the_new_one_until_it_lapses(
+    clock: ManualClock, failure: SinkResult
+) -> None:
+    """The refresh of the indicator shown on target A fails for good while the session
+    moves to B. A's indicator cannot be taken down (no "Off"): it is recorded as lapsed at
+    once, as a move with no call out does, and B is set as soon as the failure allows (at
+    once after a 429, after the backoff otherwise), not when A's "shown until" passes."""
+    config = EngineConfig(messaging_max_duration_ms=20_000)
+    store = PartitionStore(0, config, clock)
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=60_000), 1)
+    [shown] = store.take_work(5)
+    store.on_result(shown, APPLIED)
+    assert shown.desired is not None
+    shown_until = shown.desired.expires_at
+    assert shown_until == T0 + 20_000
+    clock.set(shown_until - 2000)  # within the refresh lead (12 % of 20 s)
+    store.on_event(ev("s1", Status.TYPING, clock.now_ms(), timeout=60_000), 2)
+    store.on_tick()
+    [refresh] = store.take_work(5)
+    assert (refresh.kind, refresh.target) == (WorkKind.REFRESH, AgentTypingTarget(CONV, COMM))
+    clock.advance(50)
+    store.on_event(
+        ev("s1", Status.TYPING, clock.now_ms(), target=OPEN, timeout=60_000, eid="moved"), 3
+    )
+    store.drain()
+    store.on_result(refresh, failure)
+    out = store.drain()
+    assert [(c.status, c.reason, c.version) for c in out.changes] == [
+        (CrmStatus.CLEARED, ChangeReason.EVENT, 2)
+    ]
+    failed_at = clock.now_ms()
+    moved = store.take_work(5)
+    while not moved and clock.now_ms() < shown_until:
+        clock.advance(10)
+        store.on_tick()
+        moved = store.take_work(5)
+    assert moved, "nothing was sent for the new target until the old one's shown-until"
+    assert clock.now_ms() - failed_at <= config.retry_base_ms + config.timer_resolution_ms + 10
+    [work] = moved
+    # the move's event is carried by the set (not audited as suppressed meanwhile)
+    assert (work.kind, work.version, work.event_id) == (WorkKind.SET, 3, "moved")
+    assert work.target is not None
+    assert work.target != AgentTypingTarget(CONV, COMM)

@@ -377,6 +377,11 @@ class PartitionStore:
         s.intent = None
         if work.target is None and s.remote is None:
             self._shown.pop(sid, None)
+        elif s.remote is not None and s.remote_target is not None and s.remote_target != s.target:
+            # moved away while the call was out: the messaging indicator still shown there
+            # cannot be taken down, so it counts as lapsed now, as a move with no call out
+            # does (`_retarget`); otherwise the new target waits for its "shown until"
+            self._lapse(s, ChangeReason.EVENT, now)
         self._recause(s, work)
         self._retry_later(s, outcome, now)
 
