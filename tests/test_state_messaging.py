@@ -317,3 +317,55 @@ def test_a_failed_refresh_on_the_old_target_does_not_hold_the_new_one_until_it_l
     assert (work.kind, work.version, work.event_id) == (WorkKind.SET, 3, "moved")
     assert work.target is not None
     assert work.target != AgentTypingTarget(CONV, COMM)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "http_status"),
+    [(Outcome.SESSION_NOT_FOUND, 404), (Outcome.SESSION_NOT_CONNECTED, 409)],
+)
+def test_the_old_webchat_session_gone_does_not_drop_the_indicator_wanted_elsewhere(
+    store: PartitionStore, clock: ManualClock, outcome: Outcome, http_status: int
+) -> None:
+    """The session moved from its webchat session to a messaging target, and the clear of
+    the webchat indicator finds that session unknown or closed: its indicator is gone with
+    it, but the conversation the session moved to is another resource, and the indicator
+    its last event wants there is still set (I4)."""
+    store.on_event(ev("s1", Status.TYPING, T0, target=None), 1)
+    [webchat] = store.take_work(5)
+    store.on_result(webchat, APPLIED)
+    clock.advance(300)
+    store.on_event(ev("s1", Status.TYPING, clock.now_ms(), target=AGENT, eid="moved"), 2)
+    [clear] = store.take_work(5)
+    assert (clear.kind, clear.target) == (WorkKind.CLEAR, None)
+    store.on_result(clear, SinkResult(outcome, http_status=http_status, attempts=1))
+    out = store.drain()
+    assert [(c.status, c.reason, c.version) for c in out.changes] == [
+        (CrmStatus.TYPING, ChangeReason.EVENT, 1),
+        (CrmStatus.CLEARED, ChangeReason.SESSION_CLOSED, 2),
+    ]
+    assert store.shown_webchat_count == 0
+    [moved] = store.take_work(5)
+    assert (moved.kind, moved.target, moved.version) == (
+        WorkKind.SET,
+        AgentTypingTarget(CONV, COMM),
+        3,
+    )
+    store.on_result(moved, APPLIED)
+    session = store.session("s1")
+    assert session is not None
+    assert (session.remote, session.remote_target) == (Status.TYPING, AgentTypingTarget(CONV, COMM))
+    assert [(c.status, c.version) for c in store.drain().changes] == [(CrmStatus.TYPING, 3)]
+
+
+def test_a_messaging_conversation_unknown_after_the_session_moved_back_to_webchat(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    """The same the other way: a messaging set finds its conversation unknown after the
+    session moved back to its webchat session, which still gets the indicator."""
+    store.on_event(ev("s1", Status.TYPING, T0, target=AGENT), 1)
+    [messaging] = store.take_work(5)
+    clock.advance(50)
+    store.on_event(ev("s1", Status.TYPING, clock.now_ms(), target=None), 2)
+    store.on_result(messaging, SinkResult(Outcome.SESSION_NOT_FOUND, http_status=404, attempts=1))
+    [webchat] = store.take_work(5)
+    assert (webchat.kind, webchat.target, webchat.version) == (WorkKind.SET, None, 1)

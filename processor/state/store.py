@@ -45,7 +45,9 @@ Rules (DESIGN §4, §2b):
   the budget instead); what is retried is recomputed then, so a stale set is never
   re-sent while a clear always is.
 - Idle sessions (nothing wanted, shown, pending or uncertain) are forgotten after
-  `idle_evict_ms`; so are sessions Genesys reports closed, unknown or invalid. A forgotten
+  `idle_evict_ms`; so are sessions Genesys reports closed, unknown or invalid (unless the
+  session has moved to another target meanwhile: then only the indicator shown on the old
+  one is gone, and the new target gets what is wanted there). A forgotten
   session that had changed something leaves its version behind (a floor, kept
   `version_memory_ms` on the changelog as an idle record), so that if it comes back its
   versions go on where they stopped instead of starting again at 1.
@@ -916,6 +918,20 @@ class PartitionStore:
             # the indicator the CRM last heard of is gone with the session
             s.version += 1
             self._change(s, CrmStatus.CLEARED, ChangeReason.SESSION_CLOSED, None, now)
+            s.remote = None
+            s.remote_expires = 0
+            s.remote_target = None
+        if work.target != s.target:
+            # Only the target the session has moved away from is gone (the webchat
+            # session and a conversation are different resources): what the latest event
+            # wants where it is now still stands (I4).
+            s.intent = None
+            if work.target is None:
+                self._shown.pop(s.sid, None)
+            self._backoff.pop(s.sid, None)
+            self._dirty[s.sid] = None
+            self._settle(s, now)
+            return
         # dated as if idle long enough: a restore then forgets it as this store did
         self._forget(s, decision, now - self._config.idle_evict_ms, now)
 
