@@ -17,7 +17,9 @@ out, from the state at that moment; nothing waits inside the sink. In order:
 
 A set is only made when the budget can also pay for what shown indicators will need in
 time: each shown webchat indicator owes a clear by its deadline, and each one that typing
-keeps alive owes a refresh before its `expiresAt` (clear debt). The check is an
+keeps alive owes a refresh before its `expiresAt` (clear debt); a shown messaging
+indicator owes no clear (it lapses by itself), but the same refresh before its "shown
+until" while typing goes on. The check is an
 earliest-deadline-first feasibility test over those obligations, and the clears due
 together must fit in what the bucket holds at once (a clear cannot go out before its
 deadline, and the bucket fills no further than its burst meanwhile). A stop makes a clear due
@@ -279,17 +281,25 @@ class Planner:
             return picks
         slack = self._config.clear_slack_ms
         shown = sum(store.shown_webchat_count for store in stores)
+        # (a shown messaging indicator owes no clear, and a stop costs it no call: it
+        # weighs only in the obligations, by the refresh typing may still need)
+        shown_messaging = sum(store.shown_messaging_count for store in stores)
         reserve = min(self._config.stop_reserve, shown)
         hold = self._config.stop_hold if shown else 0.0  # nothing shown, nothing to stop
         window_margin = self._config.window_margin_s * 1000 * capacity.rate_per_ms
-        # Each shown indicator owes at most a refresh and a clear, each set two calls
-        # more: when the tokens in hand cover all that and the reserve, no check is
-        # needed (the usual case with an ample budget, and the cheap one with many sessions).
+        # Each shown indicator owes at most a refresh and a clear (a messaging one only
+        # the refresh), each set two calls more: when the tokens in hand cover all that
+        # and the reserve, no check is needed (the usual case with an ample budget, and
+        # the cheap one with many sessions).
         # Each call is expected to bring `overhead` unplanned requests with it (a 412's
         # re-read and retry): every obligation, set and reserved clear weighs that much more.
         weight = 1.0 + capacity.overhead
         owed_at_most = weight * (
-            2 * shown + sum(store.queued_work for store in stores) + 2 * waiting + reserve
+            2 * shown
+            + shown_messaging
+            + sum(store.queued_work for store in stores)
+            + 2 * waiting
+            + reserve
         )
         # (the rolling window has let out at least as much as the bucket: `tokens` is
         # the lesser of the two, less what this round spent from both)
@@ -372,6 +382,17 @@ class Planner:
                     continue
                 if wanted and s.remote is not None and s.deadline > s.remote_expires:
                     # typing goes on past what Genesys shows: a refresh is owed first
+                    dues.append(max(now, s.remote_expires - store.refresh_lead_ms(s)))
+            for s in store.shown_messaging():
+                # no clear (it lapses by itself), but a refresh while typing goes on past
+                # its "shown until" (none owed while a call for it is out: it is paid)
+                if (
+                    s.sid not in refreshed
+                    and s.intent is None
+                    and s.status is not None
+                    and s.remote_target == s.target
+                    and s.deadline > s.remote_expires > now
+                ):
                     dues.append(max(now, s.remote_expires - store.refresh_lead_ms(s)))
         return dues
 

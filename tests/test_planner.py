@@ -10,6 +10,7 @@ budget honoured, every indicator is cleared within the I1 slack of its deadline.
 from __future__ import annotations
 
 import heapq
+import zlib
 from dataclasses import dataclass, field
 
 from hypothesis import given, settings
@@ -408,3 +409,51 @@ def test_a_refresh_in_the_round_still_owes_its_clear_to_the_sets_after_it() -> N
             ("shown", WorkKind.REFRESH),
             *([("next", WorkKind.SET)] if made else []),
         ], tokens
+
+
+def test_sets_leave_room_for_the_refresh_a_shown_messaging_indicator_owes() -> None:
+    """A messaging indicator owes no clear (it lapses by itself), but while typing goes
+    on past its "shown until" it owes a refresh before then (I2): a set must not take the
+    token that refresh needs, or the indicator lapses mid-typing (flicker)."""
+    clock = ManualClock(T0)
+    store = PartitionStore(0, CONFIG, clock)
+    store.on_event(_messaging_event("shown", T0, 1), 1)
+    [work] = store.take_work(5)
+    store.on_result(work, SinkResult(Outcome.APPLIED, http_status=202, attempts=1))
+    assert work.desired is not None
+    clock.advance(3000)  # typing goes on past "shown until" (T0 + 5 s): a refresh is owed
+    store.on_event(_messaging_event("shown", clock.now_ms(), 2), 2)
+    store.on_event(_messaging_event("next", clock.now_ms(), 3), 3)
+    store.on_tick()
+    assert [s.sid for s in store.queued_sets()] == ["next"]
+    assert not any(True for _ in store.queued_refreshes())  # due in 1.4 s
+    now = clock.now_ms()
+    planner = Planner(PlannerConfig())
+
+    def sets(tokens: float, rate_per_ms: float = 0.0) -> list[str]:
+        capacity = Capacity(tokens=tokens, rate_per_ms=rate_per_ms, slots=8, set_slots=8)
+        picks = planner.plan([store], capacity, now, lambda s: 1)
+        return [p.session_id for p in picks if p.kind is WorkKind.SET]
+
+    assert sets(1.0) == []  # the only token is the refresh's
+    assert sets(2.0) == ["next"]
+    # a token a second: the refresh is paid by what accrues before it is due
+    assert sets(1.0, rate_per_ms=1 / 1000) == ["next"]
+
+
+def _messaging_event(sid: str, at: int, offset: int) -> TypingEvent:
+    communication = f"0e9a2b1c-3d4e-4f50-8a6b-7c8d9e0f1a{zlib.crc32(sid.encode()) % 100:02d}"
+    return TypingEvent.model_validate(
+        {
+            "event_id": f"{sid}-{offset}",
+            "session_id": sid,
+            "status": "typing",
+            "occurred_at": at,
+            "timeout_ms": 20_000,
+            "target": {
+                "kind": "agent_typing",
+                "conversation_id": "c0b5a0d4-5a3f-4a1e-8d6b-6b7a1c2d3e4f",
+                "communication_id": communication,
+            },
+        }
+    )

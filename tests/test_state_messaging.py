@@ -369,3 +369,26 @@ def test_a_messaging_conversation_unknown_after_the_session_moved_back_to_webcha
     store.on_result(messaging, SinkResult(Outcome.SESSION_NOT_FOUND, http_status=404, attempts=1))
     [webchat] = store.take_work(5)
     assert (webchat.kind, webchat.target, webchat.version) == (WorkKind.SET, None, 1)
+
+
+def test_shown_messaging_lists_the_sessions_whose_indicator_is_shown(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    """The planner owes each of them a refresh while typing goes on: listed once shown,
+    after a restore too, and no longer once lapsed or moved to the webchat session."""
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=20_000), 1)
+    store.on_event(ev("s2", Status.TYPING, T0, timeout=5000, target=OPEN), 2)
+    assert store.shown_messaging_count == 0  # nothing shown before the calls land
+    for work in store.take_work(5):
+        store.on_result(work, APPLIED)
+    assert sorted(s.sid for s in store.shown_messaging()) == ["s1", "s2"]
+    restored = PartitionStore.restore(0, EngineConfig(), clock, store.drain().changelog)
+    assert sorted(s.sid for s in restored.shown_messaging()) == ["s1", "s2"]
+    clock.advance(100)
+    store.on_event(ev("s1", Status.TYPING, clock.now_ms(), target=None), 3)  # moved
+    clock.advance(5000)  # s2's indicator lapses with its deadline
+    store.on_tick()
+    assert store.shown_messaging_count == 0
+    assert [s.sid for s in store.shown_webchat()] == []
+    [webchat] = store.take_work(5)
+    assert (webchat.session_id, webchat.target) == ("s1", None)

@@ -163,6 +163,8 @@ class PartitionStore:
         self._backoff: dict[str, tuple[int, int]] = {}
         # Sessions whose webchat indicator is (or may be) shown: each owes a clear.
         self._shown: dict[str, None] = {}
+        # Sessions whose messaging indicator is shown: each may owe a refresh (I2).
+        self._shown_messaging: dict[str, None] = {}
         self._dirty: dict[str, None] = {}
         self._audits: list[AuditDecision] = []
         self._changes: list[AppliedChange] = []
@@ -455,6 +457,8 @@ class PartitionStore:
                 continue
             if s.remote_target is None and (s.remote is not None or intent is not None):
                 store._shown[s.sid] = None
+            elif s.remote_target is not None and s.remote is not None:
+                store._shown_messaging[s.sid] = None
             # resume without changing persisted state, so the store equals its changelog
             store._settle(s, now, resume=True)
         return store
@@ -510,6 +514,17 @@ class PartitionStore:
     def shown_webchat_count(self) -> int:
         """How many webchat indicators are (or may be) shown."""
         return len(self._shown)
+
+    def shown_messaging(self) -> Iterator[Session]:
+        """Sessions whose messaging indicator is shown: no clear is owed (it lapses by
+        itself), but a refresh is while typing goes on past its "shown until" (I2)."""
+        sessions = self._sessions
+        return (sessions[sid] for sid in self._shown_messaging)
+
+    @property
+    def shown_messaging_count(self) -> int:
+        """How many messaging indicators are shown."""
+        return len(self._shown_messaging)
 
     @property
     def bursts(self) -> BurstLengths:
@@ -671,6 +686,7 @@ class PartitionStore:
         s.remote = None
         s.remote_expires = 0
         s.remote_target = None
+        self._shown_messaging.pop(s.sid, None)
         self._change(s, CrmStatus.CLEARED, reason, None, at)
         cause = s.cause if s.status is None else None
         if cause is not None:
@@ -891,6 +907,7 @@ class PartitionStore:
             s.remote_expires = 0
             s.remote_target = None
             self._shown.pop(sid, None)
+            self._shown_messaging.pop(sid, None)
             decision = Decision.EXPIRED if work.reason is ChangeReason.EXPIRED else Decision.CLEARED
             self._change(s, CrmStatus.CLEARED, work.reason, None, now)
         else:
@@ -899,8 +916,10 @@ class PartitionStore:
             s.remote_target = work.target
             if work.target is None:
                 self._shown[sid] = None
+                self._shown_messaging.pop(sid, None)
             else:
                 self._shown.pop(sid, None)
+                self._shown_messaging[sid] = None
             decision = Decision.APPLIED
             self._change(s, CrmStatus(desired.status.value), work.reason, desired.expires_at, now)
         self._audit_result(work, decision, result)
@@ -921,6 +940,7 @@ class PartitionStore:
             s.remote = None
             s.remote_expires = 0
             s.remote_target = None
+            self._shown_messaging.pop(s.sid, None)
         if work.target != s.target:
             # Only the target the session has moved away from is gone (the webchat
             # session and a conversation are different resources): what the latest event
@@ -984,6 +1004,7 @@ class PartitionStore:
             s.version = max(s.version, remote.version)
             self._shown[s.sid] = None
         s.remote_target = None
+        self._shown_messaging.pop(s.sid, None)
 
     def _recause(self, s: Session, work: Work, *, decide: bool = False) -> None:
         """A call that did not land gives its cause back to the next one, while what the
@@ -1029,6 +1050,7 @@ class PartitionStore:
         self._in_flight.pop(sid, None)
         self._backoff.pop(sid, None)
         self._shown.pop(sid, None)
+        self._shown_messaging.pop(sid, None)
         cause = s.cause
         if cause is not None and decision is not None:
             self._audit(sid, cause[2], decision, cause[0], cause[1])
