@@ -21,7 +21,7 @@ from processor.state.config import EngineConfig
 from processor.state.dedupe import EventIdMemory
 from processor.state.recovery import latest_sessions
 from processor.state.session import Session
-from processor.state.timers import TimerWheel
+from processor.state.timers import COMPACT_MIN_ENTRIES, TimerWheel
 from processor.state.work import Work, WorkKind, crm_event_id
 
 
@@ -81,6 +81,72 @@ def test_timers_pop_in_time_order_whatever_the_insertion_order() -> None:
     for at in (50, 10, 30, 20, 40):
         wheel.schedule(str(at), at)
     assert [b for b, _ in wheel.pop_due(45)] == [10, 20, 30, 40]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    moves=st.lists(
+        st.tuples(st.integers(0, 40), st.integers(1, 400), st.integers(0, 30)),
+        min_size=1,
+        max_size=400,
+    )
+)
+def test_cancelled_timers_are_dropped_and_live_ones_fire_once_in_time(
+    moves: list[tuple[int, int, int]],
+) -> None:
+    """An owner that reschedules its keys (earlier or later) and cancels what it leaves
+    behind: every live timer fires exactly once, at its bucket, and the cancelled entries
+    never outnumber the live ones by more than the compaction threshold, even when a
+    compaction comes while due buckets are being popped."""
+    live: dict[str, int] = {}  # key -> bucket of its live entry (the owner's `wake`)
+    wheel = TimerWheel(5, lambda key, bucket: live.get(key) == bucket)
+    now = 0
+    fired: list[tuple[str, int]] = []
+    expected: list[tuple[str, int]] = []
+    for n, (key_no, delay, advance) in enumerate(moves * 8):
+        key = f"k{key_no}"
+        previous = live.get(key)
+        live[key] = wheel.schedule(key, now + delay)
+        expected.append((key, live[key]))
+        if previous is not None:
+            expected.remove((key, previous))
+            wheel.cancel()  # once the owner no longer names the entry
+        assert len(wheel) <= 2 * len(live) + COMPACT_MIN_ENTRIES
+        now += advance
+        for bucket, keys in wheel.pop_due(now):
+            assert bucket <= now
+            for fired_key in keys:
+                if live.get(fired_key) != bucket:
+                    continue  # cancelled
+                fired.append((fired_key, bucket))
+                del live[fired_key]
+                if n % 3 == 0:  # rescheduled from within the pop (a compaction may run)
+                    live[fired_key] = wheel.schedule(fired_key, now + delay)
+                    expected.append((fired_key, live[fired_key]))
+        assert len(wheel) <= 2 * len(live) + COMPACT_MIN_ENTRIES
+    for bucket, keys in wheel.pop_due(now + 1000):
+        fired += [(key, bucket) for key in keys if live.get(key) == bucket and live.pop(key)]
+    assert sorted(fired) == sorted(expected)
+    assert not live
+    assert len(wheel) == 0
+
+
+def test_a_timer_compaction_drops_what_the_owner_no_longer_wants() -> None:
+    live: dict[str, int] = {}
+    wheel = TimerWheel(1, lambda key, bucket: live.get(key) == bucket)
+    for n in range(COMPACT_MIN_ENTRIES + 10):
+        previous = live.get("k")
+        live["k"] = wheel.schedule("k", 10_000 - n)  # earlier each time
+        if previous is not None:
+            wheel.cancel()
+    assert len(wheel) == 10  # compacted once, the cancelled since kept (a few)
+    assert wheel.next_due() == 10_000 - (COMPACT_MIN_ENTRIES + 9)
+    assert next(iter(wheel.pop_due(20_000))) == (live["k"], ["k"])
+    unowned = TimerWheel(1)  # no owner to ask: cancelled entries stay until they fire
+    for n in range(COMPACT_MIN_ENTRIES + 10):
+        unowned.schedule("k", 10_000 - n)
+        unowned.cancel()
+    assert len(unowned) == COMPACT_MIN_ENTRIES + 10
 
 
 def _session() -> Session:

@@ -11,6 +11,7 @@ from processor.domain import ChangeReason, Decision, Indicator, Outcome, SinkRes
 from processor.models import CrmStatus, Participant, TypingEvent
 from processor.state import EngineConfig, PartitionStore, Work, WorkKind
 from processor.state.changelog import floor_record
+from processor.state.timers import COMPACT_MIN_ENTRIES
 from processor.state.work import crm_event_id
 
 T0 = 1_700_000_000_000
@@ -867,3 +868,28 @@ def test_a_read_back_that_finds_nothing_still_decides_the_cause(
     store.on_result(read, SinkResult(Outcome.APPLIED, remote_indicator=None))
     audits = store.drain().audits
     assert [(a.event_id, a.result) for a in audits] == [("lost", Decision.EXPIRED)]
+
+
+def test_cancelled_timers_do_not_pile_up_under_churn(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    """Every finished burst schedules its session's eviction 5 minutes on, and the next
+    burst cancels it; cancelled entries used to stay until their time (one per burst per
+    session). They are dropped once they outnumber the live ones: the timers stay within
+    a small multiple of the sessions however long the churn goes on."""
+    sessions = [f"s{i}" for i in range(100)]
+    period = 10_000  # a burst every 10 s per session, 5 minutes' worth of them kept alive
+    largest = 0
+    offset = 0
+    for step in range(0, 20 * 60_000, 500):
+        clock.set(T0 + step)
+        for i, sid in enumerate(sessions):
+            if (step + 500 * i) % period == 0:
+                offset += 1
+                store.on_event(ev(sid, Status.TYPING, clock.now_ms(), timeout=3000), offset)
+        store.on_tick()
+        apply_all(store, 1000)
+        store.drain()
+        largest = max(largest, len(store._timers))
+    assert store.tracked_sessions == len(sessions)
+    assert largest <= 2 * len(sessions) + COMPACT_MIN_ENTRIES + 1, largest

@@ -149,9 +149,10 @@ class PartitionStore:
         # Forgotten sessions' last versions: (version, idle since); see `_remember`. Their
         # expiry needs no precision: coarse buckets keep a floor to about one list slot.
         self._floors: dict[str, tuple[int, int]] = {}
-        self._floor_timers = TimerWheel(_FLOOR_RESOLUTION_MS)
+        self._floor_timers = TimerWheel(_FLOOR_RESOLUTION_MS, self._floor_timer_live)
         self._dedupe = EventIdMemory(config.dedupe_capacity)
-        self._timers = TimerWheel(config.timer_resolution_ms)
+        # (a session's live entry is the one in `Session.wake`; the others are cancelled)
+        self._timers = TimerWheel(config.timer_resolution_ms, self._timer_live)
         # Ready work by session id, one queue per class: read-backs and clears first
         # (a phantom is worse than a miss), then refreshes (I2), then new sets.
         self._clears: OrderedDict[str, None] = OrderedDict()
@@ -195,6 +196,7 @@ class PartitionStore:
             floor = self._floors.pop(sid, None)
             if floor is not None:
                 s.version = floor[0]  # a session back after it was forgotten
+                self._floor_timers.cancel()
         occurred = event.occurred_at
         if occurred > now:
             # a producer clock ahead is clamped (DESIGN §4), though never below the newest
@@ -651,6 +653,8 @@ class PartitionStore:
         # for a repeat: no bucket arithmetic)
         if wake == 0 or (wake > refresh_at and self._timers.slot(refresh_at) < wake):
             s.wake = self._timers.schedule(s.sid, refresh_at)
+            if wake:
+                self._timers.cancel()  # the later entry is left behind
         return False
 
     def _expire(self, s: Session) -> None:
@@ -806,8 +810,11 @@ class PartitionStore:
                 return
             wake = evict_at
         bucket = self._timers.slot(wake)
-        if s.wake == 0 or bucket < s.wake:
+        previous = s.wake
+        if previous == 0 or bucket < previous:
             s.wake = self._timers.schedule(sid, wake)
+            if previous:
+                self._timers.cancel()  # the later entry is left behind
 
     def _catch_up(self, s: Session, now: int, *, flying: bool) -> None:
         """What time alone has changed: a wanted indicator past its deadline is no longer
@@ -1043,6 +1050,8 @@ class PartitionStore:
         """Stop tracking `s`; its version stays behind as a floor (`_remember`)."""
         sid = s.sid
         del self._sessions[sid]
+        if s.wake:
+            self._timers.cancel()  # its entry is left behind
         self._remember(sid, s.version, idle_since, now)
         self._clears.pop(sid, None)
         self._refreshes.pop(sid, None)
@@ -1072,6 +1081,16 @@ class PartitionStore:
         last activity fires (the live store and a restore apply the same rule)."""
         return self._timers.slot(s.touched + self._config.idle_evict_ms)
 
+    def _timer_live(self, sid: str, bucket: int) -> bool:
+        """True when the timer entry of `sid` in `bucket` is its session's live one."""
+        s = self._sessions.get(sid)
+        return s is not None and s.wake == bucket
+
+    def _floor_timer_live(self, sid: str, bucket: int) -> bool:
+        """True when the floor timer entry of `sid` in `bucket` is its floor's expiry."""
+        floor = self._floors.get(sid)
+        return floor is not None and self._floor_expiry(floor[1]) == bucket
+
     def _floor_expiry(self, idle_since: int) -> int:
         """When a floor is forgotten: as its timer for `version_memory_ms` fires."""
         return self._floor_timers.slot(idle_since + self._config.version_memory_ms)
@@ -1085,6 +1104,8 @@ class PartitionStore:
         expires_at = self._floor_expiry(idle_since)
         if not version or expires_at <= now:
             return False
+        if self._floors.get(sid) is not None:
+            self._floor_timers.cancel()  # (not expected: a floor is dropped as it comes back)
         self._floors[sid] = (version, idle_since)
         self._floor_timers.schedule(sid, expires_at)
         return True
