@@ -193,6 +193,57 @@ def test_window_resets_after_a_minute_and_zero_switches_off() -> None:
     assert limiter.check("c") is None
 
 
+def test_headers_never_count_more_than_allowed_and_retry_after_admits() -> None:
+    """The bucket's burst on top of a minute's rate would admit more calls in the window
+    than the headers allow; a client following the headers must never see an admitted
+    call counted beyond `allowed`, and waiting `Retry-After` must admit the next call."""
+    clock = ManualClock()
+    limiter = RateLimiter(per_minute=300, burst=25, clock=clock)
+    admitted = refused = 0
+    for _ in range(600):  # one call every 100 ms for a minute: twice the sustained rate
+        decision = limiter.check("c")
+        assert decision is not None
+        headers = decision.headers()
+        count = int(headers["inin-ratelimit-count"])
+        allowed = int(headers["inin-ratelimit-allowed"])
+        if decision.allowed:
+            admitted += 1
+            assert count <= allowed, f"admitted call {admitted} counted {count} of {allowed}"
+        else:
+            refused += 1
+        clock.advance(100)
+    assert (admitted, refused) == (300, 300)  # the minute's allowance, not a burst more
+
+
+def test_retry_after_is_when_the_call_is_admitted_again() -> None:
+    clock = ManualClock()
+    limiter = RateLimiter(per_minute=300, burst=25, clock=clock)
+    for _ in range(600):  # a call every 100 ms: twice the sustained rate
+        decision = limiter.check("c")
+        assert decision is not None
+        if not decision.allowed:
+            # an empty bucket: waiting `Retry-After` refills a token
+            retry_after_ms = int(decision.headers()["Retry-After"]) * 1000
+            if decision.count >= 300:
+                break
+            assert retry_after_ms == 1000
+        clock.advance(100)
+    assert not decision.allowed, "never refused for a spent window within a minute"
+    # the window is spent although the bucket has refilled: refused until the window resets
+    assert decision.count == 300
+    retry_after_ms = int(decision.headers()["Retry-After"]) * 1000
+    assert retry_after_ms == decision.reset_s * 1000
+    clock.advance(retry_after_ms - 1_000)
+    early = limiter.check("c")
+    assert early is not None
+    assert not early.allowed
+    clock.advance(1_000)
+    again = limiter.check("c")
+    assert again is not None
+    assert again.allowed
+    assert again.count == 1
+
+
 # --- faults ---
 
 

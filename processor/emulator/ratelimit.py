@@ -1,8 +1,13 @@
 """Per-OAuth-client rate limiting, the way Genesys throttles an integration.
 
-Admission is a token bucket (sustained `per_minute`, `burst` back to back). The
-`inin-ratelimit-*` headers describe a fixed one-minute window per client, as Genesys
-reports them: calls counted in the window, calls allowed, seconds until it resets.
+Two limits, both enforced, per client: a token bucket (sustained `per_minute`, `burst`
+back to back) and a fixed one-minute window of `per_minute` calls, which starts with the
+first call after the previous window ended. The `inin-ratelimit-*` headers describe the
+window, as Genesys reports them: calls counted in it, calls allowed, seconds until it
+resets. A call is refused (429) when the bucket is empty or the window is spent, so an
+admitted call is never counted beyond `allowed` and a client that follows the headers
+never waits for nothing; `Retry-After` is the whole seconds until the call would be
+admitted (a token refilled and the window not spent), never 0.
 """
 
 from __future__ import annotations
@@ -86,11 +91,16 @@ class RateLimiter:
         if now - bucket.window_start_ms >= _WINDOW_MS:
             bucket.window_start_ms = now
             bucket.window_count = 0
-        reset_s = math.ceil((bucket.window_start_ms + _WINDOW_MS - now) / 1000)
-        if bucket.tokens >= 1.0:
+        window_left_ms = bucket.window_start_ms + _WINDOW_MS - now
+        reset_s = math.ceil(window_left_ms / 1000)
+        window_spent = bucket.window_count >= self._per_minute
+        if bucket.tokens >= 1.0 and not window_spent:
             bucket.tokens -= 1.0
             bucket.window_count += 1
             return RateDecision(True, bucket.window_count, self._per_minute, reset_s, 0)
-        # Retry-After: whole seconds until one token has refilled, never 0
-        retry_after = max(1, math.ceil((1.0 - bucket.tokens) / per_ms / 1000))
+        # Retry-After: whole seconds until a token has refilled and (if it is spent) the
+        # window has reset, never 0
+        token_wait_ms = max(0.0, (1.0 - bucket.tokens) / per_ms)
+        wait_ms = max(token_wait_ms, window_left_ms if window_spent else 0)
+        retry_after = max(1, math.ceil(wait_ms / 1000))
         return RateDecision(False, bucket.window_count, self._per_minute, reset_s, retry_after)
