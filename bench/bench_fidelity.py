@@ -30,6 +30,7 @@ from tutorial_baseline import tutorial_approach
 
 from processor.demo.report import percentile
 from processor.demo.runner import DemoOptions, DemoResult, run_demo
+from processor.demo.summary import fidelity_text
 from processor.loadgen import TYPIST_MIXES
 from processor.logs import configure_logging
 
@@ -44,9 +45,9 @@ def row(name: str, sessions: int, result: DemoResult) -> list[str]:
     return [
         name,
         str(sessions),
-        f"{result.fidelity:.2f}",
-        f"{result.ceiling_fidelity:.2f}",
-        f"{result.fidelity_of_ceiling:.2f}",
+        fidelity_text(result.fidelity, result),
+        fidelity_text(result.ceiling_fidelity, result),
+        fidelity_text(result.fidelity_of_ceiling, result),
         f"{acc.phantom_ms * share:.2f}%",
         f"{acc.missed_ms * share:.1f}%",
         f"{_ms(percentile(acc.clear_latencies_ms, 50))} / "

@@ -38,7 +38,7 @@ from rich.table import Table
 
 from processor.budget import ApiBudget
 from processor.clock import ManualClock
-from processor.demo.report import accuracy, percentile
+from processor.demo.report import accuracy, fidelity, percentile
 from processor.demo.runner import budget_bounds
 from processor.domain import Outcome, SinkResult
 from processor.intervals import Interval
@@ -107,8 +107,9 @@ class _Call:
 class Figures:
     """What one simulated run measured (shares of the bound, of the truth, of the budget)."""
 
-    fidelity: float
-    ceiling: float
+    fidelity: float | None
+    """None when the bound is 0 (no call made, or no typing): not measurable."""
+    ceiling: float | None
     phantom: float
     clear_lag_p99_ms: float
     calls: int
@@ -232,8 +233,8 @@ def simulate(
     measured = accuracy(truth, shown, now)
     bound, ceiling = budget_bounds(events, truth, dict.fromkeys(truth, "webchat"), typing, spent)
     return Figures(
-        fidelity=measured.shown_truth_ms / bound if bound else 1.0,
-        ceiling=ceiling / bound if bound else 1.0,
+        fidelity=fidelity(measured.shown_truth_ms, bound),
+        ceiling=fidelity(ceiling, bound),
         phantom=measured.phantom_ms / measured.truth_ms if measured.truth_ms else 0.0,
         clear_lag_p99_ms=percentile(measured.clear_latencies_ms, 99) or 0.0,
         calls=spent,
@@ -250,6 +251,15 @@ def _run(
         conflict_rate=conflicts, error_rate=errors,
     )  # fmt: skip
     return traffic, planner, figures
+
+
+def _mean_share(values: list[float | None]) -> str:
+    """The mean of the seeds whose share is measurable (a run without calls has none)."""
+    measured = [value for value in values if value is not None]
+    if not measured:
+        return "n/a"
+    mean = f"{statistics.mean(measured):.2f}"
+    return mean if len(measured) == len(values) else f"{mean} ({len(measured)} seeds)"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -299,8 +309,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         shipped = by_planner["shipped"]
         table.add_row(
             traffic,
-            *(f"{statistics.mean(o.fidelity for o in by_planner[p]):.2f}" for p in PLANNERS),
-            f"{statistics.mean(o.ceiling for o in shipped):.2f}",
+            *(_mean_share([o.fidelity for o in by_planner[p]]) for p in PLANNERS),
+            _mean_share([o.ceiling for o in shipped]),
             f"{100 * statistics.mean(o.phantom for o in shipped):.2f}%",
             f"{max(o.clear_lag_p99_ms for o in shipped) / 1000:.2f} s",
             f"{statistics.mean(o.calls / o.budget for o in shipped):.0%}",

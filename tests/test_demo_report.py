@@ -4,6 +4,9 @@ short demo run over every target kind."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -27,6 +30,7 @@ from processor.demo.runner import DemoOptions, emulator_config, emulator_faults,
 from processor.demo.summary import summary_table
 from processor.emulator.config import EmulatorConfig
 from processor.emulator.messaging import MessagingStore
+from processor.settings import Settings
 
 
 def test_shown_intervals_from_webchat_history_and_typing_calls() -> None:
@@ -92,7 +96,8 @@ def test_the_bound_is_the_longest_bursts_the_calls_pay_for() -> None:
     # messaging bursts cost one call each
     assert budget_bound({1: lengths}, calls=3, reads=0) == 9000 + 7000 + 5000
     assert budget_bound({2: lengths}, calls=1, reads=2) == 0
-    assert fidelity(0, 0) == 1.0
+    assert fidelity(0, 0) is None  # nothing could be shown: not measurable, not perfect
+    assert fidelity(0, 3000) == 0.0
     assert fidelity(1500, 3000) == 0.5
     assert sorted(bursts({"a": [(0, 5), (10, 30)], "b": [(3, 4)]})) == [1, 5, 20]
 
@@ -126,6 +131,7 @@ async def test_a_short_demo_runs_and_reports_every_measure(targets: str) -> None
     assert result.events > 0
     assert result.accuracy.truth_ms > 0
     assert result.accuracy.shown_truth_ms > 0.8 * result.accuracy.truth_ms
+    assert result.fidelity is not None
     assert 0 < result.fidelity <= 1.5
     assert 0 < result.ceiling_ms <= result.bound_ms  # refreshes can only cost more
     assert result.api_calls <= result.budget_calls
@@ -137,8 +143,35 @@ async def test_a_short_demo_runs_and_reports_every_measure(targets: str) -> None
     assert "fidelity (shown / bound)" in measures
     assert "fidelity ceiling under I2 (refreshes paid)" in measures
     assert "fidelity under I2 (shown / ceiling)" in measures
+    assert result.ceiling_fidelity is not None
     assert result.fidelity_of_ceiling == pytest.approx(result.fidelity / result.ceiling_fidelity)
     assert ("missed typing time (messaging)" in measures) == (targets == "mixed")
+
+
+@asynccontextmanager
+async def idle_system(settings: Settings, console: Console) -> AsyncIterator[dict[str, Any]]:
+    """A system under test that reads nothing and calls nothing."""
+    counters: dict[str, Any] = {}
+    yield counters
+    counters.update(
+        events=0, dead_letters=0, crm_records=0, audit_records=0, changelog_records=0,
+        decisions={}, calls={},
+    )  # fmt: skip
+
+
+async def test_a_run_without_calls_reports_fidelity_as_not_measurable() -> None:
+    options = DemoOptions(sessions=3, duration_s=2.0, seed=3)
+    result = await run_demo(options, Console(quiet=True), idle_system)
+    assert result.accuracy.truth_ms > 0  # there was typing, none of it shown
+    assert (result.api_calls, result.bound_ms, result.ceiling_ms) == (0, 0.0, 0.0)
+    assert result.fidelity is None
+    assert result.ceiling_fidelity is None
+    assert result.fidelity_of_ceiling is None
+    table = summary_table(result)
+    values = dict(zip(table.columns[0].cells, table.columns[1].cells, strict=True))
+    assert values["fidelity (shown / bound)"] == "n/a (no calls)"
+    assert values["fidelity ceiling under I2 (refreshes paid)"] == "n/a (no calls)"
+    assert values["fidelity under I2 (shown / ceiling)"] == "n/a (no calls)"
 
 
 def test_the_demo_emulator_admits_the_burst_asked_for_else_five_seconds_of_the_rate() -> None:

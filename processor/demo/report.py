@@ -135,9 +135,10 @@ def budget_bound(bursts_by_cost: dict[int, list[int]], calls: int, reads: int) -
     return bound
 
 
-def fidelity(shown_truth_ms: float, bound_ms: float) -> float:
-    """Typing shown as a share of the budget bound (1 when nothing could be shown)."""
-    return 1.0 if bound_ms <= 0 else shown_truth_ms / bound_ms
+def fidelity(shown_truth_ms: float, bound_ms: float) -> float | None:
+    """Typing shown as a share of the budget bound; None when the bound is 0 (no calls
+    made, or no typing to show): then nothing measures how well the calls were spent."""
+    return None if bound_ms <= 0 else shown_truth_ms / bound_ms
 
 
 def calls_to_show(

@@ -89,7 +89,8 @@ class DemoResult:
     `accuracy` covers every session, `by_kind` the webchat and the messaging ones apart.
     `bound_ms` is the budget bound: the most typing any scheduler could show with the
     Genesys calls this run made (see `report.budget_bound`); `fidelity` = typing shown
-    / bound. `budget_calls` is what the rate limit allowed over the run.
+    / bound, None when the bound is 0 (no call made, or no typing). `budget_calls` is
+    what the rate limit allowed over the run.
     """
 
     events: int
@@ -103,17 +104,18 @@ class DemoResult:
     history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
-    def fidelity(self) -> float:
-        """Typing shown as a share of the budget bound."""
+    def fidelity(self) -> float | None:
+        """Typing shown as a share of the budget bound (None: not measurable, the bound
+        is 0 because the run made no call or there was no typing)."""
         return fidelity(self.accuracy.shown_truth_ms, self.bound_ms)
 
     @property
-    def ceiling_fidelity(self) -> float:
+    def ceiling_fidelity(self) -> float | None:
         """The most fidelity any scheduler that keeps I2 could reach on this traffic."""
         return fidelity(self.ceiling_ms, self.bound_ms)
 
     @property
-    def fidelity_of_ceiling(self) -> float:
+    def fidelity_of_ceiling(self) -> float | None:
         """Typing shown as a share of what any scheduler that keeps I2 could show."""
         return fidelity(self.accuracy.shown_truth_ms, self.ceiling_ms)
 

@@ -9,6 +9,9 @@ The bound pays no refresh, which I2 requires while typing outlasts what one call
 ceiling is the same bound with each burst at the calls it needs to stay shown (even for a
 scheduler that knew the future), as a share of the bound: the most fidelity reachable.
 Typing shown as a share of that ceiling says how close the run came to it.
+
+A run that made no call (or had no typing) has a bound of 0: its fidelity is not
+measurable, and the table says so ("n/a") rather than show a perfect score.
 """
 
 from __future__ import annotations
@@ -72,13 +75,25 @@ def summary_table(result: DemoResult) -> Table:
     rows += [
         ("Genesys calls used / budget", _used(result.api_calls, result.budget_calls)),
         ("budget bound (typing showable)", f"{result.bound_ms / 1000:,.1f} s"),
-        ("fidelity (shown / bound)", f"{result.fidelity:.2f}"),
-        ("fidelity ceiling under I2 (refreshes paid)", f"{result.ceiling_fidelity:.2f}"),
-        ("fidelity under I2 (shown / ceiling)", f"{result.fidelity_of_ceiling:.2f}"),
+        ("fidelity (shown / bound)", fidelity_text(result.fidelity, result)),
+        (
+            "fidelity ceiling under I2 (refreshes paid)",
+            fidelity_text(result.ceiling_fidelity, result),
+        ),
+        ("fidelity under I2 (shown / ceiling)", fidelity_text(result.fidelity_of_ceiling, result)),
     ]
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def fidelity_text(value: float | None, result: DemoResult) -> str:
+    """A fidelity as the table shows it; not measurable when the bound is 0."""
+    if value is not None:
+        return f"{value:.2f}"
+    if result.api_calls == 0:
+        return "n/a (no calls)"
+    return "n/a (no typing)"
 
 
 def _used(calls: int, budget: float) -> str:
