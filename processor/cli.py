@@ -87,7 +87,11 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
         error = exc.errors(include_url=False, include_input=False)[0]
         flag = "--" + "-".join(str(part) for part in error["loc"]).replace("_", "-")
         raise ConfigError(f"{flag} is invalid: {error['msg']}") from None
-    config = EmulatorConfig.single_client(args.client_id, args.client_secret, faults)
+    if not 0 <= args.history_kept <= 1_000_000:
+        raise ConfigError("--history-kept is invalid: give 0 to 1000000 changes per session")
+    config = EmulatorConfig.single_client(
+        args.client_id, args.client_secret, faults, history_kept=args.history_kept
+    )
     try:
         run(config, host=args.host, port=args.port, log_level=args.log_level)
     except OSError as exc:  # the address is taken, or not this machine's
@@ -105,6 +109,7 @@ def _add_emulator_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
         DEFAULT_RATE_LIMIT_PER_MINUTE,
         DEFAULT_TOKEN_LIFETIME_S,
     )
+    from processor.emulator.store import DEFAULT_HISTORY_KEPT
 
     emulator = commands.add_parser(
         "emulator", help="serve a Genesys Cloud emulator (OAuth, web-chat sessions, faults)"
@@ -140,6 +145,13 @@ def _add_emulator_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
         "--rate-limit-burst", type=int, default=DEFAULT_RATE_LIMIT_BURST, help="default: 20"
     )
     emulator.add_argument("--seed", type=int, default=None, help="seed of the fault RNG")
+    emulator.add_argument(
+        "--history-kept",
+        type=int,
+        default=DEFAULT_HISTORY_KEPT,
+        help="changes of the typing indicator each session keeps for its history; older"
+        f" ones are dropped and counted (default: {DEFAULT_HISTORY_KEPT})",
+    )
     emulator.add_argument(
         "--log-level",
         default="warning",

@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
 from processor.cli import build_parser
+from processor.demo import runner
 from processor.demo.report import (
     accuracy,
     budget_bound,
@@ -26,10 +28,17 @@ from processor.demo.report import (
     shown_intervals,
     typing_shown_intervals,
 )
-from processor.demo.runner import DemoOptions, emulator_config, emulator_faults, run_demo
+from processor.demo.runner import (
+    DemoError,
+    DemoOptions,
+    emulator_config,
+    emulator_faults,
+    run_demo,
+)
 from processor.demo.summary import summary_table
 from processor.emulator.config import EmulatorConfig
 from processor.emulator.messaging import MessagingStore
+from processor.loadgen import LoadProfile, TrafficModel
 from processor.settings import Settings
 
 
@@ -242,6 +251,40 @@ def test_the_demo_emulator_keeps_every_typing_call_of_a_long_run() -> None:
         store.record(n, 5000, kind="agent_typing", conversation_id=f"conv-{n % 500}")
     assert len(store.query(conversation_id="conv-0")) == len(range(0, admitted, 500))
     assert store.query(conversation_id="conv-0")[0]["at_ms"] == 0
+
+
+def test_the_demo_emulator_keeps_every_indicator_change_of_a_long_run() -> None:
+    """What a webchat session showed is measured from its history at the end: a long
+    run's first changes must still be there, although the emulator's default drops them."""
+    config = emulator_config(DemoOptions(duration_s=300))
+    faults = config.faults
+    # each change is one admitted call: ten minutes of the rate, all on one session
+    admitted = faults.rate_limit_burst + faults.rate_limit_per_minute * 10
+    assert admitted > EmulatorConfig().history_kept  # the default would drop some
+    assert config.history_kept >= admitted
+
+
+async def test_a_demo_whose_emulator_dropped_history_fails_rather_than_measures(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    options = DemoOptions(sessions=1, duration_s=1.0, seed=3)
+    (session_id,) = TrafficModel(LoadProfile(sessions=1, duration_s=1.0, seed=3)).session_ids()
+
+    @asynccontextmanager
+    async def flickering(settings: Settings, console: Console) -> AsyncIterator[dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=settings.genesys.api_url) as admin:
+            for indicator in ({"status": "typing"}, None):  # two changes, one kept
+                changed = await admin.patch(
+                    f"/emulator/sessions/{session_id}",
+                    json={"custom_attributes": {"typingIndicator": indicator}},
+                )
+                changed.raise_for_status()
+        async with idle_system(settings, console) as counters:
+            yield counters
+
+    monkeypatch.setattr(runner, "DEMO_HISTORY_KEPT", 1)
+    with pytest.raises(DemoError, match="dropped"):
+        await run_demo(options, Console(quiet=True), flickering)
 
 
 def test_a_burst_within_one_timeout_costs_a_set_and_a_clear() -> None:

@@ -21,6 +21,7 @@ def test_fault_flags_configure_the_server() -> None:
         "--rate-limit-per-minute", "100",
         "--rate-limit-burst", "2",
         "--seed", "9",
+        "--history-kept", "2",
     )  # fmt: skip
     with (
         EmulatorProcess("cli-client", "cli-secret", extra_args=flags) as process,
@@ -43,6 +44,16 @@ def test_fault_flags_configure_the_server() -> None:
         )
         assert token.status_code == 200
         assert token.json()["expires_in"] == 120
+        # each session keeps its latest two changes of the indicator
+        assert http.post("/emulator/sessions", json={"session_id": "s1"}).status_code == 201
+        for indicator in ({"status": "typing"}, None, {"status": "paused"}):
+            changed = http.patch(
+                "/emulator/sessions/s1", json={"custom_attributes": {"typingIndicator": indicator}}
+            )
+            assert changed.status_code == 200
+        history = http.get("/emulator/sessions/s1/history").json()
+        assert [h["typing_indicator"] for h in history["history"]] == [None, {"status": "paused"}]
+        assert history["dropped"] == 1
         # the secret came by environment: it is not on the command line
         with open(f"/proc/{process.pid}/cmdline", "rb") as cmdline:
             assert b"cli-secret" not in cmdline.read()
@@ -60,6 +71,20 @@ def test_invalid_flag_exits_2_with_one_line() -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "configuration error: --error-rate is invalid: Input should be less than or equal to 1"
+    ]
+
+
+def test_a_negative_history_cap_exits_2_with_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "processor", "emulator", "--history-kept", "-1", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "configuration error: --history-kept is invalid: give 0 to 1000000 changes per session"
     ]
 
 

@@ -74,6 +74,30 @@ async def test_concurrent_patches_with_one_etag_let_exactly_one_through() -> Non
         assert len(running.emulator.store.get("s1").history) == 1
 
 
+async def test_history_keeps_the_configured_changes_per_session_and_says_what_it_dropped() -> None:
+    config = EmulatorConfig(history_kept=2)
+    async with (
+        serve_in_background(config) as running,
+        httpx.AsyncClient(base_url=running.base_url) as client,
+    ):
+        for session_id in ("s1", "s2"):
+            created = await client.post("/emulator/sessions", json={"session_id": session_id})
+            assert created.status_code == 201
+        for indicator in (INDICATOR, None, INDICATOR):
+            changed = await client.patch(
+                "/emulator/sessions/s1", json={"custom_attributes": {"typingIndicator": indicator}}
+            )
+            assert changed.status_code == 200
+        body = (await client.get("/emulator/sessions/s1/history")).json()
+        assert [h["typing_indicator"] for h in body["history"]] == [None, INDICATOR]
+        assert body["dropped"] == 1
+        untouched = (await client.get("/emulator/sessions/s2/history")).json()
+        assert (untouched["history"], untouched["dropped"]) == ([], 0)
+        # a reset starts again with the configured cap
+        assert (await client.post("/emulator/reset")).status_code in (200, 204)
+        assert running.emulator.store.history_kept == 2
+
+
 async def test_a_taken_port_fails_fast() -> None:
     async with serve_in_background(EmulatorConfig()) as running:
         with pytest.raises(OSError, match="in use"):

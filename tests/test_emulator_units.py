@@ -60,7 +60,32 @@ def test_write_that_changes_nothing_gets_a_new_etag_but_no_history() -> None:
     etag = store.create("s1").etag
     store.patch("s1", etag, {"other": "x"})
     assert store.get("s1").etag != etag
-    assert store.get("s1").history == []
+    assert list(store.get("s1").history) == []
+
+
+def test_a_long_lived_session_keeps_its_latest_changes_and_counts_the_dropped() -> None:
+    """A long-running emulator must not grow without limit: by default each session keeps
+    its latest thousand changes (oldest dropped first) and says how many it dropped."""
+    clock = ManualClock(0)
+    store = SessionStore(clock)
+    store.create("s1")
+    for n in range(1_500):
+        clock.advance(1)
+        store.admin_merge("s1", {"typingIndicator": INDICATOR if n % 2 == 0 else None})
+    session = store.get("s1")
+    assert len(session.history) == 1_000
+    assert [session.history[0].at_ms, session.history[-1].at_ms] == [501, 1_500]
+    assert session.history_dropped == 500
+
+    small = SessionStore(clock, history_kept=2)
+    etag = small.create("s1").etag
+    for indicator in (INDICATOR, None, INDICATOR):
+        clock.advance(1)
+        etag = small.patch("s1", etag, {"typingIndicator": indicator}).etag
+    assert [change.typing_indicator for change in small.get("s1").history] == [None, INDICATOR]
+    assert small.get("s1").history_dropped == 1
+    with pytest.raises(ValueError, match="history_kept"):
+        SessionStore(clock, history_kept=-1)
 
 
 def test_preconditions_in_order() -> None:

@@ -246,12 +246,22 @@ them at the end, so none may be dropped (the emulator's default keeps 10,000, wh
 demo with messaging targets and the default rate passes in a few minutes)."""
 
 
+DEMO_HISTORY_KEPT = 1_000_000
+"""Changes of each webchat session's indicator the demo's emulator keeps: what a session
+showed is measured from its whole history at the end (the emulator's default keeps 1,000
+a session, which one session patched at the default rate passes in ten seconds). Each
+change is an admitted call, so this covers any run of under two and a half hours at
+the default rate; a run whose history was cut fails (`DemoError`) rather than measure it."""
+
+
 def emulator_config(options: DemoOptions) -> EmulatorConfig:
-    """The demo's emulator: its one client, `emulator_faults`, and every typing call kept."""
+    """The demo's emulator: its one client, `emulator_faults`, and every typing call and
+    every indicator change kept."""
     return EmulatorConfig(
         clients=EmulatorConfig.single_client(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET).clients,
         faults=emulator_faults(options),
         typing_events_kept=DEMO_TYPING_CALLS_KEPT,
+        history_kept=DEMO_HISTORY_KEPT,
     )
 
 
@@ -328,7 +338,14 @@ async def _run_stack(
                 for session_id in model.session_ids():
                     got = await admin.get(f"/emulator/sessions/{session_id}/history")
                     got.raise_for_status()
-                    histories[session_id] = got.json()["history"]
+                    body = got.json()
+                    if body.get("dropped", 0):
+                        raise DemoError(
+                            f"the emulator dropped the oldest {body['dropped']:,} changes of"
+                            f" session {session_id}: what it showed cannot be measured;"
+                            " run shorter or slower"
+                        )
+                    histories[session_id] = body["history"]
                     webchat = shown_intervals(histories[session_id], now)
                     target = targets.get(session_id)
                     messaging: list[Interval] = []

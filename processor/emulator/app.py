@@ -202,7 +202,7 @@ class Emulator:
         self.limiter = RateLimiter(
             config.faults.rate_limit_per_minute, config.faults.rate_limit_burst, self.clock
         )
-        self.store = SessionStore(self.clock)
+        self.store = SessionStore(self.clock, config.history_kept)
         self.calls: Counter[tuple[str, str, int]] = Counter()
         self.messaging = MessagingStore(config.typing_events_kept)
 
@@ -213,7 +213,7 @@ class Emulator:
         faults = self.config.faults
         self.limiter.configure(faults.rate_limit_per_minute, faults.rate_limit_burst)
         self.limiter.reset()
-        self.store = SessionStore(self.clock)
+        self.store = SessionStore(self.clock, self.config.history_kept)
         self.calls.clear()
         self.messaging.clear()
 
@@ -526,7 +526,8 @@ class Emulator:
         return _json(200, session.to_genesys(), correlation_id, {"ETag": session.etag})
 
     async def admin_history(self, request: Request) -> Response:
-        """`GET /emulator/sessions/{id}/history`: every change of the typing indicator."""
+        """`GET /emulator/sessions/{id}/history`: the changes of the typing indicator the
+        session keeps (its latest `history_kept`), and how many older ones it `dropped`."""
         correlation_id = _correlation_id(request)
         session_id: str = request.path_params["sessionId"]
         try:
@@ -536,6 +537,7 @@ class Emulator:
         body = {
             "session_id": session.id,
             "history": [change.to_json() for change in session.history],
+            "dropped": session.history_dropped,
         }
         return _json(200, body, correlation_id)
 

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from processor.emulator.auth import ClientConfig
 from processor.emulator.faults import Faults
+from processor.emulator.store import DEFAULT_HISTORY_KEPT
 
 DEFAULT_CLIENT_ID = "local-client"
 DEFAULT_CLIENT_SECRET = "local-secret"  # noqa: S105 - the documented local demo credential
@@ -24,13 +25,21 @@ class EmulatorConfig(BaseModel):
     faults: Faults = Faults()
     typing_events_kept: Annotated[int, Field(ge=0, le=1_000_000)] = 10_000
     """How many typing-endpoint calls `GET /emulator/typing-events` remembers."""
+    history_kept: Annotated[int, Field(ge=0, le=1_000_000)] = DEFAULT_HISTORY_KEPT
+    """How many changes of its typing indicator each session remembers for
+    `GET /emulator/sessions/{id}/history` (the oldest are dropped first, and counted)."""
 
     @classmethod
     def single_client(
-        cls, client_id: str, client_secret: str, faults: Faults | None = None
+        cls,
+        client_id: str,
+        client_secret: str,
+        faults: Faults | None = None,
+        history_kept: int = DEFAULT_HISTORY_KEPT,
     ) -> EmulatorConfig:
         """One client with every scope, the usual local set-up."""
         return cls(
             clients=(ClientConfig(client_id=client_id, client_secret=SecretStr(client_secret)),),
             faults=faults or Faults(),
+            history_kept=history_kept,
         )

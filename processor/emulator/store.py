@@ -2,11 +2,18 @@
 
 Pure logic, no I/O: time comes from an injected `Clock`, so the ETag and history rules
 are tested without a server. The HTTP layer maps the exceptions below to statuses.
+
+Each session keeps the history of its typing indicator's changes for tests and the demo,
+but a long-running emulator must not grow without limit: a session keeps its latest
+`history_kept` changes (`DEFAULT_HISTORY_KEPT` unless configured), drops the oldest
+first, and counts what it dropped (`Session.history_dropped`), so that a reader can tell
+a whole history from a cut one.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +21,10 @@ from processor.clock import Clock
 from processor.domain import SessionState
 
 TYPING_INDICATOR = "typingIndicator"
+DEFAULT_HISTORY_KEPT = 1_000
+"""Changes of the typing indicator each session keeps by default: every change a test
+makes, while a session patched at the whole rate (300 a minute) for hours stays at about
+half a MiB."""
 
 
 class SessionNotFound(LookupError):
@@ -67,7 +78,10 @@ class Session:
     state: SessionState
     etag: str
     custom_attributes: dict[str, Any] = field(default_factory=dict)
-    history: list[IndicatorChange] = field(default_factory=list)
+    # the latest changes, oldest first (bounded by the store's `history_kept`)
+    history: deque[IndicatorChange] = field(default_factory=deque)
+    # older changes no longer in `history`
+    history_dropped: int = 0
 
     def to_genesys(self) -> dict[str, Any]:
         """The body of `GET /api/v2/webchat/sessions/{id}` (camelCase, as Genesys)."""
@@ -93,10 +107,14 @@ class SessionStore:
     """All sessions of one emulator, with the ETag discipline of DESIGN §2.
 
     ETags are `<store prefix>-<sequence>`: the random prefix keeps an ETag cached before
-    a reset from ever matching a session created after it.
+    a reset from ever matching a session created after it. Each session keeps its latest
+    `history_kept` changes of the typing indicator.
     """
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, history_kept: int = DEFAULT_HISTORY_KEPT) -> None:
+        if history_kept < 0:
+            raise ValueError("history_kept must not be negative")
+        self.history_kept = history_kept
         self._clock = clock
         self._sessions: dict[str, Session] = {}
         self._prefix = secrets.token_hex(4)
@@ -125,7 +143,12 @@ class SessionStore:
         """A new session with a fresh ETag; `SessionExists` if the id is taken."""
         if session_id in self._sessions:
             raise SessionExists(session_id)
-        session = Session(id=session_id, state=state, etag=self._next_etag())
+        session = Session(
+            id=session_id,
+            state=state,
+            etag=self._next_etag(),
+            history=deque(maxlen=self.history_kept),
+        )
         self._sessions[session_id] = session
         if custom_attributes and self._merge(session, custom_attributes):
             self._record(session, "admin")
@@ -194,6 +217,8 @@ class SessionStore:
 
     def _record(self, session: Session, source: str) -> None:
         indicator = session.custom_attributes.get(TYPING_INDICATOR)
+        if len(session.history) == session.history.maxlen:
+            session.history_dropped += 1  # the oldest goes to make room
         session.history.append(
             IndicatorChange(
                 at_ms=self._clock.now_ms(),
