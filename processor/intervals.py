@@ -39,6 +39,11 @@ def subtract(a: list[Interval], b: list[Interval]) -> list[Interval]:
     return out
 
 
+def clip(intervals: Iterable[Interval], end: int) -> list[Interval]:
+    """The parts of `intervals` before `end`; empty ones dropped."""
+    return [(start, min(stop, end)) for start, stop in intervals if start < end]
+
+
 def total(intervals: Iterable[Interval]) -> int:
     """Summed length of disjoint intervals."""
     return sum(stop - start for start, stop in intervals)

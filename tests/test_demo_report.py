@@ -38,7 +38,7 @@ from processor.demo.runner import (
 from processor.demo.summary import summary_table
 from processor.emulator.config import EmulatorConfig
 from processor.emulator.messaging import MessagingStore
-from processor.loadgen import LoadProfile, TrafficModel
+from processor.loadgen import LoadProfile, TrafficModel, messaging_ids
 from processor.settings import Settings
 
 
@@ -181,6 +181,57 @@ async def test_a_run_without_calls_reports_fidelity_as_not_measurable() -> None:
     assert values["fidelity (shown / bound)"] == "n/a (no calls)"
     assert values["fidelity ceiling under I2 (refreshes paid)"] == "n/a (no calls)"
     assert values["fidelity under I2 (shown / ceiling)"] == "n/a (no calls)"
+
+
+async def test_an_unsettled_run_counts_no_phantom_beyond_its_end() -> None:
+    """A run that ends with indicators still shown (`require_settled=False`) measures up to
+    its end: a messaging call that shows on past it counts as phantom only until then, as a
+    webchat indicator still set does."""
+    options = DemoOptions(
+        sessions=1, duration_s=1.0, seed=3, targets="messaging", require_settled=False
+    )
+    (session_id,) = TrafficModel(LoadProfile(sessions=1, duration_s=1.0, seed=3)).session_ids()
+    conversation, communication, integration = messaging_ids(session_id)
+    hour = 3_600_000
+
+    @asynccontextmanager
+    async def stuck(settings: Settings, console: Console) -> AsyncIterator[dict[str, Any]]:
+        """Shows both messaging targets of the session for an hour, then does nothing."""
+        genesys = settings.genesys
+        async with httpx.AsyncClient(base_url=genesys.api_url) as api:
+            secret = genesys.oauthclient_secret.get_secret_value()
+            token = await api.post(
+                "/oauth/token",
+                data={"grant_type": "client_credentials"},
+                auth=(genesys.oauthclient_id, secret),
+            )
+            token.raise_for_status()
+            auth = {"Authorization": f"Bearer {token.json()['access_token']}"}
+            path = f"/api/v2/conversations/messages/{conversation}/communications/{communication}"
+            typing = {"type": "On", "duration": hour}
+            agent = await api.post(f"{path}/typing", json={"typing": typing}, headers=auth)
+            assert agent.status_code == 202
+            customer = await api.post(
+                f"/api/v2/conversations/messages/{integration}/inbound/open/event",
+                json={
+                    "channel": {
+                        "from": {"id": f"{session_id}-customer", "idType": "Opaque"},
+                        "time": "2024-01-01T00:00:00Z",
+                    },
+                    "events": [{"eventType": "Typing", "typing": typing}],
+                },
+                headers=auth,
+            )
+            assert customer.status_code in (200, 202)
+        async with idle_system(settings, console) as counters:
+            yield counters
+
+    result = await run_demo(options, Console(quiet=True), stuck)
+    # the calls went out just before the traffic started: shown from then until the end
+    run_ms = result.budget_calls * 60_000 / options.api_rate_per_minute + 1_000
+    assert result.accuracy.truth_ms > 0
+    assert 0 < result.accuracy.shown_ms <= run_ms
+    assert 0 < result.accuracy.phantom_ms <= run_ms - result.accuracy.shown_truth_ms
 
 
 def test_the_demo_emulator_admits_the_burst_asked_for_else_five_seconds_of_the_rate() -> None:

@@ -25,7 +25,7 @@ from processor.domain import Status
 from processor.emulator.config import EmulatorConfig
 from processor.emulator.faults import Faults
 from processor.emulator.server import serve_in_background
-from processor.intervals import Interval, merge
+from processor.intervals import Interval, clip, merge
 from processor.loadgen import (
     TYPIST_MIXES,
     LoadProfile,
@@ -331,9 +331,17 @@ async def _run_stack(
             targets = _targets(events)
             shown: dict[str, list[Interval]] = {}
             histories: dict[str, list[dict[str, Any]]] = {}
+            polled_at = start_ms
 
             async def all_clear() -> bool:
-                now = clock.now_ms()
+                """Read what the emulator shows; True when nothing is shown any more.
+
+                What was shown is measured up to this poll's time, for every target kind
+                alike: a webchat indicator still set and a messaging call that shows on
+                past it are both cut there (the run's end, if this is its last poll).
+                """
+                nonlocal polled_at
+                now = polled_at = clock.now_ms()
                 still_shown = False
                 for session_id in model.session_ids():
                     got = await admin.get(f"/emulator/sessions/{session_id}/history")
@@ -353,7 +361,7 @@ async def _run_stack(
                         calls = await admin.get("/emulator/typing", params=_typing_query(target))
                         calls.raise_for_status()
                         messaging = typing_shown_intervals(calls.json()["typing"])
-                    shown[session_id] = merge([*webchat, *messaging])
+                    shown[session_id] = clip(merge([*webchat, *messaging]), now)
                     history = histories[session_id]
                     still_shown = still_shown or bool(
                         (history and history[-1]["typing_indicator"] is not None)
@@ -366,10 +374,10 @@ async def _run_stack(
             while not await all_clear():
                 if clock.now_ms() > settle_until:
                     if not options.require_settled:
-                        break  # what is still shown counts as phantom up to now
+                        break  # what is still shown counts as phantom up to the last poll
                     raise DemoError("indicators were still shown 15 s after the last deadline")
                 await asyncio.sleep(0.25)  # polling the emulator's view, not synchronisation
-            end_ms = clock.now_ms()
+            end_ms = polled_at  # the time the measured view was read
         stats = (await admin.get("/emulator/stats")).json()
     accepted = sum(
         int(statuses.get("202", 0))
