@@ -38,7 +38,10 @@ from processor.models import (
 T0 = 1_700_000_000_000
 CONV = "0f8fad5b-d9cb-469f-a165-70867728950e"
 COMM = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
-TARGET_MODELS = {"agent_typing": AgentTypingTarget, "open_messaging": OpenMessagingTarget}
+TARGET_MODELS: dict[str, type[AgentTypingTarget | OpenMessagingTarget]] = {
+    "agent_typing": AgentTypingTarget,
+    "open_messaging": OpenMessagingTarget,
+}
 
 
 def minimal(i: int) -> dict[str, Any]:

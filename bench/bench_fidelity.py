@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tutorial_baseline import tutorial_approach
 
 from processor.demo.report import percentile
-from processor.demo.runner import DemoOptions, DemoResult, run_demo
+from processor.demo.runner import DemoOptions, DemoResult, SystemUnderTest, run_demo
 from processor.demo.summary import fidelity_text
 from processor.loadgen import TYPIST_MIXES
 from processor.logs import configure_logging
@@ -80,7 +80,7 @@ async def main(args: argparse.Namespace) -> None:
         "429s",
     ):
         table.add_column(column, justify="left" if column == "system" else "right")
-    systems = [("processor", None)]
+    systems: list[tuple[str, SystemUnderTest | None]] = [("processor", None)]
     if not args.no_tutorial:
         systems.append(("tutorial", tutorial_approach))
     for sessions in args.sessions:

@@ -32,6 +32,7 @@ import zlib
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -54,7 +55,7 @@ T0 = 1_700_000_000_000
 STEP_MS = 5
 MAX_IN_FLIGHT = 32
 SET_SLOTS = 24  # as the reconciler keeps a quarter of its slots for clears
-SINK = {f.name: f.default for f in fields(SinkConfig)}
+SINK: dict[str, Any] = {f.name: f.default for f in fields(SinkConfig)}
 """The sink's defaults: how often it retries a 412 and a 5xx, and its backoff."""
 DRAIN_MS = 25_000  # after the traffic: every indicator settles
 
