@@ -1,7 +1,8 @@
 """The `typing-processor` command line (DESIGN §5).
 
 Each subcommand imports its implementation lazily, so `schemas` or `apply` do not pay
-for the emulator's or the runtime's imports.
+for the emulator's or the runtime's imports, and `run` and `crm-webhook` catch a stop
+signal before any slow import (`processor.stopsignals`).
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from processor import __version__
-from processor.settings import ConfigError
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def _cmd_schemas(args: argparse.Namespace) -> int:
     from processor.schemas import check_schemas, write_schemas
+    from processor.settings import ConfigError
 
     directory: Path = args.dir
     try:
@@ -67,6 +68,7 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
     from processor.emulator.config import EmulatorConfig
     from processor.emulator.faults import Faults
     from processor.emulator.server import run
+    from processor.settings import ConfigError
 
     if not args.client_id or not args.client_secret:
         raise ConfigError(
@@ -286,7 +288,7 @@ def _cmd_loadgen(args: argparse.Namespace) -> int:
     import asyncio
 
     from processor.loadgen import TYPIST_MIXES, LoadProfile, run_loadgen
-    from processor.settings import load_kafka, load_typing
+    from processor.settings import ConfigError, load_kafka, load_typing
 
     spread, agent_scale = TYPIST_MIXES[args.typists]
     profile = LoadProfile(
@@ -313,7 +315,7 @@ def _cmd_crm_webhook(args: argparse.Namespace) -> int:
     import asyncio
 
     from processor.logs import configure_logging
-    from processor.settings import load_kafka, load_otel, load_typing
+    from processor.settings import ConfigError, load_kafka, load_otel, load_typing
     from processor.webhook_command import run_webhook
 
     kafka, typing = load_kafka(), load_typing()
@@ -415,9 +417,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that run until SIGTERM/SIGINT, and exit 0 on either from their first moment.
+_SERVICES = ("run", "crm-webhook")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] and arguments[0] in _SERVICES:
+        from processor.stopsignals import catch_stop_signals
+
+        catch_stop_signals()  # before the imports and the configuration, which take a while
+    from processor.settings import ConfigError
+
+    args = build_parser().parse_args(arguments)
     handler: Handler = args.handler
     try:
         return handler(args)

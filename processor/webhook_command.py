@@ -13,6 +13,7 @@ import signal
 from processor.runtime.abandoned import report_abandoned_kafka_work
 from processor.runtime.command import ops_endpoint
 from processor.settings import KafkaSettings, TypingSettings
+from processor.stopsignals import take_stop_request
 from processor.telemetry import Telemetry
 from processor.telemetry.webhook import instrument_webhook
 from processor.webhook import CrmWebhookWorker, WebhookConfig
@@ -33,6 +34,8 @@ async def run_webhook(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if take_stop_request():  # signalled while it was starting, before these handlers
+        stop.set()
     telemetry = telemetry or Telemetry.from_environment(processor_metrics=False)
     worker = CrmWebhookWorker(kafka, typing, WebhookConfig(url=url))
     instrument_webhook(telemetry, worker)

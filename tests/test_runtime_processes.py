@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,6 +106,60 @@ async def test_sigterm_during_start_up_against_a_silent_cluster_exits_zero_at_on
         started = now_ms()
         assert process.terminate(timeout_s=15) == 0, process.log_text()
         assert now_ms() - started < 5_000, process.log_text()
+
+
+# A stop signal sent to the child itself at the last step before its event loop runs
+# (`configure_logging`), when no handler of the command's own is installed yet.
+_SIGNALLED_IN_START_UP = """
+import os, signal, sys
+import processor.logs
+from processor.cli import main
+
+configure = processor.logs.configure_logging
+
+def configure_then_signal(level):
+    configure(level)
+    os.kill(os.getpid(), getattr(signal, sys.argv[2]))
+
+processor.logs.configure_logging = configure_then_signal
+raise SystemExit(main([sys.argv[1]]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("command", "signal_name"),
+    [("run", "SIGTERM"), ("run", "SIGINT"), ("crm-webhook", "SIGTERM")],
+)
+def test_a_stop_signal_before_the_handlers_are_installed_exits_zero(
+    tmp_path: Path, command: str, signal_name: str
+) -> None:
+    """In its container the command is PID 1, where a signal left at its default is
+    dropped: a SIGTERM during start-up must not be lost (the pod would be killed only at
+    the end of its grace period), nor end the process without a clean exit. The stop
+    comes before any broker is reached: the command leaves at once, exit 0."""
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",  # never reached
+        "GENESYSCLOUD_OAUTHCLIENT_ID": "id",
+        "GENESYSCLOUD_OAUTHCLIENT_SECRET": "secret",
+        "TYPING_CRM_WEBHOOK_URL": "http://127.0.0.1:9/crm",
+        "TYPING_HTTP_PORT": "0",
+        "OTEL_SDK_DISABLED": "true",
+    }
+    log = tmp_path / "early.log"
+    with log.open("wb") as out:
+        child = subprocess.run(
+            [sys.executable, "-c", _SIGNALLED_IN_START_UP, command, signal_name],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            timeout=30,
+            check=False,
+        )
+    text = log.read_text(errors="replace")
+    assert child.returncode == 0, text
+    assert "stopped cleanly" in text, text
 
 
 async def test_sigkill_then_restart_clears_every_indicator(

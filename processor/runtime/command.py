@@ -15,6 +15,7 @@ from processor.clock import within_grace
 from processor.settings import Settings
 from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
+from processor.stopsignals import take_stop_request
 from processor.telemetry import OpsEndpoint, Telemetry
 from processor.telemetry.http import Readiness
 
@@ -75,6 +76,8 @@ async def run_service(settings: Settings, telemetry: Telemetry | None = None) ->
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if take_stop_request():  # signalled while it was starting, before these handlers
+        stop.set()
     telemetry = telemetry or Telemetry.from_environment()
     sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
     telemetry.instrument_sink(sink)
