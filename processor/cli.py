@@ -233,12 +233,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from processor.logs import configure_logging
-    from processor.runtime.command import run_service
-    from processor.runtime.outbound import check_audit_log_file
     from processor.settings import load_otel, load_settings
 
     settings = load_settings()
-    load_otel()
+    load_otel()  # before the SDK is imported: it reads some `OTEL_*` on import, and raises
+    from processor.runtime.command import run_service
+    from processor.runtime.outbound import check_audit_log_file
+
     check_audit_log_file(settings.typing)
     configure_logging(settings.typing.log_level)
     return asyncio.run(run_service(settings))
@@ -316,12 +317,13 @@ def _cmd_crm_webhook(args: argparse.Namespace) -> int:
 
     from processor.logs import configure_logging
     from processor.settings import ConfigError, load_kafka, load_otel, load_typing
-    from processor.webhook_command import run_webhook
 
     kafka, typing = load_kafka(), load_typing()
     if not typing.crm_webhook_url:
         raise ConfigError("TYPING_CRM_WEBHOOK_URL is not set (required by crm-webhook)")
-    load_otel()
+    load_otel()  # before the SDK is imported: it reads some `OTEL_*` on import, and raises
+    from processor.webhook_command import run_webhook
+
     configure_logging(typing.log_level)
     return asyncio.run(run_webhook(kafka, typing, typing.crm_webhook_url))
 

@@ -23,8 +23,6 @@ from pydantic import (
     ConfigDict,
     Field,
     FilePath,
-    NonNegativeInt,
-    PositiveInt,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -392,6 +390,12 @@ _EXPORTERS = {
     "metrics_exporter": ("otlp", "none", "prometheus"),
 }
 _PROPAGATORS = ("tracecontext", "baggage", "none")
+# The SDK's counts and times (ms) are integers of 32 bits in OpenTelemetry's other SDKs:
+# beyond that, a queue cannot be allocated or a socket timeout set (every export fails).
+_OTEL_INT_MAX = 2**31 - 1
+OtelCount = Annotated[int, Field(ge=0, le=_OTEL_INT_MAX)]
+OtelPositiveCount = Annotated[int, Field(ge=1, le=_OTEL_INT_MAX)]
+ExemplarFilter = Literal["trace_based", "always_on", "always_off"]
 
 
 def _key_value_problem(text: str) -> str | None:
@@ -429,21 +433,31 @@ class OtelSettings(BaseSettings):
     metrics_exporter: str = "otlp"
     traces_sampler: Sampler | None = None
     traces_sampler_arg: str | None = None
-    bsp_schedule_delay: NonNegativeInt | None = None
-    bsp_export_timeout: NonNegativeInt | None = None
-    bsp_max_queue_size: PositiveInt | None = None
-    bsp_max_export_batch_size: PositiveInt | None = None
-    metric_export_interval: PositiveInt | None = None
-    metric_export_timeout: NonNegativeInt | None = None
+    bsp_schedule_delay: OtelCount | None = None
+    bsp_export_timeout: OtelCount | None = None
+    bsp_max_queue_size: OtelPositiveCount | None = None
+    bsp_max_export_batch_size: OtelPositiveCount | None = None
+    metric_export_interval: OtelPositiveCount | None = None
+    metric_export_timeout: OtelCount | None = None
+    metrics_exemplar_filter: ExemplarFilter | None = None
+    # span limits: the SDK reads them when the tracer provider is made, and raises
+    attribute_count_limit: OtelCount | None = None
+    attribute_value_length_limit: OtelCount | None = None
+    span_attribute_count_limit: OtelCount | None = None
+    span_attribute_value_length_limit: OtelCount | None = None
+    span_event_count_limit: OtelCount | None = None
+    span_link_count_limit: OtelCount | None = None
+    event_attribute_count_limit: OtelCount | None = None
+    link_attribute_count_limit: OtelCount | None = None
     exporter_otlp_endpoint: HttpUrlText | None = None
     exporter_otlp_traces_endpoint: HttpUrlText | None = None
     exporter_otlp_metrics_endpoint: HttpUrlText | None = None
     exporter_otlp_protocol: OtlpProtocol | None = None
     exporter_otlp_traces_protocol: OtlpProtocol | None = None
     exporter_otlp_metrics_protocol: OtlpProtocol | None = None
-    exporter_otlp_timeout: NonNegativeInt | None = None
-    exporter_otlp_traces_timeout: NonNegativeInt | None = None
-    exporter_otlp_metrics_timeout: NonNegativeInt | None = None
+    exporter_otlp_timeout: OtelCount | None = None
+    exporter_otlp_traces_timeout: OtelCount | None = None
+    exporter_otlp_metrics_timeout: OtelCount | None = None
     exporter_otlp_compression: OtlpCompression | None = None
     exporter_otlp_traces_compression: OtlpCompression | None = None
     exporter_otlp_metrics_compression: OtlpCompression | None = None

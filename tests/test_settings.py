@@ -368,6 +368,19 @@ def test_a_webhook_url_credential_is_masked_and_never_in_an_error(
         ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment"),
         ("OTEL_SERVICE_NAME", "   "),
         ("OTEL_PROPAGATORS", "b3"),
+        # read by the SDK when the providers are made: a traceback at start-up
+        ("OTEL_ATTRIBUTE_COUNT_LIMIT", "many"),
+        ("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "-3"),
+        ("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "-1"),
+        ("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "1.5"),
+        ("OTEL_SPAN_EVENT_COUNT_LIMIT", "x"),
+        ("OTEL_SPAN_LINK_COUNT_LIMIT", "-2"),
+        ("OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT", "x"),
+        ("OTEL_LINK_ATTRIBUTE_COUNT_LIMIT", "-1"),
+        ("OTEL_METRICS_EXEMPLAR_FILTER", "sometimes"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "99999999999999999999"),
+        # past what a socket timeout holds: every export would fail
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "99999999999999999999"),
     ],
 )
 def test_a_bad_opentelemetry_variable_is_named_in_one_line(
@@ -430,16 +443,26 @@ def test_otlp_headers_are_checked_but_never_shown(monkeypatch: pytest.MonkeyPatc
     assert SECRET not in repr(load_otel())
 
 
-@pytest.mark.parametrize("command", ["run", "config"])
-def test_cli_refuses_a_bad_opentelemetry_variable_with_one_line(command: str) -> None:
+@pytest.mark.parametrize("command", ["run", "crm-webhook", "config"])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("OTEL_TRACES_SAMPLER", "sometimes"),
+        ("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "-1"),
+        ("OTEL_METRICS_EXEMPLAR_FILTER", "sometimes"),
+    ],
+)
+def test_cli_refuses_a_bad_opentelemetry_variable_with_one_line(
+    command: str, name: str, value: str
+) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "processor", command],
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "OTEL_TRACES_SAMPLER": "sometimes"},
+        env={**os.environ, "TYPING_CRM_WEBHOOK_URL": "http://127.0.0.1:9/crm", name: value},
         timeout=60,
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
-    assert "OTEL_TRACES_SAMPLER is invalid" in result.stderr, result.stderr
+    assert f"{name} is invalid" in result.stderr, result.stderr

@@ -247,6 +247,21 @@ def test_otel_sdk_disabled_reads_as_the_start_up_check_reads_it(
     assert Telemetry.from_environment({"OTEL_SDK_DISABLED": value}).enabled is not off
 
 
+@pytest.mark.parametrize("value", ["", "always_off"])
+def test_an_exemplar_filter_the_start_up_check_accepts_makes_telemetry(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Empty is unset (the start-up check's reading, and OpenTelemetry's): the SDK
+    alone would refuse it with a traceback."""
+    monkeypatch.setenv("OTEL_METRICS_EXEMPLAR_FILTER", value)
+    load_otel()
+    telemetry = Telemetry.from_environment({})
+    try:
+        assert telemetry.enabled
+    finally:
+        telemetry.shutdown()
+
+
 @dataclass
 class Received:
     requests: list[tuple[str, str, bytes]] = field(default_factory=list)

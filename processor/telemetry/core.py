@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import ExemplarFilter, MeterProvider, TraceBasedExemplarFilter
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -183,6 +183,14 @@ def _otlp_timeout_s(env: Mapping[str, str], signal: str) -> float | None:
     return millis / 1000 if millis > 0 else None
 
 
+def _exemplar_filter() -> ExemplarFilter | None:
+    """`OTEL_METRICS_EXEMPLAR_FILTER` as `settings.OtelSettings` reads it: empty is unset (the
+    default, trace-based), where the SDK alone would raise. None: the SDK reads it."""
+    if os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER", "x").strip():
+        return None
+    return TraceBasedExemplarFilter()
+
+
 def _resource() -> Resource:
     defaults = Resource.create({"service.name": PRODUCT, "service.version": __version__})
     # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win over the defaults
@@ -289,7 +297,10 @@ class Telemetry:
             )
             readers.append(PeriodicExportingMetricReader(metric_exporter))
         meter_provider = MeterProvider(
-            metric_readers=readers, resource=resource, shutdown_on_exit=False
+            metric_readers=readers,
+            resource=resource,
+            shutdown_on_exit=False,
+            exemplar_filter=_exemplar_filter(),
         )
         telemetry = cls(
             tracer_provider, meter_provider, registry, processor_metrics=processor_metrics
