@@ -32,7 +32,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from processor.domain import Role, Status
-from processor.models import MAX_TIMEOUT_MS, MIN_TIMEOUT_MS, TypingEvent
+from processor.models import MAX_TIMEOUT_MS, MAX_TOPIC_CHARS, MIN_TIMEOUT_MS, TypingEvent
 
 TimeoutMs = Annotated[int, Field(ge=MIN_TIMEOUT_MS, le=MAX_TIMEOUT_MS)]
 
@@ -317,6 +317,18 @@ def region_domain(region: str) -> str:
     raise ValueError(f"region: unknown region {region!r}; use one of {known} or its domain")
 
 
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def topic_name_problem(name: str) -> str | None:
+    """Why a Kafka cluster would refuse to create a topic called `name`, or None."""
+    if not _TOPIC_NAME.fullmatch(name) or name in (".", ".."):
+        return f"{name!r} is no Kafka topic name (ASCII letters, digits, '.', '_' and '-')"
+    if len(name) > MAX_TOPIC_CHARS:
+        return f"a Kafka topic name has at most {MAX_TOPIC_CHARS} characters, got {len(name)}"
+    return None
+
+
 class TypingSettings(BaseSettings):
     """`TYPING_*`: everything about the processor itself."""
 
@@ -364,6 +376,13 @@ class TypingSettings(BaseSettings):
             topic = (
                 self.resolved_changelog_topic if name == "changelog_topic" else getattr(self, name)
             )
+            if (problem := topic_name_problem(topic)) is not None:  # a cluster refuses it
+                if name == "changelog_topic" and not self.changelog_topic:
+                    raise ValueError(
+                        f"group_id: names the changelog topic (or set TYPING_CHANGELOG_TOPIC):"
+                        f" {problem}"
+                    )
+                raise ValueError(f"{name}: {problem}")
             if topic in seen:
                 raise ValueError(f"{name}: same topic as TYPING_{seen[topic].upper()} ({topic})")
             seen[topic] = name

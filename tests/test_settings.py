@@ -224,6 +224,43 @@ def test_a_topic_named_twice_is_refused_with_both_names(monkeypatch: pytest.Monk
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TYPING_INPUT_TOPIC", "typing events"),
+        ("TYPING_CRM_TOPIC", "crm/sync"),
+        ("TYPING_AUDIT_TOPIC", ".."),
+        ("TYPING_DLQ_TOPIC", "d" * 250),
+        ("TYPING_CHANGELOG_TOPIC", "état"),
+        # the changelog topic is named after the group: `<group>-state-changelog`
+        ("TYPING_GROUP_ID", "payments team"),
+        ("TYPING_GROUP_ID", "g" * 240),
+    ],
+)
+def test_a_name_kafka_refuses_for_a_topic_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    """A cluster refuses to create such a topic, and the processor then stopped on a
+    missing topic, naming TYPING_CREATE_TOPICS."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_typing()
+    message = str(caught.value)
+    assert message.startswith(f"{name} is invalid: "), message
+    assert "\n" not in message
+
+
+def test_any_group_id_is_taken_with_a_changelog_topic_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TYPING_GROUP_ID", "payments team")
+    monkeypatch.setenv("TYPING_CHANGELOG_TOPIC", "payments-typing-changelog")
+    assert load_typing().resolved_changelog_topic == "payments-typing-changelog"
+    monkeypatch.setenv("TYPING_GROUP_ID", "Typing_v2.eu-west-1")
+    monkeypatch.delenv("TYPING_CHANGELOG_TOPIC")
+    assert load_typing().resolved_changelog_topic == "Typing_v2.eu-west-1-state-changelog"
+
+
 def test_an_empty_audit_log_file_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TYPING_AUDIT_LOG_FILE", "")
     assert load_typing().audit_log_file is None
