@@ -208,7 +208,10 @@ def redacted_url(url: str) -> str:
     """`url` with its userinfo and query values masked (a webhook URL may carry a
     credential in either: `user:password@`, a token alone before the `@`, a token as a
     query value or as a query item with no `=`)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # no URL at all (an unclosed `[`): nothing of it is safe to show
+        return _MASK
     netloc = parts.netloc
     if "@" in netloc:
         netloc = f"{_MASK}@{netloc.rpartition('@')[2]}"
@@ -289,8 +292,8 @@ class GenesysSettings(BaseSettings):
         for name in ("api_url", "login_url"):
             url = getattr(self, name)
             problem = None if url is None else http_url_problem(url)
-            if problem is not None:
-                raise ValueError(f"{name}: {problem}, got {url!r}")
+            if problem is not None:  # the URL as `config` shows it: it may carry a credential
+                raise ValueError(f"{name}: {problem}, got {redacted_url(url)!r}")
         if self.api_url is None or self.login_url is None:
             region_domain(self.region)
         return self

@@ -385,6 +385,27 @@ def test_a_webhook_url_credential_is_masked_and_never_in_an_error(
     assert "s3cret" not in str(caught.value)
 
 
+@pytest.mark.parametrize("name", ["GENESYSCLOUD_API_URL", "GENESYSCLOUD_LOGIN_URL"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"htps://proxy:{SECRET}@api.example.com",  # the scheme is wrong
+        f"https://proxy:{SECRET}@/api",  # no host
+        f"ftp://api.example.com/?token={SECRET}",
+        f"https://proxy:{SECRET}@[::1/api",  # no URL at all
+    ],
+)
+def test_a_credential_in_a_bad_genesys_url_is_never_in_the_error(
+    monkeypatch: pytest.MonkeyPatch, name: str, url: str
+) -> None:
+    monkeypatch.setenv(name, url)
+    with pytest.raises(ConfigError) as caught:
+        load_genesys()
+    message = str(caught.value)
+    assert message.startswith(f"{name} is invalid: "), message
+    assert SECRET not in message
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [

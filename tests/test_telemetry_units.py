@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import get_current_span, set_span_in_context, use_span
 from pipeline import eventually
+from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -36,6 +37,8 @@ from processor.logs import JsonFormatter, configure_logging, redact
 from processor.runtime.partition import Counters
 from processor.runtime.service import PartitionStats
 from processor.settings import load_otel
+from processor.sink.client import GenesysSink
+from processor.sink.config import SinkConfig
 from processor.telemetry import OpsEndpoint, Telemetry
 from processor.telemetry.propagation import extract, header, inject
 from processor.telemetry.tracing import PartitionTracing
@@ -222,6 +225,36 @@ async def test_http_clients_log_no_urls_or_header_blocks_at_any_level(
     assert [e["message"] for e in entries if e["logger"] == "processor.test"] == ["own debug line"]
     quiet = ("httpx", "httpcore", "hpack", "h2")
     assert [e for e in entries if e["logger"].split(".")[0] in quiet] == []
+
+
+async def test_a_client_span_never_records_a_credential_of_the_url() -> None:
+    """`url.full` keeps no userinfo (OpenTelemetry's HTTP conventions: REDACTED)."""
+    secret = secrets.token_hex(8)
+    spans = InMemorySpanExporter()
+    telemetry = Telemetry.from_environment({}, span_processors=[SimpleSpanProcessor(spans)])
+    try:
+        sink = GenesysSink(
+            SinkConfig(
+                api_url="https://api.example.com",
+                login_url="https://login.example.com",
+                client_id="client",
+                client_secret=SecretStr("client-secret"),
+            )
+        )
+        sink.http._transport = httpx.MockTransport(lambda request: httpx.Response(200))
+        telemetry.instrument_sink(sink)
+        await sink.http.get(
+            "https://proxy:" + secret + "@api.example.com/api/v2/webchat/sessions/s-1"
+        )
+        await sink.aclose()
+        (span,) = spans.get_finished_spans()
+        assert span.attributes is not None
+        assert span.attributes["url.full"] == (
+            "https://REDACTED:REDACTED@api.example.com/api/v2/webchat/sessions/s-1"
+        )
+        assert secret not in str(span.attributes)
+    finally:
+        telemetry.shutdown()
 
 
 # --------------------------------------------------------------------------- configuration

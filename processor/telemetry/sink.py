@@ -26,6 +26,17 @@ if TYPE_CHECKING:
     from .core import Telemetry
 
 _AttributeKey = tuple[str, str | int, str]
+_REDACTED = "REDACTED"  # what OpenTelemetry's HTTP conventions put for URL credentials
+
+
+def _full_url(url: httpx.URL) -> str:
+    """`url.full` as OpenTelemetry's HTTP conventions have it: no query (the sink sends
+    none), and userinfo, should a configured URL carry it, as `REDACTED:REDACTED`."""
+    if url.query:
+        url = url.copy_with(query=None)
+    if url.userinfo:
+        url = url.copy_with(username=_REDACTED, password=_REDACTED)
+    return str(url)
 
 
 def _operation(path: str) -> str:
@@ -74,8 +85,7 @@ class _TracedTransport(httpx.AsyncBaseTransport):
             kind=SpanKind.CLIENT,
             attributes={
                 "http.request.method": request.method,
-                # the sink sends no query strings; never record one if it ever does
-                "url.full": str(url.copy_with(query=None)) if url.query else str(url),
+                "url.full": _full_url(url),
                 "server.address": url.host,
             },
         )
