@@ -257,6 +257,39 @@ async def test_a_client_span_never_records_a_credential_of_the_url() -> None:
         telemetry.shutdown()
 
 
+async def test_genesys_calls_are_counted_by_their_operation() -> None:
+    """`session`: the webchat session's GET and PATCH; `typing`: both messaging typing
+    calls (DESIGN §2b); `token`: the login."""
+    telemetry = Telemetry.from_environment({})
+    try:
+        config = SinkConfig(
+            api_url="https://api.example.com",
+            login_url="https://login.example.com",
+            client_id="client",
+            client_secret=SecretStr("client-secret"),
+        )
+        sink = GenesysSink(config)
+        sink.http._transport = httpx.MockTransport(lambda request: httpx.Response(202))
+        telemetry.instrument_sink(sink)
+        conversation, communication, integration = (
+            "0f8fad5b-d9cb-469f-a165-70867728950e",
+            "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+            "16fd2706-8baf-433b-82eb-8c7fada847da",
+        )
+        await sink.http.post(config.token_url)
+        await sink.http.patch(config.session_url("s-1"))
+        await sink.http.post(config.agent_typing_url(conversation, communication))
+        await sink.http.post(config.open_event_url(integration))
+        await sink.aclose()
+        assert telemetry.genesys_calls == {
+            ("POST", 202, "token"): 1,
+            ("PATCH", 202, "session"): 1,
+            ("POST", 202, "typing"): 2,
+        }
+    finally:
+        telemetry.shutdown()
+
+
 # --------------------------------------------------------------------------- configuration
 
 

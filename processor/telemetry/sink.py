@@ -40,9 +40,11 @@ def _full_url(url: httpx.URL) -> str:
 
 
 def _operation(path: str) -> str:
+    """`token`, `typing` (agent typing and an Open Messaging typing event, DESIGN §2b) or
+    `session` (a webchat session's GET and PATCH)."""
     if path.endswith("/oauth/token"):
         return "token"
-    if path.endswith("/typing"):
+    if path.endswith(("/typing", "/inbound/open/event")):
         return "typing"
     return "session"
 
