@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import IO, Self
 
@@ -29,12 +29,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
-    """Poll until something accepts TCP connections on `host:port`, or the deadline."""
+def wait_for_port(
+    host: str, port: int, timeout_s: float, alive: Callable[[], bool] = lambda: True
+) -> bool:
+    """Poll until something accepts TCP connections on `host:port`, or the deadline; False
+    at once when `alive()` says the process that should listen there is gone."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and alive():
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-            return True
+            # another process may have taken the port meanwhile: only a live child counts
+            return alive()
         time.sleep(0.05)
     return False
 
@@ -77,8 +81,9 @@ class ListeningChild:
             env=dict(env),
             preexec_fn=_die_with_parent,  # the child has no threads yet: preexec is safe
         )
-        if not wait_for_port(self.host, self.port, timeout_s):
-            code = self._process.poll()
+        process = self._process
+        if not wait_for_port(self.host, self.port, timeout_s, lambda: process.poll() is None):
+            code = process.poll()
             self.stop()
             raise ChildStartError(
                 f"{self.name} did not listen on {self.host}:{self.port} (exit {code})"

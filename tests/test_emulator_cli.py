@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import httpx
+import pytest
 
+from processor.childproc import ChildStartError, ListeningChild
 from processor.emulator.testing import EmulatorProcess
 
 
@@ -101,3 +104,20 @@ def test_help_never_shows_the_secret_from_the_environment() -> None:
     assert result.returncode == 0
     assert "--rate-limit-per-minute" in result.stdout
     assert "do-not-print-me" not in result.stdout
+
+
+class _ExitsAtOnce(ListeningChild):
+    name = "short-lived child"
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        self._spawn([sys.executable, "-c", "raise SystemExit(3)"], os.environ, timeout_s)
+
+
+def test_a_child_that_exits_before_it_listens_fails_at_once() -> None:
+    """Not after the whole start-up timeout (a demo or test run waited it out)."""
+    child = _ExitsAtOnce("127.0.0.1", None, None)
+    started = time.monotonic()
+    with pytest.raises(ChildStartError, match=r"exit 3"):
+        child.start(timeout_s=60)
+    assert time.monotonic() - started < 30
+    assert child.pid is None
