@@ -14,10 +14,18 @@ from opentelemetry import trace
 # exception text quotes a header, a form body or a URL with them.
 _SECRET_PATTERNS = (
     re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}"),
+    # `name=value`, `"name": "value"` (JSON) and `'name': 'value'` (a Python repr); a quoted
+    # value is masked to its closing quote, spaces and all
     re.compile(
         r"(?i)\b(client_secret|password|passwd|access_token|refresh_token|sasl_plain_password"
-        r"|authorization|api[_-]?key|secret)(\"?\s*[:=]\s*\"?)[^\s\"'&,}]+"
+        r"|authorization|api[_-]?key|secret)(['\"]?\s*[:=]\s*b?)"
+        r"(\"[^\"]*\"|'[^']*'|['\"]?[^\s\"'&,}]+)"
     ),
+)
+# An unquoted `Authorization` value under any scheme (`Token x`, `SharedKey a:x`): the
+# scheme and its credentials.
+_AUTHORIZATION_VALUE = re.compile(
+    r"(?i)\b((?:proxy-)?authorization['\"]?\s*[:=]\s*)[A-Za-z][\w.-]*\s+[^\s\"'&,}]+"
 )
 # The userinfo of a URL (`scheme://user:password@host`): greedy up to the authority's last `@`,
 # as URL parsers split it, so a password with a raw `@` in it is masked whole.
@@ -49,8 +57,16 @@ def redact(text: str) -> str:
         return text
     text = _URL_USERINFO.sub(_mask_userinfo, text)
     text = _SECRET_QUERY.sub(lambda m: f"{m.group(1)}[REDACTED]", text)
+    text = _AUTHORIZATION_VALUE.sub(lambda m: f"{m.group(1)}[REDACTED]", text)
     text = _SECRET_PATTERNS[0].sub(lambda m: f"{m.group(1)} [REDACTED]", text)
-    return _SECRET_PATTERNS[1].sub(lambda m: f"{m.group(1)}{m.group(2)}[REDACTED]", text)
+    return _SECRET_PATTERNS[1].sub(_mask_value, text)
+
+
+def _mask_value(match: re.Match[str]) -> str:
+    value = match.group(3)
+    quote = value[0] if value[0] in "'\"" else ""
+    closing = quote if len(value) > 1 and value.endswith(quote) else ""
+    return f"{match.group(1)}{match.group(2)}{quote}[REDACTED]{closing}"
 
 
 class JsonFormatter(logging.Formatter):

@@ -164,6 +164,29 @@ def test_secrets_never_reach_a_log_line() -> None:
     assert redact("session s-1 applied") == "session s-1 applied"
 
 
+def test_credentials_in_reprs_quoted_or_under_any_scheme_are_masked() -> None:
+    """A dict or keyword argument shown by `repr` quotes with `'`; a quoted secret may hold
+    spaces; an `Authorization` header may use a scheme other than Bearer or Basic."""
+    cases = {
+        "options {'sasl_plain_password': 'hunter2', 'client_id': 'c'}": (
+            "options {'sasl_plain_password': '[REDACTED]', 'client_id': 'c'}"
+        ),
+        "AIOKafkaProducer(sasl_plain_password='hunter2')": (
+            "AIOKafkaProducer(sasl_plain_password='[REDACTED]')"
+        ),
+        "headers {'x-api-key': 'k-hunter2', 'accept': '*/*'}": (
+            "headers {'x-api-key': '[REDACTED]', 'accept': '*/*'}"
+        ),
+        '{"client_secret": "hunter2 with spaces", "scope": "a"}': (
+            '{"client_secret": "[REDACTED]", "scope": "a"}'
+        ),
+        "Authorization: Token hunter2": "Authorization: [REDACTED]",
+        "{'Authorization': 'SharedKey acct:hunter2'}": "{'Authorization': '[REDACTED]'}",
+    }
+    for text, masked in cases.items():
+        assert redact(text) == masked, text
+
+
 def test_urls_lose_their_credentials_in_log_lines() -> None:
     """A CRM webhook or collector URL may carry a credential in its userinfo or its query."""
     cases = {
