@@ -44,13 +44,16 @@ class EmbeddedServer(uvicorn.Server):
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A bound, inheritable TCP socket (IPv6 when `host` is an IPv6 address)."""
+    """A bound, inheritable TCP socket (IPv6 when `host` is an IPv6 address; `::` takes
+    IPv4 as well)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP named, not 0: asyncio sets TCP_NODELAY only on sockets whose `proto`
     # says TCP, and accepted connections inherit it. Without it Nagle holds a response's
     # body until the client's delayed ACK, 40 ms for every request.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if host == "::":  # every interface: IPv4 too, whatever the system's default
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     try:
         sock.bind((host, port))
     except OSError:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import io
 import logging
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -34,6 +37,8 @@ from starlette.routing import Route
 
 from processor.asgi import serve_in_background
 from processor.logs import JsonFormatter, configure_logging, redact
+from processor.runtime import command
+from processor.runtime.command import ops_endpoint
 from processor.runtime.partition import Counters
 from processor.runtime.service import PartitionStats
 from processor.settings import load_otel
@@ -626,3 +631,40 @@ async def test_disabled_telemetry_serves_empty_metrics(ops: OpsEndpoint) -> None
     answer = await get(ops, "/metrics")
     assert answer.status_code == 200
     assert answer.content == b""
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 on this machine")
+async def test_the_ops_endpoint_answers_on_ipv6_as_on_ipv4() -> None:
+    """In an IPv6-only cluster the kubelet probes the pod's IPv6 address: an endpoint on
+    IPv4 alone fails every probe, and liveness restarts the pod for ever."""
+    async with ops_endpoint(Telemetry.disabled(), 0) as port:
+        assert port is not None
+        for host in ("127.0.0.1", "[::1]"):
+            async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=5) as client:
+                assert (await client.get("/healthz")).status_code == 200, host
+
+
+async def test_the_ops_endpoint_listens_on_ipv4_where_the_kernel_has_no_ipv6(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    serve = command.serve_in_background
+
+    def no_ipv6(app: Any, host: str, port: int, **options: Any) -> Any:
+        if host == "::":
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return serve(app, host, port, **options)
+
+    monkeypatch.setattr(command, "serve_in_background", no_ipv6)
+    async with ops_endpoint(Telemetry.disabled(), 0) as port:
+        assert port is not None
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            assert (await client.get("/healthz")).status_code == 200

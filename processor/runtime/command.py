@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -25,8 +26,13 @@ from .service import TypingProcessor
 
 log = logging.getLogger(__name__)
 
-# Kubernetes probes and Prometheus reach the pod on its IP: listen on every interface.
-HTTP_HOST = "0.0.0.0"  # noqa: S104
+# Kubernetes probes and Prometheus reach the pod on its IP, an IPv6 one in an IPv6-only
+# cluster: listen on every interface, IPv6 and IPv4 at once (`::`), or on IPv4 alone where
+# the kernel has no IPv6.
+HTTP_HOST = "::"
+HTTP_HOST_IPV4 = "0.0.0.0"  # noqa: S104
+# what binding `::` fails with when the kernel has no IPv6, or it is off
+_NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
 # SIGTERM to exit within 10 s (DESIGN §5): draining (calls landing within the revoke grace,
 # the last flush and commit) gets this much of it; a cluster that does not answer by then
 # is given up on (input since the last commit is processed again), leaving the rest for
@@ -51,9 +57,16 @@ async def ops_endpoint(
     endpoint = OpsEndpoint(telemetry, readiness)
     async with endpoint.monitoring(), contextlib.AsyncExitStack() as stack:
         try:
-            listening = await stack.enter_async_context(
-                serve_in_background(endpoint.app, host, port, name="ops")
-            )
+            try:
+                listening = await stack.enter_async_context(
+                    serve_in_background(endpoint.app, host, port, name="ops")
+                )
+            except OSError as exc:
+                if host != HTTP_HOST or exc.errno not in _NO_IPV6:
+                    raise
+                listening = await stack.enter_async_context(
+                    serve_in_background(endpoint.app, HTTP_HOST_IPV4, port, name="ops")
+                )
         except OSError as exc:
             log.error(
                 "cannot listen on port %d (%s): /metrics, /healthz and /readyz are off "
