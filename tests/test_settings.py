@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -354,6 +355,28 @@ def test_run_refuses_an_unwritable_audit_file_before_it_touches_kafka(tmp_path: 
         f"configuration error: TYPING_AUDIT_LOG_FILE is invalid: cannot write {blocker}/"
     )
     assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_run_with_a_port_it_cannot_listen_on_stops_naming_the_setting() -> None:
+    """Without its probes a pod is restarted by its liveness probe for ever, far from the
+    cause: a port taken (or not allowed) stops start-up with one line instead."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("0.0.0.0", 0))  # noqa: S104 (what the processor binds too)
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "TYPING_HTTP_PORT": str(port)}
+        result = subprocess.run(
+            [sys.executable, "-m", "processor", "run"],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, **env},
+            timeout=30,
+        )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"configuration error: TYPING_HTTP_PORT: cannot listen on port {port} (")
 
 
 def test_cli_config_prints_settings_without_secrets() -> None:

@@ -647,7 +647,6 @@ async def test_the_ops_endpoint_answers_on_ipv6_as_on_ipv4() -> None:
     """In an IPv6-only cluster the kubelet probes the pod's IPv6 address: an endpoint on
     IPv4 alone fails every probe, and liveness restarts the pod for ever."""
     async with ops_endpoint(Telemetry.disabled(), 0) as port:
-        assert port is not None
         for host in ("127.0.0.1", "[::1]"):
             async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=5) as client:
                 assert (await client.get("/healthz")).status_code == 200, host
@@ -664,7 +663,8 @@ async def test_the_ops_endpoint_listens_on_ipv4_where_the_kernel_has_no_ipv6(
         return serve(app, host, port, **options)
 
     monkeypatch.setattr(command, "serve_in_background", no_ipv6)
-    async with ops_endpoint(Telemetry.disabled(), 0) as port:
-        assert port is not None
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-            assert (await client.get("/healthz")).status_code == 200
+    async with (
+        ops_endpoint(Telemetry.disabled(), 0) as port,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client,
+    ):
+        assert (await client.get("/healthz")).status_code == 200

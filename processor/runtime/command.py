@@ -13,7 +13,7 @@ from aiokafka.errors import KafkaError
 
 from processor.asgi import serve_in_background
 from processor.clock import within_grace
-from processor.settings import Settings
+from processor.settings import ConfigError, Settings
 from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
 from processor.stopsignals import take_stop_request
@@ -47,12 +47,13 @@ async def ops_endpoint(
     host: str = HTTP_HOST,
     *,
     readiness: Readiness | None = None,
-) -> AsyncIterator[int | None]:
+) -> AsyncIterator[int]:
     """`/metrics`, `/healthz` and `/readyz` on `port` (0 = a free one) for the block.
 
-    Yields the bound port, or None when the port cannot be bound: the processor then runs
-    without the endpoint rather than not at all (the error line says why). `readiness`
-    decides `/readyz` (default: the processors that `telemetry` observes).
+    Yields the bound port. A port that cannot be bound stops start-up (`ConfigError`
+    naming `TYPING_HTTP_PORT`): run without its probes, a pod would be restarted by its
+    liveness probe for ever, far from the cause. `readiness` decides `/readyz` (default:
+    the processors that `telemetry` observes).
     """
     endpoint = OpsEndpoint(telemetry, readiness)
     async with endpoint.monitoring(), contextlib.AsyncExitStack() as stack:
@@ -68,14 +69,9 @@ async def ops_endpoint(
                     serve_in_background(endpoint.app, HTTP_HOST_IPV4, port, name="ops")
                 )
         except OSError as exc:
-            log.error(
-                "cannot listen on port %d (%s): /metrics, /healthz and /readyz are off "
-                "(set TYPING_HTTP_PORT)",
-                port,
-                exc.strerror or exc,
-            )
-            yield None
-            return
+            raise ConfigError(
+                f"TYPING_HTTP_PORT: cannot listen on port {port} ({exc.strerror or exc})"
+            ) from None
         log.info("serving /metrics, /healthz and /readyz on port %d", listening.port)
         yield listening.port
 
