@@ -10,6 +10,8 @@ import io
 import logging
 import secrets
 import socket
+import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ import h2.connection
 import httpx
 import orjson
 import pytest
+from opentelemetry.metrics import CallbackOptions
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -582,6 +585,44 @@ def test_counters_survive_a_processor_restart_and_gauges_read_partitions() -> No
     assert 'partition="0"' in lag[0]
     assert lag[0].endswith(" 3.0")
     telemetry.shutdown()
+
+
+def test_counters_are_read_on_the_exporters_thread_while_the_loop_adds_to_them() -> None:
+    """The exporter collects on its own thread: a decision counted for the first time
+    meanwhile must not fail the collection ("dictionary changed size")."""
+    telemetry = Telemetry.from_environment({})
+    retired = FakeProcessor()
+    telemetry.observe(retired)
+    retired.counters.decisions["applied"] += 1
+    telemetry.forget(retired)  # (totals start from the retired counts)
+    live = FakeProcessor()
+    telemetry.observe(live)
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def collect() -> None:
+        while not done.is_set():
+            try:
+                telemetry._observe_decisions(CallbackOptions())
+            except RuntimeError as exc:
+                failures.append(exc)
+                return
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as can be
+    collector = threading.Thread(target=collect)
+    collector.start()
+    try:
+        for n in range(30_000):
+            live.counters.decisions[f"kind-{n}"] += 1
+            if failures:
+                break
+    finally:
+        done.set()
+        collector.join()
+        sys.setswitchinterval(interval)
+        telemetry.shutdown()
+    assert failures == []
 
 
 @pytest.fixture

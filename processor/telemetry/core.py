@@ -395,10 +395,13 @@ class Telemetry:
         )
 
     def _observe_decisions(self, options: CallbackOptions) -> Iterable[Observation]:
-        totals = Counter({k[1]: v for k, v in self._retired.items() if k[0] == "decision"})
+        # (the exporter's thread: the loop may add a key meanwhile, so each dict is copied
+        # whole, which the GIL makes one step, before it is gone through)
+        retired = list(self._retired.items())
+        totals = Counter({k[1]: v for k, v in retired if k[0] == "decision"})
         for observed in list(self._observed):
             counters = observed.counters
-            totals.update(counters.decisions)
+            totals.update(dict(counters.decisions))
             totals["dead_letter"] += counters.dead_letters
         return [Observation(v, {"decision": k}) for k, v in sorted(totals.items())]
 
@@ -409,7 +412,7 @@ class Telemetry:
         ]
 
     def _observe_records(self, options: CallbackOptions) -> Iterable[Observation]:
-        totals = Counter({k[1]: v for k, v in self._retired.items() if k[0] == "record"})
+        totals = Counter({k[1]: v for k, v in list(self._retired.items()) if k[0] == "record"})
         for observed in list(self._observed):
             totals.update(_record_counts(observed.counters))
         return [Observation(v, {"kind": k}) for k, v in sorted(totals.items())]
