@@ -35,7 +35,7 @@ from processor.domain import SinkResult
 from processor.emulator.app import SESSION_PATH
 from processor.emulator.testing import EmulatorHandle
 from processor.models import TypingEvent
-from processor.runtime.kafka import TopicError, TopicSpec, ensure_topics
+from processor.runtime.kafka import TopicError, TopicSpec, ensure_topics, raise_for_topic_errors
 from processor.runtime.outbound import Headers, Outbound
 from processor.runtime.partition import Counters, PartitionWorker
 from processor.runtime.reconciler import Reconciler
@@ -872,3 +872,20 @@ async def test_long_dead_letter_keys_are_partitioned_without_being_remembered(
         assert list(await outbound._partitioner_for(typing.dlq_topic)) == [b"s1"]
     finally:
         await outbound.stop()
+
+
+def test_a_topic_the_cluster_will_not_create_stops_start_up_with_its_reason() -> None:
+    """The client returns CreateTopics' per-topic errors without raising them: left
+    unread, a replication factor above the brokers there are was reported later as a topic
+    that "does not exist (TYPING_CREATE_TOPICS is off)" while it was on."""
+    raise_for_topic_errors([("a", 0, None), ("b", 36, "exists")])  # both there now
+    with pytest.raises(
+        TopicError,
+        match=r"^cannot create topic c: InvalidReplicationFactorError \(3 > 1 brokers\)$",
+    ):
+        raise_for_topic_errors([("a", 0, None), ("c", 38, "3 > 1 brokers")])
+    with pytest.raises(TopicError, match=r"^cannot create topic d: PolicyViolationError$"):
+        raise_for_topic_errors([("d", 44)])  # (version 0 answers carry no message)
+    with pytest.raises(KafkaError, match="RequestTimedOutError") as passing:
+        raise_for_topic_errors([("e", 7, None)])
+    assert not isinstance(passing.value, TopicError)  # asked again from the start

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from processor.clock import wait_unless_stopped
 from processor.settings import KafkaSettings, SecurityProtocol
@@ -91,12 +91,37 @@ async def ensure_topics(
             for spec in missing
         ]
         try:
-            await admin.create_topics(new_topics)
+            response = await admin.create_topics(new_topics)
         except TopicAlreadyExistsError:
             log.info("topics created concurrently by another replica")
+        else:
+            raise_for_topic_errors(response.topic_errors)
         log.info("created topics %s", ", ".join(spec.name for spec in missing))
     finally:
         await admin.close()
+
+
+def raise_for_topic_errors(topic_errors: list[tuple[Any, ...]]) -> None:
+    """The per-topic errors of a CreateTopics answer, which the client does not raise:
+    `TopicError` for one that asking again cannot mend (a replication factor above the
+    brokers there are, a policy refusing the topic), `KafkaError` for a passing one (retried
+    from the start); a topic created concurrently is no error.
+
+    `topic_errors` holds `(name, error_code[, error_message])` per topic (by version).
+    """
+    for name, code, *rest in topic_errors:
+        if code == 0:
+            continue
+        error = for_code(code)
+        if error is TopicAlreadyExistsError:
+            log.info("topic %s created concurrently by another replica", name)
+            continue
+        message = f"cannot create topic {name}: {error.__name__}"
+        if rest and rest[0]:
+            message += f" ({rest[0]})"
+        if error.retriable:
+            raise error(message)
+        raise TopicError(message)
 
 
 class BrokerCheck:
