@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
+from enum import Enum
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,10 @@ import pytest
 from processor.domain import Role, Status
 from processor.settings import (
     ConfigError,
+    GenesysSettings,
+    KafkaSettings,
+    TimeoutMatrix,
+    TypingSettings,
     describe_settings,
     load_genesys,
     load_kafka,
@@ -547,3 +554,61 @@ def test_cli_refuses_a_bad_opentelemetry_variable_with_one_line(
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
     assert f"{name} is invalid" in result.stderr, result.stderr
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+# defaults the table gives in words, where the field's own default is None or derived
+_WORDED_DEFAULTS = {
+    "GENESYSCLOUD_API_URL": "from region",
+    "GENESYSCLOUD_LOGIN_URL": "from region",
+    "TYPING_CHANGELOG_TOPIC": "`<group>-state-changelog`",
+    "TYPING_TIMEOUT_MATRIX": "see below",
+}
+
+
+def readme_configuration() -> dict[str, str]:
+    """Variable -> default column of the README's configuration table."""
+    section = README.read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    table: dict[str, str] = {}
+    for row in section.splitlines():
+        cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+        if not row.startswith("| `") or len(cells) < 3:
+            continue
+        for name in re.findall(r"`([A-Z][A-Z0-9_]*\*?)`", cells[0]):
+            table[name] = cells[1]
+    return table
+
+
+def test_readme_lists_every_setting_with_its_default() -> None:
+    table = readme_configuration()
+    expected: dict[str, str] = {}
+    for prefix, model in (
+        ("KAFKA_", KafkaSettings),
+        ("GENESYSCLOUD_", GenesysSettings),
+        ("TYPING_", TypingSettings),
+    ):
+        for name, field in model.model_fields.items():
+            variable = prefix + name.upper()
+            default = field.default
+            if variable in _WORDED_DEFAULTS:
+                shown = _WORDED_DEFAULTS[variable]
+            elif field.is_required():
+                shown = "required"
+            elif default is None:
+                shown = "\N{EN DASH}"
+            elif isinstance(default, bool):
+                shown = f"`{str(default).lower()}`"
+            elif isinstance(default, Enum):
+                shown = f"`{default.value}`"
+            else:
+                shown = f"`{default}`"
+            expected[variable] = shown
+    assert {name: table.get(name) for name in expected} == expected
+    undocumented = set(table) - set(expected) - {"OTEL_*"}
+    assert undocumented == set(), "the README lists variables no setting reads"
+
+
+def test_readme_shows_the_default_timeout_matrix() -> None:
+    section = README.read_text().split("\n## Configuration\n", 1)[1]
+    block = section.split("```json\n", 1)[1].split("```", 1)[0]
+    assert json.loads(block) == TimeoutMatrix().model_dump()
