@@ -4,7 +4,7 @@ A consumer group of its own (`<group>-crm-webhook`) reads the CRM-sync topic and
 record's JSON, as the tutorial's webhook did, with the record's `event_id` as the
 `Idempotency-Key` so the receiver can drop redeliveries (delivery is at least once: the
 offset is committed only after the endpoint accepted the record). It is ready (`/readyz`)
-once the group has assigned it partitions and the cluster answers, as `run` is.
+once it is a member of its group, with or without partitions, and the cluster answers.
 
 What the endpoint answers decides what becomes of a record (`_answer`): a 2xx is delivered;
 400, 413 and 422 say the record itself is wrong, so it is refused for good (counted and

@@ -20,6 +20,7 @@ from helmchart import (
     CHART,
     LONG_RELEASE,
     NAMESPACE,
+    REPO,
     Manifest,
     ci_values,
     is_dashboard,
@@ -1358,6 +1359,15 @@ async def exported_metric_names() -> set[str]:
     names |= _families(webhook)
     webhook.shutdown()
     return names
+
+
+async def test_the_readme_names_every_metric_the_processor_exports() -> None:
+    readme = (REPO / "README.md").read_text()
+    documented = set(re.findall(r"`((?:typing|genesys)_[a-z0-9_]+)", readme))
+    families = {re.sub(r"_(bucket|count|sum)$", "", name) for name in await exported_metric_names()}
+    exported = {name for name in families if name.startswith(("typing_", "genesys_"))}
+    assert exported - documented == set(), "exported but not in the README"
+    assert documented - exported == set(), "in the README but not exported"
 
 
 QUERIED = re.compile(r"\b((?:typing|genesys)_[a-z0-9_]+)\{")

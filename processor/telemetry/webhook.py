@@ -5,7 +5,8 @@
   (`retried`) and records that were no CRM-sync record, sent to the DLQ (`dead_letter`);
 - `typing_crm_webhook_restarts_total`: restarts from the last commit after the cluster was
   lost;
-- `typing_crm_webhook_ready`: 1 while the group has assigned the worker partitions.
+- `typing_crm_webhook_ready`: 1 while the worker is a member of its group (with or without
+  partitions).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class ObservedWorker(Protocol):
 
     @property
     def ready(self) -> bool:
-        """Partitions assigned."""
+        """A member of its group (with or without partitions)."""
         ...
 
 
@@ -81,5 +82,5 @@ def instrument_webhook(telemetry: Telemetry, worker: ObservedWorker) -> None:
     meter.create_observable_gauge(
         "typing.crm_webhook.ready",
         [ready],
-        description="1 while the CRM webhook worker has partitions assigned",
+        description="1 while the CRM webhook worker is a member of its group",
     )
