@@ -114,7 +114,8 @@ def _add_emulator_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
     from processor.emulator.store import DEFAULT_HISTORY_KEPT
 
     emulator = commands.add_parser(
-        "emulator", help="serve a Genesys Cloud emulator (OAuth, web-chat sessions, faults)"
+        "emulator",
+        help="serve a Genesys Cloud emulator (OAuth, web-chat sessions, messaging typing, faults)",
     )
     emulator.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
     emulator.add_argument("--port", type=_port, default=8787, help="default: 8787")
@@ -398,10 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
         "loadgen", help="synthetic typing traffic into the input topic (KAFKA_*, TYPING_*)"
     )
     loadgen.add_argument("--sessions", type=_positive_int, default=50, help="default: 50")
-    loadgen.add_argument("--duration", type=_positive_float, default=30.0, help="seconds")
+    loadgen.add_argument(
+        "--duration", type=_positive_float, default=30.0, help="seconds; default: 30"
+    )
     loadgen.add_argument("--seed", type=int, default=7, help="default: 7")
     loadgen.add_argument(
-        "--rate", type=_positive_float, default=None, help="cap on events per second"
+        "--rate", type=_positive_float, default=None, help="cap on events per second; default: none"
     )
     _typists_option(loadgen)
     loadgen.set_defaults(handler=_cmd_loadgen)

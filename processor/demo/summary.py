@@ -2,8 +2,9 @@
 
 The budget bound is the most typing any scheduler could have shown with the Genesys calls
 this run made: each shown burst costs at least two calls (a set and its clear; one for a
-messaging target), plus one GET per webchat session shown, so no scheduler shows more than
-the longest bursts that many calls pay for. Fidelity = typing shown / that bound.
+messaging target), plus one GET for each webchat session a scheduler shows (charged to
+the session's longest burst, whichever sessions the run happened to show), so no scheduler
+shows more than the longest bursts that many calls pay for. Fidelity = typing shown / that bound.
 
 The bound pays no refresh, which I2 requires while typing outlasts what one call shows; the
 ceiling is the same bound with each burst at the calls it needs to stay shown (even for a

@@ -559,7 +559,8 @@ class Emulator:
         return _json(200, self.stats(), _correlation_id(request))
 
     async def admin_typing_events(self, request: Request) -> Response:
-        """`GET /emulator/typing-events`: every typing call accepted, oldest first."""
+        """`GET /emulator/typing-events`: the typing calls accepted that are kept (the latest
+        `typing_events_kept`), oldest first."""
         body = {"typing_events": list(self.messaging.calls)}
         return _json(200, body, _correlation_id(request))
 

@@ -24,7 +24,8 @@ class EmulatorConfig(BaseModel):
     )
     faults: Faults = Faults()
     typing_events_kept: Annotated[int, Field(ge=0, le=1_000_000)] = 10_000
-    """How many typing-endpoint calls `GET /emulator/typing-events` remembers."""
+    """How many typing-endpoint calls `GET /emulator/typing` and `GET /emulator/typing-events`
+    remember (the oldest are dropped first, uncounted)."""
     history_kept: Annotated[int, Field(ge=0, le=1_000_000)] = DEFAULT_HISTORY_KEPT
     """How many changes of its typing indicator each session remembers for
     `GET /emulator/sessions/{id}/history` (the oldest are dropped first, and counted)."""
