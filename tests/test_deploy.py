@@ -98,6 +98,29 @@ def test_chart_readme_lists_every_value() -> None:
     assert missing == []
 
 
+def readme_block_after(heading: str) -> list[str]:
+    """The lines of the first ```sh block after `heading` in the README."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split(heading, 1)[1].split("```sh\n", 1)[1].split("\n```", 1)[0]
+    return block.splitlines()
+
+
+def test_ci_runs_the_readme_s_checks_and_its_test_command_verbatim() -> None:
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    (test_command,) = readme_block_after("Run the tests")
+    assert ci[-1] == test_command
+    development = readme_block_after("## Development")
+    checks = [
+        step
+        for line in development
+        for step in line.split(" && ")
+        if step.startswith((".venv/bin/ruff", ".venv/bin/mypy", ".venv/bin/hadolint"))
+    ]
+    assert len(checks) == 4, checks  # ruff check, ruff format, mypy, hadolint
+    for step in checks:
+        assert step in ci, f"{step!r} is not in .ci/run"
+
+
 def test_dockerfile_runs_the_processor_as_non_root() -> None:
     assert 'ENTRYPOINT ["typing-processor"]' in DOCKERFILE
     assert 'CMD ["run"]' in DOCKERFILE
