@@ -14,7 +14,10 @@ time comes, and the pass costs O(1) per cancellation, amortised.
 
 from __future__ import annotations
 
+import functools
 import heapq
+import inspect
+import weakref
 from collections.abc import Callable, Iterator
 
 COMPACT_MIN_ENTRIES = 1024
@@ -28,7 +31,9 @@ class TimerWheel:
     """Timers keyed by session id, fired no earlier than asked and at most `resolution` late.
 
     With `live`, entries the owner has `cancel`led are dropped once they outnumber the
-    live ones; without it they stay until they fire (and are ignored then).
+    live ones; without it they stay until they fire (and are ignored then). A `live` that
+    is a method of the owner is held weakly: the owner holds the wheel, and a cycle
+    between them would outlive the owner where collections are frozen (`gc.freeze`).
     """
 
     __slots__ = ("_buckets", "_cancelled", "_heap", "_live", "_resolution", "_size")
@@ -39,7 +44,11 @@ class TimerWheel:
         self._resolution = resolution_ms
         self._buckets: dict[int, list[str]] = {}
         self._heap: list[int] = []
-        self._live = live
+        self._live: Callable[[], Live | None] | None = None
+        if inspect.ismethod(live):
+            self._live = weakref.WeakMethod(live)
+        elif live is not None:
+            self._live = functools.partial(_given, live)
         self._size = 0  # entries held, cancelled ones included
         self._cancelled = 0  # of which cancelled (at most: some may have fired since)
 
@@ -83,7 +92,7 @@ class TimerWheel:
     def compact(self) -> None:
         """Drop every entry `live` says is no longer wanted (and repeats of a live one in
         its bucket). O(entries held)."""
-        live = self._live
+        live = None if self._live is None else self._live()
         if live is None:
             return
         buckets = self._buckets
@@ -133,3 +142,7 @@ class TimerWheel:
     def __len__(self) -> int:
         """Number of entries, cancelled ones included."""
         return self._size
+
+
+def _given(live: Live) -> Live:
+    return live
