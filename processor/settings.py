@@ -294,6 +294,18 @@ class GenesysSettings(BaseSettings):
             problem = None if url is None else http_url_problem(url)
             if problem is not None:  # the URL as `config` shows it: it may carry a credential
                 raise ValueError(f"{name}: {problem}, got {redacted_url(url)!r}")
+        # One URL alone takes the other from the region: without a region set on purpose,
+        # the client secret would go to the default region's real login while the API is an
+        # emulator, a proxy or another region.
+        if (self.api_url is None) != (self.login_url is None) and "region" not in (
+            self.model_fields_set
+        ):
+            missing = "login_url" if self.login_url is None else "api_url"
+            given = "api_url" if missing == "login_url" else "login_url"
+            raise ValueError(
+                f"{missing}: not set while GENESYSCLOUD_{given.upper()} is; set it too, or set"
+                " GENESYSCLOUD_REGION to take it from that region"
+            )
         if self.api_url is None or self.login_url is None:
             region_domain(self.region)
         return self

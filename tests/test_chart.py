@@ -1205,7 +1205,32 @@ TEMPLATE_REFUSALS: dict[str, tuple[dict[str, Any], str, dict[str, str]]] = {
         r"typing\.timeoutMatrix\.paused\.customer must be a whole number",
         {"TYPING_TIMEOUT_MATRIX": MATRIX.replace("2000", "2000.5")},
     ),
+    # the other URL would come from us-east-1: the OAuth secret to the real login there
+    "an API URL alone, with no region": (
+        {"genesys": {"apiUrl": "http://emulator:8787"}},
+        r"genesys\.apiUrl is set without genesys\.loginUrl",
+        {"GENESYSCLOUD_API_URL": "http://emulator:8787"},
+    ),
+    "a login URL alone, with no region": (
+        {"genesys": {"loginUrl": "http://emulator:8787"}},
+        r"genesys\.loginUrl is set without genesys\.apiUrl",
+        {"GENESYSCLOUD_LOGIN_URL": "http://emulator:8787"},
+    ),
 }
+
+
+def test_one_genesys_url_with_a_region_set_on_purpose_reaches_the_processor(
+    chart: helm.Chart, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = settings(
+        render(chart, {"genesys": {"region": "eu-west-1", "apiUrl": "https://proxy.example.com"}})
+    )
+    environment = {name: config[name] for name in ("GENESYSCLOUD_REGION", "GENESYSCLOUD_API_URL")}
+    assert environment["GENESYSCLOUD_REGION"] == "eu-west-1"
+    assert "GENESYSCLOUD_LOGIN_URL" not in config
+    assert processor_environment_accepted(environment, monkeypatch, tmp_path)
+    # no region given: none set, and the processor takes its own default
+    assert "GENESYSCLOUD_REGION" not in settings(render(chart, {}))
 
 
 def test_a_valid_timeout_matrix_reaches_the_processor(
@@ -1276,7 +1301,8 @@ def test_schema_knows_the_regions_the_processor_knows(chart: helm.Chart) -> None
     """An unknown region passed the schema and stopped every pod at start-up."""
     schema = json.loads((Path(CHART) / "values.schema.json").read_text())
     regions = schema["properties"]["genesys"]["properties"]["region"]["enum"]
-    assert set(regions) == set(REGION_DOMAINS) | set(REGION_DOMAINS.values())
+    # empty: not set, the processor's default
+    assert set(regions) == set(REGION_DOMAINS) | set(REGION_DOMAINS.values()) | {""}
     with pytest.raises(helm.HelmValuesError, match="/genesys/region"):
         render(chart, {"genesys": {"region": "eu-west-9"}})
 

@@ -86,6 +86,38 @@ def test_explicit_urls_win_over_the_region(monkeypatch: pytest.MonkeyPatch) -> N
     assert genesys.resolved_login_url == "http://127.0.0.1:8787"
 
 
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [
+        ("GENESYSCLOUD_API_URL", "GENESYSCLOUD_LOGIN_URL"),
+        ("GENESYSCLOUD_LOGIN_URL", "GENESYSCLOUD_API_URL"),
+    ],
+)
+def test_one_explicit_url_without_a_region_is_refused_naming_the_other(
+    monkeypatch: pytest.MonkeyPatch, given: str, missing: str
+) -> None:
+    """The other URL would come from the default region: the client secret would go to the
+    real us-east-1 login while the API is an emulator, a proxy or another region."""
+    monkeypatch.setenv(given, "http://127.0.0.1:8787")
+    with pytest.raises(ConfigError) as caught:
+        load_genesys()
+    message = str(caught.value)
+    assert message.startswith(f"{missing} is invalid: "), message
+    assert given in message, message
+    assert "GENESYSCLOUD_REGION" in message, message
+    assert "\n" not in message
+
+
+def test_one_explicit_url_with_an_explicit_region_is_deliberate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GENESYSCLOUD_REGION", "eu-west-1")
+    monkeypatch.setenv("GENESYSCLOUD_API_URL", "https://proxy.example.com/genesys")
+    genesys = load_genesys()
+    assert genesys.resolved_api_url == "https://proxy.example.com/genesys"
+    assert genesys.resolved_login_url == "https://login.mypurecloud.ie"
+
+
 def test_timeout_matrix_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(
         "TYPING_TIMEOUT_MATRIX",
