@@ -121,12 +121,13 @@ def _add_emulator_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
     emulator.add_argument("--port", type=_port, default=8787, help="default: 8787")
     emulator.add_argument(
         "--client-id",
-        default=os.environ.get("GENESYSCLOUD_OAUTHCLIENT_ID", "local-client"),
+        # stripped as the processor strips it, so both agree on a Secret made from a file
+        default=os.environ.get("GENESYSCLOUD_OAUTHCLIENT_ID", "local-client").strip(),
         help="OAuth client id (default: $GENESYSCLOUD_OAUTHCLIENT_ID or local-client)",
     )
     emulator.add_argument(
         "--client-secret",
-        default=os.environ.get("GENESYSCLOUD_OAUTHCLIENT_SECRET", "local-secret"),
+        default=os.environ.get("GENESYSCLOUD_OAUTHCLIENT_SECRET", "local-secret").strip(),
         help="OAuth client secret (default: $GENESYSCLOUD_OAUTHCLIENT_SECRET or local-secret)",
     )
     emulator.add_argument("--latency-ms", type=float, default=0.0, help="added to every API call")

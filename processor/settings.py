@@ -155,6 +155,16 @@ class KafkaSettings(BaseSettings):
                 raise ValueError(problem)
         return value
 
+    @field_validator("sasl_username", "sasl_password")
+    @classmethod
+    def _no_line_break_at_the_end(cls, value: str | SecretStr | None) -> str | SecretStr | None:
+        # A Kafka password may hold spaces, so nothing is stripped; a line break at the end is
+        # a Secret made from a file, and the broker would refuse it at every attempt.
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text is not None and text.endswith(("\n", "\r")):
+            raise ValueError("ends with a line break (a Secret made from a file?); remove it")
+        return value
+
     @model_validator(mode="after")
     def _check_sasl(self) -> Self:
         if self.security_protocol in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL):
@@ -282,10 +292,12 @@ class GenesysSettings(BaseSettings):
     @field_validator("oauthclient_id", "oauthclient_secret")
     @classmethod
     def _not_blank(cls, value: str | SecretStr) -> str | SecretStr:
-        text = value.get_secret_value() if isinstance(value, SecretStr) else value
-        if not text.strip():
+        # Genesys ids and secrets hold no whitespace: what surrounds them (the newline of a
+        # Secret made from a file) would only make every login fail with 401 at run time.
+        text = (value.get_secret_value() if isinstance(value, SecretStr) else value).strip()
+        if not text:
             raise ValueError("must not be empty or blank")
-        return value
+        return SecretStr(text) if isinstance(value, SecretStr) else text
 
     @model_validator(mode="after")
     def _check_urls(self) -> Self:

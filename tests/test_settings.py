@@ -248,6 +248,49 @@ def test_a_blank_sasl_credential_stops_start_up(
     assert str(caught.value) == f"{name} is invalid: must not be empty or blank with SASL"
 
 
+@pytest.mark.parametrize("padded", ["{}\n", "{}\r\n", "  {}  ", "\t{}\n"])
+def test_oauth_credentials_lose_surrounding_whitespace(
+    monkeypatch: pytest.MonkeyPatch, padded: str
+) -> None:
+    """A Secret made from a file ends in a newline: sent as is, every login fails with 401
+    while the processor keeps running. Genesys ids and secrets never hold whitespace."""
+    monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_ID", padded.format("client"))
+    monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_SECRET", padded.format(SECRET))
+    genesys = load_genesys()
+    assert genesys.oauthclient_id == "client"
+    assert genesys.oauthclient_secret.get_secret_value() == SECRET
+
+
+@pytest.mark.parametrize("name", ["KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"])
+@pytest.mark.parametrize("ending", ["\n", "\r\n"])
+def test_a_sasl_credential_ending_in_a_line_break_is_refused_unshown(
+    monkeypatch: pytest.MonkeyPatch, name: str, ending: str
+) -> None:
+    """A Kafka password may hold spaces, so it is never stripped; a line break at its end
+    is a Secret made from a file, which the broker would refuse at every attempt."""
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "typing")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", SECRET)
+    monkeypatch.setenv(name, f"{SECRET} with spaces{ending}")
+    with pytest.raises(ConfigError) as caught:
+        load_kafka()
+    message = str(caught.value)
+    assert message.startswith(f"{name} is invalid: ends with a line break"), message
+    assert SECRET not in message
+    assert "\n" not in message
+
+
+def test_a_sasl_password_with_spaces_is_kept_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "typing")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", " pass word ")
+    password = load_kafka().sasl_password
+    assert password is not None
+    assert password.get_secret_value() == " pass word "
+
+
 def test_blank_sasl_credentials_are_ignored_without_sasl(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAFKA_SASL_USERNAME", "")
     monkeypatch.setenv("KAFKA_SASL_PASSWORD", "")
