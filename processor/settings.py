@@ -167,6 +167,21 @@ class KafkaSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_sasl(self) -> Self:
+        if self.security_protocol is SecurityProtocol.PLAINTEXT:
+            # PLAINTEXT uses none of them: the protocol was probably forgotten (an empty
+            # value counts as unset)
+            for name in ("sasl_mechanism", "sasl_username", "sasl_password", "ssl_cafile"):
+                value = getattr(self, name)
+                text = value.get_secret_value() if isinstance(value, SecretStr) else value
+                if text is not None and str(text).strip():
+                    wanted = (
+                        "SSL or SASL_SSL" if name == "ssl_cafile" else "SASL_SSL or SASL_PLAINTEXT"
+                    )
+                    raise ValueError(
+                        f"{name}: set while KAFKA_SECURITY_PROTOCOL is PLAINTEXT, which ignores"
+                        f" it; set KAFKA_SECURITY_PROTOCOL to {wanted}, or unset"
+                        f" KAFKA_{name.upper()}"
+                    )
         if self.security_protocol in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL):
             for name in ("sasl_mechanism", "sasl_username", "sasl_password"):
                 if getattr(self, name) is None:

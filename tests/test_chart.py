@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import certifi
 import helm_python as helm
 import kubernetes_validate
 import pytest
@@ -1118,11 +1119,9 @@ def processor_environment_accepted(
 ) -> bool:
     """Whether `run` gets past its settings with `environment` over a valid one."""
     monkeypatch.chdir(tmp_path)  # no stray .env
-    base = {
-        "GENESYSCLOUD_OAUTHCLIENT_ID": "id",
-        "GENESYSCLOUD_OAUTHCLIENT_SECRET": "secret",
-        "KAFKA_SASL_PASSWORD": "pw",
-    }
+    base = {"GENESYSCLOUD_OAUTHCLIENT_ID": "id", "GENESYSCLOUD_OAUTHCLIENT_SECRET": "secret"}
+    if environment.get("KAFKA_SECURITY_PROTOCOL", "").startswith("SASL_"):
+        base["KAFKA_SASL_PASSWORD"] = "pw"  # from the Secret: PLAINTEXT refuses it
     for name, value in {**base, **environment}.items():
         monkeypatch.setenv(name, value)
     try:
@@ -1204,6 +1203,34 @@ TEMPLATE_REFUSALS: dict[str, tuple[dict[str, Any], str, dict[str, str]]] = {
         {"typing": {"timeoutMatrix": MATRIX.replace("2000", "2000.5")}},
         r"typing\.timeoutMatrix\.paused\.customer must be a whole number",
         {"TYPING_TIMEOUT_MATRIX": MATRIX.replace("2000", "2000.5")},
+    ),
+    # PLAINTEXT uses neither SASL nor a CA: the protocol was probably forgotten
+    "a SASL mechanism with PLAINTEXT": (
+        {"kafka": {"saslMechanism": "SCRAM-SHA-512"}},
+        r"kafka\.saslMechanism is set while kafka\.securityProtocol is PLAINTEXT",
+        {"KAFKA_SASL_MECHANISM": "SCRAM-SHA-512"},
+    ),
+    "a SASL user with PLAINTEXT": (
+        {"kafka": {"saslUsername": "typing"}},
+        r"kafka\.saslUsername is set while kafka\.securityProtocol is PLAINTEXT",
+        {"KAFKA_SASL_USERNAME": "typing"},
+    ),
+    "a SASL password with PLAINTEXT": (
+        {
+            "secrets": {
+                "existingSecret": "",
+                "oauthClientId": "id",
+                "oauthClientSecret": "secret",
+                "kafkaSaslPassword": "pw",
+            }
+        },
+        r"secrets\.kafkaSaslPassword is set while kafka\.securityProtocol is PLAINTEXT",
+        {"KAFKA_SASL_PASSWORD": "pw"},
+    ),
+    "a CA with PLAINTEXT": (
+        {"kafka": {"caSecretName": "kafka-ca"}},
+        r"kafka\.caSecretName is set while kafka\.securityProtocol is PLAINTEXT",
+        {"KAFKA_SSL_CAFILE": certifi.where()},
     ),
     # the other URL would come from us-east-1: the OAuth secret to the real login there
     "an API URL alone, with no region": (

@@ -11,6 +11,7 @@ import sys
 from enum import Enum
 from pathlib import Path
 
+import certifi
 import pytest
 
 from processor.domain import Role, Status
@@ -30,6 +31,8 @@ from processor.settings import (
 from processor.webhook import WebhookConfig
 
 SECRET = "s3cr3t-value-never-shown"
+# A real CA bundle (PEM), as `KAFKA_SSL_CAFILE` takes it.
+CA_FILE = certifi.where()
 
 
 @pytest.fixture(autouse=True)
@@ -295,6 +298,33 @@ def test_blank_sasl_credentials_are_ignored_without_sasl(monkeypatch: pytest.Mon
     monkeypatch.setenv("KAFKA_SASL_USERNAME", "")
     monkeypatch.setenv("KAFKA_SASL_PASSWORD", "")
     assert load_kafka().security_protocol == "PLAINTEXT"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+        ("KAFKA_SASL_USERNAME", "typing"),
+        ("KAFKA_SASL_PASSWORD", SECRET),
+        ("KAFKA_SSL_CAFILE", CA_FILE),
+    ],
+)
+@pytest.mark.parametrize("protocol", [None, "PLAINTEXT"])
+def test_sasl_or_a_ca_file_with_plaintext_is_refused_naming_both(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, protocol: str | None
+) -> None:
+    """PLAINTEXT uses neither: the protocol was probably forgotten, and the settings would
+    be ignored in silence."""
+    if protocol is not None:
+        monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", protocol)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_kafka()
+    message = str(caught.value)
+    assert message.startswith(f"{name} is invalid: "), message
+    assert "KAFKA_SECURITY_PROTOCOL is PLAINTEXT" in message, message
+    assert SECRET not in message
+    assert "\n" not in message
 
 
 def test_a_topic_named_twice_is_refused_with_both_names(monkeypatch: pytest.MonkeyPatch) -> None:
