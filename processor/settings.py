@@ -117,6 +117,12 @@ class TimeoutMatrix(BaseModel):
         return event.timeout_ms or self.timeout_ms(event.status, event.role)
 
 
+def _empty_path_is_unset(value: object) -> object:
+    """An optional path given empty (or blank) is unset: `Path("")` would be the working
+    directory."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 def _settings_config(prefix: str) -> SettingsConfigDict:
     return SettingsConfigDict(
         env_prefix=prefix,
@@ -154,6 +160,11 @@ class KafkaSettings(BaseSettings):
             if problem is not None:
                 raise ValueError(problem)
         return value
+
+    @field_validator("ssl_cafile", mode="before")
+    @classmethod
+    def _empty_ssl_cafile_is_unset(cls, value: object) -> object:
+        return _empty_path_is_unset(value)
 
     @field_validator("sasl_username", "sasl_password")
     @classmethod
@@ -407,7 +418,7 @@ class TypingSettings(BaseSettings):
     @field_validator("audit_log_file", mode="before")
     @classmethod
     def _empty_audit_log_file_is_unset(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
+        return _empty_path_is_unset(value)
 
     @model_validator(mode="after")
     def _check_topics_and_files(self) -> Self:

@@ -379,6 +379,17 @@ def test_an_empty_audit_log_file_is_unset(monkeypatch: pytest.MonkeyPatch) -> No
     assert load_typing().audit_log_file is None
 
 
+@pytest.mark.parametrize("protocol", ["PLAINTEXT", "SSL"])
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_ca_file_is_unset_like_an_empty_audit_log_file(
+    monkeypatch: pytest.MonkeyPatch, protocol: str, empty: str
+) -> None:
+    """It gave "no such file ." (or, with PLAINTEXT, a CA file said to be set)."""
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", protocol)
+    monkeypatch.setenv("KAFKA_SSL_CAFILE", empty)
+    assert load_kafka().ssl_cafile is None
+
+
 def test_secret_never_in_repr_or_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     genesys = load_genesys()
     assert SECRET not in repr(genesys)
