@@ -53,10 +53,21 @@ def _port(text: str) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from processor.settings import describe_settings, load_otel, load_settings
+    from processor.settings import (
+        ConfigError,
+        audit_log_file_problem,
+        describe_settings,
+        load_otel,
+        load_settings,
+    )
 
     settings = load_settings()
     load_otel()  # checked as `run` checks it; the SDK reads them itself
+    # `run` opens it before anything else and stops when it cannot: checked alike, but
+    # without creating the file or its folders
+    audit_file = settings.typing.audit_log_file
+    if audit_file is not None and (problem := audit_log_file_problem(audit_file)) is not None:
+        raise ConfigError(f"TYPING_AUDIT_LOG_FILE is invalid: {problem}")
     for name, value in describe_settings(settings):
         print(f"{name}={value}")
     return 0

@@ -8,7 +8,9 @@ way by `load_otel()`.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 import re
 import ssl
 from enum import StrEnum
@@ -121,6 +123,38 @@ def _empty_path_is_unset(value: object) -> object:
     """An optional path given empty (or blank) is unset: `Path("")` would be the working
     directory."""
     return None if isinstance(value, str) and not value.strip() else value
+
+
+def audit_log_file_problem(path: Path) -> str | None:
+    """Why `run` could not open `path` for appending (creating its folders), as its error
+    would say it, or None; nothing is created, opened or modified (`typing-processor
+    config`)."""
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            return _cannot_write(path, _denied(path))
+        return None
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return _cannot_write(path, errno.ENOTDIR)
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return _cannot_write(path, _denied(ancestor))
+    return None
+
+
+def _denied(path: Path) -> int:
+    """EROFS when `path` is on a read-only file system, else EACCES."""
+    try:
+        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    return errno.EROFS if read_only else errno.EACCES
+
+
+def _cannot_write(path: Path, code: int) -> str:
+    # the words of `run`'s error (`processor.runtime.outbound.open_audit_file`)
+    return f"cannot write {path} ({os.strerror(code)})"
 
 
 def _settings_config(prefix: str) -> SettingsConfigDict:

@@ -480,6 +480,59 @@ def test_run_refuses_an_unwritable_audit_file_before_it_touches_kafka(tmp_path: 
     assert result.stderr.count("\n") == 1, result.stderr
 
 
+def test_config_refuses_the_audit_file_that_run_refuses(tmp_path: Path) -> None:
+    """`config` passed where `run` stopped at once: it checks the file as `run` does."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"")
+    env = {"TYPING_AUDIT_LOG_FILE": str(blocker / "audit.jsonl")}
+    result = subprocess.run(
+        [sys.executable, "-m", "processor", "config"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **env},
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"configuration error: TYPING_AUDIT_LOG_FILE is invalid: cannot write {blocker}/"
+        "audit.jsonl (Not a directory)\n"
+    )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_config_refuses_an_audit_file_in_a_folder_it_cannot_write(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from processor.cli import main
+
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o500)
+    monkeypatch.setenv("TYPING_AUDIT_LOG_FILE", str(folder / "logs" / "audit.jsonl"))
+    assert main(["config"]) == 2
+    folder.chmod(0o700)
+    existing = folder / "audit.jsonl"
+    existing.write_bytes(b"")
+    existing.chmod(0o400)
+    monkeypatch.setenv("TYPING_AUDIT_LOG_FILE", str(existing))
+    assert main(["config"]) == 2
+
+
+def test_config_checks_a_writable_audit_file_without_creating_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from processor.cli import main
+
+    audit = tmp_path / "logs" / "audit.jsonl"
+    monkeypatch.setenv("TYPING_AUDIT_LOG_FILE", str(audit))
+    assert main(["config"]) == 0, capsys.readouterr().err
+    assert not audit.parent.exists()
+    audit.parent.mkdir()
+    audit.write_bytes(b"kept\n")
+    assert main(["config"]) == 0, capsys.readouterr().err
+    assert audit.read_bytes() == b"kept\n"
+
+
 def test_run_with_a_port_it_cannot_listen_on_stops_naming_the_setting() -> None:
     """Without its probes a pod is restarted by its liveness probe for ever, far from the
     cause: a port taken (or not allowed) stops start-up with one line instead."""
