@@ -212,21 +212,25 @@ class KafkaSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_sasl(self) -> Self:
-        if self.security_protocol is SecurityProtocol.PLAINTEXT:
-            # PLAINTEXT uses none of them: the protocol was probably forgotten (an empty
-            # value counts as unset)
-            for name in ("sasl_mechanism", "sasl_username", "sasl_password", "ssl_cafile"):
-                value = getattr(self, name)
-                text = value.get_secret_value() if isinstance(value, SecretStr) else value
-                if text is not None and str(text).strip():
-                    wanted = (
-                        "SSL or SASL_SSL" if name == "ssl_cafile" else "SASL_SSL or SASL_PLAINTEXT"
-                    )
-                    raise ValueError(
-                        f"{name}: set while KAFKA_SECURITY_PROTOCOL is PLAINTEXT, which ignores"
-                        f" it; set KAFKA_SECURITY_PROTOCOL to {wanted}, or unset"
-                        f" KAFKA_{name.upper()}"
-                    )
+        protocol = self.security_protocol
+        sasl = protocol in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL)
+        tls = protocol in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL)
+        # A protocol that uses none of them ignores them: it was probably mistaken (an
+        # empty value counts as unset).
+        for name, used, wanted in (
+            ("sasl_mechanism", sasl, "SASL_SSL or SASL_PLAINTEXT"),
+            ("sasl_username", sasl, "SASL_SSL or SASL_PLAINTEXT"),
+            ("sasl_password", sasl, "SASL_SSL or SASL_PLAINTEXT"),
+            ("ssl_cafile", tls, "SSL or SASL_SSL"),
+        ):
+            value = getattr(self, name)
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if not used and text is not None and str(text).strip():
+                raise ValueError(
+                    f"{name}: set while KAFKA_SECURITY_PROTOCOL is {protocol.value}, which"
+                    f" ignores it; set KAFKA_SECURITY_PROTOCOL to {wanted}, or unset"
+                    f" KAFKA_{name.upper()}"
+                )
         if self.security_protocol in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL):
             for name in ("sasl_mechanism", "sasl_username", "sasl_password"):
                 if getattr(self, name) is None:

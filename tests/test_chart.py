@@ -1232,6 +1232,28 @@ TEMPLATE_REFUSALS: dict[str, tuple[dict[str, Any], str, dict[str, str]]] = {
         r"kafka\.caSecretName is set while kafka\.securityProtocol is PLAINTEXT",
         {"KAFKA_SSL_CAFILE": certifi.where()},
     ),
+    "a SASL mechanism with SSL": (
+        {"kafka": {"securityProtocol": "SSL", "saslMechanism": "SCRAM-SHA-512"}},
+        r"kafka\.saslMechanism is set while kafka\.securityProtocol is SSL",
+        {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512"},
+    ),
+    "a CA with SASL_PLAINTEXT": (
+        {
+            "kafka": {
+                "securityProtocol": "SASL_PLAINTEXT",
+                "saslMechanism": "SCRAM-SHA-512",
+                "saslUsername": "typing",
+                "caSecretName": "kafka-ca",
+            }
+        },
+        r"kafka\.caSecretName is set while kafka\.securityProtocol is SASL_PLAINTEXT",
+        {
+            "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "KAFKA_SASL_USERNAME": "typing",
+            "KAFKA_SSL_CAFILE": certifi.where(),
+        },
+    ),
     # the other URL would come from us-east-1: the OAuth secret to the real login there
     "an API URL alone, with no region": (
         {"genesys": {"apiUrl": "http://emulator:8787"}},

@@ -300,21 +300,27 @@ def test_blank_sasl_credentials_are_ignored_without_sasl(monkeypatch: pytest.Mon
     assert load_kafka().security_protocol == "PLAINTEXT"
 
 
+_SASL = [
+    ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+    ("KAFKA_SASL_USERNAME", "typing"),
+    ("KAFKA_SASL_PASSWORD", SECRET),
+]
+_CA = [("KAFKA_SSL_CAFILE", CA_FILE)]
+
+
 @pytest.mark.parametrize(
-    ("name", "value"),
+    ("protocol", "name", "value"),
     [
-        ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
-        ("KAFKA_SASL_USERNAME", "typing"),
-        ("KAFKA_SASL_PASSWORD", SECRET),
-        ("KAFKA_SSL_CAFILE", CA_FILE),
+        *((protocol, *setting) for protocol in (None, "PLAINTEXT") for setting in _SASL + _CA),
+        *(("SSL", *setting) for setting in _SASL),
+        *(("SASL_PLAINTEXT", *setting) for setting in _CA),
     ],
 )
-@pytest.mark.parametrize("protocol", [None, "PLAINTEXT"])
-def test_sasl_or_a_ca_file_with_plaintext_is_refused_naming_both(
+def test_sasl_or_a_ca_file_with_a_protocol_that_ignores_it_is_refused_naming_both(
     monkeypatch: pytest.MonkeyPatch, name: str, value: str, protocol: str | None
 ) -> None:
-    """PLAINTEXT uses neither: the protocol was probably forgotten, and the settings would
-    be ignored in silence."""
+    """A protocol that uses neither (PLAINTEXT), no SASL (SSL) or no TLS (SASL_PLAINTEXT)
+    would ignore the setting in silence: the protocol was probably mistaken."""
     if protocol is not None:
         monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", protocol)
     monkeypatch.setenv(name, value)
@@ -322,7 +328,7 @@ def test_sasl_or_a_ca_file_with_plaintext_is_refused_naming_both(
         load_kafka()
     message = str(caught.value)
     assert message.startswith(f"{name} is invalid: "), message
-    assert "KAFKA_SECURITY_PROTOCOL is PLAINTEXT" in message, message
+    assert f"KAFKA_SECURITY_PROTOCOL is {protocol or 'PLAINTEXT'}" in message, message
     assert SECRET not in message
     assert "\n" not in message
 
