@@ -35,7 +35,8 @@ CONFIG = SinkConfig(
     backoff_cap_s=0.002,
 )
 SESSION = {"id": "s1", "state": "connected", "etag": "e1", "customAttributes": {}}
-TYPING = Indicator(Status.TYPING, 0, 60_000, 1)
+# shown until far beyond any test's clock: a set whose `expiresAt` has passed is not sent
+TYPING = Indicator(Status.TYPING, 0, 4_102_444_800_000, 1)
 
 
 def token_or(script: Script) -> Script:
@@ -160,7 +161,7 @@ async def test_a_5xx_on_a_patch_is_ambiguous_but_on_a_read_it_is_not() -> None:
         httpx.AsyncClient(transport=httpx.MockTransport(token_or(script))) as http,
         GenesysSink(CONFIG, http=http) as sink,
     ):
-        desired = Indicator(Status.TYPING, 0, 60_000, 1)
+        desired = TYPING
         patched = await sink.apply("s1", desired)
         assert (patched.outcome, patched.ambiguous) == (Outcome.FAILED, True)
     failing_read = token_or(lambda request: httpx.Response(503))
@@ -198,6 +199,33 @@ async def test_a_5xx_retry_after_is_the_least_wait_before_the_retry() -> None:
         read = await sink.read_back("s1")
     assert (read.outcome, read.attempts) == (Outcome.FAILED, 1)
     assert read.error == "GET answered HTTP 503 (no time left to retry)"
+
+
+@pytest.mark.parametrize("first", [412, 503])
+async def test_a_set_whose_expiry_passes_before_its_retry_is_not_sent_again(first: int) -> None:
+    """DESIGN I1: a set that would expire before it can be sent is dropped. A 412's re-read
+    (or a 5xx's backoff) that outlasts the indicator must not send it anyway: it would land
+    already expired, and cost a clear after it."""
+    clock = ManualClock(start_ms=1_700_000_000_000)
+    desired = Indicator(Status.TYPING, clock.now_ms(), clock.now_ms() + 300, 1)
+    patches: list[int] = []
+
+    def script(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json=SESSION, headers={"ETag": "e1"})
+        patches.append(clock.now_ms())
+        clock.advance(400)  # the answer came after the indicator's expiresAt
+        return httpx.Response(first)
+
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(token_or(script))) as http,
+        GenesysSink(CONFIG, http=http, clock=clock) as sink,
+    ):
+        result = await sink.apply("s1", desired)
+    assert len(patches) == 1
+    assert result.outcome is Outcome.FAILED
+    assert result.error == "its time passed before it could be sent"
+    assert result.ambiguous is (first == 503)  # a 5xx may have landed: read back
 
 
 async def test_read_back_reports_the_indicator_it_finds() -> None:

@@ -491,7 +491,11 @@ class GenesysSink:
                     )
                 etag = read.etag
             answer = await self._call(
-                "PATCH", self._config.session_url(session_id), ledger, body, etag
+                "PATCH",
+                self._config.session_url(session_id),
+                ledger,
+                self._unless_past(desired, body),
+                etag,
             )
             if isinstance(answer, SinkResult):
                 return answer
@@ -513,6 +517,18 @@ class GenesysSink:
                 log.debug("412 on %s: re-reading (conflict %d)", session_id, conflicts)
                 continue
             return self._refusal(session_id, answer, ledger)
+
+    def _unless_past(self, desired: Indicator | None, body: bytes) -> Callable[[], bytes | None]:
+        """The PATCH body for each attempt, or None once a set's `expiresAt` has passed
+        (DESIGN I1: a set that would expire before it is sent is dropped; a 412's re-read,
+        a 5xx's backoff or a slow login can outlast it). A clear is always sent."""
+
+        def attempt() -> bytes | None:
+            if desired is not None and desired.expires_at <= self._clock.now_ms():
+                return None
+            return body
+
+        return attempt
 
     async def _read(self, session_id: str, ledger: _Ledger) -> RemoteSession | SinkResult:
         answer = await self._call("GET", self._config.session_url(session_id), ledger)
