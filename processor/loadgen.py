@@ -132,6 +132,9 @@ class TrafficModel:
         rng = random.Random(p.seed)
         end = int(p.duration_s * 1000)
         out = Schedule(session_ids=self.session_ids())
+        # Event ids name the run (seed and start) as well: the processor drops an id it
+        # has seen, so a second run, or one with another seed, must not repeat them.
+        run = uuid.uuid5(_IDS, f"run/{p.seed}/{start_ms}").hex[:16]
         serial = 0
         for session_id in out.session_ids:
             role = Role.AGENT if rng.random() < p.agent_share else Role.CUSTOMER
@@ -144,7 +147,12 @@ class TrafficModel:
                 while t < burst_end:
                     serial += 1
                     event = self._event(
-                        serial, session_id, Status.TYPING, start_ms + t, participant, target
+                        f"lg-{run}-{serial:08d}",
+                        session_id,
+                        Status.TYPING,
+                        start_ms + t,
+                        participant,
+                        target,
                     )
                     out.events.append(Scheduled(t, event))
                     t += rng.randint(*p.keystroke_gap_ms)
@@ -157,7 +165,12 @@ class TrafficModel:
                 if choice is not None:
                     serial += 1
                     event = self._event(
-                        serial, session_id, choice, start_ms + t, participant, target
+                        f"lg-{run}-{serial:08d}",
+                        session_id,
+                        choice,
+                        start_ms + t,
+                        participant,
+                        target,
                     )
                     out.events.append(Scheduled(t, event))
                 t += rng.randint(*p.idle_ms)
@@ -166,7 +179,7 @@ class TrafficModel:
 
     @staticmethod
     def _event(
-        serial: int,
+        event_id: str,
         session_id: str,
         status: Status,
         occurred_at: int,
@@ -174,7 +187,7 @@ class TrafficModel:
         target: Target | None,
     ) -> TypingEvent:
         return TypingEvent(
-            event_id=f"{session_id}-{serial:08d}",
+            event_id=event_id,
             session_id=session_id,
             status=status,
             occurred_at=occurred_at,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import statistics
+from dataclasses import replace
 
 import pytest
 
 from processor.cli import build_parser
 from processor.domain import Role, Status
 from processor.loadgen import TYPIST_MIXES, LoadProfile, TrafficModel, TypistMix
+from processor.models import TypingEvent
 
 T0 = 1_700_000_000_000
 
@@ -66,3 +68,22 @@ def test_every_typist_mix_is_offered_on_the_command_line(command: str) -> None:
         assert args.typists == mix
     with pytest.raises(SystemExit):
         parser.parse_args([command, "--typists", "telepathic"])
+
+
+def test_event_ids_are_unique_across_runs_and_seeds() -> None:
+    """The processor drops an event id it has seen (at-least-once input): a second run,
+    or a run with another seed, must not repeat the ids of an earlier one."""
+    profile = LoadProfile(sessions=5, duration_s=5)
+
+    def ids(model: TrafficModel, start_ms: int) -> list[str]:
+        return [item.event.event_id for item in model.schedule(start_ms).events]
+
+    first = ids(TrafficModel(profile), T0)
+    assert len(set(first)) == len(first)
+    later_run = ids(TrafficModel(profile), T0 + 60_000)
+    other_seed = ids(TrafficModel(replace(profile, seed=profile.seed + 1)), T0)
+    assert set(first).isdisjoint(later_run)
+    assert set(first).isdisjoint(other_seed)
+    # and each one is an event the processor's codec accepts
+    for item in TrafficModel(profile).schedule(T0).events:
+        assert TypingEvent.model_validate_json(item.event.to_bytes()) == item.event
