@@ -301,7 +301,7 @@ def _typists_option(parser: argparse.ArgumentParser) -> None:
 def _cmd_loadgen(args: argparse.Namespace) -> int:
     import asyncio
 
-    from processor.loadgen import TYPIST_MIXES, LoadProfile, run_loadgen
+    from processor.loadgen import TYPIST_MIXES, LoadProfile, TrafficError, run_loadgen
     from processor.settings import ConfigError, load_kafka, load_typing
 
     spread, agent_scale = TYPIST_MIXES[args.typists]
@@ -312,15 +312,23 @@ def _cmd_loadgen(args: argparse.Namespace) -> int:
         typist_spread=spread,
         agent_burst_scale=agent_scale,
     )
+    import logging
+
     from aiokafka.errors import KafkaConnectionError
 
     kafka = load_kafka()
+    # the client's own retries and reconnects would flood the terminal; a failure ends
+    # the command with one line that says what it means
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         sent = asyncio.run(run_loadgen(kafka, load_typing(), profile, max_rate=args.rate))
     except KafkaConnectionError:
         raise ConfigError(
             f"KAFKA_BOOTSTRAP_SERVERS is invalid: no broker answers at {kafka.bootstrap_servers}"
         ) from None
+    except TrafficError as exc:
+        sys.stderr.write(f"typing-processor loadgen: {exc}\n")
+        return 1
     print(f"sent {sent} events")
     return 0
 

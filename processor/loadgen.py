@@ -8,6 +8,7 @@ the input topic in real time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import uuid
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from processor.clock import Clock, SystemClock
 from processor.domain import Role, Status
@@ -40,6 +42,8 @@ TYPIST_MIXES: dict[TypistMix, tuple[tuple[float, float], float]] = {
 """Named (`typist_spread`, `agent_burst_scale`) pairs of `LoadProfile`."""
 # Fixed namespace: a session's conversation and integration ids are the same every run.
 _IDS = uuid.UUID("1d3f7a52-6c1e-4f0b-9b8e-2a7d5c4e3f10")
+# How long a run that failed waits for the producer to flush what it still holds.
+_GIVE_UP_STOP_S = 2.0
 
 
 def messaging_ids(session_id: str) -> tuple[str, str, str]:
@@ -226,6 +230,19 @@ def expected_intervals(
     return truth
 
 
+class TrafficError(Exception):
+    """The broker stopped taking events; `acknowledged` of `scheduled` had been."""
+
+    def __init__(self, acknowledged: int, scheduled: int, reason: BaseException) -> None:
+        super().__init__(
+            f"the broker stopped taking events ({reason!r}); it had acknowledged"
+            f" {acknowledged} of {scheduled}"
+        )
+        self.acknowledged = acknowledged
+        self.scheduled = scheduled
+        self.reason = reason
+
+
 async def produce(
     producer: AIOKafkaProducer,
     topic: str,
@@ -240,30 +257,55 @@ async def produce(
 
     With `max_rate` (events/s) sending never goes faster; an event sent later than its
     schedule gets the actual send time as `occurred_at`, so a cap never makes it stale.
+    Raises `TrafficError` as soon as the broker failed to take one: the events after it
+    are not sent, and what it acknowledged is counted.
     """
     sent = 0
+    acknowledged = 0
+    failures: list[BaseException] = []
     pending: list[asyncio.Future[Any]] = []
     spacing_ms = 1000 / max_rate if max_rate else 0.0
     next_slot = float(start_ms)
-    for item in schedule.events:
-        due = max(start_ms + item.at_ms, next_slot)
-        delay = due - clock.now_ms()
-        if delay > 0:
-            await asyncio.sleep(delay / 1000)  # pacing real traffic, not synchronisation
-        next_slot = due + spacing_ms
-        event = item.event
-        now = clock.now_ms()
-        if max_rate and now > event.occurred_at + spacing_ms:
-            event = event.model_copy(update={"occurred_at": now})
-        pending.append(await producer.send(topic, event.to_bytes(), key=event.session_id.encode()))
-        sent += 1
-        if on_sent is not None:
-            on_sent(sent)
-        if len(pending) >= 500:
+
+    def settled(future: asyncio.Future[Any]) -> None:
+        nonlocal acknowledged
+        if future.cancelled():
+            return
+        failure = future.exception()
+        if failure is None:
+            acknowledged += 1
+        else:
+            failures.append(failure)
+
+    def failed(reason: BaseException) -> TrafficError:
+        return TrafficError(acknowledged, len(schedule.events), reason)
+
+    try:
+        for item in schedule.events:
+            due = max(start_ms + item.at_ms, next_slot)
+            delay = due - clock.now_ms()
+            if delay > 0:
+                await asyncio.sleep(delay / 1000)  # pacing real traffic, not synchronisation
+            if failures:
+                raise failed(failures[0])
+            next_slot = due + spacing_ms
+            event = item.event
+            now = clock.now_ms()
+            if max_rate and now > event.occurred_at + spacing_ms:
+                event = event.model_copy(update={"occurred_at": now})
+            future = await producer.send(topic, event.to_bytes(), key=event.session_id.encode())
+            future.add_done_callback(settled)
+            pending.append(future)
+            sent += 1
+            if on_sent is not None:
+                on_sent(sent)
+            if len(pending) >= 500:
+                await asyncio.gather(*pending)
+                pending.clear()
+        if pending:
             await asyncio.gather(*pending)
-            pending.clear()
-    if pending:
-        await asyncio.gather(*pending)
+    except KafkaError as exc:
+        raise failed(exc) from None
     return sent
 
 
@@ -285,5 +327,12 @@ async def run_loadgen(
         return await produce(
             producer, typing.input_topic, schedule, clock, start_ms=start_ms, max_rate=max_rate
         )
+    except TrafficError:
+        # What is still buffered would be retried until it expires (the client's request
+        # timeout, again): the run has failed, so the broker gets a moment, not that long.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_GIVE_UP_STOP_S):
+                await producer.stop()
+        raise
     finally:
-        await producer.stop()
+        await producer.stop()  # at once when already stopped (or given up on)

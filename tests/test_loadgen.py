@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import statistics
+import sys
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
+from pipeline import eventually, read_topic, unique_prefix
 
+from processor.broker import LocalBroker
 from processor.cli import build_parser
 from processor.domain import Role, Status
 from processor.loadgen import TYPIST_MIXES, LoadProfile, TrafficModel, TypistMix
@@ -87,3 +93,53 @@ def test_event_ids_are_unique_across_runs_and_seeds() -> None:
     # and each one is an event the processor's codec accepts
     for item in TrafficModel(profile).schedule(T0).events:
         assert TypingEvent.model_validate_json(item.event.to_bytes()) == item.event
+
+
+@pytest.fixture
+def own_broker() -> Iterator[LocalBroker]:
+    """A broker of this test's own, which it may stop."""
+    with LocalBroker() as running:
+        yield running
+
+
+@pytest.mark.slow
+async def test_a_broker_lost_mid_run_ends_loadgen_with_one_line(own_broker: LocalBroker) -> None:
+    """Exit 1 and one line saying how many events the broker acknowledged: no traceback,
+    no client log flood, and no "sent" for events that were not."""
+    topic = f"{unique_prefix()}.events"
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": own_broker.bootstrap_servers,
+        "TYPING_INPUT_TOPIC": topic,
+    }
+    argv = ["loadgen", "--sessions", "20", "--duration", "120"]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "processor",
+        *argv,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+
+        async def some_landed() -> bool:
+            return len(await read_topic(own_broker.bootstrap_servers, topic)) > 0
+
+        await eventually(some_landed, 60, "loadgen's first events on the topic", 0.5)
+        own_broker.stop()
+        # the client's request timeout (40 s) passes before a send is known to have failed
+        async with asyncio.timeout(150):
+            out_bytes, err_bytes = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    out, err = out_bytes.decode(), err_bytes.decode()
+    assert process.returncode == 1, err
+    assert "Traceback" not in err, err
+    assert "sent" not in out
+    [line] = err.strip().splitlines()
+    assert "the broker stopped taking events" in line
+    assert "it had acknowledged" in line
