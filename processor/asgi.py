@@ -42,6 +42,14 @@ class EmbeddedServer(uvicorn.Server):
         # The embedding program owns SIGINT/SIGTERM and stops us through `should_exit`.
         yield
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets)
+        except SystemExit:
+            # uvicorn ends a failed start-up (the app's lifespan start-up failed) with
+            # `sys.exit`: raised in a task, that would stop the host's event loop
+            raise ServerStartError("start-up failed") from None
+
 
 def bind(host: str, port: int) -> socket.socket:
     """A bound, inheritable TCP socket (IPv6 when `host` is an IPv6 address; `::` takes
@@ -91,13 +99,18 @@ async def serve_in_background(
     }
     server = EmbeddedServer(uvicorn.Config(app, host=host, port=bound_port, **options))
     task = asyncio.create_task(server.serve(sockets=[sock]), name=f"{name}:{bound_port}")
+    failed_start = False
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + start_timeout_s
         # uvicorn exposes no start event; watch its flag (and the task, which ends on failure)
         while not server.started:
             if task.done():
-                task.result()
+                failed_start = True
+                try:
+                    task.result()
+                except ServerStartError:
+                    raise ServerStartError(f"{name} server failed during start-up") from None
                 raise ServerStartError(f"{name} server stopped during start-up")
             if loop.time() > deadline:
                 raise ServerStartError(f"{name} server did not start within {start_timeout_s} s")
@@ -106,7 +119,9 @@ async def serve_in_background(
     finally:
         server.should_exit = True
         try:
-            await asyncio.wait_for(asyncio.shield(task), timeout=5.0)
+            # a failed start's outcome was read and raised above
+            if not failed_start:
+                await asyncio.wait_for(asyncio.shield(task), timeout=5.0)
         except TimeoutError:
             server.force_exit = True
             await task
