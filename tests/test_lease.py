@@ -184,3 +184,29 @@ async def test_the_processor_holds_its_sink_while_its_lease_has_lapsed(
         assert emulator.count("PATCH", SESSION_PATH) == 0
         processor.lease.renewed(clock.now)  # the group accepted a commit
         assert (await sink.apply("s1", wanted)).ok
+
+
+def test_a_commit_confirmed_after_its_term_resumes_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A commit whose answer came later than the term after its request proves the
+    membership only until a moment already past: calls stay held, and the lapse is the
+    same one (one warning, counted once), until a commit confirmed in time."""
+    clock = Monotonic()
+    lease = MembershipLease(4.0, 1.0, clock)
+    lease.renewed(clock.now)
+    clock.now += 10
+    with caplog.at_level(logging.INFO, logger="processor.runtime.lease"):
+        assert lease.left() == 0
+        sent = clock.now
+        clock.now += 5  # the coordinator answered late
+        assert lease.renewed(sent) is False  # nothing may go
+        assert lease.left() == 0
+        assert lease.lapses == 1
+        messages = [r.getMessage() for r in caplog.records]
+        assert len(messages) == 1, messages
+        assert lease.renewed(clock.now) is True
+        assert lease.left() == pytest.approx(4.0)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages
+    assert "calls resume" in messages[1]

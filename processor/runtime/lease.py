@@ -96,12 +96,17 @@ class MembershipLease:
         were held until now (they may go)."""
         if at <= self._proven_at:
             return False
-        held = self._proven_at + self._term_s <= self._now()
+        now = self._now()
+        held = self._proven_at + self._term_s <= now
+        self._proven_at = at
+        self._tried_at = max(self._tried_at, at)
+        if at + self._term_s <= now:
+            # answered later than the term after its request: it proves the membership
+            # only until a moment already past, so calls stay held (the same lapse)
+            return False
         if self._lapse_seen:
             log.info("the group confirmed this member again: calls resume")
             self._lapse_seen = False
-        self._proven_at = at
-        self._tried_at = max(self._tried_at, at)
         return held
 
     def forget(self) -> None:
