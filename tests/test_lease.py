@@ -7,7 +7,7 @@ import asyncio
 import logging
 
 import pytest
-from pipeline import Monotonic, eventually, make_settings
+from pipeline import Monotonic, eventually, make_settings, now_ms
 
 from processor.budget import ApiBudget
 from processor.clock import ManualClock
@@ -178,7 +178,7 @@ async def test_the_processor_holds_its_sink_while_its_lease_has_lapsed(
     clock = Monotonic()
     async with GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing)) as sink:
         processor = TypingProcessor(settings, sink, monotonic=clock)
-        wanted = Indicator(Status.TYPING, 1, 2, 1)
+        wanted = Indicator(Status.TYPING, now_ms(), now_ms() + 60_000, 1)
         held = await sink.apply("s1", wanted)
         assert (held.outcome, held.ambiguous) == (Outcome.FAILED, False)
         assert emulator.count("PATCH", SESSION_PATH) == 0
