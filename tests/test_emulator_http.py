@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from pipeline import eventually
 
+from processor.emulator.app import CLIENT_CLOSED, SESSION_PATH
 from processor.emulator.testing import EmulatorHandle
 
 SESSION = "/api/v2/webchat/sessions/{}"
@@ -565,3 +568,30 @@ def test_reset_forgets_sessions_stats_tokens_and_faults(
 
 def test_handle_repr_hides_the_secret(emulator: EmulatorHandle) -> None:
     assert emulator.client_secret not in repr(emulator)
+
+
+async def test_a_client_that_leaves_mid_request_is_counted_not_an_error(
+    http: httpx.Client, emulator: EmulatorHandle
+) -> None:
+    """A caller that times out and closes its connection before its body is read is not an
+    emulator failure (it was logged as one, with a traceback, and counted as a 500)."""
+    emulator.create_session("s-gone")
+    token = _token(http, emulator)
+    url = httpx.URL(emulator.base_url)
+    _, writer = await asyncio.open_connection(url.host, url.port)
+    head = (
+        f"PATCH {SESSION.format('s-gone')} HTTP/1.1\r\nHost: {url.host}\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        "Content-Length: 1000\r\n\r\n"
+    )
+    writer.write(head.encode() + b'{"customAttributes": ')
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    await eventually(
+        lambda: emulator.count("PATCH", SESSION_PATH, CLIENT_CLOSED) == 1,
+        10,
+        "the closed request counted",
+    )
+    assert emulator.count("PATCH", SESSION_PATH, 500) == 0
+    assert emulator.session("s-gone")["customAttributes"] == {}

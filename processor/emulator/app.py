@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictInt, ValidationError
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -61,6 +61,8 @@ from processor.emulator.store import (
 log = logging.getLogger(__name__)
 
 SESSION_PATH = "/api/v2/webchat/sessions/{sessionId}"
+CLIENT_CLOSED = 499
+"""What the stats count for a request its client closed before it was read."""
 TYPING_PATH = (
     "/api/v2/conversations/messages/{conversationId}/communications/{communicationId}/typing"
 )
@@ -244,6 +246,11 @@ class Emulator:
             correlation_id = _correlation_id(request)
             try:
                 response = await handler(request, correlation_id)
+            except ClientDisconnect:
+                # The caller gave up before its request was read (a timeout): nothing went
+                # wrong here, and no answer will be read. Counted as 499, "client closed".
+                log.info("emulator: %s %s: the client went away", request.method, template)
+                response = Response(status_code=CLIENT_CLOSED)
             except Exception:
                 log.exception("emulator: unexpected error on %s %s", request.method, template)
                 response = _error(500, "internal.server.error", "Internal error", correlation_id)
