@@ -63,9 +63,16 @@ def test_fault_flags_configure_the_server() -> None:
     assert process.pid is None
 
 
-def test_invalid_flag_exits_2_with_one_line() -> None:
+@pytest.mark.parametrize(
+    ("flag", "value", "error"),
+    [
+        ("--error-rate", "1.5", "Input should be less than or equal to 1"),
+        ("--history-kept", "-1", "give 0 to 1000000 changes per session"),
+    ],
+)
+def test_invalid_flag_exits_2_with_one_line(flag: str, value: str, error: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "processor", "emulator", "--error-rate", "1.5", "--port", "0"],
+        [sys.executable, "-m", "processor", "emulator", flag, value, "--port", "0"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -73,21 +80,7 @@ def test_invalid_flag_exits_2_with_one_line() -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "configuration error: --error-rate is invalid: Input should be less than or equal to 1"
-    ]
-
-
-def test_a_negative_history_cap_exits_2_with_one_line() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "processor", "emulator", "--history-kept", "-1", "--port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "configuration error: --history-kept is invalid: give 0 to 1000000 changes per session"
+        f"configuration error: {flag} is invalid: {error}"
     ]
 
 

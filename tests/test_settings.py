@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
@@ -43,6 +44,16 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]) -> No
     monkeypatch.chdir(tmp_path)  # no stray .env
     monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_ID", "client")
     monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_SECRET", SECRET)
+
+
+def refusal(load: Callable[[], object], name: str) -> str:
+    """The one line `load` stops with: it names `name` first."""
+    with pytest.raises(ConfigError) as caught:
+        load()
+    message = str(caught.value)
+    assert message.startswith(f"{name} is invalid: "), message
+    assert "\n" not in message
+    return message
 
 
 def test_defaults_match_the_design() -> None:
@@ -102,13 +113,9 @@ def test_one_explicit_url_without_a_region_is_refused_naming_the_other(
     """The other URL would come from the default region: the client secret would go to the
     real us-east-1 login while the API is an emulator, a proxy or another region."""
     monkeypatch.setenv(given, "http://127.0.0.1:8787")
-    with pytest.raises(ConfigError) as caught:
-        load_genesys()
-    message = str(caught.value)
-    assert message.startswith(f"{missing} is invalid: "), message
+    message = refusal(load_genesys, missing)
     assert given in message, message
     assert "GENESYSCLOUD_REGION" in message, message
-    assert "\n" not in message
 
 
 def test_one_explicit_url_with_an_explicit_region_is_deliberate(
@@ -324,13 +331,9 @@ def test_sasl_or_a_ca_file_with_a_protocol_that_ignores_it_is_refused_naming_bot
     if protocol is not None:
         monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", protocol)
     monkeypatch.setenv(name, value)
-    with pytest.raises(ConfigError) as caught:
-        load_kafka()
-    message = str(caught.value)
-    assert message.startswith(f"{name} is invalid: "), message
+    message = refusal(load_kafka, name)
     assert f"KAFKA_SECURITY_PROTOCOL is {protocol or 'PLAINTEXT'}" in message, message
     assert SECRET not in message
-    assert "\n" not in message
 
 
 def test_a_topic_named_twice_is_refused_with_both_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -362,11 +365,7 @@ def test_a_name_kafka_refuses_for_a_topic_stops_start_up(
     """A cluster refuses to create such a topic, and the processor then stopped on a
     missing topic, naming TYPING_CREATE_TOPICS."""
     monkeypatch.setenv(name, value)
-    with pytest.raises(ConfigError) as caught:
-        load_typing()
-    message = str(caught.value)
-    assert message.startswith(f"{name} is invalid: "), message
-    assert "\n" not in message
+    refusal(load_typing, name)
 
 
 def test_any_group_id_is_taken_with_a_changelog_topic_of_its_own(
@@ -604,10 +603,7 @@ def test_a_credential_in_a_bad_genesys_url_is_never_in_the_error(
     monkeypatch: pytest.MonkeyPatch, name: str, url: str
 ) -> None:
     monkeypatch.setenv(name, url)
-    with pytest.raises(ConfigError) as caught:
-        load_genesys()
-    message = str(caught.value)
-    assert message.startswith(f"{name} is invalid: "), message
+    message = refusal(load_genesys, name)
     assert SECRET not in message
 
 
@@ -651,11 +647,7 @@ def test_a_bad_opentelemetry_variable_is_named_in_one_line(
 ) -> None:
     """The SDK would log it and carry on with a default (or fail at the first export)."""
     monkeypatch.setenv(name, value)
-    with pytest.raises(ConfigError) as caught:
-        load_otel()
-    message = str(caught.value)
-    assert message.startswith(f"{name} is invalid: "), message
-    assert "\n" not in message
+    refusal(load_otel, name)
 
 
 def test_a_sampling_ratio_outside_0_to_1_is_refused_only_for_a_ratio_sampler(
