@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import uuid
 from collections.abc import Callable
@@ -139,7 +140,7 @@ class TrafficModel:
         # Event ids name the run (seed and start) as well: the processor drops an id it
         # has seen, so a second run, or one with another seed, must not repeat them.
         run = uuid.uuid5(_IDS, f"run/{p.seed}/{start_ms}").hex[:16]
-        serial = 0
+        event_ids = (f"lg-{run}-{serial:08d}" for serial in itertools.count(1))
         for session_id in out.session_ids:
             role = Role.AGENT if rng.random() < p.agent_share else Role.CUSTOMER
             participant = Participant(id=f"{session_id}-{role.value}", role=role)
@@ -149,9 +150,8 @@ class TrafficModel:
             while t < end:
                 burst_end = min(end, t + int(rng.randint(*p.burst_ms) * scale))
                 while t < burst_end:
-                    serial += 1
                     event = self._event(
-                        f"lg-{run}-{serial:08d}",
+                        next(event_ids),
                         session_id,
                         Status.TYPING,
                         start_ms + t,
@@ -167,9 +167,8 @@ class TrafficModel:
                     weights=(p.pause_weight, p.stop_weight, p.abandon_weight),
                 )[0]
                 if choice is not None:
-                    serial += 1
                     event = self._event(
-                        f"lg-{run}-{serial:08d}",
+                        next(event_ids),
                         session_id,
                         choice,
                         start_ms + t,
