@@ -652,9 +652,7 @@ class PartitionStore:
         # a live timer at or before the refresh point already covers it (the usual case
         # for a repeat: no bucket arithmetic)
         if wake == 0 or (wake > refresh_at and self._timers.slot(refresh_at) < wake):
-            s.wake = self._timers.schedule(s.sid, refresh_at)
-            if wake:
-                self._timers.cancel()  # the later entry is left behind
+            self._wake_at(s, refresh_at)
         return False
 
     def _expire(self, s: Session) -> None:
@@ -809,12 +807,16 @@ class PartitionStore:
                 self._forget(s, None, s.touched, now)
                 return
             wake = evict_at
-        bucket = self._timers.slot(wake)
+        if s.wake == 0 or self._timers.slot(wake) < s.wake:
+            self._wake_at(s, wake)
+
+    def _wake_at(self, s: Session, at: int) -> None:
+        """Wake `s` at `at`, earlier than its live timer entry (if any), which is left
+        behind: cancelled once `s.wake` no longer names it (`TimerWheel.cancel`)."""
         previous = s.wake
-        if previous == 0 or bucket < previous:
-            s.wake = self._timers.schedule(sid, wake)
-            if previous:
-                self._timers.cancel()  # the later entry is left behind
+        s.wake = self._timers.schedule(s.sid, at)
+        if previous:
+            self._timers.cancel()
 
     def _catch_up(self, s: Session, now: int, *, flying: bool) -> None:
         """What time alone has changed: a wanted indicator past its deadline is no longer
