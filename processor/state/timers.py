@@ -14,7 +14,6 @@ time comes, and the pass costs O(1) per cancellation, amortised.
 
 from __future__ import annotations
 
-import functools
 import heapq
 import inspect
 import weakref
@@ -48,7 +47,7 @@ class TimerWheel:
         if inspect.ismethod(live):
             self._live = weakref.WeakMethod(live)
         elif live is not None:
-            self._live = functools.partial(_given, live)
+            self._live = lambda: live
         self._size = 0  # entries held, cancelled ones included
         self._cancelled = 0  # of which cancelled (at most: some may have fired since)
 
@@ -142,7 +141,3 @@ class TimerWheel:
     def __len__(self) -> int:
         """Number of entries, cancelled ones included."""
         return self._size
-
-
-def _given(live: Live) -> Live:
-    return live
