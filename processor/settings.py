@@ -15,7 +15,7 @@ import re
 import ssl
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -119,6 +119,14 @@ class TimeoutMatrix(BaseModel):
         return event.timeout_ms or self.timeout_ms(event.status, event.role)
 
 
+_T = TypeVar("_T")
+
+
+def _plain(value: _T | SecretStr) -> _T | str:
+    """`value`, a secret revealed (to check it, never to show it)."""
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
 def _empty_path_is_unset(value: object) -> object:
     """An optional path given empty (or blank) is unset: `Path("")` would be the working
     directory."""
@@ -205,7 +213,7 @@ class KafkaSettings(BaseSettings):
     def _no_line_break_at_the_end(cls, value: str | SecretStr | None) -> str | SecretStr | None:
         # A Kafka password may hold spaces, so nothing is stripped; a line break at the end is
         # a Secret made from a file, and the broker would refuse it at every attempt.
-        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        text = _plain(value)
         if text is not None and text.endswith(("\n", "\r")):
             raise ValueError("ends with a line break (a Secret made from a file?); remove it")
         return value
@@ -223,23 +231,21 @@ class KafkaSettings(BaseSettings):
             ("sasl_password", sasl, "SASL_SSL or SASL_PLAINTEXT"),
             ("ssl_cafile", tls, "SSL or SASL_SSL"),
         ):
-            value = getattr(self, name)
-            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            text = _plain(getattr(self, name))
             if not used and text is not None and str(text).strip():
                 raise ValueError(
                     f"{name}: set while KAFKA_SECURITY_PROTOCOL is {protocol.value}, which"
                     f" ignores it; set KAFKA_SECURITY_PROTOCOL to {wanted}, or unset"
                     f" KAFKA_{name.upper()}"
                 )
-        if self.security_protocol in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL):
+        if sasl:
             for name in ("sasl_mechanism", "sasl_username", "sasl_password"):
                 if getattr(self, name) is None:
                     raise ValueError(f"{name}: required when KAFKA_SECURITY_PROTOCOL is SASL")
             # a blank credential is refused only by the broker, which `run` retries for ever
             credentials = {"sasl_username": self.sasl_username, "sasl_password": self.sasl_password}
             for name, value in credentials.items():
-                text = value.get_secret_value() if isinstance(value, SecretStr) else value
-                if not (text or "").strip():
+                if not (_plain(value) or "").strip():
                     raise ValueError(f"{name}: must not be empty or blank with SASL")
         if self.ssl_cafile is not None:
             if not self.ssl_cafile.is_file():
@@ -358,7 +364,7 @@ class GenesysSettings(BaseSettings):
     def _not_blank(cls, value: str | SecretStr) -> str | SecretStr:
         # Genesys ids and secrets hold no whitespace: what surrounds them (the newline of a
         # Secret made from a file) would only make every login fail with 401 at run time.
-        text = (value.get_secret_value() if isinstance(value, SecretStr) else value).strip()
+        text = _plain(value).strip()
         if not text:
             raise ValueError("must not be empty or blank")
         return SecretStr(text) if isinstance(value, SecretStr) else text
