@@ -53,7 +53,10 @@ EXPOSE 8080
 # event loop runs. The slim base has no curl; the standard library does the request.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ['TYPING_HTTP_PORT'], timeout=4)"]
-# SIGTERM drains in-flight work, flushes, commits and exits 0 within 10 s.
+# SIGTERM drains in-flight work, flushes, commits and exits 0 within 10 s. dumb-init (pinned
+# in constraints.txt) is PID 1: the kernel drops a signal PID 1 has not asked for, and the
+# interpreter asks only once its imports are done, so a SIGTERM in that first second would
+# have waited for the grace period's SIGKILL. It forwards signals and exits as the command.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["typing-processor"]
+ENTRYPOINT ["dumb-init", "--", "typing-processor"]
 CMD ["run"]

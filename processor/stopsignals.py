@@ -1,11 +1,11 @@
 """SIGTERM and SIGINT from the first moment of a long-running command (`run`, `crm-webhook`).
 
-In its container the command is PID 1, and the kernel drops a signal whose disposition PID 1
-left at the default: a SIGTERM that came while the process was still importing or reading its
-configuration was lost, and the pod went on until the end of its grace period (elsewhere the
-default ended the process at once, exit 143). `catch_stop_signals()`, called before anything
-slow, records such a signal; the command installs its own handlers once its event loop runs
-and starts stopped when `take_stop_request()` says a signal came before them.
+A SIGTERM that came while the process was still reading its configuration or connecting
+would end it at once (exit 143), or be lost where the command is PID 1 (the kernel drops a
+signal whose disposition PID 1 left at the default; the image runs dumb-init as PID 1 for
+the interpreter's own start-up). `catch_stop_signals()`, called before anything slow,
+records such a signal; the command installs its own handlers once its event loop runs and
+starts stopped when `take_stop_request()` says a signal came before them.
 """
 
 from __future__ import annotations

@@ -133,10 +133,10 @@ raise SystemExit(main([sys.argv[1]]))
 def test_a_stop_signal_before_the_handlers_are_installed_exits_zero(
     tmp_path: Path, command: str, signal_name: str
 ) -> None:
-    """In its container the command is PID 1, where a signal left at its default is
-    dropped: a SIGTERM during start-up must not be lost (the pod would be killed only at
-    the end of its grace period), nor end the process without a clean exit. The stop
-    comes before any broker is reached: the command leaves at once, exit 0."""
+    """A SIGTERM during start-up must neither be lost where the command is PID 1 (run
+    without the image's init, a signal left at its default is dropped, and the pod would
+    be killed only at the end of its grace period) nor end the process without a clean
+    exit. The stop comes before any broker is reached: the command leaves at once, exit 0."""
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",  # never reached
