@@ -188,7 +188,12 @@ async def test_an_unsettled_run_counts_no_phantom_beyond_its_end() -> None:
     its end: a messaging call that shows on past it counts as phantom only until then, as a
     webchat indicator still set does."""
     options = DemoOptions(
-        sessions=1, duration_s=1.0, seed=3, targets="messaging", require_settled=False
+        sessions=1,
+        duration_s=1.0,
+        seed=3,
+        targets="messaging",
+        require_settled=False,
+        settle_s=1.0,  # the indicators stay an hour: no need to wait the default 15 s
     )
     (session_id,) = TrafficModel(LoadProfile(sessions=1, duration_s=1.0, seed=3)).session_ids()
     conversation, communication, integration = messaging_ids(session_id)

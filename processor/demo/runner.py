@@ -78,8 +78,10 @@ class DemoOptions:
     error_rate: float = 0.01
     targets: TargetMix = "webchat"
     typists: TypistMix = "uniform"
-    # An indicator still shown 15 s after the last deadline fails the run (else: measured).
+    # An indicator still shown `settle_s` after the last deadline fails the run (else: the
+    # run ends there, and what is still shown is measured as phantom up to its end).
     require_settled: bool = True
+    settle_s: float = 15.0
 
 
 @dataclass(slots=True)
@@ -370,12 +372,15 @@ async def _run_stack(
                 return not still_shown
 
             console.print("traffic sent; waiting for every indicator to be cleared")
-            settle_until = last_deadline + 15_000
+            settle_until = last_deadline + round(options.settle_s * 1000)
             while not await all_clear():
                 if clock.now_ms() > settle_until:
                     if not options.require_settled:
                         break  # what is still shown counts as phantom up to the last poll
-                    raise DemoError("indicators were still shown 15 s after the last deadline")
+                    raise DemoError(
+                        f"indicators were still shown {options.settle_s:g} s after the last"
+                        " deadline"
+                    )
                 await asyncio.sleep(0.25)  # polling the emulator's view, not synchronisation
             end_ms = polled_at  # the time the measured view was read
         stats = (await admin.get("/emulator/stats")).json()
