@@ -138,9 +138,31 @@ def test_breaker_abandoned_probe_lets_another_through() -> None:
     breaker = CircuitBreaker(1, 1.0, clock)
     breaker.record_failure()
     clock.advance(1.0)
+    probe = breaker.allow()
+    assert probe
+    breaker.abandon(probe)
     assert breaker.allow()
-    breaker.abandon()
+    assert not breaker.allow()
+
+
+def test_breaker_abandon_by_a_caller_that_is_not_the_probe_frees_nothing() -> None:
+    """A call let through while closed gives up (a 429 pause, cancelled) after the breaker
+    opened and half-opened: the probe is still out, so nobody else may go."""
+    clock = FakeMonotonic()
+    breaker = CircuitBreaker(1, 1.0, clock)
+    early = breaker.allow()
+    assert early
+    breaker.record_failure()
+    clock.advance(1.0)
+    probe = breaker.allow()
+    assert probe
+    breaker.abandon(early)
+    assert not breaker.allow()
+    # nor does an earlier probe's permit, once a later probe is out
+    breaker.record_failure()
+    clock.advance(1.0)
     assert breaker.allow()
+    breaker.abandon(probe)
     assert not breaker.allow()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -15,6 +16,14 @@ class BreakerState(StrEnum):
     HALF_OPEN = "half_open"
 
 
+@dataclass(frozen=True, slots=True)
+class Permit:
+    """Leave for one call from `CircuitBreaker.allow`; `probe` is the half-open breaker's
+    probe number, None for a call the closed breaker let through."""
+
+    probe: int | None = None
+
+
 class CircuitBreaker:
     """Opens after `failure_threshold` consecutive failures; half-opens after `reset_timeout_s`.
 
@@ -24,7 +33,7 @@ class CircuitBreaker:
 
     While half-open exactly one call (the probe) goes through: its success closes the
     breaker, its failure opens it again for another `reset_timeout_s`. A caller that got
-    permission and then did not call at all gives it back with `abandon()`.
+    a permit and then did not call at all gives it back with `abandon(permit)`.
     """
 
     def __init__(
@@ -43,6 +52,7 @@ class CircuitBreaker:
         self._counted_at = float("-inf")
         self._opened_at = 0.0
         self._probe_out = False
+        self._probes = 0  # probes issued so far; the latest is the one out, if any
 
     @property
     def state(self) -> BreakerState:
@@ -57,16 +67,18 @@ class CircuitBreaker:
             return 0.0
         return max(0.0, self._opened_at + self._reset_timeout - self._now())
 
-    def allow(self) -> bool:
-        """May a call go now? A True while half-open makes the caller the probe."""
+    def allow(self) -> Permit | None:
+        """A permit when a call may go now, else None. A permit given while half-open
+        makes the caller the probe."""
         state = self.state
         if state is BreakerState.CLOSED:
-            return True
+            return Permit()
         if state is BreakerState.HALF_OPEN and not self._probe_out:
             self._state = BreakerState.HALF_OPEN
             self._probe_out = True
-            return True
-        return False
+            self._probes += 1
+            return Permit(self._probes)
+        return None
 
     def record_success(self) -> None:
         """The API answered (any non-5xx response): close."""
@@ -87,9 +99,12 @@ class CircuitBreaker:
         if self._failures >= self._threshold:
             self._open()
 
-    def abandon(self) -> None:
-        """A permitted call was not made (gave up waiting, cancelled): free the probe slot."""
-        self._probe_out = False
+    def abandon(self, permit: Permit) -> None:
+        """The call `permit` allowed was not made (gave up waiting, cancelled): when it was
+        the probe still out, free the slot. Any other caller's permit frees nothing, or a
+        second probe would go while the first is out."""
+        if permit.probe is not None and permit.probe == self._probes:
+            self._probe_out = False
 
     def _open(self) -> None:
         self._state = BreakerState.OPEN

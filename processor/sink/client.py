@@ -32,7 +32,7 @@ from processor.domain import (
 from processor.retryafter import retry_after_s
 from processor.sink.auth import TokenManager
 from processor.sink.backoff import Backoff
-from processor.sink.breaker import CircuitBreaker
+from processor.sink.breaker import CircuitBreaker, Permit
 from processor.sink.config import SinkConfig
 from processor.sink.errors import (
     AuthConfigError,
@@ -579,7 +579,8 @@ class GenesysSink:
         reauthenticated = False
         give_up_at = self._now() + self._config.max_retry_s
         while True:
-            if not self._breaker.allow():
+            permit = self._breaker.allow()
+            if permit is None:
                 return ledger.result(
                     Outcome.FAILED,
                     error=f"circuit open; next probe in {self._breaker.retry_in():.1f} s",
@@ -590,7 +591,7 @@ class GenesysSink:
                     Outcome.FAILED, error="its time passed before it could be sent"
                 )
             try:
-                sent = await self._attempt(method, url, payload, if_match, ledger)
+                sent = await self._attempt(method, url, payload, if_match, ledger, permit)
                 if isinstance(sent, SinkResult):
                     return sent
                 if isinstance(sent, _Sent):
@@ -637,8 +638,9 @@ class GenesysSink:
         body: bytes | None,
         if_match: str | None,
         ledger: _Ledger,
+        permit: Permit,
     ) -> _Sent | SinkResult | _Failed:
-        """One request under the breaker's permission: a non-5xx answer, a final result
+        """One request under the breaker's `permit`: a non-5xx answer, a final result
         (the budget is paused), or why it failed transiently. Token errors propagate.
 
         The request spends a budget token (a prepaid one first) only once it can go out,
@@ -693,7 +695,7 @@ class GenesysSink:
         finally:
             if not settled:
                 # No request went out (paused, no token, cancelled): free a probe slot.
-                self._breaker.abandon()
+                self._breaker.abandon(permit)
 
     async def _send(
         self,
