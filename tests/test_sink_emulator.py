@@ -580,6 +580,31 @@ async def test_half_open_breaker_lets_one_probe_through_under_concurrency(
     assert calls(emulator, "GET", 200) == 1
 
 
+async def test_a_set_whose_time_passed_does_not_take_the_half_open_breakers_probe(
+    emulator: EmulatorHandle,
+) -> None:
+    """A set that expired before it could go sends nothing: the probe slot stays free, or
+    the breaker would stay half-open with no probe out and refuse every call for good."""
+    emulator.create_session("s1")
+    clock = FakeMonotonic()
+    config = config_for(emulator, max_transient_attempts=1, breaker_failure_threshold=1)
+    async with GenesysSink(config, monotonic=clock) as sink:
+        assert (await sink.apply("s1", indicator(1))).ok  # an ETag cached: the next is a PATCH
+        emulator.set_faults(error_rate=1.0, seed=5)
+        assert (await sink.apply("s1", indicator(2))).outcome is Outcome.FAILED
+        assert sink.breaker.state is BreakerState.OPEN
+        emulator.set_faults(error_rate=0.0)
+        clock.advance(config.breaker_reset_timeout_s)
+
+        late = await sink.apply("s1", indicator(2, ttl_ms=-1))
+        assert (late.outcome, late.attempts) == (Outcome.FAILED, 0)
+        assert "time passed" in late.error
+
+        probe = await sink.apply("s1", indicator(2))
+        assert probe.outcome is Outcome.APPLIED, probe.error
+        assert sink.breaker.state is BreakerState.CLOSED
+
+
 async def test_transient_5xx_are_retried_with_backoff_until_applied(
     emulator: EmulatorHandle,
 ) -> None:

@@ -579,16 +579,18 @@ class GenesysSink:
         reauthenticated = False
         give_up_at = self._now() + self._config.max_retry_s
         while True:
+            # Built before the breaker is asked: a half-open breaker's permit is its probe,
+            # which must not be taken by a call that then sends nothing.
+            payload = body() if callable(body) else body
+            if callable(body) and payload is None:
+                return ledger.result(
+                    Outcome.FAILED, error="its time passed before it could be sent"
+                )
             permit = self._breaker.allow()
             if permit is None:
                 return ledger.result(
                     Outcome.FAILED,
                     error=f"circuit open; next probe in {self._breaker.retry_in():.1f} s",
-                )
-            payload = body() if callable(body) else body
-            if callable(body) and payload is None:
-                return ledger.result(
-                    Outcome.FAILED, error="its time passed before it could be sent"
                 )
             try:
                 sent = await self._attempt(method, url, payload, if_match, ledger, permit)
