@@ -17,9 +17,13 @@ from processor.budget import OVERHEAD_PRIOR
 from processor.clock import SystemClock
 from processor.domain import Indicator, Outcome, SessionState, Status
 from processor.emulator.app import SESSION_PATH, TOKEN_PATH
+from processor.emulator.config import EmulatorConfig
+from processor.emulator.server import serve_in_background
 from processor.emulator.testing import EmulatorHandle
 from processor.sink import GenesysSink, SinkConfig
+from processor.sink.auth import REFUSED_RETRY_S
 from processor.sink.breaker import BreakerState
+from processor.sink.errors import AuthConfigError
 
 
 class FakeMonotonic:
@@ -418,6 +422,49 @@ async def test_bad_credentials_are_an_auth_config_error_reported_once(
     assert "not-the-secret-42" not in caplog.text
     assert "not-the-secret-42" not in repr(sink)
     assert "not-the-secret-42" not in repr(sink.tokens)
+
+
+async def test_an_api_that_refuses_every_token_costs_no_login_per_call(
+    emulator: EmulatorHandle,
+) -> None:
+    """Tokens from the wrong login (another region or organisation): the 401 of a token
+    fetched for the previous 401 stops calls for a while, rather than one login and two
+    refused requests per call."""
+    clock = FakeMonotonic()
+    elsewhere = EmulatorConfig.single_client("other-client", "other-secret")
+    async with serve_in_background(elsewhere) as api:
+        api.emulator.store.create("s1")
+        config = config_for(emulator, api_url=api.base_url)
+        async with GenesysSink(config, monotonic=clock) as sink:
+            results = [await sink.apply("s1", indicator(1)) for _ in range(5)]
+            assert all(r.outcome is Outcome.AUTH_CONFIG_ERROR for r in results)
+            assert calls(emulator, "TOKEN") == 2  # the first token, and one for the 401
+            assert api.emulator.stats()["total"] == 2  # refused twice, then no more
+            assert [r.attempts for r in results] == [2, 0, 0, 0, 0]
+
+            clock.advance(REFUSED_RETRY_S)  # then one call tries again, as on a first 401
+            again = await sink.apply("s1", indicator(1))
+            assert (again.outcome, again.attempts) == (Outcome.AUTH_CONFIG_ERROR, 2)
+            assert calls(emulator, "TOKEN") == 3
+            assert api.emulator.stats()["total"] == 4
+
+
+async def test_a_refused_token_is_kept_for_the_try_after_the_pause(
+    emulator: EmulatorHandle,
+) -> None:
+    """A token the API did not know yet (just issued) may be taken ten seconds later:
+    dropping it would make the next try fetch, and be refused, again."""
+    clock = FakeMonotonic()
+    async with GenesysSink(config_for(emulator), monotonic=clock) as sink:
+        token = await sink.tokens.token()
+        sink.tokens.refused("another token")  # replaced meanwhile: nothing to hold back
+        assert await sink.tokens.token() == token
+        sink.tokens.refused(token)
+        with pytest.raises(AuthConfigError, match=r"the next try in 10\.0 s"):
+            await sink.tokens.token()
+        clock.advance(REFUSED_RETRY_S)
+        assert await sink.tokens.token() == token
+        assert sink.tokens.fetches == 1
 
 
 async def test_missing_scope_is_an_auth_config_error_without_retries(

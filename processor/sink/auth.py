@@ -30,6 +30,10 @@ LOGIN_RETRY_S = 1.0
 long (or the login's `Retry-After`, up to `MAX_LOGIN_WAIT_S`) instead of each asking the
 login service again: a replica's every call and retry would otherwise hammer it."""
 MAX_LOGIN_WAIT_S = 60.0
+REFUSED_RETRY_S = 10.0
+"""After the API refused a token fetched for its previous 401, callers fail at once for
+this long instead of each fetching a token the API will refuse again (a login per call).
+The token is kept for the next try: one the API had not learnt yet may serve by then."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +51,8 @@ class TokenManager:
     need a new token share one request to the login service (single flight). When that
     early refresh fails, the cached token serves until it expires, and the refresh is
     tried again `REFRESH_RETRY_S` later; only once it has expired does a failed refresh
-    fail the callers.
+    fail the callers. An API that refuses a token fetched for its previous 401 (`refused`)
+    makes callers fail at once for `REFUSED_RETRY_S`.
     """
 
     def __init__(
@@ -72,6 +77,7 @@ class TokenManager:
         self._fetches = 0
         # the last failed login with no valid token left: (no new login before, its error)
         self._failed: tuple[float, SinkError] | None = None
+        self._refused_until = -math.inf  # see `refused`
 
     def __repr__(self) -> str:
         return f"TokenManager(token_url={self._token_url!r}, fetches={self._fetches})"
@@ -91,6 +97,11 @@ class TokenManager:
         """
         current = self._token
         now = self._now()
+        if now < self._refused_until:
+            raise AuthConfigError(
+                "API rejected a fresh token (HTTP 401);"
+                f" the next try in {self._refused_until - now:.1f} s"
+            )
         if current is not None and now < current.refresh_at:
             return current.value
         if current is not None and now < current.expires_at:
@@ -116,6 +127,16 @@ class TokenManager:
             self._token = None
         # Otherwise another caller already replaced it: that one serves (refreshed if due).
         return await self.token()
+
+    def refused(self, rejected: str) -> None:
+        """The API answered 401 to `rejected` although it was fetched after an earlier 401:
+        it may take none of this client's tokens (another region or organisation, a
+        revoked client). Callers fail at once for `REFUSED_RETRY_S`; then the token is
+        tried again, and replaced once more only if the API refuses it again."""
+        current = self._token
+        if current is not None and current.value == rejected:
+            self._refused_until = self._now() + REFUSED_RETRY_S
+        # Otherwise another caller already replaced it: that one may be taken.
 
     async def aclose(self) -> None:
         """Cancel a fetch in flight and forget the token."""

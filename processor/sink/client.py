@@ -603,6 +603,7 @@ class GenesysSink:
                         await self._tokens.invalidate(sent.token)
                         continue
                     if status == 401:
+                        self._tokens.refused(sent.token)
                         return self._auth_failure(ledger, "API rejected a fresh token (HTTP 401)")
                     if status == 429:
                         # The budget waits, not this call: what to send after the pause is
