@@ -17,6 +17,7 @@ import pytest
 from pipeline import Monotonic
 from pydantic import SecretStr
 
+from processor.asgi import serve_in_background
 from processor.budget import OVERHEAD_PRIOR
 from processor.clock import ManualClock
 from processor.domain import Indicator, Outcome, SinkResult, Status
@@ -635,3 +636,28 @@ async def test_a_login_answer_that_cannot_be_used_leaves_no_token(login: str) ->
         result = await sink.apply("s1", None)
     assert result.outcome is Outcome.FAILED
     assert "login service" in (result.error or "")
+
+
+async def _login_with_an_overflowing_lifetime(
+    scope: dict[str, Any], receive: Any, send: Any
+) -> None:
+    """A login service whose `expires_in` is an integer no float can hold."""
+    assert scope["type"] == "http"
+    body = b'{"access_token": "t", "expires_in": 1' + b"0" * 400 + b"}"
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def test_a_login_lifetime_too_large_for_a_float_is_a_failed_call_not_a_crash() -> None:
+    """It failed the login with an OverflowError, which no caller expects: the call
+    crashed, and since no failed login was recorded, every call asked the login again."""
+    async with serve_in_background(_login_with_an_overflowing_lifetime) as login:
+        config = replace(CONFIG, login_url=login.base_url, api_url=login.base_url)
+        async with GenesysSink(config, clock=ManualClock()) as sink:
+            first = await sink.apply("s1", None)
+            second = await sink.apply("s1", None)
+            assert sink.tokens.fetches == 1  # the next login waits, as after any failure
+    for result in (first, second):
+        assert (result.outcome, result.attempts) == (Outcome.FAILED, 0)
+        assert "unusable token" in result.error

@@ -217,6 +217,8 @@ class TokenManager:
             lifetime = float(body["expires_in"])
         except (ValueError, KeyError, TypeError):
             raise ProtocolError("login service sent no access_token/expires_in") from None
+        except OverflowError:  # an integer no float holds
+            lifetime = math.inf
         if not isinstance(value, str) or not value or not 0 < lifetime < math.inf:
             raise ProtocolError("login service sent an unusable token")
         # Refresh early; a token shorter-lived than twice the margin is refreshed at half-life.
