@@ -123,6 +123,10 @@ async def test_retry_after_pauses_the_budget_for_a_window_at_most(
         result = await sink.apply("s1", desired)
         assert (result.outcome, result.attempts) == (Outcome.RATE_LIMITED, 1)
         assert sink.budget.paused_for() == pytest.approx(paused_s, abs=0.1)
+    # the audit's error says the pause taken, not a header that was not believed
+    assert float(result.error.removeprefix("429; retry after ").removesuffix(" s")) == (
+        pytest.approx(paused_s, abs=0.1)
+    )
 
 
 @pytest.mark.parametrize(

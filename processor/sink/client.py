@@ -612,6 +612,8 @@ class GenesysSink:
                         if pause is None:
                             pause = _DEFAULT_RETRY_AFTER_S
                         self._budget.throttled(pause)
+                        # what the budget believed (a minute at most), not the raw header
+                        pause = self._budget.paused_for()
                         log.warning("429 from Genesys: pausing all calls for %.1f s", pause)
                         return ledger.result(
                             Outcome.RATE_LIMITED, error=f"429; retry after {pause:.1f} s"
