@@ -118,6 +118,23 @@ def test_breaker_half_opens_with_exactly_one_probe() -> None:
     assert breaker.allow()
 
 
+def test_breaker_half_open_ignores_a_late_failure_of_a_request_sent_before_it_opened() -> None:
+    """A request in flight when the breaker opened fails after its timeout: that is no
+    verdict on the probe, which is still out (reopening would free its slot)."""
+    clock = FakeMonotonic()
+    breaker = CircuitBreaker(1, 5.0, clock)
+    early = clock()
+    clock.advance(0.1)
+    breaker.record_failure(clock())
+    clock.advance(5.0)
+    assert breaker.allow()  # the probe
+    breaker.record_failure(early)
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert not breaker.allow()
+    breaker.record_failure(clock())  # the probe's own failure does reopen
+    assert breaker.state is BreakerState.OPEN
+
+
 def test_breaker_failed_probe_reopens_for_a_full_timeout() -> None:
     clock = FakeMonotonic()
     breaker = CircuitBreaker(2, 5.0, clock)

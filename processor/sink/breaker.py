@@ -89,12 +89,12 @@ class CircuitBreaker:
     def record_failure(self, sent_at: float | None = None) -> None:
         """The API failed (5xx, timeout, connection error) a request that went out at
         `sent_at` (this breaker's clock; None: counts whenever it went)."""
+        if sent_at is not None and sent_at < self._counted_at:
+            return  # in flight when a failure was counted: the same cause, even half-open
+        self._counted_at = self._now()
         if self._state is BreakerState.HALF_OPEN:
             self._open()
             return
-        if sent_at is not None and sent_at < self._counted_at:
-            return
-        self._counted_at = self._now()
         self._failures += 1
         if self._failures >= self._threshold:
             self._open()
