@@ -13,7 +13,7 @@ import math
 import uuid
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from pipeline import (
     make_settings,
     read_json,
     read_topic,
+    send_with_bad_crc,
     typing_event,
 )
 
@@ -287,20 +288,31 @@ class StuckRestoreProcessor(TypingProcessor):
         return await super()._restore(partition)
 
 
+async def write_unknown_format(bootstrap: str, topic: str) -> None:
+    async with AIOKafkaProducer(bootstrap_servers=bootstrap) as producer:
+        await producer.send_and_wait(topic, b"\x09garbage", key=b"s1", partition=0)
+
+
+async def write_bad_crc(bootstrap: str, topic: str) -> None:
+    await send_with_bad_crc(bootstrap, topic, b"s1", b"\x09garbage")
+
+
+@pytest.mark.parametrize("write", [write_unknown_format, write_bad_crc])
 async def test_a_changelog_it_cannot_read_stops_the_partition_and_says_so(
-    bootstrap_servers: str, emulator: EmulatorHandle
+    bootstrap_servers: str,
+    emulator: EmulatorHandle,
+    write: Callable[[str, str], Awaitable[None]],
 ) -> None:
-    """A changelog record this release cannot decode (corrupt, or another format): the
-    partition is not restored past it (that would forget shown indicators); it stops,
-    readiness says why, and the processor stops to be restarted, instead of a partition
-    that silently never runs."""
+    """A changelog record this release cannot decode (another format, or a batch whose CRC
+    does not match, which every read meets again): the partition is not restored past it
+    (that would forget shown indicators); it stops, readiness says why, and the processor
+    stops to be restarted, instead of a partition that silently never runs (or retries
+    its restore for ever, its readiness saying only "still restoring")."""
     settings = make_settings(bootstrap_servers, emulator)
     async with GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing)) as sink:
         processor = TypingProcessor(settings, sink)
         await processor.prepare_topics()
-        changelog = settings.typing.resolved_changelog_topic
-        async with AIOKafkaProducer(bootstrap_servers=bootstrap_servers) as producer:
-            await producer.send_and_wait(changelog, b"\x09garbage", key=b"s1", partition=0)
+        await write(bootstrap_servers, settings.typing.resolved_changelog_topic)
         stop = asyncio.Event()
         task = asyncio.create_task(processor.run(stop))
         try:

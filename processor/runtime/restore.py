@@ -6,6 +6,9 @@ import asyncio
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CorruptRecordException, UnsupportedCodecError
+
+from processor.state.changelog import ChangelogError
 
 # How long the fetch that finds the end may wait for more.
 END_PROBE_WAIT_MS = 200
@@ -28,6 +31,10 @@ async def read_changelog(
     Records are folded as they come (the last per key wins, a tombstone deletes), so the
     memory a restore takes follows the sessions, not the log's uncompacted tail. The read
     may take as long as the log needs; it fails once `stall_s` pass without a record.
+
+    A batch the client cannot decode (its CRC does not match, or it names a codec the
+    client lacks) raises `ChangelogError`: reading it again meets the same bytes, and
+    restoring past it would forget what it holds.
 
     A separate, group-less consumer with manual assignment, so reading the changelog never
     disturbs the consumer group.
@@ -60,6 +67,11 @@ async def read_changelog(
                 raise RestoreError(
                     f"changelog {topic}[{partition}] read no record for {stall_s:.0f}s"
                     " before its end"
+                ) from None
+            except (CorruptRecordException, UnsupportedCodecError) as exc:
+                # Kafka's errors, yet no retry can help: the broker keeps the bytes as written
+                raise ChangelogError(
+                    f"changelog {topic}[{partition}] cannot be read: {exc}"
                 ) from None
             if reached:
                 break
