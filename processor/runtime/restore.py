@@ -46,6 +46,9 @@ async def read_changelog(
         group_id=None,
         # an empty fetch ends the read: do not let the broker hold it long
         fetch_max_wait_ms=END_PROBE_WAIT_MS,
+        # a log start that moves under the read (retention, deleted records) restarts it
+        # at the new start; the default ("latest") would skip to the end and restore nothing
+        auto_offset_reset="earliest",
     )
     await consumer.start()
     latest: dict[bytes, bytes | None] = {}
