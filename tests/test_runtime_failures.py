@@ -373,13 +373,43 @@ async def test_a_stop_while_partitions_restore_ends_promptly_and_leaves_no_worke
     try:
         await eventually(lambda: processor.restoring > 0, 60, "partitions assigned, restoring")
         stop.set()
-        # the rebalance listener waits for the restores it started: the stop must end them
+        # the stop must end the restores under way, not wait for them
         await asyncio.wait_for(task, 20)
         assert processor.workers == {}
     finally:
         stop.set()
         processor.release_restore.set()
         await asyncio.gather(task, return_exceptions=True)
+        await sink.aclose()
+
+
+async def test_a_long_restore_on_one_member_holds_no_other_member_of_the_group(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """A member whose restores do not end (a long changelog, a slow broker) must not hold
+    the group: a member that joins meanwhile gets its share of the partitions, restores
+    them and processes them. (The restore ran inside the rebalance listener, which the
+    group waits for: no member got anything until the slow one finished.)"""
+    settings = make_settings(bootstrap_servers, emulator, topic_partitions=4)
+    slow_sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
+    sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
+    slow = StuckRestoreProcessor(settings, slow_sink)
+    other = TypingProcessor(settings, sink)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(slow.run(stop))]
+    try:
+        await eventually(lambda: slow.restoring == 4, 60, "every partition restoring")
+        tasks.append(asyncio.create_task(other.run(stop)))
+        await eventually(lambda: other.ready, 60, "the joining member ready")
+        assert 0 < len(other.workers) < 4
+        assert slow.restoring == 4 - len(other.workers)
+        slow.release_restore.set()
+        await eventually(lambda: slow.ready, 60, "the slow member ready once released")
+    finally:
+        stop.set()
+        slow.release_restore.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await slow_sink.aclose()
         await sink.aclose()
 
 

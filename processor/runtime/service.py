@@ -110,6 +110,7 @@ class TypingProcessor:
         self.assigned = False
         self._stopping = False
         self._restoring = 0
+        self._settling: set[asyncio.Future[None]] = set()
         self._ready = asyncio.Event()
         self._broker = BrokerCheck()
         self._outbound_topics = {
@@ -486,12 +487,20 @@ class TypingProcessor:
         self.assigned = True
         self._restoring += len(fresh)
         self._update_ready()
-        try:
-            # settled, not restored: a stop may close a worker while it restores
-            await asyncio.gather(*(self.workers[p].settled() for p in fresh))
-        finally:
-            self._restoring -= len(fresh)
-            self._update_ready()
+        # The listener returns at once: the group waits for it before the member may join
+        # the next rebalance, so a long restore here held every member of the group (and
+        # a member late to rejoin is dropped and restores again). Input fetched meanwhile
+        # queues in the worker, paused by back-pressure; readiness waits for the restores.
+        for partition in fresh:
+            # settled, not restored: a stop or a revocation may close a worker as it restores
+            settling = asyncio.ensure_future(self.workers[partition].settled())
+            self._settling.add(settling)
+            settling.add_done_callback(self._restore_settled)
+
+    def _restore_settled(self, settling: asyncio.Future[None]) -> None:
+        self._settling.discard(settling)
+        self._restoring -= 1
+        self._update_ready()
 
     def _share_budget(self, assigned: list[TopicPartition]) -> None:
         """Spend the OAuth client's budget in proportion to the input partitions owned."""
