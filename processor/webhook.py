@@ -19,9 +19,10 @@ goes to the DLQ with its original bytes, and the worker goes on once the dead le
 acknowledged.
 
 Once stopped (SIGTERM), the worker gives up whatever would outlast DESIGN §5's 10 s: a start
-at once, the delivery in flight and the last commit after `WebhookConfig.stop_grace_s`,
-leaving the group and closing its clients after `close_grace_s`; what was not committed by
-then is delivered again (at least once).
+at once, the POST in flight after `WebhookConfig.post_grace_s` (what was accepted before it
+is still committed), the last commit after `stop_grace_s`, leaving the group and closing its
+clients after `close_grace_s`; what was not committed by then is delivered again (at least
+once).
 """
 
 from __future__ import annotations
@@ -119,13 +120,16 @@ class WebhookConfig:
 
     Once stopped, the delivery in flight and the last commit get `stop_grace_s`, leaving
     the group and closing the Kafka clients `close_grace_s`: 6.5 s of SIGTERM's 10
-    (DESIGN §5), the rest is for the ops endpoint and the telemetry's last export.
+    (DESIGN §5), the rest is for the ops endpoint and the telemetry's last export. The POST
+    in flight gets `post_grace_s` of `stop_grace_s`, so that the commit of what the endpoint
+    accepted before it still fits.
     """
 
     url: str = field(repr=False)
     timeout_s: float = 5.0
     max_backoff_s: float = 30.0  # 0: retry at once
     stop_grace_s: float = 4.5
+    post_grace_s: float = 3.0
     close_grace_s: float = 2.0
 
 
@@ -390,6 +394,20 @@ class CrmWebhookWorker:
                     break  # the connection is closed, not reused
             return status, asked
 
+    async def _post_unless_stopped(
+        self, value: bytes, headers: dict[str, str], stop: asyncio.Event
+    ) -> tuple[int, float | None] | None:
+        """`_post`, or None when `stop` has been set for `post_grace_s` before the answer
+        came: a hung endpoint must not cost the commit of the records accepted before."""
+        answer: tuple[int, float | None] | None = None
+
+        async def post() -> None:
+            nonlocal answer
+            answer = await self._post(value, headers)
+
+        await within_grace(post(), stop, self._config.post_grace_s)
+        return answer
+
     async def _dead_letter(
         self,
         record: ConsumerRecord[bytes, bytes],
@@ -437,7 +455,16 @@ class CrmWebhookWorker:
         while not stop.is_set() and tp not in self._revoked:
             self._idle.clear()
             try:
-                status, asked = await self._post(record.value, headers)
+                posted = await self._post_unless_stopped(record.value, headers, stop)
+                if posted is None:
+                    log.warning(
+                        "stopped while the CRM endpoint held the post of %s: given up after"
+                        " %.1fs (delivered again)",
+                        event_id,
+                        self._config.post_grace_s,
+                    )
+                    return False
+                status, asked = posted
             except httpx.HTTPError as exc:
                 # (what the library says: a certificate refused, a name not found; the
                 # log formatter masks any credential in it)

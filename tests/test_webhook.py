@@ -455,6 +455,43 @@ async def test_a_post_still_in_flight_after_the_grace_is_given_up_uncommitted(
         await group.stop()
 
 
+async def test_a_stop_with_a_post_hung_commits_the_records_accepted_before_it(
+    bootstrap_servers: str, receiver: tuple[Receiver, str]
+) -> None:
+    """Stopped while the endpoint holds a post: the records it accepted before that one
+    (same batch) are committed, not delivered again by the next worker, and only the post
+    given up is."""
+    state, url = receiver
+    state.held = {"w-10-3"}
+    prefix = uuid.uuid4().hex[:8]
+    typing = TypingSettings(group_id=f"hook-{prefix}", crm_topic=f"hook-{prefix}.crm")
+    async with Producer(bootstrap_servers, typing.crm_topic) as producer:
+        for version in (1, 2, 3):
+            await producer.send_to(0, b"w-10", orjson.dumps(record("w-10", version)))
+    config = WebhookConfig(url=url, timeout_s=60)  # the post out outlasts any grace
+    worker = CrmWebhookWorker(KafkaSettings(bootstrap_servers=bootstrap_servers), typing, config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await eventually(lambda: state.attempts == 3, 60, "the third post in flight")
+        stop.set()
+        async with asyncio.timeout(10):
+            await task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert [key for key, _ in state.received] == ["w-10-1", "w-10-2"]
+    group = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=f"{typing.group_id}-crm-webhook"
+    )
+    await group.start()
+    try:
+        committed = await group.committed(TopicPartition(typing.crm_topic, 0))
+    finally:
+        await group.stop()
+    assert committed == 2  # the two accepted; the third is delivered again
+
+
 async def test_worker_process_stopped_while_kafka_does_not_answer_exits_at_once(
     receiver: tuple[Receiver, str], tmp_path: Path
 ) -> None:
