@@ -11,6 +11,7 @@ What the endpoint answers decides what becomes of a record (`_answer`): a 2xx is
 logged) and delivery goes on; any other answer (5xx, timeouts, 408/409/425/429, and the
 statuses that say the endpoint is wrong: 3xx, 401, 403, 404, ...) holds the partition and is
 retried with backoff until the endpoint accepts, since every later record would get it too.
+How long the record being delivered has been held so is `CrmWebhookWorker.held_s`.
 
 A lost cluster (also one down at start) is retried from the last commit, never fatal. A
 record that is not a CRM-sync record (not JSON, not an object, not valid as one: something
@@ -192,6 +193,8 @@ class CrmWebhookWorker:
         self._revoked: set[TopicPartition] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        # When the record being delivered first failed (None: no record held).
+        self._held_since_ms: int | None = None
 
     @property
     def ready(self) -> bool:
@@ -200,6 +203,14 @@ class CrmWebhookWorker:
         worker is ready, so that a rollout's extra pod never stalls it)."""
         assignment = self._assignment
         return self._consumer is not None and assignment is not None and assignment.joined
+
+    @property
+    def held_s(self) -> float:
+        """Seconds since the record being delivered first failed (0: none is held). A
+        record is held until the endpoint accepts or refuses it, whatever the other
+        workers deliver meanwhile, so this is what says a partition is stuck."""
+        since = self._held_since_ms
+        return 0.0 if since is None else max(0, self._clock.now_ms() - since) / 1000
 
     async def readiness(self) -> str | None:
         """Why the worker is not ready (for `/readyz`), or None when it is."""
@@ -452,63 +463,71 @@ class CrmWebhookWorker:
         headers = {"Content-Type": "application/json", "Idempotency-Key": event_id}
         attempt = 0
         tp = TopicPartition(record.topic, record.partition)
-        while not stop.is_set() and tp not in self._revoked:
-            self._idle.clear()
-            try:
-                posted = await self._post_unless_stopped(record.value, headers, stop)
-                if posted is None:
-                    log.warning(
-                        "stopped while the CRM endpoint held the post of %s: given up after"
-                        " %.1fs (delivered again)",
-                        event_id,
-                        self._config.post_grace_s,
+        try:
+            while not stop.is_set() and tp not in self._revoked:
+                self._idle.clear()
+                try:
+                    posted = await self._post_unless_stopped(record.value, headers, stop)
+                    if posted is None:
+                        log.warning(
+                            "stopped while the CRM endpoint held the post of %s: given up after"
+                            " %.1fs (delivered again)",
+                            event_id,
+                            self._config.post_grace_s,
+                        )
+                        return False
+                    status, asked = posted
+                except httpx.HTTPError as exc:
+                    # (what the library says: a certificate refused, a name not found; the
+                    # log formatter masks any credential in it)
+                    reason = str(exc).strip()
+                    detail = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+                    status, asked = None, None
+                except TimeoutError:
+                    status, asked, detail = None, None, "no answer in time"
+                else:
+                    detail = f"HTTP {status}"
+                finally:
+                    self._idle.set()
+                answer = _answer(status)
+                if answer is _Answer.ACCEPTED:
+                    self.counters.delivered += 1
+                    return True
+                if answer is _Answer.REFUSED:
+                    # The record's own fault: retrying would block every later record. Kept
+                    # with its bytes all the same: an endpoint that refuses every record with
+                    # 400 (plain HTTP sent to an HTTPS port) must not lose the stream.
+                    await self._dead_letter(
+                        record,
+                        DlqReason.CRM_REFUSED,
+                        f"CRM endpoint answered {detail}",
+                        dead_letters,
                     )
-                    return False
-                status, asked = posted
-            except httpx.HTTPError as exc:
-                # (what the library says: a certificate refused, a name not found; the
-                # log formatter masks any credential in it)
-                reason = str(exc).strip()
-                detail = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
-                status, asked = None, None
-            except TimeoutError:
-                status, asked, detail = None, None, "no answer in time"
-            else:
-                detail = f"HTTP {status}"
-            finally:
-                self._idle.set()
-            answer = _answer(status)
-            if answer is _Answer.ACCEPTED:
-                self.counters.delivered += 1
-                return True
-            if answer is _Answer.REFUSED:
-                # The record's own fault: retrying would block every later record. Kept
-                # with its bytes all the same: an endpoint that refuses every record with
-                # 400 (plain HTTP sent to an HTTPS port) must not lose the stream.
-                await self._dead_letter(
-                    record, DlqReason.CRM_REFUSED, f"CRM endpoint answered {detail}", dead_letters
-                )
-                return True
-            attempt += 1
-            self.counters.retries += 1
-            # `attempt` counts from 1: the first retry waits up to 0.4 s, as it always did
-            delay = self._backoff.delay(attempt)
-            if asked is not None:
-                delay = max(delay, min(asked, _MAX_RETRY_AFTER_S))  # as the endpoint asks
-            if answer is _Answer.ENDPOINT_WRONG:
-                log.error(
-                    "CRM endpoint answers %s, which no record can pass (wrong URL, expired"
-                    " credential?): delivery is held at %s, retry in %.1fs",
-                    detail,
-                    event_id,
-                    delay,
-                )
-            else:
-                log.warning(
-                    "CRM delivery of %s failed (%s); retry in %.1fs", event_id, detail, delay
-                )
-            await wait_unless_stopped(stop, delay)
-        return False
+                    return True
+                attempt += 1
+                self.counters.retries += 1
+                if self._held_since_ms is None:
+                    self._held_since_ms = self._clock.now_ms()
+                # `attempt` counts from 1: the first retry waits up to 0.4 s, as it always did
+                delay = self._backoff.delay(attempt)
+                if asked is not None:
+                    delay = max(delay, min(asked, _MAX_RETRY_AFTER_S))  # as the endpoint asks
+                if answer is _Answer.ENDPOINT_WRONG:
+                    log.error(
+                        "CRM endpoint answers %s, which no record can pass (wrong URL, expired"
+                        " credential?): delivery is held at %s, retry in %.1fs",
+                        detail,
+                        event_id,
+                        delay,
+                    )
+                else:
+                    log.warning(
+                        "CRM delivery of %s failed (%s); retry in %.1fs", event_id, detail, delay
+                    )
+                await wait_unless_stopped(stop, delay)
+            return False
+        finally:
+            self._held_since_ms = None  # accepted, refused or given up: held no more
 
 
 async def _start(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:

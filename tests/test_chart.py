@@ -1394,6 +1394,7 @@ class _Deliveries:
 class _Worker:
     counters: _Deliveries = field(default_factory=_Deliveries)
     ready: bool = True
+    held_s: float = 1.0
 
 
 def _families(telemetry: Telemetry) -> set[str]:

@@ -40,6 +40,7 @@ from starlette.routing import Route
 
 from processor.broker import LocalBroker
 from processor.childproc import free_port
+from processor.clock import ManualClock
 from processor.models import DlqReason
 from processor.settings import KafkaSettings, TypingSettings
 from processor.webhook import CrmWebhookWorker, WebhookConfig
@@ -271,6 +272,42 @@ async def test_an_outage_of_more_than_a_thousand_retries_is_still_retried(
     )
     await deliver_until(worker, lambda: len(state.received) == 1, "accepted after the outage")
     assert worker.counters.retries == 1030
+
+
+async def test_a_held_record_says_for_how_long_and_a_delivery_ends_the_hold(
+    bootstrap_servers: str,
+) -> None:
+    """A receiver answering 409 to a key (its earlier attempt still in progress, or, wrongly,
+    a key it already processed) holds the partition by design: the worker says for how
+    long (`held_s`, the `typing_crm_webhook_held_seconds` gauge), per worker, so that a
+    partition held while other workers deliver is not hidden by their deliveries."""
+    fixed = asyncio.Event()
+
+    async def hook(request: Request) -> Response:
+        return Response(status_code=204 if fixed.is_set() else 409)
+
+    clock = ManualClock()
+    typing = await crm_topic(bootstrap_servers, [record("held-1", 1)])
+    async with serving(hook) as url:
+        worker = CrmWebhookWorker(
+            KafkaSettings(bootstrap_servers=bootstrap_servers),
+            typing,
+            WebhookConfig(url=url, max_backoff_s=0.05),
+            clock=clock,
+        )
+        assert worker.held_s == 0.0
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            await eventually(lambda: worker.counters.retries >= 2, 60, "the 409 retried")
+            clock.advance(900_000)  # a quarter of an hour at the same record
+            assert worker.held_s == 900.0
+            fixed.set()
+            await eventually(lambda: worker.counters.delivered == 1, 30, "delivered")
+            assert worker.held_s == 0.0
+        finally:
+            stop.set()
+            await task
 
 
 async def test_records_that_are_no_crm_record_go_to_the_dlq_and_delivery_goes_on(

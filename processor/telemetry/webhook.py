@@ -6,7 +6,9 @@
 - `typing_crm_webhook_restarts_total`: restarts from the last commit after the cluster was
   lost;
 - `typing_crm_webhook_ready`: 1 while the worker is a member of its group (with or without
-  partitions).
+  partitions);
+- `typing_crm_webhook_held_seconds`: how long the record being delivered has been retried
+  (0: none is held); per worker, since the others' deliveries say nothing of its partitions.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ class ObservedWorker(Protocol):
         """A member of its group (with or without partitions)."""
         ...
 
+    @property
+    def held_s(self) -> float:
+        """Seconds the record being delivered has been retried (0: none is held)."""
+        ...
+
 
 def instrument_webhook(telemetry: Telemetry, worker: ObservedWorker) -> None:
     """Report `worker`'s deliveries and readiness on `telemetry` (nothing when it is off)."""
@@ -66,6 +73,9 @@ def instrument_webhook(telemetry: Telemetry, worker: ObservedWorker) -> None:
     def ready(options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(int(worker.ready))]
 
+    def held(options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(worker.held_s)]
+
     meter.create_observable_counter(
         "typing.crm_webhook.deliveries",
         [deliveries],
@@ -83,4 +93,10 @@ def instrument_webhook(telemetry: Telemetry, worker: ObservedWorker) -> None:
         "typing.crm_webhook.ready",
         [ready],
         description="1 while the CRM webhook worker is a member of its group",
+    )
+    meter.create_observable_gauge(
+        "typing.crm_webhook.held",
+        [held],
+        unit="s",
+        description="Seconds the record being delivered has been retried (0: none is held)",
     )
