@@ -452,7 +452,8 @@ class TypingSettings(BaseSettings):
     messaging_max_duration_ms: int = Field(5000, ge=1000, le=60_000)
     http_port: int = Field(8080, ge=0, le=65_535)
     log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
-    crm_webhook_url: HttpUrlText | None = None
+    # kept out of `repr`: the URL may carry the CRM's credential
+    crm_webhook_url: HttpUrlText | None = Field(None, repr=False)
 
     @property
     def resolved_changelog_topic(self) -> str:

@@ -567,6 +567,9 @@ def test_a_webhook_url_credential_is_masked_and_never_in_an_error(
     shown = dict(describe_settings(load_settings()))["TYPING_CRM_WEBHOOK_URL"]
     assert shown == "https://**********@crm.example.com/h?**********&a=**********"
     assert "s3cret" not in repr(WebhookConfig(url=load_typing().crm_webhook_url or ""))
+    for shown in (repr(load_typing()), str(load_settings())):  # a traceback's locals, a log
+        assert "t0k3n" not in shown
+        assert "k3y" not in shown
     monkeypatch.setenv("TYPING_CRM_WEBHOOK_URL", "ftp://crm:s3cret@crm.example.com/h")
     with pytest.raises(ConfigError) as caught:
         load_typing()
