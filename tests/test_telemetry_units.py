@@ -27,10 +27,10 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import get_current_span, set_span_in_context, use_span
+from opentelemetry.trace import Link, get_current_span, set_span_in_context, use_span
 from pipeline import eventually
 from pydantic import SecretStr
 from starlette.applications import Starlette
@@ -357,6 +357,74 @@ def test_an_exemplar_filter_the_start_up_check_accepts_makes_telemetry(
         assert telemetry.enabled
     finally:
         telemetry.shutdown()
+
+
+def span_limited_by(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> ReadableSpan:
+    """A span given 200 attributes, events and links of 200 characters, as `env`'s limits let
+    it keep them (checked first as start-up checks them)."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    load_otel()
+    spans = InMemorySpanExporter()
+    telemetry = Telemetry.from_environment({}, span_processors=[SimpleSpanProcessor(spans)])
+    assert telemetry.tracer_provider is not None
+    tracer = telemetry.tracer_provider.get_tracer("limits")
+    linked = tracer.start_span("linked").get_span_context()
+    many = {f"key{i}": "v" * 200 for i in range(200)}
+    span = tracer.start_span("limited", attributes=many, links=[Link(linked, many)] * 200)
+    for i in range(200):
+        span.add_event(f"event{i}", many)
+    span.end()
+    telemetry.shutdown()
+    return spans.get_finished_spans()[-1]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "OTEL_ATTRIBUTE_COUNT_LIMIT",
+        "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+        "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
+        "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+        "OTEL_SPAN_EVENT_COUNT_LIMIT",
+        "OTEL_SPAN_LINK_COUNT_LIMIT",
+        "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT",
+        "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT",
+    ],
+)
+def test_an_empty_span_limit_is_its_default_not_no_limit(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Empty is unset (the start-up check's reading, and OpenTelemetry's): the SDK alone
+    would take it as no limit, and keep every attribute, event and link of a span."""
+    span = span_limited_by({name: ""}, monkeypatch)
+    assert len(span.attributes or {}) == 128
+    assert len(span.events) == 128
+    assert len(span.links) == 128
+    assert {len(event.attributes or {}) for event in span.events} == {128}
+    assert {len(link.attributes or {}) for link in span.links} == {128}
+    assert {len(str(value)) for value in (span.attributes or {}).values()} == {200}
+
+
+def test_an_empty_span_limit_falls_back_to_the_global_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    span = span_limited_by(
+        {
+            "OTEL_ATTRIBUTE_COUNT_LIMIT": "5",
+            "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "7",
+            "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "",
+            "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT": "",
+            "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT": "",
+            "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT": "3",
+            "OTEL_SPAN_EVENT_COUNT_LIMIT": "9",
+        },
+        monkeypatch,
+    )
+    assert len(span.attributes or {}) == 5
+    assert {len(str(value)) for value in (span.attributes or {}).values()} == {7}
+    assert len(span.events) == 9
+    assert {len(event.attributes or {}) for event in span.events} == {5}
+    assert {len(link.attributes or {}) for link in span.links} == {3}
+    assert len(span.links) == 128
 
 
 @dataclass

@@ -16,6 +16,8 @@ Configuration is OpenTelemetry's own environment:
   more, since `/metrics` is always served.
 - `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER(_ARG)`, `OTEL_BSP_*`,
   `OTEL_METRIC_EXPORT_INTERVAL` are applied by the SDK.
+- The span limits (`OTEL_*_LIMIT`) too, but an empty one is its default here, as
+  OpenTelemetry's specification says: the SDK alone would read it as no limit.
 Prometheus text is always available through `render_prometheus()` (served on `/metrics`).
 """
 
@@ -31,10 +33,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
+from opentelemetry.sdk.environment_variables import (
+    OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT,
+    OTEL_LINK_ATTRIBUTE_COUNT_LIMIT,
+    OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT,
+    OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT,
+    OTEL_SPAN_EVENT_COUNT_LIMIT,
+    OTEL_SPAN_LINK_COUNT_LIMIT,
+)
 from opentelemetry.sdk.metrics import ExemplarFilter, MeterProvider, TraceBasedExemplarFilter
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry, generate_latest
@@ -191,6 +201,36 @@ def _exemplar_filter() -> ExemplarFilter | None:
     return TraceBasedExemplarFilter()
 
 
+# OpenTelemetry's default count limit (the specification's and the SDK's).
+_DEFAULT_COUNT_LIMIT = 128
+
+
+def _span_limits() -> SpanLimits:
+    """The SDK's span limits, with a blank `OTEL_*_LIMIT` read as unset (its default), as
+    `settings.OtelSettings` and OpenTelemetry's specification read it: the SDK alone takes a
+    blank limit as no limit at all."""
+    read = SpanLimits()  # as the SDK reads the environment; a blank global is its default
+    # what each limit that has a global one falls back to: the global, else the default
+    defaults = {
+        OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT: ("max_span_attributes", read.max_attributes),
+        OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT: ("max_event_attributes", read.max_attributes),
+        OTEL_LINK_ATTRIBUTE_COUNT_LIMIT: ("max_link_attributes", read.max_attributes),
+        OTEL_SPAN_EVENT_COUNT_LIMIT: ("max_events", _DEFAULT_COUNT_LIMIT),
+        OTEL_SPAN_LINK_COUNT_LIMIT: ("max_links", _DEFAULT_COUNT_LIMIT),
+        OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT: (
+            "max_span_attribute_length",
+            SpanLimits.UNSET if read.max_attribute_length is None else read.max_attribute_length,
+        ),
+    }
+    blank = {
+        argument: default
+        for variable, (argument, default) in defaults.items()
+        if not os.environ.get(variable, "unset").strip()
+    }
+    # the limits not given here are read by the SDK again, as above
+    return SpanLimits(**blank) if blank else read
+
+
 def _resource() -> Resource:
     defaults = Resource.create({"service.name": PRODUCT, "service.version": __version__})
     # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win over the defaults
@@ -277,7 +317,9 @@ class Telemetry:
         resource = _resource()
         # no SDK exit hooks: `shutdown` stops the providers within its bound, and a hook would
         # wait (or warn) again at exit for an export it left behind
-        tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        tracer_provider = TracerProvider(
+            resource=resource, span_limits=_span_limits(), shutdown_on_exit=False
+        )
         for processor in span_processors:
             tracer_provider.add_span_processor(processor)
         if traces_to := _otlp_endpoint(env, "TRACES"):
