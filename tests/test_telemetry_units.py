@@ -431,6 +431,7 @@ def test_an_empty_span_limit_falls_back_to_the_global_one(monkeypatch: pytest.Mo
 class Received:
     requests: list[tuple[str, str, bytes]] = field(default_factory=list)
     tenants: list[str] = field(default_factory=list)
+    queries: list[str] = field(default_factory=list)
 
 
 @pytest.fixture
@@ -442,6 +443,7 @@ async def collector() -> AsyncIterator[tuple[str, Received]]:
         body = await request.body()
         received.requests.append((request.url.path, request.headers["content-type"], body))
         received.tenants.append(request.headers.get("x-tenant", ""))
+        received.queries.append(request.url.query)
         return Response(b"", media_type="application/x-protobuf")
 
     app = Starlette(routes=[Route("/v1/{signal}", accept, methods=["POST"])])
@@ -514,6 +516,27 @@ async def test_which_signals_are_exported_follows_the_environment(
         telemetry = Telemetry.from_environment(env)
         assert telemetry.otlp_endpoints == expected
         await asyncio.to_thread(telemetry.shutdown)  # exports to the collector on this loop
+
+
+async def test_a_query_in_the_base_endpoint_stays_after_the_signal_path(
+    collector: tuple[str, Received],
+) -> None:
+    """OTLP appends `v1/<signal>` to the base URL's path: a query (a gateway's tenant or key)
+    stays the query, where at the end of the text it would swallow the path."""
+    url, received = collector
+    telemetry = Telemetry.from_environment({"OTEL_EXPORTER_OTLP_ENDPOINT": f"{url}/?tenant=acme"})
+    try:
+        assert telemetry.otlp_endpoints == {
+            "traces": f"{url}/v1/traces?tenant=acme",
+            "metrics": f"{url}/v1/metrics?tenant=acme",
+        }
+        assert telemetry.tracer_provider is not None
+        telemetry.tracer_provider.get_tracer("t").start_span("exported").end()
+        await asyncio.to_thread(telemetry.force_flush, 10)
+        assert {path for path, _, _ in received.requests} == {"/v1/traces", "/v1/metrics"}
+        assert set(received.queries) == {"tenant=acme"}
+    finally:
+        await asyncio.to_thread(telemetry.shutdown)
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
 from opentelemetry.sdk.environment_variables import (
@@ -164,7 +165,10 @@ def _otlp_endpoint(env: Mapping[str, str], signal: str) -> str | None:
         base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
         if not base:
             return None
-        endpoint = f"{base.rstrip('/')}/v1/{signal.lower()}"
+        # OTLP appends `v1/<signal>` to the base URL's path, so a query stays the query
+        # (appended to the text, it would swallow the path); a per-signal URL is used as is
+        parts = urlsplit(base)
+        endpoint = urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/v1/{signal.lower()}"))
     protocol = env.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL") or env.get(
         "OTEL_EXPORTER_OTLP_PROTOCOL", _SUPPORTED_PROTOCOL
     )
