@@ -81,10 +81,9 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
     from processor.emulator.server import run
     from processor.settings import ConfigError
 
-    if not args.client_id or not args.client_secret:
-        raise ConfigError(
-            "--client-id/--client-secret (or GENESYSCLOUD_OAUTHCLIENT_ID/SECRET) must not be empty"
-        )
+    for flag, value in (("--client-id", args.client_id), ("--client-secret", args.client_secret)):
+        if not value:
+            raise ConfigError(f"{flag} is invalid: must not be empty or blank")
     try:
         faults = Faults(
             latency_ms=args.latency_ms,
@@ -130,15 +129,18 @@ def _add_emulator_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
     )
     emulator.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
     emulator.add_argument("--port", type=_port, default=8787, help="default: 8787")
+    # Stripped as the processor strips its own, so both agree on a Secret made from a file;
+    # argparse applies `type` to a flag's value and to a string default alike.
     emulator.add_argument(
         "--client-id",
-        # stripped as the processor strips it, so both agree on a Secret made from a file
-        default=os.environ.get("GENESYSCLOUD_OAUTHCLIENT_ID", "local-client").strip(),
+        type=str.strip,
+        default=os.environ.get("GENESYSCLOUD_OAUTHCLIENT_ID", "local-client"),
         help="OAuth client id (default: $GENESYSCLOUD_OAUTHCLIENT_ID or local-client)",
     )
     emulator.add_argument(
         "--client-secret",
-        default=os.environ.get("GENESYSCLOUD_OAUTHCLIENT_SECRET", "local-secret").strip(),
+        type=str.strip,
+        default=os.environ.get("GENESYSCLOUD_OAUTHCLIENT_SECRET", "local-secret"),
         help="OAuth client secret (default: $GENESYSCLOUD_OAUTHCLIENT_SECRET or local-secret)",
     )
     emulator.add_argument("--latency-ms", type=float, default=0.0, help="added to every API call")

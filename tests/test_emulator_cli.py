@@ -68,6 +68,8 @@ def test_fault_flags_configure_the_server() -> None:
     [
         ("--error-rate", "1.5", "Input should be less than or equal to 1"),
         ("--history-kept", "-1", "give 0 to 1000000 changes per session"),
+        ("--client-id", " ", "must not be empty or blank"),
+        ("--client-secret", "\n", "must not be empty or blank"),
     ],
 )
 def test_invalid_flag_exits_2_with_one_line(flag: str, value: str, error: str) -> None:
@@ -82,6 +84,22 @@ def test_invalid_flag_exits_2_with_one_line(flag: str, value: str, error: str) -
     assert result.stderr.strip().splitlines() == [
         f"configuration error: {flag} is invalid: {error}"
     ]
+
+
+def test_credentials_given_as_flags_are_stripped_as_the_processor_strips_its_own() -> None:
+    """A Secret made from a file ends in a newline: the processor strips it from its OAuth
+    settings, so the emulator must too, from a flag as from the environment."""
+    flags = ("--client-secret", " cli-secret\n", "--rate-limit-per-minute", "0")
+    with (
+        EmulatorProcess("cli-client\n", "not-this-one", extra_args=flags) as process,
+        httpx.Client(base_url=process.base_url, timeout=10.0) as http,
+    ):
+        token = http.post(
+            "/oauth/token",
+            data={"grant_type": "client_credentials"},
+            auth=("cli-client", "cli-secret"),
+        )
+        assert token.status_code == 200
 
 
 def test_help_never_shows_the_secret_from_the_environment() -> None:
