@@ -13,6 +13,7 @@ import ipaddress
 import os
 import re
 import ssl
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
@@ -165,6 +166,21 @@ def _cannot_write(path: Path, code: int) -> str:
     return f"cannot write {path} ({os.strerror(code)})"
 
 
+def _is_url(name: str) -> bool:
+    """Whether the setting `name` holds a URL, which may carry a credential."""
+    return name.endswith(("_url", "_endpoint"))
+
+
+class _Settings(BaseSettings):
+    """A settings group whose repr masks the credentials of its URLs (userinfo, query
+    values) as `config` shows them: a repr lands in logs and tracebacks."""
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            masked = isinstance(value, str) and name is not None and _is_url(name)
+            yield name, redacted_url(value) if masked else value
+
+
 def _settings_config(prefix: str) -> SettingsConfigDict:
     return SettingsConfigDict(
         env_prefix=prefix,
@@ -176,7 +192,7 @@ def _settings_config(prefix: str) -> SettingsConfigDict:
     )
 
 
-class KafkaSettings(BaseSettings):
+class KafkaSettings(_Settings):
     """`KAFKA_*`: how to reach the cluster."""
 
     model_config = _settings_config("KAFKA_")
@@ -345,7 +361,7 @@ def _is_host(name: str | None, ipv6: str | None) -> bool:
     return True
 
 
-class GenesysSettings(BaseSettings):
+class GenesysSettings(_Settings):
     """`GENESYSCLOUD_*`: the OAuth client and where the API lives."""
 
     model_config = _settings_config("GENESYSCLOUD_")
@@ -426,7 +442,7 @@ def topic_name_problem(name: str) -> str | None:
     return None
 
 
-class TypingSettings(BaseSettings):
+class TypingSettings(_Settings):
     """`TYPING_*`: everything about the processor itself."""
 
     model_config = _settings_config("TYPING_")
@@ -524,7 +540,7 @@ def _key_value_problem(text: str) -> str | None:
     return None
 
 
-class OtelSettings(BaseSettings):
+class OtelSettings(_Settings):
     """`OTEL_*`: OpenTelemetry's variables that the processor or its SDK reads (DESIGN §6).
 
     Checked at start-up, because the SDK itself logs a bad value and carries on with its
@@ -739,7 +755,7 @@ def describe_settings(settings: Settings) -> list[tuple[str, str]]:
             value = getattr(group, name)
             if isinstance(value, SecretStr):
                 shown = _MASK
-            elif name.endswith("url") and value is not None:
+            elif _is_url(name) and value is not None:
                 shown = redacted_url(value)
             elif isinstance(value, BaseModel):
                 shown = value.model_dump_json()

@@ -406,6 +406,23 @@ def test_secret_never_in_repr_or_errors(monkeypatch: pytest.MonkeyPatch) -> None
     assert SECRET not in str(caught.value)
 
 
+def test_a_credential_in_a_url_is_never_in_a_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A repr lands in logs and tracebacks: a URL in it is masked as `config` shows it."""
+    for name, url in {
+        "GENESYSCLOUD_API_URL": f"https://proxy:{SECRET}@api.example.com/",
+        "GENESYSCLOUD_LOGIN_URL": f"https://login.example.com/?token={SECRET}",
+        "TYPING_CRM_WEBHOOK_URL": f"https://crm.example.com/hook?sig={SECRET}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"https://otel:{SECRET}@collector:4318",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"https://collector:4318/v1/traces?key={SECRET}",
+    }.items():
+        monkeypatch.setenv(name, url)
+    settings, otel = load_settings(), load_otel()
+    for shown in (repr(settings), str(settings), repr(otel), str(otel)):
+        assert SECRET not in shown
+    assert "api_url='https://**********@api.example.com/'" in repr(settings)
+    assert settings.genesys.api_url == f"https://proxy:{SECRET}@api.example.com/"  # used whole
+
+
 def test_dotenv_file_supplies_the_same_names(monkeypatch: pytest.MonkeyPatch) -> None:
     with open(".env", "w", encoding="utf-8") as env_file:
         env_file.write("TYPING_GROUP_ID=from-dotenv\n")
