@@ -224,6 +224,15 @@ class KafkaSettings(_Settings):
     def _empty_ssl_cafile_is_unset(cls, value: object) -> object:
         return _empty_path_is_unset(value)
 
+    @field_validator("client_id")
+    @classmethod
+    def _client_id_not_blank(cls, value: str) -> str:
+        # the clients would be named `-consumer` and `-producer`: a variable meant to fill
+        # it (a pod name) was unset
+        if not value.strip():
+            raise ValueError("must not be empty or blank")
+        return value
+
     @field_validator("sasl_username", "sasl_password")
     @classmethod
     def _no_line_break_at_the_end(cls, value: str | SecretStr | None) -> str | SecretStr | None:

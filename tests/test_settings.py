@@ -164,6 +164,8 @@ def test_timeout_matrix_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
         ("KAFKA_BOOTSTRAP_SERVERS", "-kafka:9092", load_kafka),
         ("KAFKA_BOOTSTRAP_SERVERS", "kafka:", load_kafka),
         ("KAFKA_BOOTSTRAP_SERVERS", "kafka:0", load_kafka),
+        ("KAFKA_CLIENT_ID", "", load_kafka),
+        ("KAFKA_CLIENT_ID", " \t", load_kafka),
         ("TYPING_DLQ_TOPIC", "genesys.typing.events", load_typing),
         ("TYPING_CHANGELOG_TOPIC", "genesys.typing.audit", load_typing),
         ("TYPING_AUDIT_LOG_FILE", "/", load_typing),
