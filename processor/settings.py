@@ -370,6 +370,10 @@ def _is_host(name: str | None, ipv6: str | None) -> bool:
     return True
 
 
+# RFC 6749 section 3.3: scope-tokens of %x21 / %x23-5B / %x5D-7E, joined by single spaces.
+_OAUTH_SCOPES = re.compile(r"[!#-\[\]-~]+(?: [!#-\[\]-~]+)*")
+
+
 class GenesysSettings(_Settings):
     """`GENESYSCLOUD_*`: the OAuth client and where the API lives."""
 
@@ -382,7 +386,7 @@ class GenesysSettings(_Settings):
     login_url: str | None = None
     # Space-separated scopes asked for with each token (least privilege); None = the
     # client's whole grant (no `scope` sent).
-    oauth_scopes: str | None = Field(None, pattern=r"^\S+( \S+)*$")
+    oauth_scopes: str | None = None
 
     @field_validator("oauthclient_id", "oauthclient_secret")
     @classmethod
@@ -393,6 +397,17 @@ class GenesysSettings(_Settings):
         if not text:
             raise ValueError("must not be empty or blank")
         return SecretStr(text) if isinstance(value, SecretStr) else text
+
+    @field_validator("oauth_scopes")
+    @classmethod
+    def _check_scopes(cls, value: str | None) -> str | None:
+        # else the login service refuses every token request (HTTP 400, invalid_scope)
+        if value is not None and not _OAUTH_SCOPES.fullmatch(value):
+            raise ValueError(
+                "expected scopes separated by single spaces, each of printable ASCII"
+                " characters other than '\"' and '\\' (RFC 6749)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check_urls(self) -> Self:

@@ -1056,6 +1056,11 @@ STARTUP_REFUSALS: dict[str, tuple[dict[str, Any], str, dict[str, str]]] = {
         "/genesys/apiUrl",
         {"GENESYSCLOUD_API_URL": "https://api example.com"},
     ),
+    "OAuth scope with a letter that is no ASCII": (
+        {"genesys": {"oauthScopes": "webchat:réad"}},
+        "/genesys/oauthScopes",
+        {"GENESYSCLOUD_OAUTH_SCOPES": "webchat:réad"},
+    ),
     "login URL with a port out of range": (
         {"genesys": {"loginUrl": "https://login.example.com:70000"}},
         "/genesys/loginUrl",

@@ -397,6 +397,32 @@ def test_an_empty_ca_file_is_unset_like_an_empty_audit_log_file(
     assert load_kafka().ssl_cafile is None
 
 
+@pytest.mark.parametrize(
+    "scopes",
+    [
+        "",
+        " ",
+        " webchat:read",
+        "webchat:read  webchat:write",
+        "webchat:réad",
+        'webchat:"read"',
+        "webchat:read\\",
+    ],
+)
+def test_oauth_scopes_the_login_service_would_refuse_stop_start_up(
+    monkeypatch: pytest.MonkeyPatch, scopes: str
+) -> None:
+    """Else every token request fails (HTTP 400) while the processor runs on."""
+    monkeypatch.setenv("GENESYSCLOUD_OAUTH_SCOPES", scopes)
+    refusal(load_genesys, "GENESYSCLOUD_OAUTH_SCOPES")
+
+
+def test_oauth_scopes_of_rfc_6749_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    scopes = "webchat:read conversations:typing:write urn:x!#$%&'()*+,-./;<=>?@[]^_`{|}~"
+    monkeypatch.setenv("GENESYSCLOUD_OAUTH_SCOPES", scopes)
+    assert load_genesys().oauth_scopes == scopes
+
+
 def test_secret_never_in_repr_or_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     genesys = load_genesys()
     assert SECRET not in repr(genesys)
