@@ -466,6 +466,9 @@ def topic_name_problem(name: str) -> str | None:
     return None
 
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 class TypingSettings(_Settings):
     """`TYPING_*`: everything about the processor itself."""
 
@@ -491,9 +494,8 @@ class TypingSettings(_Settings):
     # Longest `duration` of one messaging typing call (DESIGN §2b): bounds a phantom.
     messaging_max_duration_ms: int = Field(5000, ge=1000, le=60_000)
     http_port: int = Field(8080, ge=0, le=65_535)
-    log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
-    # kept out of `repr`: the URL may carry the CRM's credential
-    crm_webhook_url: HttpUrlText | None = Field(None, repr=False)
+    log_level: str = "INFO"
+    crm_webhook_url: HttpUrlText | None = None
 
     @property
     def resolved_changelog_topic(self) -> str:
@@ -504,6 +506,13 @@ class TypingSettings(_Settings):
     @classmethod
     def _empty_audit_log_file_is_unset(cls, value: object) -> object:
         return _empty_path_is_unset(value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        if value.upper() not in _LOG_LEVELS:
+            raise ValueError(f"use {', '.join(_LOG_LEVELS[:-1])} or {_LOG_LEVELS[-1]} (any case)")
+        return value
 
     @model_validator(mode="after")
     def _check_topics_and_files(self) -> Self:

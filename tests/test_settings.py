@@ -423,6 +423,18 @@ def test_oauth_scopes_of_rfc_6749_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_genesys().oauth_scopes == scopes
 
 
+@pytest.mark.parametrize("level", ["", "verbose", " info", "warn"])
+def test_a_log_level_refusal_names_the_levels(monkeypatch: pytest.MonkeyPatch, level: str) -> None:
+    monkeypatch.setenv("TYPING_LOG_LEVEL", level)
+    message = refusal(load_typing, "TYPING_LOG_LEVEL")
+    assert message.endswith("use DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)"), message
+
+
+def test_a_log_level_is_taken_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TYPING_LOG_LEVEL", "wArNiNg")
+    assert load_typing().log_level == "wArNiNg"
+
+
 def test_secret_never_in_repr_or_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     genesys = load_genesys()
     assert SECRET not in repr(genesys)
