@@ -8,6 +8,7 @@ import contextlib
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -20,10 +21,13 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.client import AIOKafkaClient
 from aiokafka.producer import message_accumulator
 from aiokafka.producer import producer as producer_module
+from aiokafka.protocol.produce import ProduceRequest
 from aiokafka.record import default_records
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+from aiokafka.record.util import calc_crc32c
 from pydantic import SecretStr
 
 from processor.emulator.testing import EmulatorHandle
@@ -179,6 +183,52 @@ async def read_topic(
                     return records
     finally:
         await consumer.stop()
+
+
+async def committed(bootstrap: str, settings: Settings, partition: int) -> int | None:
+    """The input offset the processor's group has committed for `partition`, if any."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=settings.typing.group_id)
+    await consumer.start()
+    try:
+        offset: int | None = await consumer.committed(
+            TopicPartition(settings.typing.input_topic, partition)
+        )
+        return offset
+    finally:
+        await consumer.stop()
+
+
+async def write_transaction_marker(bootstrap: str, topic: str, partition: int) -> int:
+    """Write the control batch that commits a transaction, as a transaction coordinator
+    writes it; its offset. The local broker has no transactional producers (no
+    coordinator), but takes the batch in a plain produce request, keeps it and serves it
+    as a marker."""
+    builder = _DefaultRecordBatchBuilderPy(
+        magic=2,
+        compression_type=0,
+        is_transactional=True,
+        producer_id=7,
+        producer_epoch=0,
+        base_sequence=-1,
+        batch_size=1 << 16,
+    )
+    # key: version, type (1: commit); value: version, coordinator epoch
+    builder.append(0, timestamp=now_ms(), key=struct.pack(">hh", 0, 1), value=bytes(6), headers=[])
+    data = bytearray(builder.build())
+    struct.pack_into(">h", data, 21, 0x30)  # attributes: control, transactional
+    struct.pack_into(">I", data, 17, calc_crc32c(memoryview(data)[21:]))
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
+    try:
+        await client.add_topic(topic)
+        leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
+        request = ProduceRequest(None, -1, 10_000, [(topic, [(partition, bytes(data))])])
+        response = await client.send(leader, request)
+    finally:
+        await client.close()
+    ((_, [(_, error_code, offset, *_)]),) = response.topics
+    assert error_code == 0, f"the marker was refused: error {error_code}"
+    return int(offset)
 
 
 async def read_json(bootstrap: str, topic: str) -> list[dict[str, Any]]:

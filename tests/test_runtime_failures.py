@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import KafkaError
 from pipeline import (
     PoisonedProcessor,
+    committed,
     eventually,
     make_settings,
     read_json,
@@ -93,18 +94,6 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]
             meta = await producer.send_and_wait(topic, value, key=key, partition=0)
             offsets.append(meta.offset)
         return offsets
-
-
-async def committed(bootstrap: str, settings: Settings, partition: int) -> int | None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=settings.typing.group_id)
-    await consumer.start()
-    try:
-        offset: int | None = await consumer.committed(
-            TopicPartition(settings.typing.input_topic, partition)
-        )
-        return offset
-    finally:
-        await consumer.stop()
 
 
 @contextlib.asynccontextmanager

@@ -78,7 +78,12 @@ class _Stop:
     pass
 
 
-_Item = _Records | Undecodable | _Result | _Wake | _Stop
+@dataclass(frozen=True, slots=True)
+class _Passed:
+    offset: int
+
+
+_Item = _Records | Undecodable | _Passed | _Result | _Wake | _Stop
 
 # Decisions that mean a change reached Genesys (end-to-end latency is measured for them).
 _APPLIED = frozenset({Decision.APPLIED, Decision.CLEARED, Decision.EXPIRED})
@@ -223,6 +228,17 @@ class PartitionWorker:
         self._submitted = item.offset + 1
         self._queue.put_nowait(item)
 
+    def pass_to(self, offset: int) -> None:
+        """The consumer stands at `offset`, past every record queued: the offsets in between
+        hold nothing to process (a transaction's marker, an aborted transaction's records,
+        records compaction removed). They count as processed once what was queued before
+        them is, so `offset` is committed once that is acknowledged (I6); else a partition
+        that ends in a marker stays committed one short of its end."""
+        if self._submitted is not None and offset <= self._submitted:
+            return
+        self._submitted = offset
+        self._queue.put_nowait(_Passed(offset))
+
     def resume_at(self) -> int | None:
         """Offset of the first record not queued yet (None before any): where a consumer
         that lost its place goes back to."""
@@ -318,6 +334,8 @@ class PartitionWorker:
             )
             self._dead_letter(record, letter, batch, time.time_ns())
             self._processed = record.offset + 1
+        elif isinstance(item, _Passed):
+            self._processed = item.offset
         elif isinstance(item, _Result):
             self.store.on_result(item.work, item.result)
             turn_span = item.span

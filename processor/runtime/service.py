@@ -40,6 +40,9 @@ MAX_BACKLOG = 64
 # The group's liveness: a member silent for the session timeout loses its partitions.
 SESSION_TIMEOUT_MS = 6_000
 HEARTBEAT_INTERVAL_MS = 1_000
+# How long to wait for a partition's position: a known one comes at once, one being reset
+# is asked for again in the next round rather than hold the consume loop.
+POSITION_WAIT_S = 0.1
 # Calls stop once the group has accepted no commit for the session timeout less two
 # heartbeats (the last heartbeat may have come a heartbeat before the commit; the other is
 # the margin for a call decided just before); a commit every heartbeat keeps the lease fresh.
@@ -332,6 +335,7 @@ class TypingProcessor:
                     # no worker: revoked meanwhile; its next owner starts from the commit
                     if worker is not None and records:
                         worker.submit(records)
+                await self._pass_over_non_records(consumer)
                 self._apply_backpressure(consumer)
                 self._raise_if_failed()
                 if loop.time() >= next_commit or self.lease.renewal_due():
@@ -368,6 +372,29 @@ class TypingProcessor:
                     owned[tp].submit_undecodable(item)
                 else:
                     owned[tp].submit(item)
+
+    async def _pass_over_non_records(self, consumer: AIOKafkaConsumer) -> None:
+        """Tell each worker where the consumer stands when that is past every record the
+        worker was given (see `PartitionWorker.pass_to`). The consumer moves past a
+        transaction's marker or an aborted transaction without handing out a record, and
+        never past a record it has not handed out: the offsets in between hold nothing to
+        process."""
+        topic = self.settings.typing.input_topic
+        for partition, worker in list(self.workers.items()):
+            tp = TopicPartition(topic, partition)
+            try:
+                highwater = consumer.highwater(tp)
+            except AssertionError:  # revoked meanwhile
+                continue
+            given = worker.resume_at()
+            if highwater is None or (given is not None and given >= highwater):
+                continue  # not fetched from yet, or given everything there is
+            try:
+                async with asyncio.timeout(POSITION_WAIT_S):
+                    position = await consumer.position(tp)
+            except (KafkaError, TimeoutError):  # revoked meanwhile, or being reset
+                continue
+            worker.pass_to(int(position))
 
     def _raise_if_failed(self) -> None:
         problem = self.problem
