@@ -3,28 +3,37 @@
 A dead letter keeps the original key and value bytes (base64) up to `DLQ_KEY_KEEP_BYTES`
 and `DLQ_VALUE_KEEP_BYTES`; beyond that it keeps a prefix and says `truncated: true`. Sizes
 and SHA-256 digests always describe the original bytes, and the source position lets an
-operator fetch them while the input topic retains the record. Its encoded value plus its
-Kafka key (`DeadLetter.record_key()`) never exceed `MAX_DLQ_RECORD_BYTES`.
+operator fetch them while the input topic retains the record. The record's timestamp and
+headers (a `traceparent`, say) come along for a replay; headers beyond
+`DLQ_HEADERS_KEEP_BYTES` are left out and `headers_truncated` says so. Its encoded value
+plus its Kafka key (`DeadLetter.record_key()`) never exceed `MAX_DLQ_RECORD_BYTES`.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from processor.models import (
+    DLQ_HEADERS_KEEP_BYTES,
     DLQ_KEY_KEEP_BYTES,
     DLQ_VALUE_KEEP_BYTES,
     MAX_DETAIL_CHARS,
     MAX_TOPIC_CHARS,
     DeadLetter,
+    DeadLetterHeader,
     DlqReason,
+    TimestampType,
 )
 
 if TYPE_CHECKING:
     from aiokafka import ConsumerRecord
+
+# Kafka's timestamp types by number (a record batch's timestamp type attribute)
+_TIMESTAMP_TYPES = (TimestampType.CREATE_TIME, TimestampType.LOG_APPEND_TIME)
 
 
 def iso_utc(epoch_ms: int) -> str:
@@ -47,6 +56,29 @@ def _clean_text(text: str, limit: int) -> str:
     return text[:limit].encode("utf-8", "replace").decode("utf-8")
 
 
+def _kept_headers(
+    headers: Sequence[tuple[str, bytes | None]],
+) -> tuple[tuple[DeadLetterHeader, ...], bool]:
+    """The headers kept, in order, while their JSON fits `DLQ_HEADERS_KEEP_BYTES`; whether
+    any was left out."""
+    kept: list[DeadLetterHeader] = []
+    used = 2  # the list's brackets
+    for key, value in headers:
+        # encoded, a header takes at least its key's characters and its value's base64: a
+        # huge one is never encoded
+        if used + len(key) + 4 * -(-len(value or b"") // 3) > DLQ_HEADERS_KEEP_BYTES:
+            return tuple(kept), True
+        header = DeadLetterHeader(
+            key=_clean_text(key, DLQ_HEADERS_KEEP_BYTES),
+            value_b64=None if value is None else base64.b64encode(value).decode("ascii"),
+        )
+        used += len(header.to_bytes()) + 1  # and a comma
+        if used > DLQ_HEADERS_KEEP_BYTES:
+            return tuple(kept), True
+        kept.append(header)
+    return tuple(kept), False
+
+
 def build_dead_letter(
     reason: DlqReason,
     detail: str,
@@ -57,15 +89,21 @@ def build_dead_letter(
     partition: int,
     offset: int,
     now_ms: int,
+    record_timestamp: int | None = None,
+    record_timestamp_type: TimestampType | None = None,
+    headers: Sequence[tuple[str, bytes | None]] = (),
 ) -> DeadLetter:
-    """The dead letter of one input record at `topic`/`partition`/`offset`.
+    """The dead letter of one input record at `topic`/`partition`/`offset`, with its
+    timestamp and headers when known.
 
     `detail` is cut to `MAX_DETAIL_CHARS`; key and value are kept whole when small, else as
-    a prefix (`truncated` true). The result always encodes within `MAX_DLQ_RECORD_BYTES`
-    together with its Kafka key `record_key()`.
+    a prefix (`truncated` true); headers while they fit (else `headers_truncated` true).
+    The result always encodes within `MAX_DLQ_RECORD_BYTES` together with its Kafka key
+    `record_key()`.
     """
     key_b64, key_size, key_sha256, key_cut = _kept(key, DLQ_KEY_KEEP_BYTES)
     value_b64, value_size, value_sha256, value_cut = _kept(value, DLQ_VALUE_KEEP_BYTES)
+    kept_headers, headers_cut = _kept_headers(headers)
     return DeadLetter(
         reason=reason,
         detail=_clean_text(detail, MAX_DETAIL_CHARS),
@@ -80,13 +118,21 @@ def build_dead_letter(
         value_size=value_size,
         value_sha256=value_sha256,
         truncated=key_cut or value_cut,
+        record_timestamp=record_timestamp,
+        record_timestamp_type=record_timestamp_type,
+        headers=kept_headers,
+        header_count=len(headers),
+        headers_truncated=headers_cut,
     )
 
 
 def dead_letter_of(
     record: ConsumerRecord[bytes, bytes], reason: DlqReason, detail: str, now_ms: int
 ) -> DeadLetter:
-    """The dead letter of a consumed record (see `build_dead_letter`)."""
+    """The dead letter of a consumed record, its timestamp and headers included (see
+    `build_dead_letter`)."""
+    # -1: no timestamp (an old-format record, or one read by its position only)
+    stamped = record.timestamp != -1
     return build_dead_letter(
         reason,
         detail,
@@ -96,4 +142,7 @@ def dead_letter_of(
         partition=record.partition,
         offset=record.offset,
         now_ms=now_ms,
+        record_timestamp=record.timestamp if stamped else None,
+        record_timestamp_type=_TIMESTAMP_TYPES[record.timestamp_type] if stamped else None,
+        headers=record.headers,
     )

@@ -51,6 +51,9 @@ DLQ_KEY_KEEP_BYTES = 1024
 DLQ_VALUE_KEEP_BYTES = 256 * 1024
 """A dead letter keeps at most this many bytes of the input value."""
 MAX_DETAIL_CHARS = 1000
+DLQ_HEADERS_KEEP_BYTES = 16 * 1024
+"""A dead letter keeps the input record's headers, in order, while their JSON takes at most
+this many bytes."""
 MAX_DLQ_RECORD_BYTES = 384 * 1024
 """Bound on a dead letter's encoded value plus its Kafka key (headers apart): far below the
 1 MiB request limit of a Kafka producer, whatever the size of the input record."""
@@ -228,12 +231,33 @@ class DlqReason(StrEnum):
     says which. Replay it from here once the record or the endpoint is put right."""
 
 
+class TimestampType(StrEnum):
+    """Who set a Kafka record's timestamp."""
+
+    CREATE_TIME = "create_time"
+    """The producer (Kafka's CreateTime)."""
+    LOG_APPEND_TIME = "log_append_time"
+    """The broker, as it appended the record (Kafka's LogAppendTime)."""
+
+
+class DeadLetterHeader(_Payload):
+    """One header of a dead letter's input record: its key as the client reads it, its
+    value's bytes in base64 (None: a header without a value)."""
+
+    key: Annotated[StrictStr, Field(max_length=DLQ_HEADERS_KEEP_BYTES)]
+    value_b64: Annotated[StrictStr, Field(max_length=DLQ_HEADERS_KEEP_BYTES)] | None
+
+
 class DeadLetter(_Payload):
     """A rejected input record on `genesys.typing.dlq`; keeps the original bytes.
 
     A key over `DLQ_KEY_KEEP_BYTES` or a value over `DLQ_VALUE_KEEP_BYTES` is kept as a
     prefix, with `truncated` true; `key_size`/`value_size` and the SHA-256 digests always
-    describe the original, and `topic`/`partition`/`offset` locate it.
+    describe the original, and `topic`/`partition`/`offset` locate it. `timestamp` is when
+    the letter was written; `record_timestamp` and `record_timestamp_type` are the input
+    record's own (None: it has none, or it could not be read). Its headers are kept in
+    order while they fit `DLQ_HEADERS_KEEP_BYTES`; the rest are left out, with
+    `headers_truncated` true and `header_count` the number the record has.
     """
 
     reason: DlqReason
@@ -249,6 +273,11 @@ class DeadLetter(_Payload):
     value_size: NonNegativeInt64 | None = None
     value_sha256: Sha256Hex | None = None
     truncated: StrictBool = False
+    record_timestamp: Annotated[StrictInt, Field(ge=-MAX_INT64 - 1, le=MAX_INT64)] | None = None
+    record_timestamp_type: TimestampType | None = None
+    headers: tuple[DeadLetterHeader, ...] = ()
+    header_count: Annotated[StrictInt, Field(ge=0, le=MAX_INT32)] = 0
+    headers_truncated: StrictBool = False
 
     def record_key(self) -> bytes | None:
         """The Kafka key of this dead letter: the input key as kept (whole, or its prefix)."""

@@ -16,12 +16,15 @@ from hypothesis import strategies as st
 from processor.codec import decode_event
 from processor.deadletter import build_dead_letter
 from processor.models import (
+    DLQ_HEADERS_KEEP_BYTES,
     DLQ_KEY_KEEP_BYTES,
     DLQ_VALUE_KEEP_BYTES,
     MAX_DETAIL_CHARS,
     MAX_DLQ_RECORD_BYTES,
     DeadLetter,
+    DeadLetterHeader,
     DlqReason,
+    TimestampType,
 )
 
 NOW = 1_700_000_000_000
@@ -72,6 +75,37 @@ nasty_text = st.text(
 )
 
 
+def header_sizes() -> st.SearchStrategy[bytes | None]:
+    sizes = st.integers(0, 2 * DLQ_HEADERS_KEEP_BYTES) | st.sampled_from(
+        [DLQ_HEADERS_KEEP_BYTES // 2, DLQ_HEADERS_KEEP_BYTES, 256 * 1024]
+    )
+    return st.none() | st.binary(max_size=64) | st.builds(lambda n: b"\x00" * n, sizes)
+
+
+# many small headers, a few huge ones, keys the JSON encoding blows up
+record_headers = st.lists(
+    st.tuples(nasty_text | st.just("traceparent"), header_sizes()), max_size=40
+) | st.lists(st.tuples(st.just("\x00" * 64), st.binary(max_size=16)), max_size=2000)
+
+
+def assert_keeps_headers(letter: DeadLetter, headers: list[tuple[str, bytes | None]]) -> None:
+    """The letter keeps a prefix of `headers` (keys as UTF-8 JSON can hold them), and says
+    whether that is all of them."""
+    kept = len(letter.headers)
+    assert [(h.key, h.value_b64) for h in letter.headers] == [
+        (
+            key.encode("utf-8", "replace").decode("utf-8"),
+            None if value is None else base64.b64encode(value).decode(),
+        )
+        for key, value in headers[:kept]
+    ]
+    assert letter.header_count == len(headers)
+    assert letter.headers_truncated is (kept < len(headers))
+    assert len(orjson.dumps([h.model_dump(mode="json") for h in letter.headers])) <= (
+        DLQ_HEADERS_KEEP_BYTES
+    )
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     key=st.none() | big_bytes(2 * MIB),
@@ -79,9 +113,17 @@ nasty_text = st.text(
     detail=nasty_text,
     topic=st.text(max_size=300) | st.just("genesys.typing.events"),
     reason=st.sampled_from(list(DlqReason)),
+    headers=record_headers,
+    timestamp=st.none() | st.integers(-(2**63), 2**63 - 1),
 )
 def test_any_record_up_to_2_mib_gives_a_letter_that_fits(
-    key: bytes | None, value: bytes | None, detail: str, topic: str, reason: DlqReason
+    key: bytes | None,
+    value: bytes | None,
+    detail: str,
+    topic: str,
+    reason: DlqReason,
+    headers: list[tuple[str, bytes | None]],
+    timestamp: int | None,
 ) -> None:
     letter = build_dead_letter(
         reason,
@@ -92,8 +134,13 @@ def test_any_record_up_to_2_mib_gives_a_letter_that_fits(
         partition=2**31 - 1,
         offset=2**63 - 1,
         now_ms=NOW,
+        record_timestamp=timestamp,
+        record_timestamp_type=None if timestamp is None else TimestampType.LOG_APPEND_TIME,
+        headers=headers,
     )
     assert record_bytes(letter) <= MAX_DLQ_RECORD_BYTES
+    assert_keeps_headers(letter, headers)
+    assert letter.record_timestamp == timestamp
     assert_describes(letter.key_b64, letter.key_size, letter.key_sha256, key, DLQ_KEY_KEEP_BYTES)
     assert_describes(
         letter.value_b64, letter.value_size, letter.value_sha256, value, DLQ_VALUE_KEEP_BYTES
@@ -133,7 +180,56 @@ def test_small_records_are_kept_whole() -> None:
         "value_size": 2,
         "value_sha256": hashlib.sha256(b"{}").hexdigest(),
         "truncated": False,
+        "record_timestamp": None,
+        "record_timestamp_type": None,
+        "headers": [],
+        "header_count": 0,
+        "headers_truncated": False,
     }
+
+
+def test_the_records_timestamp_and_headers_are_kept_for_a_replay() -> None:
+    traceparent = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    letter = build_dead_letter(
+        DlqReason.INVALID_JSON,
+        "bad",
+        b"k",
+        b"{",
+        topic="in",
+        partition=0,
+        offset=5,
+        now_ms=NOW,
+        record_timestamp=NOW - 60_000,
+        record_timestamp_type=TimestampType.CREATE_TIME,
+        headers=[("traceparent", traceparent), ("empty", None)],
+    )
+    assert orjson.loads(letter.to_bytes())["headers"] == [
+        {"key": "traceparent", "value_b64": base64.b64encode(traceparent).decode()},
+        {"key": "empty", "value_b64": None},
+    ]
+    assert (letter.record_timestamp, letter.record_timestamp_type) == (
+        NOW - 60_000,
+        TimestampType.CREATE_TIME,
+    )
+    assert (letter.header_count, letter.headers_truncated, letter.truncated) == (2, False, False)
+
+
+def test_headers_beyond_the_limit_are_left_out_and_flagged() -> None:
+    big = b"x" * (DLQ_HEADERS_KEEP_BYTES * 3 // 4)  # within the limit, not in base64
+    letter = build_dead_letter(
+        DlqReason.INVALID_JSON,
+        "bad",
+        b"k",
+        b"{",
+        topic="in",
+        partition=0,
+        offset=5,
+        now_ms=NOW,
+        headers=[("a", b"1"), ("b", big), ("c", b"3")],
+    )
+    assert letter.headers == (DeadLetterHeader(key="a", value_b64="MQ=="),)
+    assert (letter.header_count, letter.headers_truncated) == (3, True)
+    assert not letter.truncated  # key and value were kept whole
 
 
 def test_an_oversize_input_gives_a_truncated_letter() -> None:

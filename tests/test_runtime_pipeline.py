@@ -208,6 +208,41 @@ async def test_malformed_input_goes_to_the_dlq_and_processing_goes_on(
     assert letter["topic"] == running.settings.typing.input_topic
 
 
+async def test_a_dead_letter_keeps_the_records_timestamp_and_headers_for_a_replay(
+    running: InProcess, bootstrap_servers: str
+) -> None:
+    traceparent = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    produced_at = now_ms() - 3_600_000
+    sender = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
+    await sender.start()
+    try:
+        await sender.send_and_wait(
+            running.settings.typing.input_topic,
+            b"{this is not json",
+            key=b"s-replay",
+            timestamp_ms=produced_at,
+            headers=[("traceparent", traceparent), ("tenant", b"eu-1")],
+        )
+    finally:
+        await sender.stop()
+
+    async def lettered() -> list[dict[str, Any]]:
+        return await read_json(bootstrap_servers, running.settings.typing.dlq_topic)
+
+    await eventually(lettered, 20, "the malformed record dead-lettered")
+    [letter] = await lettered()
+    assert letter["reason"] == "invalid_json"
+    assert (letter["record_timestamp"], letter["record_timestamp_type"]) == (
+        produced_at,
+        "create_time",
+    )
+    assert letter["headers"] == [
+        {"key": "traceparent", "value_b64": base64.b64encode(traceparent).decode()},
+        {"key": "tenant", "value_b64": base64.b64encode(b"eu-1").decode()},
+    ]
+    assert (letter["header_count"], letter["headers_truncated"]) == (2, False)
+
+
 async def test_a_record_the_client_cannot_decode_is_dead_lettered_and_passed(
     emulator: EmulatorHandle,
     running: InProcess,
@@ -250,6 +285,8 @@ async def test_a_record_the_client_cannot_decode_is_dead_lettered_and_passed(
     ]
     assert letters[0]["detail"] == "a header key is not UTF-8"
     assert base64.b64decode(letters[0]["value_b64"]) == poisoned
+    # the key as far as it can be read: its bytes are no text
+    assert letters[0]["headers"] == [{"key": "\ufffd\ufffd", "value_b64": "eA=="}]
     assert not running.task.done()
 
 

@@ -348,16 +348,20 @@ class PartitionWorker:
         tracing = self._tracing
         started_ns = 0 if tracing is None else time.time_ns()
         try:
+            now_ms = self._clock.now_ms()
             decoded = decode_event(
                 record.key,
                 record.value,
                 topic=record.topic,
                 partition=record.partition,
                 offset=record.offset,
-                now_ms=self._clock.now_ms(),
+                now_ms=now_ms,
             )
             if isinstance(decoded, DeadLetter):
-                self._dead_letter(record, decoded, batch, started_ns)
+                # the codec sees key and value only: the letter takes on the record's
+                # timestamp and headers too
+                letter = dead_letter_of(record, decoded.reason, decoded.detail, now_ms)
+                self._dead_letter(record, letter, batch, started_ns)
                 return
             span = None
             if tracing is not None:
