@@ -198,37 +198,54 @@ async def committed(bootstrap: str, settings: Settings, partition: int) -> int |
         await consumer.stop()
 
 
-async def write_transaction_marker(bootstrap: str, topic: str, partition: int) -> int:
-    """Write the control batch that commits a transaction, as a transaction coordinator
-    writes it; its offset. The local broker has no transactional producers (no
-    coordinator), but takes the batch in a plain produce request, keeps it and serves it
-    as a marker."""
-    builder = _DefaultRecordBatchBuilderPy(
-        magic=2,
-        compression_type=0,
-        is_transactional=True,
-        producer_id=7,
-        producer_epoch=0,
-        base_sequence=-1,
-        batch_size=1 << 16,
-    )
-    # key: version, type (1: commit); value: version, coordinator epoch
-    builder.append(0, timestamp=now_ms(), key=struct.pack(">hh", 0, 1), value=bytes(6), headers=[])
-    data = bytearray(builder.build())
-    struct.pack_into(">h", data, 21, 0x30)  # attributes: control, transactional
-    struct.pack_into(">I", data, 17, calc_crc32c(memoryview(data)[21:]))
+async def produce_batch(bootstrap: str, topic: str, partition: int, batch: bytes) -> int:
+    """Write one record batch as it is, in a plain produce request; the offset the broker
+    gave it. The local broker keeps what it is given (a control batch, a batch that fails
+    its CRC) as it is."""
     client = AIOKafkaClient(bootstrap_servers=bootstrap)
     await client.bootstrap()
     try:
         await client.add_topic(topic)
         leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
-        request = ProduceRequest(None, -1, 10_000, [(topic, [(partition, bytes(data))])])
+        request = ProduceRequest(None, -1, 10_000, [(topic, [(partition, batch)])])
         response = await client.send(leader, request)
     finally:
         await client.close()
     ((_, [(_, error_code, offset, *_)]),) = response.topics
-    assert error_code == 0, f"the marker was refused: error {error_code}"
+    assert error_code == 0, f"the batch was refused: error {error_code}"
     return int(offset)
+
+
+def one_record_batch(key: bytes, value: bytes, *, producer_id: int = -1) -> bytearray:
+    """A v2 batch of one record as a producer builds it (transactional with a producer id)."""
+    builder = _DefaultRecordBatchBuilderPy(
+        magic=2,
+        compression_type=0,
+        is_transactional=producer_id >= 0,
+        producer_id=producer_id,
+        producer_epoch=0 if producer_id >= 0 else -1,
+        base_sequence=-1,
+        batch_size=1 << 16,
+    )
+    builder.append(0, timestamp=now_ms(), key=key, value=value, headers=[])
+    return bytearray(builder.build())
+
+
+def with_crc(batch: bytearray) -> bytes:
+    """`batch` with its CRC computed again, as a producer would have."""
+    struct.pack_into(">I", batch, 17, calc_crc32c(memoryview(batch)[21:]))
+    return bytes(batch)
+
+
+async def write_transaction_marker(bootstrap: str, topic: str, partition: int) -> int:
+    """Write the control batch that commits a transaction, as a transaction coordinator
+    writes it; its offset. The local broker has no transactional producers (no
+    coordinator), but takes the batch in a plain produce request, keeps it and serves it
+    as a marker."""
+    # key: version, type (1: commit); value: version, coordinator epoch
+    marker = one_record_batch(struct.pack(">hh", 0, 1), bytes(6), producer_id=7)
+    struct.pack_into(">h", marker, 21, 0x30)  # attributes: control, transactional
+    return await produce_batch(bootstrap, topic, partition, with_crc(marker))
 
 
 async def read_json(bootstrap: str, topic: str) -> list[dict[str, Any]]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import struct
+import uuid
 from typing import Any
 
 import pytest
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.consumer.fetcher import PartitionRecords
 from aiokafka.errors import (
     CorruptRecordException,
@@ -18,13 +19,12 @@ from aiokafka.protocol import fetch as fetch_protocol
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from aiokafka.record.legacy_records import LegacyRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
-from aiokafka.record.util import calc_crc32c
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pipeline import NotUtf8
+from pipeline import NotUtf8, one_record_batch, produce_batch, with_crc
 
 from processor.runtime import undecodable
-from processor.runtime.rawfetch import RawRecords
+from processor.runtime.rawfetch import FETCH_BYTES, RawFetcher, RawRecords
 from processor.runtime.rawfetch import _aborted as aborted_in
 from processor.runtime.recordbatch import ReadRecords, Undecodable, read_records
 from processor.runtime.undecodable import is_undecodable, read_at, read_past_undecodable
@@ -82,12 +82,6 @@ def client_read(data: bytes) -> list[ConsumerRecord[bytes, bytes]]:
 
 def read(data: bytes, start: int = 0) -> ReadRecords:
     return read_records(TOPIC, 0, data, start)
-
-
-def with_crc(data: bytearray) -> bytes:
-    """`data` (one batch) with its CRC computed again, as a producer would have."""
-    struct.pack_into(">I", data, 17, calc_crc32c(memoryview(data)[21:]))
-    return bytes(data)
 
 
 blobs = st.none() | st.binary(max_size=40)
@@ -552,3 +546,54 @@ async def test_a_search_from_records_retention_deleted_reads_on_where_the_log_be
         for item in got
     ] == [[(20, b"first kept")], ("set aside", 21, b"poison"), [(22, b"after")]]
     assert consumer.positions[tp] == 23
+
+
+def claiming_past_its_end(batch: bytearray, offsets: int, *, parsable: bool) -> bytes:
+    """`batch` (one record) with its lastOffsetDelta claiming `offsets` offsets and its CRC
+    failing (as on-disk corruption or a faulty producer leaves it); unless `parsable`, its
+    record cannot be parsed either."""
+    struct.pack_into(">i", batch, 23, offsets - 1)
+    if not parsable:
+        batch[61] = 0x7E  # the record's length (a varint): 63 bytes, more than it has
+    struct.pack_into(">I", batch, 17, 0)
+    return bytes(batch)
+
+
+@pytest.mark.parametrize("parsable", [True, False], ids=["its record read", "unreadable"])
+def test_a_corrupt_last_batch_is_read_no_further_than_the_high_watermark(parsable: bool) -> None:
+    """A batch that fails its CRC may claim any offsets, and the last one has no batch after
+    it to bound the claim; the high watermark does (a broker that appended the batch whole
+    and found its end by its records, before the corruption). Going by the claim, a search
+    dead-letters offsets that hold nothing, up to 65536 of them, and moves the consumer,
+    and so the commit, past the log end: the records written there next are skipped."""
+    data = claiming_past_its_end(bytearray(batch(7, [(b"k", b"v", [])])), 1000, parsable=parsable)
+    got = read_records(TOPIC, 0, batch(6, [(b"k", b"before", [])]) + data, 6, None, 8)
+    assert [(type(i).__name__, i.offset) for i in got.items] == [
+        ("ConsumerRecord", 6),
+        ("Undecodable", 7),
+    ]
+    assert got.next_offset == 8
+    # a high watermark that lags where the read began bounds nothing: the claim stands
+    lagging = read_records(TOPIC, 0, data, 7, None, 7)
+    assert lagging.next_offset == 7 + 1000
+
+
+async def test_a_raw_fetch_reports_the_high_watermark_a_search_reads_to(
+    bootstrap_servers: str,
+) -> None:
+    """The broker's high watermark comes with the raw record set. (This broker gives a
+    corrupt batch every offset it claims, the next record going after them, so here the
+    claim and the high watermark agree: the search reads to the log end, no further.)"""
+    topic = f"corrupt-end-{uuid.uuid4().hex[:8]}"
+    tp = TopicPartition(topic, 0)
+    async with AIOKafkaProducer(bootstrap_servers=bootstrap_servers) as producer:
+        await producer.send_and_wait(topic, b"before", key=b"k", partition=0)
+        corrupt = claiming_past_its_end(one_record_batch(b"k", b"corrupt"), 10, parsable=False)
+        offset = await produce_batch(bootstrap_servers, topic, 0, corrupt)
+        async with RawFetcher(KafkaSettings(bootstrap_servers=bootstrap_servers)) as raw:
+            fetched = await raw.fetch(tp, offset, FETCH_BYTES)
+            read = await read_at(raw, tp, offset)
+        after = await producer.send_and_wait(topic, b"after", key=b"k", partition=0)
+    assert fetched.high_watermark == after.offset  # the log's end, where the next record went
+    assert [item.offset for item in read.items] == list(range(offset, after.offset))
+    assert read.next_offset == after.offset

@@ -41,6 +41,9 @@ class RawRecords:
     aborted: list[tuple[int, int]] | None
     """Read committed: each aborted transaction in it, as (producer id, first offset);
     None when reading uncommitted (every record counts)."""
+    high_watermark: int | None = None
+    """The partition's high watermark as the leader answered: no record lies at or past
+    it (None: not known)."""
 
 
 class RawFetcher:
@@ -85,14 +88,14 @@ class RawFetcher:
         response = await self._client.send(leader, request)
         committed = self._isolation is IsolationLevel.READ_COMMITTED
         for _, partitions in response.topics:
-            for partition, error_code, _, *rest in partitions:
+            for partition, error_code, highwater, *rest in partitions:
                 if partition != tp.partition:
                     continue
                 if error_code:
                     error: KafkaError = for_code(error_code)()
                     raise error
                 aborted = _aborted(response.API_VERSION, rest) if committed else None
-                return RawRecords(bytes(rest[-1] or b""), aborted)
+                return RawRecords(bytes(rest[-1] or b""), aborted, int(highwater))
         return RawRecords(b"", [] if committed else None)
 
 

@@ -152,11 +152,13 @@ def read_records(
     data: bytes,
     start: int,
     aborted: Iterable[tuple[int, int]] | None = None,
+    high_watermark: int | None = None,
 ) -> ReadRecords:
     """The records of `data` (a fetch's record set for one partition) from offset `start`
     on. A batch cut short at the end (the fetch's size limit) is left for the next fetch.
     `aborted` (read committed): the fetch's aborted transactions, whose batches are passed
-    over; None: every record counts.
+    over; None: every record counts. `high_watermark`: the partition's, if known (no record
+    lies at or past it).
 
     Whenever a whole batch says it holds `start` or an offset after it, `next_offset` is
     past `start`: a search from there always gets further."""
@@ -182,7 +184,7 @@ def read_records(
         magic = batch[_MAGIC_AT] if len(batch) > _MAGIC_AT else -1
         if magic == 2 and len(batch) >= _HEADER.size:
             last, after, whole = _read_v2(
-                topic, partition, batch, following, floor, out.items, aborts
+                topic, partition, batch, (following, high_watermark), floor, out.items, aborts
             )
         elif magic in (0, 1):
             after = _read_legacy(topic, partition, batch, floor, out.items)
@@ -206,15 +208,16 @@ def _read_v2(
     topic: str,
     partition: int,
     batch: memoryview,
-    following: int | None,
+    limits: tuple[int | None, int | None],
     start: int,
     out: list[ConsumerRecord[bytes, bytes] | Undecodable],
     aborts: _Aborts | None,
 ) -> tuple[int, int, bool]:
     """Append the records of one v2 batch at or after `start` (none of an aborted
-    transaction's when `aborts` tracks them), `following` the base offset of the batch
-    after it if known: the last offset its header claims, the offset after what was read,
-    and whether all of the batch was (else the next search goes on from there)."""
+    transaction's when `aborts` tracks them), `limits` the base offset of the batch after
+    it and the partition's high watermark, each if known: the last offset its header
+    claims, the offset after what was read, and whether all of the batch was (else the
+    next search goes on from there)."""
     header = _HEADER.unpack_from(batch)
     base_offset, _, _, _, crc, attributes, last_delta, first_ts, max_ts = header[:9]
     producer_id, count = header[9], header[12]
@@ -225,8 +228,13 @@ def _read_v2(
     # take well under a byte each, and compaction keeps lastOffsetDelta as it removes
     # records. Unsound, it may claim anything, but not the offsets of the next batch.
     last_offset = claimed
+    following, high_watermark = limits
     if not sound and following is not None and following > base_offset:
         last_offset = min(last_offset, following - 1)
+    # The last batch has no batch after it: the high watermark bounds it (no record lies
+    # there or past it), unless it lags where this read began.
+    if not sound and high_watermark is not None and high_watermark > max(start, base_offset):
+        last_offset = min(last_offset, high_watermark - 1)
     body = bytes(batch[_HEADER.size :])
     if (
         aborts is not None

@@ -127,7 +127,9 @@ async def read_at(raw: RawFetcher, tp: TopicPartition, start: int) -> ReadRecord
     size = FETCH_BYTES
     while True:
         fetched = await raw.fetch(tp, start, size)
-        read = read_records(tp.topic, tp.partition, fetched.data, start, fetched.aborted)
+        read = read_records(
+            tp.topic, tp.partition, fetched.data, start, fetched.aborted, fetched.high_watermark
+        )
         if read.next_offset is not None or not fetched.data or size >= MAX_FETCH_BYTES:
             return read
         size *= 4
