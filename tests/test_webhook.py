@@ -454,7 +454,10 @@ async def test_a_stop_while_the_cluster_hangs_gives_up_on_it_after_the_grace(
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-    assert (worker.counters.dead_letters, worker.counters.delivered) == (1, 1)
+    assert worker.counters.delivered == 1
+    # the first record's letter, written once, or twice where a loaded machine made the
+    # member rejoin and read again from its commit (dead letters are at least once)
+    assert worker.counters.dead_letters in (1, 2)
     assert stopped_in < config.stop_grace_s + config.close_grace_s + 1
 
 
