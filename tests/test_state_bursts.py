@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from processor.clock import ManualClock
 from processor.domain import Role, Status
 from processor.models import Participant, TypingEvent
-from processor.planner import Capacity, Planner
+from processor.planner import Capacity, Planner, PlannerConfig
 from processor.state import EngineConfig, PartitionStore, WorkKind
 from processor.state.bursts import MIN_BURSTS, WEIGHT_RANGE, BurstLengths
 from processor.state.session import Session
@@ -159,3 +159,20 @@ def test_the_planner_spends_a_scarce_set_on_the_longer_typist() -> None:
         lambda s: 1,
     )  # fmt: skip
     assert [(p.session_id, p.kind) for p in picks] == [("a-late", WorkKind.SET)]
+
+
+def test_the_weight_counts_by_its_square_root() -> None:
+    """The weight is a ratio of typing lengths, but a set also shows the tail after the
+    typing, which does not grow with it: an agent who usually types about five times as
+    long as a customer, silent for 3.5 s (1.5 s of its indicator left), is not worth more
+    than a customer whose burst has just begun. (Ages weigh nothing here.)"""
+    store, now = _taught_store()
+    store.on_event(_typing("a-quiet", Role.AGENT, now - 3500, 1), 1)
+    store.on_event(_typing("c-new", Role.CUSTOMER, now, 2), 2)
+    weights = [store.typing_weight(_session(store, sid)) for sid in ("a-quiet", "c-new")]
+    assert weights[0] / weights[1] > 4  # about the ratio of their lengths
+    picks = Planner(PlannerConfig(age_weight=0.0)).plan(
+        [store], Capacity(tokens=1.0, rate_per_ms=0.005, slots=4, set_slots=4), now,
+        lambda s: 1,
+    )  # fmt: skip
+    assert [(p.session_id, p.kind) for p in picks] == [("c-new", WorkKind.SET)]
