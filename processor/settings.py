@@ -466,6 +466,9 @@ def topic_name_problem(name: str) -> str | None:
     return None
 
 
+# A header value httpx and HTTP/1.1 carry as they are: printable ASCII, spaces and tabs.
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]+")
+
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -496,6 +499,9 @@ class TypingSettings(_Settings):
     http_port: int = Field(8080, ge=0, le=65_535)
     log_level: str = "INFO"
     crm_webhook_url: HttpUrlText | None = None
+    # The whole `Authorization` header of every CRM POST (`Bearer <token>`): a credential
+    # the URL need not carry (a query token lands in the CRM's access logs).
+    crm_webhook_authorization: SecretStr | None = None
 
     @property
     def resolved_changelog_topic(self) -> str:
@@ -513,6 +519,37 @@ class TypingSettings(_Settings):
         if value.upper() not in _LOG_LEVELS:
             raise ValueError(f"use {', '.join(_LOG_LEVELS[:-1])} or {_LOG_LEVELS[-1]} (any case)")
         return value
+
+    @field_validator("crm_webhook_authorization")
+    @classmethod
+    def _check_authorization(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        # stripped as the OAuth secret is: a Secret made from a file ends in a newline
+        text = value.get_secret_value().strip()
+        if not text:
+            raise ValueError("must not be empty or blank (unset it to send none)")
+        # what no header can carry: httpx or the connection would fail every POST, held
+        # for ever; never the value itself, which is a credential
+        if "\n" in text or "\r" in text:
+            raise ValueError("holds a line break, which no HTTP header can carry")
+        if not _HEADER_VALUE.fullmatch(text):
+            raise ValueError(
+                "holds a character no HTTP header can carry (printable ASCII and spaces only)"
+            )
+        return SecretStr(text)
+
+    @model_validator(mode="after")
+    def _one_crm_credential(self) -> Self:
+        # httpx sends the URL's userinfo as Basic auth in place of this header: the
+        # credential set on purpose would be dropped in silence
+        url = self.crm_webhook_url
+        if self.crm_webhook_authorization is not None and url and "@" in urlsplit(url).netloc:
+            raise ValueError(
+                "crm_webhook_authorization: set while TYPING_CRM_WEBHOOK_URL carries a"
+                " credential (user:password@): two credentials for one endpoint; keep one"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_topics_and_files(self) -> Self:

@@ -3,8 +3,10 @@
 A consumer group of its own (`<group>-crm-webhook`) reads the CRM-sync topic and POSTs each
 record's JSON, as the tutorial's webhook did, with the record's `event_id` as the
 `Idempotency-Key` so the receiver can drop redeliveries (delivery is at least once: the
-offset is committed only after the endpoint accepted the record). It is ready (`/readyz`)
-once it is a member of its group, with or without partitions, and the cluster answers.
+offset is committed only after the endpoint accepted the record), and
+`TYPING_CRM_WEBHOOK_AUTHORIZATION`, if set, as the `Authorization` header. It is ready
+(`/readyz`) once it is a member of its group, with or without partitions, and the cluster
+answers.
 
 What the endpoint answers decides what becomes of a record (`_answer`): a 2xx is delivered;
 400, 413 and 422 say the record itself is wrong, so it is refused for good (counted and
@@ -46,7 +48,7 @@ from aiokafka import (
     TopicPartition,
 )
 from aiokafka.errors import KafkaError
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from processor import USER_AGENT
 from processor.clock import Clock, SystemClock, wait_unless_stopped, within_grace
@@ -117,7 +119,8 @@ def _answer(status: int | None) -> _Answer:
 @dataclass(frozen=True, slots=True)
 class WebhookConfig:
     """Where and how patiently to deliver (the URL, which may carry a credential, is kept
-    out of `repr`).
+    out of `repr`), and the `Authorization` header sent with every POST, if any (a
+    `SecretStr`: masked wherever it is shown).
 
     Once stopped, the delivery in flight and the last commit get `stop_grace_s`, leaving
     the group and closing the Kafka clients `close_grace_s`: 6.5 s of SIGTERM's 10
@@ -127,6 +130,7 @@ class WebhookConfig:
     """
 
     url: str = field(repr=False)
+    authorization: SecretStr | None = field(default=None, repr=False)
     timeout_s: float = 5.0
     max_backoff_s: float = 30.0  # 0: retry at once
     stop_grace_s: float = 4.5
@@ -461,6 +465,8 @@ class CrmWebhookWorker:
             await self._dead_letter(record, *event_id, dead_letters)
             return True
         headers = {"Content-Type": "application/json", "Idempotency-Key": event_id}
+        if self._config.authorization is not None:
+            headers["Authorization"] = self._config.authorization.get_secret_value()
         attempt = 0
         tp = TopicPartition(record.topic, record.partition)
         try:

@@ -37,7 +37,8 @@ async def run_webhook(
     if take_stop_request():  # signalled while it was starting, before these handlers
         stop.set()
     telemetry = telemetry or Telemetry.from_environment(processor_metrics=False)
-    worker = CrmWebhookWorker(kafka, typing, WebhookConfig(url=url))
+    config = WebhookConfig(url=url, authorization=typing.crm_webhook_authorization)
+    worker = CrmWebhookWorker(kafka, typing, config)
     instrument_webhook(telemetry, worker)
     report_abandoned_kafka_work(loop)
     try:

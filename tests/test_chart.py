@@ -1071,6 +1071,16 @@ STARTUP_REFUSALS: dict[str, tuple[dict[str, Any], str, dict[str, str]]] = {
         "/crmWebhook/url",
         {"TYPING_CRM_WEBHOOK_URL": "https:///hooks/typing"},
     ),
+    "webhook authorization with a line break inside": (
+        {"secrets": {"crmWebhookAuthorization": "Bearer a\nX-Injected: 1"}},
+        "/secrets/crmWebhookAuthorization",
+        {"TYPING_CRM_WEBHOOK_AUTHORIZATION": "Bearer a\nX-Injected: 1"},
+    ),
+    "blank webhook authorization": (
+        {"secrets": {"crmWebhookAuthorization": " "}},
+        "/secrets/crmWebhookAuthorization",
+        {"TYPING_CRM_WEBHOOK_AUTHORIZATION": " "},
+    ),
     "audit log file that is the root directory": (
         {"typing": {"auditLogFile": "/"}},
         "/typing/auditLogFile",
@@ -1092,6 +1102,10 @@ STARTUP_ACCEPTED: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
     "resource attributes": (
         {"otel": {"resourceAttributes": "deployment.environment=prod, team = cx,"}},
         {"OTEL_RESOURCE_ATTRIBUTES": "k8s.pod.name=p,deployment.environment=prod, team = cx,"},
+    ),
+    "webhook authorization from a file, its newline at the end": (
+        {"secrets": {"crmWebhookAuthorization": "Bearer abc\n"}},
+        {"TYPING_CRM_WEBHOOK_AUTHORIZATION": "Bearer abc\n"},
     ),
     "OTLP headers": (
         {"extraEnv": [{"name": "OTEL_EXPORTER_OTLP_HEADERS", "value": "api-key=k,x-org=a=b"}]},
@@ -1509,3 +1523,53 @@ def test_alerts_select_the_series_the_service_monitor_scrapes(
             assert jobs, rule["alert"]
             assert jobs <= services, rule["alert"]
             assert f'namespace="{NAMESPACE}"' in rule["expr"]
+
+
+def test_the_webhook_authorization_comes_from_the_secret_never_the_configmap(
+    chart: helm.Chart,
+) -> None:
+    """The chart's own Secret holds `secrets.crmWebhookAuthorization`; an existing Secret
+    holds it under `crmWebhook.authorizationSecretKey`. Only the webhook reads it by key."""
+    token = "Bearer t0k3n"
+    own = {
+        "secrets": {
+            "oauthClientId": "id",
+            "oauthClientSecret": "secret",
+            "crmWebhookAuthorization": token,
+        },
+        "crmWebhook": {"enabled": True, "url": "https://crm.example.com/hooks/typing"},
+    }
+    objects = render(chart, own)
+    (secret,) = [o for o in objects if o["kind"] == "Secret"]
+    assert secret["stringData"]["TYPING_CRM_WEBHOOK_AUTHORIZATION"] == token
+    ref = webhook_env(objects)["TYPING_CRM_WEBHOOK_AUTHORIZATION"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == (
+        secret["metadata"]["name"],
+        "TYPING_CRM_WEBHOOK_AUTHORIZATION",
+    )
+    assert "TYPING_CRM_WEBHOOK_AUTHORIZATION" not in settings(objects)
+    assert "t0k3n" not in str([o for o in objects if o["kind"] != "Secret"])
+
+    existing = {
+        "secrets": {"existingSecret": "typing-credentials"},
+        "crmWebhook": {
+            "enabled": True,
+            "url": "https://crm.example.com/hooks/typing",
+            "authorizationSecretKey": "CRM_AUTHORIZATION",
+        },
+    }
+    objects = render(chart, existing)
+    ref = webhook_env(objects)["TYPING_CRM_WEBHOOK_AUTHORIZATION"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == ("typing-credentials", "CRM_AUTHORIZATION")
+    # none set: no header
+    assert "TYPING_CRM_WEBHOOK_AUTHORIZATION" not in webhook_env(
+        render(chart, {**existing, "crmWebhook": own["crmWebhook"]})
+    )
+
+    with pytest.raises(helm.HelmRenderError, match=r"authorizationSecretKey names a key"):
+        render(chart, {**own, "crmWebhook": existing["crmWebhook"]})
+    with pytest.raises(
+        helm.HelmRenderError, match=r"crmWebhookAuthorization is only used"
+    ) as refused:
+        render(chart, {**existing, "secrets": {"crmWebhookAuthorization": token}})
+    assert "t0k3n" not in str(refused.value)

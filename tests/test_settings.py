@@ -823,3 +823,56 @@ def test_readme_shows_the_default_timeout_matrix() -> None:
     section = README.read_text().split("\n## Configuration\n", 1)[1]
     block = section.split("```json\n", 1)[1].split("```", 1)[0]
     assert json.loads(block) == TimeoutMatrix().model_dump()
+
+
+AUTHORIZATION = f"Bearer {SECRET}"
+
+
+@pytest.mark.parametrize("padded", ["{}\n", "{}\r\n", "  {}  "])
+def test_the_crm_authorization_is_stripped_and_masked(
+    monkeypatch: pytest.MonkeyPatch, padded: str
+) -> None:
+    monkeypatch.setenv("TYPING_CRM_WEBHOOK_URL", "https://crm.example.com/h")
+    monkeypatch.setenv("TYPING_CRM_WEBHOOK_AUTHORIZATION", padded.format(AUTHORIZATION))
+    typing = load_typing()
+    assert typing.crm_webhook_authorization is not None
+    assert typing.crm_webhook_authorization.get_secret_value() == AUTHORIZATION
+    shown = dict(describe_settings(load_settings()))["TYPING_CRM_WEBHOOK_AUTHORIZATION"]
+    assert shown == "**********"
+    for text in (repr(typing), str(load_settings())):
+        assert SECRET not in text
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (f"Bearer {SECRET}\nX-Other: 1", "holds a line break"),
+        (f"Bearer {SECRET}\r\nX-Other: 1", "holds a line break"),
+        (f"Bearer {SECRET}\x7f", "holds a character no HTTP header can carry"),
+        (f"Bearer {SECRET}\N{EM DASH}", "holds a character no HTTP header can carry"),
+        (" \n ", "must not be empty or blank"),
+    ],
+)
+def test_a_crm_authorization_no_header_can_carry_is_refused_unshown(
+    monkeypatch: pytest.MonkeyPatch, value: str, problem: str
+) -> None:
+    """Sent as is, httpx or the connection would fail every POST, and the worker would
+    hold its partitions for ever: refused at start-up instead, without the value."""
+    monkeypatch.setenv("TYPING_CRM_WEBHOOK_AUTHORIZATION", value)
+    message = refusal(load_typing, "TYPING_CRM_WEBHOOK_AUTHORIZATION")
+    assert problem in message, message
+    assert SECRET not in message
+
+
+def test_a_crm_authorization_with_a_credential_in_the_url_is_refused_naming_both(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """httpx would send the URL's userinfo as Basic auth in place of the header."""
+    monkeypatch.setenv("TYPING_CRM_WEBHOOK_URL", f"https://crm:{SECRET}@crm.example.com/h")
+    monkeypatch.setenv("TYPING_CRM_WEBHOOK_AUTHORIZATION", AUTHORIZATION)
+    message = refusal(load_typing, "TYPING_CRM_WEBHOOK_AUTHORIZATION")
+    assert "TYPING_CRM_WEBHOOK_URL carries a credential" in message, message
+    assert SECRET not in message
+    # a query (a signature, a tenant) takes nothing from the header: both are sent
+    monkeypatch.setenv("TYPING_CRM_WEBHOOK_URL", "https://crm.example.com/h?sig=1")
+    assert load_typing().crm_webhook_authorization is not None

@@ -764,3 +764,54 @@ async def test_a_failed_connection_is_logged_with_its_reason(
     failures = [r.getMessage() for r in caplog.records if "CRM delivery of" in r.getMessage()]
     assert failures
     assert all(re.search(r"\(ConnectError: \S", message) for message in failures), failures
+
+
+TOKEN = "Bearer t0k3n-never-shown"
+
+
+async def test_worker_process_sends_the_authorization_header_and_never_shows_it(
+    bootstrap_servers: str, tmp_path: Path
+) -> None:
+    """`TYPING_CRM_WEBHOOK_AUTHORIZATION` (here from a file, with its newline) goes out as
+    the `Authorization` header of every POST, a retry's too; the log never shows it (at
+    DEBUG, nor the line of the 401 the endpoint answers first)."""
+    seen: list[str | None] = []
+
+    async def hook(request: Request) -> Response:
+        seen.append(request.headers.get("authorization"))
+        return Response(status_code=401 if len(seen) == 1 else 204)
+
+    typing = await crm_topic(bootstrap_servers, [record("auth-1", 1)])
+    async with serving(hook) as url:
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
+            "TYPING_GROUP_ID": typing.group_id,
+            "TYPING_CRM_TOPIC": typing.crm_topic,
+            "TYPING_DLQ_TOPIC": typing.dlq_topic,
+            "TYPING_CRM_WEBHOOK_URL": url,
+            "TYPING_CRM_WEBHOOK_AUTHORIZATION": f"{TOKEN}\n",
+            "TYPING_HTTP_PORT": "0",
+            "TYPING_LOG_LEVEL": "DEBUG",
+        }
+        process = RunProcess(env, tmp_path / "webhook.log", command="crm-webhook")
+        process.start()
+        try:
+            await eventually(lambda: len(seen) == 2, 60, "the 401 retried and accepted")
+            assert process.terminate(timeout_s=15) == 0
+        finally:
+            process.kill()
+    assert seen == [TOKEN, TOKEN]
+    log = process.log_text()
+    assert "CRM endpoint answers HTTP 401" in log
+    assert "t0k3n" not in log
+
+
+def test_the_authorization_is_never_in_a_repr() -> None:
+    typing = TypingSettings(
+        crm_webhook_url="https://crm.example/h", crm_webhook_authorization=TOKEN
+    )
+    config = WebhookConfig(
+        url="https://crm.example/h", authorization=typing.crm_webhook_authorization
+    )
+    for shown in (repr(typing), str(typing), repr(config), str(config)):
+        assert "t0k3n" not in shown

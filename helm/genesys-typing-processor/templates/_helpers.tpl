@@ -267,8 +267,9 @@ the processor would stop on a missing file.
   value: {{ printf "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)%s" (ternary (printf ",%s" .Values.otel.resourceAttributes) "" (ne .Values.otel.resourceAttributes "")) | quote }}
 {{- end -}}
 
-{{/* The CRM webhook worker's own env: pod identity, its service name, the CRM URL from the
-Secret, and the Kafka login (it reads no Secret through envFrom). */}}
+{{/* The CRM webhook worker's own env: pod identity, its service name, the CRM URL and its
+Authorization header from the Secret, and the Kafka login (it reads no Secret through
+envFrom). */}}
 {{- define "gtp.webhookEnv" -}}
 {{- include "gtp.podEnv" . }}
 - name: OTEL_SERVICE_NAME
@@ -278,6 +279,22 @@ Secret, and the Kafka login (it reads no Secret through envFrom). */}}
 {{- fail "crmWebhook.urlSecretKey names a key of secrets.existingSecret, which is not set" }}
 {{- end }}
 - name: TYPING_CRM_WEBHOOK_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "gtp.secretName" $ }}
+      key: {{ . }}
+{{- end }}
+{{- /* the Authorization header: the chart's Secret holds it under its variable's name, an
+existing Secret under authorizationSecretKey */}}
+{{- $authorizationKey := .Values.crmWebhook.authorizationSecretKey }}
+{{- if and $authorizationKey (include "gtp.createSecret" .) }}
+{{- fail "crmWebhook.authorizationSecretKey names a key of secrets.existingSecret, which is not set: with the chart's own Secret, set secrets.crmWebhookAuthorization" }}
+{{- end }}
+{{- if .Values.secrets.crmWebhookAuthorization }}
+{{- $authorizationKey = "TYPING_CRM_WEBHOOK_AUTHORIZATION" }}
+{{- end }}
+{{- with $authorizationKey }}
+- name: TYPING_CRM_WEBHOOK_AUTHORIZATION
   valueFrom:
     secretKeyRef:
       name: {{ include "gtp.secretName" $ }}
@@ -359,6 +376,7 @@ Keys of secrets.existingSecret are not known here and stay open.
   "TYPING_LOG_LEVEL" "typing.logLevel"
   "TYPING_HTTP_PORT" "httpPort"
   "TYPING_CRM_WEBHOOK_URL" "crmWebhook.url (or crmWebhook.urlSecretKey)"
+  "TYPING_CRM_WEBHOOK_AUTHORIZATION" "secrets.crmWebhookAuthorization (or crmWebhook.authorizationSecretKey)"
   "OTEL_SERVICE_NAME" "otel.serviceName"
   "OTEL_EXPORTER_OTLP_ENDPOINT" "otel.exporterOtlpEndpoint"
   "OTEL_TRACES_SAMPLER" "otel.tracesSampler"
