@@ -13,7 +13,12 @@ What the endpoint answers decides what becomes of a record (`_answer`): a 2xx is
 logged) and delivery goes on; any other answer (5xx, timeouts, 408/409/425/429, and the
 statuses that say the endpoint is wrong: 3xx, 401, 403, 404, ...) holds the partition and is
 retried with backoff until the endpoint accepts, since every later record would get it too.
-How long the record being delivered has been held so is `CrmWebhookWorker.held_s`.
+How long the oldest record held so has been retried is `CrmWebhookWorker.held_s`.
+
+Each partition's fetched records are delivered by a task of their own, the partition paused
+meanwhile (so in order, one POST at a time per partition), and committed once delivered: a
+record held on one partition holds no other (other sessions), whose records are fetched,
+delivered and committed meanwhile.
 
 A lost cluster (also one down at start) is retried from the last commit, never fatal. A
 record that is not a CRM-sync record (not JSON, not an object, not valid as one: something
@@ -51,7 +56,7 @@ from aiokafka.errors import KafkaError
 from pydantic import SecretStr, ValidationError
 
 from processor import USER_AGENT
-from processor.clock import Clock, SystemClock, wait_unless_stopped, within_grace
+from processor.clock import Clock, SystemClock, within_grace
 from processor.codec import describe_errors, reason_for
 from processor.deadletter import dead_letter_of
 from processor.models import CrmSyncRecord, DlqReason
@@ -149,6 +154,19 @@ class WebhookCounters:
     restarts: int = 0
 
 
+class _Partition:
+    """The delivery of one partition's fetched records: `revoked` once a rebalance takes
+    the partition away (its delivery stops after the POST out), `idle` while no POST of
+    it is out."""
+
+    __slots__ = ("idle", "revoked")
+
+    def __init__(self) -> None:
+        self.revoked = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
     """Notes when the worker has joined the group (its first assignment, even empty), and
     hands revoked partitions over (`CrmWebhookWorker._hand_over`)."""
@@ -166,7 +184,8 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class CrmWebhookWorker:
-    """Consumes CRM-sync records and POSTs them one by one, in order per partition."""
+    """Consumes CRM-sync records and POSTs them one by one, in order per partition, the
+    partitions concurrently."""
 
     def __init__(
         self,
@@ -192,13 +211,12 @@ class CrmWebhookWorker:
         self._assignment: _Assignment | None = None
         self._broker = BrokerCheck()
         # Offset after the last record delivered, by partition, not committed yet; the
-        # partitions revoked since the batch being delivered was fetched; no POST out.
+        # deliveries under way, and the tasks delivering fetched batches, by partition.
         self._delivered: dict[TopicPartition, int] = {}
-        self._revoked: set[TopicPartition] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        # When the record being delivered first failed (None: no record held).
-        self._held_since_ms: int | None = None
+        self._partitions: dict[TopicPartition, _Partition] = {}
+        self._tasks: dict[TopicPartition, asyncio.Task[None]] = {}
+        # When the record being delivered first failed, by partition (absent: not held).
+        self._held_since_ms: dict[TopicPartition, int] = {}
 
     @property
     def ready(self) -> bool:
@@ -210,11 +228,12 @@ class CrmWebhookWorker:
 
     @property
     def held_s(self) -> float:
-        """Seconds since the record being delivered first failed (0: none is held). A
-        record is held until the endpoint accepts or refuses it, whatever the other
-        workers deliver meanwhile, so this is what says a partition is stuck."""
-        since = self._held_since_ms
-        return 0.0 if since is None else max(0, self._clock.now_ms() - since) / 1000
+        """Seconds since the record held longest first failed (0: none is held). A record
+        is held until the endpoint accepts or refuses it, whatever the other partitions
+        and workers deliver meanwhile, so this is what says a partition is stuck."""
+        if not self._held_since_ms:
+            return 0.0
+        return max(0, self._clock.now_ms() - min(self._held_since_ms.values())) / 1000
 
     async def readiness(self) -> str | None:
         """Why the worker is not ready (for `/readyz`), or None when it is."""
@@ -295,20 +314,75 @@ class CrmWebhookWorker:
     async def _deliver_until_stopped(
         self, consumer: AIOKafkaConsumer, stop: asyncio.Event, dead_letters: AIOKafkaProducer
     ) -> None:
-        """Fetch, deliver and commit until `stop` is set."""
+        """Fetch until `stop` is set, each partition's batch delivered and committed by a
+        task of its own (`_deliver_batch`); then wait for the tasks (they give up once
+        stopped) and commit what they delivered."""
         self._delivered.clear()
-        while not stop.is_set():
-            try:
-                batch = await consumer.getmany(timeout_ms=500, max_records=500)
-            except Exception as exc:
-                if not is_undecodable(exc):
-                    raise  # the cluster's trouble: `run` restarts from the commit
-                await self._set_aside_undecodable(consumer, exc, stop, dead_letters)
-                continue
-            self._revoked.clear()  # (fetched since: from where their new owner commits)
-            for records in batch.values():
-                await self._deliver_all(records, stop, dead_letters)
+        try:
+            while not stop.is_set():
+                self._raise_a_failed_delivery()
+                try:
+                    batch = await consumer.getmany(timeout_ms=500, max_records=500)
+                except Exception as exc:
+                    if not is_undecodable(exc):
+                        raise  # the cluster's trouble: `run` restarts from the commit
+                    await self._set_aside_undecodable(consumer, exc, stop, dead_letters)
+                    continue
+                for tp, records in batch.items():
+                    # not fetched again until delivered: one batch of a partition at a time
+                    consumer.pause(tp)
+                    # known at once, so that a revocation before the task starts stops it
+                    partition = self._partitions[tp] = _Partition()
+                    delivery = self._deliver_batch(
+                        consumer, records, stop, dead_letters, partition, self._tasks.get(tp)
+                    )
+                    self._tasks[tp] = asyncio.create_task(delivery)
+            await asyncio.gather(*self._tasks.values())
             await self._commit(consumer, consumer.assignment())
+        finally:
+            # (a lost cluster, or the stop's grace over: no delivery outlives the clients)
+            tasks = list(self._tasks.values())
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._tasks.clear()
+            self._partitions.clear()
+
+    def _raise_a_failed_delivery(self) -> None:
+        """Raise what ended a delivery task (the cluster's trouble: `run` restarts), and
+        forget the tasks that are done."""
+        for tp, task in list(self._tasks.items()):
+            if task.done():
+                del self._tasks[tp]
+                task.result()
+
+    async def _deliver_batch(
+        self,
+        consumer: AIOKafkaConsumer,
+        records: list[ConsumerRecord[bytes, bytes]],
+        stop: asyncio.Event,
+        dead_letters: AIOKafkaProducer,
+        partition: _Partition,
+        earlier: asyncio.Task[None] | None,
+    ) -> None:
+        """Deliver `records` of one paused partition, commit them and resume it, unless
+        stopped or revoked first (what was delivered is then committed by the stop, or
+        handed over). `earlier`: the partition's previous delivery, revoked and given it
+        back since, which may still be ending: waited for (and its failure raised), never
+        two POSTs of a partition at once."""
+        tp = TopicPartition(records[0].topic, records[0].partition)
+        try:
+            if earlier is not None:
+                await earlier
+            await self._deliver_all(records, stop, dead_letters, partition)
+            if stop.is_set() or partition.revoked.is_set():
+                return
+            await self._commit(consumer, {tp})
+            if tp in consumer.assignment():
+                consumer.resume(tp)
+        finally:
+            if self._partitions.get(tp) is partition:
+                del self._partitions[tp]
 
     async def _commit(self, consumer: AIOKafkaConsumer, owned: set[TopicPartition]) -> None:
         """Commit what was delivered of the partitions in `owned`."""
@@ -325,11 +399,14 @@ class CrmWebhookWorker:
         another) starts where delivery stopped, not at the last batch's commit. Posting on
         meanwhile would deliver what the next owner delivers too, out of order with it."""
         gone = set(revoked)
-        self._revoked |= gone
+        ending = [self._partitions[tp] for tp in gone if tp in self._partitions]
+        for partition in ending:
+            partition.revoked.set()
         try:
-            # the POST out, if any: at most its timeout (no retry follows a revocation)
+            # the POSTs out, if any: at most their timeout (no retry follows a revocation)
             async with asyncio.timeout(self._config.timeout_s + 1.0):
-                await self._idle.wait()
+                for partition in ending:
+                    await partition.idle.wait()
             await self._commit(consumer, gone)
         except (KafkaError, TimeoutError) as exc:
             log.warning(
@@ -365,7 +442,11 @@ class CrmWebhookWorker:
                     )
                     end: int | None = item.offset + 1
                 else:
-                    end = await self._deliver_all(item, stop, dead_letters)
+                    partition = self._partitions[tp] = _Partition()
+                    try:
+                        end = await self._deliver_all(item, stop, dead_letters, partition)
+                    finally:
+                        del self._partitions[tp]
                 if end is None:
                     return  # stopping, or the partition was revoked
                 await self._commit(consumer, {tp})
@@ -375,6 +456,7 @@ class CrmWebhookWorker:
         records: list[ConsumerRecord[bytes, bytes]],
         stop: asyncio.Event,
         dead_letters: AIOKafkaProducer,
+        partition: _Partition,
     ) -> int | None:
         """Deliver `records` (of one partition) in order, noting each in `_delivered`; the
         offset after the last one delivered (None when stopping, or the partition's
@@ -382,9 +464,9 @@ class CrmWebhookWorker:
         end = None
         for record in records:
             tp = TopicPartition(record.topic, record.partition)
-            if tp in self._revoked:
+            if partition.revoked.is_set():
                 break  # its next owner delivers the rest
-            if not await self._deliver(record, stop, dead_letters):
+            if not await self._deliver(record, stop, dead_letters, partition):
                 break  # stopping, or revoked: leave the rest uncommitted
             end = self._delivered[tp] = record.offset + 1
         return end
@@ -456,6 +538,7 @@ class CrmWebhookWorker:
         record: ConsumerRecord[bytes, bytes],
         stop: asyncio.Event,
         dead_letters: AIOKafkaProducer,
+        partition: _Partition,
     ) -> bool:
         """POST one record until accepted or refused; False if stopped before either."""
         if record.value is None:
@@ -470,8 +553,8 @@ class CrmWebhookWorker:
         attempt = 0
         tp = TopicPartition(record.topic, record.partition)
         try:
-            while not stop.is_set() and tp not in self._revoked:
-                self._idle.clear()
+            while not stop.is_set() and not partition.revoked.is_set():
+                partition.idle.clear()
                 try:
                     posted = await self._post_unless_stopped(record.value, headers, stop)
                     if posted is None:
@@ -494,7 +577,7 @@ class CrmWebhookWorker:
                 else:
                     detail = f"HTTP {status}"
                 finally:
-                    self._idle.set()
+                    partition.idle.set()
                 answer = _answer(status)
                 if answer is _Answer.ACCEPTED:
                     self.counters.delivered += 1
@@ -512,8 +595,7 @@ class CrmWebhookWorker:
                     return True
                 attempt += 1
                 self.counters.retries += 1
-                if self._held_since_ms is None:
-                    self._held_since_ms = self._clock.now_ms()
+                self._held_since_ms.setdefault(tp, self._clock.now_ms())
                 # `attempt` counts from 1: the first retry waits up to 0.4 s, as it always did
                 delay = self._backoff.delay(attempt)
                 if asked is not None:
@@ -530,10 +612,22 @@ class CrmWebhookWorker:
                     log.warning(
                         "CRM delivery of %s failed (%s); retry in %.1fs", event_id, detail, delay
                     )
-                await wait_unless_stopped(stop, delay)
+                await _wait_unless_set(delay, stop, partition.revoked)
             return False
         finally:
-            self._held_since_ms = None  # accepted, refused or given up: held no more
+            self._held_since_ms.pop(tp, None)  # accepted, refused or given up: held no more
+
+
+async def _wait_unless_set(seconds: float, *events: asyncio.Event) -> None:
+    """Wait `seconds` (a backoff), or less if one of `events` is set meanwhile (a stop, or
+    the partition's revocation: its hand-over waits for no backoff)."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
 
 
 async def _start(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:

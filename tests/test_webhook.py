@@ -815,3 +815,57 @@ def test_the_authorization_is_never_in_a_repr() -> None:
     )
     for shown in (repr(typing), str(typing), repr(config), str(config)):
         assert "t0k3n" not in shown
+
+
+async def test_a_record_held_on_one_partition_holds_no_other_partition(
+    bootstrap_servers: str,
+) -> None:
+    """The endpoint answers 409 to one session's record for as long as it likes: that
+    partition is held, and the worker's other partitions (other sessions) are delivered
+    and committed meanwhile, records written after the hold began included."""
+    fixed = asyncio.Event()
+    accepted: list[str] = []
+
+    async def hook(request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        if body["session_id"] == "held" and not fixed.is_set():
+            return Response(status_code=409)
+        accepted.append(body["event_id"])
+        return Response(status_code=204)
+
+    topic = await new_topic(bootstrap_servers, "hook-apart", 2)
+    typing = TypingSettings(group_id=f"{topic}-group", crm_topic=topic)
+    kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
+    group = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=f"{typing.group_id}-crm-webhook"
+    )
+    async with (
+        serving(hook) as url,
+        AIOKafkaProducer(bootstrap_servers=bootstrap_servers) as producer,
+    ):
+        worker = CrmWebhookWorker(kafka, typing, WebhookConfig(url=url, max_backoff_s=0.05))
+        await producer.send_and_wait(
+            topic, orjson.dumps(record("held", 1)), key=b"held", partition=0
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        await group.start()
+        try:
+            await eventually(lambda: worker.counters.retries >= 2, 60, "the 409 retried")
+            for version in (1, 2, 3):
+                value = orjson.dumps(record("free", version))
+                await producer.send_and_wait(topic, value, key=b"free", partition=1)
+
+            async def committed() -> bool:
+                return await group.committed(TopicPartition(topic, 1)) == 3
+
+            await eventually(committed, 30, "the other partition delivered and committed")
+            assert accepted == ["free-1", "free-2", "free-3"]
+            assert worker.held_s > 0  # still held at its record
+            assert await group.committed(TopicPartition(topic, 0)) is None
+            fixed.set()
+            await eventually(lambda: "held-1" in accepted, 30, "the held record delivered")
+        finally:
+            stop.set()
+            await task
+            await group.stop()

@@ -7,8 +7,9 @@
   lost;
 - `typing_crm_webhook_ready`: 1 while the worker is a member of its group (with or without
   partitions);
-- `typing_crm_webhook_held_seconds`: how long the record being delivered has been retried
-  (0: none is held); per worker, since the others' deliveries say nothing of its partitions.
+- `typing_crm_webhook_held_seconds`: how long the record held longest of the worker's
+  partitions (delivered concurrently) has been retried (0: none is held); per worker,
+  since the others' deliveries say nothing of its partitions.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class ObservedWorker(Protocol):
 
     @property
     def held_s(self) -> float:
-        """Seconds the record being delivered has been retried (0: none is held)."""
+        """Seconds the record held longest has been retried (0: none is held)."""
         ...
 
 
@@ -98,5 +99,5 @@ def instrument_webhook(telemetry: Telemetry, worker: ObservedWorker) -> None:
         "typing.crm_webhook.held",
         [held],
         unit="s",
-        description="Seconds the record being delivered has been retried (0: none is held)",
+        description="Seconds the record held longest has been retried (0: none is held)",
     )
