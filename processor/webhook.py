@@ -433,23 +433,32 @@ class CrmWebhookWorker:
         )
         # every partition from its commit (Kafka's errors propagate: `run` restarts)
         owned = sorted(consumer.assignment() - consumer.paused())
+        # known for the whole search, not one run at a time: a partition revoked between
+        # two runs (or during the run of another) is read no further, or its next runs
+        # would be posted, and committed past the record its revocation stopped at
+        searched = {tp: _Partition() for tp in owned}
+        self._partitions.update(searched)
         search = read_past_undecodable(consumer, self._kafka, dict.fromkeys(owned, None))
-        async with aclosing(search):
-            async for tp, item in search:
-                if isinstance(item, Undecodable):
-                    await self._dead_letter(
-                        item.record, DlqReason.UNDECODABLE_RECORD, item.detail, dead_letters
-                    )
-                    end: int | None = item.offset + 1
-                else:
-                    partition = self._partitions[tp] = _Partition()
-                    try:
+        try:
+            async with aclosing(search):
+                async for tp, item in search:
+                    partition = searched[tp]
+                    if partition.revoked.is_set():
+                        return  # its next owner reads on from the commit
+                    if isinstance(item, Undecodable):
+                        await self._dead_letter(
+                            item.record, DlqReason.UNDECODABLE_RECORD, item.detail, dead_letters
+                        )
+                        end: int | None = item.offset + 1
+                    else:
                         end = await self._deliver_all(item, stop, dead_letters, partition)
-                    finally:
-                        del self._partitions[tp]
-                if end is None:
-                    return  # stopping, or the partition was revoked
-                await self._commit(consumer, {tp})
+                    if end is None or partition.revoked.is_set():
+                        return  # stopping, or the partition was revoked
+                    await self._commit(consumer, {tp})
+        finally:
+            for tp, partition in searched.items():
+                if self._partitions.get(tp) is partition:
+                    del self._partitions[tp]
 
     async def _deliver_all(
         self,

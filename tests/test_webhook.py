@@ -20,7 +20,7 @@ import httpx
 import orjson
 import pytest
 import uvicorn
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pipeline import (
     NotUtf8,
@@ -869,3 +869,68 @@ async def test_a_record_held_on_one_partition_holds_no_other_partition(
             stop.set()
             await task
             await group.stop()
+
+
+async def test_a_partition_revoked_while_reading_past_an_undecodable_record_is_read_no_further(
+    bootstrap_servers: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebalance while the worker reads a partition record by record past one it cannot
+    decode (the endpoint holding a record before it): the worker stops there, as it does in
+    a batch, and posts none of the records after the held one, which would be out of order
+    with the held one (and, the partition given to another worker, delivered by a worker
+    that no longer owns it). Whoever owns it next delivers from the held record on."""
+    fixed = asyncio.Event()
+    accepted: list[int] = []
+
+    async def hook(request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        if body["version"] == 2 and not fixed.is_set():
+            return Response(status_code=503)
+        accepted.append(int(body["version"]))
+        return Response(status_code=204)
+
+    allow_undecodable_headers(monkeypatch)
+    topic = await new_topic(bootstrap_servers, "hook-search", 1)
+    typing = TypingSettings(group_id=f"{topic}-group", crm_topic=topic, dlq_topic=f"{topic}.dlq")
+    kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
+    async with AIOKafkaProducer(bootstrap_servers=bootstrap_servers) as producer:
+        for version in (1, 2, 3, 4):  # 3: undecodable
+            headers = [(NotUtf8("trace"), b"x")] if version == 3 else []
+            value = orjson.dumps(record("s", version))
+            await producer.send_and_wait(topic, value, key=b"s", partition=0, headers=headers)
+
+    class Joined(ConsumerRebalanceListener):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.assigned = asyncio.Event()
+
+        async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+            pass
+
+        async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+            self.assigned.set()
+
+    async with serving(hook) as url:
+        worker = CrmWebhookWorker(kafka, typing, WebhookConfig(url=url, max_backoff_s=0.05))
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            await eventually(lambda: worker.counters.retries >= 2, 60, "record 2 held")
+            # another member joins (the partition moves, or comes back from the commit)...
+            other = AIOKafkaConsumer(
+                bootstrap_servers=bootstrap_servers, group_id=f"{typing.group_id}-crm-webhook"
+            )
+            joined = Joined()
+            await other.start()
+            try:
+                other.subscribe([topic], listener=joined)
+                async with asyncio.timeout(60):
+                    await joined.assigned.wait()
+            finally:
+                await other.stop()  # ... and leaves: the worker owns the partition again
+            fixed.set()
+            await eventually(lambda: 4 in accepted, 60, "the records after the held one")
+        finally:
+            stop.set()
+            await task
+    assert 2 in accepted, "the held record was skipped"
+    assert accepted.index(2) < accepted.index(4), accepted
