@@ -378,7 +378,9 @@ class CrmWebhookWorker:
             if stop.is_set() or partition.revoked.is_set():
                 return
             await self._commit(consumer, {tp})
-            if tp in consumer.assignment():
+            # a revocation during the commit may have given the partition back to a newer
+            # delivery, which resumes it itself once its records are delivered
+            if tp in consumer.assignment() and not partition.revoked.is_set():
                 consumer.resume(tp)
         finally:
             if self._partitions.get(tp) is partition:
