@@ -6,7 +6,9 @@ record's JSON, as the tutorial's webhook did, with the record's `event_id` as th
 offset is committed only after the endpoint accepted the record), and
 `TYPING_CRM_WEBHOOK_AUTHORIZATION`, if set, as the `Authorization` header. It is ready
 (`/readyz`) once it is a member of its group, with or without partitions, and the cluster
-answers.
+answers. With telemetry on, each record's delivery is a span continuing the record's
+`traceparent`, and each POST a span of its own whose `traceparent` the POST carries, so that
+the CRM continues the trace (`telemetry.delivery`).
 
 What the endpoint answers decides what becomes of a record (`_answer`): a 2xx is delivered;
 400, 413 and 422 say the record itself is wrong, so it is refused for good (counted and
@@ -53,6 +55,7 @@ from aiokafka import (
     TopicPartition,
 )
 from aiokafka.errors import KafkaError
+from opentelemetry import context as otel_context
 from pydantic import SecretStr, ValidationError
 
 from processor import USER_AGENT
@@ -66,6 +69,8 @@ from processor.runtime.recordbatch import Undecodable
 from processor.runtime.undecodable import is_undecodable, read_past_undecodable
 from processor.settings import KafkaSettings, TypingSettings
 from processor.sink.backoff import Backoff
+from processor.telemetry import Telemetry
+from processor.telemetry.delivery import RecordSpan, delivery_tracing
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +124,15 @@ def _answer(status: int | None) -> _Answer:
     if status in _RECORD_REFUSED:
         return _Answer.REFUSED
     return _Answer.ENDPOINT_WRONG
+
+
+class _Outcome(enum.Enum):
+    """What became of a record (its span's `typing.outcome`)."""
+
+    DELIVERED = "delivered"
+    REFUSED = "refused"  # by the endpoint (400/413/422): on the DLQ
+    DEAD_LETTER = "dead_letter"  # no CRM-sync record: on the DLQ
+    GIVEN_UP = "given_up"  # stopped, revoked: delivered again from the commit
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +210,10 @@ class CrmWebhookWorker:
         http: httpx.AsyncClient | None = None,
         rng: random.Random | None = None,
         clock: Clock | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
+        """`telemetry`: spans of each record and POST when on (`telemetry.delivery`); its
+        metrics are `telemetry.webhook.instrument_webhook`'s."""
         self._kafka = kafka
         self._typing = typing
         self._config = config
@@ -206,6 +223,7 @@ class CrmWebhookWorker:
         )
         self._backoff = Backoff(_BACKOFF_BASE_S, config.max_backoff_s, rng)
         self._clock = clock or SystemClock()  # dead letters' timestamps
+        self._tracing = delivery_tracing(telemetry, config.url)
         self.counters = WebhookCounters()
         self._consumer: AIOKafkaConsumer | None = None
         self._assignment: _Assignment | None = None
@@ -551,13 +569,48 @@ class CrmWebhookWorker:
         dead_letters: AIOKafkaProducer,
         partition: _Partition,
     ) -> bool:
-        """POST one record until accepted or refused; False if stopped before either."""
+        """POST one record until accepted or refused; False if stopped before either. With
+        telemetry on, the record's span is the current one meanwhile (log lines name its
+        trace) and ends with what became of the record, whatever ends its delivery."""
         if record.value is None:
             return True  # a tombstone: nothing to deliver
         event_id = _event_id(record.value)
+        if self._tracing is None:
+            outcome = await self._deliver_record(
+                record, event_id, stop, dead_letters, partition, None
+            )
+            return outcome is not _Outcome.GIVEN_UP
+        traced = self._tracing.start(record, event_id if isinstance(event_id, str) else None)
+        outcome = _Outcome.GIVEN_UP  # unless delivery ends: cancelled, or the DLQ failed
+        token = otel_context.attach(traced.context)
+        try:
+            outcome = await self._deliver_record(
+                record, event_id, stop, dead_letters, partition, traced
+            )
+        finally:
+            otel_context.detach(token)
+            if outcome is _Outcome.REFUSED:
+                traced.end(outcome.value, DlqReason.CRM_REFUSED.value)
+            elif outcome is _Outcome.DEAD_LETTER and isinstance(event_id, tuple):
+                traced.end(outcome.value, event_id[0].value)
+            else:
+                traced.end(outcome.value)
+        return outcome is not _Outcome.GIVEN_UP
+
+    async def _deliver_record(
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        event_id: str | tuple[DlqReason, str],
+        stop: asyncio.Event,
+        dead_letters: AIOKafkaProducer,
+        partition: _Partition,
+        traced: RecordSpan | None,
+    ) -> _Outcome:
+        """`_deliver` of a record that is not a tombstone; `event_id` as `_event_id` read it,
+        `traced` the record's span (None: telemetry off), to which each POST adds its own."""
         if isinstance(event_id, tuple):
             await self._dead_letter(record, *event_id, dead_letters)
-            return True
+            return _Outcome.DEAD_LETTER
         headers = {"Content-Type": "application/json", "Idempotency-Key": event_id}
         if self._config.authorization is not None:
             headers["Authorization"] = self._config.authorization.get_secret_value()
@@ -566,8 +619,12 @@ class CrmWebhookWorker:
         try:
             while not stop.is_set() and not partition.revoked.is_set():
                 partition.idle.clear()
+                post, sent = (None, headers) if traced is None else traced.start_post(headers)
+                # until an answer or an exception says otherwise: abandoned (stop, cancel)
+                status: int | None = None
+                error, detail = "cancelled", "given up before an answer"
                 try:
-                    posted = await self._post_unless_stopped(record.value, headers, stop)
+                    posted = await self._post_unless_stopped(record.value, sent, stop)
                     if posted is None:
                         log.warning(
                             "stopped while the CRM endpoint held the post of %s: given up after"
@@ -575,24 +632,30 @@ class CrmWebhookWorker:
                             event_id,
                             self._config.post_grace_s,
                         )
-                        return False
+                        return _Outcome.GIVEN_UP
                     status, asked = posted
                 except httpx.HTTPError as exc:
                     # (what the library says: a certificate refused, a name not found; the
-                    # log formatter masks any credential in it)
+                    # log formatter and the span mask any credential in it)
                     reason = str(exc).strip()
-                    detail = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
-                    status, asked = None, None
+                    error = type(exc).__name__
+                    detail = f"{error}: {reason}" if reason else error
+                    asked = None
                 except TimeoutError:
-                    status, asked, detail = None, None, "no answer in time"
+                    asked, error, detail = None, "TimeoutError", "no answer in time"
                 else:
                     detail = f"HTTP {status}"
                 finally:
                     partition.idle.set()
+                    if post is not None and traced is not None:
+                        if status is None:
+                            traced.failed(post, error, detail)
+                        else:
+                            traced.answered(post, status)
                 answer = _answer(status)
                 if answer is _Answer.ACCEPTED:
                     self.counters.delivered += 1
-                    return True
+                    return _Outcome.DELIVERED
                 if answer is _Answer.REFUSED:
                     # The record's own fault: retrying would block every later record. Kept
                     # with its bytes all the same: an endpoint that refuses every record with
@@ -603,7 +666,7 @@ class CrmWebhookWorker:
                         f"CRM endpoint answered {detail}",
                         dead_letters,
                     )
-                    return True
+                    return _Outcome.REFUSED
                 attempt += 1
                 self.counters.retries += 1
                 self._held_since_ms.setdefault(tp, self._clock.now_ms())
@@ -624,7 +687,7 @@ class CrmWebhookWorker:
                         "CRM delivery of %s failed (%s); retry in %.1fs", event_id, detail, delay
                     )
                 await _wait_unless_set(delay, stop, partition.revoked)
-            return False
+            return _Outcome.GIVEN_UP
         finally:
             self._held_since_ms.pop(tp, None)  # accepted, refused or given up: held no more
 

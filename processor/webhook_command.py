@@ -38,7 +38,7 @@ async def run_webhook(
         stop.set()
     telemetry = telemetry or Telemetry.from_environment(processor_metrics=False)
     config = WebhookConfig(url=url, authorization=typing.crm_webhook_authorization)
-    worker = CrmWebhookWorker(kafka, typing, config)
+    worker = CrmWebhookWorker(kafka, typing, config, telemetry=telemetry)
     instrument_webhook(telemetry, worker)
     report_abandoned_kafka_work(loop)
     try:

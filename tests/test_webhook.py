@@ -12,7 +12,7 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,10 @@ import pytest
 import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 from pipeline import (
     NotUtf8,
     Producer,
@@ -33,6 +37,7 @@ from pipeline import (
     read_dead_letters,
     silent_listener,
 )
+from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -43,6 +48,7 @@ from processor.childproc import free_port
 from processor.clock import ManualClock
 from processor.models import DlqReason
 from processor.settings import KafkaSettings, TypingSettings
+from processor.telemetry import Telemetry
 from processor.webhook import CrmWebhookWorker, WebhookConfig
 
 DELIVERED = re.compile(
@@ -774,11 +780,15 @@ async def test_worker_process_sends_the_authorization_header_and_never_shows_it(
 ) -> None:
     """`TYPING_CRM_WEBHOOK_AUTHORIZATION` (here from a file, with its newline) goes out as
     the `Authorization` header of every POST, a retry's too; the log never shows it (at
-    DEBUG, nor the line of the 401 the endpoint answers first)."""
+    DEBUG, nor the line of the 401 the endpoint answers first). Each POST carries a
+    `traceparent` of its own (telemetry is on by default), both in the record's trace,
+    which the log line of the 401 names."""
     seen: list[str | None] = []
+    traceparents: list[str] = []
 
     async def hook(request: Request) -> Response:
         seen.append(request.headers.get("authorization"))
+        traceparents.append(request.headers["traceparent"])
         return Response(status_code=401 if len(seen) == 1 else 204)
 
     typing = await crm_topic(bootstrap_servers, [record("auth-1", 1)])
@@ -801,8 +811,16 @@ async def test_worker_process_sends_the_authorization_header_and_never_shows_it(
         finally:
             process.kill()
     assert seen == [TOKEN, TOKEN]
+    [(first_trace, first_post), (trace, post)] = map(traceparent_of, traceparents)
+    assert (first_trace, first_post) != (trace, post)
+    assert first_trace == trace
     log = process.log_text()
-    assert "CRM endpoint answers HTTP 401" in log
+    [held] = [
+        entry
+        for entry in map(orjson.loads, log.splitlines())
+        if "CRM endpoint answers HTTP 401" in entry["message"]
+    ]
+    assert held["trace_id"] == f"{trace:032x}"
     assert "t0k3n" not in log
 
 
@@ -934,3 +952,188 @@ async def test_a_partition_revoked_while_reading_past_an_undecodable_record_is_r
             await task
     assert 2 in accepted, "the held record was skipped"
     assert accepted.index(2) < accepted.index(4), accepted
+
+
+# ---------------------------------------------------------------- traces
+
+
+@pytest.fixture
+def spans() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def telemetry(spans: InMemorySpanExporter) -> Iterator[Telemetry]:
+    made = Telemetry.from_environment(
+        {}, span_processors=[SimpleSpanProcessor(spans)], processor_metrics=False
+    )
+    try:
+        yield made
+    finally:
+        made.shutdown()
+
+
+def by_kind(spans: InMemorySpanExporter, kind: SpanKind) -> list[ReadableSpan]:
+    """The finished spans of `kind`, in the order they started."""
+    found = [span for span in spans.get_finished_spans() if span.kind is kind]
+    return sorted(found, key=lambda span: span.start_time or 0)
+
+
+def traceparent_of(value: str) -> tuple[int, int]:
+    """(trace id, parent id) of a `traceparent` header, checked for its W3C shape and its
+    sampled flag (a new trace's may also say that its id is random: 03)."""
+    version, trace_id, parent_id, flags = value.split("-")
+    assert (version, len(trace_id), len(parent_id)) == ("00", 32, 16), value
+    assert int(flags, 16) & 1, value
+    return int(trace_id, 16), int(parent_id, 16)
+
+
+async def test_a_post_carries_the_trace_of_its_record_to_the_endpoint(
+    bootstrap_servers: str, telemetry: Telemetry, spans: InMemorySpanExporter
+) -> None:
+    """The record's `traceparent` (the processor's publish span) is the parent of the
+    record's CONSUMER span, each POST is a CLIENT span under it, and the endpoint gets that
+    POST's `traceparent` (the record's trace) and the record's `tracestate`: the CRM
+    continues the trace of the typing event."""
+    trace_id, parent_id = uuid.uuid4().int, uuid.uuid4().int >> 64
+    seen: list[tuple[str, str | None]] = []
+
+    async def hook(request: Request) -> Response:
+        seen.append((request.headers["traceparent"], request.headers.get("tracestate")))
+        return Response(status_code=503 if len(seen) == 1 else 204)
+
+    typing = await crm_topic(bootstrap_servers, [])
+    traceparent = f"00-{trace_id:032x}-{parent_id:016x}-01"
+    async with AIOKafkaProducer(bootstrap_servers=bootstrap_servers) as producer:
+        await producer.send_and_wait(
+            typing.crm_topic,
+            orjson.dumps(record("tr-1", 1)),
+            key=b"tr-1",
+            partition=0,
+            headers=[("traceparent", traceparent.encode()), ("tracestate", b"crm=7")],
+        )
+    async with serving(hook) as url:
+        worker = CrmWebhookWorker(
+            KafkaSettings(bootstrap_servers=bootstrap_servers),
+            typing,
+            WebhookConfig(url=url, max_backoff_s=0),
+            telemetry=telemetry,
+        )
+        await deliver_until(worker, lambda: worker.counters.delivered == 1, "delivered")
+    [delivery] = by_kind(spans, SpanKind.CONSUMER)
+    posts = by_kind(spans, SpanKind.CLIENT)
+    assert delivery.name == f"{typing.crm_topic} process"
+    assert delivery.parent is not None
+    assert delivery.parent.is_remote
+    assert (delivery.parent.trace_id, delivery.parent.span_id) == (trace_id, parent_id)
+    assert dict(delivery.attributes or {}) == {
+        "messaging.system": "kafka",
+        "messaging.destination.name": typing.crm_topic,
+        "messaging.destination.partition.id": "0",
+        "messaging.kafka.offset": 0,
+        "typing.event_id": "tr-1-1",
+        "typing.outcome": "delivered",
+        "typing.attempts": 2,
+        "http.response.status_code": 204,
+    }
+    assert delivery.status.status_code is StatusCode.UNSET
+    assert [post.name for post in posts] == ["POST", "POST"]
+    assert [(post.attributes or {}).get("http.response.status_code") for post in posts] == [
+        503,
+        204,
+    ]
+    assert [post.status.status_code for post in posts] == [StatusCode.ERROR, StatusCode.UNSET]
+    for post, (sent, state) in zip(posts, seen, strict=True):
+        assert post.parent is not None
+        assert post.parent.span_id == delivery.context.span_id
+        # what the endpoint got is the POST's own span, in the record's trace
+        assert traceparent_of(sent) == (trace_id, post.context.span_id)
+        assert state == "crm=7"
+
+
+SECRETS = ("pw-s3cret", "q-s3cret", "h-s3cret")
+
+
+async def test_a_refused_record_says_so_on_its_span_and_no_span_holds_a_secret(
+    bootstrap_servers: str, telemetry: Telemetry, spans: InMemorySpanExporter
+) -> None:
+    """A record the endpoint refuses (422) ends its span as `refused`, an error naming the
+    DLQ's reason; a record without a `traceparent` starts a trace, which its POST carries.
+    The URL's userinfo and query and the `Authorization` value are in no span."""
+    seen: list[str] = []
+
+    async def hook(request: Request) -> Response:
+        seen.append(request.headers["traceparent"])
+        body = orjson.loads(await request.body())
+        if body["version"] == 1:
+            return Response(status_code=422)
+        return Response(status_code=401 if len(seen) == 2 else 204)
+
+    typing = await crm_topic(bootstrap_servers, [record("tr-2", 1), record("tr-2", 2)])
+    async with serving(hook) as url:
+        # (the userinfo goes out as Basic auth in the Authorization's place: settings refuse
+        # the two together, the worker does not care; either is a secret)
+        secret_url = url.replace("//", "//user:pw-s3cret@") + "?token=q-s3cret"
+        config = WebhookConfig(
+            url=secret_url, authorization=SecretStr("Bearer h-s3cret"), max_backoff_s=0
+        )
+        kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
+        worker = CrmWebhookWorker(kafka, typing, config, telemetry=telemetry)
+        await deliver_until(worker, lambda: worker.counters.delivered == 1, "the second one")
+    refused, delivered = by_kind(spans, SpanKind.CONSUMER)
+    assert (refused.attributes or {})["typing.outcome"] == "refused"
+    assert (refused.attributes or {})["typing.dlq.reason"] == DlqReason.CRM_REFUSED.value
+    assert (refused.attributes or {})["http.response.status_code"] == 422
+    assert (refused.status.status_code, refused.status.description) == (
+        StatusCode.ERROR,
+        DlqReason.CRM_REFUSED.value,
+    )
+    assert (delivered.attributes or {})["typing.outcome"] == "delivered"
+    assert (delivered.attributes or {})["typing.attempts"] == 2
+    for span in (refused, delivered):
+        assert span.parent is None  # no traceparent on the record: a trace of its own
+    posts = by_kind(spans, SpanKind.CLIENT)
+    assert [traceparent_of(sent) for sent in seen] == [
+        (post.context.trace_id, post.context.span_id) for post in posts
+    ]
+    assert {(post.attributes or {})["url.full"] for post in posts} == {
+        url.replace("//", "//REDACTED:REDACTED@")
+    }
+    shown = repr(
+        [
+            (
+                span.name,
+                dict(span.attributes or {}),
+                span.status.description,
+                [(event.name, dict(event.attributes or {})) for event in span.events],
+            )
+            for span in spans.get_finished_spans()
+        ]
+    )
+    assert not [secret for secret in SECRETS if secret in shown]
+
+
+async def test_a_post_without_an_answer_is_an_error_and_a_stop_gives_its_record_up(
+    bootstrap_servers: str, telemetry: Telemetry, spans: InMemorySpanExporter
+) -> None:
+    """A POST that gets no answer (nothing listens) ends its span as an error of its
+    exception's class; the record, held until the stop, ends its span `given_up`."""
+    typing = await crm_topic(bootstrap_servers, [record("tr-3", 1)])
+    nothing_there = f"http://user:pw-s3cret@127.0.0.1:{free_port()}/hook?token=q-s3cret"
+    worker = CrmWebhookWorker(
+        KafkaSettings(bootstrap_servers=bootstrap_servers),
+        typing,
+        WebhookConfig(url=nothing_there, max_backoff_s=0.05),
+        telemetry=telemetry,
+    )
+    await deliver_until(worker, lambda: worker.counters.retries >= 2, "retried")
+    [given_up] = by_kind(spans, SpanKind.CONSUMER)
+    posts = by_kind(spans, SpanKind.CLIENT)
+    assert (given_up.attributes or {})["typing.outcome"] == "given_up"
+    assert (given_up.attributes or {})["typing.attempts"] == len(posts) >= 2
+    assert "http.response.status_code" not in (given_up.attributes or {})
+    assert given_up.status.status_code is StatusCode.UNSET  # delivered again: no failure
+    for post in posts:
+        assert (post.attributes or {})["error.type"] == "ConnectError"
+        assert post.status.status_code is StatusCode.ERROR
+        assert "s3cret" not in (post.status.description or "")

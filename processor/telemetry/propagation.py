@@ -1,4 +1,5 @@
-"""W3C trace context in Kafka record headers (`traceparent`, `tracestate`).
+"""W3C trace context in Kafka record headers (`traceparent`, `tracestate`), and in HTTP
+request headers (the CRM webhook's POSTs).
 
 Kafka headers are `(str, bytes)` pairs; the propagator works on text. The getter and setter
 below adapt the two, so OpenTelemetry's own `TraceContextTextMapPropagator` does the parsing
@@ -52,6 +53,12 @@ def inject(context: Context) -> Headers:
     headers: Headers = []
     _PROPAGATOR.inject(headers, context=context, setter=_SETTER)
     return headers
+
+
+def inject_http(context: Context, headers: dict[str, str]) -> None:
+    """Add the span of `context` to an HTTP request's `headers` as `traceparent` (and
+    `tracestate`), replacing any there."""
+    _PROPAGATOR.inject(headers, context=context)
 
 
 def header(headers: InHeaders | None, name: str) -> str | None:

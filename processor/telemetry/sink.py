@@ -29,9 +29,10 @@ _AttributeKey = tuple[str, str | int, str]
 _REDACTED = "REDACTED"  # what OpenTelemetry's HTTP conventions put for URL credentials
 
 
-def _full_url(url: httpx.URL) -> str:
+def full_url(url: httpx.URL) -> str:
     """`url.full` as OpenTelemetry's HTTP conventions have it: no query (the sink sends
-    none), and userinfo, should a configured URL carry it, as `REDACTED:REDACTED`."""
+    none; a CRM webhook URL's may hold a token), and userinfo, should a configured URL carry
+    it, as `REDACTED:REDACTED`."""
     if url.query:
         url = url.copy_with(query=None)
     if url.userinfo:
@@ -87,7 +88,7 @@ class _TracedTransport(httpx.AsyncBaseTransport):
             kind=SpanKind.CLIENT,
             attributes={
                 "http.request.method": request.method,
-                "url.full": _full_url(url),
+                "url.full": full_url(url),
                 "server.address": url.host,
             },
         )
