@@ -36,7 +36,7 @@ from helmchart import (
 from kubernetes_validate.utils import latest_version
 
 from processor.runtime.partition import Counters
-from processor.runtime.service import PartitionStats
+from processor.runtime.service import PartitionStats, RestoreStats
 from processor.settings import (
     REGION_DOMAINS,
     ConfigError,
@@ -1396,6 +1396,9 @@ class _Processor:
     def partition_stats(self) -> list[PartitionStats]:
         return [PartitionStats(0, 1, 1, 1, 1)]
 
+    def restores(self) -> list[RestoreStats]:
+        return [RestoreStats(0, 1.0, 1, 1)]
+
     async def broker_reachable(self) -> bool:
         return True
 
@@ -1442,6 +1445,7 @@ async def exported_metric_names() -> set[str]:
         assert processor.call_duration is not None
         processor.call_duration.record(0.1)
         processor.record_budget_wait(0.2)
+        processor.record_restore(0, 0.5, 10, 2)
         tracing = processor.partition_tracing("in", 0, {})
         assert tracing is not None
         tracing.end_to_end.record(0.3)

@@ -7,6 +7,7 @@ readiness is probed over HTTP while a partition's restore is held.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from collections.abc import AsyncIterator, Iterator
 
@@ -409,6 +410,8 @@ async def test_readyz_is_503_while_restoring_and_200_after(
     telemetry: Telemetry,
     endpoint: httpx.AsyncClient,
 ) -> None:
+    """While a restore is held, `/readyz` names the partition and for how long it has
+    been restoring; once it is done, the restore's duration and counts are on `/metrics`."""
     answer = await endpoint.get("/readyz")
     assert answer.status_code == 503
     assert answer.json()["reason"] == "processor not running"
@@ -422,7 +425,13 @@ async def test_readyz_is_503_while_restoring_and_200_after(
         )
         answer = await endpoint.get("/readyz")
         assert answer.status_code == 503
-        assert "restoring" in answer.json()["reason"]
+        reason = answer.json()["reason"]
+        assert re.fullmatch(
+            r"partitions still restoring: 0 for \d+\.\d s \(\d+ records read.*\)", reason
+        )
+        held = samples((await endpoint.get("/metrics")).text)
+        assert value(held, "typing_restore_elapsed_seconds", partition="0") > 0
+        assert value(held, "typing_restore_duration_seconds_count") == 0
         health = await endpoint.get("/healthz")
         assert health.status_code == 200
         assert health.json()["status"] == "ok"
@@ -434,6 +443,12 @@ async def test_readyz_is_503_while_restoring_and_200_after(
 
         await eventually(ready, 30, "/readyz 200 after the restore")
         assert stack.processor.ready
+        done = samples((await endpoint.get("/metrics")).text)
+        assert value(done, "typing_restore_duration_seconds_count", partition="0") == 1
+        assert value(done, "typing_restore_duration_seconds_sum", partition="0") > 0
+        for counted in ("typing_restore_records_total", "typing_restore_sessions_total"):
+            assert any(n == counted and ("partition", "0") in ls for n, ls in done), counted
+        assert value(done, "typing_restore_elapsed_seconds") == 0  # none under way
     finally:
         HeldRestore.gate.set()
         await stack.close()

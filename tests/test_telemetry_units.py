@@ -43,7 +43,7 @@ from processor.logs import JsonFormatter, configure_logging, redact
 from processor.runtime import command
 from processor.runtime.command import ops_endpoint
 from processor.runtime.partition import Counters
-from processor.runtime.service import PartitionStats
+from processor.runtime.service import PartitionStats, RestoreStats
 from processor.settings import load_otel
 from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
@@ -646,6 +646,9 @@ class FakeProcessor:
 
     def partition_stats(self) -> list[PartitionStats]:
         return [PartitionStats(0, 5, 1, 2, 3), PartitionStats(1, 0, 0, 0, None)]
+
+    def restores(self) -> list[RestoreStats]:
+        return []
 
     async def broker_reachable(self) -> bool:
         return self.reachable

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -18,8 +19,30 @@ class RestoreError(Exception):
     """The changelog could not be read to its end."""
 
 
+@dataclass(slots=True)
+class RestoreProgress:
+    """How far the read of one changelog partition has come (readiness and metrics)."""
+
+    records: int = 0
+    """Changelog records read so far (superseded values and tombstones included)."""
+    position: int = 0
+    """Offset of the next record to read."""
+    end: int | None = None
+    """Offset the read goes at least to, once known."""
+
+    @property
+    def remaining(self) -> int | None:
+        """Offsets left before `end` (None while it is not known)."""
+        return None if self.end is None else max(0, self.end - self.position)
+
+
 async def read_changelog(
-    options: dict[str, Any], topic: str, partition: int, stall_s: float = 60.0
+    options: dict[str, Any],
+    topic: str,
+    partition: int,
+    stall_s: float = 60.0,
+    *,
+    progress: RestoreProgress | None = None,
 ) -> list[tuple[bytes, bytes | None]]:
     """The latest (key, value) of every key of `topic`/`partition` that a tombstone has not
     deleted, read from its beginning to its real end.
@@ -37,8 +60,12 @@ async def read_changelog(
     restoring past it would forget what it holds.
 
     A separate, group-less consumer with manual assignment, so reading the changelog never
-    disturbs the consumer group.
+    disturbs the consumer group. `progress`, when given, is kept up to date as the read
+    goes (it starts over with a read that starts over).
     """
+    if progress is None:
+        progress = RestoreProgress()
+    progress.records, progress.position, progress.end = 0, 0, None
     tp = TopicPartition(topic, partition)
     consumer = AIOKafkaConsumer(
         **options,
@@ -54,18 +81,19 @@ async def read_changelog(
     latest: dict[bytes, bytes | None] = {}
     try:
         consumer.assign([tp])
-        end = (await consumer.end_offsets([tp]))[tp]
+        end = progress.end = (await consumer.end_offsets([tp]))[tp]
         await consumer.seek_to_beginning(tp)
         loop = asyncio.get_running_loop()
-        progress_at = loop.time()
+        read_at = loop.time()
         while True:
             try:
-                async with asyncio.timeout(max(0.0, progress_at + stall_s - loop.time())):
+                async with asyncio.timeout(max(0.0, read_at + stall_s - loop.time())):
                     batch = await consumer.getmany(
                         tp, timeout_ms=END_PROBE_WAIT_MS, max_records=10_000
                     )
                     fetched = batch.get(tp, [])
-                    reached = not fetched and await consumer.position(tp) >= end
+                    position = progress.position = await consumer.position(tp)
+                    reached = not fetched and position >= end
             except TimeoutError:
                 raise RestoreError(
                     f"changelog {topic}[{partition}] read no record for {stall_s:.0f}s"
@@ -79,7 +107,8 @@ async def read_changelog(
             if reached:
                 break
             if fetched:
-                progress_at = loop.time()
+                read_at = loop.time()
+                progress.records += len(fetched)
             for record in fetched:
                 key = record.key
                 if key is None:

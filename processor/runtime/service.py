@@ -25,7 +25,7 @@ from .outbound import Outbound
 from .partition import Counters, PartitionWorker
 from .reconciler import Reconciler, Sink
 from .recordbatch import Undecodable
-from .restore import read_changelog
+from .restore import RestoreProgress, read_changelog
 from .scheduler import Scheduler
 from .undecodable import is_undecodable, read_past_undecodable
 
@@ -61,6 +61,25 @@ class PartitionStats:
     lag: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class RestoreStats:
+    """One partition whose store is being restored, as readiness and the metrics see it."""
+
+    partition: int
+    seconds: float
+    """Since the partition was assigned (retries of a failed read included)."""
+    records: int
+    """Changelog records read so far."""
+    remaining: int | None
+    """Changelog offsets left to read, once the end is known."""
+
+
+@dataclass(slots=True)
+class _Restoring:
+    started: float
+    progress: RestoreProgress
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, service: TypingProcessor) -> None:
         self._service = service
@@ -91,6 +110,7 @@ class TypingProcessor:
         self._options = client_options(settings.kafka)
         self._outbound = Outbound(settings.kafka, settings.typing)
         self.lease = MembershipLease(LEASE_TERM_S, LEASE_RENEW_S, monotonic)
+        self._monotonic = monotonic
         # The scheduler takes no work while the lease has lapsed; the sink sends no request
         # either, retries included: a call planned under the lease may wait for its
         # intent's acknowledgement, or back off, through a stall.
@@ -113,6 +133,8 @@ class TypingProcessor:
         self.assigned = False
         self._stopping = False
         self._restoring = 0
+        # partitions being restored now: since when, and how far their read has come
+        self._restores: dict[int, _Restoring] = {}
         self._settling: set[asyncio.Future[None]] = set()
         self._ready = asyncio.Event()
         self._broker = BrokerCheck()
@@ -157,6 +179,19 @@ class TypingProcessor:
     def restoring(self) -> int:
         """Partitions whose store is being restored now."""
         return self._restoring
+
+    def restores(self) -> list[RestoreStats]:
+        """Every partition being restored now, by partition."""
+        now = self._monotonic()
+        return [
+            RestoreStats(
+                partition,
+                now - restoring.started,
+                restoring.progress.records,
+                restoring.progress.remaining,
+            )
+            for partition, restoring in sorted(self._restores.items())
+        ]
 
     async def broker_reachable(self) -> bool:
         """True when the Kafka cluster answered a metadata request lately (see `BrokerCheck`)."""
@@ -519,14 +554,22 @@ class TypingProcessor:
         # a member late to rejoin is dropped and restores again). Input fetched meanwhile
         # queues in the worker, paused by back-pressure; readiness waits for the restores.
         for partition in fresh:
+            restoring = self._restores[partition] = _Restoring(self._monotonic(), RestoreProgress())
             # settled, not restored: a stop or a revocation may close a worker as it restores
             settling = asyncio.ensure_future(self.workers[partition].settled())
             self._settling.add(settling)
-            settling.add_done_callback(self._restore_settled)
+            settling.add_done_callback(
+                functools.partial(self._restore_settled, partition, restoring)
+            )
 
-    def _restore_settled(self, settling: asyncio.Future[None]) -> None:
+    def _restore_settled(
+        self, partition: int, restoring: _Restoring, settling: asyncio.Future[None]
+    ) -> None:
         self._settling.discard(settling)
         self._restoring -= 1
+        # (the partition may have been assigned again meanwhile: that restore is its own)
+        if self._restores.get(partition) is restoring:
+            del self._restores[partition]
         self._update_ready()
 
     def _share_budget(self, assigned: list[TopicPartition]) -> None:
@@ -543,15 +586,28 @@ class TypingProcessor:
         log.info("spending %d/%d of the OAuth client's API budget", owned, len(total))
 
     async def _restore(self, partition: int) -> PartitionStore:
+        restoring = self._restores.get(partition)
+        if restoring is None:  # (not assigned through `acquire`)
+            restoring = _Restoring(self._monotonic(), RestoreProgress())
+        progress = restoring.progress
         records = await read_changelog(
-            self._options, self.settings.typing.resolved_changelog_topic, partition
+            self._options,
+            self.settings.typing.resolved_changelog_topic,
+            partition,
+            progress=progress,
         )
         store = PartitionStore.restore(partition, self._engine, self._clock, records)
+        seconds = self._monotonic() - restoring.started
         log.info(
-            "partition %d restored: %d sessions (and version floors) from the changelog",
+            "partition %d restored in %.3f s: %d changelog records read, %d sessions (and"
+            " version floors) kept, %d sessions tracked",
             partition,
+            seconds,
+            progress.records,
             len(records),
+            store.tracked_sessions,
         )
+        self.telemetry.record_restore(partition, seconds, progress.records, store.tracked_sessions)
         # The restored sessions live long: keep them out of every later collection (a full
         # one over a million sessions costs a quarter second of the event loop). Garbage
         # first, or it is frozen too (what a collection looks at is what is not frozen yet:

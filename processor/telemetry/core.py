@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
+from opentelemetry.metrics import Counter as OtelCounter
 from opentelemetry.sdk.environment_variables import (
     OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT,
     OTEL_LINK_ATTRIBUTE_COUNT_LIMIT,
@@ -79,6 +80,23 @@ LATENCY_BUCKETS_S = (
     30.0,
     60.0,
 )
+# Seconds; from an empty changelog to one read for minutes.
+RESTORE_BUCKETS_S = (
+    0.01,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
 _BREAKER_STATES = ("closed", "half_open", "open")
 _Callback = Callable[[CallbackOptions], Iterable[Observation]]
 _SUPPORTED_PROTOCOL = "http/protobuf"
@@ -115,6 +133,19 @@ class PartitionStats(Protocol):
     def lag(self) -> int | None: ...
 
 
+class RestoreStats(Protocol):
+    """One partition being restored, read on collection and by readiness."""
+
+    @property
+    def partition(self) -> int: ...
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def records(self) -> int: ...
+    @property
+    def remaining(self) -> int | None: ...
+
+
 class Observed(Protocol):
     """A running processor as telemetry and the readiness probe see it."""
 
@@ -135,6 +166,10 @@ class Observed(Protocol):
 
     def partition_stats(self) -> Sequence[PartitionStats]:
         """Gauges of every owned partition."""
+        ...
+
+    def restores(self) -> Sequence[RestoreStats]:
+        """Partitions whose store is being restored now."""
         ...
 
     async def broker_reachable(self) -> bool:
@@ -277,6 +312,8 @@ class Telemetry:
         self.genesys_calls: Counter[tuple[str, str | int, str]] = Counter()
         self.call_duration: Histogram | None = None
         self.ratelimit_wait: Histogram | None = None
+        # duration, records read and sessions of finished restores
+        self._restores: tuple[Histogram, OtelCounter, OtelCounter] | None = None
         if tracer_provider is not None:
             self._tracer = tracer_provider.get_tracer("processor", __version__)
         if meter_provider is not None:
@@ -434,6 +471,36 @@ class Telemetry:
             [self._observe_breaker],
             description="1 for the circuit breaker's current state (closed, half_open, open)",
         )
+        self._restores = (
+            meter.create_histogram(
+                "typing.restore.duration",
+                unit="s",
+                description="From a partition's assignment to its store restored, by partition",
+                explicit_bucket_boundaries_advisory=RESTORE_BUCKETS_S,
+            ),
+            meter.create_counter(
+                "typing.restore.records",
+                unit="{record}",
+                description="Changelog records read by finished restores, by partition",
+            ),
+            meter.create_counter(
+                "typing.restore.sessions",
+                unit="{session}",
+                description="Sessions held by stores once restored, by partition",
+            ),
+        )
+        meter.create_observable_gauge(
+            "typing.restore.elapsed",
+            [self._observe_restores("seconds")],
+            unit="s",
+            description="How long each restore under way has run, by partition",
+        )
+        meter.create_observable_gauge(
+            "typing.restore.remaining",
+            [self._observe_restores("remaining")],
+            unit="{offset}",
+            description="Changelog offsets each restore under way has left to read",
+        )
         meter.create_observable_gauge(
             "typing.ready",
             [self._observe_ready],
@@ -481,6 +548,29 @@ class Telemetry:
             return out
 
         return observe
+
+    def _observe_restores(self, field: str) -> _Callback:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            out = []
+            for observed in list(self._observed):
+                for stats in observed.restores():
+                    value = getattr(stats, field)
+                    if value is not None:
+                        out.append(Observation(value, {"partition": str(stats.partition)}))
+            return out
+
+        return observe
+
+    def record_restore(self, partition: int, seconds: float, records: int, sessions: int) -> None:
+        """A partition's store restored: `seconds` since its assignment, `records` read from
+        the changelog, `sessions` held."""
+        if self._restores is None:
+            return
+        duration, records_read, sessions_held = self._restores
+        attributes = {"partition": str(partition)}
+        duration.record(seconds, attributes)
+        records_read.add(records, attributes)
+        sessions_held.add(sessions, attributes)
 
     def _observe_tokens(self, options: CallbackOptions) -> Iterable[Observation]:
         # (the exporter's thread: a read that changes nothing)

@@ -4,7 +4,8 @@
   processor's own loop, so a blocked loop cannot answer at all (the probe times out); a
   sampler also measures how late the loop runs timers, and a stalled sampler fails it.
 - `/readyz`: 200 only when a processor runs, its partitions are assigned and restored, and
-  the Kafka cluster answers. 503 (with the reason) otherwise, e.g. while restoring. Another
+  the Kafka cluster answers. 503 (with the reason) otherwise, e.g. while restoring (naming
+  each partition restoring, for how long and how far its read has come). Another
   worker (the CRM webhook) passes its own readiness check.
 - `/metrics`: Prometheus text of every OpenTelemetry instrument.
 """
@@ -22,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .core import Telemetry
+from .core import RestoreStats, Telemetry
 
 LOOP_SAMPLE_S = 0.5
 # The loop sampler must have run within this long for the process to count as healthy.
@@ -110,8 +111,17 @@ class OpsEndpoint:
             if processor.problem is not None:
                 return processor.problem
         if not all(processor.ready for processor in observed):
-            return "partitions not assigned or still restoring"
+            restoring = [stats for p in observed for stats in p.restores()]
+            if not restoring:
+                return "partitions not assigned or still restoring"
+            return "partitions still restoring: " + ", ".join(map(_restoring, restoring))
         reachable = await asyncio.gather(*(p.broker_reachable() for p in observed))
         if not all(reachable):
             return "Kafka cluster unreachable"
         return None
+
+
+def _restoring(stats: RestoreStats) -> str:
+    """One restore under way as `/readyz` names it: partition, time, how far it has come."""
+    left = "" if stats.remaining is None else f", {stats.remaining} offsets to go"
+    return f"{stats.partition} for {stats.seconds:.1f} s ({stats.records} records read{left})"
