@@ -262,6 +262,8 @@ async def test_a_record_the_client_cannot_decode_is_dead_lettered_and_passed(
         before = await sender.send_and_wait(
             topic, orjson.dumps(typing_event("s-poison", timeout_ms=20_000)), key=b"s-poison"
         )
+        # set before the rest comes: handed over with the stop, it would collapse with it (I3)
+        await eventually(lambda: len(emulator.history("s-poison")) == 1, 20, "the typing set")
         poison = await sender.send_and_wait(
             topic,
             poisoned,
