@@ -10,6 +10,9 @@ import contextlib
 import gc
 import logging
 import math
+import os
+import re
+import signal
 import uuid
 import warnings
 import weakref
@@ -32,8 +35,9 @@ from pipeline import (
     typing_event,
 )
 
+from processor.broker import LocalBroker
 from processor.clock import Clock, SystemClock
-from processor.domain import SinkResult
+from processor.domain import SESSION_ID_PATTERN, SinkResult
 from processor.emulator.app import SESSION_PATH
 from processor.emulator.testing import EmulatorHandle
 from processor.models import TypingEvent
@@ -41,7 +45,12 @@ from processor.runtime.kafka import TopicError, TopicSpec, ensure_topics, raise_
 from processor.runtime.outbound import Headers, Outbound
 from processor.runtime.partition import Counters, PartitionWorker
 from processor.runtime.reconciler import Reconciler
-from processor.runtime.restore import read_changelog
+from processor.runtime.restore import (
+    BARRIER_KEY,
+    FETCH_WAIT_MS,
+    RestoreProgress,
+    read_changelog,
+)
 from processor.runtime.service import TypingProcessor
 from processor.settings import KafkaSettings, Settings, TypingSettings
 from processor.sink.client import GenesysSink
@@ -817,6 +826,93 @@ async def test_a_restore_keeps_only_what_survives_of_each_key(bootstrap_servers:
             await producer.send_and_wait(topic, value, key=key, partition=0)
     records = await read_changelog({"bootstrap_servers": bootstrap_servers}, topic, 0)
     assert records == [(b"kept", b"v499"), (b"back", b"v1")]
+
+
+async def test_a_restore_reads_to_the_barrier_it_writes_as_it_begins(
+    bootstrap_servers: str,
+) -> None:
+    """The read's end is a barrier, a tombstone written (acks=all) as the read begins: every
+    record acknowledged before it precedes it, batched ones included, which the local
+    broker's reported end leaves out but for a batch's first record. Its key is no session
+    id, and its tombstone is folded as nothing. Each read writes a barrier of its own."""
+    topic = f"t{uuid.uuid4().hex[:10]}-changelog"
+    async with AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5) as producer:
+        # one record batch of 10: the broker reports its end as 1 (its base offset + 1)
+        sent = [
+            await producer.send(topic, b"v", key=f"s{n}".encode(), partition=0) for n in range(10)
+        ]
+        await asyncio.gather(*sent)
+    options = {"bootstrap_servers": bootstrap_servers}
+    progress = RestoreProgress()
+    records = await read_changelog(options, topic, 0, progress=progress)
+    assert sorted(records) == sorted((f"s{n}".encode(), b"v") for n in range(10))
+    assert (progress.end, progress.records, progress.remaining) == (11, 11, 0)
+    written = await read_topic(bootstrap_servers, topic)
+    assert [(r.offset, r.key, r.value) for r in written[10:]] == [(10, BARRIER_KEY, None)]
+    assert re.match(SESSION_ID_PATTERN, BARRIER_KEY.decode()) is None
+    again = RestoreProgress()
+    assert sorted(await read_changelog(options, topic, 0, progress=again)) == sorted(records)
+    assert again.end == 12
+
+
+async def test_a_restore_stalled_by_a_silent_broker_reads_on_to_its_barrier(
+    broker: LocalBroker,
+) -> None:
+    """The broker stops answering right after the barrier is acknowledged, most of the log
+    still to read: fetches come back empty for many times their wait, and the read goes on
+    until it is past the barrier once the broker answers again, every record restored (an
+    empty fetch is no answer yet, not the end)."""
+    bootstrap = broker.bootstrap_servers
+    pid = broker.pid
+    assert pid is not None
+    topic = f"t{uuid.uuid4().hex[:10]}-changelog"
+    count = 5_000  # 5 MiB: several fetches of 1 MiB, the most a fetch returns of a partition
+    async with AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5) as producer:
+        sent = [
+            await producer.send(topic, b"v" * 1024, key=f"s{n}".encode(), partition=0)
+            for n in range(count)
+        ]
+        await asyncio.gather(*sent)
+        stopped = asyncio.Event()
+
+        async def barrier_then_silence() -> int:
+            written = await producer.send_and_wait(topic, None, key=BARRIER_KEY, partition=0)
+            os.kill(pid, signal.SIGSTOP)
+            stopped.set()
+            return int(written.offset)
+
+        progress = RestoreProgress()
+        read = asyncio.create_task(
+            read_changelog(
+                {"bootstrap_servers": bootstrap},
+                topic,
+                0,
+                write_barrier=barrier_then_silence,
+                progress=progress,
+            )
+        )
+        try:
+            await eventually(stopped.is_set, 30, "the barrier written and the broker silent")
+            # silent for five fetch waits: the read must not end meanwhile
+            done, _ = await asyncio.wait({read}, timeout=5 * FETCH_WAIT_MS / 1000)
+            assert not done, "the read ended while the broker said nothing"
+            assert progress.remaining, "nothing was left to read when the broker went silent"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        records = await asyncio.wait_for(read, 60)
+    assert len(records) == count
+    assert progress.remaining == 0
+
+
+async def test_a_processor_restores_with_a_barrier_from_its_own_producer(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """Each partition's restore writes its barrier to its changelog partition."""
+    settings = make_settings(bootstrap_servers, emulator, topic_partitions=2)
+    async with running(settings, TypingProcessor):
+        written = await read_topic(bootstrap_servers, settings.typing.resolved_changelog_topic)
+    barriers = sorted(r.partition for r in written if r.key == BARRIER_KEY and r.value is None)
+    assert barriers == [0, 1]
 
 
 async def test_a_scheduler_that_stopped_stops_the_processor_and_says_why(

@@ -18,6 +18,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from processor.settings import ConfigError, KafkaSettings, TypingSettings
 
 from .kafka import client_options
+from .restore import BARRIER_KEY
 
 Headers = list[tuple[str, bytes]]
 # Larger batches than aiokafka's 16 KiB default: a turn's audit records go in a few.
@@ -106,6 +107,19 @@ class Outbound:
         if self._audit_file is not None:
             self._audit_file.close()
             self._audit_file = None
+
+    async def barrier(self, partition: int) -> int:
+        """Write the barrier that ends a restore's read to changelog `partition` (see
+        `restore.read_changelog`); its offset once acknowledged by every replica (acks=all).
+
+        Written even while the group has not confirmed this member lately (while
+        `PartitionWorker.holding`): a tombstone of a key no session has overwrites no
+        owner's state.
+        """
+        written = await self._producer.send_and_wait(
+            self.changelog_topic, None, key=BARRIER_KEY, partition=partition
+        )
+        return int(written.offset)
 
     def batch(self) -> OutboundBatch:
         """An empty batch of records to send together."""

@@ -594,6 +594,8 @@ class TypingProcessor:
             self._options,
             self.settings.typing.resolved_changelog_topic,
             partition,
+            # the service's producer: no client of its own per restore
+            write_barrier=functools.partial(self._outbound.barrier, partition),
             progress=progress,
         )
         store = PartitionStore.restore(partition, self._engine, self._clock, records)
