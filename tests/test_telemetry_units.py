@@ -643,12 +643,13 @@ class FakeProcessor:
     ready: bool = True
     reachable: bool = True
     problem: str | None = None
+    restoring: list[RestoreStats] = field(default_factory=list)
 
     def partition_stats(self) -> list[PartitionStats]:
         return [PartitionStats(0, 5, 1, 2, 3), PartitionStats(1, 0, 0, 0, None)]
 
     def restores(self) -> list[RestoreStats]:
-        return []
+        return self.restoring
 
     async def broker_reachable(self) -> bool:
         return self.reachable
@@ -750,6 +751,27 @@ async def test_readyz_names_what_is_missing(ops: OpsEndpoint) -> None:
     assert answer.json()["reason"] == (
         "processor not running; restarting after: partition 2 stopped committing"
     )
+
+
+async def test_readyz_names_the_partitions_restoring_and_how_far_they_are(
+    ops: OpsEndpoint,
+) -> None:
+    """Each restore under way by partition, for how long and how far its read has come; a
+    replica restoring many names the first ones and counts the rest."""
+    processor = FakeProcessor(
+        ready=False, restoring=[RestoreStats(3, 12.34, 1200, 300), RestoreStats(7, 0.5, 0, None)]
+    )
+    ops.telemetry.observe(processor)
+    answer = await get(ops, "/readyz")
+    assert (answer.status_code, answer.json()["reason"]) == (
+        503,
+        "partitions still restoring: 3 for 12.3 s (1200 records read, 300 offsets to go),"
+        " 7 for 0.5 s (0 records read)",
+    )
+    processor.restoring = [RestoreStats(p, 1.0, 0, None) for p in range(20)]
+    reason = (await get(ops, "/readyz")).json()["reason"]
+    assert reason.count(" for 1.0 s") == 16
+    assert reason.endswith("15 for 1.0 s (0 records read) and 4 more")
 
 
 async def test_healthz_fails_when_the_event_loop_stalls(ops: OpsEndpoint) -> None:

@@ -29,6 +29,9 @@ LOOP_SAMPLE_S = 0.5
 # The loop sampler must have run within this long for the process to count as healthy.
 STALL_S = 10.0
 
+# Restores `/readyz` names one by one; a replica restoring hundreds says how many more.
+MAX_RESTORES_NAMED = 16
+
 Readiness = Callable[[], Awaitable[str | None]]
 """Why the worker is not ready (the `/readyz` reason), or None when it is."""
 
@@ -114,7 +117,11 @@ class OpsEndpoint:
             restoring = [stats for p in observed for stats in p.restores()]
             if not restoring:
                 return "partitions not assigned or still restoring"
-            return "partitions still restoring: " + ", ".join(map(_restoring, restoring))
+            named = ", ".join(map(_restoring, restoring[:MAX_RESTORES_NAMED]))
+            more = len(restoring) - MAX_RESTORES_NAMED
+            return f"partitions still restoring: {named}" + (
+                f" and {more} more" if more > 0 else ""
+            )
         reachable = await asyncio.gather(*(p.broker_reachable() for p in observed))
         if not all(reachable):
             return "Kafka cluster unreachable"
