@@ -809,6 +809,17 @@ async def test_a_cluster_down_at_start_leaves_no_kafka_client_open(
     assert [str(w.message) for w in caught if "AIOKafka" in str(w.message)] == []
 
 
+async def test_a_restore_that_cannot_start_its_reader_leaves_no_client_open() -> None:
+    """The restore's reader fails to start (the cluster down, or the restore cancelled as it
+    starts): what it opened is closed, or every retry of the restore leaks a client."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(KafkaError):
+            await read_changelog({"bootstrap_servers": "127.0.0.1:1"}, "changelog", 0)
+        gc.collect()
+    assert [str(w.message) for w in caught if "AIOKafka" in str(w.message)] == []
+
+
 async def test_a_restore_keeps_only_what_survives_of_each_key(bootstrap_servers: str) -> None:
     """An uncompacted changelog holds every write: the read folds them as they come (the
     last per key wins, a tombstone deletes), so its memory follows the sessions."""

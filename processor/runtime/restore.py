@@ -95,9 +95,11 @@ async def read_changelog(
         # at the new start; the default ("latest") would skip to the end and restore nothing
         auto_offset_reset="earliest",
     )
-    await consumer.start()
     latest: dict[bytes, bytes | None] = {}
     try:
+        # inside: a restore cancelled while the client starts (a revocation, a stop) must
+        # close what it opened
+        await consumer.start()
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
         loop = asyncio.get_running_loop()
