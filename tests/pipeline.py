@@ -70,6 +70,17 @@ def run_env(bootstrap: str, emulator: EmulatorHandle) -> dict[str, str]:
     }
 
 
+# A configuration `run` and `crm-webhook` accept, whose cluster and endpoints are never
+# reached: for what happens before they connect (start-up, early signals).
+UNREACHED_ENV = {
+    "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+    "GENESYSCLOUD_OAUTHCLIENT_ID": "id",
+    "GENESYSCLOUD_OAUTHCLIENT_SECRET": "secret",
+    "TYPING_CRM_WEBHOOK_URL": "http://127.0.0.1:9/crm",
+    "TYPING_HTTP_PORT": "0",
+}
+
+
 def unique_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 

@@ -20,6 +20,7 @@ import yaml
 from helmchart import CHART, REPO, ci_values, environment, one, render
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from pipeline import UNREACHED_ENV
 
 from processor.asgi import serve_in_background
 from processor.childproc import free_port
@@ -168,11 +169,7 @@ def test_the_image_s_pid_1_passes_on_a_sigterm_that_comes_while_the_processor_st
     program, *arguments = _exec_form("ENTRYPOINT") + _exec_form("CMD")
     env = {
         **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",  # never reached
-        "GENESYSCLOUD_OAUTHCLIENT_ID": "id",
-        "GENESYSCLOUD_OAUTHCLIENT_SECRET": "secret",
-        "TYPING_CRM_WEBHOOK_URL": "http://127.0.0.1:9/crm",
-        "TYPING_HTTP_PORT": "0",
+        **UNREACHED_ENV,
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     namespace = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pipeline
 import pytest
 from pipeline import (
+    UNREACHED_ENV,
     Producer,
     RunProcess,
     eventually,
@@ -137,15 +138,7 @@ def test_a_stop_signal_before_the_handlers_are_installed_exits_zero(
     without the image's init, a signal left at its default is dropped, and the pod would
     be killed only at the end of its grace period) nor end the process without a clean
     exit. The stop comes before any broker is reached: the command leaves at once, exit 0."""
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",  # never reached
-        "GENESYSCLOUD_OAUTHCLIENT_ID": "id",
-        "GENESYSCLOUD_OAUTHCLIENT_SECRET": "secret",
-        "TYPING_CRM_WEBHOOK_URL": "http://127.0.0.1:9/crm",
-        "TYPING_HTTP_PORT": "0",
-        "OTEL_SDK_DISABLED": "true",
-    }
+    env = {**os.environ, **UNREACHED_ENV, "OTEL_SDK_DISABLED": "true"}
     log = tmp_path / "early.log"
     with log.open("wb") as out:
         child = subprocess.run(

@@ -467,6 +467,17 @@ async def test_a_stop_while_the_cluster_hangs_gives_up_on_it_after_the_grace(
     assert stopped_in < config.stop_grace_s + config.close_grace_s + 1
 
 
+async def webhook_committed(bootstrap: str, typing: TypingSettings, partition: int) -> int | None:
+    """The CRM topic's offset the webhook worker's group has committed for `partition`."""
+    group = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=f"{typing.group_id}-crm-webhook")
+    await group.start()
+    try:
+        offset: int | None = await group.committed(TopicPartition(typing.crm_topic, partition))
+        return offset
+    finally:
+        await group.stop()
+
+
 async def test_a_post_still_in_flight_after_the_grace_is_given_up_uncommitted(
     bootstrap_servers: str, receiver: tuple[Receiver, str]
 ) -> None:
@@ -491,14 +502,7 @@ async def test_a_post_still_in_flight_after_the_grace_is_given_up_uncommitted(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert worker.counters.delivered == 0
-    group = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=f"{typing.group_id}-crm-webhook"
-    )
-    await group.start()
-    try:
-        assert await group.committed(TopicPartition(typing.crm_topic, 0)) is None
-    finally:
-        await group.stop()
+    assert await webhook_committed(bootstrap_servers, typing, 0) is None
 
 
 async def test_a_stop_with_a_post_hung_commits_the_records_accepted_before_it(
@@ -527,15 +531,8 @@ async def test_a_stop_with_a_post_hung_commits_the_records_accepted_before_it(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert [key for key, _ in state.received] == ["w-10-1", "w-10-2"]
-    group = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=f"{typing.group_id}-crm-webhook"
-    )
-    await group.start()
-    try:
-        committed = await group.committed(TopicPartition(typing.crm_topic, 0))
-    finally:
-        await group.stop()
-    assert committed == 2  # the two accepted; the third is delivered again
+    # the two accepted; the third is delivered again
+    assert await webhook_committed(bootstrap_servers, typing, 0) == 2
 
 
 async def test_worker_process_stopped_while_kafka_does_not_answer_exits_at_once(
