@@ -172,7 +172,12 @@ def test_the_image_s_pid_1_passes_on_a_sigterm_that_comes_while_the_processor_st
         **UNREACHED_ENV,
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    namespace = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc"]
+    # --kill-child: the namespace's PID 1 dies with `unshare`, and every process in it with
+    # that PID 1, so that a failed run leaves nothing behind
+    namespace = [
+        *("unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc"),
+        "--kill-child",
+    ]
     container = subprocess.Popen(
         [*namespace, str(bin_dir / program), *arguments],
         env=env,
