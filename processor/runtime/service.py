@@ -132,9 +132,10 @@ class TypingProcessor:
         self._scheduling: asyncio.Task[None] | None = None
         self.assigned = False
         self._stopping = False
-        self._restoring = 0
         # partitions being restored now: since when, and how far their read has come
         self._restores: dict[int, _Restoring] = {}
+        # one per restore not settled yet (a partition assigned again while its previous
+        # restore ends has two)
         self._settling: set[asyncio.Future[None]] = set()
         self._ready = asyncio.Event()
         self._broker = BrokerCheck()
@@ -151,7 +152,7 @@ class TypingProcessor:
     @property
     def ready(self) -> bool:
         """Partitions assigned and restored: input is being processed."""
-        return self.assigned and self._restoring == 0 and self.problem is None
+        return self.assigned and not self._settling and self.problem is None
 
     @property
     def problem(self) -> str | None:
@@ -178,7 +179,7 @@ class TypingProcessor:
     @property
     def restoring(self) -> int:
         """Partitions whose store is being restored now."""
-        return self._restoring
+        return len(self._settling)
 
     def restores(self) -> list[RestoreStats]:
         """Every partition being restored now, by partition."""
@@ -547,8 +548,6 @@ class TypingProcessor:
             )
         self._share_budget(assigned)
         self.assigned = True
-        self._restoring += len(fresh)
-        self._update_ready()
         # The listener returns at once: the group waits for it before the member may join
         # the next rebalance, so a long restore here held every member of the group (and
         # a member late to rejoin is dropped and restores again). Input fetched meanwhile
@@ -561,12 +560,12 @@ class TypingProcessor:
             settling.add_done_callback(
                 functools.partial(self._restore_settled, partition, restoring)
             )
+        self._update_ready()
 
     def _restore_settled(
         self, partition: int, restoring: _Restoring, settling: asyncio.Future[None]
     ) -> None:
         self._settling.discard(settling)
-        self._restoring -= 1
         # (the partition may have been assigned again meanwhile: that restore is its own)
         if self._restores.get(partition) is restoring:
             del self._restores[partition]
