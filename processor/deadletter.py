@@ -27,6 +27,7 @@ from processor.models import (
     DeadLetterHeader,
     DlqReason,
     TimestampType,
+    b64_chars,
 )
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def _kept_headers(
     for key, value in headers:
         # encoded, a header takes at least its key's characters and its value's base64: a
         # huge one is never encoded
-        if used + len(key) + 4 * -(-len(value or b"") // 3) > DLQ_HEADERS_KEEP_BYTES:
+        if used + len(key) + b64_chars(len(value or b"")) > DLQ_HEADERS_KEEP_BYTES:
             return tuple(kept), True
         header = DeadLetterHeader(
             key=_clean_text(key, DLQ_HEADERS_KEEP_BYTES),

@@ -67,7 +67,8 @@ GenesysId = Annotated[StrictStr, StringConstraints(pattern=UUID_PATTERN, to_lowe
 Sha256Hex = Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
-def _b64_chars(size: int) -> int:
+def b64_chars(size: int) -> int:
+    """Characters of the base64 of `size` bytes."""
     return 4 * -(-size // 3)
 
 
@@ -265,8 +266,8 @@ class DeadLetter(_Payload):
     topic: Annotated[StrictStr, Field(max_length=MAX_TOPIC_CHARS)]
     partition: PartitionNumber
     offset: NonNegativeInt64
-    key_b64: Annotated[StrictStr, Field(max_length=_b64_chars(DLQ_KEY_KEEP_BYTES))] | None
-    value_b64: Annotated[StrictStr, Field(max_length=_b64_chars(DLQ_VALUE_KEEP_BYTES))] | None
+    key_b64: Annotated[StrictStr, Field(max_length=b64_chars(DLQ_KEY_KEEP_BYTES))] | None
+    value_b64: Annotated[StrictStr, Field(max_length=b64_chars(DLQ_VALUE_KEEP_BYTES))] | None
     timestamp: StrictStr
     key_size: NonNegativeInt64 | None = None
     key_sha256: Sha256Hex | None = None
