@@ -47,13 +47,16 @@ class ManualClock:
         self._now = now_ms
 
 
-async def wait_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
-    """Wait `seconds` (a backoff), or less if `stop` is set meanwhile."""
+async def wait_unless_stopped(stop: asyncio.Event, seconds: float, *also: asyncio.Event) -> None:
+    """Wait `seconds` (a backoff), or less if `stop`, or one of `also` (a revocation that
+    waits for no backoff), is set meanwhile."""
+    waits = [asyncio.ensure_future(event.wait()) for event in (stop, *also)]
     try:
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-    except TimeoutError:
-        pass
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
 
 
 async def within_grace(

@@ -59,7 +59,7 @@ from opentelemetry import context as otel_context
 from pydantic import SecretStr, ValidationError
 
 from processor import USER_AGENT
-from processor.clock import Clock, SystemClock, within_grace
+from processor.clock import Clock, SystemClock, wait_unless_stopped, within_grace
 from processor.codec import describe_errors, reason_for
 from processor.deadletter import dead_letter_of
 from processor.models import CrmSyncRecord, DlqReason
@@ -686,22 +686,10 @@ class CrmWebhookWorker:
                     log.warning(
                         "CRM delivery of %s failed (%s); retry in %.1fs", event_id, detail, delay
                     )
-                await _wait_unless_set(delay, stop, partition.revoked)
+                await wait_unless_stopped(stop, delay, partition.revoked)
             return _Outcome.GIVEN_UP
         finally:
             self._held_since_ms.pop(tp, None)  # accepted, refused or given up: held no more
-
-
-async def _wait_unless_set(seconds: float, *events: asyncio.Event) -> None:
-    """Wait `seconds` (a backoff), or less if one of `events` is set meanwhile (a stop, or
-    the partition's revocation: its hand-over waits for no backoff)."""
-    waits = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()
-        await asyncio.gather(*waits, return_exceptions=True)
 
 
 async def _start(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
