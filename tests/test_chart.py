@@ -1496,7 +1496,8 @@ async def test_alerts_and_dashboard_query_metrics_the_processor_exports(
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     dashboard_metrics = {name for expr in exprs for name in QUERIED.findall(expr)}
     assert dashboard_metrics <= exported, dashboard_metrics - exported
-    # lag, decisions, calls by status, end-to-end latency, rate-limit waits, phantom risk
+    # lag, decisions, calls by status, end-to-end latency, rate-limit waits, phantom risk,
+    # restores (under way, records, duration), the webhook's deliveries and held record
     assert {
         "typing_consumer_lag",
         "typing_events_total",
@@ -1506,8 +1507,32 @@ async def test_alerts_and_dashboard_query_metrics_the_processor_exports(
         "genesys_circuit_breaker_state",
         "genesys_ratelimit_paused_seconds",
         "typing_reconciliations_queued",
+        "typing_restore_elapsed_seconds",
+        "typing_restore_remaining",
+        "typing_restore_records_total",
+        "typing_restore_duration_seconds_bucket",
         "typing_crm_webhook_deliveries_total",
+        "typing_crm_webhook_held_seconds",
     } <= dashboard_metrics
+
+
+def test_dashboard_panels_have_ids_and_places_of_their_own(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    """Grafana keys panel state by id, and draws panels that share grid cells on top of
+    each other: every panel has its own id and its own cells of the 24-column grid."""
+    (data,) = dashboard_configmap(production(rendered))["data"].values()
+    panels = json.loads(data)["panels"]
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), ids
+    taken: dict[tuple[int, int], str] = {}
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in taken, f"{panel['title']} over {taken[x, y]}"
+                taken[x, y] = panel["title"]
 
 
 def test_alerts_select_the_series_the_service_monitor_scrapes(
