@@ -852,6 +852,69 @@ def test_monitoring_objects_in_the_release_namespace_keep_their_names(chart: hel
     )
 
 
+GRAFANA_UID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+
+
+def dashboard(objects: list[Manifest]) -> dict[str, Any]:
+    """The Grafana dashboard the chart ships, as Grafana reads it."""
+    (data,) = dashboard_configmap(objects)["data"].values()
+    loaded: dict[str, Any] = json.loads(data)
+    return loaded
+
+
+def variable(board: dict[str, Any], name: str) -> dict[str, Any]:
+    (found,) = [v for v in board["templating"]["list"] if v["name"] == name]
+    return found
+
+
+def test_each_release_has_a_dashboard_of_its_own(chart: helm.Chart) -> None:
+    """Grafana keeps one dashboard per uid, and one title per folder: releases that
+    shipped the same uid left one of their dashboards loaded, whichever Grafana read
+    first, an older chart's as well as a newer one's. Each release's dashboard has a uid
+    (at most 40 characters of Grafana's alphabet) and a title of its own, the same on every
+    render, and opens on the release's namespace and, with the ServiceMonitor that gives
+    the jobs their names, on the release's jobs."""
+    releases = [
+        ("typing", "contact-centre"),
+        ("typing-b", "contact-centre"),
+        ("typing", "contact-centre-b"),
+        # a dash moved between namespace and release spells the same words
+        ("b-typing", "contact-centre"),
+        (LONG_RELEASE, "contact-centre-emea-production"),
+        (LONG_RELEASE, "contact-centre-apac-production"),
+    ]
+    central = {key: {**value, "namespace": "monitoring"} for key, value in MONITORING.items()}
+    uids: dict[str, tuple[str, str]] = {}
+    titles: dict[str, tuple[str, str]] = {}
+    for release, namespace in releases:
+        board = dashboard(render(chart, central, release, namespace))
+        assert GRAFANA_UID.match(board["uid"]), board["uid"]
+        # a reader of Grafana's URLs can tell whose it is
+        assert board["uid"].startswith(f"{namespace}-"[:20]), board["uid"]
+        assert board["uid"] not in uids, (
+            f"{board['uid']} of {release} is also {uids[board['uid']]}'s"
+        )
+        assert board["title"] not in titles, board["title"]
+        uids[board["uid"]] = titles[board["title"]] = (release, namespace)
+        assert dashboard(render(chart, central, release, namespace)) == board
+        assert variable(board, "namespace")["current"]["value"] == namespace
+        jobs = [
+            s["metadata"]["name"]
+            for s in of_kind(render(chart, central, release, namespace), "Service")
+        ]
+        assert variable(board, "job")["current"]["value"] == jobs
+
+    # without the chart's ServiceMonitor the job names are another scrape's: all of them
+    objects = render(chart, {"grafanaDashboard": {"enabled": True}})
+    assert variable(dashboard(objects), "job")["current"]["value"] == "$__all"
+    # a uid of one's own, e.g. the one links were made to
+    values = {"grafanaDashboard": {"enabled": True, "uid": "genesys-typing-processor"}}
+    assert dashboard(render(chart, values))["uid"] == "genesys-typing-processor"
+    for uid in ("x" * 41, "typing/processor"):
+        with pytest.raises(helm.HelmValuesError, match=r"at '/grafanaDashboard/uid'"):
+            render(chart, {"grafanaDashboard": {"enabled": True, "uid": uid}})
+
+
 def test_alerts_need_the_service_monitor_whose_job_they_select(chart: helm.Chart) -> None:
     with pytest.raises(helm.HelmRenderError, match=r"needs serviceMonitor\.enabled"):
         render(chart, {"prometheusRule": {"enabled": True}})
@@ -1491,9 +1554,7 @@ async def test_alerts_and_dashboard_query_metrics_the_processor_exports(
     rule_metrics = {name for rule in rules for name in QUERIED.findall(rule["expr"])}
     assert rule_metrics
     assert rule_metrics <= exported, rule_metrics - exported
-    (data,) = dashboard_configmap(objects)["data"].values()
-    dashboard = json.loads(data)
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    exprs = [t["expr"] for p in dashboard(objects)["panels"] for t in p.get("targets", [])]
     dashboard_metrics = {name for expr in exprs for name in QUERIED.findall(expr)}
     assert dashboard_metrics <= exported, dashboard_metrics - exported
     # lag, decisions, calls by status, end-to-end latency, rate-limit waits, phantom risk,
@@ -1521,8 +1582,7 @@ def test_dashboard_panels_have_ids_and_places_of_their_own(
 ) -> None:
     """Grafana keys panel state by id, and draws panels that share grid cells on top of
     each other: every panel has its own id and its own cells of the 24-column grid."""
-    (data,) = dashboard_configmap(production(rendered))["data"].values()
-    panels = json.loads(data)["panels"]
+    panels = dashboard(production(rendered))["panels"]
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids)), ids
     taken: dict[tuple[int, int], str] = {}

@@ -54,6 +54,22 @@ gives way to a hash of the whole, which keeps names apart that the cut would mak
 {{- end -}}
 {{- end -}}
 
+{{/*
+The dashboard's Grafana uid, at most 40 characters of [A-Za-z0-9_-]: grafanaDashboard.uid,
+or the release's namespace and full name cut to 31 characters and a hash of the two, which
+keeps releases apart that the cut, or a dash moved from one name to the other, would make
+equal. Grafana keeps one dashboard per uid: releases sharing one would show one of them.
+*/}}
+{{- define "gtp.dashboardUid" -}}
+{{- if .Values.grafanaDashboard.uid -}}
+{{- .Values.grafanaDashboard.uid -}}
+{{- else -}}
+{{- $fullname := include "gtp.fullname" . -}}
+{{- $base := regexReplaceAll "[^A-Za-z0-9_-]" (printf "%s-%s" .Release.Namespace $fullname) "-" | trunc 31 | trimSuffix "-" -}}
+{{- printf "%s-%s" $base (printf "%s/%s" .Release.Namespace $fullname | sha256sum | trunc 8) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "gtp.webhookName" -}}
 {{- include "gtp.componentName" (dict "ctx" . "suffix" "crm-webhook") -}}
 {{- end -}}
