@@ -439,6 +439,54 @@ def test_default_release_uses_the_existing_secret(
     assert "kubectl -n typing create secret generic" in notes(chart)
 
 
+def pod_checksums(objects: list[Manifest]) -> dict[str, dict[str, str]]:
+    """Each Deployment's checksum annotations of its pods, by its component."""
+    return {
+        d["metadata"]["labels"]["app.kubernetes.io/component"]: {
+            key: value
+            for key, value in d["spec"]["template"]["metadata"]["annotations"].items()
+            if key.startswith("checksum/")
+        }
+        for d in of_kind(objects, "Deployment")
+    }
+
+
+def test_pods_roll_when_the_chart_s_secret_or_settings_change(chart: helm.Chart) -> None:
+    """A Deployment rolls only when its pod template changes, and pods read the Secret
+    and the ConfigMap once, at start: a rotated credential in the chart's Secret, or a
+    setting, reaches the pods because their checksums change. Only what changed rolls
+    them; a Secret managed outside Helm is known by its name alone."""
+    hook = {"enabled": True, "url": "https://crm.example.com/hooks/typing"}
+    own = {"secrets": {"oauthClientId": "id", "oauthClientSecret": "s3cr3t"}, "crmWebhook": hook}
+    before = pod_checksums(render(chart, own))
+    assert set(before) == {"processor", "crm-webhook"}
+    assert pod_checksums(render(chart, own)) == before
+
+    rotations: list[dict[str, Any]] = [
+        {"oauthClientSecret": "rotated"},
+        {"oauthClientId": "another-id"},
+        {"crmWebhookAuthorization": "Bearer rotated"},
+    ]
+    for rotation in rotations:
+        after = pod_checksums(render(chart, {**own, "secrets": {**own["secrets"], **rotation}}))
+        for component in before:
+            assert after[component]["checksum/secret"] != before[component]["checksum/secret"]
+            assert after[component]["checksum/config"] == before[component]["checksum/config"]
+            # a hash, never the value
+            assert "rotated" not in str(after[component])
+
+    setting = pod_checksums(render(chart, {**own, "typing": {"logLevel": "DEBUG"}}))
+    for component in before:
+        assert setting[component]["checksum/config"] != before[component]["checksum/config"]
+        assert setting[component]["checksum/secret"] == before[component]["checksum/secret"]
+
+    existing = {"secrets": {"existingSecret": "typing-credentials"}, "crmWebhook": hook}
+    named = pod_checksums(render(chart, existing))
+    renamed = {"secrets": {"existingSecret": "typing-credentials-2"}, "crmWebhook": hook}
+    for component, checksums in pod_checksums(render(chart, renamed)).items():
+        assert checksums["checksum/secret"] != named[component]["checksum/secret"]
+
+
 # --------------------------------------------------------------------------- production
 
 
