@@ -573,6 +573,48 @@ def test_keda_scales_on_the_consumer_group_without_more_calls(
     assert config["TYPING_API_RATE_PER_MINUTE"] == "300"
 
 
+def test_keda_verifies_kafka_tls_against_its_trust_store_without_a_ca(chart: helm.Chart) -> None:
+    """KEDA's Kafka scaler with `tls: enable` and no `ca` verifies the brokers against
+    its own trust store (the system's and KEDA's custom CAs), as the processor does against
+    the image's: no TriggerAuthentication is needed for it, and verification is never
+    turned off (`unsafeSsl`). A CA given goes to the scaler too; without TLS none is sent."""
+
+    def scaler(
+        kafka: dict[str, str], secrets: dict[str, str] | None = None
+    ) -> tuple[Manifest, set[str]]:
+        """The Kafka trigger, and the parameters the chart's TriggerAuthentication gives."""
+        values: dict[str, Any] = {"keda": {"enabled": True}, "kafka": kafka}
+        if secrets:
+            values["secrets"] = {"oauthClientId": "id", "oauthClientSecret": "s", **secrets}
+        objects = render(chart, values)
+        (trigger,) = one(objects, "ScaledObject")["spec"]["triggers"]
+        auths = of_kind(objects, "TriggerAuthentication")
+        params = {r["parameter"] for a in auths for r in a["spec"].get("secretTargetRef", [])}
+        return trigger, params
+
+    tls, params = scaler({"securityProtocol": "SSL"})
+    assert tls["metadata"]["tls"] == "enable"
+    assert "unsafeSsl" not in tls["metadata"]
+    assert "authenticationRef" not in tls
+    assert params == set()
+
+    sasl, params = scaler(
+        {"securityProtocol": "SASL_SSL", "saslMechanism": "PLAIN", "saslUsername": "u"},
+        {"kafkaSaslPassword": "pw"},
+    )
+    assert (sasl["metadata"]["tls"], sasl["metadata"]["sasl"]) == ("enable", "plaintext")
+    assert "unsafeSsl" not in sasl["metadata"]
+    assert params == {"password"}
+
+    ca, params = scaler({"securityProtocol": "SSL", "caSecretName": "kafka-ca"})
+    assert ca["metadata"]["tls"] == "enable"
+    assert params == {"ca"}
+
+    plain, _ = scaler({"securityProtocol": "PLAINTEXT"})
+    assert "tls" not in plain["metadata"]
+    assert "authenticationRef" not in plain
+
+
 def test_keda_never_scales_below_one_replica(chart: helm.Chart) -> None:
     # clears of shown indicators must go out even when no input lags
     objects = render(chart, {"keda": {"enabled": True}, "replicaCount": 0})
