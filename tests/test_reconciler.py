@@ -169,6 +169,22 @@ async def test_a_call_cancelled_while_it_waits_leaves_the_acknowledgement_alone(
     assert sink.calls == []
 
 
+async def test_a_call_cancelled_before_it_ever_ran_gives_its_budget_back() -> None:
+    """Cancelled before its task's first step (a revocation right after the scheduler
+    took the work), the call runs none of its code: its prepaid tokens still come back."""
+    sink = GatedSink()
+    reconciler = Reconciler(sink, max_in_flight=2)
+    level = sink.budget.level()
+    sink.budget.spend(2)  # as the scheduler prepays a GET and a PATCH
+    call = reconciler.launch(work("s1"), 2, acked(), lambda _: None)
+    call.cancel()
+    await asyncio.gather(call, return_exceptions=True)
+    assert call.cancelled()
+    assert sink.calls == []
+    assert sink.budget.spent == 0
+    assert sink.budget.level() == pytest.approx(level, abs=0.1)
+
+
 async def test_each_target_goes_to_its_endpoint() -> None:
     sink = GatedSink()
     reconciler = Reconciler(sink, max_in_flight=4)

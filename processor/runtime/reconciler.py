@@ -107,6 +107,9 @@ class Reconciler:
         self._set_capacity = max(1, max_in_flight - max(1, max_in_flight // 4))
         self._tasks: set[asyncio.Task[None]] = set()
         self._sets: set[asyncio.Task[None]] = set()
+        # prepaid tokens of calls whose task has not taken its first step: a task cancelled
+        # then runs none of its code, so `_finished` refunds them
+        self._unstarted: dict[asyncio.Task[None], int] = {}
         self._listeners: list[Callable[[], None]] = []
 
     @property
@@ -141,6 +144,8 @@ class Reconciler:
         `deliver` receives its result on the event loop (not when the call is cancelled)."""
         task = asyncio.create_task(self._run(work, prepaid, recorded, deliver))
         self._tasks.add(task)
+        if prepaid:
+            self._unstarted[task] = prepaid
         if work.kind is WorkKind.SET or work.kind is WorkKind.REFRESH:
             self._sets.add(task)
         task.add_done_callback(self._finished)
@@ -149,6 +154,9 @@ class Reconciler:
     async def _run(
         self, work: Work, prepaid: int, recorded: Awaitable[object], deliver: Deliver
     ) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._unstarted.pop(task, None)  # from here on, this call refunds or spends them
         try:
             # shielded: the acknowledgement is the flush's too, which a cancelled call
             # must not cancel for the rest of it
@@ -203,6 +211,9 @@ class Reconciler:
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._sets.discard(task)
+        unsent = self._unstarted.pop(task, 0)
+        if unsent:
+            self.sink.budget.refund(unsent)  # cancelled before its first step: never sent
         for listener in list(self._listeners):
             listener()
 
