@@ -21,7 +21,7 @@ from processor.emulator.config import EmulatorConfig
 from processor.emulator.server import serve_in_background
 from processor.emulator.testing import EmulatorHandle
 from processor.sink import GenesysSink, SinkConfig
-from processor.sink.auth import REFUSED_RETRY_S
+from processor.sink.auth import REFUSED_FIRST_RETRY_S, REFUSED_MAX_RETRY_S
 from processor.sink.breaker import BreakerState
 from processor.sink.errors import AuthConfigError
 
@@ -442,17 +442,18 @@ async def test_an_api_that_refuses_every_token_costs_no_login_per_call(
             assert api.emulator.stats()["total"] == 2  # refused twice, then no more
             assert [r.attempts for r in results] == [2, 0, 0, 0, 0]
 
-            clock.advance(REFUSED_RETRY_S)  # then one call tries again, as on a first 401
+            clock.advance(REFUSED_FIRST_RETRY_S)  # then one call tries again, as on a first 401
             again = await sink.apply("s1", indicator(1))
             assert (again.outcome, again.attempts) == (Outcome.AUTH_CONFIG_ERROR, 2)
             assert calls(emulator, "TOKEN") == 3
             assert api.emulator.stats()["total"] == 4
+            assert "the next try in 2.0 s" in (await sink.apply("s1", indicator(1))).error
 
 
 async def test_a_refused_token_is_kept_for_the_try_after_the_pause(
     emulator: EmulatorHandle,
 ) -> None:
-    """A token the API did not know yet (just issued) may be taken ten seconds later:
+    """A token the API did not know yet (just issued) may be taken a moment later:
     dropping it would make the next try fetch, and be refused, again."""
     clock = FakeMonotonic()
     async with GenesysSink(config_for(emulator), monotonic=clock) as sink:
@@ -460,11 +461,42 @@ async def test_a_refused_token_is_kept_for_the_try_after_the_pause(
         sink.tokens.refused("another token")  # replaced meanwhile: nothing to hold back
         assert await sink.tokens.token() == token
         sink.tokens.refused(token)
-        with pytest.raises(AuthConfigError, match=r"the next try in 10\.0 s"):
+        with pytest.raises(AuthConfigError, match=r"the next try in 1\.0 s"):
             await sink.tokens.token()
-        clock.advance(REFUSED_RETRY_S)
+        clock.advance(REFUSED_FIRST_RETRY_S)
         assert await sink.tokens.token() == token
         assert sink.tokens.fetches == 1
+
+
+async def test_refusals_in_a_row_pause_longer_each_time_until_the_api_takes_a_token(
+    emulator: EmulatorHandle,
+) -> None:
+    """The pause after a refused token starts short (a brief double 401 must not hold
+    clears for long, I1), doubles with each refusal in a row up to its cap, and starts
+    short again once the API takes a token."""
+    emulator.create_session("s1")
+    clock = FakeMonotonic()
+    async with GenesysSink(config_for(emulator), monotonic=clock) as sink:
+        token = await sink.tokens.token()
+        pauses = []
+        for _ in range(6):
+            sink.tokens.refused(token)
+            sink.tokens.refused(token)  # a request in flight as the pause began: no longer
+            with pytest.raises(AuthConfigError, match=r"the next try in") as refused:
+                await sink.tokens.token()
+            pauses.append(float(str(refused.value).rsplit(" ", 2)[-2]))
+            clock.advance(pauses[-1] - 0.01)
+            with pytest.raises(AuthConfigError):
+                await sink.tokens.token()
+            clock.advance(0.01)
+            assert await sink.tokens.token() == token
+        assert pauses == [1.0, 2.0, 4.0, 8.0, REFUSED_MAX_RETRY_S, REFUSED_MAX_RETRY_S]
+
+        applied = await sink.apply("s1", indicator(1))  # the API takes the token
+        assert applied.outcome is Outcome.APPLIED
+        sink.tokens.refused(token)
+        with pytest.raises(AuthConfigError, match=r"the next try in 1\.0 s"):
+            await sink.tokens.token()
 
 
 async def test_missing_scope_is_an_auth_config_error_without_retries(

@@ -30,10 +30,14 @@ LOGIN_RETRY_S = 1.0
 long (or the login's `Retry-After`, up to `MAX_LOGIN_WAIT_S`) instead of each asking the
 login service again: a replica's every call and retry would otherwise hammer it."""
 MAX_LOGIN_WAIT_S = 60.0
-REFUSED_RETRY_S = 10.0
+REFUSED_FIRST_RETRY_S = 1.0
 """After the API refused a token fetched for its previous 401, callers fail at once for
 this long instead of each fetching a token the API will refuse again (a login per call).
-The token is kept for the next try: one the API had not learnt yet may serve by then."""
+Each refusal after a pause doubles the next pause, up to `REFUSED_MAX_RETRY_S`; a token
+the API takes starts again from this one. Short at first: a brief double 401 must not
+hold clears back for long (DESIGN I1). The token is kept for the next try: one the API
+had not learnt yet may serve by then."""
+REFUSED_MAX_RETRY_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +56,9 @@ class TokenManager:
     early refresh fails, the cached token serves until it expires, and the refresh is
     tried again `REFRESH_RETRY_S` later; only once it has expired does a failed refresh
     fail the callers. An API that refuses a token fetched for its previous 401 (`refused`)
-    makes callers fail at once for `REFUSED_RETRY_S`.
+    makes callers fail at once for a pause that starts at `REFUSED_FIRST_RETRY_S` and
+    doubles with each refusal in a row, up to `REFUSED_MAX_RETRY_S`, until the API takes
+    a token again (`accepted`).
     """
 
     def __init__(
@@ -78,6 +84,7 @@ class TokenManager:
         # the last failed login with no valid token left: (no new login before, its error)
         self._failed: tuple[float, SinkError] | None = None
         self._refused_until = -math.inf  # see `refused`
+        self._refused_pause = REFUSED_FIRST_RETRY_S  # the next refusal's pause
 
     def __repr__(self) -> str:
         return f"TokenManager(token_url={self._token_url!r}, fetches={self._fetches})"
@@ -131,12 +138,21 @@ class TokenManager:
     def refused(self, rejected: str) -> None:
         """The API answered 401 to `rejected` although it was fetched after an earlier 401:
         it may take none of this client's tokens (another region or organisation, a
-        revoked client). Callers fail at once for `REFUSED_RETRY_S`; then the token is
-        tried again, and replaced once more only if the API refuses it again."""
-        current = self._token
-        if current is not None and current.value == rejected:
-            self._refused_until = self._now() + REFUSED_RETRY_S
-        # Otherwise another caller already replaced it: that one may be taken.
+        revoked client). Callers fail at once for a while (`REFUSED_FIRST_RETRY_S`, twice
+        as long after each refusal in a row, at most `REFUSED_MAX_RETRY_S`); then the
+        token is tried again, and replaced once more only if the API refuses it again."""
+        current, now = self._token, self._now()
+        if current is None or current.value != rejected:
+            return  # another caller already replaced it: that one may be taken
+        if now < self._refused_until:
+            return  # a request sent before this pause began: the same refusal
+        self._refused_until = now + self._refused_pause
+        self._refused_pause = min(REFUSED_MAX_RETRY_S, 2 * self._refused_pause)
+
+    def accepted(self) -> None:
+        """The API answered a request without a 401: the next refusal pauses callers for
+        `REFUSED_FIRST_RETRY_S` again."""
+        self._refused_pause = REFUSED_FIRST_RETRY_S
 
     async def aclose(self) -> None:
         """Cancel a fetch in flight and forget the token."""

@@ -605,6 +605,7 @@ class GenesysSink:
                     if status == 401:
                         self._tokens.refused(sent.token)
                         return self._auth_failure(ledger, "API rejected a fresh token (HTTP 401)")
+                    self._tokens.accepted()
                     if status == 429:
                         # The budget waits, not this call: what to send after the pause is
                         # decided then, from the state at that moment.
