@@ -274,6 +274,32 @@ async def test_forget_drops_the_etag_so_the_next_apply_reads_again(
     assert calls(emulator, "GET") == 2
 
 
+@pytest.mark.parametrize("call", ["apply", "get_session"])
+async def test_a_session_forgotten_during_its_call_keeps_no_etag_from_the_answer(
+    emulator: EmulatorHandle, sink: GenesysSink, call: str
+) -> None:
+    """A partition moved away while a call of it was in flight: the ETag its answer brings
+    is not cached, or it would outlive the forget and cost a 412 once the session came
+    back after another writer changed it."""
+    emulator.create_session("s1")
+    assert (await sink.apply("s1", indicator(1))).ok  # its ETag cached: the next is a PATCH
+    spent = sink.budget.spent
+    emulator.set_faults(latency_ms=500)
+    running = asyncio.create_task(
+        sink.apply("s1", indicator(2)) if call == "apply" else sink.get_session("s1")
+    )
+    await wait_until(lambda: sink.budget.spent > spent)  # its request is going out
+    sink.forget("s1")
+    await running
+    assert sink.cached_etag("s1") is None
+    emulator.set_faults(latency_ms=0)
+
+    emulator.write_as_other("s1", {"other": "writer"})  # the ETag moves on meanwhile
+    again = await sink.apply("s1", indicator(3))
+    assert (again.outcome, again.attempts) == (Outcome.APPLIED, 2)  # GET and PATCH
+    assert calls(emulator, "PATCH", 412) == 0
+
+
 async def test_etag_cache_is_bounded(emulator: EmulatorHandle) -> None:
     for n in range(3):
         emulator.create_session(f"s{n}")

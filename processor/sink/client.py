@@ -144,6 +144,8 @@ class _Failed:
 class _SessionLock:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     users: int = 0
+    # `forget` calls while it was in use: a call that began before one caches no ETag
+    forgets: int = 0
 
 
 class GenesysSink:
@@ -246,8 +248,12 @@ class GenesysSink:
         return self._etags.peek(session_id)
 
     def forget(self, session_id: str) -> None:
-        """Drop what is cached about a session (closed, or its partition moved away)."""
+        """Drop what is cached about a session (closed, or its partition moved away),
+        also what a call of it in flight would cache when its answer comes."""
         self._etags.drop(session_id)
+        entry = self._locks.get(session_id)
+        if entry is not None:
+            entry.forgets += 1
 
     def hold_while(self, held: Callable[[], bool]) -> None:
         """Send no request while `held()` says so (the processor's membership lease has
@@ -291,10 +297,10 @@ class GenesysSink:
         indicator = None if desired is None else desired.to_genesys()
         body = orjson.dumps({"customAttributes": {"typingIndicator": indicator}})
         try:
-            async with self._exclusive(session_id):
+            async with self._exclusive(session_id) as since:
                 if version is None and desired is not None:
                     version = desired.version
-                return await self._apply(session_id, desired, version, body, ledger)
+                return await self._apply(session_id, desired, version, body, ledger, since)
         finally:
             self._budget.refund(ledger.prepaid)
 
@@ -311,8 +317,8 @@ class GenesysSink:
             return self._settle(ledger, Outcome.REJECTED, "session id is not URL-safe"), None
         self._check_open()
         try:
-            async with self._exclusive(session_id):
-                read = await self._read(session_id, ledger)
+            async with self._exclusive(session_id) as since:
+                read = await self._read(session_id, ledger, since)
         finally:
             self._budget.refund(ledger.prepaid)
         if isinstance(read, SinkResult):
@@ -461,12 +467,14 @@ class GenesysSink:
         version: int | None,
         body: bytes,
         ledger: _Ledger,
+        since: int,
     ) -> SinkResult:
+        """`since`: the session's `forgets` when the call began (see `_remember`)."""
         conflicts = 0
         etag = self._etags.get(session_id)
         while True:
             if etag is None:
-                read = await self._read(session_id, ledger)
+                read = await self._read(session_id, ledger, since)
                 if isinstance(read, SinkResult):
                     return read
                 if read.state is not SessionState.CONNECTED:
@@ -504,7 +512,7 @@ class GenesysSink:
                 if new_etag is None:
                     self._etags.drop(session_id)  # next apply re-reads
                 else:
-                    self._etags.put(session_id, new_etag)
+                    self._remember(session_id, new_etag, since)
                 return ledger.result(Outcome.APPLIED, remote_state=SessionState.CONNECTED)
             if answer.status_code == 412:
                 conflicts += 1
@@ -530,7 +538,9 @@ class GenesysSink:
 
         return attempt
 
-    async def _read(self, session_id: str, ledger: _Ledger) -> RemoteSession | SinkResult:
+    async def _read(
+        self, session_id: str, ledger: _Ledger, since: int
+    ) -> RemoteSession | SinkResult:
         answer = await self._call("GET", self._config.session_url(session_id), ledger)
         if isinstance(answer, SinkResult):
             return answer
@@ -541,10 +551,19 @@ class GenesysSink:
         except ProtocolError as exc:
             return ledger.result(Outcome.FAILED, error=str(exc))
         if session.state is SessionState.CONNECTED:
-            self._etags.put(session_id, session.etag)
+            self._remember(session_id, session.etag, since)
         else:
             self._etags.drop(session_id)  # the next apply must validate the state again
         return session
+
+    def _remember(self, session_id: str, etag: str, since: int) -> None:
+        """Cache `etag` from the answer of a call that began when the session's `forgets`
+        was `since`, unless it was forgotten meanwhile: the ETag would outlive the forget
+        (a partition moved away and back), and its next PATCH would meet a 412."""
+        entry = self._locks.get(session_id)
+        if entry is not None and entry.forgets != since:
+            return
+        self._etags.put(session_id, etag)
 
     def _refusal(self, session_id: str, answer: httpx.Response, ledger: _Ledger) -> SinkResult:
         """Outcome of a final non-2xx answer that is not a 412, 429, 401 or 5xx."""
@@ -752,15 +771,17 @@ class GenesysSink:
             raise SinkClosedError("GenesysSink is closed")
 
     @asynccontextmanager
-    async def _exclusive(self, session_id: str) -> AsyncIterator[None]:
-        """Serialise calls of one session; the lock lives only while someone uses it."""
+    async def _exclusive(self, session_id: str) -> AsyncIterator[int]:
+        """Serialise calls of one session; the lock lives only while someone uses it.
+
+        Yields the session's `forgets` as the call begins (see `_remember`)."""
         entry = self._locks.get(session_id)
         if entry is None:
             entry = self._locks[session_id] = _SessionLock()
         entry.users += 1
         try:
             async with entry.lock:
-                yield
+                yield entry.forgets
         finally:
             entry.users -= 1
             if entry.users == 0:
