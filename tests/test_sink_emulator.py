@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -13,6 +15,7 @@ from pipeline import eventually
 from pydantic import SecretStr
 
 from processor import USER_AGENT
+from processor.asgi import serve_in_background as serve_asgi_in_background
 from processor.budget import OVERHEAD_PRIOR
 from processor.clock import SystemClock
 from processor.domain import Indicator, Outcome, SessionState, Status
@@ -708,6 +711,121 @@ async def test_a_set_whose_time_passed_does_not_take_the_half_open_breakers_prob
         probe = await sink.apply("s1", indicator(2))
         assert probe.outcome is Outcome.APPLIED, probe.error
         assert sink.breaker.state is BreakerState.CLOSED
+
+
+async def test_a_wait_for_a_pooled_connection_in_vain_is_no_evidence_against_the_api(
+    emulator: EmulatorHandle,
+) -> None:
+    """Every pooled connection busy: the call fails (or retries) as it did, with its
+    budget back since nothing went out, and the breaker neither counts it nor loses the
+    half-open probe to it."""
+    emulator.create_session("s1")
+    clock = FakeMonotonic()
+    config = config_for(
+        emulator,
+        max_connections=1,
+        max_keepalive_connections=1,
+        pool_timeout_s=0.05,
+        max_transient_attempts=2,
+        breaker_failure_threshold=1,
+    )
+    busy = f"{emulator.base_url}/emulator/faults"  # an answer left unread holds the connection
+    async with GenesysSink(config, monotonic=clock) as sink:
+        await sink.tokens.token()  # the login is not what waits
+        async with sink.http.stream("GET", busy):
+            waited = await sink.apply("s1", indicator(1))
+        assert (waited.outcome, waited.attempts, waited.ambiguous) == (Outcome.FAILED, 2, False)
+        assert "PoolTimeout" in waited.error
+        assert sink.breaker.state is BreakerState.CLOSED
+        assert sink.budget.spent == 0
+        assert calls(emulator, "GET") == 0
+
+        emulator.set_faults(error_rate=1.0, seed=5)
+        assert (await sink.apply("s1", indicator(1))).outcome is Outcome.FAILED
+        assert sink.breaker.state is BreakerState.OPEN
+        emulator.set_faults(error_rate=0.0)
+        clock.advance(config.breaker_reset_timeout_s)
+        async with sink.http.stream("GET", busy):
+            waited = await sink.apply("s1", indicator(1))
+        assert (waited.outcome, waited.attempts) == (Outcome.FAILED, 2)
+        assert "PoolTimeout" in waited.error
+        assert sink.breaker.state is BreakerState.HALF_OPEN  # its probe not spent on a wait
+        probe = await sink.apply("s1", indicator(1))
+        assert probe.outcome is Outcome.APPLIED, probe.error
+        assert sink.breaker.state is BreakerState.CLOSED
+
+
+async def _login_with_an_unsendable_token(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A login service whose token no HTTP header can carry (a line break in it)."""
+    assert scope["type"] == "http"
+    body = b'{"access_token": "bad\\ntoken", "expires_in": 3600}'
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.mark.parametrize("failure", ["UnsupportedProtocol", "LocalProtocolError"])
+async def test_a_request_the_http_library_would_not_write_costs_no_budget(
+    emulator: EmulatorHandle, failure: str
+) -> None:
+    """httpcore raises these before it writes a byte of the request (an URL no transport
+    serves; HTTP/1.1 headers it would not build): nothing was sent, so the budget token
+    comes back, and the API, never asked, is not blamed for it."""
+    emulator.create_session("s1")
+    async with contextlib.AsyncExitStack() as stack:
+        if failure == "UnsupportedProtocol":
+            config = config_for(emulator, api_url=emulator.base_url.replace("http", "ftp", 1))
+        else:
+            login = await stack.enter_async_context(
+                serve_asgi_in_background(_login_with_an_unsendable_token)
+            )
+            config = config_for(emulator, login_url=login.base_url)
+        config = replace(config, breaker_failure_threshold=1)
+        sink = await stack.enter_async_context(GenesysSink(config))
+        unpaid = await sink.apply("s1", indicator(1))
+        sink.budget.spend(2)  # as the scheduler prepays a GET and a PATCH
+        paid = await sink.apply("s1", indicator(1), prepaid=2)
+        assert sink.budget.spent == 0
+        assert sink.breaker.state is BreakerState.CLOSED
+        for result in (unpaid, paid):
+            assert (result.outcome, result.attempts) == (Outcome.FAILED, 3)
+            assert f"not sent ({failure})" in result.error
+    assert emulator.stats()["by_route"].get(f"GET {SESSION_PATH}") is None
+
+
+async def test_a_proxy_that_will_not_tunnel_sent_nothing_to_the_api(
+    emulator: EmulatorHandle,
+) -> None:
+    """httpcore raises ProxyError only while it sets up the tunnel (CONNECT refused, a
+    SOCKS handshake failed), before the request: its budget token comes back; the way to
+    the API failing still counts against the breaker, as a refused connection does."""
+
+    async def refuse_to_tunnel(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    proxy = await asyncio.start_server(refuse_to_tunnel, "127.0.0.1", 0)
+    port = proxy.sockets[0].getsockname()[1]
+    transport = httpx.AsyncHTTPTransport(proxy=f"http://127.0.0.1:{port}")
+    config = config_for(
+        emulator,
+        api_url="https://api.example.test",
+        max_transient_attempts=2,
+        breaker_failure_threshold=2,
+    )
+    async with (
+        proxy,
+        httpx.AsyncClient(mounts={"https://": transport}) as http,
+        GenesysSink(config, http=http) as sink,
+    ):
+        sink.budget.spend(1)  # as the scheduler prepays a GET
+        result = await sink.read_back("s1", prepaid=1)
+        assert sink.budget.spent == 0
+        assert (result.outcome, result.attempts) == (Outcome.FAILED, 2)
+        assert "not sent (ProxyError)" in result.error
+        assert sink.breaker.state is BreakerState.OPEN
 
 
 async def test_transient_5xx_are_retried_with_backoff_until_applied(

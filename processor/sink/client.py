@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from enum import Enum
 from types import TracebackType
 from typing import Any, Self, TypeGuard
 
@@ -138,6 +139,41 @@ class _Failed:
 
     reason: str
     retry_after_s: float = 0.0
+
+
+class _Lost(Enum):
+    """Where a request that got no answer was lost, as far as can be told."""
+
+    LOCAL = "local"
+    """Never left this process, for a reason of its own (no pooled connection free in
+    time, a request the HTTP library would not write): nothing was sent, and nothing
+    was learnt about the API."""
+    ON_THE_WAY = "on_the_way"
+    """Never reached the API: the way there failed (no connection, a proxy that would
+    not tunnel)."""
+    MAYBE_SENT = "maybe_sent"
+    """It may have reached the API (a timeout or a connection lost after writing)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Unanswered:
+    """A request that got no answer: why, and where it was lost."""
+
+    reason: str
+    lost: _Lost
+
+
+class _Wire:
+    """Whether a request's headers were written, from httpcore's `trace` extension."""
+
+    __slots__ = ("written",)
+
+    def __init__(self) -> None:
+        self.written = False
+
+    async def __call__(self, event: str, info: Mapping[str, Any]) -> None:
+        if event.endswith(".send_request_headers.complete"):
+            self.written = True
 
 
 @dataclass(slots=True)
@@ -691,20 +727,23 @@ class GenesysSink:
                 # unplanned, into debt if need be: the scheduler waits it out
                 self._budget.spend(planned=False)
             sent_at = self._now()
-            response, failure, maybe_sent = await self._send(
-                method, url, token, body, if_match, ledger
-            )
+            response = await self._send(method, url, token, body, if_match, ledger)
             settled = True
             changes = method != "GET"
-            if response is None:
-                if not maybe_sent:
+            if isinstance(response, _Unanswered):
+                lost = response.lost
+                if lost is not _Lost.MAYBE_SENT:
                     if prepaid:
                         ledger.prepaid += 1  # for the retry, or refunded when the call ends
                     else:
                         self._budget.refund(1, planned=False)
-                self._breaker.record_failure(sent_at)
-                ledger.unanswered = ledger.unanswered or (changes and maybe_sent)
-                return _Failed(failure)
+                if lost is _Lost.LOCAL:
+                    # no evidence that the API fails: a half-open breaker's probe is freed
+                    self._breaker.abandon(permit)
+                else:
+                    self._breaker.record_failure(sent_at)
+                ledger.unanswered = ledger.unanswered or (changes and lost is _Lost.MAYBE_SENT)
+                return _Failed(response.reason)
             self._budget.observe(response.headers)
             if response.status_code >= 500:
                 self._breaker.record_failure(sent_at)
@@ -730,9 +769,8 @@ class GenesysSink:
         body: bytes | None,
         if_match: str | None,
         ledger: _Ledger,
-    ) -> tuple[httpx.Response | None, str, bool]:
-        """One HTTP request: the response, or None, why there is none, and whether the
-        request may have reached the service all the same."""
+    ) -> httpx.Response | _Unanswered:
+        """One HTTP request: the response, or why there is none and where it was lost."""
         headers = {
             "Authorization": f"Bearer {token}",
             "Accept": "application/json",
@@ -741,21 +779,34 @@ class GenesysSink:
         }
         if if_match is not None:
             headers["If-Match"] = if_match
+        wire = _Wire()
         started = self._now()
         try:
-            response = await self._http.request(method, url, content=body, headers=headers)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            return None, f"{method} not sent ({type(exc).__name__})", False
+            response = await self._http.request(
+                method, url, content=body, headers=headers, extensions={"trace": wire}
+            )
+        except (httpx.PoolTimeout, httpx.UnsupportedProtocol) as exc:
+            # waited for a pooled connection in vain; a URL no transport serves
+            return _Unanswered(f"{method} not sent ({type(exc).__name__})", _Lost.LOCAL)
+        except httpx.LocalProtocolError as exc:
+            # HTTP/1.1 raises it only as it builds the headers, before writing; HTTP/2 also
+            # for its state machine's complaints while the answer is read
+            if wire.written:
+                return _Unanswered(f"{method} failed ({type(exc).__name__})", _Lost.MAYBE_SENT)
+            return _Unanswered(f"{method} not sent ({type(exc).__name__})", _Lost.LOCAL)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError) as exc:
+            # a proxy raises it only while it sets up the tunnel, before the request
+            return _Unanswered(f"{method} not sent ({type(exc).__name__})", _Lost.ON_THE_WAY)
         except httpx.TimeoutException:
-            return None, f"{method} timed out", True
+            return _Unanswered(f"{method} timed out", _Lost.MAYBE_SENT)
         except httpx.RequestError as exc:
             # (a transport failure, or an answer that cannot be read: a gzip error page)
-            return None, f"{method} failed ({type(exc).__name__})", True
+            return _Unanswered(f"{method} failed ({type(exc).__name__})", _Lost.MAYBE_SENT)
         finally:
             ledger.attempts += 1
             ledger.latencies_ms.append((self._now() - started) * 1000.0)
         ledger.http_status = response.status_code
-        return response, "", False
+        return response
 
     def _auth_failure(self, ledger: _Ledger, error: str) -> SinkResult:
         # Loud once: a misconfigured client fails every call the same way.
