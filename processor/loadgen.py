@@ -30,6 +30,7 @@ from processor.models import (
     TypingEvent,
 )
 from processor.runtime.kafka import client_options
+from processor.runtime.tlscheck import check_tls
 from processor.settings import KafkaSettings, TimeoutMatrix, TypingSettings
 
 TargetMix = Literal["webchat", "messaging", "mixed"]
@@ -316,7 +317,11 @@ async def run_loadgen(
     max_rate: float | None = None,
     clock: Clock | None = None,
 ) -> int:
-    """`typing-processor loadgen`: generate `profile` into the input topic in real time."""
+    """`typing-processor loadgen`: generate `profile` into the input topic in real time.
+
+    TLS that the cluster does not speak raises `ConfigError` (`check_tls`) before any event.
+    """
+    await check_tls(kafka)
     clock = clock or SystemClock()
     producer = AIOKafkaProducer(**client_options(kafka), linger_ms=5, acks="all")
     try:

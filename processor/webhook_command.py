@@ -12,6 +12,7 @@ import signal
 
 from processor.runtime.abandoned import report_abandoned_kafka_work
 from processor.runtime.command import ops_endpoint
+from processor.runtime.tlscheck import check_tls
 from processor.settings import KafkaSettings, TypingSettings
 from processor.stopsignals import take_stop_request
 from processor.telemetry import Telemetry
@@ -28,8 +29,10 @@ async def run_webhook(
 
     Once signalled, the worker gives up on a Kafka cluster or CRM endpoint that does not
     answer in time (`WebhookConfig`'s graces), so that the process exits within DESIGN §5's
-    10 s. Telemetry comes from the `OTEL_*` environment unless given.
+    10 s. Telemetry comes from the `OTEL_*` environment unless given. TLS that the cluster
+    does not speak stops start-up (`ConfigError`, `check_tls`).
     """
+    await check_tls(kafka)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

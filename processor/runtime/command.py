@@ -23,6 +23,7 @@ from processor.telemetry.http import Readiness
 from .abandoned import report_abandoned_kafka_work
 from .kafka import TopicError, wait_to_restart
 from .service import TypingProcessor
+from .tlscheck import check_tls
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,10 @@ async def ops_endpoint(
 async def run_service(settings: Settings, telemetry: Telemetry | None = None) -> int:
     """Run until SIGTERM/SIGINT; a lost broker is retried, never fatal. Returns exit code.
 
-    Telemetry comes from the `OTEL_*` environment unless given.
+    Telemetry comes from the `OTEL_*` environment unless given. TLS that the cluster does
+    not speak stops start-up (`ConfigError`, `check_tls`).
     """
+    await check_tls(settings.kafka)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -46,10 +46,8 @@ def client_options(settings: KafkaSettings) -> dict[str, Any]:
         "bootstrap_servers": settings.bootstrap_servers,
         "security_protocol": settings.security_protocol.value,
     }
-    if settings.security_protocol in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL):
-        context = ssl.create_default_context(
-            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None
-        )
+    context = ssl_context(settings)
+    if context is not None:
         options["ssl_context"] = context
     if settings.sasl_mechanism is not None:
         options["sasl_mechanism"] = settings.sasl_mechanism.value
@@ -57,6 +55,16 @@ def client_options(settings: KafkaSettings) -> dict[str, Any]:
         if settings.sasl_password is not None:
             options["sasl_plain_password"] = settings.sasl_password.get_secret_value()
     return options
+
+
+def ssl_context(settings: KafkaSettings) -> ssl.SSLContext | None:
+    """The TLS context of the clients (`KAFKA_SSL_CAFILE` or the system's CAs); None when
+    `KAFKA_SECURITY_PROTOCOL` uses no TLS."""
+    if settings.security_protocol not in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL):
+        return None
+    return ssl.create_default_context(
+        cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None
+    )
 
 
 @dataclass(frozen=True, slots=True)
