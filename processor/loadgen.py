@@ -12,7 +12,7 @@ import contextlib
 import itertools
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -243,6 +243,27 @@ class TrafficError(Exception):
         self.reason = reason
 
 
+class RateCap:
+    """At most `rate` sends a second, as a true limit: each send is due `1/rate` s after
+    the previous one was handed over, by the clock. A stall (the event loop blocked, the
+    producer's buffer full) skips the slots it missed instead of sending them at once
+    after it."""
+
+    def __init__(self, rate: float) -> None:
+        if rate <= 0:
+            raise ValueError(f"a rate cap must be positive, got {rate}")
+        self.spacing_ms = 1000 / rate
+        self._next_ms = float("-inf")
+
+    def due(self, scheduled_ms: float) -> float:
+        """When a send scheduled for `scheduled_ms` may go: never before the next slot."""
+        return max(scheduled_ms, self._next_ms)
+
+    def sent(self, at_ms: float) -> None:
+        """A send was handed over at `at_ms`: the next slot is one spacing later."""
+        self._next_ms = at_ms + self.spacing_ms
+
+
 async def produce(
     producer: AIOKafkaProducer,
     topic: str,
@@ -252,11 +273,14 @@ async def produce(
     start_ms: int,
     max_rate: float | None = None,
     on_sent: Callable[[int], None] | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> int:
     """Send each event when its time comes (real time); returns how many were sent.
 
-    With `max_rate` (events/s) sending never goes faster; an event sent later than its
-    schedule gets the actual send time as `occurred_at`, so a cap never makes it stale.
+    With `max_rate` (events/s) sending never goes faster (`RateCap`: a stall of the loop
+    or of the producer skips the slots it missed, never sends them in a burst); an event
+    sent later than its schedule gets the actual send time as `occurred_at`, so a cap
+    never makes it stale. `sleep` waits that many seconds (a test's follows its clock).
     Raises `TrafficError` as soon as the broker failed to take one: the events after it
     are not sent, and what it acknowledged is counted.
     """
@@ -264,8 +288,7 @@ async def produce(
     acknowledged = 0
     failures: list[BaseException] = []
     pending: list[asyncio.Future[Any]] = []
-    spacing_ms = 1000 / max_rate if max_rate else 0.0
-    next_slot = float(start_ms)
+    cap = RateCap(max_rate) if max_rate else None
 
     def settled(future: asyncio.Future[Any]) -> None:
         nonlocal acknowledged
@@ -282,18 +305,19 @@ async def produce(
 
     try:
         for item in schedule.events:
-            due = max(start_ms + item.at_ms, next_slot)
+            due = start_ms + item.at_ms if cap is None else cap.due(start_ms + item.at_ms)
             delay = due - clock.now_ms()
             if delay > 0:
-                await asyncio.sleep(delay / 1000)  # pacing real traffic, not synchronisation
+                await sleep(delay / 1000)  # pacing real traffic, not synchronisation
             if failures:
                 raise failed(failures[0])
-            next_slot = due + spacing_ms
             event = item.event
             now = clock.now_ms()
-            if max_rate and now > event.occurred_at + spacing_ms:
+            if cap is not None and now > event.occurred_at + cap.spacing_ms:
                 event = event.model_copy(update={"occurred_at": now})
             future = await producer.send(topic, event.to_bytes(), key=event.session_id.encode())
+            if cap is not None:
+                cap.sent(clock.now_ms())
             future.add_done_callback(settled)
             pending.append(future)
             sent += 1

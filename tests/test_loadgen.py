@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import statistics
 import sys
@@ -10,12 +11,14 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from pipeline import eventually, read_topic, unique_prefix
 
 from processor.broker import LocalBroker
 from processor.cli import build_parser
+from processor.clock import ManualClock
 from processor.domain import Role, Status
-from processor.loadgen import TYPIST_MIXES, LoadProfile, TrafficModel, TypistMix
+from processor.loadgen import TYPIST_MIXES, LoadProfile, TrafficModel, TypistMix, produce
 from processor.models import TypingEvent
 
 T0 = 1_700_000_000_000
@@ -93,6 +96,46 @@ def test_event_ids_are_unique_across_runs_and_seeds() -> None:
     # and each one is an event the processor's codec accepts
     for item in TrafficModel(profile).schedule(T0).events:
         assert TypingEvent.model_validate_json(item.event.to_bytes()) == item.event
+
+
+async def test_the_rate_cap_holds_after_a_stall(bootstrap_servers: str) -> None:
+    """A stall (the event loop blocked, the producer's buffer full) must not be made up by
+    sending the slots it missed at once: the cap is a limit, not an average."""
+    clock = ManualClock(T0)
+    rate = 20  # events/s: one every 50 ms
+    profile = LoadProfile(sessions=20, duration_s=6)
+    schedule = TrafficModel(profile).schedule(T0)
+    sent_at: list[int] = []
+
+    async def follow_the_clock(seconds: float) -> None:
+        clock.advance(round(seconds * 1000))
+        await asyncio.sleep(0)
+
+    def on_sent(count: int) -> None:
+        sent_at.append(clock.now_ms())
+        if count == 10:
+            clock.advance(3_000)  # everything stalls for 3 s after the tenth send
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5)
+    await producer.start()
+    try:
+        sent = await produce(
+            producer,
+            f"{unique_prefix()}.events",
+            schedule,
+            clock,
+            start_ms=T0,
+            max_rate=rate,
+            on_sent=on_sent,
+            sleep=follow_the_clock,
+        )
+    finally:
+        await producer.stop()
+    # more than the cap lets through in the profile's duration: the cap binds throughout
+    assert sent == len(schedule.events) > rate * profile.duration_s
+    gaps = [later - earlier for earlier, later in itertools.pairwise(sent_at)]
+    assert max(gaps) >= 3_000  # the stall happened
+    assert min(gaps) >= 1000 / rate, gaps
 
 
 @pytest.fixture
