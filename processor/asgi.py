@@ -15,6 +15,11 @@ from typing import Any
 
 import uvicorn
 
+# How long a stop waits for requests in flight before it cancels their handlers, and how
+# much longer for uvicorn to close down after that.
+STOP_GRACE_S = 2.0
+_CLOSE_MARGIN_S = 1.0
+
 
 class ServerStartError(Exception):
     """The server did not start listening."""
@@ -79,13 +84,16 @@ async def serve_in_background(
     *,
     name: str = "http",
     start_timeout_s: float = 10.0,
+    stop_grace_s: float = STOP_GRACE_S,
     **config: Any,
 ) -> AsyncIterator[Listening]:
     """Serve `app` on the running loop; listening when the block starts, stopped after.
 
-    Raises `OSError` when the address cannot be bound. Extra keyword arguments go to
-    `uvicorn.Config` (defaults: no access log, no lifespan, uvicorn's loggers left to the
-    host's logging set-up).
+    Stopping waits `stop_grace_s` for the requests in flight, then cancels their
+    handlers, and ends once they have ended (a handler that ignores its cancellation is
+    left after another `stop_grace_s`). Raises `OSError` when the address cannot be
+    bound. Extra keyword arguments go to `uvicorn.Config` (defaults: no access log, no
+    lifespan, uvicorn's loggers left to the host's logging set-up).
     """
     sock = bind(host, port)
     bound_port = int(sock.getsockname()[1])
@@ -95,6 +103,8 @@ async def serve_in_background(
         "lifespan": "off",
         "server_header": False,
         "log_config": None,
+        # uvicorn cancels the handlers still running this long after the stop
+        "timeout_graceful_shutdown": stop_grace_s,
         **config,
     }
     server = EmbeddedServer(uvicorn.Config(app, host=host, port=bound_port, **options))
@@ -121,9 +131,21 @@ async def serve_in_background(
         try:
             # a failed start's outcome was read and raised above
             if not failed_start:
-                await asyncio.wait_for(asyncio.shield(task), timeout=5.0)
+                await asyncio.wait_for(asyncio.shield(task), timeout=stop_grace_s + _CLOSE_MARGIN_S)
         except TimeoutError:
             server.force_exit = True
             await task
         finally:
             sock.close()
+            await _end_handlers(server.server_state.tasks, stop_grace_s)
+
+
+async def _end_handlers(handlers: set[asyncio.Task[None]], timeout_s: float) -> None:
+    """Cancel the request handlers still running and wait, at most `timeout_s`, for them
+    to end: uvicorn's shutdown cancels them but returns without waiting, and one it
+    forced out (`force_exit`) it leaves running."""
+    running = set(handlers)
+    for handler in running:
+        handler.cancel()
+    if running:
+        await asyncio.wait(running, timeout=timeout_s)
