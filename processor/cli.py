@@ -211,7 +211,14 @@ def _timeout_ms(text: str) -> int:
 def _add_apply_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`apply`: one conditional PATCH of one session's indicator (exit 0 when applied)."""
     apply = commands.add_parser(
-        "apply", help="set or clear one session's typing indicator and print the outcome"
+        "apply",
+        help="set or clear one session's typing indicator and print the outcome",
+        description="Set or clear one session's typing indicator and print the outcome.",
+        epilog=(
+            "A set sends the shown indicator's version + 1. A clear removes the indicator,"
+            " the only place Genesys keeps a version, so a set after a clear starts again at"
+            " version 1; `run` remembers versions in its changelog and goes on counting."
+        ),
     )
     apply.add_argument("session_id", metavar="SESSION_ID")
     apply.add_argument("status", metavar="STATUS", choices=("typing", "paused", "stopped"))

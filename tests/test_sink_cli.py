@@ -56,6 +56,24 @@ def test_apply_sets_with_the_next_version_then_clears(
     assert emulator.count("PATCH", SESSION_PATH, 200) == 3
 
 
+def test_apply_after_a_clear_starts_again_at_version_1_and_says_so(
+    genesys_env: EmulatorHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A clear leaves no indicator, the only place Genesys keeps a version, and the
+    command has no store: the next set cannot go on counting, and the help says so."""
+    genesys_env.create_session("s1")
+    assert run(capsys, "s1", "typing")[1]["version"] == 1
+    assert run(capsys, "s1", "paused")[1]["version"] == 2
+    assert run(capsys, "s1", "stopped")[1]["status"] == "cleared"
+    code, report = run(capsys, "s1", "typing")
+    assert (code, report["version"]) == (0, 1)
+    with pytest.raises(SystemExit) as exc:
+        main(["apply", "--help"])
+    assert exc.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "a set after a clear starts again at version 1" in shown
+
+
 def test_apply_fails_with_exit_1_and_says_why(
     genesys_env: EmulatorHandle, capsys: pytest.CaptureFixture[str]
 ) -> None:

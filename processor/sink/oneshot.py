@@ -35,6 +35,11 @@ async def apply_once(
 
     A set reads the session first (one GET, which also yields the ETag) and sends the
     current indicator's version + 1; a clear sends null. Either way: one GET, one PATCH.
+
+    The shown indicator is the only place Genesys keeps a version, and a clear removes
+    it: a set after a clear (or on a session never set) starts again at 1. The command
+    keeps no store of its own; `run` remembers versions in its changelog instead
+    (DESIGN §4, I6), so its versions go on.
     """
     clock = clock or SystemClock()
     async with GenesysSink(config, clock=clock) as sink:
