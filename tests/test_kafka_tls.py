@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import sys
 import pytest
 
 from processor.runtime.tlscheck import check_tls
-from processor.settings import KafkaSettings, SecurityProtocol
+from processor.settings import ConfigError, KafkaSettings, SecurityProtocol
 
 
 @pytest.mark.parametrize("command", ["run", "crm-webhook", "loadgen"])
@@ -54,3 +55,33 @@ async def test_plaintext_settings_need_no_handshake(bootstrap_servers: str) -> N
         bootstrap_servers=bootstrap_servers, security_protocol=SecurityProtocol.PLAINTEXT
     )
     await check_tls(settings, timeout_s=1.0)
+
+
+async def test_a_listener_that_drops_the_client_hello_is_named_at_once() -> None:
+    """A Kafka broker's plaintext listener reads a ClientHello as a request far over its
+    size limit and closes the connection."""
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(4)
+        writer.close()
+
+    server = await asyncio.start_server(drop, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        settings = KafkaSettings(
+            bootstrap_servers=f"127.0.0.1:{port}",
+            security_protocol=SecurityProtocol.SASL_SSL,
+            sasl_mechanism="PLAIN",
+            sasl_username="u",
+            sasl_password="p",
+        )
+        with pytest.raises(ConfigError) as caught:
+            await check_tls(settings, timeout_s=10.0)
+    message = str(caught.value)
+    assert message.startswith(
+        f"KAFKA_SECURITY_PROTOCOL is SASL_SSL, but 127.0.0.1:{port} of KAFKA_BOOTSTRAP_SERVERS "
+    )
+    assert message.endswith(
+        ": likely a plaintext listener (set PLAINTEXT or SASL_PLAINTEXT, or name the cluster's"
+        " TLS port)"
+    )
