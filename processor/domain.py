@@ -151,6 +151,10 @@ class SinkResult:
     (timeout, lost connection, 5xx), so it may or may not have taken effect.
     `remote_indicator`: what a read-back (or an `overtaken` call) found (`None` = no
     indicator, or no read).
+    `shown_until_ms`: for a messaging typing call, when the indicator its last request
+    shows lapses (epoch ms: when the request went out plus the `duration` it carried;
+    `None` for other calls). A request sent late sends at least
+    `MESSAGING_MIN_DURATION_MS`, which may show it past what the call was asked for.
     """
 
     outcome: Outcome
@@ -162,6 +166,7 @@ class SinkResult:
     remote_state: SessionState | None = None
     ambiguous: bool = False
     remote_indicator: Indicator | None = None
+    shown_until_ms: int | None = None
 
     @property
     def ok(self) -> bool:

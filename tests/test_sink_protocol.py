@@ -581,6 +581,34 @@ async def test_a_retried_typing_call_shows_no_longer_than_it_was_asked_to(kind: 
 
 
 @pytest.mark.parametrize("kind", ["agent", "open"])
+async def test_a_typing_call_says_until_when_the_request_that_landed_shows_it(kind: str) -> None:
+    """A retry with less than a second left still sends the shortest duration (DESIGN
+    §2b: at least 1000 ms), so it shows typing past what was asked for: the result says
+    until when, so that the lapse is recorded when it happens, not while still shown."""
+    clock = ManualClock(start_ms=1_700_000_000_000)
+    until = clock.now_ms() + 1000
+    received: list[tuple[int, dict[str, Any]]] = []
+
+    def script(request: httpx.Request) -> httpx.Response:
+        received.append((clock.now_ms(), orjson.loads(request.content)))
+        if len(received) == 1:
+            clock.advance(600)  # busy, after 600 ms
+            return httpx.Response(503, text="<html>busy</html>")
+        return httpx.Response(202)
+
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(token_or(script))) as http,
+        GenesysSink(CONFIG, http=http, clock=clock) as sink,
+    ):
+        result = await typing_call(sink, kind, 1000, until)
+    assert (result.outcome, result.attempts) == (Outcome.APPLIED, 2)
+    retried_at, body = received[-1]
+    duration = (body["typing"] if kind == "agent" else body["events"][0]["typing"])["duration"]
+    assert duration == 1000
+    assert result.shown_until_ms == retried_at + 1000 == until + 600
+
+
+@pytest.mark.parametrize("kind", ["agent", "open"])
 async def test_a_typing_call_whose_time_passed_while_retrying_is_not_sent_again(
     kind: str,
 ) -> None:

@@ -134,6 +134,34 @@ def test_stopped_costs_no_call_and_is_decided_when_the_indicator_lapses(
     assert store.take_work(5) == []
 
 
+def test_the_lapse_is_recorded_when_the_request_that_landed_stops_showing_it(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    """The call's request that landed went out late (a retry) and, sending at least a
+    second, shows typing past what the work asked for: the store records what the sink
+    says it shows, and the CRM hears `cleared` when that lapses, not while still shown."""
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=1500), 1)
+    [work] = store.take_work(5)
+    assert work.desired is not None
+    asked_until = work.desired.expires_at
+    assert asked_until == T0 + 1500
+    clock.advance(800)
+    shown_until = clock.now_ms() + 1000  # the retry's second, from when it went out
+    store.on_result(work, SinkResult(Outcome.APPLIED, 202, 2, shown_until_ms=shown_until))
+    [typing] = store.drain().changes
+    assert (typing.status, typing.expires_at) == (CrmStatus.TYPING, shown_until)
+    clock.set(asked_until + 10)
+    store.on_tick()
+    assert store.drain().changes == []  # still shown
+    clock.set(shown_until)
+    store.on_tick()
+    out = store.drain()
+    assert [(c.status, c.reason, c.applied_at) for c in out.changes] == [
+        (CrmStatus.CLEARED, ChangeReason.EXPIRED, shown_until)
+    ]
+    assert [a.result for a in out.audits] == [Decision.LAPSED]
+
+
 def test_not_found_forgets_the_session(store: PartitionStore) -> None:
     store.on_event(ev("s1", Status.TYPING, T0), 1)
     [work] = store.take_work(5)

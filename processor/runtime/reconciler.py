@@ -187,7 +187,8 @@ class Reconciler:
             return await sink.apply(
                 work.session_id, work.desired, version=work.version, prepaid=prepaid
             )
-        # not shown past what the store records as "shown until", however late it goes
+        # what is left until the store's "shown until" when each request goes out (at least
+        # the shortest duration: the result says until when the request that landed shows)
         until = None if work.desired is None else work.desired.expires_at
         if isinstance(target, AgentTypingTarget):
             return await sink.agent_typing(

@@ -94,6 +94,8 @@ class _Ledger:
 
     `prepaid`: budget tokens the caller spent already, used by the first requests.
     `unanswered`: a change-making request went out without a definitive answer.
+    `shown_until_ms`: for a typing request, when the indicator the last body built shows
+    lapses (see `GenesysSink._typing_body`).
     """
 
     monotonic: Callable[[], float]
@@ -103,6 +105,7 @@ class _Ledger:
     http_status: int | None = None
     unanswered: bool = False
     latencies_ms: list[float] = field(default_factory=list)
+    shown_until_ms: int | None = None
 
     def result(
         self,
@@ -121,6 +124,7 @@ class _Ledger:
             remote_state=remote_state,
             ambiguous=self.unanswered and outcome is not Outcome.APPLIED,
             remote_indicator=remote_indicator,
+            shown_until_ms=self.shown_until_ms,
         )
 
 
@@ -391,6 +395,7 @@ class GenesysSink:
             duration_ms,
             until_ms,
             lambda duration: orjson.dumps({"typing": {"type": "On", "duration": duration}}),
+            ledger,
         )
         url = self._config.agent_typing_url(conversation_id, communication_id)
         try:
@@ -434,7 +439,7 @@ class GenesysSink:
                 }
             )
 
-        body = self._typing_body(duration_ms, until_ms, build)
+        body = self._typing_body(duration_ms, until_ms, build, ledger)
         url = self._config.open_event_url(integration_id)
         try:
             async with self._exclusive(f"open_messaging/{integration_id}/{from_id}"):
@@ -443,17 +448,23 @@ class GenesysSink:
             self._budget.refund(ledger.prepaid)
 
     def _typing_body(
-        self, duration_ms: int, until_ms: int | None, build: Callable[[int], bytes]
+        self,
+        duration_ms: int,
+        until_ms: int | None,
+        build: Callable[[int], bytes],
+        ledger: _Ledger,
     ) -> Callable[[], bytes | None]:
         """The body of each attempt of a typing request, built (`build`) with the `duration`
         it carries when it goes out: what is left until `until_ms` (epoch ms; when None,
         `duration_ms` after the first attempt), at most `duration_ms`, at least
-        `MESSAGING_MIN_DURATION_MS`; None once nothing is left.
+        `MESSAGING_MIN_DURATION_MS`; None once nothing is left. `ledger.shown_until_ms`
+        says until when the body built last shows typing.
 
         Genesys shows typing from when a request arrives: a retry after a 5xx or a timeout,
         or a request that waited for its token, with the duration fixed when the work was
         taken would show it past the deadline by as long as the wait (a phantom the store
-        never knew of)."""
+        never knew of). With less than the shortest duration left, it still shows past
+        `until_ms` (by less than that duration): the result says so."""
         end = until_ms
 
         def body() -> bytes | None:
@@ -462,7 +473,11 @@ class GenesysSink:
             if end is None:
                 end = now + duration_ms
             left = min(duration_ms, end - now)
-            return None if left <= 0 else build(max(MESSAGING_MIN_DURATION_MS, left))
+            if left <= 0:
+                return None
+            duration = max(MESSAGING_MIN_DURATION_MS, left)
+            ledger.shown_until_ms = now + duration
+            return build(duration)
 
         return body
 

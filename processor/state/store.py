@@ -37,10 +37,10 @@ Rules (DESIGN §4, §2b):
   store never recorded: a previous owner still at work during a rebalance) adopts what
   the session shows and plans again with the next version.
 - Messaging targets (§2b): there is no "Off". A set or refresh sends `duration` = deadline
-  minus now, clamped; the indicator is shown until `issued_at + duration`. `stopped`
-  costs no call; when the indicator lapses, the CRM gets a `cleared` record and the audit
-  says `lapsed`. The latest event's target wins; a shown webchat indicator is cleared
-  before the session moves to a messaging target.
+  minus now, clamped; the indicator is shown until `issued_at + duration` (or, sent late,
+  until what the result says). `stopped` costs no call; when the indicator lapses, the CRM
+  gets a `cleared` record and the audit says `lapsed`. The latest event's target wins; a
+  shown webchat indicator is cleared before the session moves to a messaging target.
 - Failures keep the wanted state and retry after an exponential backoff (a 429 waits for
   the budget instead); what is retried is recomputed then, so a stale set is never
   re-sent while a clear always is.
@@ -920,8 +920,13 @@ class PartitionStore:
             decision = Decision.EXPIRED if work.reason is ChangeReason.EXPIRED else Decision.CLEARED
             self._change(s, CrmStatus.CLEARED, work.reason, None, now)
         else:
+            expires = desired.expires_at
+            if work.target is not None and result.shown_until_ms is not None:
+                # what the request that landed shows: one sent late shows at least the
+                # shortest duration from when it went out, maybe past what was asked
+                expires = result.shown_until_ms
             s.remote = desired.status
-            s.remote_expires = desired.expires_at
+            s.remote_expires = expires
             s.remote_target = work.target
             if work.target is None:
                 self._shown[sid] = None
@@ -930,7 +935,7 @@ class PartitionStore:
                 self._shown.pop(sid, None)
                 self._shown_messaging[sid] = None
             decision = Decision.APPLIED
-            self._change(s, CrmStatus(desired.status.value), work.reason, desired.expires_at, now)
+            self._change(s, CrmStatus(desired.status.value), work.reason, expires, now)
         self._audit_result(work, decision, result)
         if work.target is not None and work.target != s.target:
             self._lapse(s, ChangeReason.EVENT, now)  # moved away while the call was out

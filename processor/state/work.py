@@ -32,7 +32,8 @@ class Work:
     `event_id`/`offset`/`cause_status` name the event that caused it, when one did.
     `target` is where the call goes (`None`: the webchat session); messaging calls carry
     `duration_ms`, and `issued_at` is when the work was taken (its "shown until" is
-    `issued_at + duration_ms`). While the call is out, or until its outcome is known,
+    `issued_at + duration_ms`, unless the result says a request sent late shows it
+    longer). While the call is out, or until its outcome is known,
     the work is the session's persisted intent (DESIGN I6).
     """
 
