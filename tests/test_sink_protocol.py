@@ -21,9 +21,12 @@ from processor.asgi import serve_in_background
 from processor.budget import OVERHEAD_PRIOR
 from processor.clock import ManualClock
 from processor.domain import Indicator, Outcome, SinkResult, Status
+from processor.models import TypingEvent
+from processor.runtime.reconciler import Reconciler
 from processor.sink import GenesysSink, SinkConfig
 from processor.sink.auth import REFRESH_RETRY_S, TokenManager
 from processor.sink.errors import TokenUnavailableError
+from processor.state import EngineConfig, PartitionStore
 
 Script = Callable[[httpx.Request], httpx.Response]
 
@@ -606,6 +609,46 @@ async def test_a_typing_call_says_until_when_the_request_that_landed_shows_it(ki
     duration = (body["typing"] if kind == "agent" else body["events"][0]["typing"])["duration"]
     assert duration == 1000
     assert result.shown_until_ms == retried_at + 1000 == until + 600
+
+
+async def test_a_messaging_call_is_not_retried_past_the_deadline() -> None:
+    """Less than a second before the deadline, a call sends the shortest duration (DESIGN
+    §2b), shown up to a second past the deadline (I1). Its retry after a 5xx must not go
+    out once the deadline has passed: it would show typing a second past that again."""
+    clock = ManualClock(start_ms=1_700_000_000_000)
+    store = PartitionStore(0, EngineConfig(), clock)
+    deadline = clock.now_ms() + 300
+    event = {
+        "event_id": "e1",
+        "session_id": "s1",
+        "status": "typing",
+        "occurred_at": deadline - 5000,
+        "timeout_ms": 5000,
+        "target": {"kind": "agent_typing", "conversation_id": CONV, "communication_id": COMM},
+    }
+    store.on_event(TypingEvent.model_validate(event), 1)
+    [work] = store.take_work(1)
+    assert work.duration_ms == 1000
+    sent: list[int] = []
+
+    def script(request: httpx.Request) -> httpx.Response:
+        sent.append(clock.now_ms())
+        if len(sent) == 1:
+            clock.advance(500)  # busy, after the deadline has passed
+            return httpx.Response(503, text="<html>busy</html>")
+        return httpx.Response(202)
+
+    results: list[SinkResult] = []
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(token_or(script))) as http,
+        GenesysSink(CONFIG, http=http, clock=clock) as sink,
+    ):
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        await Reconciler(sink, 1).launch(work, 0, done, results.append)
+    assert sent == [deadline - 300]  # no request after the deadline
+    [result] = results
+    assert result.outcome is Outcome.FAILED
 
 
 @pytest.mark.parametrize("kind", ["agent", "open"])

@@ -187,8 +187,9 @@ class Reconciler:
             return await sink.apply(
                 work.session_id, work.desired, version=work.version, prepaid=prepaid
             )
-        # what is left until the store's "shown until" when each request goes out (at least
-        # the shortest duration: the result says until when the request that landed shows)
+        # each request carries what is left until `expires_at` when it goes out (at least
+        # the shortest duration: the result says until when the one that landed shows),
+        # and none goes out after it
         until = None if work.desired is None else work.desired.expires_at
         if isinstance(target, AgentTypingTarget):
             return await sink.agent_typing(

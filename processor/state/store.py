@@ -896,7 +896,10 @@ class PartitionStore:
             )  # fmt: skip
         duration = min(self._config.messaging_max_duration_ms, s.deadline - now)
         duration = max(MESSAGING_MIN_DURATION_MS, duration)
-        desired = Indicator(status, s.originated, now + duration, version)
+        # `expires_at`: what the sink's requests may show until, and no request goes out
+        # after it (I1); the deadline when the shortest duration reaches past it
+        expires = now + duration if now + duration <= s.deadline else s.deadline
+        desired = Indicator(status, s.originated, expires, version)
         return Work(
             sid, desired, ChangeReason.EVENT, kind, version, eid, offset, cause_status, target,
             duration, now,
@@ -921,10 +924,11 @@ class PartitionStore:
             self._change(s, CrmStatus.CLEARED, work.reason, None, now)
         else:
             expires = desired.expires_at
-            if work.target is not None and result.shown_until_ms is not None:
-                # what the request that landed shows: one sent late shows at least the
-                # shortest duration from when it went out, maybe past what was asked
-                expires = result.shown_until_ms
+            if work.target is not None:
+                # what the request that landed shows: at least the duration from when the
+                # work was taken (unknown after a restore), or what the sink says it sent
+                shown = result.shown_until_ms
+                expires = work.issued_at + work.duration_ms if shown is None else shown
             s.remote = desired.status
             s.remote_expires = expires
             s.remote_target = work.target

@@ -33,8 +33,10 @@ class Work:
     `target` is where the call goes (`None`: the webchat session); messaging calls carry
     `duration_ms`, and `issued_at` is when the work was taken (its "shown until" is
     `issued_at + duration_ms`, unless the result says a request sent late shows it
-    longer). While the call is out, or until its outcome is known,
-    the work is the session's persisted intent (DESIGN I6).
+    longer); their `desired.expires_at` is when a request's duration ends at most, and
+    no request goes out after it: `issued_at + duration_ms`, or the deadline when the
+    shortest duration reaches past it (I1). While the call is out, or until its outcome
+    is known, the work is the session's persisted intent (DESIGN I6).
     """
 
     session_id: str
