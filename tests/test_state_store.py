@@ -652,20 +652,23 @@ def test_a_session_back_after_eviction_goes_on_with_the_next_version(
 
 
 def test_a_closed_session_back_on_another_target_goes_on_with_the_next_version(
-    store: PartitionStore,
+    store: PartitionStore, clock: ManualClock
 ) -> None:
+    quiet = EngineConfig().gone_quiet_base_ms  # no call before it after a 409 or a 404
     store.on_event(ev("s1", Status.TYPING, T0), 1)
     [work] = store.take_work(5)
     store.on_result(work, SinkResult(Outcome.SESSION_NOT_CONNECTED, http_status=409))
     assert store.version_floor("s1") is None  # nothing was ever applied: nothing to keep
-    store.on_event(ev("s1", Status.TYPING, T0 + 1, eid="again"), 2)
+    clock.advance(quiet)
+    store.on_event(ev("s1", Status.TYPING, T0 + quiet, eid="again"), 2)
     [work] = store.take_work(5)
     store.on_result(work, APPLIED)
-    store.on_event(ev("s1", Status.PAUSED, T0 + 2, eid="paused"), 3)
+    store.on_event(ev("s1", Status.PAUSED, T0 + quiet + 1, eid="paused"), 3)
     [work] = store.take_work(5)
     store.on_result(work, SinkResult(Outcome.SESSION_NOT_FOUND, http_status=404))
     assert store.version_floor("s1") == 2  # the set, then the clear the closing implies
-    store.on_event(ev("s1", Status.TYPING, T0 + 3, eid="reopened"), 4)
+    clock.advance(quiet)
+    store.on_event(ev("s1", Status.TYPING, T0 + 2 * quiet, eid="reopened"), 4)
     [work] = store.take_work(5)
     assert work.version == 3
 
@@ -893,3 +896,55 @@ def test_cancelled_timers_do_not_pile_up_under_churn(
         largest = max(largest, len(store._timers))
     assert store.tracked_sessions == len(sessions)
     assert largest <= 2 * len(sessions) + COMPACT_MIN_ENTRIES + 1, largest
+
+
+@pytest.mark.parametrize(
+    "outcome", [Outcome.SESSION_NOT_FOUND, Outcome.SESSION_NOT_CONNECTED, Outcome.REJECTED]
+)
+def test_a_session_genesys_said_is_gone_calls_again_only_after_a_quiet_period(
+    store: PartitionStore, clock: ManualClock, outcome: Outcome
+) -> None:
+    """A producer typing into a session that is not there (or still queued) spent a call
+    of the shared budget per keystroke: each event found the session forgotten and asked
+    again. Its events are kept; its calls wait, twice as long after each such answer."""
+    base = EngineConfig().gone_quiet_base_ms
+    store.on_event(ev("s1", Status.TYPING, clock.now_ms(), timeout=30_000), 1)
+    [work] = store.take_work(5)
+    for quiet in (base, 2 * base, 4 * base):
+        store.on_result(work, SinkResult(outcome, http_status=404))
+        gone_at = clock.now_ms()
+        for _ in range(3):  # keystrokes while quiet: no call
+            clock.advance(quiet // 4)
+            store.on_event(ev("s1", Status.TYPING, clock.now_ms(), timeout=30_000), 2)
+            store.on_tick()
+            assert store.take_work(5) == []
+        clock.set(gone_at + quiet)
+        store.on_tick()
+        [work] = store.take_work(5)  # once the period is over, what the keystrokes asked
+        assert work.kind is WorkKind.SET
+        assert work.desired is not None
+        assert (work.desired.originated_at, work.desired.expires_at) == (
+            gone_at + quiet // 4,
+            gone_at + 3 * (quiet // 4) + 30_000,
+        )
+
+
+def test_a_session_back_after_a_quiet_period_calls_at_once_again(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    """Once a call lands, the session is there: nothing of its quiet is left."""
+    store.on_event(ev("s1", Status.TYPING, clock.now_ms()), 1)
+    [work] = store.take_work(5)
+    store.on_result(work, SinkResult(Outcome.SESSION_NOT_CONNECTED, http_status=409))
+    clock.advance(EngineConfig().gone_quiet_base_ms)
+    store.on_event(ev("s1", Status.TYPING, clock.now_ms()), 2)
+    [work] = store.take_work(5)
+    store.on_result(work, APPLIED)
+    store.on_event(ev("s1", Status.STOPPED, clock.now_ms()), 3)
+    [clear] = store.take_work(5)
+    store.on_result(clear, SinkResult(Outcome.SESSION_NOT_FOUND, http_status=404))
+    store.on_event(ev("s1", Status.TYPING, clock.now_ms()), 4)
+    assert store.take_work(5) == []  # quiet again, for the first period only
+    clock.advance(EngineConfig().gone_quiet_base_ms)
+    store.on_tick()
+    assert [w.kind for w in store.take_work(5)] == [WorkKind.SET]

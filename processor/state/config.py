@@ -50,6 +50,12 @@ class EngineConfig:
         dedupe_capacity: exact duplicates among at least this many recent event ids are
             dropped (up to twice as many are held; see `EventIdMemory`).
         retry_base_ms / retry_max_ms: exponential backoff for failed calls.
+        gone_quiet_base_ms / gone_quiet_max_ms: after Genesys said a session is unknown,
+            not connected or unusable (404, 409, 400), an event of it calls again only
+            this long later, doubling with each such answer in a row: a producer typing
+            into a session that is not there (or still queued) would otherwise spend a
+            call of the shared budget per keystroke.
+        gone_memory: how many such sessions are remembered (the oldest goes first).
         messaging_max_duration_ms: the longest `duration` of one messaging typing call
             (DESIGN §2b); a call sends the deadline minus now, clamped to
             [`MESSAGING_MIN_DURATION_MS`, this].
@@ -67,6 +73,9 @@ class EngineConfig:
     dedupe_capacity: int = 100_000
     retry_base_ms: int = 250
     retry_max_ms: int = 10_000
+    gone_quiet_base_ms: int = 1000
+    gone_quiet_max_ms: int = 60_000
+    gone_memory: int = 10_000
     messaging_max_duration_ms: int = 5000
 
     def __post_init__(self) -> None:
@@ -90,6 +99,10 @@ class EngineConfig:
             raise ValueError("dedupe_capacity must be >= 1")
         if not 1 <= self.retry_base_ms <= self.retry_max_ms:
             raise ValueError("retry_base_ms must be in [1, retry_max_ms]")
+        if not 1 <= self.gone_quiet_base_ms <= self.gone_quiet_max_ms:
+            raise ValueError("gone_quiet_base_ms must be in [1, gone_quiet_max_ms]")
+        if self.gone_memory < 0:
+            raise ValueError("gone_memory must be >= 0")
         if not MESSAGING_MIN_DURATION_MS <= self.messaging_max_duration_ms <= MAX_TIMEOUT_MS:
             raise ValueError(
                 f"messaging_max_duration_ms must be in [{MESSAGING_MIN_DURATION_MS},"

@@ -51,6 +51,12 @@ Rules (DESIGN §4, §2b):
   session that had changed something leaves its version behind (a floor, kept
   `version_memory_ms` on the changelog as an idle record), so that if it comes back its
   versions go on where they stopped instead of starting again at 1.
+- A session forgotten because Genesys said it is unknown, not connected or unusable is
+  remembered for a quiet period (`gone_quiet_base_ms`, doubling with each such answer in
+  a row, at most `gone_quiet_max_ms`): its events are taken as ever, but its calls wait
+  for the period to end, so a producer typing into a session that is not there costs a
+  call now and then, not one per keystroke. Not persisted: after a restore the first
+  call learns it again.
 """
 
 from __future__ import annotations
@@ -162,6 +168,9 @@ class PartitionStore:
         self._in_flight: dict[str, Work] = {}
         # Failed sessions: (retry_at, consecutive failures).
         self._backoff: dict[str, tuple[int, int]] = {}
+        # Sessions Genesys said are gone: (no call before, such answers in a row), oldest
+        # first; see `_quieten`.
+        self._gone_quiet: OrderedDict[str, tuple[int, int]] = OrderedDict()
         # Sessions whose webchat indicator is (or may be) shown: each owes a clear.
         self._shown: dict[str, None] = {}
         # Sessions whose messaging indicator is shown: each may owe a refresh (I2).
@@ -197,6 +206,9 @@ class PartitionStore:
             if floor is not None:
                 s.version = floor[0]  # a session back after it was forgotten
                 self._floor_timers.cancel()
+            quiet = self._gone_quiet.get(sid)
+            if quiet is not None and quiet[0] > now:
+                self._backoff[sid] = (quiet[0], 0)  # gone a moment ago: no call before
         occurred = event.occurred_at
         if occurred > now:
             # a producer clock ahead is clamped (DESIGN §4), though never below the newest
@@ -909,6 +921,7 @@ class PartitionStore:
         """The intent `work` took effect in Genesys: record it and move on."""
         sid = s.sid
         self._backoff.pop(sid, None)
+        self._gone_quiet.pop(sid, None)  # there after all
         s.intent = None
         s.version = work.version
         desired = work.desired
@@ -972,6 +985,20 @@ class PartitionStore:
             return
         # dated as if idle long enough: a restore then forgets it as this store did
         self._forget(s, decision, now - self._config.idle_evict_ms, now)
+        self._quieten(s.sid, now)
+
+    def _quieten(self, sid: str, now: int) -> None:
+        """Genesys said `sid` is gone: its next call waits `gone_quiet_base_ms`, twice as
+        long after each such answer in a row (at most `gone_quiet_max_ms`)."""
+        cfg = self._config
+        quiet = self._gone_quiet
+        answers = quiet.pop(sid, (0, 0))[1] + 1
+        quiet[sid] = (
+            now + min(cfg.gone_quiet_max_ms, cfg.gone_quiet_base_ms << min(answers - 1, 30)),
+            answers,
+        )
+        if len(quiet) > cfg.gone_memory:
+            quiet.popitem(last=False)
 
     def _on_read_back(self, s: Session, work: Work, result: SinkResult, now: int) -> None:
         """A read-back answered: the unresolved intent landed or it did not."""
@@ -993,6 +1020,7 @@ class PartitionStore:
             self._audit_result(work, _RETRY.get(outcome, Decision.FAILED), result)
             self._retry_later(s, outcome, now)
             return
+        self._gone_quiet.pop(s.sid, None)  # read back: it is there
         remote = result.remote_indicator
         desired = intent.desired
         if (
