@@ -96,11 +96,6 @@ class AgentTypingTarget(_Payload):
     conversation_id: GenesysId
     communication_id: GenesysId
 
-    @property
-    def key(self) -> str:
-        """Stable identity of the indicator this target drives."""
-        return f"agent_typing/{self.conversation_id}/{self.communication_id}"
-
 
 class FromIdType(StrEnum):
     """How an Open Messaging integration identifies the customer (`idType`)."""
@@ -118,12 +113,6 @@ class OpenMessagingTarget(_Payload):
     from_id: Text
     from_id_type: FromIdType = FromIdType.OPAQUE
     nickname: Annotated[StrictStr, Field(max_length=MAX_TEXT_CHARS)] | None = None
-
-    @property
-    def key(self) -> str:
-        """Stable identity of the indicator this target drives (`from_id` last: it may hold
-        any character)."""
-        return f"open_messaging/{self.integration_id}/{self.from_id_type.value}/{self.from_id}"
 
 
 Target = Annotated[AgentTypingTarget | OpenMessagingTarget, Field(discriminator="kind")]
@@ -149,13 +138,6 @@ class TypingEvent(_Payload):
     def role(self) -> Role:
         """The participant's role; customer when the producer did not say."""
         return self.participant.role if self.participant is not None else Role.CUSTOMER
-
-    @property
-    def target_key(self) -> str:
-        """Stable identity of the indicator this event drives: the target's `key`, or
-        `webchat/<session_id>` when the event has no target."""
-        target = self.target
-        return f"webchat/{self.session_id}" if target is None else target.key
 
 
 class CrmStatus(StrEnum):

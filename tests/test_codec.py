@@ -152,7 +152,6 @@ def test_no_target_is_the_webchat_session() -> None:
     event = decode(orjson.dumps(good()))
     assert isinstance(event, TypingEvent)
     assert event.target is None
-    assert event.target_key == "webchat/sess-1"
     assert isinstance(decode(orjson.dumps(good(target=None))), TypingEvent)
 
 
@@ -162,23 +161,20 @@ def test_agent_typing_target() -> None:
     assert event.target == AgentTypingTarget(
         kind="agent_typing", conversation_id=CONV, communication_id=COMM
     )
-    assert event.target_key == f"agent_typing/{CONV}/{COMM}"
 
 
-def test_open_messaging_target_defaults_and_key() -> None:
+def test_open_messaging_target_defaults() -> None:
     event = decode(orjson.dumps(good(target=open_messaging())))
     assert isinstance(event, TypingEvent)
     target = event.target
     assert isinstance(target, OpenMessagingTarget)
     assert (target.from_id_type, target.nickname) == (FromIdType.OPAQUE, None)
-    assert event.target_key == f"open_messaging/{CONV}/Opaque/cust"
     full = open_messaging(from_id="a/b@x.org", from_id_type="Email", nickname="Ann")
     event = decode(orjson.dumps(good(target=full)))
     assert isinstance(event, TypingEvent)
     assert isinstance(event.target, OpenMessagingTarget)
     assert event.target.from_id_type is FromIdType.EMAIL
     assert event.target.nickname == "Ann"
-    assert event.target_key == f"open_messaging/{CONV}/Email/a/b@x.org"
 
 
 def test_upper_case_uuids_are_normalised_to_lower_case() -> None:
@@ -186,7 +182,6 @@ def test_upper_case_uuids_are_normalised_to_lower_case() -> None:
     assert isinstance(event, TypingEvent)
     assert isinstance(event.target, AgentTypingTarget)
     assert event.target.conversation_id == CONV
-    assert event.target_key == f"agent_typing/{CONV}/{COMM}"
 
 
 @pytest.mark.parametrize(
