@@ -293,6 +293,10 @@ class Planner:
         shown_messaging = sum(store.shown_messaging_count for store in stores)
         reserve = min(self._config.stop_reserve, shown)
         hold = self._config.stop_hold if shown else 0.0  # nothing shown, nothing to stop
+        if tokens - 1 < hold and tokens + hold <= capacity.burst:
+            # whatever set ranks first, it waits for its token (below): skip the ranking,
+            # which most rounds under a tight budget would make in vain
+            return picks
         window_margin = self._config.window_margin_s * 1000 * capacity.rate_per_ms
         # Each shown indicator owes at most a refresh and a clear (a messaging one only
         # the refresh), each set two calls more: when the tokens in hand cover all that

@@ -278,6 +278,26 @@ def test_sets_leave_a_token_in_hand_for_a_stop_while_indicators_are_shown() -> N
     assert sets(2.0, burst=2.0)[:1] == ["best"]  # a bucket of two cannot hold one more
 
 
+def test_a_set_takes_the_last_token_when_the_bucket_could_never_hold_one_more() -> None:
+    """The token left in hand for a stop is kept only if the bucket can hold it beside
+    the set's: with a bucket of 1.5, a set of one call takes the 1.5 tokens there are."""
+    sim = Simulation(1, 60, PlannerConfig(stop_reserve=0))
+    sim.etags.update({"shown", "next"})
+    sim.event("shown", Status.TYPING, 1)
+    sim.round()
+    sim.advance(LATENCY_MS)
+    sim.event("next", Status.TYPING, 2)
+    now = sim.clock.now_ms()
+    planner = Planner(PlannerConfig(stop_reserve=0, stop_hold=1.0))
+
+    def sets(burst: float) -> list[str]:
+        capacity = Capacity(tokens=1.5, rate_per_ms=1.0, slots=8, set_slots=8, burst=burst)
+        return [p.session_id for p in planner.plan(sim.stores, capacity, now, sim.cost)]
+
+    assert sets(burst=1.5) == ["next"]
+    assert sets(burst=10.0) == []  # a bucket that will hold the stop's token: it waits
+
+
 def test_sets_leave_room_for_the_requests_conflicts_bring() -> None:
     """Each call brings `overhead` unplanned requests on average (a 412's re-read and
     retry, spent into debt by the sink): the clear-debt check weighs every call by that,
