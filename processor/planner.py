@@ -19,7 +19,8 @@ A set is only made when the budget can also pay for what shown indicators will n
 time: each shown webchat indicator owes a clear by its deadline, and each one that typing
 keeps alive owes a refresh before its `expiresAt` (clear debt); a shown messaging
 indicator owes no clear (it lapses by itself), but the same refresh before its "shown
-until" while typing goes on. The check is an
+until" while typing goes on, or at once while it is wanted and its last call's outcome
+is unknown (`Session.unconfirmed`: it is sent again after its backoff). The check is an
 earliest-deadline-first feasibility test over those obligations, and the clears due
 together must fit in what the bucket holds at once (a clear cannot go out before its
 deadline, and the bucket fills no further than its burst meanwhile). A stop makes a clear due
@@ -398,12 +399,17 @@ class Planner:
                 # no clear (it lapses by itself), but a refresh while typing goes on past
                 # its "shown until" (none owed while a call for it is out: it is paid)
                 if (
-                    s.sid not in refreshed
-                    and s.intent is None
-                    and s.status is not None
-                    and s.remote_target == s.target
-                    and s.deadline > s.remote_expires > now
+                    s.sid in refreshed
+                    or s.intent is not None
+                    or s.status is None
+                    or s.remote_target != s.target
                 ):
+                    continue
+                if s.unconfirmed and s.deadline > now:
+                    # recorded from a call that may not have landed: sent again as soon
+                    # as its backoff ends, whatever its "shown until"
+                    dues.append(now)
+                elif s.deadline > s.remote_expires > now:
                     dues.append(max(now, s.remote_expires - store.refresh_lead_ms(s)))
         return dues
 

@@ -461,7 +461,7 @@ def test_sets_leave_room_for_the_refresh_a_shown_messaging_indicator_owes() -> N
     assert sets(1.0, rate_per_ms=1 / 1000) == ["next"]
 
 
-def _messaging_event(sid: str, at: int, offset: int) -> TypingEvent:
+def _messaging_event(sid: str, at: int, offset: int, timeout_ms: int = 20_000) -> TypingEvent:
     communication = f"0e9a2b1c-3d4e-4f50-8a6b-7c8d9e0f1a{zlib.crc32(sid.encode()) % 100:02d}"
     return TypingEvent.model_validate(
         {
@@ -469,7 +469,7 @@ def _messaging_event(sid: str, at: int, offset: int) -> TypingEvent:
             "session_id": sid,
             "status": "typing",
             "occurred_at": at,
-            "timeout_ms": 20_000,
+            "timeout_ms": timeout_ms,
             "target": {
                 "kind": "agent_typing",
                 "conversation_id": "c0b5a0d4-5a3f-4a1e-8d6b-6b7a1c2d3e4f",
@@ -477,3 +477,27 @@ def _messaging_event(sid: str, at: int, offset: int) -> TypingEvent:
             },
         }
     )
+
+
+def test_sets_leave_room_for_the_re_send_of_a_messaging_call_that_may_not_have_landed() -> None:
+    """A messaging call answered 5xx is recorded as shown and sent again after its backoff
+    while still wanted, whatever its "shown until" (it may not be shown at all): a set must
+    not take the token that re-send needs."""
+    clock = ManualClock(T0)
+    store = PartitionStore(0, CONFIG, clock)
+    store.on_event(_messaging_event("shown", T0, 1, timeout_ms=3000), 1)
+    [work] = store.take_work(5)
+    store.on_result(work, SinkResult(Outcome.FAILED, http_status=503, attempts=1, ambiguous=True))
+    store.on_event(_messaging_event("next", clock.now_ms(), 2), 2)
+    store.on_tick()
+    assert store.is_backing_off("shown")
+    assert [s.sid for s in store.queued_sets()] == ["next"]
+    planner = Planner(PlannerConfig())
+
+    def sets(tokens: float) -> list[str]:
+        capacity = Capacity(tokens=tokens, rate_per_ms=0.0, slots=8, set_slots=8)
+        picks = planner.plan([store], capacity, clock.now_ms(), lambda s: 1)
+        return [p.session_id for p in picks if p.kind is WorkKind.SET]
+
+    assert sets(1.0) == []  # the only token is the re-send's
+    assert sets(2.0) == ["next"]

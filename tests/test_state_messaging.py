@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processor.clock import ManualClock
-from processor.domain import AgentTypingTarget, ChangeReason, Decision, Outcome, SinkResult, Status
+from processor.domain import (
+    AgentTypingTarget,
+    ChangeReason,
+    Decision,
+    OpenMessagingTarget,
+    Outcome,
+    SinkResult,
+    Status,
+)
 from processor.models import CrmStatus, TypingEvent
 from processor.state import EngineConfig, PartitionStore, Work, WorkKind
 
@@ -420,3 +428,127 @@ def test_shown_messaging_lists_the_sessions_whose_indicator_is_shown(
     assert [s.sid for s in store.shown_webchat()] == []
     [webchat] = store.take_work(5)
     assert (webchat.session_id, webchat.target) == ("s1", None)
+
+
+def _ambiguous(shown_until_ms: int | None = None, status: int | None = 503) -> SinkResult:
+    """A messaging call that gave up without a definitive answer (a 5xx, a timeout)."""
+    return SinkResult(
+        Outcome.FAILED,
+        http_status=status,
+        attempts=1,
+        error="POST answered HTTP 503" if status else "ReadTimeout",
+        ambiguous=True,
+        shown_until_ms=shown_until_ms,
+    )
+
+
+def test_an_ambiguous_call_is_recorded_as_landed_and_lapses_after_a_stop(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    """A 5xx after the request went out: it may be shown until what the sink says, and
+    cannot be read back. The CRM hears `typing` at once and `cleared` when it lapses, even
+    though typing stops before anything is sent again (it used to hear neither)."""
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=3000, eid="typed"), 1)
+    [work] = store.take_work(5)
+    clock.advance(300)
+    shown_until = T0 + 3100  # the sink's retry went out late
+    store.on_result(work, _ambiguous(shown_until))
+    out = store.drain()
+    assert [(c.status, c.version, c.expires_at) for c in out.changes] == [
+        (CrmStatus.TYPING, 1, shown_until)
+    ]
+    assert [(a.event_id, a.result) for a in out.audits] == [
+        ("typed", Decision.FAILED),
+        ("typed", Decision.APPLIED),
+    ]
+    assert "outcome unknown" in out.audits[1].error
+    assert [s.sid for s in store.shown_messaging()] == ["s1"]
+    clock.advance(50)
+    store.on_event(ev("s1", Status.STOPPED, clock.now_ms(), eid="stop"), 2)
+    while clock.now_ms() < shown_until:
+        assert store.take_work(5) == [], "a call after the stop"
+        clock.advance(10)
+        store.on_tick()
+    out = store.drain()
+    assert [(c.status, c.reason, c.version, c.applied_at) for c in out.changes] == [
+        (CrmStatus.CLEARED, ChangeReason.STOPPED, 2, shown_until)
+    ]
+    assert [(a.event_id, a.result) for a in out.audits] == [("stop", Decision.LAPSED)]
+    assert store.shown_messaging_count == 0
+
+
+def test_an_ambiguous_call_is_sent_again_after_the_backoff_while_still_wanted(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    """It may not have landed: while the indicator is still wanted, a refresh follows as
+    soon as the backoff allows (long before the usual refresh point), with the next
+    version; a second ambiguous answer backs off longer, and a landing ends the doubt."""
+    config = EngineConfig(messaging_max_duration_ms=5000)
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=20_000), 1)
+    [work] = store.take_work(5)
+    store.on_result(work, _ambiguous(status=None))  # a timeout: no "shown until" said
+    [typing] = store.drain().changes
+    assert (typing.version, typing.expires_at) == (1, work.issued_at + work.duration_ms)
+    assert store.take_work(5) == []  # not before the backoff
+    assert store.is_backing_off("s1")
+    delays = []
+    for version in (2, 3):
+        failed_at = clock.now_ms()
+        resent = store.take_work(5)
+        while not resent:
+            clock.advance(1)
+            store.on_tick()
+            resent = store.take_work(5)
+        delays.append(clock.now_ms() - failed_at)
+        [again] = resent
+        assert (again.kind, again.version) == (WorkKind.REFRESH, version)
+        assert again.duration_ms == 5000
+        store.on_result(again, _ambiguous() if version == 2 else APPLIED)
+    assert delays[0] <= config.retry_base_ms + config.timer_resolution_ms
+    assert delays[1] > delays[0]  # backs off as for any failure
+    assert [(c.status, c.version) for c in store.drain().changes] == [
+        (CrmStatus.TYPING, 2),
+        (CrmStatus.TYPING, 3),
+    ]
+    clock.advance(2000)  # landed: nothing more until the usual refresh point
+    store.on_tick()
+    assert store.take_work(5) == []
+
+
+def test_an_ambiguous_call_answered_429_at_last_is_sent_again_when_the_budget_allows(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    """A 5xx, then a 429 on the retry: the budget waits, not the session (no backoff),
+    and the re-send is queued with the refreshes, ahead of new sets."""
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=20_000), 1)
+    [work] = store.take_work(5)
+    store.on_event(ev("s2", Status.TYPING, T0, timeout=20_000, target=OPEN), 2)
+    store.on_result(
+        work, SinkResult(Outcome.RATE_LIMITED, http_status=429, attempts=2, ambiguous=True)
+    )
+    assert [s.sid for s in store.queued_refreshes()] == ["s1"]
+    assert [(w.session_id, w.kind, w.version) for w in store.take_work(5)] == [
+        ("s1", WorkKind.REFRESH, 2),
+        ("s2", WorkKind.SET, 1),
+    ]
+
+
+def test_an_ambiguous_call_is_not_sent_again_once_the_session_moved_away(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    """Moved to another target while the call was out: the indicator it may show there
+    is recorded, then lapsed at once (as a move does), and only the new target is set."""
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=20_000), 1)
+    [work] = store.take_work(5)
+    clock.advance(50)
+    store.on_event(ev("s1", Status.TYPING, clock.now_ms(), target=OPEN, timeout=20_000), 2)
+    store.on_result(work, _ambiguous())
+    assert [(c.status, c.version) for c in store.drain().changes] == [
+        (CrmStatus.TYPING, 1),
+        (CrmStatus.CLEARED, 2),
+    ]
+    clock.advance(1000)
+    store.on_tick()
+    [moved] = store.take_work(5)
+    assert (moved.kind, moved.version) == (WorkKind.SET, 3)
+    assert moved.target == OpenMessagingTarget(INTEGRATION, "cust-1", "Opaque", None)

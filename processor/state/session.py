@@ -60,6 +60,10 @@ class Session:
         epoch: creation time; keeps CRM event ids unique across evictions.
         touched: last activity (eviction clock).
         wake: bucket time of this session's live timer entry (0 = none); not persisted.
+        unconfirmed: the messaging indicator recorded as shown came from a call whose
+        outcome is unknown (a timeout, a 5xx): it may not be shown, so it is sent again
+        while still wanted. Not persisted: after a restore the indicator is refreshed
+        on its usual schedule.
     What its typing is like (learned, not persisted; see `bursts`):
         role: the role of the participant who typed last (`None` = not known yet).
         typical: how long this session's typing usually lasts, ms (0 = not known yet).
@@ -83,6 +87,7 @@ class Session:
         "timeout",
         "touched",
         "typical",
+        "unconfirmed",
         "version",
         "wake",
         "window_at",
@@ -107,6 +112,7 @@ class Session:
         self.cause: Cause | None = None
         self.intent: Work | None = None
         self.wake = 0
+        self.unconfirmed = False
         self.role: Role | None = None
         self.typical = 0
 

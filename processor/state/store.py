@@ -32,7 +32,9 @@ Rules (DESIGN §4, §2b):
   it. An intent whose outcome is unknown (restored after a crash, or a webchat change
   whose call failed ambiguously) is resolved by reading the session back before anything
   else (`WorkKind.RESOLVE`): if it landed, its CRM and audit records follow, and versions
-  never repeat. A messaging intent cannot be read back; restored, it counts as landed.
+  never repeat. A messaging intent cannot be read back: restored, or its call failed
+  ambiguously, it counts as landed (its CRM record, and its lapse's, follow); as it may
+  not have, a live one is sent again while still wanted, after the failure's backoff.
   A call that finds the session overtaken (a change of its version or later that this
   store never recorded: a previous owner still at work during a rebalance) adopts what
   the session shows and plans again with the next version.
@@ -392,6 +394,12 @@ class PartitionStore:
             # The change may have landed: read the session back before anything else.
             self._retry_later(s, outcome, now)
             return
+        if result.ambiguous:
+            # A messaging target cannot be read back: what may be shown is recorded as
+            # shown, as a restore does (I6), so that the CRM hears of it and of its lapse;
+            # and, as it may not be, sent again while still wanted (after the backoff)
+            self._landed(s, work, _assumed_landed(result), now, doubt=outcome)
+            return
         s.intent = None
         if work.target is None and s.remote is None:
             self._shown.pop(sid, None)
@@ -700,6 +708,7 @@ class PartitionStore:
         s.remote = None
         s.remote_expires = 0
         s.remote_target = None
+        s.unconfirmed = False
         self._shown_messaging.pop(s.sid, None)
         self._change(s, CrmStatus.CLEARED, reason, None, at)
         cause = s.cause if s.status is None else None
@@ -758,6 +767,8 @@ class PartitionStore:
                 return None  # nothing to send: a shown indicator lapses by itself
             if remote is None or s.remote_expires <= now:
                 return _SET
+            if s.unconfirmed and s.deadline - now >= self._config.min_set_lifetime_ms:
+                return _REFRESH  # the call recorded as shown may not have landed: again
         if (
             s.deadline > s.remote_expires
             and now >= s.remote_expires - self._lead(s)
@@ -917,12 +928,21 @@ class PartitionStore:
             duration, now,
         )  # fmt: skip
 
-    def _landed(self, s: Session, work: Work, result: SinkResult, now: int) -> None:
-        """The intent `work` took effect in Genesys: record it and move on."""
+    def _landed(
+        self, s: Session, work: Work, result: SinkResult, now: int, *, doubt: Outcome | None = None
+    ) -> None:
+        """The intent `work` took effect in Genesys: record it and move on.
+
+        With `doubt` (the outcome of a messaging call that may not have landed), it is
+        recorded all the same, and sent again while still wanted once the backoff for
+        that outcome has passed (`Session.unconfirmed`).
+        """
         sid = s.sid
-        self._backoff.pop(sid, None)
-        self._gone_quiet.pop(sid, None)  # there after all
+        failures = self._backoff.pop(sid, (0, 0))[1]
+        if doubt is None:
+            self._gone_quiet.pop(sid, None)  # there after all
         s.intent = None
+        s.unconfirmed = doubt is not None
         s.version = work.version
         desired = work.desired
         if work.target is None and result.call_latencies_ms:
@@ -956,6 +976,11 @@ class PartitionStore:
         self._audit_result(work, decision, result)
         if work.target is not None and work.target != s.target:
             self._lapse(s, ChangeReason.EVENT, now)  # moved away while the call was out
+        if doubt is not None and doubt is not Outcome.RATE_LIMITED:
+            # as for any failure, so that a failing API is not hammered (a 429 waits for
+            # the budget instead)
+            failures += 1
+            self._backoff[sid] = (now + self._retry_delay(sid, failures), failures)
         self._dirty[sid] = None
         self._settle(s, now)
 
@@ -971,6 +996,7 @@ class PartitionStore:
             s.remote = None
             s.remote_expires = 0
             s.remote_target = None
+            s.unconfirmed = False
             self._shown_messaging.pop(s.sid, None)
         if work.target != s.target:
             # Only the target the session has moved away from is gone (the webchat
@@ -1050,6 +1076,7 @@ class PartitionStore:
             s.version = max(s.version, remote.version)
             self._shown[s.sid] = None
         s.remote_target = None
+        s.unconfirmed = False
         self._shown_messaging.pop(s.sid, None)
 
     def _recause(self, s: Session, work: Work, *, decide: bool = False) -> None:
@@ -1209,6 +1236,18 @@ class PartitionStore:
                 crm_event_id(s.sid, s.epoch, s.version, status),
             )
         )
+
+
+def _assumed_landed(result: SinkResult) -> SinkResult:
+    """A messaging call's ambiguous result, as the landing it is recorded as."""
+    return SinkResult(
+        Outcome.APPLIED,
+        http_status=result.http_status,
+        attempts=result.attempts,
+        latency_ms=result.latency_ms,
+        error=f"outcome unknown ({result.error or 'no answer'}): assumed applied",
+        shown_until_ms=result.shown_until_ms,
+    )
 
 
 def _read_back_note(result: SinkResult) -> SinkResult:
