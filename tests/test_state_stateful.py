@@ -1,11 +1,15 @@
-"""Stateful property test of `PartitionStore` against a small independent model.
+"""Stateful property tests of `PartitionStore`.
 
-Random events (duplicates, out of order, stale, clock ahead), clock advances with ticks,
-calls taken and answered with every sink outcome (with latencies, which set how early an
-expiry clear goes out), and crash-restores from the changelog.
-After every step: the store's wanted state equals the model's (the last event's), every
-remote indicator that disagrees with it is being reconciled (no phantom, no lapse while
-typing), work is unique per session, and restoring the changelog gives an equal store.
+`StoreMachine` (the webchat session), against a small independent model: random events
+(duplicates, out of order, stale, clock ahead), clock advances with ticks, calls taken and
+answered with every sink outcome (with latencies, which set how early an expiry clear goes
+out), and crash-restores from the changelog. After every step: the store's wanted state
+equals the model's (the last event's), every remote indicator that disagrees with it is
+being reconciled (no phantom, no lapse while typing), work is unique per session, and
+restoring the changelog gives an equal store.
+
+`MessagingMachine` (messaging targets): every call that may show an indicator has its CRM
+record, every such record is followed by a `cleared` one, and no version repeats.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from hypothesis.stateful import (
 
 from processor.clock import ManualClock
 from processor.domain import Indicator, Outcome, SinkResult, Status
-from processor.models import TypingEvent
+from processor.models import AgentTypingTarget, CrmStatus, OpenMessagingTarget, TypingEvent
 from processor.state import EngineConfig, PartitionStore, Work, WorkKind
 
 settings.register_profile(
@@ -329,3 +333,177 @@ StoreMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestStoreMachine = StoreMachine.TestCase
+
+_TARGETS = (
+    AgentTypingTarget(
+        kind="agent_typing",
+        conversation_id="c0b5a0d4-5a3f-4a1e-8d6b-6b7a1c2d3e4f",
+        communication_id="0e9a2b1c-3d4e-4f50-8a6b-7c8d9e0f1a2b",
+    ),
+    OpenMessagingTarget(
+        kind="open_messaging",
+        integration_id="2f0c6a4e-8d8b-4c8e-9a55-0d4c5b7a1e21",
+        from_id="cust-1",
+    ),
+)
+_MESSAGING_RESULTS = (
+    "applied",
+    "applied_late",  # a retry went out late: shown past what the work asked for
+    "ambiguous",  # a 5xx or a timeout after the request went out: may be shown
+    "ambiguous_429",  # a 5xx, then a 429 on the retry
+    "failed",  # nothing reached the API (circuit open, no token)
+    "not_found",
+)
+
+
+class MessagingMachine(RuleBasedStateMachine):
+    """Messaging targets (DESIGN §2b) under every sink outcome and crash-restores.
+
+    Whatever a call's outcome, once it may show the indicator (it landed, its answer was
+    lost, or its owner crashed) the CRM gets a `typing` record with its version, and every
+    such record is followed by a `cleared` one when the indicator lapses (I6); no version
+    is ever used by two calls that may have shown something, nor by two CRM records.
+    """
+
+    @initialize()
+    def start(self) -> None:
+        self.clock = ManualClock(T0)
+        self.store = PartitionStore(0, CONFIG, self.clock)
+        self.flying: list[Work] = []
+        self.log: list[tuple[bytes, bytes | None]] = []
+        self.crm: dict[str, list[tuple[int, CrmStatus]]] = {}
+        self.may_show: dict[str, set[int]] = {}  # versions of calls that may have shown
+        self.counter = 0
+
+    def _drain(self) -> None:
+        out = self.store.drain()
+        self.log += out.changelog
+        for change in out.changes:
+            records = self.crm.setdefault(change.session_id, [])
+            previous = records[-1][0] if records else 0
+            assert change.version == previous + 1, "versions increase by one per record"
+            records.append((change.version, change.status))
+
+    def _may_have_shown(self, work: Work) -> None:
+        versions = self.may_show.setdefault(work.session_id, set())
+        assert work.version not in versions, "a version used again after it may have shown"
+        versions.add(work.version)
+
+    def _recorded(self, work: Work) -> None:
+        """The call that may have shown has its `typing` record, with its version."""
+        records = self.crm.get(work.session_id, [])
+        assert work.desired is not None
+        status = CrmStatus(work.desired.status.value)
+        assert (work.version, status) in records, f"no record of {work.version}: {records}"
+
+    @rule(
+        sid=st.sampled_from(SESSIONS[:2]),
+        status=st.sampled_from(list(Status)),
+        delta=st.integers(-3000, 100),
+        timeout=st.sampled_from([None, 1000, 3000, 8000, 20_000]),
+        where=st.sampled_from(_TARGETS),
+    )
+    def event(
+        self,
+        sid: str,
+        status: Status,
+        delta: int,
+        timeout: int | None,
+        where: AgentTypingTarget | OpenMessagingTarget,
+    ) -> None:
+        self.counter += 1
+        event = TypingEvent.model_construct(
+            event_id=f"m{self.counter}",
+            session_id=sid,
+            status=status,
+            occurred_at=max(0, self.clock.now_ms() + delta),
+            timeout_ms=timeout,
+            participant=None,
+            channel=None,
+            target=where,
+        )
+        self.store.on_event(event, self.counter)
+        self._drain()
+
+    @rule(ms=st.integers(1, 4000))
+    def advance(self, ms: int) -> None:
+        self.clock.advance(ms)
+        self.store.on_tick()
+        self._drain()
+
+    @rule(limit=st.integers(1, 2))
+    def take(self, limit: int) -> None:
+        works = self.store.take_work(limit)
+        assert all(w.target is not None and w.desired is not None for w in works)
+        self.flying += works
+        self._drain()
+
+    @precondition(lambda self: bool(self.flying))
+    @rule(index=st.integers(0, 3), kind=st.sampled_from(_MESSAGING_RESULTS))
+    def result(self, index: int, kind: str) -> None:
+        work = self.flying.pop(index % len(self.flying))
+        now = self.clock.now_ms()
+        if kind == "applied":
+            result = SinkResult(Outcome.APPLIED, http_status=202, attempts=1)
+        elif kind == "applied_late":
+            result = SinkResult(Outcome.APPLIED, 202, 2, shown_until_ms=now + 1000)
+        elif kind == "ambiguous":
+            late = now + 1000 if index % 2 else None
+            result = SinkResult(
+                Outcome.FAILED, http_status=503, attempts=1, ambiguous=True, shown_until_ms=late
+            )
+        elif kind == "ambiguous_429":
+            result = SinkResult(Outcome.RATE_LIMITED, http_status=429, attempts=2, ambiguous=True)
+        elif kind == "failed":
+            result = SinkResult(Outcome.FAILED, error="circuit open")
+        else:
+            result = SinkResult(Outcome.SESSION_NOT_FOUND, http_status=404, attempts=1)
+        shows = kind.startswith(("applied", "ambiguous"))
+        if shows:
+            self._may_have_shown(work)
+        self.store.on_result(work, result)
+        self._drain()
+        if shows:
+            self._recorded(work)
+
+    @rule()
+    def crash_and_restore(self) -> None:
+        lost, self.flying = self.flying, []
+        for work in lost:
+            self._may_have_shown(work)  # it may have landed while its owner died
+        self.store = PartitionStore.restore(0, CONFIG, self.clock, self.log)
+        self._drain()
+        for work in lost:
+            self._recorded(work)
+
+    @invariant()
+    def restore_of_the_changelog_equals_the_live_store(self) -> None:
+        if self.flying:
+            return  # a restore counts the calls out as landed; the live store waits
+        restored = PartitionStore.restore(0, CONFIG, self.clock, self.log)
+        assert restored.snapshot() == self.store.snapshot()
+
+    def teardown(self) -> None:
+        """Every call answered, then typing left to lapse: each session's last record is
+        `cleared`, so every `typing` record was followed by one."""
+        if not hasattr(self, "store"):
+            return
+        for _ in range(50):
+            for work in self.flying:
+                self._may_have_shown(work)
+                self.store.on_result(work, SinkResult(Outcome.APPLIED, 202, 1))
+            self.flying = self.store.take_work(10)
+            self.clock.advance(5000)
+            self.store.on_tick()
+            self._drain()
+            if not self.flying and not self.store.queued_work and not self.store.tracked_sessions:
+                break
+        for sid, records in self.crm.items():
+            assert records[-1][1] is CrmStatus.CLEARED, f"{sid}: {records}"
+
+
+MessagingMachine.TestCase.settings = settings(
+    settings.get_profile("state-ci" if os.environ.get("CI") else "state-dev"),
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestMessagingMachine = MessagingMachine.TestCase
