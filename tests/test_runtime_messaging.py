@@ -159,3 +159,45 @@ async def test_unsafe_ids_are_dead_letters_and_unknown_ids_do_not_stop_the_parti
         )
         == 1
     )
+
+
+async def test_a_call_answered_5xx_is_recorded_and_lapses_when_typing_stops(
+    bootstrap_servers: str, emulator: EmulatorHandle, stack: InProcess
+) -> None:
+    """Every request answered 5xx: no call can be known to have landed, nor read back, and
+    yet each may show typing (a 5xx may come after the request took effect). The CRM hears
+    `typing` for the call and, when typing stops, `cleared` once it would have lapsed: the
+    stop alone used to leave it with neither."""
+    emulator.create_conversation(CONV, [COMM])
+    emulator.set_faults(error_rate=1.0, seed=7)
+    typing = stack.settings.typing
+    async with Producer(bootstrap_servers, typing.input_topic) as producer:
+        typed = typing_event("m-5", timeout_ms=3000, target=AGENT)
+        await producer.send(typed)
+
+        async def failed() -> bool:
+            audits = await read_json(bootstrap_servers, typing.audit_topic)
+            return any(
+                a["event_id"] == typed["event_id"] and a["result"] == "failed" for a in audits
+            )
+
+        await eventually(failed, 30, "the call answered 5xx audited as failed")
+        stop = typing_event("m-5", "stopped", target=AGENT)
+        await producer.send(stop)
+    records: list[dict[str, Any]] = []
+
+    async def cleared() -> bool:
+        crm = await read_json(bootstrap_servers, typing.crm_topic)
+        records[:] = {c["event_id"]: c for c in crm if c["session_id"] == "m-5"}.values()
+        return any(c["status"] == "cleared" for c in records)
+
+    await eventually(cleared, 30, "the lapse reached the CRM topic")
+    records.sort(key=lambda c: c["version"])
+    assert [c["version"] for c in records] == list(range(1, len(records) + 1))
+    assert [c["status"] for c in records] == ["typing"] * (len(records) - 1) + ["cleared"]
+    assert records[-1]["reason"] == "stopped"
+    assert emulator.typing(conversation_id=CONV) == []  # none was known to land
+    audits = await read_json(bootstrap_servers, typing.audit_topic)
+    mine = [a["result"] for a in audits if a["event_id"] == typed["event_id"]]
+    assert mine[:2] == ["failed", "applied"]
+    assert [a["result"] for a in audits if a["event_id"] == stop["event_id"]] == ["lapsed"]
