@@ -253,6 +253,7 @@ class Planner:
         if slots <= 0 or tokens < 1:
             return picks
         taken: set[str] = set()  # read-backs and clears paid this round
+        cleared: set[str] = set()  # of which clears (a read-back may find a set landed)
         refreshed: set[str] = set()  # shown indicators kept alive: their clears are owed
 
         clears = [(s, store) for store in stores for s in store.queued_clears()]
@@ -265,6 +266,8 @@ class Planner:
             kind = WorkKind.RESOLVE if s.intent is not None else WorkKind.CLEAR
             picks.append(Pick(store, s.sid, kind, price))
             taken.add(s.sid)
+            if kind is WorkKind.CLEAR:
+                cleared.add(s.sid)
             tokens -= price
             slots -= 1
 
@@ -321,7 +324,7 @@ class Planner:
         bucket_room = capacity.burst + capacity.rate_per_ms * slack
         debt = capped = None
         if tokens < owed_at_most or bucket_room < owed_at_most:
-            dues = self._owed(stores, taken, refreshed, now)
+            dues = self._owed(stores, taken, cleared, refreshed, now)
             rate = capacity.rate_per_ms
             debt = _Obligations(dues, lambda due: rate * (due - now), weight, rate)
             if window_left < owed_at_most:
@@ -375,10 +378,17 @@ class Planner:
         return picks
 
     def _owed(
-        self, stores: Sequence[PartitionStore], taken: set[str], refreshed: set[str], now: int
+        self,
+        stores: Sequence[PartitionStore],
+        taken: set[str],
+        cleared: set[str],
+        refreshed: set[str],
+        now: int,
     ) -> list[int]:
         """Due times of the calls shown indicators will need (besides this round's: the
-        clears `taken`, and the refreshes of `refreshed`, whose clears are still owed)."""
+        read-backs and clears `taken`, of which the `cleared` owe nothing more, and the
+        refreshes of `refreshed`, whose clears are still owed; a read-back may find its
+        set landed, and that indicator's clear is owed as any shown one's)."""
         slack = self._config.clear_slack_ms
         dues: list[int] = []
         for store in stores:
@@ -386,7 +396,7 @@ class Planner:
                 if s.sid not in taken:
                     dues.append(now)  # already due
             for s in store.shown_webchat():
-                if s.sid in taken:
+                if s.sid in cleared:
                     continue
                 wanted = s.status is not None and s.deadline > now
                 dues.append((s.deadline if wanted else now) + slack)

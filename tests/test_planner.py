@@ -501,3 +501,30 @@ def test_sets_leave_room_for_the_re_send_of_a_messaging_call_that_may_not_have_l
 
     assert sets(1.0) == []  # the only token is the re-send's
     assert sets(2.0) == ["next"]
+
+
+def test_a_read_back_in_the_round_still_owes_the_clear_of_the_set_it_may_find() -> None:
+    """A read-back picked in a round resolves a set whose outcome is unknown: if it
+    landed, the indicator is shown and its clear is owed at the deadline, so a set in the
+    same round must leave room for it (as it does for a refresh's)."""
+    clock = ManualClock(T0)
+    store = PartitionStore(0, CONFIG, clock)
+    for offset, sid in enumerate(("doubt", "next")):
+        store.on_event(
+            TypingEvent(event_id=sid, session_id=sid, status=Status.TYPING, occurred_at=T0),
+            offset,
+        )
+    [work] = store.take_work(1)  # "doubt" goes out, and its answer is lost in a crash
+    assert work.session_id == "doubt"
+    store = PartitionStore.restore(0, CONFIG, clock, store.drain().changelog)
+    assert [s.sid for s in store.queued_clears()] == ["doubt"]  # read back first
+    planner = Planner(PlannerConfig(stop_reserve=0, stop_hold=0.0))
+
+    def picks(tokens: float) -> list[tuple[str, WorkKind]]:
+        capacity = Capacity(tokens=tokens, rate_per_ms=0.0, slots=8, set_slots=8)
+        return [(p.session_id, p.kind) for p in planner.plan([store], capacity, T0, lambda s: 1)]
+
+    # nothing accrues: the read-back (1), the set (1), and the clears of both (2) come
+    # from the tokens in hand
+    assert picks(3.0) == [("doubt", WorkKind.RESOLVE)]
+    assert picks(4.0) == [("doubt", WorkKind.RESOLVE), ("next", WorkKind.SET)]
