@@ -22,6 +22,7 @@ from processor.domain import (
 )
 from processor.models import CrmStatus, TypingEvent
 from processor.state import EngineConfig, PartitionStore, Work, WorkKind
+from processor.state.store import messaging_target
 
 T0 = 1_700_000_000_000
 CONV = "c0b5a0d4-5a3f-4a1e-8d6b-6b7a1c2d3e4f"
@@ -195,6 +196,35 @@ def test_moving_a_shown_webchat_indicator_clears_it_first(
     store.on_result(moved, APPLIED)
     statuses = [(c.status, c.version) for c in store.drain().changes]
     assert statuses == [(CrmStatus.TYPING, 1), (CrmStatus.CLEARED, 2), (CrmStatus.TYPING, 3)]
+
+
+def test_a_stale_event_that_names_another_target_moves_what_is_wanted_there_at_once(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    """An event already expired when processed sets nothing (I5), but it is the latest
+    word on where the session's indicator goes: the typing still wanted (from an earlier
+    event) moves there at once, as with a live event. It used to move the target and queue
+    nothing, so the indicator stayed missing on the new target (and a shown webchat one
+    uncleared) until the old deadline."""
+    store.on_event(ev("s1", Status.TYPING, T0, target=None, timeout=20_000), 1)
+    store.on_result(store.take_work(5)[0], APPLIED)  # shown on the webchat session
+    clock.advance(1000)
+    store.on_event(ev("s1", Status.TYPING, T0, target=AGENT, timeout=500), 2)  # stale
+    assert [a.result for a in store.drain().audits][-1] is Decision.STALE
+    assert store.desired("s1") is Status.TYPING  # the first event's typing goes on
+    [clear] = store.take_work(5)  # the webchat indicator first
+    assert (clear.kind, clear.target, clear.desired) == (WorkKind.CLEAR, None, None)
+    store.on_result(clear, APPLIED)
+    [moved] = store.take_work(5)
+    assert (moved.kind, moved.target) == (WorkKind.SET, AgentTypingTarget(CONV, COMM))
+    store.on_result(moved, APPLIED)
+    clock.advance(1000)
+    store.on_event(ev("s1", Status.TYPING, T0, target=OPEN, timeout=500), 3)  # stale again
+    [again] = store.take_work(5)  # a messaging indicator cannot be taken down: it lapses
+    assert (again.kind, again.target) == (
+        WorkKind.SET,
+        messaging_target(ev("x", Status.TYPING, T0, OPEN)),
+    )
 
 
 def test_moving_away_from_a_messaging_target_records_its_lapse(

@@ -248,6 +248,8 @@ class PartitionStore:
             if s.status is not status:
                 # the newest word on this session says its indicator has already lapsed
                 self._want_none(s, ChangeReason.EXPIRED, None, now, min(deadline, s.deadline))
+            elif moved:
+                self._settle(s, now)  # what is still wanted goes where it now says
             self._audit(sid, status, _STALE, eid, offset, "expired before processing")
             return
         if s.status is status and not moved:
