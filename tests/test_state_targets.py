@@ -143,12 +143,14 @@ class _World:
             result = SinkResult(outcome, remote_indicator=self.webchat.get(sid))
         else:
             reached = reached and outcome is Outcome.FAILED and work.target is None
+            ambiguous = reached or index % 2 == 0
             if outcome is Outcome.APPLIED or reached:
                 self.landed(work)
             elif outcome in _GONE:
                 (self.webchat if work.target is None else self.messaging).pop(sid, None)
-            result = SinkResult(outcome, ambiguous=reached or index % 2 == 0,
-                                call_latencies_ms=(30.0,))  # fmt: skip
+            elif ambiguous and work.target is not None:
+                self.landed(work)  # a messaging call that may have landed counts as landed
+            result = SinkResult(outcome, ambiguous=ambiguous, call_latencies_ms=(30.0,))
         self.store.on_result(work, result)
 
     def crash(self) -> None:
