@@ -20,7 +20,7 @@ from processor.runtime.scheduler import Scheduler
 from processor.runtime.service import TypingProcessor
 from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
-from processor.state import EngineConfig, PartitionStore, Work
+from processor.state import EngineConfig, PartitionStore, Work, WorkKind
 
 
 def test_nothing_goes_out_before_the_group_first_accepted_a_commit() -> None:
@@ -95,19 +95,20 @@ def test_a_renewal_period_not_shorter_than_the_term_is_refused() -> None:
 
 
 class _Sink:
-    def __init__(self, budget: ApiBudget) -> None:
+    def __init__(self, budget: ApiBudget, etag: str | None) -> None:
         self.budget = budget
+        self.etag = etag
 
-    def cached_etag(self, session_id: str) -> str:
-        return "etag"  # every session read already: a set costs one call
+    def cached_etag(self, session_id: str) -> str | None:
+        return self.etag  # (by default every session read already: a set costs one call)
 
 
 class _Reconciler:
     free_slots = 8
     free_set_slots = 8
 
-    def __init__(self, budget: ApiBudget) -> None:
-        self.sink = _Sink(budget)
+    def __init__(self, budget: ApiBudget, etag: str | None = "etag") -> None:
+        self.sink = _Sink(budget, etag)
 
     def on_capacity(self, callback: object) -> object:
         return lambda: None
@@ -210,3 +211,30 @@ def test_a_commit_confirmed_after_its_term_resumes_nothing(
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2, messages
     assert "calls resume" in messages[1]
+
+
+def test_a_read_back_is_priced_as_the_one_read_it_is() -> None:
+    """A restored intent with no outcome is resolved by one GET, ETag or not: priced as a
+    change without an ETag (two calls), it waited for a second token it never used."""
+    clock = ManualClock()
+    store = PartitionStore(0, EngineConfig(), clock)
+    event = TypingEvent.model_construct(
+        event_id="e1",
+        session_id="s1",
+        status=Status.TYPING,
+        occurred_at=clock.now_ms(),
+        timeout_ms=None,
+        participant=None,
+        channel=None,
+        target=None,
+    )
+    store.on_event(event, 0)
+    store.take_work(1)  # out, and its answer lost with its owner
+    store = PartitionStore.restore(0, EngineConfig(), clock, store.drain().changelog)
+    budget = ApiBudget(60, monotonic=Monotonic())
+    budget.spend(budget.level() - 1.0)  # one token in hand
+    scheduler = Scheduler(_Reconciler(budget, etag=None), clock)  # type: ignore[arg-type]
+    worker = _Worker(store)
+    scheduler.attach(0, worker)
+    assert scheduler.plan_round() == (1, False)
+    assert [work.kind for work in worker.launched] == [WorkKind.RESOLVE]

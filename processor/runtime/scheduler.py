@@ -96,8 +96,13 @@ class Scheduler:
             self._poked.set()
 
     def _cost(self, session: Session) -> int:
-        # A webchat call without a cached ETag reads the session first.
-        if session.target is None and self._reconciler.sink.cached_etag(session.sid) is None:
+        # A webchat change without a cached ETag reads the session first; a read-back of
+        # an unresolved intent (queued with one) is that read alone.
+        if (
+            session.target is None
+            and session.intent is None
+            and self._reconciler.sink.cached_etag(session.sid) is None
+        ):
             return 2
         return 1
 
