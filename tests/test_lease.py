@@ -94,6 +94,20 @@ def test_a_renewal_period_not_shorter_than_the_term_is_refused() -> None:
         MembershipLease(4.0, 4.0)
 
 
+def _typing(clock: ManualClock) -> TypingEvent:
+    """`typing` in webchat session s1, now."""
+    return TypingEvent.model_construct(
+        event_id="e1",
+        session_id="s1",
+        status=Status.TYPING,
+        occurred_at=clock.now_ms(),
+        timeout_ms=None,
+        participant=None,
+        channel=None,
+        target=None,
+    )
+
+
 class _Sink:
     def __init__(self, budget: ApiBudget, etag: str | None) -> None:
         self.budget = budget
@@ -143,16 +157,7 @@ async def test_the_scheduler_holds_calls_while_the_lease_lapsed_and_sends_on_ren
     try:
         await eventually(lambda: scheduler.rounds >= 1, 5, "the scheduler idle, waiting")
         monotonic.now += 10  # the process stood still
-        event = TypingEvent.model_construct(
-            event_id="e1",
-            session_id="s1",
-            status=Status.TYPING,
-            occurred_at=clock.now_ms(),
-            timeout_ms=None,
-            participant=None,
-            channel=None,
-            target=None,
-        )
+        event = _typing(clock)
         store.on_event(event, 0)
         scheduler.plan_now()  # as a worker does once its turn queued work
         assert worker.launched == []
@@ -218,16 +223,7 @@ def test_a_read_back_is_priced_as_the_one_read_it_is() -> None:
     change without an ETag (two calls), it waited for a second token it never used."""
     clock = ManualClock()
     store = PartitionStore(0, EngineConfig(), clock)
-    event = TypingEvent.model_construct(
-        event_id="e1",
-        session_id="s1",
-        status=Status.TYPING,
-        occurred_at=clock.now_ms(),
-        timeout_ms=None,
-        participant=None,
-        channel=None,
-        target=None,
-    )
+    event = _typing(clock)
     store.on_event(event, 0)
     store.take_work(1)  # out, and its answer lost with its owner
     store = PartitionStore.restore(0, EngineConfig(), clock, store.drain().changelog)

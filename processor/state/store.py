@@ -400,7 +400,8 @@ class PartitionStore:
             # A messaging target cannot be read back: what may be shown is recorded as
             # shown, as a restore does (I6), so that the CRM hears of it and of its lapse;
             # and, as it may not be, sent again while still wanted (after the backoff)
-            self._landed(s, work, _assumed_landed(result), now, doubt=outcome)
+            assumed = f"outcome unknown ({result.error or 'no answer'}): assumed applied"
+            self._landed(s, work, _applied_after_all(result, assumed), now, doubt=outcome)
             return
         s.intent = None
         if work.target is None and s.remote is None:
@@ -1056,7 +1057,8 @@ class PartitionStore:
             if desired is None
             else (remote is not None and remote.version == intent.version)
         ):
-            self._landed(s, intent, _read_back_note(result), now)
+            recovered = "recovered by read-back: the call landed before its result was recorded"
+            self._landed(s, intent, _applied_after_all(result, recovered), now)
             return
         # It did not land: Genesys shows what the read says; the cause waits for a call.
         self._adopt(s, remote)
@@ -1240,24 +1242,14 @@ class PartitionStore:
         )
 
 
-def _assumed_landed(result: SinkResult) -> SinkResult:
-    """A messaging call's ambiguous result, as the landing it is recorded as."""
+def _applied_after_all(result: SinkResult, why: str) -> SinkResult:
+    """`result` (a failure, or a read-back's answer) as the landing it is recorded as,
+    `why` saying so in the audit."""
     return SinkResult(
         Outcome.APPLIED,
         http_status=result.http_status,
         attempts=result.attempts,
         latency_ms=result.latency_ms,
-        error=f"outcome unknown ({result.error or 'no answer'}): assumed applied",
+        error=why,
         shown_until_ms=result.shown_until_ms,
-    )
-
-
-def _read_back_note(result: SinkResult) -> SinkResult:
-    """The read-back's result, saying why an applied change is recorded this late."""
-    return SinkResult(
-        Outcome.APPLIED,
-        http_status=result.http_status,
-        attempts=result.attempts,
-        latency_ms=result.latency_ms,
-        error="recovered by read-back: the call landed before its result was recorded",
     )
