@@ -170,8 +170,9 @@ class WebhookCounters:
 
 class _Partition:
     """The delivery of one partition's fetched records: `revoked` once a rebalance takes
-    the partition away (its delivery stops after the POST out), `idle` while no POST of
-    it is out."""
+    the partition away (its delivery stops after the record in hand), `idle` while none of
+    its records is in hand (from its POST or dead letter until it is noted as delivered, so
+    that a hand-over commits past a record whose dead letter was written)."""
 
     __slots__ = ("idle", "revoked")
 
@@ -422,8 +423,14 @@ class CrmWebhookWorker:
         ending = [self._partitions[tp] for tp in gone if tp in self._partitions]
         for partition in ending:
             partition.revoked.set()
+        if ending:
+            log.info(
+                "CRM partitions revoked (%s): handed over once the records in hand are done",
+                ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(gone)),
+            )
         try:
-            # the POSTs out, if any: at most their timeout (no retry follows a revocation)
+            # the records in hand, if any: a POST at most its timeout (no retry follows a
+            # revocation), or a dead letter's acknowledgement
             async with asyncio.timeout(self._config.timeout_s + 1.0):
                 for partition in ending:
                     await partition.idle.wait()
@@ -465,11 +472,17 @@ class CrmWebhookWorker:
                     partition = searched[tp]
                     if partition.revoked.is_set():
                         return  # its next owner reads on from the commit
+                    end: int | None
                     if isinstance(item, Undecodable):
-                        await self._dead_letter(
-                            item.record, DlqReason.UNDECODABLE_RECORD, item.detail, dead_letters
-                        )
-                        end: int | None = item.offset + 1
+                        partition.idle.clear()
+                        try:
+                            await self._dead_letter(
+                                item.record, DlqReason.UNDECODABLE_RECORD, item.detail, dead_letters
+                            )
+                            # committed past it: set aside once, not again after a restart
+                            end = self._delivered[tp] = item.offset + 1
+                        finally:
+                            partition.idle.set()
                     else:
                         end = await self._deliver_all(item, stop, dead_letters, partition)
                     if end is None or partition.revoked.is_set():
@@ -495,9 +508,13 @@ class CrmWebhookWorker:
             tp = TopicPartition(record.topic, record.partition)
             if partition.revoked.is_set():
                 break  # its next owner delivers the rest
-            if not await self._deliver(record, stop, dead_letters, partition):
-                break  # stopping, or revoked: leave the rest uncommitted
-            end = self._delivered[tp] = record.offset + 1
+            partition.idle.clear()
+            try:
+                if not await self._deliver(record, stop, dead_letters, partition):
+                    break  # stopping, or revoked: leave the rest uncommitted
+                end = self._delivered[tp] = record.offset + 1
+            finally:
+                partition.idle.set()
         return end
 
     async def _post(self, value: bytes, headers: dict[str, str]) -> tuple[int, float | None]:
@@ -618,7 +635,6 @@ class CrmWebhookWorker:
         tp = TopicPartition(record.topic, record.partition)
         try:
             while not stop.is_set() and not partition.revoked.is_set():
-                partition.idle.clear()
                 post, sent = (None, headers) if traced is None else traced.start_post(headers)
                 # until an answer or an exception says otherwise: abandoned (stop, cancel)
                 status: int | None = None
@@ -646,7 +662,6 @@ class CrmWebhookWorker:
                 else:
                     detail = f"HTTP {status}"
                 finally:
-                    partition.idle.set()
                     if post is not None and traced is not None:
                         if status is None:
                             traced.failed(post, error, detail)

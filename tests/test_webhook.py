@@ -397,6 +397,41 @@ async def test_an_undecodable_record_is_dead_lettered_with_its_bytes_and_deliver
     assert worker.counters.restarts == 0
 
 
+async def test_an_undecodable_record_ending_a_partition_is_dead_lettered_once_across_restarts(
+    bootstrap_servers: str, receiver: tuple[Receiver, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record the client cannot decode is the partition's last: its dead letter is
+    committed past, so the next worker of the group sets it aside no second time."""
+    state, url = receiver
+    allow_undecodable_headers(monkeypatch)
+    typing = await crm_topic(bootstrap_servers, [])
+    sender = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
+    await sender.start()
+    try:
+        for version in (1, 2):
+            await sender.send_and_wait(
+                typing.crm_topic,
+                orjson.dumps(record("w-5", version)),
+                key=b"w-5",
+                partition=0,
+                headers=[(NotUtf8("trace"), b"x")] if version == 2 else [],
+            )
+    finally:
+        await sender.stop()
+    kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
+    first = CrmWebhookWorker(kafka, typing, WebhookConfig(url=url))
+    await deliver_until(first, lambda: first.counters.dead_letters == 1, "the record set aside")
+    async with Producer(bootstrap_servers, typing.crm_topic) as producer:
+        await producer.send_to(0, b"w-5", orjson.dumps(record("w-5", 3)))
+    second = CrmWebhookWorker(kafka, typing, WebhookConfig(url=url))
+    await deliver_until(second, lambda: len(state.received) == 2, "the record after it")
+    assert [body["version"] for _, body in state.received] == [1, 3]
+    letters = await read_dead_letters(bootstrap_servers, typing.dlq_topic)
+    assert [(x.reason, x.offset) for x in letters] == [(DlqReason.UNDECODABLE_RECORD, 1)]
+    assert second.counters.dead_letters == 0
+    assert await webhook_committed(bootstrap_servers, typing, 0) == 3
+
+
 async def test_a_cluster_down_at_start_is_waited_for_not_fatal(
     receiver: tuple[Receiver, str],
 ) -> None:
@@ -949,6 +984,76 @@ async def test_a_partition_revoked_while_reading_past_an_undecodable_record_is_r
             await task
     assert 2 in accepted, "the held record was skipped"
     assert accepted.index(2) < accepted.index(4), accepted
+
+
+async def test_a_record_refused_during_a_hand_over_is_dead_lettered_once(
+    bootstrap_servers: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The endpoint answers 422 to a post out while a rebalance takes its partition away:
+    the hand-over waits for that record's dead letter and commits past it, so that whoever
+    owns the partition next (here the same worker, the other member gone) neither posts
+    nor dead-letters it again."""
+    revoking = asyncio.Event()
+    posts: list[int] = []
+
+    async def hook(request: Request) -> Response:
+        version = int(orjson.loads(await request.body())["version"])
+        posts.append(version)
+        if version == 1:
+            await revoking.wait()
+            return Response(status_code=422)
+        return Response(status_code=204)
+
+    topic = await new_topic(bootstrap_servers, "hook-handover", 1)
+    typing = TypingSettings(group_id=f"{topic}-group", crm_topic=topic, dlq_topic=f"{topic}.dlq")
+    async with AIOKafkaProducer(bootstrap_servers=bootstrap_servers) as producer:
+        for version in (1, 2):
+            value = orjson.dumps(record("ho", version))
+            await producer.send_and_wait(topic, value, key=b"ho", partition=0)
+
+    class Joined(ConsumerRebalanceListener):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.assigned = asyncio.Event()
+
+        async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+            pass
+
+        async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+            self.assigned.set()
+
+    def handing_over() -> bool:
+        return any("CRM partitions revoked" in r.getMessage() for r in caplog.records)
+
+    kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
+    async with serving(hook) as url:
+        worker = CrmWebhookWorker(kafka, typing, WebhookConfig(url=url))
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            with caplog.at_level(logging.INFO, logger="processor.webhook"):
+                await eventually(lambda: posts == [1], 60, "the first record's post out")
+                other = AIOKafkaConsumer(
+                    bootstrap_servers=bootstrap_servers,
+                    group_id=f"{typing.group_id}-crm-webhook",
+                )
+                joined = Joined()
+                await other.start()
+                try:
+                    other.subscribe([topic], listener=joined)
+                    await eventually(handing_over, 60, "the worker handing its partition over")
+                    revoking.set()
+                    async with asyncio.timeout(60):
+                        await joined.assigned.wait()
+                finally:
+                    await other.stop()  # the worker owns the partition again
+                await eventually(lambda: worker.counters.delivered == 1, 60, "the second record")
+        finally:
+            revoking.set()
+            stop.set()
+            await task
+    letters = await read_dead_letters(bootstrap_servers, typing.dlq_topic)
+    assert [(x.reason, x.offset) for x in letters] == [(DlqReason.CRM_REFUSED, 0)]
+    assert posts == [1, 2]
 
 
 # ---------------------------------------------------------------- traces
