@@ -20,7 +20,10 @@ How long the oldest record held so has been retried is `CrmWebhookWorker.held_s`
 Each partition's fetched records are delivered by a task of their own, the partition paused
 meanwhile (so in order, one POST at a time per partition), and committed once delivered: a
 record held on one partition holds no other (other sessions), whose records are fetched,
-delivered and committed meanwhile.
+delivered and committed meanwhile. Within a batch, what was delivered is also committed
+before a held record's first retry and at least every `TYPING_COMMIT_INTERVAL_MS`, so that
+a worker killed while the endpoint holds a record, or delivers slowly, posts again only
+what it delivered since (on the fast path, one commit per batch).
 
 A lost cluster (also one down at start) is retried from the last commit, never fatal. A
 record that is not a CRM-sync record (not JSON, not an object, not valid as one: something
@@ -172,14 +175,16 @@ class _Partition:
     """The delivery of one partition's fetched records: `revoked` once a rebalance takes
     the partition away (its delivery stops after the record in hand), `idle` while none of
     its records is in hand (from its POST or dead letter until it is noted as delivered, so
-    that a hand-over commits past a record whose dead letter was written)."""
+    that a hand-over commits past a record whose dead letter was written), and when what
+    was delivered of it was last committed (epoch ms; the delivery's start at first)."""
 
-    __slots__ = ("idle", "revoked")
+    __slots__ = ("committed_ms", "idle", "revoked")
 
-    def __init__(self) -> None:
+    def __init__(self, now_ms: int) -> None:
         self.revoked = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
+        self.committed_ms = now_ms
 
 
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -265,10 +270,10 @@ class CrmWebhookWorker:
         return None
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until `stop` is set; commits after each accepted batch. A lost cluster
-        is retried (after the backoff of `wait_to_restart`) from the last commit. Once
-        `stop` is set, what the cluster or the endpoint do not finish within the graces of
-        `WebhookConfig` is given up."""
+        """Deliver until `stop` is set; commits after each delivered batch (and within one:
+        `_commit_progress`). A lost cluster is retried (after the backoff of
+        `wait_to_restart`) from the last commit. Once `stop` is set, what the cluster or the
+        endpoint do not finish within the graces of `WebhookConfig` is given up."""
         failures = 0
         try:
             while not stop.is_set():
@@ -351,7 +356,7 @@ class CrmWebhookWorker:
                     # not fetched again until delivered: one batch of a partition at a time
                     consumer.pause(tp)
                     # known at once, so that a revocation before the task starts stops it
-                    partition = self._partitions[tp] = _Partition()
+                    partition = self._partitions[tp] = _Partition(self._clock.now_ms())
                     delivery = self._deliver_batch(
                         consumer, records, stop, dead_letters, partition, self._tasks.get(tp)
                     )
@@ -393,7 +398,7 @@ class CrmWebhookWorker:
         try:
             if earlier is not None:
                 await earlier
-            await self._deliver_all(records, stop, dead_letters, partition)
+            await self._deliver_all(consumer, records, stop, dead_letters, partition)
             if stop.is_set() or partition.revoked.is_set():
                 return
             await self._commit(consumer, {tp})
@@ -463,7 +468,7 @@ class CrmWebhookWorker:
         # known for the whole search, not one run at a time: a partition revoked between
         # two runs (or during the run of another) is read no further, or its next runs
         # would be posted, and committed past the record its revocation stopped at
-        searched = {tp: _Partition() for tp in owned}
+        searched = {tp: _Partition(self._clock.now_ms()) for tp in owned}
         self._partitions.update(searched)
         search = read_past_undecodable(consumer, self._kafka, dict.fromkeys(owned, None))
         try:
@@ -484,7 +489,7 @@ class CrmWebhookWorker:
                         finally:
                             partition.idle.set()
                     else:
-                        end = await self._deliver_all(item, stop, dead_letters, partition)
+                        end = await self._deliver_all(consumer, item, stop, dead_letters, partition)
                     if end is None or partition.revoked.is_set():
                         return  # stopping, or the partition was revoked
                     await self._commit(consumer, {tp})
@@ -495,27 +500,52 @@ class CrmWebhookWorker:
 
     async def _deliver_all(
         self,
+        consumer: AIOKafkaConsumer,
         records: list[ConsumerRecord[bytes, bytes]],
         stop: asyncio.Event,
         dead_letters: AIOKafkaProducer,
         partition: _Partition,
     ) -> int | None:
-        """Deliver `records` (of one partition) in order, noting each in `_delivered`; the
-        offset after the last one delivered (None when stopping, or the partition's
-        revocation, came first)."""
+        """Deliver `records` (of one partition) in order, noting each in `_delivered`, and
+        committing what was delivered once `TYPING_COMMIT_INTERVAL_MS` has passed since the
+        last commit (a slow endpoint); the offset after the last one delivered (None when
+        stopping, or the partition's revocation, came first)."""
         end = None
+        interval_ms = self._typing.commit_interval_ms
         for record in records:
             tp = TopicPartition(record.topic, record.partition)
             if partition.revoked.is_set():
                 break  # its next owner delivers the rest
             partition.idle.clear()
             try:
-                if not await self._deliver(record, stop, dead_letters, partition):
+                if not await self._deliver(consumer, record, stop, dead_letters, partition):
                     break  # stopping, or revoked: leave the rest uncommitted
                 end = self._delivered[tp] = record.offset + 1
             finally:
                 partition.idle.set()
+            if self._clock.now_ms() - partition.committed_ms >= interval_ms:
+                await self._commit_progress(consumer, tp, partition)
         return end
+
+    async def _commit_progress(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, partition: _Partition
+    ) -> None:
+        """Commit what was delivered of `tp` in the middle of its delivery (a record held, a
+        slow endpoint), unless revoked (the hand-over commits it). A failure is only logged:
+        what was delivered stays noted, for the batch's commit or the hand-over."""
+        if partition.revoked.is_set() or tp not in self._delivered:
+            return
+        partition.committed_ms = self._clock.now_ms()
+        try:
+            await self._commit(consumer, {tp})
+        except KafkaError as exc:
+            log.warning(
+                "delivered CRM records of %s/%d not committed yet (%r): committed with the"
+                " rest of their batch",
+                tp.topic,
+                tp.partition,
+                exc,
+            )
 
     async def _post(self, value: bytes, headers: dict[str, str]) -> tuple[int, float | None]:
         """POST one record: the answer's status, and the wait its `Retry-After` asks for
@@ -581,6 +611,7 @@ class CrmWebhookWorker:
 
     async def _deliver(
         self,
+        consumer: AIOKafkaConsumer,
         record: ConsumerRecord[bytes, bytes],
         stop: asyncio.Event,
         dead_letters: AIOKafkaProducer,
@@ -594,7 +625,7 @@ class CrmWebhookWorker:
         event_id = _event_id(record.value)
         if self._tracing is None:
             outcome = await self._deliver_record(
-                record, event_id, stop, dead_letters, partition, None
+                consumer, record, event_id, stop, dead_letters, partition, None
             )
             return outcome is not _Outcome.GIVEN_UP
         traced = self._tracing.start(record, event_id if isinstance(event_id, str) else None)
@@ -602,7 +633,7 @@ class CrmWebhookWorker:
         token = otel_context.attach(traced.context)
         try:
             outcome = await self._deliver_record(
-                record, event_id, stop, dead_letters, partition, traced
+                consumer, record, event_id, stop, dead_letters, partition, traced
             )
         finally:
             otel_context.detach(token)
@@ -616,6 +647,7 @@ class CrmWebhookWorker:
 
     async def _deliver_record(
         self,
+        consumer: AIOKafkaConsumer,
         record: ConsumerRecord[bytes, bytes],
         event_id: str | tuple[DlqReason, str],
         stop: asyncio.Event,
@@ -701,6 +733,9 @@ class CrmWebhookWorker:
                     log.warning(
                         "CRM delivery of %s failed (%s); retry in %.1fs", event_id, detail, delay
                     )
+                if attempt == 1:
+                    # held: what was accepted before it is not posted again after a crash
+                    await self._commit_progress(consumer, tp, partition)
                 await wait_unless_stopped(stop, delay, partition.revoked)
             return _Outcome.GIVEN_UP
         finally:

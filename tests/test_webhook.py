@@ -570,6 +570,92 @@ async def test_a_stop_with_a_post_hung_commits_the_records_accepted_before_it(
     assert await webhook_committed(bootstrap_servers, typing, 0) == 2
 
 
+async def test_worker_process_killed_while_a_record_is_held_posts_again_only_that_record(
+    bootstrap_servers: str, tmp_path: Path
+) -> None:
+    """The endpoint refuses the fourth record of a batch with 503 until it is fixed; the
+    worker is SIGKILLed while retrying it: the three records accepted before it were
+    committed before its first retry, so the next worker posts only the held one again."""
+    fixed = asyncio.Event()
+    posts: list[str] = []
+
+    async def hook(request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        posts.append(body["event_id"])
+        if body["version"] == 4 and not fixed.is_set():
+            return Response(status_code=503)
+        return Response(status_code=204)
+
+    typing = await crm_topic(bootstrap_servers, [record("kill-1", v) for v in range(1, 6)])
+    async with serving(hook) as url:
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
+            "TYPING_GROUP_ID": typing.group_id,
+            "TYPING_CRM_TOPIC": typing.crm_topic,
+            "TYPING_DLQ_TOPIC": typing.dlq_topic,
+            "TYPING_CRM_WEBHOOK_URL": url,
+            "TYPING_HTTP_PORT": "0",
+        }
+        process = RunProcess(env, tmp_path / "webhook.log", command="crm-webhook")
+        process.start()
+        try:
+            # its second post follows the first retry's wait, which follows the commit
+            await eventually(lambda: posts.count("kill-1-4") >= 2, 60, "the record held")
+        finally:
+            process.kill()
+        fixed.set()
+        again = CrmWebhookWorker(
+            KafkaSettings(bootstrap_servers=bootstrap_servers), typing, WebhookConfig(url=url)
+        )
+        await deliver_until(again, lambda: "kill-1-5" in posts, "the rest delivered")
+    assert [posts.count(f"kill-1-{v}") for v in (1, 2, 3)] == [1, 1, 1], posts
+    assert posts[-2:] == ["kill-1-4", "kill-1-5"]
+
+
+async def test_a_slow_endpoint_has_what_it_accepted_committed_every_commit_interval(
+    bootstrap_servers: str,
+) -> None:
+    """Within one batch, what was delivered is committed once the commit interval has
+    passed since the batch began (here after the second record, whose answer takes that
+    long), not after every record: the first and third records commit nothing of their
+    own, and the fourth, which the endpoint holds, keeps the commit at the second."""
+    clock = ManualClock()
+    release = asyncio.Event()
+    posts: list[int] = []
+    typing = await crm_topic(bootstrap_servers, [record("slow-2", v) for v in range(1, 5)])
+
+    async def hook(request: Request) -> Response:
+        version = int(orjson.loads(await request.body())["version"])
+        posts.append(version)
+        if version == 2:
+            clock.advance(typing.commit_interval_ms)  # an answer that long in coming
+        if version == 4:
+            await release.wait()
+        return Response(status_code=204)
+
+    async with serving(hook) as url:
+        worker = CrmWebhookWorker(
+            KafkaSettings(bootstrap_servers=bootstrap_servers),
+            typing,
+            WebhookConfig(url=url),
+            clock=clock,
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            # posted after the third record's delivery, and so after any commit it made
+            await eventually(lambda: 4 in posts, 60, "the fourth record posted")
+            assert await webhook_committed(bootstrap_servers, typing, 0) == 2
+            release.set()
+            await eventually(lambda: worker.counters.delivered == 4, 30, "all delivered")
+        finally:
+            release.set()
+            stop.set()
+            await task
+    assert posts == [1, 2, 3, 4]
+    assert await webhook_committed(bootstrap_servers, typing, 0) == 4
+
+
 async def test_worker_process_stopped_while_kafka_does_not_answer_exits_at_once(
     receiver: tuple[Receiver, str], tmp_path: Path
 ) -> None:
