@@ -1325,3 +1325,80 @@ async def test_a_post_without_an_answer_is_an_error_and_a_stop_gives_its_record_
         assert (post.attributes or {})["error.type"] == "ConnectError"
         assert post.status.status_code is StatusCode.ERROR
         assert "s3cret" not in (post.status.description or "")
+
+
+async def test_a_record_that_is_no_crm_record_ends_its_span_as_a_dead_letter(
+    bootstrap_servers: str, telemetry: Telemetry, spans: InMemorySpanExporter
+) -> None:
+    """A record that is no CRM-sync record is never posted: its span ends `dead_letter`, an
+    error naming the DLQ's reason, with no attempt, no status and no POST span; the record
+    after it is delivered as usual."""
+    seen: list[str] = []
+
+    async def hook(request: Request) -> Response:
+        seen.append(orjson.loads(await request.body())["event_id"])
+        return Response(status_code=204)
+
+    typing = await crm_topic(bootstrap_servers, [])
+    async with Producer(bootstrap_servers, typing.crm_topic) as producer:
+        await producer.send_to(0, b"tr-4", b"{not json")
+        await producer.send_to(0, b"tr-4", orjson.dumps(record("tr-4", 1)))
+    async with serving(hook) as url:
+        worker = CrmWebhookWorker(
+            KafkaSettings(bootstrap_servers=bootstrap_servers),
+            typing,
+            WebhookConfig(url=url),
+            telemetry=telemetry,
+        )
+        await deliver_until(worker, lambda: worker.counters.delivered == 1, "delivered")
+    dead, delivered = by_kind(spans, SpanKind.CONSUMER)
+    assert dict(dead.attributes or {}) == {
+        "messaging.system": "kafka",
+        "messaging.destination.name": typing.crm_topic,
+        "messaging.destination.partition.id": "0",
+        "messaging.kafka.offset": 0,
+        "typing.outcome": "dead_letter",
+        "typing.attempts": 0,
+        "typing.dlq.reason": DlqReason.INVALID_JSON.value,
+    }
+    assert (dead.status.status_code, dead.status.description) == (
+        StatusCode.ERROR,
+        DlqReason.INVALID_JSON.value,
+    )
+    assert (delivered.attributes or {})["typing.outcome"] == "delivered"
+    [post] = by_kind(spans, SpanKind.CLIENT)
+    assert post.parent is not None
+    assert post.parent.span_id == delivered.context.span_id
+    assert seen == ["tr-4-1"]
+
+
+async def test_telemetry_off_sends_no_traceparent(bootstrap_servers: str) -> None:
+    """Without telemetry the POST carries no trace context, not even the record's own
+    `traceparent` and `tracestate` passed on: nobody continues a trace nobody records."""
+    headers: list[dict[str, str]] = []
+
+    async def hook(request: Request) -> Response:
+        headers.append(dict(request.headers))
+        return Response(status_code=503 if len(headers) == 1 else 204)
+
+    typing = await crm_topic(bootstrap_servers, [])
+    traceparent = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
+    async with AIOKafkaProducer(bootstrap_servers=bootstrap_servers) as producer:
+        await producer.send_and_wait(
+            typing.crm_topic,
+            orjson.dumps(record("tr-5", 1)),
+            key=b"tr-5",
+            partition=0,
+            headers=[("traceparent", traceparent.encode()), ("tracestate", b"crm=7")],
+        )
+    async with serving(hook) as url:
+        worker = CrmWebhookWorker(
+            KafkaSettings(bootstrap_servers=bootstrap_servers),
+            typing,
+            WebhookConfig(url=url, max_backoff_s=0),
+        )
+        await deliver_until(worker, lambda: worker.counters.delivered == 1, "delivered")
+    assert len(headers) == 2  # a retry too
+    for sent in headers:
+        assert sent["idempotency-key"] == "tr-5-1"
+        assert not {"traceparent", "tracestate"} & set(sent), sent
