@@ -502,6 +502,10 @@ class TypingSettings(_Settings):
     # The whole `Authorization` header of every CRM POST (`Bearer <token>`): a credential
     # the URL need not carry (a query token lands in the CRM's access logs).
     crm_webhook_authorization: SecretStr | None = None
+    # Longest one CRM POST may take, answer included. A revoked partition's hand-over waits
+    # for the POST out (and a second) within the group's 10 s rebalance timeout, hence at
+    # most 8 s; a stop gives up on it after 3 s whatever this is (DESIGN §5's 10 s).
+    crm_webhook_timeout_ms: int = Field(5000, ge=100, le=8000)
 
     @property
     def resolved_changelog_topic(self) -> str:

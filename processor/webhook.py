@@ -142,7 +142,8 @@ class _Outcome(enum.Enum):
 class WebhookConfig:
     """Where and how patiently to deliver (the URL, which may carry a credential, is kept
     out of `repr`), and the `Authorization` header sent with every POST, if any (a
-    `SecretStr`: masked wherever it is shown).
+    `SecretStr`: masked wherever it is shown). `timeout_s` bounds each POST, answer
+    included (`TYPING_CRM_WEBHOOK_TIMEOUT_MS`).
 
     Once stopped, the delivery in flight and the last commit get `stop_grace_s`, leaving
     the group and closing the Kafka clients `close_grace_s`: 6.5 s of SIGTERM's 10

@@ -40,7 +40,11 @@ async def run_webhook(
     if take_stop_request():  # signalled while it was starting, before these handlers
         stop.set()
     telemetry = telemetry or Telemetry.from_environment(processor_metrics=False)
-    config = WebhookConfig(url=url, authorization=typing.crm_webhook_authorization)
+    config = WebhookConfig(
+        url=url,
+        authorization=typing.crm_webhook_authorization,
+        timeout_s=typing.crm_webhook_timeout_ms / 1000,
+    )
     worker = CrmWebhookWorker(kafka, typing, config, telemetry=telemetry)
     instrument_webhook(telemetry, worker)
     report_abandoned_kafka_work(loop)

@@ -536,6 +536,7 @@ def test_webhook_worker_has_its_own_deployment_budget_and_service(
     )
     assert all("secretRef" not in source for source in container["envFrom"])
     assert settings(objects)["TYPING_CRM_WEBHOOK_URL"] == "https://crm.example.com/hooks/typing"
+    assert settings(objects)["TYPING_CRM_WEBHOOK_TIMEOUT_MS"] == "5000"
     assert one(objects, "PodDisruptionBudget", "crm-webhook")["spec"]["maxUnavailable"] == 1
     assert one(objects, "Service", "crm-webhook")["spec"]["ports"][0]["targetPort"] == "http"
 
@@ -1223,6 +1224,11 @@ STARTUP_REFUSALS: dict[str, tuple[dict[str, Any], str, dict[str, str]]] = {
         {"crmWebhook": {"enabled": True, "url": "https:///hooks/typing"}},
         "/crmWebhook/url",
         {"TYPING_CRM_WEBHOOK_URL": "https:///hooks/typing"},
+    ),
+    "webhook timeout past what a hand-over can wait": (
+        {"crmWebhook": {"enabled": True, "url": "https://crm.example.com/h", "timeoutMs": 8001}},
+        "/crmWebhook/timeoutMs",
+        {"TYPING_CRM_WEBHOOK_TIMEOUT_MS": "8001"},
     ),
     "webhook authorization with a line break inside": (
         {"secrets": {"crmWebhookAuthorization": "Bearer a\nX-Injected: 1"}},

@@ -72,6 +72,7 @@ def test_defaults_match_the_design() -> None:
     assert matrix.timeout_ms(Status.TYPING, Role.BOT) == 3000
     assert {matrix.timeout_ms(Status.PAUSED, r) for r in Role} == {2000}
     assert load_kafka().enable_idempotence is False
+    assert typing.crm_webhook_timeout_ms == 5000
 
 
 @pytest.mark.parametrize(
@@ -177,6 +178,9 @@ def test_timeout_matrix_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
         ("GENESYSCLOUD_LOGIN_URL", "http://[::1", load_genesys),
         ("TYPING_CRM_WEBHOOK_URL", "ftp://crm.example.com/hook", load_typing),
         ("TYPING_CRM_WEBHOOK_URL", "https://", load_typing),
+        ("TYPING_CRM_WEBHOOK_TIMEOUT_MS", "8001", load_typing),
+        ("TYPING_CRM_WEBHOOK_TIMEOUT_MS", "99", load_typing),
+        ("TYPING_CRM_WEBHOOK_TIMEOUT_MS", "5s", load_typing),
     ],
 )
 def test_bad_value_names_the_variable(

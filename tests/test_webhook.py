@@ -871,6 +871,43 @@ async def test_an_answer_that_never_ends_is_given_up_after_the_timeout(
     assert attempts[1] - attempts[0] < 3.0  # given up after its second, not held
 
 
+async def test_worker_process_gives_a_post_up_after_the_timeout_it_is_given(
+    bootstrap_servers: str, tmp_path: Path
+) -> None:
+    """`TYPING_CRM_WEBHOOK_TIMEOUT_MS` bounds each POST of the worker process: an endpoint
+    that never answers the first one is retried after that, not after the default 5 s."""
+    attempts: list[float] = []
+    hung = asyncio.Event()
+
+    async def hook(request: Request) -> Response:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            await hung.wait()  # set once the worker gave up on it
+        return Response(status_code=204)
+
+    typing = await crm_topic(bootstrap_servers, [record("to-1", 1)])
+    async with serving(hook) as url:
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
+            "TYPING_GROUP_ID": typing.group_id,
+            "TYPING_CRM_TOPIC": typing.crm_topic,
+            "TYPING_DLQ_TOPIC": typing.dlq_topic,
+            "TYPING_CRM_WEBHOOK_URL": url,
+            "TYPING_CRM_WEBHOOK_TIMEOUT_MS": "500",
+            "TYPING_HTTP_PORT": "0",
+        }
+        process = RunProcess(env, tmp_path / "webhook.log", command="crm-webhook")
+        process.start()
+        try:
+            await eventually(lambda: len(attempts) == 2, 60, "the post given up and retried")
+            assert process.terminate(timeout_s=15) == 0
+        finally:
+            process.kill()
+            hung.set()
+    # 0.5 s and the first retry's backoff (at most 0.4 s), far from 5 s
+    assert 0.45 <= attempts[1] - attempts[0] < 3.0
+
+
 async def test_a_failed_connection_is_logged_with_its_reason(
     bootstrap_servers: str, caplog: pytest.LogCaptureFixture
 ) -> None:
