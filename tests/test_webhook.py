@@ -1213,6 +1213,19 @@ def traceparent_of(value: str) -> tuple[int, int]:
     return int(trace_id, 16), int(parent_id, 16)
 
 
+async def send_traced(bootstrap_servers: str, topic: str, session: str, traceparent: str) -> None:
+    """A CRM-sync record of `session` on partition 0 of `topic`, with `traceparent` and a
+    `tracestate` as its headers."""
+    async with AIOKafkaProducer(bootstrap_servers=bootstrap_servers) as producer:
+        await producer.send_and_wait(
+            topic,
+            orjson.dumps(record(session, 1)),
+            key=session.encode(),
+            partition=0,
+            headers=[("traceparent", traceparent.encode()), ("tracestate", b"crm=7")],
+        )
+
+
 async def test_a_post_carries_the_trace_of_its_record_to_the_endpoint(
     bootstrap_servers: str, telemetry: Telemetry, spans: InMemorySpanExporter
 ) -> None:
@@ -1229,14 +1242,7 @@ async def test_a_post_carries_the_trace_of_its_record_to_the_endpoint(
 
     typing = await crm_topic(bootstrap_servers, [])
     traceparent = f"00-{trace_id:032x}-{parent_id:016x}-01"
-    async with AIOKafkaProducer(bootstrap_servers=bootstrap_servers) as producer:
-        await producer.send_and_wait(
-            typing.crm_topic,
-            orjson.dumps(record("tr-1", 1)),
-            key=b"tr-1",
-            partition=0,
-            headers=[("traceparent", traceparent.encode()), ("tracestate", b"crm=7")],
-        )
+    await send_traced(bootstrap_servers, typing.crm_topic, "tr-1", traceparent)
     async with serving(hook) as url:
         worker = CrmWebhookWorker(
             KafkaSettings(bootstrap_servers=bootstrap_servers),
@@ -1420,14 +1426,7 @@ async def test_telemetry_off_sends_no_traceparent(bootstrap_servers: str) -> Non
 
     typing = await crm_topic(bootstrap_servers, [])
     traceparent = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
-    async with AIOKafkaProducer(bootstrap_servers=bootstrap_servers) as producer:
-        await producer.send_and_wait(
-            typing.crm_topic,
-            orjson.dumps(record("tr-5", 1)),
-            key=b"tr-5",
-            partition=0,
-            headers=[("traceparent", traceparent.encode()), ("tracestate", b"crm=7")],
-        )
+    await send_traced(bootstrap_servers, typing.crm_topic, "tr-5", traceparent)
     async with serving(hook) as url:
         worker = CrmWebhookWorker(
             KafkaSettings(bootstrap_servers=bootstrap_servers),
