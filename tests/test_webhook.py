@@ -588,14 +588,7 @@ async def test_worker_process_killed_while_a_record_is_held_posts_again_only_tha
 
     typing = await crm_topic(bootstrap_servers, [record("kill-1", v) for v in range(1, 6)])
     async with serving(hook) as url:
-        env = {
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
-            "TYPING_GROUP_ID": typing.group_id,
-            "TYPING_CRM_TOPIC": typing.crm_topic,
-            "TYPING_DLQ_TOPIC": typing.dlq_topic,
-            "TYPING_CRM_WEBHOOK_URL": url,
-            "TYPING_HTTP_PORT": "0",
-        }
+        env = worker_env(bootstrap_servers, typing, url)
         process = RunProcess(env, tmp_path / "webhook.log", command="crm-webhook")
         process.start()
         try:
@@ -818,6 +811,21 @@ async def crm_topic(bootstrap_servers: str, records: list[dict[str, object]]) ->
     return typing
 
 
+def worker_env(
+    bootstrap_servers: str, typing: TypingSettings, url: str, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of a `crm-webhook` process delivering `typing`'s CRM topic to `url`."""
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
+        "TYPING_GROUP_ID": typing.group_id,
+        "TYPING_CRM_TOPIC": typing.crm_topic,
+        "TYPING_DLQ_TOPIC": typing.dlq_topic,
+        "TYPING_CRM_WEBHOOK_URL": url,
+        "TYPING_HTTP_PORT": "0",
+        **(extra or {}),
+    }
+
+
 async def test_a_retry_waits_as_long_as_the_endpoint_asks(bootstrap_servers: str) -> None:
     """A 429 or 503 with `Retry-After` is retried no sooner than it says (whatever the
     backoff: here none)."""
@@ -887,15 +895,7 @@ async def test_worker_process_gives_a_post_up_after_the_timeout_it_is_given(
 
     typing = await crm_topic(bootstrap_servers, [record("to-1", 1)])
     async with serving(hook) as url:
-        env = {
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
-            "TYPING_GROUP_ID": typing.group_id,
-            "TYPING_CRM_TOPIC": typing.crm_topic,
-            "TYPING_DLQ_TOPIC": typing.dlq_topic,
-            "TYPING_CRM_WEBHOOK_URL": url,
-            "TYPING_CRM_WEBHOOK_TIMEOUT_MS": "500",
-            "TYPING_HTTP_PORT": "0",
-        }
+        env = worker_env(bootstrap_servers, typing, url, {"TYPING_CRM_WEBHOOK_TIMEOUT_MS": "500"})
         process = RunProcess(env, tmp_path / "webhook.log", command="crm-webhook")
         process.start()
         try:
@@ -948,16 +948,15 @@ async def test_worker_process_sends_the_authorization_header_and_never_shows_it(
 
     typing = await crm_topic(bootstrap_servers, [record("auth-1", 1)])
     async with serving(hook) as url:
-        env = {
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
-            "TYPING_GROUP_ID": typing.group_id,
-            "TYPING_CRM_TOPIC": typing.crm_topic,
-            "TYPING_DLQ_TOPIC": typing.dlq_topic,
-            "TYPING_CRM_WEBHOOK_URL": url,
-            "TYPING_CRM_WEBHOOK_AUTHORIZATION": f"{TOKEN}\n",
-            "TYPING_HTTP_PORT": "0",
-            "TYPING_LOG_LEVEL": "DEBUG",
-        }
+        env = worker_env(
+            bootstrap_servers,
+            typing,
+            url,
+            {
+                "TYPING_CRM_WEBHOOK_AUTHORIZATION": f"{TOKEN}\n",
+                "TYPING_LOG_LEVEL": "DEBUG",
+            },
+        )
         process = RunProcess(env, tmp_path / "webhook.log", command="crm-webhook")
         process.start()
         try:
