@@ -120,6 +120,37 @@ async def test_sets_cannot_take_the_slots_kept_for_clears() -> None:
     assert reconciler.free_set_slots == 6
 
 
+async def test_reserved_work_holds_its_slot_until_launched_or_released() -> None:
+    """Work handed to a worker counts against the slots (sets against those sets may
+    take) before it is launched; launching it moves it into its slot, releasing it frees
+    the slot and says so."""
+    sink = GatedSink()
+    reconciler = Reconciler(sink, max_in_flight=8)
+    freed: list[None] = []
+    reconciler.on_capacity(lambda: freed.append(None))
+    sets = [work(f"set-{n}") for n in range(6)]
+    for reserved in sets:
+        reconciler.reserve(reserved)
+    reconciler.reserve(sets[0])  # once only
+    assert (reconciler.free_slots, reconciler.free_set_slots, reconciler.reserved) == (2, 0, 6)
+    clear = work("clear-1", WorkKind.CLEAR)
+    reconciler.reserve(clear)
+    assert (reconciler.free_slots, reconciler.free_set_slots) == (1, 0)
+    reconciler.launch(sets[0], 1, acked(), lambda _: None)
+    assert (reconciler.free_slots, reconciler.free_set_slots) == (1, 0)
+    assert (reconciler.in_flight, reconciler.reserved) == (1, 6)
+    reconciler.release(sets[1])
+    assert freed == [None]
+    assert (reconciler.free_slots, reconciler.free_set_slots) == (2, 1)
+    reconciler.release(sets[1])  # no longer reserved: nothing changes
+    assert freed == [None]
+    reconciler.release(clear)
+    assert (reconciler.free_slots, reconciler.free_set_slots) == (3, 1)
+    sink.release.set()
+    assert await reconciler.wait_idle(5)
+    assert (reconciler.free_slots, reconciler.free_set_slots) == (4, 2)
+
+
 async def test_a_call_waits_for_its_intent_to_be_acknowledged() -> None:
     sink = GatedSink()
     sink.release.set()

@@ -51,6 +51,7 @@ from processor.runtime.restore import (
     RestoreProgress,
     read_changelog,
 )
+from processor.runtime.scheduler import Scheduler
 from processor.runtime.service import TypingProcessor
 from processor.settings import KafkaSettings, Settings, TypingSettings
 from processor.sink.client import GenesysSink
@@ -514,8 +515,10 @@ async def test_a_fenced_partition_sends_nothing_and_gives_back_what_it_had_taken
         level = budget.level()
         budget.spend(2)
         worker.launch(work, 2)
+        assert alone.reconciler.free_slots == 3  # its slot is taken from now on
         worker.fence()  # before the worker's next turn could send it
         assert not worker.accepting
+        assert alone.reconciler.free_slots == 4
         await eventually(lambda: not store.is_in_flight("fenced"), 10, "the store heard back")
         assert store.is_backing_off("fenced") or store.is_queued("fenced")
         assert budget.level() >= level - 0.01  # refunded
@@ -638,7 +641,121 @@ async def test_a_fence_while_the_intent_is_produced_stops_the_call(
                 lambda: not alone.store.is_in_flight("fenced"), 10, "the store heard back"
             )
             assert emulator.count("PATCH", SESSION_PATH) == 0
+            assert alone.reconciler.free_slots == 4  # its slot is free again
         finally:
+            outbound.release_all()
+
+
+async def test_a_partition_closed_while_the_intent_is_produced_frees_the_calls_slot(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """Revoked while its turn produces a call's intent: the call never goes out, and the
+    slot it held in the reconciler is free for the partitions that stay."""
+    settings = make_settings(bootstrap_servers, emulator)
+    outbound = GatedOutbound(settings.kafka, settings.typing)
+    async with standalone_worker(settings, emulator, ["revoked"], outbound) as alone:
+        try:
+            holding, release = outbound.hold()
+            alone.worker.launch(alone.take("revoked"), 2)
+            await asyncio.wait_for(holding.wait(), 10)  # its turn is producing the intent
+            assert alone.reconciler.free_slots == 3
+            closing = asyncio.ensure_future(alone.worker.close(1.0))
+            await eventually(lambda: not alone.worker.accepting, 10, "the worker closing")
+            release.set()
+            await asyncio.wait_for(closing, 10)
+            assert alone.reconciler.free_slots == 4
+            assert alone.reconciler.in_flight == 0
+            assert emulator.count("PATCH", SESSION_PATH) == 0
+        finally:
+            outbound.release_all()
+
+
+class ChangelogUnwritable(Outbound):
+    """A producer that cannot write to the changelog once `failing`."""
+
+    failing = False
+
+    async def _send(
+        self, topic: str, partition: int, records: list[tuple[bytes | None, bytes | None, Headers]]
+    ) -> list[asyncio.Future[Any]]:
+        if self.failing and topic == self.changelog_topic:
+            raise KafkaError(f"cannot write to {topic}")
+        return await super()._send(topic, partition, records)
+
+
+async def test_a_flush_that_fails_gives_back_the_slots_of_the_calls_it_held(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """A call's intent cannot be written: the partition stops (nothing is skipped), its
+    call never goes out, and the slot and budget it held go back to the other partitions
+    at once, not when the partition is closed."""
+    settings = make_settings(bootstrap_servers, emulator)
+    outbound = ChangelogUnwritable(settings.kafka, settings.typing)
+    async with standalone_worker(settings, emulator, ["unwritten"], outbound) as alone:
+        budget = alone.sink.budget
+        level = budget.level()
+        budget.spend(2)
+        outbound.failing = True
+        alone.worker.launch(alone.take("unwritten"), 2)
+        await eventually(lambda: alone.worker.failed is not None, 10, "the partition stopped")
+        assert alone.reconciler.free_slots == 4
+        assert budget.level() >= level - 0.01  # refunded
+        assert emulator.count("PATCH", SESSION_PATH) == 0
+
+
+async def test_calls_handed_to_a_worker_hold_their_slots_until_they_are_launched(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """Work the scheduler hands to a worker reaches the reconciler only once its intent is
+    acknowledged on the changelog (I6). A round planned meanwhile counts that work against
+    the in-flight limit (TYPING_MAX_IN_FLIGHT) and the slots kept for clears: else it sends
+    as many again, more calls go out at once than the limit allows, and sets take the slots
+    a clear needs. Once launched and landed, the slots are free again."""
+    settings = make_settings(bootstrap_servers, emulator, api_rate_per_minute=6_000)
+    outbound = GatedOutbound(settings.kafka, settings.typing)
+    sessions = [f"pending-{i}" for i in range(8)]
+    async with standalone_worker(settings, emulator, sessions, outbound) as alone:
+        reconciler = alone.reconciler  # 4 calls at most, one of them kept for clears
+        budget = alone.sink.budget
+        budget.refund(budget.capacity, planned=False)  # tokens are not what limits here
+        scheduler = Scheduler(reconciler, SystemClock())
+        scheduler.attach(0, alone.worker)
+        calls_go = asyncio.Event()
+        out: set[str] = set()
+        entered: list[str] = []
+        most = 0
+        apply = alone.sink.apply
+
+        async def held_apply(session_id: str, *args: Any, **kwargs: Any) -> SinkResult:
+            nonlocal most
+            out.add(session_id)
+            entered.append(session_id)
+            most = max(most, len(out))
+            try:
+                await calls_go.wait()
+                return await apply(session_id, *args, **kwargs)
+            finally:
+                out.discard(session_id)
+
+        alone.sink.apply = held_apply  # type: ignore[method-assign]
+        try:
+            holding, release = outbound.hold()
+            first, _ = scheduler.plan_round()
+            assert first == 3  # every set slot
+            await asyncio.wait_for(holding.wait(), 10)  # their intents await the ack
+            second, _ = scheduler.plan_round()  # planned while those calls are not out yet
+            release.set()
+            await eventually(
+                lambda: len(entered) == first + second, 10, "every call handed out is out"
+            )
+            assert most <= 3, f"{most} sets out at once, with 4 calls at most and 1 kept for clears"
+            calls_go.set()
+            await eventually(lambda: reconciler.in_flight == 0, 10, "the calls landed")
+            assert reconciler.free_slots == 4
+            third, _ = scheduler.plan_round()
+            assert third == 3  # the slots are free again
+        finally:
+            calls_go.set()
             outbound.release_all()
 
 

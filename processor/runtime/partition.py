@@ -205,9 +205,10 @@ class PartitionWorker:
         self._drop(launches)
 
     def _drop(self, launches: list[tuple[Work, int]]) -> None:
-        # Calls taken but not launched never go out: their budget comes back, the store
-        # hears so.
+        # Calls taken but not launched never go out: their slots and budget come back,
+        # the store hears so.
         for work, prepaid in launches:
+            self._reconciler.release(work)
             self._reconciler.sink.budget.refund(prepaid)
             self._deliver(work, None, _NOT_SENT)
 
@@ -246,7 +247,9 @@ class PartitionWorker:
 
     def launch(self, work: Work, prepaid: int) -> None:
         """Send `work` (taken from this store by the scheduler) once its intent is on the
-        changelog: the next turn flushes it and starts the call."""
+        changelog: the next turn flushes it and starts the call. Its slot is the
+        reconciler's from now on, until the call starts or is dropped."""
+        self._reconciler.reserve(work)
         self._launches.append((work, prepaid))
         self._in_flight += 1
         self._idle.clear()
@@ -303,6 +306,8 @@ class PartitionWorker:
                 # the last commit (input, state and calls are replayed or read back).
                 log.exception("partition %s: processing stopped", self.partition)
                 self.failed = _logged(exc)
+                # no turn launches them now: their slots and budget go to the other partitions
+                self._drop_launches()
                 return
             if isinstance(item, _Stop):
                 return

@@ -3,6 +3,11 @@
 The per-session rule is the store's (it never hands out work for a session with a call
 out); this class bounds the total, waits for a call's intent to be on the changelog
 before sending it (I6), and picks the endpoint the work's target needs.
+
+A call holds its slot from the moment its work is handed to a partition worker
+(`reserve`), not only once the worker launches it: the worker launches at its next flush,
+after the intent's produce, and a round planned in between must not hand out that slot
+again.
 """
 
 from __future__ import annotations
@@ -110,6 +115,9 @@ class Reconciler:
         # prepaid tokens of calls whose task has not taken its first step: a task cancelled
         # then runs none of its code, so `_finished` refunds them
         self._unstarted: dict[asyncio.Task[None], int] = {}
+        # work handed to a worker and not launched yet, by identity (see the module docstring)
+        self._reserved: dict[int, Work] = {}
+        self._reserved_sets = 0
         self._listeners: list[Callable[[], None]] = []
 
     @property
@@ -118,17 +126,24 @@ class Reconciler:
         return len(self._tasks)
 
     @property
+    def reserved(self) -> int:
+        """Calls handed to a worker and not launched yet."""
+        return len(self._reserved)
+
+    @property
     def free_slots(self) -> int:
-        """How many more calls may start now."""
-        return max(0, self._capacity - len(self._tasks))
+        """How many more calls may start now (reserved ones count as started)."""
+        return max(0, self._capacity - len(self._tasks) - len(self._reserved))
 
     @property
     def free_set_slots(self) -> int:
         """How many more sets or refreshes may start now (the rest is kept for clears)."""
-        return max(0, min(self.free_slots, self._set_capacity - len(self._sets)))
+        sets = len(self._sets) + self._reserved_sets
+        return max(0, min(self.free_slots, self._set_capacity - sets))
 
     def on_capacity(self, listener: Callable[[], None]) -> Callable[[], None]:
-        """Call `listener` whenever a call finishes; returns a function that unsubscribes."""
+        """Call `listener` whenever a slot frees (a call finishes, a reserved one is
+        released); returns a function that unsubscribes."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
@@ -137,16 +152,39 @@ class Reconciler:
         for session_id in session_ids:
             self.sink.forget(session_id)
 
+    def reserve(self, work: Work) -> None:
+        """Hold a slot for `work`, handed to a worker that launches it later: until
+        `launch` starts it or `release` gives it back, it counts as a call in flight."""
+        if id(work) in self._reserved:
+            return
+        self._reserved[id(work)] = work
+        if _is_set(work):
+            self._reserved_sets += 1
+
+    def release(self, work: Work) -> None:
+        """`work` reserved will not be launched (dropped): its slot is free again."""
+        if self._unreserve(work):
+            self._notify()
+
+    def _unreserve(self, work: Work) -> bool:
+        if self._reserved.pop(id(work), None) is None:
+            return False
+        if _is_set(work):
+            self._reserved_sets -= 1
+        return True
+
     def launch(
         self, work: Work, prepaid: int, recorded: Awaitable[object], deliver: Deliver
     ) -> asyncio.Task[None]:
-        """Start one call once `recorded` (its intent's changelog ack) completes;
-        `deliver` receives its result on the event loop (not when the call is cancelled)."""
+        """Start one call once `recorded` (its intent's changelog ack) completes, in the
+        slot reserved for `work` if one was; `deliver` receives its result on the event
+        loop (not when the call is cancelled)."""
+        self._unreserve(work)
         task = asyncio.create_task(self._run(work, prepaid, recorded, deliver))
         self._tasks.add(task)
         if prepaid:
             self._unstarted[task] = prepaid
-        if work.kind is WorkKind.SET or work.kind is WorkKind.REFRESH:
+        if _is_set(work):
             self._sets.add(task)
         task.add_done_callback(self._finished)
         return task
@@ -216,6 +254,9 @@ class Reconciler:
         unsent = self._unstarted.pop(task, 0)
         if unsent:
             self.sink.budget.refund(unsent)  # cancelled before its first step: never sent
+        self._notify()
+
+    def _notify(self) -> None:
         for listener in list(self._listeners):
             listener()
 
@@ -231,3 +272,8 @@ class Reconciler:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _is_set(work: Work) -> bool:
+    """Sets and refreshes may not take the slots kept for clears."""
+    return work.kind is WorkKind.SET or work.kind is WorkKind.REFRESH

@@ -45,7 +45,8 @@ class Dispatcher(Protocol):
         ...
 
     def launch(self, work: Work, prepaid: int) -> None:
-        """Record `work`'s intent on the changelog, then send it."""
+        """Record `work`'s intent on the changelog, then send it; its reconciler slot is
+        held from now on (a round planned before it goes out does not hand it out again)."""
         ...
 
 
