@@ -4,6 +4,10 @@ Genesys allows about `TYPING_API_RATE_PER_MINUTE` calls per minute per OAuth cli
 by every replica that uses the client. A replica spends its share: the rate times its
 assigned input partitions over all input partitions (`set_share`, on every rebalance).
 
+When the cluster's metadata does not name the input's partitions (yet), `partition_share`
+takes them to be as many as configured, or more when the partitions owned say so: a
+replica that guessed too few would spend the whole client's rate.
+
 A token bucket that never makes anyone wait: the scheduler asks how many tokens there are
 and decides what to send; a request spends one token when it goes out, into debt if need
 be (a 412's re-read, a retry), and debt delays what the scheduler sends next.
@@ -38,7 +42,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 
 DEFAULT_BURST_S = 3.0
 """Seconds of budget that may go back to back (the bucket's capacity): after a quiet spell,
@@ -374,3 +378,16 @@ class ApiBudget:
             level += (capped_to - since) * min(rate, self._cap_rate)
             since = capped_to
         return min(self.capacity, level + (now - since) * rate)
+
+
+def partition_share(
+    owned: Set[int], partitions: Set[int] | None, configured: int
+) -> tuple[int, int]:
+    """(owned, all): the input partitions this replica owns, out of all of them, for
+    `ApiBudget.set_share`. `partitions`: the input topic's partitions as the cluster's
+    metadata names them (None or empty: unknown); then all are taken to be the most of
+    `configured` (TYPING_TOPIC_PARTITIONS), the highest owned partition + 1, and the number
+    owned: the fewest the configuration and the ownership allow, not the whole rate."""
+    if partitions:
+        return len(owned & partitions), len(partitions)
+    return len(owned), max(configured, max(owned, default=-1) + 1, len(owned))

@@ -21,6 +21,7 @@ from processor.budget import (
     START_LEVEL,
     WINDOW_S,
     ApiBudget,
+    partition_share,
 )
 
 
@@ -62,6 +63,17 @@ def test_share_follows_the_partitions_owned() -> None:
     assert budget.wait_s(budget.level() + 1) == math.inf
     with pytest.raises(ValueError, match="fraction"):
         budget.set_share(5, 4)
+
+
+def test_partitions_the_metadata_does_not_name_count_as_configured_or_as_owned() -> None:
+    """Known partitions decide the share; unknown ones are taken to be the most of the
+    configured count, the highest owned + 1 and the number owned (never the whole rate)."""
+    assert partition_share({0, 3}, {0, 1, 2, 3}, 6) == (2, 4)
+    assert partition_share({0, 5}, {0, 1, 2, 3}, 6) == (1, 4)  # 5: not in the metadata
+    assert partition_share({0, 3}, None, 6) == (2, 6)
+    assert partition_share({0, 3}, set(), 2) == (2, 4)  # partition 3 exists
+    assert partition_share({0, 1}, None, 1) == (2, 2)
+    assert partition_share(set(), None, 6) == (0, 6)
 
 
 def test_retry_after_pauses_and_restarts_from_empty() -> None:

@@ -759,6 +759,28 @@ async def test_calls_handed_to_a_worker_hold_their_slots_until_they_are_launched
             outbound.release_all()
 
 
+async def test_a_replica_that_cannot_count_the_input_partitions_spends_no_more_than_its_share(
+    bootstrap_servers: str, emulator: EmulatorHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Assigned partitions while the cluster's metadata names none of the input topic's:
+    the replica takes the partitions to be as many as configured, or more when the highest
+    one it owns says so, and says it does; it kept the share it had (at start-up the whole
+    OAuth client's rate)."""
+    settings = make_settings(bootstrap_servers, emulator, topic_partitions=2)
+    sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
+    processor = TypingProcessor(settings, sink)  # not started: no metadata at all
+    topic = settings.typing.input_topic
+    assigned = [TopicPartition(topic, 0), TopicPartition(topic, 3)]
+    try:
+        with caplog.at_level(logging.WARNING, logger="processor.runtime.service"):
+            await processor.acquire(assigned)
+        assert sink.budget.share == pytest.approx(2 / 4)  # partition 3 exists: 4 at least
+        assert any("partition count" in r.getMessage() for r in caplog.records)
+    finally:
+        await processor.release(assigned)
+        await sink.aclose()
+
+
 class ReportsWatched(Outbound):
     """Notes, as each changelog record goes to the producer, whether the CRM and audit
     records sent before it for the same session were all acknowledged already."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
+from processor.budget import partition_share
 from processor.clock import Clock, SystemClock, within_grace
 from processor.settings import Settings
 from processor.state import EngineConfig, PartitionStore
@@ -574,15 +575,24 @@ class TypingProcessor:
     def _share_budget(self, assigned: list[TopicPartition]) -> None:
         """Spend the OAuth client's budget in proportion to the input partitions owned."""
         consumer = self._consumer
-        topic = self.settings.typing.input_topic
-        total = consumer.partitions_for_topic(topic) if consumer is not None else None
-        if not total:
-            return
-        owned = len(
-            ({tp.partition for tp in assigned if tp.topic == topic} | set(self.workers)) & total
-        )
-        self._budget.set_share(owned, len(total))
-        log.info("spending %d/%d of the OAuth client's API budget", owned, len(total))
+        typing = self.settings.typing
+        topic = typing.input_topic
+        partitions = consumer.partitions_for_topic(topic) if consumer is not None else None
+        owned = {tp.partition for tp in assigned if tp.topic == topic} | set(self.workers)
+        share, total = partition_share(owned, partitions, typing.topic_partitions)
+        self._budget.set_share(share, total)
+        if partitions:
+            log.info("spending %d/%d of the OAuth client's API budget", share, total)
+        else:
+            log.warning(
+                "the partition count of %s is unknown (no metadata for it): spending %d/%d"
+                " of the OAuth client's API budget, taking the configured"
+                " TYPING_TOPIC_PARTITIONS (%d) or the partitions owned as all of them",
+                topic,
+                share,
+                total,
+                typing.topic_partitions,
+            )
 
     async def _restore(self, partition: int) -> PartitionStore:
         restoring = self._restores.get(partition)
