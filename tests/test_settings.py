@@ -781,17 +781,36 @@ _WORDED_DEFAULTS = {
 }
 
 
-def readme_configuration() -> dict[str, str]:
-    """Variable -> default column of the README's configuration table."""
+def readme_rows() -> dict[str, list[str]]:
+    """Variable -> cells (variable, default, meaning) of the README's configuration table."""
     section = README.read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
-    table: dict[str, str] = {}
+    table: dict[str, list[str]] = {}
     for row in section.splitlines():
         cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
         if not row.startswith("| `") or len(cells) < 3:
             continue
         for name in re.findall(r"`([A-Z][A-Z0-9_]*\*?)`", cells[0]):
-            table[name] = cells[1]
+            table[name] = cells
     return table
+
+
+def readme_configuration() -> dict[str, str]:
+    """Variable -> default column of the README's configuration table."""
+    return {name: cells[1] for name, cells in readme_rows().items()}
+
+
+def test_readme_gives_every_bounded_number_its_range() -> None:
+    rows = readme_rows()
+    missing = {}
+    for name, field in TypingSettings.model_fields.items():
+        ge = [m.ge for m in field.metadata if hasattr(m, "ge")]
+        le = [m.le for m in field.metadata if hasattr(m, "le")]
+        if field.annotation is not int or not (ge and le):
+            continue
+        variable, shown = f"TYPING_{name.upper()}", f"{ge[0]}..{le[0]}"
+        if shown not in rows[variable][2]:
+            missing[variable] = shown
+    assert missing == {}, "the README's table does not give these ranges"
 
 
 def test_readme_lists_every_setting_with_its_default() -> None:
