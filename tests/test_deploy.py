@@ -102,6 +102,20 @@ def test_chart_readme_lists_every_value() -> None:
     assert missing == []
 
 
+def test_chart_readme_gives_every_bounded_processor_setting_its_range() -> None:
+    readme = (CHART / "README.md").read_text()
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    missing = {}
+    for key, spec in schema["properties"]["typing"]["properties"].items():
+        if spec.get("type") != "integer" or "minimum" not in spec or "maximum" not in spec:
+            continue
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `typing.{key}` |"))
+        shown = f"{spec['minimum']}..{spec['maximum']}"
+        if shown not in row:
+            missing[key] = shown
+    assert missing == {}, "the chart README does not give these ranges"
+
+
 def readme_block_after(heading: str) -> list[str]:
     """The lines of the first ```sh block after `heading` in the README."""
     readme = (REPO / "README.md").read_text()
