@@ -1352,6 +1352,21 @@ TEMPLATE_REFUSALS: dict[str, tuple[dict[str, Any], str, dict[str, str]]] = {
         r"typing\.changelogTopic is the topic of typing\.crmTopic",
         {"TYPING_GROUP_ID": "typing.crm", "TYPING_CRM_TOPIC": "typing.crm-state-changelog"},
     ),
+    "a topic name Kafka does not take": (
+        {"typing": {"inputTopic": "events v2"}},
+        r'typing\.inputTopic is "events v2": no Kafka topic name',
+        {"TYPING_INPUT_TOPIC": "events v2"},
+    ),
+    "a topic name too long": (
+        {"typing": {"dlqTopic": "d" * 250}},
+        r"typing\.dlqTopic is \"d{250}\": no Kafka topic name",
+        {"TYPING_DLQ_TOPIC": "d" * 250},
+    ),
+    "a group id that makes no changelog topic": (
+        {"typing": {"groupId": "a/b"}},
+        r'typing\.changelogTopic is "a/b-state-changelog": no Kafka topic name',
+        {"TYPING_GROUP_ID": "a/b"},
+    ),
     "a timeout matrix that is no JSON": (
         {"typing": {"timeoutMatrix": '{"typing": {"customer": 4000'}},
         r"typing\.timeoutMatrix is not a JSON object",
