@@ -59,6 +59,13 @@ Rules (DESIGN §4, §2b):
   for the period to end, so a producer typing into a session that is not there costs a
   call now and then, not one per keystroke. Not persisted: after a restore the first
   call learns it again.
+- Replay hold: a restored store wants what its changelog says, while the input since the
+  last commit (processed before the crash, not committed) may already say otherwise (a
+  `stopped`). Until that input is processed again, or a short bound passes, new sets and
+  refreshes wait (`hold_for_replay`): sent at once, they would show typing that is over
+  for as long as the replay lasts, and on a messaging target (no "Off") for up to its
+  duration. Clears and read-backs never wait (I1). A refresh waits no longer than half its
+  lead before the indicator's expiry, so that it still lands in time (I2). Not persisted.
 """
 
 from __future__ import annotations
@@ -185,6 +192,11 @@ class PartitionStore:
         self._leads: dict[int, int] = {}  # refresh lead by timeout (few distinct values)
         self._clear_lead = ClearLead(config.clear_lead_max_ms)
         self._bursts = BurstLengths()
+        # Replay hold (`hold_for_replay`): sets and refreshes wait until then (0: none), or
+        # until the input before `_replay_end` is processed; the sessions held meanwhile.
+        self._hold_until = 0
+        self._replay_end: int | None = None
+        self._held: dict[str, None] = {}
         self._default_timeouts = {
             status: {role: config.default_timeout_ms(status, role) for role in Role}
             for status in (Status.TYPING, Status.PAUSED)
@@ -300,6 +312,46 @@ class PartitionStore:
         floor_due = self._floor_timers.next_due()
         if floor_due is not None and floor_due <= now:
             self._drop_floors(now)
+        if self._hold_until and self._hold_until <= now:
+            self._end_hold(now)
+
+    def hold_for_replay(self, end_offset: int | None, until_ms: int) -> None:
+        """The input before `end_offset` (the partition's end when it was assigned) is to be
+        processed again before it is committed: hold new sets and refreshes until it is
+        (`replayed`), and no later than `until_ms` (the only bound when `end_offset` is
+        None: not known). Clears and read-backs go on; a refresh waits no longer than half
+        its lead before the indicator's expiry (I2). Work already queued is held too."""
+        now = self._clock.now_ms()
+        if until_ms <= now:
+            return
+        self._hold_until = until_ms
+        self._replay_end = end_offset
+        for sid in [*self._refreshes, *self._sets]:
+            # (a restored store's sessions are only resumed: persisted fields stay as read)
+            self._settle(self._sessions[sid], now, resume=True)
+
+    def replayed(self, offset: int) -> None:
+        """The input before `offset` is processed: a replay hold ends once that reaches the
+        end it waits for."""
+        end = self._replay_end
+        if end is not None and offset >= end:
+            self._end_hold(self._clock.now_ms())
+
+    @property
+    def replaying(self) -> bool:
+        """True while a replay hold keeps new sets and refreshes waiting."""
+        return self._hold_until != 0
+
+    def _end_hold(self, now: int) -> None:
+        """The replay hold is over: what it held is queued (or found no longer needed)."""
+        self._hold_until = 0
+        self._replay_end = None
+        held, self._held = self._held, {}
+        sessions = self._sessions
+        for sid in held:
+            s = sessions.get(sid)
+            if s is not None:
+                self._settle(s, now)
 
     def take(self, session_id: str) -> Work | None:
         """The work `session_id` needs now, if any; the session then has a call out.
@@ -328,7 +380,7 @@ class PartitionStore:
             # a set that would lapse before Genesys shows it: drop it
             self._expire(s)
         kind = self._needed(s, now)
-        if kind is None:
+        if kind is None or (self._hold_until and self._held_until(s, kind, now)):
             self._settle(s, now)
             return None
         work = self._make_work(s, kind, now)
@@ -444,9 +496,12 @@ class PartitionStore:
         """When `on_tick` next has something to do (possibly a cancelled timer), or None."""
         due = self._timers.next_due()
         floor_due = self._floor_timers.next_due()
-        if floor_due is None or (due is not None and due <= floor_due):
-            return due
-        return floor_due
+        if floor_due is not None and (due is None or floor_due < due):
+            due = floor_due
+        hold = self._hold_until
+        if hold and (due is None or hold < due):
+            due = hold
+        return due
 
     @classmethod
     def restore(
@@ -792,8 +847,19 @@ class PartitionStore:
         backoff = self._backoff.get(sid)
         waiting = backoff is not None and backoff[0] > now
         kind = None if flying or waiting else self._needed(s, now)
+        held = 0
+        if kind is not None and self._hold_until:
+            held = self._held_until(s, kind, now)
         clears, refreshes, sets = self._clears, self._refreshes, self._sets
-        if kind is None:
+        if self._held and not held:
+            self._held.pop(sid, None)
+        if held:
+            # waits for the replay (`hold_for_replay`): queued once it is over
+            clears.pop(sid, None)
+            refreshes.pop(sid, None)
+            sets.pop(sid, None)
+            self._held[sid] = None
+        elif kind is None:
             clears.pop(sid, None)
             refreshes.pop(sid, None)
             sets.pop(sid, None)
@@ -822,6 +888,8 @@ class PartitionStore:
                 sets.pop(sid, None)
                 queue[sid] = None
         wake = self._next_wake(s, now, kind, flying, backoff)
+        if held and held < self._hold_until and (wake is None or held < wake):
+            wake = held  # a refresh due before the hold ends (the hold's end wakes the rest)
         if wake is None and resume:
             wake = now + 1  # the first tick after a restore settles it for real
         elif wake is None:
@@ -835,6 +903,18 @@ class PartitionStore:
             wake = evict_at
         if s.wake == 0 or self._timers.slot(wake) < s.wake:
             self._wake_at(s, wake)
+
+    def _held_until(self, s: Session, kind: WorkKind, now: int) -> int:
+        """When `kind` of work for `s` may go during a replay hold (0: now). Clears and
+        read-backs never wait; a refresh (or a status change queued as one) waits no
+        later than half its lead before the indicator shown expires, so that it lands
+        before (I2)."""
+        if kind is _CLEAR or kind is _RESOLVE:
+            return 0
+        until = self._hold_until
+        if kind is _REFRESH or self._refresh_due(s, now):
+            until = min(until, s.remote_expires - self._lead(s) // 2)
+        return until if until > now else 0
 
     def _wake_at(self, s: Session, at: int) -> None:
         """Wake `s` at `at`, earlier than its live timer entry (if any), which is left
