@@ -502,6 +502,53 @@ async def standalone_worker(
         await outbound.stop()
 
 
+async def test_a_worker_ends_its_stores_replay_hold_once_its_input_reaches_the_end(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """A restored store holds new sets until the input since the last commit is processed
+    again (`PartitionStore.hold_for_replay`): the worker tells it how far processing has
+    come, records and offsets that hold none (`pass_to`) alike, so the hold ends with the
+    replay, not at its bound."""
+    settings = make_settings(bootstrap_servers, emulator)
+    topic = settings.typing.input_topic
+    async with standalone_worker(settings, emulator, []) as alone:
+        store, worker = alone.store, alone.worker
+        store.hold_for_replay(2, SystemClock().now_ms() + 600_000)
+        key, value = record("replayed")
+        worker.submit([ConsumerRecord(topic, 0, 0, 0, 0, key, value, None, 8, 0, [])])
+        await eventually(lambda: worker.counters.events == 1, 10, "the first record processed")
+        assert store.replaying  # the end is further on
+        assert store.queued_work == 0  # its set waits
+        worker.pass_to(2)  # the consumer stands at the end: nothing more to process
+        await eventually(lambda: not store.replaying, 10, "the hold over with the replay")
+        assert store.is_queued("replayed") or store.is_in_flight("replayed")
+
+
+async def test_a_restore_finds_where_its_partitions_replay_starts_and_ends(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """Input since the last commit is replayed after a restore (new sets wait for it): a
+    partition committed to its end has none; one never committed replays from its
+    beginning, which for an empty one is its end (no wait either)."""
+    settings = make_settings(bootstrap_servers, emulator)
+    sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
+    await TypingProcessor(settings, sink).prepare_topics()
+    await sink.aclose()
+    await produce(bootstrap_servers, settings.typing.input_topic, [record("a1"), record("a2")])
+    async with running(settings, TypingProcessor) as (processor, _):
+
+        async def all_committed() -> bool:
+            return await committed(bootstrap_servers, settings, 0) == 2
+
+        await eventually(all_committed, 30, "the input committed")
+        assert await processor._replay_span(0) == (2, 2)
+        assert await processor._replay_span(1) == (0, 0)
+    await produce(bootstrap_servers, settings.typing.input_topic, [record("a3")])
+    async with running(settings, TypingProcessor) as (processor, _):
+        start, end = await processor._replay_span(0)
+        assert (start, end) in ((2, 3), (3, 3))  # (3: replayed, committed again already)
+
+
 async def test_a_fenced_partition_sends_nothing_and_gives_back_what_it_had_taken(
     bootstrap_servers: str, emulator: EmulatorHandle
 ) -> None:

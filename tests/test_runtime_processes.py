@@ -7,16 +7,19 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pipeline
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from pipeline import (
     UNREACHED_ENV,
     Producer,
     RunProcess,
     eventually,
+    make_settings,
     now_ms,
     silent_listener,
     typing_event,
@@ -24,6 +27,11 @@ from pipeline import (
 
 from processor.broker import LocalBroker
 from processor.emulator.testing import EmulatorHandle
+from processor.runtime.service import TypingProcessor
+from processor.settings import Settings
+from processor.sink.client import GenesysSink
+from processor.sink.config import SinkConfig
+from processor.state import PartitionStore
 
 pytestmark = pytest.mark.slow
 
@@ -186,6 +194,92 @@ async def test_sigkill_then_restart_clears_every_indicator(
         assert history[-1]["typing_indicator"] is None
         # never cleared early: the deadline was respected across the crash
         assert history[-1]["at_ms"] >= history[0]["typing_indicator"]["expiresAt"]
+
+
+class LateInputProcessor(TypingProcessor):
+    """Input reaches a partition only once the partition is restored and a planning round
+    has seen it: a fetch that answers after the restore (a slow broker; fetches of other
+    partitions ahead of it)."""
+
+    def __init__(self, settings: Settings, sink: GenesysSink) -> None:
+        super().__init__(settings, sink)
+        self._restored_at: dict[int, int] = {}  # partition: planning rounds by its restore
+
+    async def acquire(self, assigned: list[TopicPartition]) -> None:
+        if self._consumer is not None:
+            self._consumer.pause(*assigned)  # before any fetch of them
+        await super().acquire(assigned)
+
+    async def _restore(self, partition: int) -> PartitionStore:
+        store = await super()._restore(partition)
+        # the worker hands its store to the scheduler as this returns, with no await between
+        self._restored_at[partition] = self.scheduler.rounds
+        return store
+
+    def _apply_backpressure(self, consumer: AIOKafkaConsumer) -> None:
+        super()._apply_backpressure(consumer)
+        for tp in consumer.assignment():
+            restored_at = self._restored_at.get(tp.partition)
+            if restored_at is None or self.scheduler.rounds <= restored_at:
+                consumer.pause(tp)
+
+
+async def test_a_restored_partition_sets_nothing_its_uncommitted_input_stopped(
+    bootstrap_servers: str,
+    run_env: dict[str, str],
+    processes: list[RunProcess],
+    tmp_path: Path,
+    emulator: EmulatorHandle,
+) -> None:
+    """A processor is killed after showing agent typing; the `stopped` that follows is in
+    the input topic, not processed nor committed. The indicator lapses while the partition
+    has no owner (no "Off": it is shown until its duration ends), and the changelog still
+    wants typing. The next owner restores, plans before its input arrives, and yet sends
+    nothing: the replayed `stopped` ends what the changelog wanted (a set sent first would
+    show typing that is over for up to its duration)."""
+    conversation, communication = str(uuid.uuid4()), str(uuid.uuid4())
+    emulator.create_conversation(conversation, [communication])
+    target = {
+        "kind": "agent_typing",
+        "conversation_id": conversation,
+        "communication_id": communication,
+    }
+    first = spawn(processes, run_env, tmp_path / "first.log")
+    async with Producer(run_env["KAFKA_BOOTSTRAP_SERVERS"], run_env["TYPING_INPUT_TOPIC"]) as p:
+        await p.send(typing_event("phantom", timeout_ms=60_000, target=target))
+        await eventually(
+            lambda: len(emulator.typing(conversation_id=conversation)) == 1, 60, "typing shown"
+        )
+        first.kill()  # SIGKILL: its group session must time out before the next owner starts
+        await p.send(typing_event("phantom", "stopped", target=target))
+    names = {
+        name.removeprefix("TYPING_").lower(): value
+        for name, value in run_env.items()
+        if name in pipeline.topic_env("")
+    }
+    settings = make_settings(bootstrap_servers, emulator, **names)
+    sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
+    processor = LateInputProcessor(settings, sink)
+    stop = asyncio.Event()
+    task = asyncio.create_task(processor.run(stop))
+
+    def stopped_and_quiet() -> bool:
+        for worker in list(processor.workers.values()):
+            if not worker.restored.is_set():
+                continue
+            store = worker.store
+            if store.session("phantom") is not None:
+                return store.desired("phantom") is None and not store.in_flight
+        return False
+
+    try:
+        await eventually(stopped_and_quiet, 60, "the stop replayed, no call out")
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+        await sink.aclose()
+    calls = emulator.typing(conversation_id=conversation)
+    assert len(calls) == 1, calls  # the first processor's, none since
 
 
 async def test_two_processes_rebalance_without_losing_a_clear(

@@ -107,6 +107,8 @@ class PartitionWorker:
 
     The worker exists from the moment its partition is assigned: input that arrives while
     `load` restores the store from the changelog waits in the queue (I6: restore first).
+    A store restored with a replay hold (`PartitionStore.hold_for_replay`) hears after
+    each turn how far the input has been processed.
     """
 
     def __init__(
@@ -344,6 +346,9 @@ class PartitionWorker:
         elif isinstance(item, _Result):
             self.store.on_result(item.work, item.result)
             turn_span = item.span
+        if self._processed is not None and self.store.replaying:
+            # the input since the last commit is processed again: what it held may go now
+            self.store.replayed(self._processed)
         self.store.on_tick()
         if self._on_queued is not None and self.store.queued_work and not self._closing:
             self._on_queued()  # calls taken now are flushed and launched in this turn

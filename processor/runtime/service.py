@@ -49,6 +49,13 @@ POSITION_WAIT_S = 0.1
 # the margin for a call decided just before); a commit every heartbeat keeps the lease fresh.
 LEASE_TERM_S = (SESSION_TIMEOUT_MS - 2 * HEARTBEAT_INTERVAL_MS) / 1000
 LEASE_RENEW_S = HEARTBEAT_INTERVAL_MS / 1000
+# A restored partition's new sets and refreshes wait for the input since its last commit
+# to be processed again (see `PartitionStore.hold_for_replay`), at most this long: a slow
+# or empty fetch holds typing no longer.
+REPLAY_HOLD_MS = 2_000
+# How long a restore may wait for the input partition's committed and end offsets (asked
+# while the changelog is read); not known by then, the hold lasts its bound.
+REPLAY_LOOKUP_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -599,15 +606,25 @@ class TypingProcessor:
         if restoring is None:  # (not assigned through `acquire`)
             restoring = _Restoring(self._monotonic(), RestoreProgress())
         progress = restoring.progress
-        records = await read_changelog(
-            self._options,
-            self.settings.typing.resolved_changelog_topic,
-            partition,
-            # the service's producer: no client of its own per restore
-            write_barrier=functools.partial(self._outbound.barrier, partition),
-            progress=progress,
-        )
+        span = asyncio.ensure_future(self._replay_span(partition))
+        try:
+            records = await read_changelog(
+                self._options,
+                self.settings.typing.resolved_changelog_topic,
+                partition,
+                # the service's producer: no client of its own per restore
+                write_barrier=functools.partial(self._outbound.barrier, partition),
+                progress=progress,
+            )
+            start, end = await span
+        finally:
+            span.cancel()  # (the read failed, or the restore was cancelled)
         store = PartitionStore.restore(partition, self._engine, self._clock, records)
+        if start is None or end is None or start < end:
+            # Input since the last commit is processed again once the worker takes it: it
+            # may end what the changelog still wants (a `stopped`), so new sets and
+            # refreshes wait for it (clears and read-backs go at once, I1).
+            store.hold_for_replay(end, self._clock.now_ms() + REPLAY_HOLD_MS)
         seconds = self._monotonic() - restoring.started
         log.info(
             "partition %d restored in %.3f s: %d changelog records read, %d sessions (and"
@@ -626,6 +643,40 @@ class TypingProcessor:
         gc.collect()
         gc.freeze()
         return store
+
+    async def _replay_span(self, partition: int) -> tuple[int | None, int | None]:
+        """Where the input partition's replay starts (its committed offset, else its
+        beginning) and where it ends (its end offset), as the partition is restored; None
+        when not known (no answer within `REPLAY_LOOKUP_S`)."""
+        consumer = self._consumer
+        if consumer is None:
+            return None, None
+        tp = TopicPartition(self.settings.typing.input_topic, partition)
+        answers: list[object]
+        try:
+            async with asyncio.timeout(REPLAY_LOOKUP_S):
+                answers = await asyncio.gather(
+                    consumer.committed(tp),
+                    consumer.beginning_offsets([tp]),
+                    consumer.end_offsets([tp]),
+                    return_exceptions=True,
+                )
+        except TimeoutError:
+            answers = [TimeoutError(f"no answer within {REPLAY_LOOKUP_S:.1f} s")] * 3
+        committed, beginnings, ends = answers
+        failed = next((a for a in answers if isinstance(a, BaseException)), None)
+        if failed is not None:
+            log.warning(
+                "partition %d: where its input's replay starts or ends is not known (%r); new"
+                " sets wait %.1f s for the input since the last commit",
+                partition,
+                failed,
+                REPLAY_HOLD_MS / 1000,
+            )
+        start = committed if isinstance(committed, int) else None
+        if start is None and committed is None and isinstance(beginnings, dict):
+            start = beginnings.get(tp)  # no commit yet: the group reads from the beginning
+        return start, ends.get(tp) if isinstance(ends, dict) else None
 
     async def release(self, revoked: list[TopicPartition]) -> None:
         """Finish, flush and commit the revoked partitions, then drop their stores."""
