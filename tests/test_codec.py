@@ -275,3 +275,87 @@ def test_arbitrary_json_objects_never_raise(document: dict[str, Any], key: bytes
         assert key == result.session_id.encode()
     else:
         assert result.reason in DlqReason
+
+
+# What the validator's own JSON parser accepts and orjson does not, in a member no field
+# uses: orjson's verdict (invalid JSON) stands.
+OUT_OF_JSON = [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1E309", b"9" * 400]
+UNKNOWN_MEMBERS = [
+    b',"extra":%s}',
+    b',"participant":{"id":"p","extra":%s}}',
+    b',"target":{"kind":"agent_typing","conversation_id":"' + CONV.encode() + b'",'
+    b'"communication_id":"' + COMM.encode() + b'","extra":%s}}',
+    b',"extra":{"deeper":[1,%s]}}',
+]
+
+
+@pytest.mark.parametrize("number", OUT_OF_JSON)
+@pytest.mark.parametrize("member", UNKNOWN_MEMBERS)
+def test_numbers_orjson_refuses_are_invalid_json_even_where_ignored(
+    number: bytes, member: bytes
+) -> None:
+    value = orjson.dumps(good())[:-1] + member % number
+    letter = decode(value)
+    assert isinstance(letter, DeadLetter), letter
+    assert letter.reason is DlqReason.INVALID_JSON
+    with pytest.raises(orjson.JSONDecodeError) as refused:
+        orjson.loads(value)
+    assert letter.detail == str(refused.value)
+
+
+def test_nesting_orjson_reads_is_accepted_where_ignored() -> None:
+    # deeper than the validator's own parser goes, within orjson's limit
+    value = orjson.dumps(good())[:-1] + b',"extra":' + b"[" * 600 + b"]" * 600 + b"}"
+    assert decode(value) == TypingEvent.model_validate(good())
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        good(event_id="urn:evt:1", channel="a:b"),
+        good(participant={"id": "p:1"}, target={**agent(), "note": "x:y"}),
+        good(unknown=[1, {"a": 2.5}], participant={"id": "p", "extra": None}),
+        good(status="paused") | {"session_id": "sess-1"},
+    ],
+)
+def test_colons_in_text_and_unknown_members_decode_as_the_model_reads_them(
+    document: dict[str, Any],
+) -> None:
+    event = decode(orjson.dumps(document))
+    assert isinstance(event, TypingEvent)
+    assert event == TypingEvent.model_validate(document)
+    assert event.model_fields_set == TypingEvent.model_validate(document).model_fields_set
+
+
+def test_duplicate_members_keep_the_last_as_orjson_does() -> None:
+    value = orjson.dumps(good())[:-1] + b',"status":"paused","participant":{"id":"a","id":"b"}}'
+    event = decode(value)
+    assert isinstance(event, TypingEvent)
+    assert event.status is Status.PAUSED
+    assert event.participant is not None
+    assert event.participant.id == "b"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b'{"event_id":"\\ud800","session_id":"sess-1"}', DlqReason.INVALID_JSON),
+        (b'{"event_id":"\xff","session_id":"sess-1"}', DlqReason.INVALID_JSON),
+        (b"\xef\xbb\xbf" + orjson.dumps(good()), DlqReason.INVALID_JSON),
+        (orjson.dumps(good()) + b"x", DlqReason.INVALID_JSON),
+        (b"[]", DlqReason.NOT_AN_OBJECT),
+        (
+            b'{"event_id":"e","session_id":"sess-1","status":"typing","occurred_at":1%s}'
+            % (b"0" * 30),
+            DlqReason.INVALID_TYPE,
+        ),
+    ],
+)
+def test_rejections_keep_orjsons_reason_and_detail(value: bytes, reason: DlqReason) -> None:
+    letter = decode(value)
+    assert isinstance(letter, DeadLetter), letter
+    assert letter.reason is reason
+    if reason is DlqReason.INVALID_JSON:
+        with pytest.raises(orjson.JSONDecodeError) as refused:
+            orjson.loads(value)
+        assert letter.detail == str(refused.value)
