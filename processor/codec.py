@@ -27,7 +27,7 @@ from processor.models import (
     TypingEvent,
 )
 
-__all__ = ["decode_event", "iso_utc", "reason_for"]
+__all__ = ["check_event", "decode_event", "iso_utc", "reason_for"]
 
 _TYPE_ERRORS = frozenset(
     {
@@ -97,22 +97,23 @@ def decode_event(
     Returns the event, or a dead letter carrying the reason and the original bytes (a
     prefix of them when huge). It never raises for any input bytes.
     """
-    if value is None:
-        reason, detail = DlqReason.MISSING_VALUE, "record has no value (tombstone)"
-    elif len(value) > MAX_VALUE_BYTES:
-        reason = DlqReason.OVERSIZE
-        detail = f"value is {len(value)} bytes; limit {MAX_VALUE_BYTES}"
-    else:
-        checked = _check(key, value)
-        if isinstance(checked, TypingEvent):
-            return checked
-        reason, detail = checked
+    checked = check_event(key, value)
+    if isinstance(checked, TypingEvent):
+        return checked
+    reason, detail = checked
     return build_dead_letter(
         reason, detail, key, value, topic=topic, partition=partition, offset=offset, now_ms=now_ms
     )
 
 
-def _check(key: bytes | None, value: bytes) -> TypingEvent | tuple[DlqReason, str]:
+def check_event(key: bytes | None, value: bytes | None) -> TypingEvent | tuple[DlqReason, str]:
+    """`decode_event` without the dead letter: the event, or why it is none and the
+    letter's detail. Never raises; the hot path, which builds its letters from the whole
+    record (timestamp and headers too), reads the clock only for them."""
+    if value is None:
+        return DlqReason.MISSING_VALUE, "record has no value (tombstone)"
+    if len(value) > MAX_VALUE_BYTES:
+        return DlqReason.OVERSIZE, f"value is {len(value)} bytes; limit {MAX_VALUE_BYTES}"
     try:
         document = orjson.loads(value)
     except orjson.JSONDecodeError as exc:

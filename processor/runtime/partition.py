@@ -36,10 +36,10 @@ from opentelemetry import context as otel_context
 from opentelemetry.trace import Span
 
 from processor.clock import Clock
-from processor.codec import decode_event, iso_utc
+from processor.codec import check_event, iso_utc
 from processor.deadletter import dead_letter_of
 from processor.domain import Decision, Outcome, SinkResult
-from processor.models import DeadLetter, DlqReason
+from processor.models import DeadLetter, DlqReason, TypingEvent
 from processor.state import PartitionStore, Work
 from processor.telemetry.tracing import DECISION, SESSION_ID, STATUS, PartitionTracing
 
@@ -358,19 +358,10 @@ class PartitionWorker:
         tracing = self._tracing
         started_ns = 0 if tracing is None else time.time_ns()
         try:
-            now_ms = self._clock.now_ms()
-            decoded = decode_event(
-                record.key,
-                record.value,
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                now_ms=now_ms,
-            )
-            if isinstance(decoded, DeadLetter):
-                # the codec sees key and value only: the letter takes on the record's
-                # timestamp and headers too
-                letter = dead_letter_of(record, decoded.reason, decoded.detail, now_ms)
+            decoded = check_event(record.key, record.value)
+            if not isinstance(decoded, TypingEvent):
+                reason, detail = decoded
+                letter = dead_letter_of(record, reason, detail, self._clock.now_ms())
                 self._dead_letter(record, letter, batch, started_ns)
                 return
             span = None
