@@ -21,6 +21,8 @@ from .kafka import client_options
 from .restore import BARRIER_KEY
 
 Headers = list[tuple[str, bytes]]
+# A record to produce: key, value and headers (None: none; the batch API takes None so).
+Record = tuple[bytes | None, bytes | None, Headers | None]
 # Larger batches than aiokafka's 16 KiB default: a turn's audit records go in a few.
 MAX_BATCH_BYTES = 256 * 1024
 MAX_CACHED_KEYS = 200_000
@@ -140,7 +142,7 @@ class Outbound:
         return partition
 
     async def _send(
-        self, topic: str, partition: int, records: list[tuple[bytes | None, bytes | None, Headers]]
+        self, topic: str, partition: int, records: list[Record]
     ) -> list[asyncio.Future[Any]]:
         futures: list[asyncio.Future[Any]] = []
         producer = self._producer
@@ -177,10 +179,9 @@ class OutboundBatch:
         self._outbound = outbound
         self._typing = outbound.typing
         # (topic, partition or None) -> records in order
-        self._records: dict[
-            tuple[str, int | None], list[tuple[bytes | None, bytes | None, Headers]]
-        ]
-        self._records = {}
+        self._records: dict[tuple[str, int | None], list[Record]] = {}
+        # one audit record per event: its list is looked up once per batch, not per record
+        self._audits: list[Record] | None = None
         self._audit_lines: list[bytes] = []
 
     def __len__(self) -> int:
@@ -197,7 +198,7 @@ class OutboundBatch:
         bucket = self._records.get((topic, partition))
         if bucket is None:
             bucket = self._records[topic, partition] = []
-        bucket.append((key, value, headers or []))
+        bucket.append((key, value, headers))
 
     def changelog(self, partition: int, key: bytes, value: bytes | None) -> None:
         """A state record (None = tombstone) for the store of `partition`."""
@@ -209,7 +210,10 @@ class OutboundBatch:
 
     def audit(self, key: bytes, value: bytes, headers: Headers | None = None) -> None:
         """One decision; also appended to the audit file when one is configured."""
-        self._add(self._typing.audit_topic, key, value, headers)
+        audits = self._audits
+        if audits is None:
+            audits = self._audits = self._records.setdefault((self._typing.audit_topic, None), [])
+        audits.append((key, value, headers))
         self._audit_lines.append(value)
 
     def dead_letter(self, key: bytes | None, value: bytes, headers: Headers | None = None) -> None:
@@ -223,12 +227,14 @@ class OutboundBatch:
         when a record cannot be queued at all.
         """
         outbound = self._outbound
-        grouped: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, Headers]]] = {}
+        grouped: dict[tuple[str, int], list[Record]] = {}
         for (topic, partition), records in self._records.items():
             if partition is not None:
                 grouped.setdefault((topic, partition), []).extend(records)
                 continue
             cache = await outbound._partitioner_for(topic)
+            # partition -> records, first seen first: no key tuple or list made per record
+            by_partition: dict[int, list[Record]] = {}
             for record in records:
                 key = record[0] or b""
                 chosen = cache.get(key)
@@ -236,11 +242,17 @@ class OutboundBatch:
                     chosen = outbound._partition(topic, key)
                     if len(key) <= MAX_CACHED_KEY_BYTES:
                         cache[key] = chosen
-                grouped.setdefault((topic, chosen), []).append(record)
+                bucket = by_partition.get(chosen)
+                if bucket is None:
+                    bucket = by_partition[chosen] = []
+                bucket.append(record)
+            for chosen, bucket in by_partition.items():
+                grouped.setdefault((topic, chosen), []).extend(bucket)
         futures: dict[str, list[asyncio.Future[Any]]] = {}
         for (topic, partition), records in grouped.items():
             futures.setdefault(topic, []).extend(await outbound._send(topic, partition, records))
         outbound.write_audit_lines(self._audit_lines)
         self._records = {}
+        self._audits = None
         self._audit_lines = []
         return futures
