@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -56,3 +58,19 @@ def test_audit_bytes_are_the_models_bytes(decision: AuditDecision, trace_id: str
     model = AuditRecord.model_validate(orjson.loads(fast))
     assert fast == model.to_bytes()
     assert orjson.loads(fast)["trace_id"] == trace_id
+
+
+def test_records_hold_about_their_own_size() -> None:
+    # orjson's output holds its working buffer (KiBs); a backlog's turn keeps thousands
+    for size in (10, 400, 3000):
+        decision = AuditDecision("s", "typing", Decision.SUPPRESSED, 0, "e" * size, 7)
+        change = AppliedChange("s", CrmStatus.TYPING, 1, ChangeReason.EVENT, None, 5, "e" * size)
+        tracemalloc.start()
+        try:
+            audits = [audit_bytes(decision, 0, "2023-11-14T22:13:20.000Z") for _ in range(200)]
+            crms = [crm_bytes(change) for _ in range(200)]
+            held = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        needed = sum(len(record) for record in audits + crms)
+        assert held < 1.3 * needed + 400 * 64, (size, held, needed)

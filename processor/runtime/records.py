@@ -20,7 +20,9 @@ def _own_size(data: bytes) -> bytes:
     """`data` in an allocation of its own size. orjson's output keeps its whole working
     buffer (about 4 KiB, measured with orjson 3.13), and a turn through a backlog holds
     thousands of records until the producer has them: 15 times the memory they need."""
-    return bytes(memoryview(data))
+    # bytes formatting sizes its result to fit: the same copy as bytes(memoryview(data))
+    # in a third of the time (one record per event)
+    return b"%b" % data
 
 
 def crm_bytes(change: AppliedChange) -> bytes:
