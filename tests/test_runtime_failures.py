@@ -1163,6 +1163,9 @@ async def test_an_unconfirmed_member_writes_nothing_until_confirmed_again(
             )
         assert worker.holding
         assert worker.counters.audit_records == 1  # "first" is stale: decided at once
+        # counted by name (the telemetry and the demo's summary read plain strings)
+        decisions = worker.counters.decisions
+        assert [(type(name), name, n) for name, n in decisions.items()] == [(str, "stale", 1)]
         await worker.flush()
         assert await read_json(bootstrap_servers, settings.typing.audit_topic) == []
         assert await read_topic(bootstrap_servers, settings.typing.resolved_changelog_topic) == []

@@ -464,6 +464,9 @@ class PartitionWorker:
         stamp = iso_utc(now)
         decided: list[Span] = []
         spans = self._spans
+        partition = self.partition
+        # by member, named once per turn: an enum's `.value` costs about 0.15 us a read
+        tally: Counter[Decision] = Counter()
         for decision in emitted.audits:
             trace_id = None
             headers = None
@@ -480,10 +483,12 @@ class PartitionWorker:
                 if parent is not None:
                     trace_id = tracing.trace_id(parent)
                     headers = tracing.headers(parent)
-            record = audit_bytes(decision, self.partition, stamp, trace_id)
+            record = audit_bytes(decision, partition, stamp, trace_id)
             batch.audit(decision.session_id.encode(), record, headers)
-            counters.audit_records += 1
-            counters.decisions[decision.result.value] += 1
+            tally[decision.result] += 1
+        counters.audit_records += len(emitted.audits)
+        for result, count in tally.items():
+            counters.decisions[result.value] += count
         state = self._outbound.batch()
         for key, value in emitted.changelog:
             state.changelog(self.partition, key, value)
