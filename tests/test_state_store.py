@@ -7,7 +7,15 @@ import itertools
 import pytest
 
 from processor.clock import ManualClock
-from processor.domain import ChangeReason, Decision, Indicator, Outcome, SinkResult, Status
+from processor.domain import (
+    ChangeReason,
+    Decision,
+    Indicator,
+    Outcome,
+    SessionState,
+    SinkResult,
+    Status,
+)
 from processor.models import CrmStatus, Participant, TypingEvent
 from processor.state import EngineConfig, PartitionStore, Work, WorkKind
 from processor.state.changelog import floor_record
@@ -948,3 +956,32 @@ def test_a_session_back_after_a_quiet_period_calls_at_once_again(
     clock.advance(EngineConfig().gone_quiet_base_ms)
     store.on_tick()
     assert [w.kind for w in store.take_work(5)] == [WorkKind.SET]
+
+
+@pytest.mark.parametrize(
+    ("state", "longest"),
+    [
+        (SessionState.QUEUED, EngineConfig().queued_quiet_max_ms),
+        (SessionState.CLOSED, EngineConfig().gone_quiet_max_ms),
+    ],
+)
+def test_a_queued_session_waits_less_than_a_closed_one(
+    store: PartitionStore, clock: ManualClock, state: SessionState, longest: int
+) -> None:
+    """A customer typing while queued: the agent about to answer should see the first
+    typing after that without a minute's wait; a closed session can wait the longest."""
+    base = EngineConfig().gone_quiet_base_ms
+    refused = SinkResult(Outcome.SESSION_NOT_CONNECTED, http_status=409, remote_state=state)
+    for answers in range(1, 12):
+        store.on_event(ev("s1", Status.TYPING, clock.now_ms(), timeout=60_000), 2 * answers)
+        store.on_tick()
+        [work] = store.take_work(5)
+        store.on_result(work, refused)
+        quiet = min(longest, base << (answers - 1))
+        gone_at = clock.now_ms()
+        clock.set(gone_at + quiet - 1)
+        store.on_event(ev("s1", Status.TYPING, clock.now_ms(), timeout=60_000), 2 * answers + 1)
+        store.on_tick()
+        assert store.take_work(5) == [], (answers, quiet)
+        clock.set(gone_at + quiet)
+    assert quiet == longest

@@ -55,6 +55,9 @@ class EngineConfig:
             this long later, doubling with each such answer in a row: a producer typing
             into a session that is not there (or still queued) would otherwise spend a
             call of the shared budget per keystroke.
+        queued_quiet_max_ms: the longest such wait for a session Genesys says is still
+            queued: it is about to be answered, and its first typing after that should
+            not wait long for a call.
         gone_memory: how many such sessions are remembered (the oldest goes first).
         messaging_max_duration_ms: the longest `duration` of one messaging typing call
             (DESIGN §2b); a call sends the deadline minus now, clamped to
@@ -75,6 +78,7 @@ class EngineConfig:
     retry_max_ms: int = 10_000
     gone_quiet_base_ms: int = 1000
     gone_quiet_max_ms: int = 60_000
+    queued_quiet_max_ms: int = 5000
     gone_memory: int = 10_000
     messaging_max_duration_ms: int = 5000
 
@@ -101,6 +105,10 @@ class EngineConfig:
             raise ValueError("retry_base_ms must be in [1, retry_max_ms]")
         if not 1 <= self.gone_quiet_base_ms <= self.gone_quiet_max_ms:
             raise ValueError("gone_quiet_base_ms must be in [1, gone_quiet_max_ms]")
+        if not self.gone_quiet_base_ms <= self.queued_quiet_max_ms <= self.gone_quiet_max_ms:
+            raise ValueError(
+                "queued_quiet_max_ms must be in [gone_quiet_base_ms, gone_quiet_max_ms]"
+            )
         if self.gone_memory < 0:
             raise ValueError("gone_memory must be >= 0")
         if not MESSAGING_MIN_DURATION_MS <= self.messaging_max_duration_ms <= MAX_TIMEOUT_MS:

@@ -1094,18 +1094,17 @@ class PartitionStore:
             return
         # dated as if idle long enough: a restore then forgets it as this store did
         self._forget(s, decision, now - self._config.idle_evict_ms, now)
-        self._quieten(s.sid, now)
+        self._quieten(s.sid, now, queued=result.remote_state is SessionState.QUEUED)
 
-    def _quieten(self, sid: str, now: int) -> None:
+    def _quieten(self, sid: str, now: int, *, queued: bool) -> None:
         """Genesys said `sid` is gone: its next call waits `gone_quiet_base_ms`, twice as
-        long after each such answer in a row (at most `gone_quiet_max_ms`)."""
+        long after each such answer in a row, at most `gone_quiet_max_ms` (for a session
+        still `queued`, about to be answered, `queued_quiet_max_ms`)."""
         cfg = self._config
         quiet = self._gone_quiet
         answers = quiet.pop(sid, (0, 0))[1] + 1
-        quiet[sid] = (
-            now + min(cfg.gone_quiet_max_ms, cfg.gone_quiet_base_ms << min(answers - 1, 30)),
-            answers,
-        )
+        longest = cfg.queued_quiet_max_ms if queued else cfg.gone_quiet_max_ms
+        quiet[sid] = (now + min(longest, cfg.gone_quiet_base_ms << min(answers - 1, 30)), answers)
         if len(quiet) > cfg.gone_memory:
             quiet.popitem(last=False)
 
