@@ -853,17 +853,13 @@ class PartitionStore:
         clears, refreshes, sets = self._clears, self._refreshes, self._sets
         if self._held and not held:
             self._held.pop(sid, None)
-        if held:
-            # waits for the replay (`hold_for_replay`): queued once it is over
+        if held or kind is None:
             clears.pop(sid, None)
             refreshes.pop(sid, None)
             sets.pop(sid, None)
-            self._held[sid] = None
-        elif kind is None:
-            clears.pop(sid, None)
-            refreshes.pop(sid, None)
-            sets.pop(sid, None)
-            if not flying and not waiting and not resume:
+            if held:
+                self._held[sid] = None  # waits for the replay: queued once it is over
+            elif not flying and not waiting and not resume:
                 if backoff is not None:
                     del self._backoff[sid]  # nothing left to retry
                     backoff = None
