@@ -117,7 +117,6 @@ class Reconciler:
         self._unstarted: dict[asyncio.Task[None], int] = {}
         # work handed to a worker and not launched yet, by identity (see the module docstring)
         self._reserved: dict[int, Work] = {}
-        self._reserved_sets = 0
         self._listeners: list[Callable[[], None]] = []
 
     @property
@@ -138,7 +137,8 @@ class Reconciler:
     @property
     def free_set_slots(self) -> int:
         """How many more sets or refreshes may start now (the rest is kept for clears)."""
-        sets = len(self._sets) + self._reserved_sets
+        # (a few dozen reserved at most: counted when asked, not kept beside them)
+        sets = len(self._sets) + sum(1 for work in self._reserved.values() if _is_set(work))
         return max(0, min(self.free_slots, self._set_capacity - sets))
 
     def on_capacity(self, listener: Callable[[], None]) -> Callable[[], None]:
@@ -155,23 +155,12 @@ class Reconciler:
     def reserve(self, work: Work) -> None:
         """Hold a slot for `work`, handed to a worker that launches it later: until
         `launch` starts it or `release` gives it back, it counts as a call in flight."""
-        if id(work) in self._reserved:
-            return
         self._reserved[id(work)] = work
-        if _is_set(work):
-            self._reserved_sets += 1
 
     def release(self, work: Work) -> None:
         """`work` reserved will not be launched (dropped): its slot is free again."""
-        if self._unreserve(work):
+        if self._reserved.pop(id(work), None) is not None:
             self._notify()
-
-    def _unreserve(self, work: Work) -> bool:
-        if self._reserved.pop(id(work), None) is None:
-            return False
-        if _is_set(work):
-            self._reserved_sets -= 1
-        return True
 
     def launch(
         self, work: Work, prepaid: int, recorded: Awaitable[object], deliver: Deliver
@@ -179,7 +168,7 @@ class Reconciler:
         """Start one call once `recorded` (its intent's changelog ack) completes, in the
         slot reserved for `work` if one was; `deliver` receives its result on the event
         loop (not when the call is cancelled)."""
-        self._unreserve(work)
+        self._reserved.pop(id(work), None)
         task = asyncio.create_task(self._run(work, prepaid, recorded, deliver))
         self._tasks.add(task)
         if prepaid:
