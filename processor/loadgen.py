@@ -347,7 +347,9 @@ async def run_loadgen(
     """
     await check_tls(kafka)
     clock = clock or SystemClock()
-    producer = AIOKafkaProducer(**client_options(kafka), linger_ms=5, acks="all")
+    producer = AIOKafkaProducer(
+        **client_options(kafka), client_id=f"{kafka.client_id}-loadgen", linger_ms=5, acks="all"
+    )
     try:
         await producer.start()
         start_ms = clock.now_ms() + 100

@@ -293,8 +293,11 @@ class CrmWebhookWorker:
         """One pair of clients: start, deliver until stopped, close; each step bounded
         once `stop` is set."""
         options = client_options(self._kafka)
+        # named apart from `run`'s clients, which take the same KAFKA_CLIENT_ID
+        name = f"{self._kafka.client_id}-crm-webhook"
         consumer = AIOKafkaConsumer(
             **options,
+            client_id=f"{name}-consumer",
             group_id=f"{self._typing.group_id}-crm-webhook",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -307,7 +310,7 @@ class CrmWebhookWorker:
         )
         # dead letters only; acks from every replica: a letter is the record's only copy
         # once its offset is committed
-        dead_letters = AIOKafkaProducer(**options, acks="all")
+        dead_letters = AIOKafkaProducer(**options, client_id=f"{name}-producer", acks="all")
         try:
             # A cluster that does not answer holds a start for its request timeout (40 s):
             # given up as soon as the worker is stopped.

@@ -367,6 +367,7 @@ def test_settings_the_issue_named_reach_the_processor(rendered: dict[str, list[M
     assert config["TYPING_COMMIT_INTERVAL_MS"] == "500"
     assert config["TYPING_MESSAGING_MAX_DURATION_MS"] == "3000"
     assert config["TYPING_AUDIT_LOG_FILE"] == "/var/log/typing/audit.jsonl"
+    assert config["KAFKA_CLIENT_ID"] == "typing-eu"
     assert config["GENESYSCLOUD_OAUTH_SCOPES"] == "webchat:read webchat:write webchat:write:session"
     spec = one(rendered["chart-secret"], "Deployment", "processor")["spec"]["template"]["spec"]
     mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
@@ -1204,6 +1205,11 @@ STARTUP_REFUSALS: dict[str, tuple[dict[str, Any], str, dict[str, str]]] = {
             "KAFKA_SASL_MECHANISM": "PLAIN",
             "KAFKA_SASL_USERNAME": " ",
         },
+    ),
+    "blank Kafka client id": (
+        {"kafka": {"clientId": " \t"}},
+        "/kafka/clientId",
+        {"KAFKA_CLIENT_ID": " \t"},
     ),
     "API URL with a space in the host": (
         {"genesys": {"apiUrl": "https://api example.com"}},

@@ -702,6 +702,43 @@ async def test_a_worker_left_without_a_partition_is_ready(
         await asyncio.gather(*tasks)
 
 
+async def group_member_names(bootstrap_servers: str, group: str) -> list[str]:
+    """The client id of each member of `group`, as the broker reports it: its `client_id`,
+    or (a broker that leaves that empty) its member id, which Kafka starts with the client
+    id and a dash before a generated suffix."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    (entry,) = described.groups
+    return [client_id or member_id for member_id, client_id, *_ in entry[-1]]
+
+
+async def test_the_worker_s_kafka_clients_are_named_by_the_client_id(
+    bootstrap_servers: str, receiver: tuple[Receiver, str]
+) -> None:
+    """Broker logs, ACLs and quotas know a client by its id: the worker's are named from
+    KAFKA_CLIENT_ID, apart from `run`'s, not aiokafka's anonymous default."""
+    state, url = receiver
+    prefix = uuid.uuid4().hex[:8]
+    typing = TypingSettings(group_id=f"hook-{prefix}", crm_topic=f"hook-{prefix}.crm")
+    await publish(bootstrap_servers, typing.crm_topic, [record("w-1", 1)])
+    kafka = KafkaSettings(bootstrap_servers=bootstrap_servers, client_id=f"crm-{prefix}")
+    worker = CrmWebhookWorker(kafka, typing, WebhookConfig(url=url))
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await eventually(lambda: len(state.received) == 1, 30, "the record delivered")
+        names = await group_member_names(bootstrap_servers, f"{typing.group_id}-crm-webhook")
+    finally:
+        stop.set()
+        await task
+    assert len(names) == 1
+    assert names[0].startswith(f"crm-{prefix}-crm-webhook-consumer")
+
+
 async def test_worker_process_serves_probes_and_metrics(
     bootstrap_servers: str, receiver: tuple[Receiver, str], tmp_path: Path
 ) -> None:

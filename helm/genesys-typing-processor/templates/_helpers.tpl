@@ -366,6 +366,7 @@ Keys of secrets.existingSecret are not known here and stay open.
   "KAFKA_SSL_CAFILE" "kafka.caSecretName and kafka.caSecretKey"
   "KAFKA_ENABLE_IDEMPOTENCE" "kafka.enableIdempotence"
   "KAFKA_ISOLATION_LEVEL" "kafka.isolationLevel"
+  "KAFKA_CLIENT_ID" "kafka.clientId"
   "GENESYSCLOUD_REGION" "genesys.region"
   "GENESYSCLOUD_API_URL" "genesys.apiUrl"
   "GENESYSCLOUD_LOGIN_URL" "genesys.loginUrl"
