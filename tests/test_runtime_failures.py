@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 from pipeline import (
     PoisonedProcessor,
@@ -356,6 +357,49 @@ async def test_a_topic_it_writes_that_does_not_exist_stops_start_up_and_says_whi
             assert task.done(), f"started without {absent}"
             with pytest.raises(TopicError, match=f"topic {absent} does not exist"):
                 task.result()
+        finally:
+            stop.set()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.parametrize(("policy", "refused"), [("delete", True), ("compact,delete", False)])
+async def test_a_changelog_that_is_not_compacted_stops_start_up(
+    bootstrap_servers: str, emulator: EmulatorHandle, policy: str, refused: bool
+) -> None:
+    """A changelog created out of band with the default `delete` policy keeps every change
+    until its retention, and each restore would read all of it while clears wait: start-up
+    refuses it, naming the topic and its policy. Compacted and deleted is compacted."""
+    settings = make_settings(bootstrap_servers, emulator, create_topics=False)
+    typing = settings.typing
+    names = [typing.input_topic, typing.crm_topic, typing.audit_topic, typing.dlq_topic]
+    await ensure_topics(settings.kafka, [TopicSpec(name) for name in names], 2, 1)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        created = await admin.create_topics(
+            [
+                NewTopic(
+                    typing.resolved_changelog_topic, 2, 1, topic_configs={"cleanup.policy": policy}
+                )
+            ]
+        )
+        raise_for_topic_errors(created.topic_errors)
+    finally:
+        await admin.close()
+    async with GenesysSink(SinkConfig.from_settings(settings.genesys, typing)) as sink:
+        processor = TypingProcessor(settings, sink)
+        stop = asyncio.Event()
+        task = asyncio.create_task(processor.run(stop))
+        try:
+            await eventually(lambda: task.done() or processor.ready, 60, "start-up decided")
+            assert task.done() is refused
+            if refused:
+                expected = (
+                    f"changelog {typing.resolved_changelog_topic} has cleanup.policy=delete:"
+                    " it must be compacted"
+                )
+                with pytest.raises(TopicError, match=re.escape(expected)):
+                    task.result()
         finally:
             stop.set()
             await asyncio.gather(task, return_exceptions=True)

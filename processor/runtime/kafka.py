@@ -11,6 +11,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from processor.clock import wait_unless_stopped
@@ -107,6 +108,37 @@ async def ensure_topics(
         log.info("created topics %s", ", ".join(spec.name for spec in missing))
     finally:
         await admin.close()
+
+
+async def cleanup_policy(settings: KafkaSettings, topic: str) -> str | None:
+    """`topic`'s `cleanup.policy` as the cluster reports it; None when it says nothing
+    about it (a broker that lists only what was set on the topic) or refuses to tell (a
+    principal without DescribeConfigs on the topic: logged, not fatal)."""
+    admin = AIOKafkaAdminClient(**client_options(settings), client_id=settings.client_id)
+    await admin.start()
+    try:
+        # every entry, not only `cleanup.policy`: some brokers (Tansu) drop a connection that
+        # names the configs it asks for
+        (response,) = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic)]
+        )
+    finally:
+        await admin.close()
+    for code, message, _, name, entries in response.resources:
+        if name != topic:
+            continue
+        if code != 0:
+            log.warning(
+                "cannot read the cleanup.policy of %s (%s: %s): not checked that it is compacted",
+                topic,
+                for_code(code).__name__,
+                message,
+            )
+            return None
+        for entry in entries:
+            if entry[0] == "cleanup.policy":
+                return str(entry[1])
+    return None
 
 
 def raise_for_topic_errors(topic_errors: list[tuple[Any, ...]]) -> None:

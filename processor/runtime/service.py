@@ -20,7 +20,14 @@ from processor.settings import Settings
 from processor.state import EngineConfig, PartitionStore
 from processor.telemetry import Telemetry
 
-from .kafka import BrokerCheck, TopicError, TopicSpec, client_options, ensure_topics
+from .kafka import (
+    BrokerCheck,
+    TopicError,
+    TopicSpec,
+    cleanup_policy,
+    client_options,
+    ensure_topics,
+)
 from .lease import MembershipLease
 from .outbound import Outbound
 from .partition import Counters, PartitionWorker
@@ -276,6 +283,15 @@ class TypingProcessor:
             raise TopicError(
                 f"changelog {typing.resolved_changelog_topic} has {len(changelog)} partitions,"
                 f" fewer than the {len(inputs)} of {typing.input_topic}"
+            )
+        # Not compacted, the changelog keeps every change until its retention: each restore
+        # reads all of it (hours, at a busy partition's rate) while clears wait (I1).
+        policy = await cleanup_policy(self.settings.kafka, typing.resolved_changelog_topic)
+        if policy is not None and "compact" not in policy.replace(" ", "").split(","):
+            raise TopicError(
+                f"changelog {typing.resolved_changelog_topic} has cleanup.policy={policy}:"
+                " it must be compacted (cleanup.policy=compact); each restore would read"
+                " every change it holds"
             )
 
     async def run(self, stop: asyncio.Event) -> None:
