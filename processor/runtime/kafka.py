@@ -112,8 +112,8 @@ async def ensure_topics(
 
 async def cleanup_policy(settings: KafkaSettings, topic: str) -> str | None:
     """`topic`'s `cleanup.policy` as the cluster reports it; None when it says nothing
-    about it (a broker that lists only what was set on the topic) or refuses to tell (a
-    principal without DescribeConfigs on the topic: logged, not fatal)."""
+    about it (a broker that lists only what was set on the topic), or when it cannot or
+    will not tell (no DescribeConfigs permission, a request refused: logged, not fatal)."""
     admin = AIOKafkaAdminClient(**client_options(settings), client_id=settings.client_id)
     await admin.start()
     try:
@@ -122,6 +122,10 @@ async def cleanup_policy(settings: KafkaSettings, topic: str) -> str | None:
         (response,) = await admin.describe_configs(
             [ConfigResource(ConfigResourceType.TOPIC, topic)]
         )
+    except KafkaError as exc:
+        # a check that cannot be made must not keep the processor from starting
+        log.warning("cannot read the cleanup.policy of %s (%r): not checked", topic, exc)
+        return None
     finally:
         await admin.close()
     for code, message, _, name, entries in response.resources:
