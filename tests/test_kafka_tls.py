@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import ssl
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import trustme
 from pipeline import RunProcess, eventually, silent_listener
 
 from processor.runtime.tlscheck import check_tls
@@ -97,3 +101,75 @@ async def test_a_listener_that_drops_the_client_hello_is_named_at_once() -> None
         ": likely a plaintext listener (set PLAINTEXT or SASL_PLAINTEXT, or name the cluster's"
         " TLS port)"
     )
+
+
+@contextlib.asynccontextmanager
+async def tls_listener(certificate: trustme.LeafCert) -> AsyncIterator[int]:
+    """A loopback server that completes TLS handshakes with `certificate`; its port."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate.configure_cert(context)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    async with server:
+        yield server.sockets[0].getsockname()[1]
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> tuple[trustme.CA, Path]:
+    authority = trustme.CA()
+    cafile = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(cafile))
+    return authority, cafile
+
+
+async def test_a_certificate_for_the_server_trusted_by_the_ca_file_passes(
+    ca: tuple[trustme.CA, Path],
+) -> None:
+    authority, cafile = ca
+    async with tls_listener(authority.issue_cert("127.0.0.1")) as port:
+        settings = KafkaSettings(
+            bootstrap_servers=f"127.0.0.1:{port}", security_protocol="SSL", ssl_cafile=cafile
+        )
+        await check_tls(settings, timeout_s=10.0)
+
+
+async def test_a_certificate_no_ca_vouches_for_names_the_ca_file(
+    ca: tuple[trustme.CA, Path],
+) -> None:
+    authority, _ = ca
+    async with tls_listener(authority.issue_cert("127.0.0.1")) as port:
+        settings = KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}", security_protocol="SSL")
+        with pytest.raises(ConfigError) as caught:
+            await check_tls(settings, timeout_s=10.0)
+    message = str(caught.value)
+    assert message.startswith(
+        f"KAFKA_SSL_CAFILE: the TLS handshake with 127.0.0.1:{port} of KAFKA_BOOTSTRAP_SERVERS"
+        " failed, its certificate is not trusted ("
+    )
+    assert message.endswith("set KAFKA_SSL_CAFILE to the cluster's CA")
+
+
+async def test_a_certificate_issued_to_another_name_names_the_servers_not_the_ca(
+    ca: tuple[trustme.CA, Path],
+) -> None:
+    """Trusted, but for `kafka-0.kafka`: the servers are named by an address their
+    certificates do not carry. Another CA file would not mend it; saying so would send
+    the operator after the wrong setting."""
+    authority, cafile = ca
+    async with tls_listener(authority.issue_cert("kafka-0.kafka")) as port:
+        settings = KafkaSettings(
+            bootstrap_servers=f"127.0.0.1:{port}", security_protocol="SSL", ssl_cafile=cafile
+        )
+        with pytest.raises(ConfigError) as caught:
+            await check_tls(settings, timeout_s=10.0)
+    message = str(caught.value)
+    assert message.startswith(
+        f"KAFKA_BOOTSTRAP_SERVERS: the TLS handshake with 127.0.0.1:{port} of"
+        " KAFKA_BOOTSTRAP_SERVERS failed, its certificate is not issued to 127.0.0.1 ("
+    )
+    assert message.endswith("name the servers as their certificates do")
+    assert "KAFKA_SSL_CAFILE" not in message

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 # A broker that speaks TLS answers a ClientHello in milliseconds; the whole check (the
 # connections tried and the handshake) takes at most this long.
 TLS_CHECK_TIMEOUT_S = 5.0
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH: the
+# certificate verified, but names another host or address.
+_NAME_MISMATCH = frozenset({62, 64})
 
 
 async def check_tls(settings: KafkaSettings, timeout_s: float = TLS_CHECK_TIMEOUT_S) -> None:
@@ -33,11 +36,12 @@ async def check_tls(settings: KafkaSettings, timeout_s: float = TLS_CHECK_TIMEOU
     (one line naming `KAFKA_SECURITY_PROTOCOL` and `KAFKA_BOOTSTRAP_SERVERS`, or
     `KAFKA_SSL_CAFILE`) when that server refuses it: a non-TLS answer or a connection
     closed on the ClientHello is a plaintext listener (a Kafka broker's closes it), a
-    certificate not trusted is a missing CA. A server that gives no answer in time is only
-    likely a plaintext listener (some wait for the rest of what they read as a request):
-    a warning says so, and start-up goes on. Returns as well when TLS is off, the handshake
-    succeeds, or no server takes a connection: a cluster that is down is no wrong setting,
-    and the clients retry it as ever.
+    certificate not trusted is a missing CA, one issued to other names a server named
+    otherwise than its certificate (`KAFKA_BOOTSTRAP_SERVERS`). A server that gives no
+    answer in time is only likely a plaintext listener (some wait for the rest of what they
+    read as a request): a warning says so, and start-up goes on. Returns as well when TLS
+    is off, the handshake succeeds, or no server takes a connection: a cluster that is down
+    is no wrong setting, and the clients retry it as ever.
     """
     context = ssl_context(settings)
     if context is None:
@@ -84,6 +88,13 @@ async def _handshake(
     try:
         await writer.start_tls(context, server_hostname=host)
     except ssl.SSLCertVerificationError as exc:
+        if exc.verify_code in _NAME_MISMATCH:
+            # trusted, but issued to other names: another CA would not mend it
+            raise ConfigError(
+                f"KAFKA_BOOTSTRAP_SERVERS: the TLS handshake with {where} failed, its"
+                f" certificate is not issued to {host} ({exc.verify_message}); name the"
+                " servers as their certificates do"
+            ) from None
         raise ConfigError(
             f"KAFKA_SSL_CAFILE: the TLS handshake with {where} failed, its certificate is not"
             f" trusted ({exc.verify_message}); set KAFKA_SSL_CAFILE to the cluster's CA"
