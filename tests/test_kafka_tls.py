@@ -126,6 +126,18 @@ def ca(tmp_path: Path) -> tuple[trustme.CA, Path]:
     return authority, cafile
 
 
+async def refusal(certificate: trustme.LeafCert, cafile: Path | None) -> tuple[int, str]:
+    """The port of a listener serving `certificate` and the line the TLS check refuses it
+    with, trusting `cafile` (None: the system's CAs)."""
+    async with tls_listener(certificate) as port:
+        settings = KafkaSettings(
+            bootstrap_servers=f"127.0.0.1:{port}", security_protocol="SSL", ssl_cafile=cafile
+        )
+        with pytest.raises(ConfigError) as caught:
+            await check_tls(settings, timeout_s=10.0)
+    return port, str(caught.value)
+
+
 async def test_a_certificate_for_the_server_trusted_by_the_ca_file_passes(
     ca: tuple[trustme.CA, Path],
 ) -> None:
@@ -141,11 +153,7 @@ async def test_a_certificate_no_ca_vouches_for_names_the_ca_file(
     ca: tuple[trustme.CA, Path],
 ) -> None:
     authority, _ = ca
-    async with tls_listener(authority.issue_cert("127.0.0.1")) as port:
-        settings = KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}", security_protocol="SSL")
-        with pytest.raises(ConfigError) as caught:
-            await check_tls(settings, timeout_s=10.0)
-    message = str(caught.value)
+    port, message = await refusal(authority.issue_cert("127.0.0.1"), None)
     assert message.startswith(
         f"KAFKA_SSL_CAFILE: the TLS handshake with 127.0.0.1:{port} of KAFKA_BOOTSTRAP_SERVERS"
         " failed, its certificate is not trusted ("
@@ -160,13 +168,7 @@ async def test_a_certificate_issued_to_another_name_names_the_servers_not_the_ca
     certificates do not carry. Another CA file would not mend it; saying so would send
     the operator after the wrong setting."""
     authority, cafile = ca
-    async with tls_listener(authority.issue_cert("kafka-0.kafka")) as port:
-        settings = KafkaSettings(
-            bootstrap_servers=f"127.0.0.1:{port}", security_protocol="SSL", ssl_cafile=cafile
-        )
-        with pytest.raises(ConfigError) as caught:
-            await check_tls(settings, timeout_s=10.0)
-    message = str(caught.value)
+    port, message = await refusal(authority.issue_cert("kafka-0.kafka"), cafile)
     assert message.startswith(
         f"KAFKA_BOOTSTRAP_SERVERS: the TLS handshake with 127.0.0.1:{port} of"
         " KAFKA_BOOTSTRAP_SERVERS failed, its certificate is not issued to 127.0.0.1 ("
