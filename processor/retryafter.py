@@ -23,7 +23,7 @@ def retry_after_s(headers: Mapping[str, str], now_ms: int) -> float | None:
         return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (a year or an offset no datetime holds)
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

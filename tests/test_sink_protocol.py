@@ -111,6 +111,9 @@ async def test_second_401_after_a_fresh_token_is_an_auth_config_error() -> None:
         ("1e999", 1.0),
         ("99999999999", 60.0),  # believed for one window at most
         ("Thu, 01 Jan 2099 00:00:00 GMT", 60.0),
+        # dates whose numbers no datetime holds: no date, the default pause
+        ("Tue, 14 Nov 99999999999999999999 22:13:21 GMT", 1.0),
+        ("Tue, 14 Nov 2023 22:13:21 +99999999999999999999", 1.0),
     ],
 )
 async def test_retry_after_pauses_the_budget_for_a_window_at_most(
@@ -301,6 +304,30 @@ async def test_a_failed_login_is_not_asked_again_by_every_call_until_it_may_answ
         results = await asyncio.gather(*(sink.apply(f"s{i}", None) for i in range(20)))
         assert {r.outcome for r in results} == {Outcome.APPLIED}
         assert len(logins) == 2
+
+
+async def test_a_login_refused_with_a_date_no_datetime_holds_waits_like_any_other() -> None:
+    """A login's `Retry-After` that is no date is the default wait: the calls fail, and
+    the login is not asked again by each of them (raising, every call crashed and started
+    a login of its own)."""
+    clock = Monotonic()
+    logins = 0
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal logins
+        if request.url.path == "/oauth/token":
+            logins += 1
+            when = "Tue, 14 Nov 2023 22:13:21 +99999999999999999999"
+            return httpx.Response(429, headers={"Retry-After": when})
+        return httpx.Response(200, json=SESSION, headers={"ETag": "e1"})
+
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http,
+        GenesysSink(CONFIG, http=http, monotonic=clock) as sink,
+    ):
+        results = [await sink.apply(f"s{i}", None) for i in range(3)]
+    assert {r.outcome for r in results} == {Outcome.FAILED}
+    assert logins == 1
 
 
 # --- tokens: an early refresh that fails ---
