@@ -318,7 +318,10 @@ class ApiBudget:
         if remaining <= 0:
             self.pause(reset_s)
             return
-        mine = remaining * self._share
+        try:
+            mine = remaining * self._share
+        except OverflowError:
+            return  # more left than a float holds: nothing to cap
         self._refill()
         self._level = min(self._level, mine)
         self._cap_rate = mine / reset_s

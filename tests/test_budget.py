@@ -245,6 +245,23 @@ def test_window_headers_with_a_reset_beyond_a_window_are_not_followed(reset: str
     assert budget.rate_per_s == pytest.approx(5.0)
 
 
+@pytest.mark.parametrize(("count", "allowed"), [("0", "1" + "0" * 400), ("-" + "9" * 400, "300")])
+def test_window_headers_with_numbers_no_float_holds_are_ignored(count: str, allowed: str) -> None:
+    """More left in the window than a float holds caps nothing; raising, it crashed the
+    call whose answer carried it (a 200 reported as a call of unknown outcome)."""
+    clock = Monotonic()
+    budget = ApiBudget(300, monotonic=clock)
+    budget.observe(
+        {
+            "inin-ratelimit-count": count,
+            "inin-ratelimit-allowed": allowed,
+            "inin-ratelimit-reset": "10",
+        }
+    )
+    assert budget.paused_for() == 0
+    assert budget.rate_per_s == pytest.approx(5.0)
+
+
 def test_a_metrics_read_changes_nothing_and_agrees_with_the_level() -> None:
     """The token gauge is read on the metrics exporter's thread: `peek` must not bring the
     bucket or the window up to date (only the event loop may), and reads what `level` says."""
