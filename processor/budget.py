@@ -280,7 +280,7 @@ class ApiBudget:
             self._level = min(self._level, 0.0)
             self._since = max(self._since, until)
 
-    def throttled(self, retry_after_s: float) -> None:
+    def throttled(self, retry_after_s: float, sent_at: float | None = None) -> None:
         """The service refused a call (429): pause for `retry_after_s` and shrink the burst.
 
         Spending only what the bucket offers, a 429 means the service counts calls in a
@@ -289,8 +289,17 @@ class ApiBudget:
         from now on (at most half the burst), so that a full bucket spent at once and the
         requests that go out into debt (a 412's re-read and retry) both fit in what the
         service admits.
+
+        `sent_at` (the `monotonic` clock): when the refused request went out. More 429s
+        within the pause, or for requests sent before the last one was taken in, answer
+        calls sent with the first: the burst they drew is halved once, not once per call
+        in flight (a `Retry-After` of 0 or shorter than the answers' latency ends the
+        pause before they come).
         """
-        if self.paused_for() <= 0:  # more 429s within the pause answer calls sent with the first
+        answered = (
+            sent_at is not None and self._throttled_at is not None and sent_at <= self._throttled_at
+        )
+        if self.paused_for() <= 0 and not answered:
             self._refill()
             rate = self._share_rate
             drawn_s = self.drawn_beyond_rate() / rate if rate > 0 else self.burst_s

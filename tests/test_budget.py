@@ -123,6 +123,29 @@ def test_a_429_holds_half_of_what_the_service_took_back_to_back() -> None:
     assert budget.drawn_beyond_rate() == 0  # the eight left behind long ago
 
 
+def test_429s_for_calls_sent_before_the_first_was_taken_in_halve_the_burst_once() -> None:
+    """With `Retry-After: 0` (or shorter than the answers take) the pause is over before
+    the 429s of the other calls in flight come: they answer the same burst."""
+    clock = Monotonic()
+    budget = ApiBudget(300, burst_s=3.0, monotonic=clock)  # 5/s, 15 at once
+    clock.now += 10
+    sent_at = clock.now
+    budget.spend(10)  # at once, all refused
+    clock.now += 0.2
+    budget.throttled(0.0, sent_at=sent_at)
+    learned = budget.burst_s
+    assert learned == pytest.approx(0.9)  # half of the 9 drawn beyond the rate, at 5/s
+    for _ in range(9):
+        clock.now += 0.01
+        budget.throttled(0.0, sent_at=sent_at)
+    assert budget.burst_s == pytest.approx(learned)
+    budget.spend(1)  # sent after the first 429 was taken in: its 429 may teach again
+    sent_at = clock.now
+    clock.now += 0.2
+    budget.throttled(0.0, sent_at=sent_at)
+    assert budget.burst_s < learned
+
+
 def test_a_429_after_a_long_draw_still_at_least_halves_the_burst() -> None:
     clock = Monotonic()
     budget = ApiBudget(300, burst_s=3.0, monotonic=clock)

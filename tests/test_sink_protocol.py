@@ -18,7 +18,7 @@ from pipeline import Monotonic
 from pydantic import SecretStr
 
 from processor.asgi import serve_in_background
-from processor.budget import OVERHEAD_PRIOR
+from processor.budget import DEFAULT_BURST_S, OVERHEAD_PRIOR
 from processor.clock import ManualClock
 from processor.domain import Indicator, Outcome, SinkResult, Status
 from processor.models import TypingEvent
@@ -133,6 +133,36 @@ async def test_retry_after_pauses_the_budget_for_a_window_at_most(
     assert float(result.error.removeprefix("429; retry after ").removesuffix(" s")) == (
         pytest.approx(paused_s, abs=0.1)
     )
+
+
+async def test_429s_of_calls_in_flight_halve_the_burst_once_whatever_the_retry_after() -> None:
+    """Ten calls out at once, all refused with `Retry-After: 0`: the pause is over before
+    the other nine answers come, which answer the burst the first taught (halved once,
+    not ten times down to the least)."""
+    calls = 10
+    arrived: list[httpx.Request] = []
+    all_out = asyncio.Event()
+
+    async def script(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/oauth/token":
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3600})
+        arrived.append(request)
+        if len(arrived) == calls:
+            all_out.set()
+        await all_out.wait()
+        return httpx.Response(429, headers={"Retry-After": "0"})
+
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(script)) as http,
+        GenesysSink(CONFIG, http=http) as sink,
+    ):
+        results = await asyncio.gather(*(sink.apply(f"s{i}", None) for i in range(calls)))
+        assert {r.outcome for r in results} == {Outcome.RATE_LIMITED}
+        rate_per_s = CONFIG.rate_per_minute / 60
+        # half of what the ten drew back to back (less the little the rate gave back)
+        assert sink.budget.burst_s == pytest.approx(
+            min(DEFAULT_BURST_S, calls / rate_per_s) / 2, abs=0.05
+        )
 
 
 @pytest.mark.parametrize(

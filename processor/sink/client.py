@@ -130,10 +130,12 @@ class _Ledger:
 
 @dataclass(frozen=True, slots=True)
 class _Sent:
-    """A non-5xx answer and the token that was sent with it."""
+    """A non-5xx answer, the token that was sent with it, and when it went out (the
+    budget's clock)."""
 
     response: httpx.Response
     token: str = field(repr=False)
+    sent_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -682,7 +684,7 @@ class GenesysSink:
                         pause = retry_after_s(sent.response.headers, self._clock.now_ms())
                         if pause is None:
                             pause = _DEFAULT_RETRY_AFTER_S
-                        self._budget.throttled(pause)
+                        self._budget.throttled(pause, sent.sent_at)
                         # what the budget believed (a minute at most), not the raw header
                         pause = self._budget.paused_for()
                         log.warning("429 from Genesys: pausing all calls for %.1f s", pause)
@@ -770,7 +772,7 @@ class GenesysSink:
                 )
             # Any other answer (even 4xx or 429) shows the API is up.
             self._breaker.record_success()
-            return _Sent(response, token)
+            return _Sent(response, token, sent_at)
         finally:
             if not settled:
                 # No request went out (paused, no token, cancelled): free a probe slot.
