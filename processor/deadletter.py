@@ -132,8 +132,9 @@ def dead_letter_of(
 ) -> DeadLetter:
     """The dead letter of a consumed record, its timestamp and headers included (see
     `build_dead_letter`)."""
-    # -1: no timestamp (an old-format record, or one read by its position only)
-    stamped = record.timestamp != -1
+    # no timestamp: -1 (a record read by its position only, or a producer's "none"), or
+    # None with no type either (a message of format v0, as the client hands it out)
+    stamped = record.timestamp is not None and record.timestamp != -1
     return build_dead_letter(
         reason,
         detail,

@@ -25,11 +25,14 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
+from aiokafka.record.legacy_records import LegacyRecordBatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
 from pipeline import (
     PoisonedProcessor,
     committed,
     eventually,
     make_settings,
+    read_dead_letters,
     read_json,
     read_topic,
     send_with_bad_crc,
@@ -41,7 +44,7 @@ from processor.clock import Clock, SystemClock
 from processor.domain import SESSION_ID_PATTERN, SinkResult
 from processor.emulator.app import SESSION_PATH
 from processor.emulator.testing import EmulatorHandle
-from processor.models import TypingEvent
+from processor.models import DlqReason, TypingEvent
 from processor.runtime.kafka import TopicError, TopicSpec, ensure_topics, raise_for_topic_errors
 from processor.runtime.outbound import Headers, Outbound
 from processor.runtime.partition import Counters, PartitionWorker
@@ -563,6 +566,38 @@ async def test_a_worker_ends_its_stores_replay_hold_once_its_input_reaches_the_e
         worker.pass_to(2)  # the consumer stands at the end: nothing more to process
         await eventually(lambda: not store.replaying, 10, "the hold over with the replay")
         assert store.is_queued("replayed") or store.is_in_flight("replayed")
+
+
+async def test_a_rejected_record_of_the_oldest_format_is_dead_lettered_without_a_timestamp(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """A message of format v0 (a topic of an old cluster) has no timestamp: the client hands
+    it out with None for the timestamp and its type, not -1. Its dead letter says it has
+    none; building it raised, and so did the processing-error letter after it, which stopped
+    the partition at that record after every restart."""
+    settings = make_settings(bootstrap_servers, emulator)
+    topic = settings.typing.input_topic
+    builder = LegacyRecordBatchBuilder(magic=0, compression_type=0, batch_size=1 << 16)
+    builder.append(0, timestamp=None, key=b"old", value=b"{not json")
+    # as the consumer's fetcher hands it out
+    [old] = MemoryRecords(bytes(builder.build())).next_batch()
+    fetched = ConsumerRecord(
+        topic, 0, 0, old.timestamp, old.timestamp_type, old.key, old.value, None, 3, 9, ()
+    )
+    assert (fetched.timestamp, fetched.timestamp_type) == (None, None)
+    async with standalone_worker(settings, emulator, []) as alone:
+        worker = alone.worker
+        worker.submit([fetched])
+        await eventually(
+            lambda: worker.committable == 1 or worker.failed is not None, 10, "the record done"
+        )
+        assert worker.failed is None
+        assert worker.counters.dead_letters == 1
+    letters = await read_dead_letters(bootstrap_servers, settings.typing.dlq_topic)
+    assert [(x.offset, x.reason, x.record_timestamp, x.record_timestamp_type) for x in letters] == [
+        (0, DlqReason.INVALID_JSON, None, None)
+    ]
+    assert letters[0].value_b64 == base64.b64encode(b"{not json").decode()
 
 
 async def test_a_restore_finds_where_its_partitions_replay_starts_and_ends(
