@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from pipeline import (
     InProcess,
     Monotonic,
@@ -19,10 +21,12 @@ from pipeline import (
     eventually,
     make_settings,
     now_ms,
+    produce_batch,
     read_json,
     send_with_bad_crc,
     start_in_process,
     typing_event,
+    with_crc,
 )
 
 from processor.emulator.testing import EmulatorHandle
@@ -343,6 +347,47 @@ async def test_a_backlog_with_an_undecodable_record_loses_none_of_the_others(
         assert all(indicator(emulator, s) is not None for s in sessions if s != poisoned)
     finally:
         await stack.close()
+
+
+async def test_a_timestamp_past_64_bits_wraps_as_the_client_reads_it(
+    emulator: EmulatorHandle, bootstrap_servers: str, running: InProcess
+) -> None:
+    """A foreign producer's batch whose base timestamp plus a record's delta passes 64
+    bits: the client wraps the sum (as Kafka does), and so does the record by record read
+    past its undecodable record. Read as a number past 64 bits, the timestamp made that
+    record's dead letter invalid, and the partition stopped there after every restart."""
+    for session_id in ("s-wrap", "s-wrap-after"):
+        emulator.create_session(session_id)
+    topic = running.settings.typing.input_topic
+    builder = _DefaultRecordBatchBuilderPy(
+        magic=2,
+        compression_type=0,
+        is_transactional=False,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 16,
+    )
+    event = orjson.dumps(typing_event("s-wrap", timeout_ms=30_000))
+    builder.append(0, timestamp=0, key=b"s-wrap", value=event, headers=[])
+    builder.append(1, timestamp=1000, key=b"s-wrap", value=b"{", headers=[(NotUtf8("t"), b"")])
+    batch = bytearray(builder.build())
+    base = 2**63 - 10
+    struct.pack_into(">qq", batch, 27, base, base)  # base and max timestamp
+    first = await produce_batch(bootstrap_servers, topic, 0, with_crc(batch))
+    after = orjson.dumps(typing_event("s-wrap-after", timeout_ms=30_000))
+    async with Producer(bootstrap_servers, topic) as producer:
+        await producer.send_to(0, b"s-wrap-after", after)
+    await eventually(
+        lambda: all(indicator(emulator, s) is not None for s in ("s-wrap", "s-wrap-after")),
+        20,
+        "the records before and after the undecodable one applied",
+    )
+    letters = await read_json(bootstrap_servers, running.settings.typing.dlq_topic)
+    assert [(x["reason"], x["offset"], x["record_timestamp"]) for x in letters] == [
+        ("undecodable_record", first + 1, base + 1000 - 2**64)
+    ]
+    assert not running.task.done()
 
 
 async def test_a_batch_that_fails_its_crc_is_dead_lettered_not_fetched_for_ever(

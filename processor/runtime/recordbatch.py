@@ -272,7 +272,7 @@ def _read_v2(
         record = _record(
             topic,
             partition,
-            (offset, max_ts if log_append else first_ts + ts_delta, int(log_append)),
+            (offset, max_ts if log_append else _int64(first_ts + ts_delta), int(log_append)),
             key,
             value,
             named,
@@ -284,6 +284,12 @@ def _read_v2(
         else:
             out.append(record)
     return claimed, last_offset + 1, True
+
+
+def _int64(value: int) -> int:
+    """`value` wrapped to a signed 64-bit integer: a record's timestamp (base plus delta,
+    each 64 bits and a foreign producer's to choose) as Kafka and the client compute it."""
+    return (value + (1 << 63)) % (1 << 64) - (1 << 63)
 
 
 _Parsed = tuple[int, int, bytes | None, bytes | None, list[tuple[bytes, bytes | None]]]
