@@ -158,6 +158,8 @@ async def test_a_record_whose_processing_raises_is_dead_lettered_and_the_partiti
         assert letter["reason"] == "processing_error"
         assert "engine bug" in letter["detail"]
         assert base64.b64decode(letter["value_b64"]) == poison[1]
+        # counted once: a dead letter, not an event too
+        assert (processor.counters.events, processor.counters.dead_letters) == (1, 1)
 
         async def committed_past_both() -> bool:
             return (await committed(bootstrap_servers, settings, 0) or 0) > offsets[1]

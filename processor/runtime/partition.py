@@ -369,8 +369,9 @@ class PartitionWorker:
                 attributes = {SESSION_ID: decoded.session_id, STATUS: decoded.status.value}
                 span = tracing.start_event(record.headers, record.offset, started_ns, attributes)
                 self._spans[record.offset] = (span, decoded.occurred_at)
-            self.counters.events += 1
             self.store.on_event(decoded, record.offset)
+            # (after it: an event whose processing raises is counted as its dead letter)
+            self.counters.events += 1
         except Exception as exc:
             # A record that breaks processing is set aside, not retried for ever.
             log.exception(
