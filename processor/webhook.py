@@ -63,7 +63,7 @@ from pydantic import SecretStr, ValidationError
 
 from processor import USER_AGENT
 from processor.clock import Clock, SystemClock, wait_unless_stopped, within_grace
-from processor.codec import describe_errors, reason_for
+from processor.codec import describe_errors, json_kind, reason_for
 from processor.deadletter import dead_letter_of
 from processor.models import CrmSyncRecord, DlqReason
 from processor.retryafter import retry_after_s
@@ -767,7 +767,7 @@ def _event_id(value: bytes) -> str | tuple[DlqReason, str]:
     except orjson.JSONDecodeError as exc:
         return DlqReason.INVALID_JSON, f"not JSON: {exc}"
     if not isinstance(body, dict):
-        return DlqReason.NOT_AN_OBJECT, f"a JSON {type(body).__name__}, not an object"
+        return DlqReason.NOT_AN_OBJECT, f"a JSON {json_kind(body)}, not an object"
     try:
         crm = CrmSyncRecord.model_validate(body)
     except ValidationError as exc:

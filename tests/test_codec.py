@@ -359,3 +359,21 @@ def test_rejections_keep_orjsons_reason_and_detail(value: bytes, reason: DlqReas
         with pytest.raises(orjson.JSONDecodeError) as refused:
             orjson.loads(value)
         assert letter.detail == str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        (b"null", "null"),
+        (b"true", "boolean"),
+        (b"12", "number"),
+        (b"1.5", "number"),
+        (b'"sess-1"', "string"),
+        (b"[]", "array"),
+    ],
+)
+def test_a_value_that_is_no_object_is_named_by_its_json_type(value: bytes, kind: str) -> None:
+    letter = decode(value)
+    assert isinstance(letter, DeadLetter), letter
+    assert letter.reason is DlqReason.NOT_AN_OBJECT
+    assert letter.detail == f"value is a JSON {kind}, not an object"

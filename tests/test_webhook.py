@@ -356,6 +356,7 @@ async def test_records_that_are_no_crm_record_go_to_the_dlq_and_delivery_goes_on
         DlqReason.INVALID_FIELD,
     ]
     assert [base64.b64decode(letter.value_b64 or "") for letter in letters] == junk
+    assert letters[1].detail == "a JSON array, not an object"
     assert {letter.topic for letter in letters} == {typing.crm_topic}
     assert [letter.offset for letter in letters] == list(range(1, len(junk) + 1))
 
