@@ -416,6 +416,8 @@ class GenesysSettings(_Settings):
             problem = None if url is None else http_url_problem(url)
             if problem is not None:  # the URL as `config` shows it: it may carry a credential
                 raise ValueError(f"{name}: {problem}, got {redacted_url(url)!r}")
+            if url is not None and (problem := _base_url_problem(url)) is not None:
+                raise ValueError(f"{name}: {problem}")  # never the URL: see above
         # One URL alone takes the other from the region: without a region set on purpose,
         # the client secret would go to the default region's real login while the API is an
         # emulator, a proxy or another region.
@@ -441,6 +443,22 @@ class GenesysSettings(_Settings):
     def resolved_login_url(self) -> str:
         """Login base URL: the explicit URL, else `https://login.{domain}`."""
         return (self.login_url or f"https://login.{region_domain(self.region)}").rstrip("/")
+
+
+def _base_url_problem(url: str) -> str | None:
+    """Why `url`, a usable http(s) URL, is no base URL the Genesys paths can be appended
+    to, or None."""
+    if "?" in url or "#" in url:
+        # `/oauth/token` or `/api/v2/...` would land inside the query or fragment
+        return "must have no query or fragment: the API paths are appended to it"
+    if httpx.URL(url).userinfo:
+        # httpx sends it as Basic auth in place of the bearer token (every API call: 401),
+        # or drops it for the client's own at the login; and it would show in reprs
+        return (
+            "must carry no user:password@: the OAuth client (GENESYSCLOUD_OAUTHCLIENT_ID and"
+            " _SECRET) is the credential"
+        )
+    return None
 
 
 def region_domain(region: str) -> str:

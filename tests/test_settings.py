@@ -452,10 +452,9 @@ def test_secret_never_in_repr_or_errors(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_a_credential_in_a_url_is_never_in_a_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     """A repr lands in logs and tracebacks: a URL in it is masked as `config` shows it."""
+    crm_url = f"https://crm:{SECRET}@crm.example.com/hook?sig={SECRET}"
     for name, url in {
-        "GENESYSCLOUD_API_URL": f"https://proxy:{SECRET}@api.example.com/",
-        "GENESYSCLOUD_LOGIN_URL": f"https://login.example.com/?token={SECRET}",
-        "TYPING_CRM_WEBHOOK_URL": f"https://crm.example.com/hook?sig={SECRET}",
+        "TYPING_CRM_WEBHOOK_URL": crm_url,
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"https://otel:{SECRET}@collector:4318",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"https://collector:4318/v1/traces?key={SECRET}",
     }.items():
@@ -463,8 +462,9 @@ def test_a_credential_in_a_url_is_never_in_a_repr(monkeypatch: pytest.MonkeyPatc
     settings, otel = load_settings(), load_otel()
     for shown in (repr(settings), str(settings), repr(otel), str(otel)):
         assert SECRET not in shown
-    assert "api_url='https://**********@api.example.com/'" in repr(settings)
-    assert settings.genesys.api_url == f"https://proxy:{SECRET}@api.example.com/"  # used whole
+    masked = "crm_webhook_url='https://**********@crm.example.com/hook?sig=**********'"
+    assert masked in repr(settings)
+    assert settings.typing.crm_webhook_url == crm_url  # used whole
 
 
 def test_dotenv_file_supplies_the_same_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -653,6 +653,39 @@ def test_a_credential_in_a_bad_genesys_url_is_never_in_the_error(
     monkeypatch.setenv(name, url)
     message = refusal(load_genesys, name)
     assert SECRET not in message
+
+
+@pytest.mark.parametrize("name", ["GENESYSCLOUD_API_URL", "GENESYSCLOUD_LOGIN_URL"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"https://proxy:{SECRET}@api.example.com",  # sent as Basic auth, not the bearer
+        f"https://{SECRET}@api.example.com/",
+        f"https://api.example.com/?token={SECRET}",  # the paths would land in the query
+        "https://api.example.com?",
+        f"https://api.example.com/#{SECRET}",
+    ],
+)
+def test_a_genesys_url_no_path_can_be_appended_to_is_refused_unshown(
+    monkeypatch: pytest.MonkeyPatch, name: str, url: str
+) -> None:
+    """`/oauth/token` and `/api/v2/...` are appended to these: with a query or a fragment
+    every call would miss, and httpx would send a userinfo as Basic auth in place of the
+    bearer token (or drop it at the login), so each stops start-up."""
+    monkeypatch.setenv("GENESYSCLOUD_REGION", "eu-west-1")  # the other URL from there
+    monkeypatch.setenv(name, url)
+    message = refusal(load_genesys, name)
+    assert SECRET not in message
+
+
+def test_a_genesys_url_with_a_path_is_a_base_the_api_paths_go_under(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GENESYSCLOUD_API_URL", "https://proxy.example.com/genesys/")
+    monkeypatch.setenv("GENESYSCLOUD_LOGIN_URL", "https://proxy.example.com/login")
+    genesys = load_genesys()
+    assert genesys.resolved_api_url == "https://proxy.example.com/genesys"
+    assert genesys.resolved_login_url == "https://proxy.example.com/login"
 
 
 @pytest.mark.parametrize(
