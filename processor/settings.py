@@ -279,6 +279,10 @@ class KafkaSettings(_Settings):
                 ssl.create_default_context(cafile=str(self.ssl_cafile))
             except ssl.SSLError:
                 raise ValueError(f"ssl_cafile: {self.ssl_cafile} is no PEM CA bundle") from None
+            except OSError as exc:  # a Secret mounted for another user (mode 0400)
+                raise ValueError(
+                    f"ssl_cafile: cannot read {self.ssl_cafile} ({exc.strerror})"
+                ) from None
         return self
 
 

@@ -46,6 +46,25 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]) -> No
     monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_SECRET", SECRET)
 
 
+@pytest.fixture
+def unreadable(tmp_path: Path) -> Path:
+    """A file that exists but that this process cannot read, root or not (a Secret
+    mounted for another user)."""
+    if os.geteuid() != 0:
+        path = tmp_path / "unreadable"
+        path.write_bytes(b"")
+        path.chmod(0)
+        return path
+    path = Path("/proc/sys/vm/drop_caches")  # write-only, for root too
+    try:
+        path.open("rb").close()
+    except PermissionError:
+        return path
+    except OSError:
+        pass
+    pytest.skip("no file that root cannot read here")
+
+
 def refusal(load: Callable[[], object], name: str) -> str:
     """The one line `load` stops with: it names `name` first."""
     with pytest.raises(ConfigError) as caught:
@@ -383,6 +402,15 @@ def test_any_group_id_is_taken_with_a_changelog_topic_of_its_own(
     monkeypatch.setenv("TYPING_GROUP_ID", "Typing_v2.eu-west-1")
     monkeypatch.delenv("TYPING_CHANGELOG_TOPIC")
     assert load_typing().resolved_changelog_topic == "Typing_v2.eu-west-1-state-changelog"
+
+
+def test_a_ca_file_that_cannot_be_read_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, unreadable: Path
+) -> None:
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("KAFKA_SSL_CAFILE", str(unreadable))
+    message = refusal(load_kafka, "KAFKA_SSL_CAFILE")
+    assert message.endswith(f"cannot read {unreadable} (Permission denied)"), message
 
 
 def test_an_empty_audit_log_file_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
