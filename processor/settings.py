@@ -9,6 +9,7 @@ way by `load_otel()`.
 from __future__ import annotations
 
 import errno
+import io
 import ipaddress
 import os
 import re
@@ -20,6 +21,7 @@ from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from dotenv.parser import parse_stream
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -787,13 +789,33 @@ def _one_line(prefix: str, exc: ValidationError) -> str:
 _FIELD_IN_SETTINGS_ERROR = re.compile(r'field "([^"]+)"')
 
 
+def _check_env_file(path: Path) -> None:
+    """Raise `ConfigError` when `path`, a file pydantic-settings would read, cannot be read
+    or holds a line python-dotenv cannot parse: it would only log a warning and skip the
+    line, and the setting on it would be missing or taken from elsewhere."""
+    if not path.is_file():  # pydantic-settings reads no other
+        return
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is invalid: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{path} is invalid: cannot read it ({exc.strerror})") from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:  # never the line itself: it may hold a secret
+            raise ConfigError(
+                f"{path} is invalid: line {binding.original.line} is no NAME=value statement"
+            )
+
+
 def _load(prefix: str, model: type[BaseSettings], overrides: dict[str, Any]) -> Any:
+    env_file = model.model_config.get("env_file")
+    if isinstance(env_file, str):
+        _check_env_file(Path(env_file))
     try:
         return model(**overrides)
     except ValidationError as exc:
         raise ConfigError(_one_line(prefix, exc)) from None
-    except UnicodeDecodeError:
-        raise ConfigError(".env is invalid: not UTF-8 text") from None
     except SettingsError as exc:
         match = _FIELD_IN_SETTINGS_ERROR.search(str(exc))
         variable = prefix + (match.group(1).upper() if match else "?")

@@ -508,6 +508,36 @@ def test_a_dotenv_file_that_is_not_utf8_is_one_clear_error() -> None:
         load_typing()
 
 
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        # the secret went missing, with a warning that did not say why
+        (f'GENESYSCLOUD_OAUTHCLIENT_SECRET="{SECRET}\nTYPING_GROUP_ID=g\n', 1),
+        (f"TYPING_GROUP_ID=g\nthis line is no setting\nKAFKA_SASL_PASSWORD={SECRET}\n", 2),
+    ],
+)
+def test_a_dotenv_line_that_cannot_be_parsed_stops_start_up_unshown(text: str, line: int) -> None:
+    """python-dotenv alone would log a warning and skip the line, and the setting on it
+    would be missing or taken from elsewhere."""
+    Path(".env").write_text(text, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "processor", "config"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"configuration error: .env is invalid: line {line} is no NAME=value statement\n"
+    )
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_a_dotenv_file_that_cannot_be_read_is_one_clear_error(unreadable: Path) -> None:
+    Path(".env").symlink_to(unreadable)
+    with pytest.raises(
+        ConfigError, match=r"^\.env is invalid: cannot read it \(Permission denied\)$"
+    ):
+        load_kafka()
+
+
 def test_cli_exits_2_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GENESYSCLOUD_REGION", "nowhere")
     result = subprocess.run(
