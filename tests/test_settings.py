@@ -560,6 +560,13 @@ def test_cli_exits_2_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
             2,
             "KAFKA_BOOTSTRAP_SERVERS",
         ),
+        (
+            # the demo's processor takes the settings the demo does not set itself
+            ["demo", "--sessions", "1", "--duration", "1"],
+            {"TYPING_SUPPRESSION_WINDOW_MS": "soon"},
+            2,
+            "TYPING_SUPPRESSION_WINDOW_MS",
+        ),
     ],
 )
 def test_cli_commands_end_bad_arguments_with_one_line(

@@ -38,7 +38,7 @@ from processor.loadgen import (
 )
 from processor.models import AgentTypingTarget, Target, TypingEvent
 from processor.runtime.service import TypingProcessor
-from processor.settings import GenesysSettings, KafkaSettings, Settings, TypingSettings
+from processor.settings import Settings, TypingSettings, load_genesys, load_kafka, load_typing
 from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
 
@@ -166,15 +166,16 @@ class DemoResult:
 
 
 def _settings(bootstrap: str, base_url: str, options: DemoOptions) -> Settings:
+    # the rest from the environment, as `run` takes it: a bad value is a `ConfigError`
     return Settings(
-        kafka=KafkaSettings(bootstrap_servers=bootstrap),
-        genesys=GenesysSettings(
+        kafka=load_kafka(bootstrap_servers=bootstrap),
+        genesys=load_genesys(
             oauthclient_id=DEMO_CLIENT_ID,
             oauthclient_secret=SecretStr(DEMO_CLIENT_SECRET),
             api_url=base_url,
             login_url=base_url,
         ),
-        typing=TypingSettings(
+        typing=load_typing(
             group_id=f"demo-{uuid.uuid4().hex[:8]}",
             topic_partitions=options.partitions,
             api_rate_per_minute=options.api_rate_per_minute,
