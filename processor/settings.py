@@ -277,15 +277,20 @@ class KafkaSettings(_Settings):
         if self.ssl_cafile is not None:
             if not self.ssl_cafile.is_file():
                 raise ValueError(f"ssl_cafile: no such file {self.ssl_cafile}")
-            try:
-                ssl.create_default_context(cafile=str(self.ssl_cafile))
-            except ssl.SSLError:
-                raise ValueError(f"ssl_cafile: {self.ssl_cafile} is no PEM CA bundle") from None
-            except OSError as exc:  # a Secret mounted for another user (mode 0400)
-                raise ValueError(
-                    f"ssl_cafile: cannot read {self.ssl_cafile} ({exc.strerror})"
-                ) from None
+            if (problem := _ca_bundle_problem(self.ssl_cafile)) is not None:
+                raise ValueError(f"ssl_cafile: {problem}")
         return self
+
+
+def _ca_bundle_problem(path: Path) -> str | None:
+    """Why the file `path` is no CA bundle TLS can load, or None."""
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError:
+        return f"{path} is no PEM CA bundle"
+    except OSError as exc:  # a Secret mounted for another user (mode 0400)
+        return f"cannot read {path} ({exc.strerror})"
+    return None
 
 
 def http_url_problem(url: str) -> str | None:
@@ -747,6 +752,19 @@ class OtelSettings(_Settings):
         problem = None if value is None else _key_value_problem(value.get_secret_value())
         if problem:
             raise ValueError(problem)  # never the value: headers carry API keys
+        return value
+
+    @field_validator(
+        "exporter_otlp_certificate",
+        "exporter_otlp_traces_certificate",
+        "exporter_otlp_metrics_certificate",
+    )
+    @classmethod
+    def _check_ca_bundle(cls, value: Path | None) -> Path | None:
+        # requests loads it for every connection, and fails each export (a warning apiece)
+        problem = None if value is None else _ca_bundle_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")

@@ -766,6 +766,9 @@ def test_a_genesys_url_with_a_path_is_a_base_the_api_paths_go_under(
         ("OTEL_EXPORTER_OTLP_TIMEOUT", "ten seconds"),
         ("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli"),
         ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/definitely/missing.pem"),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", __file__),  # a file, but no CA bundle
+        ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", __file__),
+        ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", __file__),
         ("OTEL_TRACES_SAMPLER", "sometimes"),
         ("OTEL_BSP_SCHEDULE_DELAY", "-1"),
         ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096"),  # more than the default queue
@@ -794,6 +797,19 @@ def test_a_bad_opentelemetry_variable_is_named_in_one_line(
     """The SDK would log it and carry on with a default (or fail at the first export)."""
     monkeypatch.setenv(name, value)
     refusal(load_otel, name)
+
+
+def test_an_otlp_certificate_that_cannot_be_read_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, unreadable: Path
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(unreadable))
+    message = refusal(load_otel, "OTEL_EXPORTER_OTLP_CERTIFICATE")
+    assert message.endswith(f"cannot read {unreadable} (Permission denied)"), message
+
+
+def test_an_otlp_certificate_that_is_a_ca_bundle_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", CA_FILE)
+    assert load_otel().exporter_otlp_certificate == Path(CA_FILE)
 
 
 def test_a_sampling_ratio_outside_0_to_1_is_refused_only_for_a_ratio_sampler(
