@@ -131,8 +131,8 @@ def _plain(value: _T | SecretStr) -> _T | str:
 
 
 def _empty_path_is_unset(value: object) -> object:
-    """An optional path given empty (or blank) is unset: `Path("")` would be the working
-    directory."""
+    """An optional path (or choice) given empty (or blank) is unset: `Path("")` would be
+    the working directory."""
     return None if isinstance(value, str) and not value.strip() else value
 
 
@@ -221,9 +221,10 @@ class KafkaSettings(_Settings):
                 raise ValueError(problem)
         return value
 
-    @field_validator("ssl_cafile", mode="before")
+    @field_validator("ssl_cafile", "sasl_mechanism", mode="before")
     @classmethod
-    def _empty_ssl_cafile_is_unset(cls, value: object) -> object:
+    def _empty_is_unset(cls, value: object) -> object:
+        # as a blank SASL user or password is without SASL (`_check_sasl`)
         return _empty_path_is_unset(value)
 
     @field_validator("client_id")

@@ -327,9 +327,21 @@ def test_a_sasl_password_with_spaces_is_kept_as_it_is(monkeypatch: pytest.Monkey
 
 
 def test_blank_sasl_credentials_are_ignored_without_sasl(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", "")
     monkeypatch.setenv("KAFKA_SASL_USERNAME", "")
     monkeypatch.setenv("KAFKA_SASL_PASSWORD", "")
     assert load_kafka().security_protocol == "PLAINTEXT"
+
+
+def test_an_empty_sasl_mechanism_with_sasl_is_named_as_required(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", " ")
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "typing")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", SECRET)
+    message = refusal(load_kafka, "KAFKA_SASL_MECHANISM")
+    assert message.endswith("required when KAFKA_SECURITY_PROTOCOL is SASL"), message
 
 
 _SASL = [
