@@ -53,7 +53,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import TypeAdapter, ValidationError
 
 from processor import PRODUCT, __version__
-from processor.logs import redact
+from processor.settings import redacted_url
 
 from .tracing import PartitionTracing
 
@@ -391,8 +391,9 @@ class Telemetry:
         for signal, url in (("traces", traces_to), ("metrics", metrics_to)):
             if url:
                 telemetry.otlp_endpoints[signal] = url
-                # the URL may carry a credential (userinfo, a token in the query)
-                log.info("exporting %s over OTLP/HTTP to %s", signal, redact(url))
+                # the URL may carry a credential (userinfo, a token in the query): shown
+                # as `config` shows a URL, whatever the query's names
+                log.info("exporting %s over OTLP/HTTP to %s", signal, redacted_url(url))
         return telemetry
 
     @property
