@@ -572,6 +572,10 @@ def test_cli_exits_2_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
             2,
             "KAFKA_BOOTSTRAP_SERVERS",
         ),
+        # no number of seconds or events per second: a traceback, or a wait without end
+        (["loadgen", "--duration", "nan"], {}, 2, "--duration"),
+        (["loadgen", "--rate", "nan"], {}, 2, "--rate"),
+        (["demo", "--duration", "inf"], {}, 2, "--duration"),
         (
             # the demo's processor takes the settings the demo does not set itself
             ["demo", "--sessions", "1", "--duration", "1"],
