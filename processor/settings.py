@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 from dotenv.parser import parse_stream
@@ -644,6 +644,30 @@ def _key_value_problem(text: str) -> str | None:
     return None
 
 
+# What the SDK takes in `OTEL_EXPORTER_OTLP_*HEADERS` (`opentelemetry.util.re`, liberal): an
+# HTTP token as the name, a value of printable ASCII but `"`, `,`, `;` and `\` (URL-encoded).
+_OTLP_HEADER = re.compile(r"[!#-'*+.0-9A-Z^-z|~-]+[ \t]*=[ \t]*[ !#-+\--:<-\[\]-~]*")
+
+
+def _otlp_headers_problem(text: str) -> str | None:
+    """Why the SDK would skip an item of `text` (logging it whole, value and all), or
+    requests refuse its value at every export (quoting it), or None."""
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if not _OTLP_HEADER.fullmatch(item):
+            return (
+                "expected name=value pairs separated by commas, a name of letters, digits"
+                " and !#$%&'*+-.^_`|~, a value URL-encoded"
+            )
+        value = item.partition("=")[2].strip()
+        # as the SDK reads it: URL-decoded, unless a space shows it was never encoded
+        sent = value if " " in value or "\t" in value else unquote(value).strip()
+        if sent and not _HEADER_VALUE.fullmatch(sent):
+            return "a value decodes to what no HTTP header carries (control or non-ASCII)"
+    return None
+
+
 class OtelSettings(_Settings):
     """`OTEL_*`: OpenTelemetry's variables that the processor or its SDK reads (DESIGN §6).
 
@@ -750,7 +774,7 @@ class OtelSettings(_Settings):
     )
     @classmethod
     def _check_headers(cls, value: SecretStr | None) -> SecretStr | None:
-        problem = None if value is None else _key_value_problem(value.get_secret_value())
+        problem = None if value is None else _otlp_headers_problem(value.get_secret_value())
         if problem:
             raise ValueError(problem)  # never the value: headers carry API keys
         return value

@@ -876,6 +876,37 @@ def test_otlp_headers_are_checked_but_never_shown(monkeypatch: pytest.MonkeyPatc
     assert SECRET not in repr(load_otel())
 
 
+@pytest.mark.parametrize(
+    "name", ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"]
+)
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"x-team=a;{SECRET}",  # what the SDK skips, logging the header whole
+        f'x-team="{SECRET}"',
+        f"x-team={SECRET}\\",
+        f"x-team={SECRET}é",
+        f"x-team={SECRET}%0Ax",  # a line break once decoded: each export fails, showing it
+        f"x-team={SECRET}%0Dx",
+        f"x-team={SECRET}%E2%82%AC",  # no header carries it (latin-1 at most)
+        f"x team={SECRET}",
+        f"x-team=a\n{SECRET}",
+    ],
+)
+def test_otlp_headers_the_exporter_would_log_are_refused_unshown(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    message = refusal(load_otel, name)
+    assert SECRET not in message
+
+
+def test_otlp_headers_url_encoded_or_with_spaces_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    headers = f" api-key = {SECRET} , authorization=Basic%20{SECRET}%3D%3D,x-team=a b, "
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", headers)
+    assert load_otel().exporter_otlp_headers is not None
+
+
 @pytest.mark.parametrize("command", ["run", "crm-webhook", "config"])
 @pytest.mark.parametrize(
     ("name", "value"),
