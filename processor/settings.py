@@ -322,9 +322,10 @@ HttpUrlText = Annotated[str, AfterValidator(_check_http_url)]
 
 
 def redacted_url(url: str) -> str:
-    """`url` with its userinfo and query values masked (a webhook URL may carry a
-    credential in either: `user:password@`, a token alone before the `@`, a token as a
-    query value or as a query item with no `=`)."""
+    """`url` with its userinfo, query values and fragment values masked (a webhook URL
+    may carry a credential in any: `user:password@`, a token alone before the `@`, a token
+    as a query value or as a query item with no `=`, and OAuth's implicit grant puts its
+    token in the fragment)."""
     try:
         parts = urlsplit(url)
     except ValueError:  # no URL at all (an unclosed `[`): nothing of it is safe to show
@@ -332,12 +333,17 @@ def redacted_url(url: str) -> str:
     netloc = parts.netloc
     if "@" in netloc:
         netloc = f"{_MASK}@{netloc.rpartition('@')[2]}"
-    query = "&".join(
+    query, fragment = (_masked_items(text) for text in (parts.query, parts.fragment))
+    return urlunsplit(parts._replace(netloc=netloc, query=query, fragment=fragment))
+
+
+def _masked_items(text: str) -> str:
+    """`name=value&...` with each value masked, an item with no `=` masked whole."""
+    return "&".join(
         f"{item.partition('=')[0]}={_MASK}" if "=" in item else _MASK
-        for item in parts.query.split("&")
+        for item in text.split("&")
         if item
     )
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 # One `KAFKA_BOOTSTRAP_SERVERS` entry: `host[:port]` or `[ipv6][:port]`.

@@ -712,6 +712,10 @@ def test_a_webhook_url_credential_is_masked_and_never_in_an_error(
     for shown in (repr(load_typing()), str(load_settings())):  # a traceback's locals, a log
         assert "t0k3n" not in shown
         assert "k3y" not in shown
+    # a token in the fragment, as OAuth's implicit grant puts it there
+    monkeypatch.setenv("TYPING_CRM_WEBHOOK_URL", "https://crm.example.com/h#access_token=t0k")
+    shown = dict(describe_settings(load_settings()))["TYPING_CRM_WEBHOOK_URL"]
+    assert shown == "https://crm.example.com/h#access_token=**********"
     monkeypatch.setenv("TYPING_CRM_WEBHOOK_URL", "ftp://crm:s3cret@crm.example.com/h")
     with pytest.raises(ConfigError) as caught:
         load_typing()
@@ -725,6 +729,7 @@ def test_a_webhook_url_credential_is_masked_and_never_in_an_error(
         f"htps://proxy:{SECRET}@api.example.com",  # the scheme is wrong
         f"https://proxy:{SECRET}@/api",  # no host
         f"ftp://api.example.com/?token={SECRET}",
+        f"https://api.example.com:99999/#{SECRET}",
         f"https://proxy:{SECRET}@[::1/api",  # no URL at all
     ],
 )
