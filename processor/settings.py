@@ -277,7 +277,8 @@ class KafkaSettings(_Settings):
                     raise ValueError(f"{name}: must not be empty or blank with SASL")
         if self.ssl_cafile is not None:
             if not self.ssl_cafile.is_file():
-                raise ValueError(f"ssl_cafile: no such file {self.ssl_cafile}")
+                what = "a directory" if self.ssl_cafile.is_dir() else "no such file"
+                raise ValueError(f"ssl_cafile: {what}: {self.ssl_cafile}")
             if (problem := _ca_bundle_problem(self.ssl_cafile)) is not None:
                 raise ValueError(f"ssl_cafile: {problem}")
         return self

@@ -416,6 +416,20 @@ def test_any_group_id_is_taken_with_a_changelog_topic_of_its_own(
     assert load_typing().resolved_changelog_topic == "Typing_v2.eu-west-1-state-changelog"
 
 
+@pytest.mark.parametrize("kind", ["missing", "directory"])
+def test_a_ca_file_that_is_no_file_says_which(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kind: str
+) -> None:
+    path = tmp_path / "ca.pem"
+    if kind == "directory":
+        path.mkdir()  # a Secret mounted at the file's path instead of its folder's
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("KAFKA_SSL_CAFILE", str(path))
+    message = refusal(load_kafka, "KAFKA_SSL_CAFILE")
+    what = "a directory" if kind == "directory" else "no such file"
+    assert message == f"KAFKA_SSL_CAFILE is invalid: {what}: {path}"
+
+
 def test_a_ca_file_that_cannot_be_read_is_one_line_naming_it(
     monkeypatch: pytest.MonkeyPatch, unreadable: Path
 ) -> None:
