@@ -1216,6 +1216,30 @@ STARTUP_REFUSALS: dict[str, tuple[dict[str, Any], str, dict[str, str]]] = {
         "/genesys/apiUrl",
         {"GENESYSCLOUD_API_URL": "https://api example.com"},
     ),
+    "API URL with a query": (
+        {"genesys": {"apiUrl": "https://api.example.com/?region=eu", "region": "eu-west-1"}},
+        "/genesys/apiUrl",
+        {
+            "GENESYSCLOUD_API_URL": "https://api.example.com/?region=eu",
+            "GENESYSCLOUD_REGION": "eu-west-1",
+        },
+    ),
+    "login URL with a fragment": (
+        {"genesys": {"loginUrl": "https://login.example.com#eu", "region": "eu-west-1"}},
+        "/genesys/loginUrl",
+        {
+            "GENESYSCLOUD_LOGIN_URL": "https://login.example.com#eu",
+            "GENESYSCLOUD_REGION": "eu-west-1",
+        },
+    ),
+    "API URL with a credential": (
+        {"genesys": {"apiUrl": "https://user:pw@api.example.com", "region": "eu-west-1"}},
+        "/genesys/apiUrl",
+        {
+            "GENESYSCLOUD_API_URL": "https://user:pw@api.example.com",
+            "GENESYSCLOUD_REGION": "eu-west-1",
+        },
+    ),
     "OAuth scope with a letter that is no ASCII": (
         {"genesys": {"oauthScopes": "webchat:réad"}},
         "/genesys/oauthScopes",
