@@ -1294,3 +1294,69 @@ def test_a_topic_the_cluster_will_not_create_stops_start_up_with_its_reason() ->
     with pytest.raises(KafkaError, match="RequestTimedOutError") as passing:
         raise_for_topic_errors([("e", 7, None)])
     assert not isinstance(passing.value, TopicError)  # asked again from the start
+
+
+class ChangelogUnanswered(DeadLetterUnwritable):
+    """Dead letters refused; changelog writes taken and acknowledged only once `answer` is
+    set (a cluster that stopped answering, then came back)."""
+
+    def __init__(self, kafka: KafkaSettings, typing: TypingSettings) -> None:
+        super().__init__(kafka, typing)
+        self.answer = asyncio.Event()
+
+    async def _send(
+        self, topic: str, partition: int, records: list[tuple[bytes | None, bytes | None, Headers]]
+    ) -> list[asyncio.Future[Any]]:
+        futures = await super()._send(topic, partition, records)
+        if topic != self.changelog_topic:
+            return futures
+        return [asyncio.ensure_future(self._answered(future)) for future in futures]
+
+    async def _answered(self, future: asyncio.Future[Any]) -> Any:
+        await self.answer.wait()
+        return await future
+
+
+class UnansweredCloseProcessor(BrokenDlqProcessor):
+    outbound = ChangelogUnanswered
+
+
+async def test_a_restart_whose_release_timed_out_leaves_the_group_before_it_restarts(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """A partition stopped (its dead letter refused) and the release on the way out found
+    the cluster not answering: the restart must not leave the consumer a member of the
+    group. Left open, its heartbeats went on, and once the cluster answered it rejoined and
+    kept its share of the partitions, read by nobody, from every other member (the
+    restart's among them) until its poll interval ran out."""
+    settings = make_settings(bootstrap_servers, emulator)
+    emulator.create_session("kept")
+    sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
+    failing = UnansweredCloseProcessor(settings, sink)
+    outbound = failing._outbound
+    assert isinstance(outbound, ChangelogUnanswered)
+    other = TypingProcessor(settings, sink)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(failing.run(stop))]
+    try:
+        await eventually(lambda: failing.ready, 60, "processor ready")
+        await produce(bootstrap_servers, settings.typing.input_topic, [record("kept")])
+        await eventually(
+            lambda: failing.workers[0].store.tracked_sessions == 1, 30, "the session tracked"
+        )
+        await produce(bootstrap_servers, settings.typing.input_topic, [(b"broken", b"{")])
+        await eventually(tasks[0].done, 60, "the processor stopped")
+        assert isinstance(tasks[0].exception(), KafkaError)
+        outbound.answer.set()  # the cluster answers again
+        tasks.append(asyncio.create_task(other.run(stop)))
+        partitions = settings.typing.topic_partitions
+        await eventually(
+            lambda: other.ready and len(other.workers) == partitions,
+            30,
+            "the next member owns every partition",
+        )
+    finally:
+        stop.set()
+        outbound.answer.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await sink.aclose()

@@ -333,17 +333,28 @@ class TypingProcessor:
             await self._consume(consumer, stop)
         finally:
             self._stopping = True
+            restarting = not stop.is_set()
             try:
-                # A cluster that stopped answering would hold each step for its request
-                # timeout: the stop (10 s, DESIGN §5) and a restart cannot wait for that.
+                # A cluster that stopped answering would hold each step of the release for
+                # its request timeout: neither the stop (10 s, DESIGN §5) nor a restart
+                # waits for that.
                 async with asyncio.timeout(CLOSE_S):
-                    await self._close(consumer)
+                    await self._close(consumer, clients=not restarting)
             except TimeoutError:
                 log.warning(
                     "the cluster did not answer within %.1f s: leaving without the last"
                     " flush and commit (input since the one before is processed again)",
                     CLOSE_S,
                 )
+            if restarting:
+                # (a partition or the scheduler stopped, say) The clients are closed however
+                # long the cluster takes: a consumer left open stays a member of the group,
+                # its heartbeats going on, and keeps its share of the partitions, read by
+                # nobody, from every other member (the restart's among them) until its poll
+                # interval runs out. A stop meanwhile still ends `run` in time (its caller's
+                # grace).
+                await consumer.stop()
+                await self._outbound.stop()
             scheduling.cancel()
             await asyncio.gather(scheduling, return_exceptions=True)
             self._scheduling = None
@@ -351,14 +362,17 @@ class TypingProcessor:
             self._consumer = None
             self.telemetry.forget(self)
 
-    async def _close(self, consumer: AIOKafkaConsumer) -> None:
+    async def _close(self, consumer: AIOKafkaConsumer, *, clients: bool) -> None:
+        """Release every partition, then close the clients when `clients` (else the caller
+        does: a consumer's close cut short by a timeout cannot be done again)."""
         # every worker, not only the consumer's assignment: a partition being assigned when
         # the stop came has a worker (restoring) and no assignment entry yet; and no new
         # one from a rebalance still under way
         input_topic = self.settings.typing.input_topic
         await self.release([TopicPartition(input_topic, p) for p in list(self.workers)])
-        await consumer.stop()
-        await self._outbound.stop()
+        if clients:
+            await consumer.stop()
+            await self._outbound.stop()
 
     async def _start(self, consumer: AIOKafkaConsumer) -> None:
         await self.prepare_topics()
