@@ -45,6 +45,7 @@ from processor.domain import SESSION_ID_PATTERN, SinkResult
 from processor.emulator.app import SESSION_PATH
 from processor.emulator.testing import EmulatorHandle
 from processor.models import DlqReason, TypingEvent
+from processor.runtime import undecodable
 from processor.runtime.kafka import TopicError, TopicSpec, ensure_topics, raise_for_topic_errors
 from processor.runtime.outbound import Headers, Outbound
 from processor.runtime.partition import Counters, PartitionWorker
@@ -279,6 +280,62 @@ async def test_input_read_past_undecodable_records_is_committed_all_the_same(
             "its indicator set",
         )
         assert not task.done()
+
+
+async def test_a_partition_given_back_during_a_search_past_undecodable_records_loses_none(
+    bootstrap_servers: str, emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebalance while a search reads past undecodable records revokes the partition and
+    gives it back to this member: what the search read after it goes to no worker, and the
+    search must not move the new assignment's position past it (the new worker would
+    never see those records, and commit past them, I6); the next search reads them again
+    for the partition's new worker."""
+    settings = make_settings(bootstrap_servers, emulator, topic_partitions=1)
+    emulator.create_session("given-back")
+    read_at = undecodable.read_at
+    armed = False
+    reading, proceed = asyncio.Event(), asyncio.Event()
+
+    async def held_read(raw: Any, tp: TopicPartition, start: int) -> Any:
+        nonlocal armed
+        if armed:
+            armed = False
+            reading.set()
+            await proceed.wait()
+        return await read_at(raw, tp, start)
+
+    monkeypatch.setattr(undecodable, "read_at", held_read)
+    async with running(settings, AlwaysUndecodable) as (processor, _):
+        before = processor.workers[0]
+        armed = True
+        await eventually(reading.is_set, 10, "a search under way")
+        await produce(bootstrap_servers, settings.typing.input_topic, [record("given-back")])
+        # a member joining for another topic: the group revokes every partition, then
+        # gives this member its partition back
+        other = AIOKafkaConsumer(
+            settings.typing.dlq_topic,
+            bootstrap_servers=bootstrap_servers,
+            group_id=settings.typing.group_id,
+            session_timeout_ms=6_000,
+            heartbeat_interval_ms=1_000,
+        )
+        await other.start()
+        try:
+
+            def given_back() -> bool:
+                worker = processor.workers.get(0)
+                return worker is not None and worker is not before and worker.restored.is_set()
+
+            await eventually(given_back, 60, "the partition given back to this member")
+            proceed.set()
+            await eventually(
+                lambda: processor.workers[0].store.session("given-back") is not None,
+                30,
+                "the record processed by the partition's new worker",
+            )
+        finally:
+            proceed.set()
+            await other.stop()
 
 
 class StuckRestoreProcessor(TypingProcessor):

@@ -442,6 +442,11 @@ class TypingProcessor:
         )
         async with aclosing(search):
             async for tp, item in search:
+                if self.workers.get(tp.partition) is not owned[tp]:
+                    # Revoked meanwhile (perhaps given back, to a new worker): the search
+                    # ends before it moves the position of an assignment that is not the
+                    # one it read for; the next one starts from the new worker's place.
+                    return
                 if isinstance(item, Undecodable):
                     owned[tp].submit_undecodable(item)
                 else:
