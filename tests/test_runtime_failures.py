@@ -350,6 +350,48 @@ class StuckRestoreProcessor(TypingProcessor):
         return await super()._restore(partition)
 
 
+class HeldBackRestoreProcessor(TypingProcessor):
+    """A restore that reads the changelog, then returns only once `hand_over` is set."""
+
+    def __init__(self, settings: Settings, sink: GenesysSink) -> None:
+        super().__init__(settings, sink)
+        self.read = asyncio.Event()
+        self.hand_over = asyncio.Event()
+
+    async def _restore(self, partition: int) -> PartitionStore:
+        store = await super()._restore(partition)
+        self.read.set()
+        await self.hand_over.wait()
+        return store
+
+
+async def test_a_restore_that_ends_as_its_partition_is_revoked_leaves_no_store_behind(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """A restore that ends just as the revocation begins hands its worker to the scheduler
+    after the revocation took the partition from it: the scheduler must not keep the closed
+    worker, and its store, for the life of the process."""
+    settings = make_settings(bootstrap_servers, emulator, topic_partitions=1)
+    sink = GenesysSink(SinkConfig.from_settings(settings.genesys, settings.typing))
+    processor = HeldBackRestoreProcessor(settings, sink)
+    stop = asyncio.Event()
+    task = asyncio.create_task(processor.run(stop))
+    try:
+        await eventually(processor.read.is_set, 60, "the changelog read")
+        worker = processor.workers[0]
+        processor.hand_over.set()
+        await processor.release([TopicPartition(settings.typing.input_topic, 0)])
+        assert worker.restored.is_set()
+        stores = [weakref.ref(worker.store)]
+        del worker
+        gc.collect()
+        assert [store() for store in stores] == [None]
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+        await sink.aclose()
+
+
 async def write_unknown_format(bootstrap: str, topic: str) -> None:
     async with AIOKafkaProducer(bootstrap_servers=bootstrap) as producer:
         await producer.send_and_wait(topic, b"\x09garbage", key=b"s1", partition=0)

@@ -723,6 +723,10 @@ class TypingProcessor:
         await asyncio.gather(
             *(self.workers[p].close(REVOKE_GRACE_S) for p in partitions), return_exceptions=True
         )
+        for partition in partitions:
+            # again: a restore that ended before its worker's close began handed the worker
+            # to the scheduler after the first, which would hold it (and its store) for good
+            self.scheduler.detach(partition)
         await self.commit()
         for partition in partitions:
             self.workers.pop(partition, None)
