@@ -17,7 +17,13 @@ from processor.emulator.testing import EmulatorHandle
 from processor.models import TypingEvent
 from processor.runtime.lease import MembershipLease
 from processor.runtime.scheduler import Scheduler
-from processor.runtime.service import TypingProcessor
+from processor.runtime.service import (
+    LEASE_TERM_S,
+    REBALANCE_TIMEOUT_MS,
+    REVOKE_GRACE_S,
+    SESSION_TIMEOUT_MS,
+    TypingProcessor,
+)
 from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
 from processor.state import EngineConfig, PartitionStore, Work, WorkKind
@@ -234,3 +240,12 @@ def test_a_read_back_is_priced_as_the_one_read_it_is() -> None:
     scheduler.attach(0, worker)
     assert scheduler.plan_round() == (1, False)
     assert [work.kind for work in worker.launched] == [WorkKind.RESOLVE]
+
+
+def test_the_group_waits_for_the_longest_revoke() -> None:
+    """A revoke lets calls land (the grace), flushes and commits (at most a lease term):
+    the group must wait that long for the member to rejoin, or it drops the member while
+    its last calls still go out and gives its partitions to another (two owners of one
+    session). aiokafka's default, the session timeout, is shorter than that."""
+    assert REBALANCE_TIMEOUT_MS / 1000 >= REVOKE_GRACE_S + LEASE_TERM_S + 1.0
+    assert REBALANCE_TIMEOUT_MS > SESSION_TIMEOUT_MS

@@ -56,6 +56,12 @@ POSITION_WAIT_S = 0.1
 # the margin for a call decided just before); a commit every heartbeat keeps the lease fresh.
 LEASE_TERM_S = (SESSION_TIMEOUT_MS - 2 * HEARTBEAT_INTERVAL_MS) / 1000
 LEASE_RENEW_S = HEARTBEAT_INTERVAL_MS / 1000
+# How long the group waits for a member to finish its revoke and rejoin: the calls' grace,
+# the last flush and the commit (at most a lease term), with room for the flush's acks. A
+# member slower than this is dropped from the group while it still revokes: its partitions
+# would go to another member while its last calls and changelog records went out (I4, I6).
+# (aiokafka's default is the session timeout, shorter than a revoke can take.)
+REBALANCE_TIMEOUT_MS = int((REVOKE_GRACE_S + LEASE_TERM_S + 3.0) * 1000)
 # A restored partition's new sets and refreshes wait for the input since its last commit
 # to be processed again (see `PartitionStore.hold_for_replay`), at most this long: a slow
 # or empty fetch holds typing no longer.
@@ -306,6 +312,7 @@ class TypingProcessor:
             isolation_level=self.settings.kafka.isolation_level.value,
             session_timeout_ms=SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+            rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
             max_poll_interval_ms=60_000,
             # Some brokers (Tansu among them) answer a waiting fetch only at its deadline:
             # this bounds how long a new event can sit on the broker before we see it.
