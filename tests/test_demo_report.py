@@ -157,6 +157,27 @@ async def test_a_short_demo_runs_and_reports_every_measure(targets: str) -> None
     assert ("missed typing time (messaging)" in measures) == (targets == "mixed")
 
 
+async def test_a_shell_set_up_for_a_real_cluster_runs_the_demo_all_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The demo starts its own broker and emulator: the connection settings of a shell set
+    up for production (TLS and SASL, topics made out of band, a replication factor, scopes)
+    are not the embedded ones', and must not stop it."""
+    for name, value in {
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "KAFKA_SASL_USERNAME": "typing",
+        "KAFKA_SASL_PASSWORD": "production-secret",
+        "TYPING_CREATE_TOPICS": "false",
+        "TYPING_TOPIC_REPLICATION_FACTOR": "3",
+        "GENESYSCLOUD_OAUTH_SCOPES": "webchat:read",
+    }.items():
+        monkeypatch.setenv(name, value)
+    options = DemoOptions(sessions=4, duration_s=3.0, seed=3)
+    result = await run_demo(options, Console(quiet=True))
+    assert result.accuracy.shown_truth_ms > 0
+
+
 @asynccontextmanager
 async def idle_system(settings: Settings, console: Console) -> AsyncIterator[dict[str, Any]]:
     """A system under test that reads nothing and calls nothing."""

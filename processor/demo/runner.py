@@ -38,7 +38,14 @@ from processor.loadgen import (
 )
 from processor.models import AgentTypingTarget, Target, TypingEvent
 from processor.runtime.service import TypingProcessor
-from processor.settings import Settings, TypingSettings, load_genesys, load_kafka, load_typing
+from processor.settings import (
+    SecurityProtocol,
+    Settings,
+    TypingSettings,
+    load_genesys,
+    load_kafka,
+    load_typing,
+)
 from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
 
@@ -166,18 +173,30 @@ class DemoResult:
 
 
 def _settings(bootstrap: str, base_url: str, options: DemoOptions) -> Settings:
-    # the rest from the environment, as `run` takes it: a bad value is a `ConfigError`
+    # The tuning from the environment, as `run` takes it (a bad value is a `ConfigError`);
+    # how to reach the cluster and Genesys is the embedded broker's and emulator's, whatever
+    # a shell set up for a real cluster says (TLS, SASL, topics made out of band, scopes).
     return Settings(
-        kafka=load_kafka(bootstrap_servers=bootstrap),
+        kafka=load_kafka(
+            bootstrap_servers=bootstrap,
+            security_protocol=SecurityProtocol.PLAINTEXT,
+            sasl_mechanism=None,
+            sasl_username=None,
+            sasl_password=None,
+            ssl_cafile=None,
+        ),
         genesys=load_genesys(
             oauthclient_id=DEMO_CLIENT_ID,
             oauthclient_secret=SecretStr(DEMO_CLIENT_SECRET),
             api_url=base_url,
             login_url=base_url,
+            oauth_scopes=None,
         ),
         typing=load_typing(
             group_id=f"demo-{uuid.uuid4().hex[:8]}",
             topic_partitions=options.partitions,
+            create_topics=True,
+            topic_replication_factor=1,
             api_rate_per_minute=options.api_rate_per_minute,
             audit_log_file=None,
             # the embedded broker answers a waiting fetch only at its deadline: an event
