@@ -168,6 +168,7 @@ async def test_a_shell_set_up_for_a_real_cluster_runs_the_demo_all_the_same(
         "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
         "KAFKA_SASL_USERNAME": "typing",
         "KAFKA_SASL_PASSWORD": "production-secret",
+        "KAFKA_ENABLE_IDEMPOTENCE": "true",
         "TYPING_CREATE_TOPICS": "false",
         "TYPING_TOPIC_REPLICATION_FACTOR": "3",
         "GENESYSCLOUD_OAUTH_SCOPES": "webchat:read",

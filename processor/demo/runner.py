@@ -184,6 +184,7 @@ def _settings(bootstrap: str, base_url: str, options: DemoOptions) -> Settings:
             sasl_username=None,
             sasl_password=None,
             ssl_cafile=None,
+            enable_idempotence=False,  # the embedded broker has no idempotent producers
         ),
         genesys=load_genesys(
             oauthclient_id=DEMO_CLIENT_ID,
