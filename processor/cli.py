@@ -60,6 +60,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
         describe_settings,
         load_otel,
         load_settings,
+        misspelt_settings,
     )
 
     settings = load_settings()
@@ -71,6 +72,8 @@ def _cmd_config(args: argparse.Namespace) -> int:
         raise ConfigError(f"TYPING_AUDIT_LOG_FILE is invalid: {problem}")
     for name, value in describe_settings(settings):
         print(f"{name}={value}")
+    for warning in misspelt_settings():
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -252,6 +255,17 @@ def _add_apply_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     apply.set_defaults(handler=_cmd_apply)
 
 
+def _warn_misspelt_settings() -> None:
+    """Log a warning for each variable named like a setting but none (once logging is
+    set up, in the service's log format)."""
+    import logging
+
+    from processor.settings import misspelt_settings
+
+    for warning in misspelt_settings():
+        logging.getLogger("processor.settings").warning("%s", warning)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -265,6 +279,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     check_audit_log_file(settings.typing)
     configure_logging(settings.typing.log_level)
+    _warn_misspelt_settings()
     return asyncio.run(run_service(settings))
 
 
@@ -356,6 +371,7 @@ def _cmd_crm_webhook(args: argparse.Namespace) -> int:
     from processor.webhook_command import run_webhook
 
     configure_logging(typing.log_level)
+    _warn_misspelt_settings()
     return asyncio.run(run_webhook(kafka, typing, typing.crm_webhook_url))
 
 

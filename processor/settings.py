@@ -8,20 +8,21 @@ way by `load_otel()`.
 
 from __future__ import annotations
 
+import difflib
 import errno
 import io
 import ipaddress
 import os
 import re
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
-from dotenv.parser import parse_stream
+from dotenv.parser import Binding, parse_stream
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -839,19 +840,24 @@ def _one_line(prefix: str, exc: ValidationError) -> str:
 _FIELD_IN_SETTINGS_ERROR = re.compile(r'field "([^"]+)"')
 
 
-def _check_env_file(path: Path) -> None:
-    """Raise `ConfigError` when `path`, a file pydantic-settings would read, cannot be read
-    or holds a line python-dotenv cannot parse: it would only log a warning and skip the
-    line, and the setting on it would be missing or taken from elsewhere."""
-    if not path.is_file():  # pydantic-settings reads no other
-        return
+def _bindings(path: Path) -> list[Binding]:
+    """The statements of the `.env` file `path`; `ConfigError` when it cannot be read."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is invalid: not UTF-8 text") from None
     except OSError as exc:
         raise ConfigError(f"{path} is invalid: cannot read it ({exc.strerror})") from None
-    for binding in parse_stream(io.StringIO(text)):
+    return list(parse_stream(io.StringIO(text)))
+
+
+def _check_env_file(path: Path) -> None:
+    """Raise `ConfigError` when `path`, a file pydantic-settings would read, cannot be read
+    or holds a line python-dotenv cannot parse: it would only log a warning and skip the
+    line, and the setting on it would be missing or taken from elsewhere."""
+    if not path.is_file():  # pydantic-settings reads no other
+        return
+    for binding in _bindings(path):
         if binding.error:  # never the line itself: it may hold a secret
             raise ConfigError(
                 f"{path} is invalid: line {binding.original.line} is no NAME=value statement"
@@ -909,6 +915,26 @@ class Settings(BaseModel):
 def load_settings() -> Settings:
     """Every group from the environment; raises `ConfigError` at the first bad setting."""
     return Settings(kafka=load_kafka(), genesys=load_genesys(), typing=load_typing())
+
+
+def misspelt_settings(
+    environ: Mapping[str, str] | None = None, env_file: Path = Path(".env")
+) -> list[str]:
+    """A warning for each variable (environment or `env_file`) named like a setting but
+    none, close to one that is: `TYPING_SUPRESSION_WINDOW_MS` is ignored as any unknown
+    name is, and the default applies in silence. Names close to none (another tool's, a
+    Kubernetes service link's) are not ours to judge."""
+    names = {name.upper() for name in (os.environ if environ is None else environ)}
+    if env_file.is_file():
+        names |= {binding.key.upper() for binding in _bindings(env_file) if binding.key}
+    warnings: list[str] = []
+    for prefix, model in _GROUPS:
+        known = [prefix + field.upper() for field in model.model_fields]
+        for name in sorted(n for n in names if n.startswith(prefix) and n not in known):
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+            if close:
+                warnings.append(f"{name} is no setting and is ignored; did you mean {close[0]}?")
+    return warnings
 
 
 def describe_settings(settings: Settings) -> list[tuple[str, str]]:

@@ -28,6 +28,7 @@ from processor.settings import (
     load_otel,
     load_settings,
     load_typing,
+    misspelt_settings,
 )
 from processor.webhook import WebhookConfig
 
@@ -1079,3 +1080,45 @@ def test_a_crm_authorization_with_a_credential_in_the_url_is_refused_naming_both
     # a query (a signature, a tenant) takes nothing from the header: both are sent
     monkeypatch.setenv("TYPING_CRM_WEBHOOK_URL", "https://crm.example.com/h?sig=1")
     assert load_typing().crm_webhook_authorization is not None
+
+
+def test_a_misspelt_setting_is_warned_of_with_the_name_it_is_close_to(tmp_path: Path) -> None:
+    """An unknown name is ignored and the default applies in silence: one close to a
+    setting's name is a typo to point out; names close to none are another tool's (a
+    Kubernetes service link, KAFKA_PORT) and pass unremarked."""
+    env_file = tmp_path / "settings.env"
+    env_file.write_text("GENESYSCLOUD_OAUTHCLIENT_SECERT=x\n")
+    environ = {
+        "TYPING_SUPRESSION_WINDOW_MS": "100",
+        "kafka_bootstrap_server": "kafka:9092",
+        "TYPING_SUPPRESSION_WINDOW_MS": "100",
+        "KAFKA_PORT": "tcp://10.0.0.1:9092",
+        "TYPING_SERVICE_HOST": "10.0.0.2",
+        "PATH": "/usr/bin",
+    }
+    assert misspelt_settings(environ, env_file) == [
+        "KAFKA_BOOTSTRAP_SERVER is no setting and is ignored; did you mean"
+        " KAFKA_BOOTSTRAP_SERVERS?",
+        "GENESYSCLOUD_OAUTHCLIENT_SECERT is no setting and is ignored; did you mean"
+        " GENESYSCLOUD_OAUTHCLIENT_SECRET?",
+        "TYPING_SUPRESSION_WINDOW_MS is no setting and is ignored; did you mean"
+        " TYPING_SUPPRESSION_WINDOW_MS?",
+    ]
+    assert misspelt_settings({"TYPING_SUPPRESSION_WINDOW_MS": "100"}, tmp_path / "none") == []
+
+
+def test_config_warns_of_a_misspelt_setting_on_stderr() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "processor", "config"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "TYPING_COMMIT_INTERVALL_MS": "100"},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "TYPING_COMMIT_INTERVAL_MS=1000" in result.stdout  # the default applies
+    assert result.stderr.strip() == (
+        "warning: TYPING_COMMIT_INTERVALL_MS is no setting and is ignored; did you mean"
+        " TYPING_COMMIT_INTERVAL_MS?"
+    )
