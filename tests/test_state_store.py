@@ -122,6 +122,18 @@ def test_exact_duplicate_event_id_is_dropped(store: PartitionStore) -> None:
     assert store.desired("s1") is Status.TYPING
 
 
+def test_the_same_event_id_in_two_sessions_is_no_duplicate(store: PartitionStore) -> None:
+    """Producers that number events per session reuse ids across sessions: only the same
+    id of the same session (a redelivery) is a duplicate."""
+    store.on_event(ev("s1", Status.TYPING, T0, eid="1"), 1)
+    store.on_event(ev("s2", Status.TYPING, T0, eid="1"), 2)
+    assert Decision.DUPLICATE not in decisions(store)
+    assert store.desired("s2") is Status.TYPING
+    store.on_event(ev("s2", Status.STOPPED, T0 + 1, eid="1"), 3)
+    assert decisions(store) == [Decision.DUPLICATE]
+    assert store.desired("s2") is Status.TYPING
+
+
 def test_repeat_within_window_is_suppressed_and_extends_the_deadline(
     store: PartitionStore, clock: ManualClock
 ) -> None:

@@ -47,8 +47,9 @@ class EngineConfig:
             (I6: versions never repeat). Beyond it a session starts again at version 1
             under a new epoch (its CRM event ids stay distinct). A day outlives a
             web-chat session.
-        dedupe_capacity: exact duplicates among at least this many recent event ids are
-            dropped (up to twice as many are held; see `EventIdMemory`).
+        dedupe_capacity: exact duplicates (the same event id of the same session) among
+            at least this many recent events are dropped (up to twice as many are held;
+            see `EventIdMemory`).
         retry_base_ms / retry_max_ms: exponential backoff for failed calls.
         gone_quiet_base_ms / gone_quiet_max_ms: after Genesys said a session is unknown,
             not connected or unusable (404, 409, 400), an event of it calls again only

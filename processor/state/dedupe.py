@@ -1,14 +1,17 @@
-"""Bounded memory of recent event ids, to drop exact duplicates (at-least-once input)."""
+"""Bounded memory of recent events, to drop exact duplicates (at-least-once input)."""
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 
 class EventIdMemory:
-    """Remembers at least the last `capacity` distinct event ids, and at most twice that.
+    """Remembers at least the last `capacity` distinct event keys (the store's: session
+    and event id), and at most twice that.
 
-    Two generations of sets: ids go into the current one; once it holds `capacity` ids it
+    Two generations of sets: keys go into the current one; once it holds `capacity` it
     becomes the previous generation and the one before is dropped whole. Membership asks
-    both. Cheaper per id than an exact least-recently-added order (no per-id eviction),
+    both. Cheaper per key than an exact least-recently-added order (no per-key eviction),
     and memory stays bounded whatever the input rate.
     """
 
@@ -18,22 +21,22 @@ class EventIdMemory:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self._capacity = capacity
-        self._current: set[str] = set()
-        self._previous: set[str] = set()
+        self._current: set[Hashable] = set()
+        self._previous: set[Hashable] = set()
 
-    def add(self, event_id: str) -> bool:
-        """Record `event_id`; False when it was already remembered (a duplicate)."""
+    def add(self, key: Hashable) -> bool:
+        """Record `key`; False when it was already remembered (a duplicate)."""
         current = self._current
-        if event_id in current or event_id in self._previous:
+        if key in current or key in self._previous:
             return False
-        current.add(event_id)
+        current.add(key)
         if len(current) >= self._capacity:
             self._previous = current
             self._current = set()
         return True
 
-    def __contains__(self, event_id: object) -> bool:
-        return event_id in self._current or event_id in self._previous
+    def __contains__(self, key: object) -> bool:
+        return key in self._current or key in self._previous
 
     def __len__(self) -> int:
         return len(self._current) + len(self._previous)

@@ -210,10 +210,13 @@ class PartitionStore:
         eid = event.event_id
         status = event.status
         sid = event.session_id
-        if not self._dedupe.add(eid):
+        s = self._sessions.get(sid)
+        # by session and id: producers that number events per session reuse ids across
+        # sessions, and a redelivered event is always of its own session (the session's
+        # own id string is kept, not each event's copy of it)
+        if not self._dedupe.add((sid if s is None else s.sid, eid)):
             self._audit(sid, status, _DUPLICATE, eid, offset)
             return
-        s = self._sessions.get(sid)
         if s is None:
             s = self._sessions[sid] = Session(sid, now)
             floor = self._floors.pop(sid, None)
