@@ -52,7 +52,7 @@ class Model:
         self.status: dict[str, Status | None] = {}
         self.deadline: dict[str, int] = {}
         self.timeout: dict[str, int] = {}
-        self.seen: set[str] = set()
+        self.seen: set[tuple[str, str]] = set()  # (session, event id)
 
     def wanted(self, sid: str, now: int) -> Status | None:
         status = self.status.get(sid)
@@ -68,9 +68,9 @@ class Model:
 
     def apply(self, event: TypingEvent, now: int) -> None:
         sid = event.session_id
-        if event.event_id in self.seen:
+        if (sid, event.event_id) in self.seen:
             return
-        self.seen.add(event.event_id)
+        self.seen.add((sid, event.event_id))
         occurred = min(event.occurred_at, now)  # a producer clock ahead is clamped
         if occurred < self.latest.get(sid, -1):
             return  # an older event never overrides a newer one
@@ -146,7 +146,8 @@ class StoreMachine(RuleBasedStateMachine):
     )
     def event(self, sid: str, status: Status, delta: int, timeout: int | None, reuse: int) -> None:
         if reuse == 0 and self.counter:
-            event_id = f"e{self.counter - 1}"  # an exact duplicate of the previous event
+            # the previous event's id: a duplicate in its session, another event elsewhere
+            event_id = f"e{self.counter - 1}"
         else:
             event_id = f"e{self.counter}"
             self.counter += 1
