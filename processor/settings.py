@@ -928,13 +928,21 @@ def misspelt_settings(
     if env_file.is_file():
         names |= {binding.key.upper() for binding in _bindings(env_file) if binding.key}
     warnings: list[str] = []
-    for prefix, model in _GROUPS:
-        known = [prefix + field.upper() for field in model.model_fields]
+    known = setting_names()
+    for prefix, _ in _GROUPS:
+        group = sorted(name for name in known if name.startswith(prefix))
         for name in sorted(n for n in names if n.startswith(prefix) and n not in known):
-            close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+            close = difflib.get_close_matches(name, group, n=1, cutoff=0.85)
             if close:
                 warnings.append(f"{name} is no setting and is ignored; did you mean {close[0]}?")
     return warnings
+
+
+def setting_names() -> frozenset[str]:
+    """The variable of every setting (`KAFKA_*`, `GENESYSCLOUD_*`, `TYPING_*`)."""
+    return frozenset(
+        prefix + field.upper() for prefix, model in _GROUPS for field in model.model_fields
+    )
 
 
 def describe_settings(settings: Settings) -> list[tuple[str, str]]:

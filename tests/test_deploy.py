@@ -24,20 +24,12 @@ from pipeline import UNREACHED_ENV
 
 from processor.asgi import serve_in_background
 from processor.childproc import free_port
-from processor.settings import GenesysSettings, KafkaSettings, TypingSettings
+from processor.settings import setting_names
 from processor.telemetry import OpsEndpoint, Telemetry
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 
-KNOWN = {
-    prefix + name.upper()
-    for prefix, model in (
-        ("KAFKA_", KafkaSettings),
-        ("GENESYSCLOUD_", GenesysSettings),
-        ("TYPING_", TypingSettings),
-    )
-    for name in model.model_fields
-}
+KNOWN = setting_names()
 
 
 def variables(template: str) -> set[str]:
