@@ -669,6 +669,31 @@ async def test_a_worker_ends_its_stores_replay_hold_once_its_input_reaches_the_e
         assert store.is_queued("replayed") or store.is_in_flight("replayed")
 
 
+async def test_turns_that_change_no_session_keep_no_acknowledged_report(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """A turn's CRM and audit acknowledgements are kept until a changelog write waits for
+    them (I6). Turns that change no session (a producer resending the same event, say)
+    write no changelog: what they kept grew with every turn, for as long as such input
+    lasted, though acknowledged long since."""
+    settings = make_settings(bootstrap_servers, emulator)
+    topic = settings.typing.input_topic
+    key, value = record("resent")
+    turns = 40
+    async with standalone_worker(settings, emulator, []) as alone:
+        worker = alone.worker
+        for offset in range(turns):
+            worker.submit([ConsumerRecord(topic, 0, offset, 0, 0, key, value, None, 6, 0, [])])
+            await eventually(
+                lambda n=offset + 1: worker.counters.events == n, 10, f"record {offset} processed"
+            )
+        await eventually(lambda: worker.committable == turns, 10, "every turn acknowledged")
+        assert worker.failed is None
+        assert worker.counters.decisions["duplicate"] == turns - 1
+        # at most the last turn's, if its acknowledgement came after it
+        assert len(worker._reports) <= 2
+
+
 async def test_a_rejected_record_of_the_oldest_format_is_dead_lettered_without_a_timestamp(
     bootstrap_servers: str, emulator: EmulatorHandle
 ) -> None:

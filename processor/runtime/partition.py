@@ -505,6 +505,11 @@ class PartitionWorker:
                 reports, self._reports = self._reports, []
                 await _acknowledged(reports)
                 futures.update(await state.send())
+            elif self._reports:
+                # no changelog this turn: those acknowledged need no wait (a failed one is
+                # kept, for the next changelog write to raise), else turns that change no
+                # session would keep one for every turn
+                self._reports = [f for f in self._reports if not _acknowledged_now(f)]
         except BaseException:
             if self._fenced or self._closing:
                 self._drop(launches)
@@ -681,6 +686,11 @@ async def _acknowledged(futures: list[asyncio.Future[Any]]) -> None:
     for result in await asyncio.gather(*futures, return_exceptions=True):
         if isinstance(result, BaseException):
             raise KafkaError(f"an outcome report was not acknowledged: {result!r}")
+
+
+def _acknowledged_now(future: asyncio.Future[Any]) -> bool:
+    """True when `future` (a producer acknowledgement) has come, and not as a failure."""
+    return future.done() and not future.cancelled() and future.exception() is None
 
 
 def _logged(exc: Exception) -> Exception:
