@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import itertools
 
 import pytest
@@ -997,3 +998,100 @@ def test_a_queued_session_waits_less_than_a_closed_one(
         assert store.take_work(5) == [], (answers, quiet)
         clock.set(gone_at + quiet)
     assert quiet == longest
+
+
+def _outcome_of(work: Work, clock: ManualClock, answered: set[str]) -> SinkResult:
+    """What Genesys answers a call of session `s<i>`, by `i` (a mix of every answer), the
+    first time (`answered` lists the sessions called before); a retry lands."""
+    if work.kind is WorkKind.RESOLVE:
+        return SinkResult(Outcome.APPLIED, remote_state=SessionState.CONNECTED)
+    kind = int(work.session_id[1:]) % 8
+    first = work.session_id not in answered
+    answered.add(work.session_id)
+    if kind == 1:
+        return SinkResult(Outcome.SESSION_NOT_FOUND, http_status=404)
+    if kind == 2:
+        return SinkResult(Outcome.SESSION_NOT_CONNECTED, remote_state=SessionState.QUEUED)
+    if kind == 3 and first:
+        return SinkResult(Outcome.FAILED, http_status=503, ambiguous=True)
+    if kind == 4 and first:
+        return SinkResult(Outcome.RATE_LIMITED, http_status=429)
+    if kind == 5 and first:
+        ahead = Indicator(Status.TYPING, clock.now_ms(), clock.now_ms() + 2000, work.version + 1)
+        return SinkResult(Outcome.OVERTAKEN, remote_indicator=ahead)
+    if work.target is not None:
+        return SinkResult(Outcome.APPLIED, shown_until_ms=clock.now_ms() + work.duration_ms)
+    return SinkResult(Outcome.APPLIED, http_status=200, call_latencies_ms=(20.0,))
+
+
+def test_memory_returns_to_a_small_bound_once_sessions_go_idle(clock: ManualClock) -> None:
+    """Weeks of traffic see millions of sessions, each typing for a few minutes and never
+    again: whatever the store keeps per session or per event goes once its session is
+    forgotten (idle for `idle_evict_ms`), and its version floor after `version_memory_ms`.
+    What stays is bounded by configuration, not by the sessions seen."""
+    # (sessions said to be gone type on within their quiet period)
+    quiet = 30_000
+    config = EngineConfig(
+        dedupe_capacity=1000,
+        gone_memory=100,
+        gone_quiet_base_ms=quiet,
+        queued_quiet_max_ms=quiet,
+    )
+    store = PartitionStore(0, config, clock)
+    agent = {
+        "kind": "agent_typing",
+        "conversation_id": "3fa85f64-5717-4562-b3fc-2c963f66afa6",
+        "communication_id": "3fa85f64-5717-4562-b3fc-2c963f66afa7",
+    }
+    sessions = 20_000
+    start_every = 60  # 20,000 sessions over 20 minutes, about 300 typing at once
+    # (due, session index, burst step): typing every 20 s for a minute, then stopped
+    due = [(T0 + i * start_every, i, 0) for i in range(sessions)]
+    offsets = itertools.count()
+    step_ms = 500
+    answered: set[str] = set()
+    while due:
+        now = clock.advance(step_ms)
+        while due and due[0][0] <= now:
+            at, i, step = heapq.heappop(due)
+            sid = f"s{i}"
+            status = Status.STOPPED if step == 3 else Status.TYPING
+            event = TypingEvent.model_validate(
+                {
+                    "event_id": f"e{i}-{step}",
+                    "session_id": sid,
+                    "status": status,
+                    "occurred_at": at,
+                    "timeout_ms": 25_000,
+                    **({"target": agent} if i % 8 == 6 else {}),
+                }
+            )
+            store.on_event(event, next(offsets))
+            if step < 3:
+                heapq.heappush(due, (at + 20_000, i, step + 1))
+        store.on_tick()
+        for work in store.take_work(1000):
+            store.on_result(work, _outcome_of(work, clock, answered))
+        store.drain()
+
+    clock.advance(config.idle_evict_ms + 120_000)
+    store.on_tick()
+    store.drain()
+    assert store.tracked_sessions == 0
+    assert store.queued_work == 0
+    assert store.in_flight == 0
+    for name in ("_backoff", "_shown", "_shown_messaging", "_held", "_dirty"):
+        assert len(getattr(store, name)) == 0, name
+    assert len(store._timers) == 0
+    assert len(store._dedupe) <= 2 * config.dedupe_capacity
+    assert len(store._gone_quiet) <= config.gone_memory
+    assert len(store._ints) <= 1
+    assert len(store._leads) <= 2
+    assert store._floors  # versions of sessions that changed something, for a day
+    clock.advance(config.version_memory_ms)
+    store.on_tick()
+    assert len(store._floors) == 0
+    assert len(store._floor_timers) == 0
+    changelog = store.drain().changelog
+    assert changelog
+    assert all(value is None for _, value in changelog)  # tombstones: the topic shrinks too
