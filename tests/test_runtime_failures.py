@@ -57,7 +57,7 @@ from processor.runtime.restore import (
     read_changelog,
 )
 from processor.runtime.scheduler import Scheduler
-from processor.runtime.service import TypingProcessor
+from processor.runtime.service import LEASE_TERM_S, TypingProcessor
 from processor.settings import KafkaSettings, Settings, TypingSettings
 from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
@@ -1301,6 +1301,40 @@ async def test_a_restore_stalled_by_a_silent_broker_reads_on_to_its_barrier(
         records = await asyncio.wait_for(read, 60)
     assert len(records) == count
     assert progress.remaining == 0
+
+
+class UncommittingProcessor(TypingProcessor):
+    """Commits only when the test calls `TypingProcessor.commit`: what it owns has no
+    commit of this member yet, as right after an assignment."""
+
+    async def commit(self) -> None:
+        return
+
+
+async def test_a_lease_renewal_whose_lookups_find_the_cluster_silent_ends_within_the_term(
+    broker: LocalBroker, emulator: EmulatorHandle
+) -> None:
+    """A renewal for partitions this member has not committed yet looks up a safe offset
+    first (the group's commit, else where reading starts); aiokafka retries those lookups
+    for as long as the coordinator or the partition's leader does not answer. They are
+    bounded as the commit is: else a silent cluster held the consume loop (no fetch, no
+    check of the partitions, no other commit) until it answered again."""
+    settings = make_settings(broker.bootstrap_servers, emulator, topic_partitions=1)
+    pid = broker.pid
+    assert pid is not None
+    async with running(settings, UncommittingProcessor) as (processor, _):
+        assert processor.lease.renewal_due()
+        os.kill(pid, signal.SIGSTOP)
+        renewal = asyncio.ensure_future(TypingProcessor.commit(processor))
+        try:
+            done, _ = await asyncio.wait({renewal}, timeout=LEASE_TERM_S + 2.0)
+            assert done, f"the renewal still waits {LEASE_TERM_S + 2.0:.1f} s on"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+            renewal.cancel()
+            await asyncio.gather(renewal, return_exceptions=True)
+        assert renewal.result() is None  # gave up, to be tried again
+        assert processor.lease.left() == 0
 
 
 async def test_a_processor_restores_with_a_barrier_from_its_own_producer(

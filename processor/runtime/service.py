@@ -509,15 +509,16 @@ class TypingProcessor:
             for p, w in self.workers.items()
             if w.committable is not None and w.committable != self._committed.get(p)
         }
-        if not offsets and self.lease.renewal_due():
-            offsets = await self._renewal_offset(consumer)
-        if not offsets:
-            return
         sent_at = self.lease.now()
         try:
-            # no longer than the lease lasts: a commit that hangs (aiokafka retries one for
-            # as long as the coordinator is out of reach) would hold the consume loop
+            # no longer than the lease lasts, a renewal's lookups included: a commit or a
+            # lookup that hangs (aiokafka retries them for as long as the coordinator or
+            # the partition's leader is out of reach) would hold the consume loop
             async with asyncio.timeout(LEASE_TERM_S):
+                if not offsets and self.lease.renewal_due():
+                    offsets = await self._renewal_offset(consumer)
+                if not offsets:
+                    return
                 await consumer.commit(offsets)
         except CommitFailedError:
             # The group has moved on without this member (its next heartbeat or poll
@@ -563,8 +564,10 @@ class TypingProcessor:
                 if safe is None:
                     safe = worker.first_offset
                 if safe is None:
-                    safe = await consumer.position(tp)
-            except KafkaError as exc:  # revoked meanwhile, or the cluster's trouble
+                    # (being reset: another partition renews, or the next round)
+                    async with asyncio.timeout(POSITION_WAIT_S):
+                        safe = await consumer.position(tp)
+            except (KafkaError, TimeoutError) as exc:  # revoked meanwhile, the cluster's trouble
                 log.debug("no offset to renew the lease with: %s", exc)
                 continue
             if safe is not None:
