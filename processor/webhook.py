@@ -474,7 +474,12 @@ class CrmWebhookWorker:
         # would be posted, and committed past the record its revocation stopped at
         searched = {tp: _Partition(self._clock.now_ms()) for tp in owned}
         self._partitions.update(searched)
-        search = read_past_undecodable(consumer, self._kafka, dict.fromkeys(owned, None))
+        search = read_past_undecodable(
+            consumer,
+            self._kafka,
+            dict.fromkeys(owned, None),
+            lambda tp: not searched[tp].revoked.is_set(),
+        )
         try:
             async with aclosing(search):
                 async for tp, item in search:

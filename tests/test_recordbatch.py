@@ -537,6 +537,7 @@ async def test_a_search_from_records_retention_deleted_reads_on_where_the_log_be
         consumer,  # type: ignore[arg-type]
         KafkaSettings(bootstrap_servers="127.0.0.1:1"),
         {tp: None},
+        lambda _: True,
     )
     got = [item async for _, item in search]
     assert [

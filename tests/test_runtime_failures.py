@@ -102,11 +102,13 @@ class UnacknowledgedDlqProcessor(BrokenDlqProcessor):
     outbound = DeadLetterUnacknowledged
 
 
-async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> list[int]:
+async def produce(
+    bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], partition: int = 0
+) -> list[int]:
     async with AIOKafkaProducer(bootstrap_servers=bootstrap) as producer:
         offsets = []
         for key, value in records:
-            meta = await producer.send_and_wait(topic, value, key=key, partition=0)
+            meta = await producer.send_and_wait(topic, value, key=key, partition=partition)
             offsets.append(meta.offset)
         return offsets
 
@@ -333,6 +335,72 @@ async def test_a_partition_given_back_during_a_search_past_undecodable_records_l
                 30,
                 "the record processed by the partition's new worker",
             )
+        finally:
+            proceed.set()
+            await other.stop()
+
+
+async def test_a_partition_revoked_before_a_search_rewinds_it_is_left_where_it_is(
+    bootstrap_servers: str, emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search past undecodable records puts every partition back before it reads any (a
+    commit looked up on the way): a rebalance meanwhile must not have the search move a
+    partition of an assignment that is not the one it searches for. A partition revoked
+    made the seek raise and the processor restart; one given back had its new assignment
+    moved to where the old worker stood, past what the new worker had not processed (I6)."""
+    settings = make_settings(bootstrap_servers, emulator, topic_partitions=2)
+    emulator.create_session("kept")
+    rewind = undecodable._rewind
+    armed = False
+    rewinding, proceed = asyncio.Event(), asyncio.Event()
+
+    async def held_rewind(consumer: AIOKafkaConsumer, tp: TopicPartition, *rest: Any) -> Any:
+        nonlocal armed
+        # (held in a search of both partitions: none paused)
+        if armed and len(consumer.assignment()) == 2 and not consumer.paused():
+            armed = False
+            rewinding.set()
+            await proceed.wait()
+        return await rewind(consumer, tp, *rest)
+
+    monkeypatch.setattr(undecodable, "_rewind", held_rewind)
+    async with running(settings, AlwaysUndecodable) as (processor, task):
+        await eventually(lambda: processor.lease.left() > 0, 30, "the member confirmed")
+        before = dict(processor.workers)
+        armed = True
+        await eventually(rewinding.is_set, 10, "a search rewinding both partitions")
+        # a member joining for the same topic: the group revokes both partitions, then
+        # gives each member one
+        other = AIOKafkaConsumer(
+            settings.typing.input_topic,
+            bootstrap_servers=bootstrap_servers,
+            group_id=settings.typing.group_id,
+            session_timeout_ms=6_000,
+            heartbeat_interval_ms=1_000,
+            enable_auto_commit=False,
+        )
+        await other.start()
+        try:
+
+            def one_given_back() -> bool:
+                return len(processor.workers) == 1 and all(
+                    worker is not before[partition] and worker.restored.is_set()
+                    for partition, worker in processor.workers.items()
+                )
+
+            await eventually(one_given_back, 60, "one partition given to the other member")
+            (kept,) = processor.workers
+            proceed.set()
+            await produce(bootstrap_servers, settings.typing.input_topic, [record("kept")], kept)
+
+            def processed() -> bool:
+                worker = processor.workers.get(kept)
+                return worker is not None and worker.store.session("kept") is not None
+
+            await eventually(
+                lambda: task.done() or processed(), 30, "the record processed by the new worker"
+            )
+            assert not task.done(), f"the processor stopped: {task.exception()!r}"
         finally:
             proceed.set()
             await other.stop()

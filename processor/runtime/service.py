@@ -446,6 +446,7 @@ class TypingProcessor:
             consumer,
             self.settings.kafka,
             {tp: worker.resume_at() for tp, worker in owned.items()},
+            lambda tp: self.workers.get(tp.partition) is owned[tp],
         )
         async with aclosing(search):
             async for tp, item in search:

@@ -19,7 +19,7 @@ there.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import (
@@ -50,6 +50,7 @@ async def read_past_undecodable(
     consumer: AIOKafkaConsumer,
     kafka: KafkaSettings,
     resume_at: Mapping[TopicPartition, int | None],
+    current: Callable[[TopicPartition], bool],
 ) -> AsyncGenerator[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]] | Undecodable]]:
     """After a fetch raised on a record the client cannot decode: each partition of
     `resume_at`, from the first record not handed on (None: the commit), as runs of
@@ -57,36 +58,58 @@ async def read_past_undecodable(
     they belong to, read as `kafka` says the consumers read. Every partition is rewound
     before any is read. Whoever iterates hands each item on before asking for the next,
     and closes the iteration if it stops early (`contextlib.aclosing`). Kafka's errors
-    propagate."""
-    starts = [(tp, await _rewind(consumer, tp, offset)) for tp, offset in resume_at.items()]
+    propagate.
+
+    `current(tp)`: whether `tp` is still assigned as it was when `resume_at` was taken. A
+    partition revoked meanwhile (perhaps given back) is neither moved nor read: its offset
+    belongs to the assignment that ended (the next one starts from the commit)."""
+    starts = []
+    for tp, offset in resume_at.items():
+        start = await _rewind(consumer, tp, offset, current)
+        if start is not None:
+            starts.append((tp, start))
     async with RawFetcher(kafka) as raw:
         for tp, start in starts:
-            async for item in _fetch_past(consumer, raw, tp, start):
+            async for item in _fetch_past(consumer, raw, tp, start, current):
                 yield tp, item
 
 
-async def _rewind(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int | None) -> int:
+async def _rewind(
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    offset: int | None,
+    current: Callable[[TopicPartition], bool],
+) -> int | None:
     """Put `tp`'s position back at `offset` (the first record not handed on), or else at
-    its commit, or else at its beginning (as `auto_offset_reset` "earliest"); where it is.
+    its commit, or else at its beginning (as `auto_offset_reset` "earliest"); where it is,
+    or None when `tp` is no longer `current` (then it is left as it is).
 
     Done for every partition before any is searched: the fetch that raised may have moved
     the others past records it never returned, and a search that fails half-way must not
     leave them there."""
     if offset is None:
         committed = await consumer.committed(tp)
-        if committed is None:
-            await consumer.seek_to_beginning(tp)
-            return int(await consumer.position(tp))
-        offset = int(committed)
+        offset = None if committed is None else int(committed)
+    # (the lookup above, or an earlier partition's, may have outlasted a rebalance)
+    if not current(tp):
+        return None
+    if offset is None:
+        await consumer.seek_to_beginning(tp)
+        return int(await consumer.position(tp))
     consumer.seek(tp, offset)
     return offset
 
 
 async def _fetch_past(
-    consumer: AIOKafkaConsumer, raw: RawFetcher, tp: TopicPartition, start: int
+    consumer: AIOKafkaConsumer,
+    raw: RawFetcher,
+    tp: TopicPartition,
+    start: int,
+    current: Callable[[TopicPartition], bool],
 ) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]] | Undecodable]:
     """Records of `tp` from `start`, as runs of readable records and single `Undecodable`
-    ones, as far as one raw fetch reaches; then the consumer's position follows them.
+    ones, as far as one raw fetch reaches; then the consumer's position follows them,
+    while `tp` is `current` (nothing more is read or moved once it is not).
 
     A `start` the partition no longer holds (retention deleted the records after the
     commit while they waited) is read from where the partition begins now, as the
@@ -95,6 +118,8 @@ async def _fetch_past(
     try:
         read = await read_at(raw, tp, start)
     except OffsetOutOfRangeError:
+        if not current(tp):
+            return
         await consumer.seek_to_beginning(tp)
         begins = int(await consumer.position(tp))
         log.warning(
@@ -117,7 +142,8 @@ async def _fetch_past(
             run.append(item)
     if run:
         yield run
-    if read.next_offset is not None:
+    # (a fetch of nothing but control records hands on no item for the reader to check)
+    if read.next_offset is not None and current(tp):
         consumer.seek(tp, read.next_offset)
 
 
