@@ -505,9 +505,13 @@ class TypingProcessor:
         if consumer is None:
             return
         topic = self.settings.typing.input_topic
+        # whom the offsets are for: a commit still retrying when its partition is released
+        # (and perhaps assigned again) must not leave its offset as the new worker's last
+        # commit, which a renewal would commit again over a later one
+        owners = dict(self.workers)
         offsets = {
             TopicPartition(topic, p): w.committable
-            for p, w in self.workers.items()
+            for p, w in owners.items()
             if w.committable is not None and w.committable != self._committed.get(p)
         }
         sent_at = self.lease.now()
@@ -539,7 +543,9 @@ class TypingProcessor:
             log.warning("commit failed (will retry): %r", exc)
             return
         for tp, offset in offsets.items():
-            self._committed[tp.partition] = offset
+            owner = owners.get(tp.partition)
+            if owner is not None and self.workers.get(tp.partition) is owner:
+                self._committed[tp.partition] = offset
         if self.lease.renewed(sent_at):
             self.scheduler.poke()  # the calls held for the lapse may go now
 
