@@ -301,6 +301,9 @@ def http_url_problem(url: str) -> str | None:
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL:
+        if any(char.isspace() or not char.isprintable() for char in url):
+            # shown masked, such a URL can look sound: the character is what to look for
+            return "not a valid URL: it holds a space, a line break or another control character"
         return "not a valid URL"
     if parsed.scheme not in ("http", "https"):
         return "must be an http(s) URL"

@@ -1122,3 +1122,13 @@ def test_config_warns_of_a_misspelt_setting_on_stderr() -> None:
         "warning: TYPING_COMMIT_INTERVALL_MS is no setting and is ignored; did you mean"
         " TYPING_COMMIT_INTERVAL_MS?"
     )
+
+
+@pytest.mark.parametrize("tail", ["\n", "\t", "\r\n"])
+def test_a_url_with_a_line_break_says_so(monkeypatch: pytest.MonkeyPatch, tail: str) -> None:
+    """A URL taken from a file keeps its line break; as shown (masked, parsed) it looks
+    sound, so the error names the character to look for."""
+    monkeypatch.setenv("GENESYSCLOUD_REGION", "eu-west-1")
+    monkeypatch.setenv("GENESYSCLOUD_API_URL", f"https://api.example.com{tail}")
+    message = refusal(load_genesys, "GENESYSCLOUD_API_URL")
+    assert "a space, a line break or another control character" in message
