@@ -231,7 +231,7 @@ class TokenManager:
             body = response.json()
             value = body["access_token"]
             lifetime = float(body["expires_in"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # (or nested too deep)
             raise ProtocolError("login service sent no access_token/expires_in") from None
         except OverflowError:  # an integer no float holds
             lifetime = math.inf

@@ -878,7 +878,7 @@ def _etag_of(response: httpx.Response) -> str | None:
         return str(etag)
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested deeper than the parser goes)
         return None
     value = body.get("etag") if isinstance(body, dict) else None
     return str(value) if isinstance(value, str) and value else None
@@ -887,7 +887,7 @@ def _etag_of(response: httpx.Response) -> str | None:
 def _parse_session(session_id: str, response: httpx.Response) -> RemoteSession:
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested deeper than the parser goes)
         raise ProtocolError("session GET returned no JSON") from None
     if not isinstance(body, dict):
         raise ProtocolError("session GET returned no JSON object")

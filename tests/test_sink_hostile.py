@@ -1,0 +1,110 @@
+"""A Genesys that answers outside the contract (DESIGN §2), served over real HTTP: the sink
+classifies every such answer as an outcome, with bounded memory and time, and never lets
+the answer break a later call."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from pydantic import SecretStr
+
+from processor.asgi import serve_in_background
+from processor.clock import ManualClock
+from processor.domain import Indicator, Outcome, Status
+from processor.sink import GenesysSink, SinkConfig
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Handler = Callable[[Send], Awaitable[None]]
+
+JSON = [(b"content-type", b"application/json")]
+SESSION = {"id": "s1", "state": "connected", "etag": "e1", "customAttributes": {}}
+LOGIN = {"access_token": "t0k3n", "token_type": "bearer", "expires_in": 3600}
+# shown until far beyond any test's clock: a set whose `expiresAt` has passed is not sent
+TYPING = Indicator(Status.TYPING, 0, 4_102_444_800_000, 1)
+
+
+def answer(status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> Handler:
+    """A handler that answers `status` with `body` in one piece."""
+
+    async def handle(send: Send) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers or JSON})
+        await send({"type": "http.response.body", "body": body})
+
+    return handle
+
+
+@dataclass
+class Genesys:
+    """What the API and the login service answer (per method; "token" for the login), and
+    the requests they saw."""
+
+    answers: dict[str, Handler] = field(default_factory=dict)
+    seen: list[tuple[str, dict[bytes, bytes]]] = field(default_factory=list)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        key = "token" if scope["path"] == "/oauth/token" else scope["method"]
+        self.seen.append((key, dict(scope["headers"])))
+        handler = self.answers.get(key)
+        if handler is None:
+            handler = (
+                answer(200, orjson.dumps(LOGIN))
+                if key == "token"
+                else answer(200, orjson.dumps(SESSION), [*JSON, (b"etag", b"e1")])
+            )
+        await handler(send)
+
+
+@asynccontextmanager
+async def sink_against(genesys: Genesys, **tuning: Any) -> AsyncIterator[GenesysSink]:
+    """A sink of the real HTTP client against `genesys` served on a local port."""
+    async with serve_in_background(genesys) as server:
+        config = SinkConfig(
+            api_url=server.base_url,
+            login_url=server.base_url,
+            client_id="id",
+            client_secret=SecretStr("secret"),
+            backoff_base_s=0.001,
+            backoff_cap_s=0.002,
+            **tuning,
+        )
+        async with GenesysSink(config, clock=ManualClock()) as sink:
+            yield sink
+
+
+DEEP = b"[" * 100_000
+"""JSON nested deeper than Python's recursion limit: `json` raises RecursionError."""
+
+
+async def test_a_session_nested_too_deep_is_a_failed_read_not_a_crash() -> None:
+    genesys = Genesys({"GET": answer(200, DEEP, [*JSON, (b"etag", b"e1")])})
+    async with sink_against(genesys) as sink:
+        result = await sink.apply("s1", TYPING)
+    assert (result.outcome, result.attempts) == (Outcome.FAILED, 1)
+    assert "no JSON" in result.error
+
+
+async def test_a_patch_answer_nested_too_deep_is_applied_and_re_read_next_time() -> None:
+    genesys = Genesys({"PATCH": answer(200, DEEP)})
+    async with sink_against(genesys) as sink:
+        result = await sink.apply("s1", TYPING)
+        assert sink.cached_etag("s1") is None  # no ETag to trust: the next apply reads
+    assert (result.outcome, result.attempts) == (Outcome.APPLIED, 2)
+
+
+async def test_a_login_answer_nested_too_deep_fails_and_waits_like_any_failed_login() -> None:
+    """The RecursionError escaped the login: every call crashed, and since no failed login
+    was recorded, every call asked the login service again."""
+    genesys = Genesys({"token": answer(200, DEEP)})
+    async with sink_against(genesys) as sink:
+        first = await sink.apply("s1", None)
+        second = await sink.apply("s1", None)
+        assert sink.tokens.fetches == 1
+    for result in (first, second):
+        assert (result.outcome, result.attempts) == (Outcome.FAILED, 0)
+        assert "login service sent no access_token" in result.error
