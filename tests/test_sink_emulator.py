@@ -15,7 +15,6 @@ from pipeline import eventually
 from pydantic import SecretStr
 
 from processor import USER_AGENT
-from processor.asgi import serve_in_background as serve_asgi_in_background
 from processor.budget import OVERHEAD_PRIOR
 from processor.clock import SystemClock
 from processor.domain import Indicator, Outcome, SessionState, Status
@@ -755,13 +754,11 @@ async def test_a_wait_for_a_pooled_connection_in_vain_is_no_evidence_against_the
         assert sink.breaker.state is BreakerState.CLOSED
 
 
-async def _login_with_an_unsendable_token(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """A login service whose token no HTTP header can carry (a line break in it)."""
-    assert scope["type"] == "http"
-    body = b'{"access_token": "bad\\ntoken", "expires_in": 3600}'
-    headers = [(b"content-type", b"application/json")]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+async def _unwritable_api_headers(request: httpx.Request) -> None:
+    """Make an API request's headers ones h11 will not write (a line break in a value);
+    the login's stay writable."""
+    if request.url.path.startswith("/api/"):
+        request.headers["X-Unwritable"] = "line\nbreak"
 
 
 @pytest.mark.parametrize("failure", ["UnsupportedProtocol", "LocalProtocolError"])
@@ -775,13 +772,14 @@ async def test_a_request_the_http_library_would_not_write_costs_no_budget(
     async with contextlib.AsyncExitStack() as stack:
         if failure == "UnsupportedProtocol":
             config = config_for(emulator, api_url=emulator.base_url.replace("http", "ftp", 1))
+            http = None
         else:
-            login = await stack.enter_async_context(
-                serve_asgi_in_background(_login_with_an_unsendable_token)
+            config = config_for(emulator)
+            http = await stack.enter_async_context(
+                httpx.AsyncClient(event_hooks={"request": [_unwritable_api_headers]})
             )
-            config = config_for(emulator, login_url=login.base_url)
         config = replace(config, breaker_failure_threshold=1)
-        sink = await stack.enter_async_context(GenesysSink(config))
+        sink = await stack.enter_async_context(GenesysSink(config, http=http))
         unpaid = await sink.apply("s1", indicator(1))
         sink.budget.spend(2)  # as the scheduler prepays a GET and a PATCH
         paid = await sink.apply("s1", indicator(1), prepaid=2)

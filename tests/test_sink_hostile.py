@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import pytest
 from pydantic import SecretStr
 
 from processor.asgi import serve_in_background
@@ -108,3 +109,28 @@ async def test_a_login_answer_nested_too_deep_fails_and_waits_like_any_failed_lo
     for result in (first, second):
         assert (result.outcome, result.attempts) == (Outcome.FAILED, 0)
         assert "login service sent no access_token" in result.error
+
+
+UNUSABLE_TOKENS = {
+    # UnicodeEncodeError as httpx built the header: every call crashed for the token's life
+    "non-ascii": {**LOGIN, "access_token": "t\u00e9k"},
+    "non-latin": {**LOGIN, "access_token": "t\u2603k"},
+    # no header value: every call failed unsent for the token's life, and no login again
+    "line-break": {**LOGIN, "access_token": "t0k3n\r\nX-Injected: 1"},
+    "space": {**LOGIN, "access_token": "t0k 3n"},
+    # a token the API would refuse as a bearer's: two 401s and the pause, a misconfiguration
+    "not-bearer": {**LOGIN, "token_type": "mac"},
+}
+
+
+@pytest.mark.parametrize("login", sorted(UNUSABLE_TOKENS))
+async def test_a_token_no_bearer_header_can_carry_is_refused_at_login(login: str) -> None:
+    genesys = Genesys({"token": answer(200, orjson.dumps(UNUSABLE_TOKENS[login]))})
+    async with sink_against(genesys) as sink:
+        first = await sink.apply("s1", None)
+        second = await sink.apply("s1", None)
+        assert sink.tokens.fetches == 1  # the next login waits, as after any failure
+    assert [key for key, _ in genesys.seen] == ["token"]  # nothing sent with it
+    for result in (first, second):
+        assert (result.outcome, result.attempts) == (Outcome.FAILED, 0)
+        assert "unusable token" in result.error

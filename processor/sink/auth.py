@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,10 @@ the API takes starts again from this one. Short at first: a brief double 401 mus
 hold clears back for long (DESIGN I1). The token is kept for the next try: one the API
 had not learnt yet may serve by then."""
 REFUSED_MAX_RETRY_S = 10.0
+# What an `Authorization: Bearer` header can carry as one credential: visible ASCII. Any
+# other character fails every request of the token's life (httpx cannot encode it, or h11
+# refuses the header), and a space splits it.
+_SENDABLE_TOKEN = re.compile(r"[!-~]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +240,14 @@ class TokenManager:
             raise ProtocolError("login service sent no access_token/expires_in") from None
         except OverflowError:  # an integer no float holds
             lifetime = math.inf
-        if not isinstance(value, str) or not value or not 0 < lifetime < math.inf:
+        kind = body.get("token_type", "bearer")
+        if (
+            not isinstance(value, str)
+            or not _SENDABLE_TOKEN.fullmatch(value)
+            or not isinstance(kind, str)
+            or kind.lower() != "bearer"
+            or not 0 < lifetime < math.inf
+        ):
             raise ProtocolError("login service sent an unusable token")
         # Refresh early; a token shorter-lived than twice the margin is refreshed at half-life.
         margin = min(self._margin, lifetime / 2)
