@@ -134,3 +134,43 @@ async def test_a_token_no_bearer_header_can_carry_is_refused_at_login(login: str
     for result in (first, second):
         assert (result.outcome, result.attempts) == (Outcome.FAILED, 0)
         assert "unusable token" in result.error
+
+
+UNSENDABLE_ETAGS = {
+    "non-ascii": "e\u00e9",  # UnicodeEncodeError as httpx built If-Match: a crash
+    "line-break": "e1\r\nX-Injected: 1",  # cached, then every PATCH failed unsent
+    "huge": "e" * 100_000,  # cached for every session: no bound on the cache's memory
+    "empty": "",
+}
+
+
+@pytest.mark.parametrize("etag", sorted(UNSENDABLE_ETAGS))
+async def test_a_session_whose_etag_no_if_match_can_carry_is_a_failed_read(etag: str) -> None:
+    session = orjson.dumps({**SESSION, "etag": UNSENDABLE_ETAGS[etag]})
+    genesys = Genesys({"GET": answer(200, session)})
+    async with sink_against(genesys) as sink:
+        result = await sink.apply("s1", TYPING)
+        assert sink.cached_etag("s1") is None
+    assert (result.outcome, result.attempts) == (Outcome.FAILED, 1)
+    assert "no ETag" in result.error
+    assert "PATCH" not in [key for key, _ in genesys.seen]
+
+
+async def test_an_unsendable_etag_header_gives_way_to_the_body_s() -> None:
+    headers = [*JSON, (b"etag", "\u00e9".encode())]
+    genesys = Genesys({"GET": answer(200, orjson.dumps(SESSION), headers)})
+    async with sink_against(genesys) as sink:
+        result = await sink.apply("s1", TYPING)
+    assert result.outcome is Outcome.APPLIED
+    patch = next(headers for key, headers in genesys.seen if key == "PATCH")
+    assert patch[b"if-match"] == b"e1"
+
+
+@pytest.mark.parametrize("etag", sorted(UNSENDABLE_ETAGS))
+async def test_a_patch_answered_with_an_unsendable_etag_caches_none(etag: str) -> None:
+    body = orjson.dumps({**SESSION, "etag": UNSENDABLE_ETAGS[etag]})
+    genesys = Genesys({"PATCH": answer(200, body)})
+    async with sink_against(genesys) as sink:
+        result = await sink.apply("s1", TYPING)
+        assert sink.cached_etag("s1") is None  # the next apply reads the session first
+    assert (result.outcome, result.attempts) == (Outcome.APPLIED, 2)

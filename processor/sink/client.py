@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -47,6 +48,10 @@ log = logging.getLogger(__name__)
 
 # A 429 without a usable Retry-After still pauses the client this long.
 _DEFAULT_RETRY_AFTER_S = 1.0
+# An ETag an `If-Match` header can carry: visible ASCII (spaces inside), of a sane length.
+# Any other would fail every PATCH of the session (httpx cannot encode it, or h11 refuses
+# the header) while it stays cached, and the cache holds one per session.
+_SENDABLE_ETAG = re.compile(r"[!-~](?:[ !-~]{0,1022}[!-~])?")
 # Why a request was held back by `GenesysSink.hold_while`.
 _NOT_CONFIRMED = "the group has not confirmed this member lately"
 
@@ -873,15 +878,16 @@ def _already_there(desired: Indicator | None, read: RemoteSession) -> bool:
 
 
 def _etag_of(response: httpx.Response) -> str | None:
+    """The answer's ETag (its header's, else its body's), if one `If-Match` can carry."""
     etag = response.headers.get("ETag")
-    if etag:
+    if etag and _SENDABLE_ETAG.fullmatch(etag):
         return str(etag)
     try:
         body = response.json()
     except (ValueError, RecursionError):  # (nested deeper than the parser goes)
         return None
     value = body.get("etag") if isinstance(body, dict) else None
-    return str(value) if isinstance(value, str) and value else None
+    return value if isinstance(value, str) and _SENDABLE_ETAG.fullmatch(value) else None
 
 
 def _parse_session(session_id: str, response: httpx.Response) -> RemoteSession:
