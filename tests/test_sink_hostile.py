@@ -4,6 +4,8 @@ the answer break a later call."""
 
 from __future__ import annotations
 
+import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -174,3 +176,88 @@ async def test_a_patch_answered_with_an_unsendable_etag_caches_none(etag: str) -
         result = await sink.apply("s1", TYPING)
         assert sink.cached_etag("s1") is None  # the next apply reads the session first
     assert (result.outcome, result.attempts) == (Outcome.APPLIED, 2)
+
+
+def gzip_bomb(expanded: int) -> bytes:
+    """A gzip body of `expanded` zero bytes (about a thousandth of that on the wire)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = bytes(1 << 20)
+    return b"".join(packer.compress(block) for _ in range(expanded >> 20)) + packer.flush()
+
+
+def streamed(status: int, chunk: bytes, times: int, headers: list[tuple[bytes, bytes]]) -> Handler:
+    """A handler that answers `chunk` `times` times over (no more in memory than one)."""
+
+    async def handle(send: Send) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        for _ in range(times):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    return handle
+
+
+HUGE = {
+    # 64 MiB that say nothing: read whole into memory, then parsed as JSON
+    "huge": streamed(200, b" " * (1 << 20), 64, [*JSON, (b"etag", b"e1")]),
+    # 256 MiB decompressed from 256 KiB: read whole into memory, whatever its size
+    "gzip-bomb": answer(
+        200, gzip_bomb(256 << 20), [*JSON, (b"etag", b"e1"), (b"content-encoding", b"gzip")]
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HUGE))
+@pytest.mark.parametrize("method", ["GET", "PATCH", "token"])
+async def test_an_answer_too_large_to_read_is_not_read_whole(kind: str, method: str) -> None:
+    genesys = Genesys({method: HUGE[kind]})
+    async with sink_against(genesys) as sink:
+        tracemalloc.start()
+        try:
+            result = await sink.apply("s1", TYPING)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    # the most read (1 MiB), and the pieces of the connection
+    assert peak < 16 << 20, peak
+    assert result.outcome is Outcome.FAILED
+    assert "too large" in result.error
+    # a PATCH's answer unread may have applied it: the next call reads the session first
+    assert result.ambiguous is (method == "PATCH")
+
+
+def packed(wbits: int, data: bytes) -> bytes:
+    packer = zlib.compressobj(6, zlib.DEFLATED, wbits)
+    return packer.compress(data) + packer.flush()
+
+
+ENCODED = {
+    "gzip": (b"gzip", 31),
+    "deflate": (b"deflate", 15),  # zlib-wrapped, as RFC 9110 says
+    "raw-deflate": (b"deflate", -15),  # as some servers send it
+    "identity": (b"identity", 0),
+}
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODED))
+async def test_an_encoded_answer_of_a_usual_size_is_read(encoding: str) -> None:
+    name, wbits = ENCODED[encoding]
+    body = orjson.dumps(SESSION)
+    if wbits:
+        body = packed(wbits, body)
+    headers = [*JSON, (b"content-encoding", name)]
+    genesys = Genesys({"GET": answer(200, body, headers), "PATCH": answer(200, body, headers)})
+    async with sink_against(genesys) as sink:
+        result = await sink.apply("s1", TYPING)
+        assert sink.cached_etag("s1") == "e1"  # from the PATCH's body
+    assert (result.outcome, result.attempts) == (Outcome.APPLIED, 2)
+    assert all(headers[b"accept-encoding"] == b"gzip, deflate" for _, headers in genesys.seen)
+
+
+async def test_an_answer_whose_encoding_cannot_be_decoded_is_an_unreadable_answer() -> None:
+    headers = [*JSON, (b"etag", b"e1"), (b"content-encoding", b"gzip")]
+    genesys = Genesys({"GET": answer(200, orjson.dumps(SESSION), headers)})
+    async with sink_against(genesys) as sink:
+        result = await sink.apply("s1", TYPING)
+    assert result.outcome is Outcome.FAILED
+    assert "GET failed (DecodingError)" in result.error

@@ -15,7 +15,9 @@ from pydantic import SecretStr
 
 from processor import USER_AGENT
 from processor.retryafter import retry_after_s
+from processor.sink.bounded import send_bounded
 from processor.sink.errors import (
+    AnswerTooLargeError,
     AuthConfigError,
     ProtocolError,
     SinkError,
@@ -211,12 +213,15 @@ class TokenManager:
             form["scope"] = self._scope
         started = self._now()
         try:
-            response = await self._http.post(
+            request = self._http.build_request(
+                "POST",
                 self._token_url,
                 data=form,
-                auth=self._auth,
                 headers={"Accept": "application/json", "User-Agent": USER_AGENT},
             )
+            response = await send_bounded(self._http, request, auth=self._auth)
+        except AnswerTooLargeError:
+            raise TokenUnavailableError("login service answer too large to read") from None
         except httpx.TimeoutException:
             raise TokenUnavailableError("login service timed out") from None
         except httpx.RequestError as exc:  # unreachable, or an answer that cannot be read

@@ -34,9 +34,11 @@ from processor.domain import (
 from processor.retryafter import retry_after_s
 from processor.sink.auth import TokenManager
 from processor.sink.backoff import Backoff
+from processor.sink.bounded import send_bounded
 from processor.sink.breaker import CircuitBreaker, Permit
 from processor.sink.config import SinkConfig
 from processor.sink.errors import (
+    AnswerTooLargeError,
     AuthConfigError,
     ProtocolError,
     SinkClosedError,
@@ -804,9 +806,10 @@ class GenesysSink:
         wire = _Wire()
         started = self._now()
         try:
-            response = await self._http.request(
+            request = self._http.build_request(
                 method, url, content=body, headers=headers, extensions={"trace": wire}
             )
+            response = await send_bounded(self._http, request)
         except (httpx.PoolTimeout, httpx.UnsupportedProtocol) as exc:
             # waited for a pooled connection in vain; a URL no transport serves
             return _Unanswered(f"{method} not sent ({type(exc).__name__})", _Lost.LOCAL)
@@ -824,6 +827,9 @@ class GenesysSink:
         except httpx.RequestError as exc:
             # (a transport failure, or an answer that cannot be read: a gzip error page)
             return _Unanswered(f"{method} failed ({type(exc).__name__})", _Lost.MAYBE_SENT)
+        except AnswerTooLargeError:
+            # an answer, but one not read: as if it could not be
+            return _Unanswered(f"{method} answer too large to read", _Lost.MAYBE_SENT)
         finally:
             ledger.attempts += 1
             ledger.latencies_ms.append((self._now() - started) * 1000.0)

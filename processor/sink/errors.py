@@ -32,3 +32,7 @@ class TokenUnavailableError(SinkError):
 
 class ProtocolError(SinkError):
     """The API answered in a shape the contract does not allow (e.g. no ETag)."""
+
+
+class AnswerTooLargeError(SinkError):
+    """The service answered with a body larger than the sink reads."""
