@@ -261,3 +261,19 @@ async def test_an_answer_whose_encoding_cannot_be_decoded_is_an_unreadable_answe
         result = await sink.apply("s1", TYPING)
     assert result.outcome is Outcome.FAILED
     assert "GET failed (DecodingError)" in result.error
+
+
+@pytest.mark.parametrize("status", [201, 202, 204])
+async def test_a_patch_answered_with_another_success_is_applied(status: int) -> None:
+    """It was a failure the sink knew the outcome of: the store took the change as not
+    made, and a clear planned next found nothing to take down (an indicator shown for
+    good). A success says it was made (or will be); with no ETag the next call reads."""
+    genesys = Genesys({"PATCH": answer(status, b"")})
+    async with sink_against(genesys) as sink:
+        result = await sink.apply("s1", TYPING)
+        assert sink.cached_etag("s1") is None
+    assert (result.outcome, result.attempts, result.http_status) == (
+        Outcome.APPLIED,
+        2,
+        status,
+    )

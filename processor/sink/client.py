@@ -567,7 +567,9 @@ class GenesysSink:
             )
             if isinstance(answer, SinkResult):
                 return answer
-            if answer.status_code == 200:
+            if 200 <= answer.status_code < 300:
+                # 200 as the contract says; any other success made the change (or will),
+                # and taken as a failure its clear would be planned as needless
                 new_etag = _etag_of(answer)
                 if new_etag is None:
                     self._etags.drop(session_id)  # next apply re-reads
