@@ -4,6 +4,8 @@ the answer break a later call."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -277,3 +279,39 @@ async def test_a_patch_answered_with_another_success_is_applied(status: int) -> 
         2,
         status,
     )
+
+
+def trickling(stop: asyncio.Event, every_s: float = 0.05, most_s: float = 20.0) -> Handler:
+    """A handler that answers a session a byte at a time, each well within the read
+    timeout, until `stop` is set (`most_s` at most)."""
+
+    async def handle(send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": JSON})
+        for _ in range(int(most_s / every_s)):
+            if stop.is_set():
+                return
+            await send({"type": "http.response.body", "body": b" ", "more_body": True})
+            await asyncio.sleep(every_s)
+        await send({"type": "http.response.body", "body": orjson.dumps(SESSION)})
+
+    return handle
+
+
+@pytest.mark.parametrize("method", ["GET", "PATCH", "token"])
+async def test_an_answer_that_trickles_in_times_out_as_one_that_stalls(method: str) -> None:
+    """Each read waited less than the read timeout, and nothing bounded their sum: the
+    call, its session's lock and a connection were held for as long as the answer came."""
+    stop = asyncio.Event()
+    genesys = Genesys({method: trickling(stop)})
+    tuning = {"pool_timeout_s": 0.1, "connect_timeout_s": 0.1, "write_timeout_s": 0.1}
+    async with sink_against(
+        genesys, read_timeout_s=0.3, max_transient_attempts=1, **tuning
+    ) as sink:
+        started = time.monotonic()
+        result = await sink.apply("s1", TYPING)
+        took = time.monotonic() - started
+        stop.set()
+    assert result.outcome is Outcome.FAILED
+    assert "timed out" in result.error
+    assert took < 5.0  # the four timeouts' sum (0.6 s), with room for a slow machine
+    assert result.ambiguous is (method == "PATCH")

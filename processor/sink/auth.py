@@ -77,13 +77,16 @@ class TokenManager:
         *,
         scope: str | None = None,
         refresh_margin_s: float = 30.0,
+        deadline_s: float = 18.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`deadline_s`: the most one login request may take, to its answer's last byte."""
         self._http = http
         self._token_url = token_url
         self._auth = httpx.BasicAuth(client_id, client_secret.get_secret_value())
         self._scope = scope
         self._margin = refresh_margin_s
+        self._deadline_s = deadline_s
         self._now = monotonic
         self._token: _Token | None = None
         self._inflight: asyncio.Task[_Token] | None = None
@@ -219,7 +222,7 @@ class TokenManager:
                 data=form,
                 headers={"Accept": "application/json", "User-Agent": USER_AGENT},
             )
-            response = await send_bounded(self._http, request, auth=self._auth)
+            response = await send_bounded(self._http, request, self._deadline_s, auth=self._auth)
         except AnswerTooLargeError:
             raise TokenUnavailableError("login service answer too large to read") from None
         except httpx.TimeoutException:

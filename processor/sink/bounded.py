@@ -3,6 +3,7 @@ must not take the process's memory."""
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 
 import httpx
@@ -75,6 +76,7 @@ class _Decoder:
 async def send_bounded(
     http: httpx.AsyncClient,
     request: httpx.Request,
+    deadline_s: float,
     *,
     auth: httpx.Auth | None = None,
     limit: int = MAX_ANSWER_BYTES,
@@ -82,8 +84,22 @@ async def send_bounded(
     """Send `request` and return its answer read whole and decoded, or raise
     `AnswerTooLargeError` as soon as the decoded body exceeds `limit` bytes (the
     connection is then closed, the rest unread). httpx's errors propagate, a body that
-    cannot be decoded as an `httpx.DecodingError`.
+    cannot be decoded as an `httpx.DecodingError`, and an answer not read whole within
+    `deadline_s` as an `httpx.ReadTimeout` (httpx's timeouts bound each wait, not their
+    sum: an answer that trickles in would hold the caller for as long as it came).
     """
+    try:
+        async with asyncio.timeout(deadline_s):
+            return await _send_bounded(http, request, auth, limit)
+    except TimeoutError:
+        raise httpx.ReadTimeout(
+            f"no whole answer within {deadline_s:.1f} s", request=request
+        ) from None
+
+
+async def _send_bounded(
+    http: httpx.AsyncClient, request: httpx.Request, auth: httpx.Auth | None, limit: int
+) -> httpx.Response:
     request.headers["Accept-Encoding"] = _ACCEPTED
     response = await http.send(request, auth=auth, stream=True)
     body = bytearray()

@@ -244,6 +244,7 @@ class GenesysSink:
             config.client_secret,
             scope=config.scope,
             refresh_margin_s=config.token_refresh_margin_s,
+            deadline_s=config.request_deadline_s,
             monotonic=monotonic,
         )
         self._budget = ApiBudget(config.rate_per_minute, monotonic=monotonic)
@@ -811,7 +812,7 @@ class GenesysSink:
             request = self._http.build_request(
                 method, url, content=body, headers=headers, extensions={"trace": wire}
             )
-            response = await send_bounded(self._http, request)
+            response = await send_bounded(self._http, request, self._config.request_deadline_s)
         except (httpx.PoolTimeout, httpx.UnsupportedProtocol) as exc:
             # waited for a pooled connection in vain; a URL no transport serves
             return _Unanswered(f"{method} not sent ({type(exc).__name__})", _Lost.LOCAL)

@@ -62,6 +62,17 @@ class SinkConfig:
                 raise ValueError(f"SinkConfig.{name} must be at least 1")
 
     @property
+    def request_deadline_s(self) -> float:
+        """The most one request may take, from its wait for a connection to its answer's
+        last byte: each of its waits' timeouts once."""
+        return (
+            self.pool_timeout_s
+            + self.connect_timeout_s
+            + self.write_timeout_s
+            + self.read_timeout_s
+        )
+
+    @property
     def token_url(self) -> str:
         """Where client credentials are exchanged for a bearer token."""
         return f"{self.login_url.rstrip('/')}/oauth/token"
