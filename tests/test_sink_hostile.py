@@ -19,8 +19,11 @@ from pydantic import SecretStr
 
 from processor.asgi import serve_in_background
 from processor.clock import ManualClock
-from processor.domain import Indicator, Outcome, Status
+from processor.domain import Indicator, Outcome, SinkResult, Status
+from processor.models import TypingEvent
+from processor.runtime.reconciler import Reconciler
 from processor.sink import GenesysSink, SinkConfig
+from processor.state import EngineConfig, PartitionStore
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Handler = Callable[[Send], Awaitable[None]]
@@ -315,3 +318,29 @@ async def test_an_answer_that_trickles_in_times_out_as_one_that_stalls(method: s
     assert "timed out" in result.error
     assert took < 5.0  # the four timeouts' sum (0.6 s), with room for a slow machine
     assert result.ambiguous is (method == "PATCH")
+
+
+@pytest.mark.parametrize("version", [2**63, 10**20])
+async def test_an_indicator_with_a_version_no_processor_writes_is_foreign(version: int) -> None:
+    """It was taken as another writer's, newer than ours: the store adopted its version,
+    which no changelog record can hold, and the partition's next flush failed."""
+    clock = ManualClock(start_ms=1_700_000_000_000)
+    store = PartitionStore(0, EngineConfig(), clock)
+    now = clock.now_ms()
+    event = {"event_id": "e1", "session_id": "s1", "status": "typing", "occurred_at": now}
+    store.on_event(TypingEvent.model_validate(event), 1)
+    [work] = store.take_work(1)
+    shown = {"status": "typing", "originatedAt": now, "expiresAt": now + 1000, "version": 0}
+    session = orjson.dumps({**SESSION, "customAttributes": {"typingIndicator": shown}})
+    session = session.replace(b'"version":0', b'"version":%d' % version)
+    genesys = Genesys({"GET": answer(200, session, [*JSON, (b"etag", b"e1")])})
+    results: list[SinkResult] = []
+    async with sink_against(genesys) as sink:
+        recorded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        recorded.set_result(None)
+        await Reconciler(sink, 1).launch(work, 0, recorded, results.append)
+        assert (await sink.read_back("s1")).remote_indicator is None
+    [result] = results
+    assert result.outcome is Outcome.APPLIED  # written over, as any foreign indicator
+    store.on_result(work, result)
+    assert store.drain().changelog

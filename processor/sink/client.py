@@ -54,6 +54,10 @@ _DEFAULT_RETRY_AFTER_S = 1.0
 # Any other would fail every PATCH of the session (httpx cannot encode it, or h11 refuses
 # the header) while it stays cached, and the cache holds one per session.
 _SENDABLE_ETAG = re.compile(r"[!-~](?:[ !-~]{0,1022}[!-~])?")
+# The largest integer of an indicator the processor writes: what JSON keeps exactly
+# everywhere, far above any epoch ms or version of ours. Beyond it, a version taken as
+# ours would not fit the changelog's 64-bit fields, or could not be incremented.
+_MAX_WRITTEN_INT = 2**53
 # Why a request was held back by `GenesysSink.hold_while`.
 _NOT_CONFIRMED = "the group has not confirmed this member lately"
 
@@ -87,9 +91,9 @@ class RemoteSession:
         )
         if (
             status not in (Status.TYPING.value, Status.PAUSED.value)
-            or not _is_int(originated)
-            or not _is_int(expires)
-            or not _is_int(version)
+            or not _is_written_int(originated)
+            or not _is_written_int(expires)
+            or not _is_written_int(version)
         ):
             return None
         return Indicator(Status(status), originated, expires, version)
@@ -870,8 +874,9 @@ class GenesysSink:
                 del self._locks[session_id]
 
 
-def _is_int(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _is_written_int(value: object) -> TypeGuard[int]:
+    """An integer as the processor writes one into an indicator (epoch ms, a version)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_WRITTEN_INT
 
 
 def _already_there(desired: Indicator | None, read: RemoteSession) -> bool:
