@@ -344,3 +344,16 @@ async def test_an_indicator_with_a_version_no_processor_writes_is_foreign(versio
     assert result.outcome is Outcome.APPLIED  # written over, as any foreign indicator
     store.on_result(work, result)
     assert store.drain().changelog
+
+
+@pytest.mark.parametrize("method", ["GET", "PATCH", "token"])
+async def test_a_redirect_is_not_followed_and_the_token_stays_home(method: str) -> None:
+    elsewhere = Genesys()
+    async with serve_in_background(elsewhere) as other:
+        location = f"{other.base_url}/collect".encode()
+        genesys = Genesys({method: answer(307, b"", [(b"location", location)])})
+        async with sink_against(genesys) as sink:
+            result = await sink.apply("s1", TYPING)
+    assert elsewhere.seen == []
+    assert result.outcome is Outcome.FAILED
+    assert "307" in result.error
