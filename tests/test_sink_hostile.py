@@ -23,6 +23,7 @@ from processor.domain import Indicator, Outcome, SinkResult, Status
 from processor.models import TypingEvent
 from processor.runtime.reconciler import Reconciler
 from processor.sink import GenesysSink, SinkConfig
+from processor.sink.oneshot import apply_once
 from processor.state import EngineConfig, PartitionStore
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -357,3 +358,24 @@ async def test_a_redirect_is_not_followed_and_the_token_stays_home(method: str) 
     assert elsewhere.seen == []
     assert result.outcome is Outcome.FAILED
     assert "307" in result.error
+
+
+async def test_apply_once_after_an_indicator_with_a_version_no_processor_writes_starts_at_1() -> (
+    None
+):
+    """The command sent that version + 1: beyond 64 bits, encoding the PATCH crashed it."""
+    shown = {"status": "typing", "originatedAt": 1, "expiresAt": 2, "version": 0}
+    session = orjson.dumps({**SESSION, "customAttributes": {"typingIndicator": shown}})
+    session = session.replace(b'"version":0', b'"version":%d' % (2**64 - 1))
+    genesys = Genesys({"GET": answer(200, session, [*JSON, (b"etag", b"e1")])})
+    async with serve_in_background(genesys) as server:
+        config = SinkConfig(
+            api_url=server.base_url,
+            login_url=server.base_url,
+            client_id="id",
+            client_secret=SecretStr("secret"),
+        )
+        result, desired = await apply_once(config, "s1", Status.TYPING, 5000)
+    assert result.outcome is Outcome.APPLIED
+    assert desired is not None
+    assert desired.version == 1

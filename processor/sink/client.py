@@ -73,11 +73,12 @@ class RemoteSession:
 
     @property
     def indicator_version(self) -> int:
-        """`version` of the current typing indicator; 0 when there is none."""
+        """`version` of the current typing indicator; 0 when there is none, or it is no
+        version the processor writes."""
         if self.indicator is None:
             return 0
         version = self.indicator.get("version")
-        return version if isinstance(version, int) and not isinstance(version, bool) else 0
+        return version if _is_written_int(version) else 0
 
     @property
     def typing_indicator(self) -> Indicator | None:
