@@ -10,8 +10,8 @@ import itertools
 from typing import Any
 
 from processor.clock import ManualClock
-from processor.domain import Outcome, SinkResult, Status
-from processor.models import TypingEvent
+from processor.domain import ChangeReason, Outcome, SinkResult, Status
+from processor.models import CrmStatus, TypingEvent
 from processor.state import EngineConfig, PartitionStore, WorkKind
 
 T0 = 1_700_000_000_000
@@ -181,3 +181,29 @@ def test_a_hold_whose_bound_has_passed_holds_nothing() -> None:
     store.on_tick()
     [work] = store.take_work(10)
     assert work.kind is WorkKind.SET
+
+
+def test_a_lapse_lost_with_its_owner_is_recorded_again_as_it_was() -> None:
+    """A messaging indicator lapsed after a `stopped`: the CRM heard `cleared` (reason
+    `stopped`) before the changelog did, and the owner died. The next owner restores the
+    state from before the stop, and its replay brings the stop again: the lapse it records
+    must be that same change (id, version, reason), not one `expired` under the same id."""
+    clock = ManualClock(T0)
+    live = shown(clock, ev("agent", Status.TYPING, T0, 4_000, AGENT))
+    changelog = live.drain().changelog  # acknowledged: typing shown until T0 + 4 s
+    stop = ev("agent", Status.STOPPED, T0 + 1_000, target=AGENT)
+    clock.advance(1_000)
+    live.on_event(stop, 1)
+    clock.advance(3_000)
+    live.on_tick()
+    [lapse] = live.drain().changes  # on the CRM topic; the owner dies before its flush
+    assert (lapse.status, lapse.reason) == (CrmStatus.CLEARED, ChangeReason.STOPPED)
+    clock.advance(6_000)  # the downtime
+    store = PartitionStore.restore(0, CONFIG, clock, changelog)
+    store.hold_for_replay(2, clock.now_ms() + 2_000)
+    clock.advance(50)  # the replay's records come a moment after the restore
+    store.on_tick()
+    store.on_event(stop, 1)
+    store.replayed(2)
+    store.on_tick()
+    assert store.drain().changes == [lapse]

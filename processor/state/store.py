@@ -65,7 +65,10 @@ Rules (DESIGN §4, §2b):
   refreshes wait (`hold_for_replay`): sent at once, they would show typing that is over
   for as long as the replay lasts, and on a messaging target (no "Off") for up to its
   duration. Clears and read-backs never wait (I1). A refresh waits no longer than half its
-  lead before the indicator's expiry, so that it still lands in time (I2). Not persisted.
+  lead before the indicator's expiry, so that it still lands in time (I2). The lapse of a
+  messaging indicator (no call) is decided after the replay too: its CRM record may have
+  gone out before the crash, and the record again must say the same (`stopped` when the
+  replay brings one). Not persisted.
 """
 
 from __future__ import annotations
@@ -374,7 +377,9 @@ class PartitionStore:
         if backoff is not None and backoff[0] > now:
             self._settle(s, now)
             return None
-        self._catch_up(s, now, flying=False)
+        if self._catch_up(s, now, flying=False):
+            self._settle(s, now)  # its lapse, and what follows it, wait for the replay
+            return None
         if (
             s.status is not None
             and s.deadline - now < self._config.min_set_lifetime_ms
@@ -845,13 +850,14 @@ class PartitionStore:
         """
         sid = s.sid
         flying = sid in self._in_flight
-        if not resume:
-            self._catch_up(s, now, flying=flying)
+        lapse_held = False if resume else self._catch_up(s, now, flying=flying)
         backoff = self._backoff.get(sid)
         waiting = backoff is not None and backoff[0] > now
         kind = None if flying or waiting else self._needed(s, now)
         held = 0
-        if kind is not None and self._hold_until:
+        if lapse_held:
+            held = self._hold_until  # what follows the lapse waits for it
+        elif kind is not None and self._hold_until:
             held = self._held_until(s, kind, now)
         clears, refreshes, sets = self._clears, self._refreshes, self._sets
         if self._held and not held:
@@ -889,6 +895,8 @@ class PartitionStore:
         wake = self._next_wake(s, now, kind, flying, backoff)
         if held and held < self._hold_until and (wake is None or held < wake):
             wake = held  # a refresh due before the hold ends (the hold's end wakes the rest)
+        if lapse_held and wake is None:
+            wake = held  # the lapse is decided at the hold's end, not forgotten as idle
         if wake is None and resume:
             wake = now + 1  # the first tick after a restore settles it for real
         elif wake is None:
@@ -923,9 +931,11 @@ class PartitionStore:
         if previous:
             self._timers.cancel()
 
-    def _catch_up(self, s: Session, now: int, *, flying: bool) -> None:
+    def _catch_up(self, s: Session, now: int, *, flying: bool) -> bool:
         """What time alone has changed: a wanted indicator past its deadline is no longer
-        wanted; a messaging indicator past its "shown until" has lapsed."""
+        wanted; a messaging indicator past its "shown until" has lapsed. True when a lapse
+        waits for the replay hold to end: the input replayed may hold the `stopped` that
+        its previous owner recorded it for, and its CRM record must say the same (I6)."""
         if s.status is not None and self._until(s) <= now:
             self._expire(s)
         if (
@@ -934,8 +944,11 @@ class PartitionStore:
             and s.remote_expires <= now
             and not flying
         ):
+            if self._hold_until:
+                return True
             stopped = s.status is None and s.reason is ChangeReason.STOPPED
             self._lapse(s, ChangeReason.STOPPED if stopped else ChangeReason.EXPIRED, now)
+        return False
 
     def _next_wake(
         self,
