@@ -207,3 +207,29 @@ def test_a_lapse_lost_with_its_owner_is_recorded_again_as_it_was() -> None:
     store.replayed(2)
     store.on_tick()
     assert store.drain().changes == [lapse]
+
+
+def test_a_lapse_before_a_stop_is_recorded_again_as_expired() -> None:
+    """The other order: the indicator lapsed (`expired`) and a `stopped` came after it,
+    both lost with their owner. The replay brings the stop before the lapse is decided
+    again: the lapse still says `expired`, for the stop came after it ran out."""
+    clock = ManualClock(T0)
+    live = shown(clock, ev("agent", Status.TYPING, T0, 4_000, AGENT))
+    changelog = live.drain().changelog
+    clock.advance(4_000)
+    live.on_tick()
+    [lapse] = live.drain().changes
+    assert (lapse.status, lapse.reason) == (CrmStatus.CLEARED, ChangeReason.EXPIRED)
+    stop = ev("agent", Status.STOPPED, T0 + 5_000, target=AGENT)
+    clock.advance(1_000)
+    live.on_event(stop, 1)
+    assert live.drain().changes == []
+    clock.advance(5_000)
+    store = PartitionStore.restore(0, CONFIG, clock, changelog)
+    store.hold_for_replay(2, clock.now_ms() + 2_000)
+    clock.advance(50)
+    store.on_tick()
+    store.on_event(stop, 1)
+    store.replayed(2)
+    store.on_tick()
+    assert store.drain().changes == [lapse]

@@ -67,8 +67,9 @@ Rules (DESIGN §4, §2b):
   duration. Clears and read-backs never wait (I1). A refresh waits no longer than half its
   lead before the indicator's expiry, so that it still lands in time (I2). The lapse of a
   messaging indicator (no call) is decided after the replay too: its CRM record may have
-  gone out before the crash, and the record again must say the same (`stopped` when the
-  replay brings one). Not persisted.
+  gone out before the crash, and the record again must say the same: `stopped` when a
+  stop came no later than the indicator ran out (by the stop's time, not by when it was
+  processed). Not persisted.
 """
 
 from __future__ import annotations
@@ -946,7 +947,13 @@ class PartitionStore:
         ):
             if self._hold_until:
                 return True
-            stopped = s.status is None and s.reason is ChangeReason.STOPPED
+            # a stop that came after the indicator ran out did not end it: decided by the
+            # stop's time, not by when it was processed, so that a replay decides alike
+            stopped = (
+                s.status is None
+                and s.reason is ChangeReason.STOPPED
+                and s.latest <= s.remote_expires
+            )
             self._lapse(s, ChangeReason.STOPPED if stopped else ChangeReason.EXPIRED, now)
         return False
 
