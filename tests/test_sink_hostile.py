@@ -69,19 +69,22 @@ class Genesys:
         await handler(send)
 
 
+def config_for(base_url: str, **tuning: Any) -> SinkConfig:
+    """The sink's configuration for the Genesys served at `base_url` (API and login)."""
+    return SinkConfig(
+        api_url=base_url,
+        login_url=base_url,
+        client_id="id",
+        client_secret=SecretStr("secret"),
+        **tuning,
+    )
+
+
 @asynccontextmanager
 async def sink_against(genesys: Genesys, **tuning: Any) -> AsyncIterator[GenesysSink]:
     """A sink of the real HTTP client against `genesys` served on a local port."""
     async with serve_in_background(genesys) as server:
-        config = SinkConfig(
-            api_url=server.base_url,
-            login_url=server.base_url,
-            client_id="id",
-            client_secret=SecretStr("secret"),
-            backoff_base_s=0.001,
-            backoff_cap_s=0.002,
-            **tuning,
-        )
+        config = config_for(server.base_url, backoff_base_s=0.001, backoff_cap_s=0.002, **tuning)
         async with GenesysSink(config, clock=ManualClock()) as sink:
             yield sink
 
@@ -369,13 +372,7 @@ async def test_apply_once_after_an_indicator_with_a_version_no_processor_writes_
     session = session.replace(b'"version":0', b'"version":%d' % (2**64 - 1))
     genesys = Genesys({"GET": answer(200, session, [*JSON, (b"etag", b"e1")])})
     async with serve_in_background(genesys) as server:
-        config = SinkConfig(
-            api_url=server.base_url,
-            login_url=server.base_url,
-            client_id="id",
-            client_secret=SecretStr("secret"),
-        )
-        result, desired = await apply_once(config, "s1", Status.TYPING, 5000)
+        result, desired = await apply_once(config_for(server.base_url), "s1", Status.TYPING, 5000)
     assert result.outcome is Outcome.APPLIED
     assert desired is not None
     assert desired.version == 1
