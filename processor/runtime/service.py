@@ -440,17 +440,22 @@ class TypingProcessor:
             for tp in sorted(consumer.assignment() - consumer.paused())
             if tp.topic == topic and (worker := self.workers.get(tp.partition)) is not None
         }
+
+        def current(tp: TopicPartition) -> bool:
+            """Still assigned to the worker the search reads for."""
+            return self.workers.get(tp.partition) is owned[tp]
+
         # Kafka's errors propagate from here: `run` restarts from the last commit, since a
         # partition may have been left past records the failed fetch never returned
         search = read_past_undecodable(
             consumer,
             self.settings.kafka,
             {tp: worker.resume_at() for tp, worker in owned.items()},
-            lambda tp: self.workers.get(tp.partition) is owned[tp],
+            current,
         )
         async with aclosing(search):
             async for tp, item in search:
-                if self.workers.get(tp.partition) is not owned[tp]:
+                if not current(tp):
                     # Revoked meanwhile (perhaps given back, to a new worker): the search
                     # ends before it moves the position of an assignment that is not the
                     # one it read for; the next one starts from the new worker's place.
