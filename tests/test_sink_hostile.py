@@ -187,6 +187,43 @@ async def test_a_patch_answered_with_an_unsendable_etag_caches_none(etag: str) -
     assert (result.outcome, result.attempts) == (Outcome.APPLIED, 2)
 
 
+SHOWN = {"status": "typing", "originatedAt": 0, "expiresAt": TYPING.expires_at, "version": 1}
+
+
+@pytest.mark.parametrize("other", ["s2", "", None, 1])
+async def test_a_session_read_of_another_session_is_a_failed_read(other: object) -> None:
+    """A misrouted answer, or one a cache kept for another URL: its indicator was taken
+    as this session's (here the change looked made, and no PATCH went out), and its ETag
+    was cached for this session."""
+    session = {**SESSION, "id": other, "customAttributes": {"typingIndicator": SHOWN}}
+    genesys = Genesys({"GET": answer(200, orjson.dumps(session), [*JSON, (b"etag", b"e2")])})
+    async with sink_against(genesys) as sink:
+        result = await sink.apply("s1", TYPING)
+        assert sink.cached_etag("s1") is None
+        read_back = await sink.read_back("s1")
+    for failed in (result, read_back):
+        assert (failed.outcome, failed.attempts) == (Outcome.FAILED, 1)
+        assert "another session" in failed.error
+        assert failed.remote_indicator is None
+    assert "PATCH" not in [key for key, _ in genesys.seen]
+
+
+@pytest.mark.parametrize("same", ["s1", "S1", "absent"])
+async def test_a_session_read_naming_this_session_or_none_is_read(same: str) -> None:
+    """Ids are compared as Genesys routes them (a UUID in either case); an answer that
+    names no session is taken as the one asked for."""
+    session: dict[str, Any] = {**SESSION, "customAttributes": {"typingIndicator": SHOWN}}
+    if same == "absent":
+        del session["id"]
+    else:
+        session["id"] = same
+    genesys = Genesys({"GET": answer(200, orjson.dumps(session), [*JSON, (b"etag", b"e2")])})
+    async with sink_against(genesys) as sink:
+        result = await sink.apply("s1", TYPING)
+        assert sink.cached_etag("s1") == "e2"
+    assert (result.outcome, result.attempts) == (Outcome.APPLIED, 1)  # already there
+
+
 def gzip_bomb(expanded: int) -> bytes:
     """A gzip body of `expanded` zero bytes (about a thousandth of that on the wire)."""
     packer = zlib.compressobj(9, zlib.DEFLATED, 31)

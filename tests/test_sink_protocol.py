@@ -39,6 +39,13 @@ CONFIG = SinkConfig(
     backoff_cap_s=0.002,
 )
 SESSION = {"id": "s1", "state": "connected", "etag": "e1", "customAttributes": {}}
+
+
+def session_of(request: httpx.Request) -> dict[str, Any]:
+    """The session body Genesys answers to a read of the session `request` names."""
+    return {**SESSION, "id": request.url.path.rsplit("/", 1)[-1]}
+
+
 # shown until far beyond any test's clock: a set whose `expiresAt` has passed is not sent
 TYPING = Indicator(Status.TYPING, 0, 4_102_444_800_000, 1)
 
@@ -73,7 +80,7 @@ async def apply_with(script: Script, clock: ManualClock | None = None) -> tuple[
 async def test_409_on_patch_is_not_connected() -> None:
     def script(request: httpx.Request) -> httpx.Response:
         if request.method == "GET":
-            return httpx.Response(200, json=SESSION, headers={"ETag": "e1"})
+            return httpx.Response(200, json=session_of(request), headers={"ETag": "e1"})
         return httpx.Response(409, json={"code": "conflict"})
 
     assert await apply_with(script) == (Outcome.SESSION_NOT_CONNECTED, 2)
@@ -83,7 +90,7 @@ async def test_409_on_patch_is_not_connected() -> None:
 async def test_unexpected_4xx_fails_without_retry(status: int) -> None:
     def script(request: httpx.Request) -> httpx.Response:
         if request.method == "GET":
-            return httpx.Response(200, json=SESSION, headers={"ETag": "e1"})
+            return httpx.Response(200, json=session_of(request), headers={"ETag": "e1"})
         return httpx.Response(status)
 
     assert await apply_with(script) == (Outcome.FAILED, 2)
@@ -178,7 +185,7 @@ async def test_an_unanswered_patch_makes_the_outcome_ambiguous(
 ) -> None:
     def script(request: httpx.Request) -> httpx.Response:
         if request.method == "GET":
-            return httpx.Response(200, json=SESSION, headers={"ETag": "e1"})
+            return httpx.Response(200, json=session_of(request), headers={"ETag": "e1"})
         raise failure
 
     clock = ManualClock()
@@ -195,7 +202,7 @@ async def test_an_unanswered_patch_makes_the_outcome_ambiguous(
 async def test_a_5xx_on_a_patch_is_ambiguous_but_on_a_read_it_is_not() -> None:
     def script(request: httpx.Request) -> httpx.Response:
         if request.method == "GET":
-            return httpx.Response(200, json=SESSION, headers={"ETag": "e1"})
+            return httpx.Response(200, json=session_of(request), headers={"ETag": "e1"})
         return httpx.Response(504)
 
     async with (
@@ -223,7 +230,7 @@ async def test_a_5xx_retry_after_is_the_least_wait_before_the_retry() -> None:
         sent.append(time.monotonic())
         if len(sent) == 1:
             return httpx.Response(503, headers={"Retry-After": "0.2"})
-        return httpx.Response(200, json=SESSION, headers={"ETag": "e1"})
+        return httpx.Response(200, json=session_of(request), headers={"ETag": "e1"})
 
     async with (
         httpx.AsyncClient(transport=httpx.MockTransport(token_or(script))) as http,
@@ -253,7 +260,7 @@ async def test_a_set_whose_expiry_passes_before_its_retry_is_not_sent_again(firs
 
     def script(request: httpx.Request) -> httpx.Response:
         if request.method == "GET":
-            return httpx.Response(200, json=SESSION, headers={"ETag": "e1"})
+            return httpx.Response(200, json=session_of(request), headers={"ETag": "e1"})
         patches.append(clock.now_ms())
         clock.advance(400)  # the answer came after the indicator's expiresAt
         return httpx.Response(first)
@@ -318,7 +325,7 @@ async def test_a_failed_login_is_not_asked_again_by_every_call_until_it_may_answ
             if not login_up:
                 return httpx.Response(429, headers={"Retry-After": "7"})
             return httpx.Response(200, json={"access_token": "t", "expires_in": 3600})
-        return httpx.Response(200, json=SESSION, headers={"ETag": "e1"})
+        return httpx.Response(200, json=session_of(request), headers={"ETag": "e1"})
 
     async with (
         httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http,
@@ -349,7 +356,7 @@ async def test_a_login_refused_with_a_date_no_datetime_holds_waits_like_any_othe
             logins += 1
             when = "Tue, 14 Nov 2023 22:13:21 +99999999999999999999"
             return httpx.Response(429, headers={"Retry-After": when})
-        return httpx.Response(200, json=SESSION, headers={"ETag": "e1"})
+        return httpx.Response(200, json=session_of(request), headers={"ETag": "e1"})
 
     async with (
         httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http,
@@ -384,7 +391,7 @@ async def test_a_failed_early_refresh_keeps_the_cached_token_until_it_expires(
             return httpx.Response(200, json={"access_token": f"tok-{fetches}", "expires_in": 100})
         sent_with.append(request.headers["Authorization"])
         if request.method == "GET":
-            return httpx.Response(200, json=SESSION, headers={"ETag": "e1"})
+            return httpx.Response(200, json=session_of(request), headers={"ETag": "e1"})
         return httpx.Response(200, json={}, headers={"ETag": "e2"})
 
     async def apply(*session_ids: str) -> list[Outcome]:
@@ -444,7 +451,7 @@ async def test_calls_do_not_wait_for_an_early_refresh_while_their_token_is_valid
             if logins > 1:
                 await hanging.wait()  # never answers within the test
             return httpx.Response(200, json={"access_token": "tok", "expires_in": 100})
-        return httpx.Response(200, json=SESSION, headers={"ETag": "e1"})
+        return httpx.Response(200, json=session_of(request), headers={"ETag": "e1"})
 
     async with (
         httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http,
@@ -499,7 +506,7 @@ async def test_prepaid_requests_do_not_go_out_during_a_pause_another_call_began(
         if request.method == "GET":
             reading.set()
             await release.wait()
-            return httpx.Response(200, json=SESSION, headers={"ETag": "e1"})
+            return httpx.Response(200, json=session_of(request), headers={"ETag": "e1"})
         patched.append(session_id)
         return httpx.Response(200, json={}, headers={"ETag": "e2"})
 
@@ -571,7 +578,7 @@ async def test_a_request_that_never_left_gives_its_budget_token_back(
 
     def script(request: httpx.Request) -> httpx.Response:
         if request.method == "GET":
-            return httpx.Response(200, json=SESSION, headers={"ETag": "e1"})
+            return httpx.Response(200, json=session_of(request), headers={"ETag": "e1"})
         raise failure
 
     patches = CONFIG.max_transient_attempts
@@ -759,7 +766,7 @@ async def test_a_login_answer_that_cannot_be_used_leaves_no_token(login: str) ->
     def handle(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/oauth/token":
             return LOGINS[login]()
-        return httpx.Response(200, json=SESSION, headers={"ETag": "e1"})
+        return httpx.Response(200, json=session_of(request), headers={"ETag": "e1"})
 
     async with (
         httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http,

@@ -905,6 +905,12 @@ def _etag_of(response: httpx.Response) -> str | None:
     return value if isinstance(value, str) and _SENDABLE_ETAG.fullmatch(value) else None
 
 
+def _names(found: object, session_id: str) -> bool:
+    """Whether a session body's `id` is `session_id`. Case aside: Genesys ids are UUIDs,
+    which a producer may spell in capitals while the API answers in small letters."""
+    return isinstance(found, str) and found.casefold() == session_id.casefold()
+
+
 def _parse_session(session_id: str, response: httpx.Response) -> RemoteSession:
     try:
         body = response.json()
@@ -912,6 +918,10 @@ def _parse_session(session_id: str, response: httpx.Response) -> RemoteSession:
         raise ProtocolError("session GET returned no JSON") from None
     if not isinstance(body, dict):
         raise ProtocolError("session GET returned no JSON object")
+    if "id" in body and not _names(body["id"], session_id):
+        # misrouted, or a cache's answer for another URL: its indicator and ETag are not
+        # this session's, and taken as such they would end the call as already done
+        raise ProtocolError("session GET answered for another session")
     etag = _etag_of(response)
     if etag is None:
         raise ProtocolError("session GET returned no ETag")
