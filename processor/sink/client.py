@@ -892,15 +892,17 @@ def _already_there(desired: Indicator | None, read: RemoteSession) -> bool:
     )
 
 
-def _etag_of(response: httpx.Response) -> str | None:
-    """The answer's ETag (its header's, else its body's), if one `If-Match` can carry."""
+def _etag_of(response: httpx.Response, body: object = None) -> str | None:
+    """The answer's ETag (its header's, else its JSON body's), if one `If-Match` can carry.
+    `body`: the body as the caller parsed it already; else it is parsed here if need be."""
     etag = response.headers.get("ETag")
     if etag and _SENDABLE_ETAG.fullmatch(etag):
         return str(etag)
-    try:
-        body = response.json()
-    except (ValueError, RecursionError):  # (nested deeper than the parser goes)
-        return None
+    if body is None:
+        try:
+            body = response.json()
+        except (ValueError, RecursionError):  # (nested deeper than the parser goes)
+            return None
     value = body.get("etag") if isinstance(body, dict) else None
     return value if isinstance(value, str) and _SENDABLE_ETAG.fullmatch(value) else None
 
@@ -922,7 +924,7 @@ def _parse_session(session_id: str, response: httpx.Response) -> RemoteSession:
         # misrouted, or a cache's answer for another URL: its indicator and ETag are not
         # this session's, and taken as such they would end the call as already done
         raise ProtocolError("session GET answered for another session")
-    etag = _etag_of(response)
+    etag = _etag_of(response, body)
     if etag is None:
         raise ProtocolError("session GET returned no ETag")
     try:
