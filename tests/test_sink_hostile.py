@@ -23,6 +23,7 @@ from processor.domain import Indicator, Outcome, SinkResult, Status
 from processor.models import TypingEvent
 from processor.runtime.reconciler import Reconciler
 from processor.sink import GenesysSink, SinkConfig
+from processor.sink.auth import MAX_TOKEN_CHARS
 from processor.sink.oneshot import apply_once
 from processor.state import EngineConfig, PartitionStore
 
@@ -131,6 +132,9 @@ UNUSABLE_TOKENS = {
     "space": {**LOGIN, "access_token": "t0k 3n"},
     # a token the API would refuse as a bearer's: two 401s and the pause, a misconfiguration
     "not-bearer": {**LOGIN, "token_type": "mac"},
+    # sent on every call for the token's life, each refused (no server takes a header line
+    # that long), or each carrying up to the 1 MiB a login answer may take
+    "huge": {**LOGIN, "access_token": "t" * (MAX_TOKEN_CHARS + 1)},
 }
 
 
@@ -145,6 +149,15 @@ async def test_a_token_no_bearer_header_can_carry_is_refused_at_login(login: str
     for result in (first, second):
         assert (result.outcome, result.attempts) == (Outcome.FAILED, 0)
         assert "unusable token" in result.error
+
+
+async def test_a_token_as_long_as_a_bearer_header_may_carry_is_sent() -> None:
+    token = "t" * MAX_TOKEN_CHARS
+    genesys = Genesys({"token": answer(200, orjson.dumps({**LOGIN, "access_token": token}))})
+    async with sink_against(genesys) as sink:
+        result = await sink.apply("s1", None)
+    assert result.outcome is Outcome.APPLIED
+    assert genesys.seen[-1][1][b"authorization"] == f"Bearer {token}".encode()
 
 
 UNSENDABLE_ETAGS = {

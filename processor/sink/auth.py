@@ -45,6 +45,11 @@ REFUSED_MAX_RETRY_S = 10.0
 # other character fails every request of the token's life (httpx cannot encode it, or h11
 # refuses the header), and a space splits it.
 _SENDABLE_TOKEN = re.compile(r"[!-~]+")
+MAX_TOKEN_CHARS = 8000
+"""The longest access token used: its `Authorization` line stays within the 8 KiB a header
+field may take at common servers and proxies (nginx, Apache). A longer one would be refused
+on every call of its life, or sent with every call at whatever length (up to the 1 MiB a
+login answer may take); an OAuth token is a few hundred characters, a JWT a few KiB."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +254,10 @@ class TokenManager:
         except OverflowError:  # an integer no float holds
             lifetime = math.inf
         kind = body.get("token_type", "bearer")
+        if isinstance(value, str) and len(value) > MAX_TOKEN_CHARS:
+            raise ProtocolError(
+                f"login service sent an unusable token (longer than {MAX_TOKEN_CHARS} characters)"
+            )
         if (
             not isinstance(value, str)
             or not _SENDABLE_TOKEN.fullmatch(value)
