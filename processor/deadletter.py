@@ -22,6 +22,7 @@ from processor.models import (
     DLQ_KEY_KEEP_BYTES,
     DLQ_VALUE_KEEP_BYTES,
     MAX_DETAIL_CHARS,
+    MAX_DLQ_RECORD_BYTES,
     MAX_TOPIC_CHARS,
     DeadLetter,
     DeadLetterHeader,
@@ -32,6 +33,14 @@ from processor.models import (
 
 if TYPE_CHECKING:
     from aiokafka import ConsumerRecord
+
+DLQ_MESSAGE_BYTES_NEEDED = MAX_DLQ_RECORD_BYTES + 32 * 1024
+"""The least `max.message.bytes` of a DLQ topic that takes every dead letter: the largest
+one (`MAX_DLQ_RECORD_BYTES`) in a record batch of its own, with its record's headers (a
+trace context, whose `tracestate` holds at most 32 keys and values of 256 characters) and
+the batch's framing; the producer batches smaller letters together only up to less than
+that. Below it, the topic refuses the largest letters, each stopping its partition for
+good (a dead letter is never skipped)."""
 
 # Kafka's timestamp types by number (a record batch's timestamp type attribute)
 _TIMESTAMP_TYPES = (TimestampType.CREATE_TIME, TimestampType.LOG_APPEND_TIME)

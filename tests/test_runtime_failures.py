@@ -41,12 +41,19 @@ from pipeline import (
 
 from processor.broker import LocalBroker
 from processor.clock import Clock, SystemClock
+from processor.deadletter import DLQ_MESSAGE_BYTES_NEEDED
 from processor.domain import SESSION_ID_PATTERN, SinkResult
 from processor.emulator.app import SESSION_PATH
 from processor.emulator.testing import EmulatorHandle
 from processor.models import DlqReason, TypingEvent
 from processor.runtime import undecodable
-from processor.runtime.kafka import TopicError, TopicSpec, ensure_topics, raise_for_topic_errors
+from processor.runtime.kafka import (
+    TopicError,
+    TopicSpec,
+    check_dlq_message_bytes,
+    ensure_topics,
+    raise_for_topic_errors,
+)
 from processor.runtime.outbound import Headers, Outbound
 from processor.runtime.partition import Counters, PartitionWorker
 from processor.runtime.reconciler import Reconciler
@@ -572,6 +579,56 @@ async def test_a_changelog_that_is_not_compacted_stops_start_up(
         f"changelog {typing.resolved_changelog_topic} has cleanup.policy=delete:"
         " it must be compacted"
     )
+
+
+@pytest.mark.parametrize(
+    ("limit", "refused"), [(256 * 1024, True), (DLQ_MESSAGE_BYTES_NEEDED, False)]
+)
+async def test_a_dlq_that_refuses_the_largest_dead_letter_stops_start_up(
+    bootstrap_servers: str, emulator: EmulatorHandle, limit: int, refused: bool
+) -> None:
+    """A DLQ created out of band with a smaller max.message.bytes than a dead letter may
+    take refuses the largest letters (any input value over 256 KiB gives one of 344 KiB),
+    and each stops its partition for good: start-up refuses it, naming the topic, its
+    limit and the least it needs."""
+    settings = make_settings(bootstrap_servers, emulator, create_topics=False)
+    typing = settings.typing
+    names = [typing.input_topic, typing.crm_topic, typing.audit_topic]
+    await ensure_topics(
+        settings.kafka,
+        [
+            *(TopicSpec(name) for name in names),
+            TopicSpec(typing.resolved_changelog_topic, compacted=True),
+        ],
+        2,
+        1,
+    )
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        created = await admin.create_topics(
+            [NewTopic(typing.dlq_topic, 2, 1, topic_configs={"max.message.bytes": str(limit)})]
+        )
+        raise_for_topic_errors(created.topic_errors)
+    finally:
+        await admin.close()
+    refusal = await start_up_refusal(settings)
+    if not refused:
+        assert refusal is None
+        return
+    assert isinstance(refusal, TopicError)
+    assert str(refusal).startswith(
+        f"DLQ {typing.dlq_topic} has max.message.bytes={limit}: a dead letter takes up to"
+        f" {DLQ_MESSAGE_BYTES_NEEDED} bytes"
+    )
+
+
+def test_a_dlq_limit_reported_as_no_number_is_not_checked_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="processor.runtime.kafka"):
+        check_dlq_message_bytes("dlq", {"max.message.bytes": "lots"})  # no TopicError
+    assert "the max.message.bytes of dlq is 'lots', no number: not checked" in caplog.text
 
 
 async def test_a_stop_while_partitions_restore_ends_promptly_and_leaves_no_worker(

@@ -15,6 +15,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from processor.clock import wait_unless_stopped
+from processor.deadletter import DLQ_MESSAGE_BYTES_NEEDED
 from processor.settings import KafkaSettings, SecurityProtocol
 
 log = logging.getLogger(__name__)
@@ -110,39 +111,61 @@ async def ensure_topics(
         await admin.close()
 
 
-async def cleanup_policy(settings: KafkaSettings, topic: str) -> str | None:
-    """`topic`'s `cleanup.policy` as the cluster reports it; None when it says nothing
-    about it (a broker that lists only what was set on the topic), or when it cannot or
-    will not tell (no DescribeConfigs permission, a request refused: logged, not fatal)."""
+async def topic_configs(settings: KafkaSettings, topics: list[str]) -> dict[str, dict[str, str]]:
+    """Each of `topics`' configs as the cluster reports them, by name. A cluster may say
+    nothing of a config (a broker that lists only what was set on the topic), and a topic
+    it cannot or will not describe (no DescribeConfigs permission, a request refused) is
+    left out: logged, not fatal, its configs not checked."""
     admin = AIOKafkaAdminClient(**client_options(settings), client_id=settings.client_id)
     await admin.start()
     try:
-        # every entry, not only `cleanup.policy`: some brokers (Tansu) drop a connection that
+        # every entry, not only those checked: some brokers (Tansu) drop a connection that
         # names the configs it asks for
-        (response,) = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic)]
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic) for topic in topics]
         )
     except KafkaError as exc:
         # a check that cannot be made must not keep the processor from starting
-        log.warning("cannot read the cleanup.policy of %s (%r): not checked", topic, exc)
-        return None
+        log.warning("cannot read the configs of %s (%r): not checked", ", ".join(topics), exc)
+        return {}
     finally:
         await admin.close()
-    for code, message, _, name, entries in response.resources:
-        if name != topic:
-            continue
-        if code != 0:
-            log.warning(
-                "cannot read the cleanup.policy of %s (%s: %s): not checked that it is compacted",
-                topic,
-                for_code(code).__name__,
-                message,
-            )
-            return None
-        for entry in entries:
-            if entry[0] == "cleanup.policy":
-                return str(entry[1])
-    return None
+    configs: dict[str, dict[str, str]] = {}
+    for response in responses:
+        for code, message, _, name, entries in response.resources:
+            if name not in topics:
+                continue
+            if code != 0:
+                log.warning(
+                    "cannot read the configs of %s (%s: %s): not checked",
+                    name,
+                    for_code(code).__name__,
+                    message,
+                )
+                continue
+            # (a sensitive config's value is None)
+            configs[name] = {str(e[0]): str(e[1]) for e in entries if e[1] is not None}
+    return configs
+
+
+def check_dlq_message_bytes(topic: str, configs: dict[str, str]) -> None:
+    """`TopicError` when DLQ `topic`'s reported `configs` give it a `max.message.bytes`
+    below what a dead letter may take (`DLQ_MESSAGE_BYTES_NEEDED`): the largest letters
+    would be refused, each stopping its partition for good. Not reported, not checked."""
+    reported = configs.get("max.message.bytes")
+    if reported is None:
+        return
+    try:
+        limit = int(reported)
+    except ValueError:
+        log.warning("the max.message.bytes of %s is %r, no number: not checked", topic, reported)
+        return
+    if limit < DLQ_MESSAGE_BYTES_NEEDED:
+        raise TopicError(
+            f"DLQ {topic} has max.message.bytes={limit}: a dead letter takes up to"
+            f" {DLQ_MESSAGE_BYTES_NEEDED} bytes (max.message.bytes={DLQ_MESSAGE_BYTES_NEEDED}"
+            " or more); a larger one would be refused and stop its partition for good"
+        )
 
 
 def raise_for_topic_errors(topic_errors: list[tuple[Any, ...]]) -> None:

@@ -24,9 +24,10 @@ from .kafka import (
     BrokerCheck,
     TopicError,
     TopicSpec,
-    cleanup_policy,
+    check_dlq_message_bytes,
     client_options,
     ensure_topics,
+    topic_configs,
 )
 from .lease import MembershipLease
 from .outbound import Outbound
@@ -269,7 +270,8 @@ class TypingProcessor:
             )
 
     async def _check_topics(self, consumer: AIOKafkaConsumer) -> None:
-        """Every topic read or written exists, and the changelog fits the input. A topic
+        """Every topic read or written exists, the changelog fits the input, and the DLQ
+        takes the largest dead letter (as far as the cluster reports configs). A topic
         written (the DLQ above all) is checked too: missing, it would fail only at its first
         record, a dead letter that cannot be written stopping its partition for good."""
         typing = self.settings.typing
@@ -290,15 +292,19 @@ class TypingProcessor:
                 f"changelog {typing.resolved_changelog_topic} has {len(changelog)} partitions,"
                 f" fewer than the {len(inputs)} of {typing.input_topic}"
             )
+        configs = await topic_configs(
+            self.settings.kafka, [typing.resolved_changelog_topic, typing.dlq_topic]
+        )
         # Not compacted, the changelog keeps every change until its retention: each restore
         # reads all of it (hours, at a busy partition's rate) while clears wait (I1).
-        policy = await cleanup_policy(self.settings.kafka, typing.resolved_changelog_topic)
+        policy = configs.get(typing.resolved_changelog_topic, {}).get("cleanup.policy")
         if policy is not None and "compact" not in policy.replace(" ", "").split(","):
             raise TopicError(
                 f"changelog {typing.resolved_changelog_topic} has cleanup.policy={policy}:"
                 " it must be compacted (cleanup.policy=compact); each restore would read"
                 " every change it holds"
             )
+        check_dlq_message_bytes(typing.dlq_topic, configs.get(typing.dlq_topic, {}))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process until `stop` is set, then drain, commit and return."""
