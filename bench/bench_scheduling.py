@@ -37,7 +37,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from processor.budget import ApiBudget
+from processor.budget import START_LEVEL, ApiBudget
 from processor.clock import ManualClock
 from processor.demo.report import accuracy, fidelity, percentile
 from processor.demo.runner import budget_bounds
@@ -239,7 +239,8 @@ def simulate(
         phantom=measured.phantom_ms / measured.truth_ms if measured.truth_ms else 0.0,
         clear_lag_p99_ms=percentile(measured.clear_latencies_ms, 99) or 0.0,
         calls=spent,
-        budget=rate * (last_call_at - T0) / 60_000 + budget.capacity,
+        # the bucket starts at START_LEVEL, not full (see `processor.budget`)
+        budget=rate * (last_call_at - T0) / 60_000 + min(budget.capacity, START_LEVEL),
     )
 
 
