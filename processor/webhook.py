@@ -25,7 +25,9 @@ before a held record's first retry and at least every `TYPING_COMMIT_INTERVAL_MS
 a worker killed while the endpoint holds a record, or delivers slowly, posts again only
 what it delivered since (on the fast path, one commit per batch).
 
-A lost cluster (also one down at start) is retried from the last commit, never fatal. A
+A lost cluster (also one down at start) is retried from the last commit, never fatal; a
+DLQ whose `max.message.bytes` the cluster reports below the largest dead letter stops
+start-up (`TopicError`), as it stops `run`'s. A
 record that is not a CRM-sync record (not JSON, not an object, not valid as one: something
 else wrote to the topic), or whose `event_id` no header can carry, is never posted: it
 goes to the DLQ with its original bytes, and the worker goes on once the dead letter is
@@ -67,7 +69,13 @@ from processor.codec import describe_errors, json_kind, reason_for
 from processor.deadletter import dead_letter_of
 from processor.models import CrmSyncRecord, DlqReason
 from processor.retryafter import retry_after_s
-from processor.runtime.kafka import BrokerCheck, client_options, wait_to_restart
+from processor.runtime.kafka import (
+    BrokerCheck,
+    check_dlq_message_bytes,
+    client_options,
+    topic_configs,
+    wait_to_restart,
+)
 from processor.runtime.recordbatch import Undecodable
 from processor.runtime.undecodable import is_undecodable, read_past_undecodable
 from processor.settings import KafkaSettings, TypingSettings
@@ -274,7 +282,9 @@ class CrmWebhookWorker:
         """Deliver until `stop` is set; commits after each delivered batch (and within one:
         `_commit_progress`). A lost cluster is retried (after the backoff of
         `wait_to_restart`) from the last commit. Once `stop` is set, what the cluster or the
-        endpoint do not finish within the graces of `WebhookConfig` is given up."""
+        endpoint do not finish within the graces of `WebhookConfig` is given up.
+
+        Raises `TopicError` when the DLQ cannot take the largest dead letter (`_start`)."""
         failures = 0
         try:
             while not stop.is_set():
@@ -314,7 +324,7 @@ class CrmWebhookWorker:
         try:
             # A cluster that does not answer holds a start for its request timeout (40 s):
             # given up as soon as the worker is stopped.
-            if not await within_grace(_start(consumer, dead_letters), stop, 0.0):
+            if not await within_grace(self._start(consumer, dead_letters), stop, 0.0):
                 log.info("stopped before the Kafka cluster answered")
                 return
             self._assignment = _Assignment(self, consumer)
@@ -338,6 +348,17 @@ class CrmWebhookWorker:
                     " group (its partitions move once its session times out)",
                     self._config.close_grace_s,
                 )
+
+    async def _start(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
+        """Connect both clients, then check that the DLQ takes the largest dead letter, as
+        `run`'s start-up does (`TopicError` otherwise): a letter refused for its size would
+        restart delivery from the last commit for good, posting again what was accepted
+        since. A limit the cluster does not report is not checked."""
+        await consumer.start()
+        await producer.start()
+        dlq = self._typing.dlq_topic
+        configs = await topic_configs(self._kafka, [dlq])
+        check_dlq_message_bytes(dlq, configs.get(dlq, {}))
 
     async def _deliver_until_stopped(
         self, consumer: AIOKafkaConsumer, stop: asyncio.Event, dead_letters: AIOKafkaProducer
@@ -749,12 +770,6 @@ class CrmWebhookWorker:
             return _Outcome.GIVEN_UP
         finally:
             self._held_since_ms.pop(tp, None)  # accepted, refused or given up: held no more
-
-
-async def _start(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
-    """Connect both clients."""
-    await consumer.start()
-    await producer.start()
 
 
 async def _stop(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:

@@ -12,6 +12,7 @@ import signal
 
 from processor.runtime.abandoned import report_abandoned_kafka_work
 from processor.runtime.command import ops_endpoint
+from processor.runtime.kafka import TopicError
 from processor.runtime.tlscheck import check_tls
 from processor.settings import KafkaSettings, TypingSettings
 from processor.stopsignals import take_stop_request
@@ -30,7 +31,8 @@ async def run_webhook(
     Once signalled, the worker gives up on a Kafka cluster or CRM endpoint that does not
     answer in time (`WebhookConfig`'s graces), so that the process exits within DESIGN §5's
     10 s. Telemetry comes from the `OTEL_*` environment unless given. TLS that the cluster
-    does not speak stops start-up (`ConfigError`, `check_tls`).
+    does not speak stops start-up (`ConfigError`, `check_tls`), and a DLQ that cannot
+    take the largest dead letter with exit code 2, as `run` does.
     """
     await check_tls(kafka)
     stop = asyncio.Event()
@@ -51,6 +53,9 @@ async def run_webhook(
     try:
         async with ops_endpoint(telemetry, typing.http_port, readiness=worker.readiness):
             await worker.run(stop)
+    except TopicError as exc:
+        log.error("topic set-up is wrong: %s", exc)
+        return 2
     finally:
         telemetry.shutdown()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -46,7 +46,9 @@ from starlette.routing import Route
 from processor.broker import LocalBroker
 from processor.childproc import free_port
 from processor.clock import ManualClock
+from processor.deadletter import DLQ_MESSAGE_BYTES_NEEDED
 from processor.models import DlqReason
+from processor.runtime.kafka import TopicError, raise_for_topic_errors
 from processor.settings import KafkaSettings, TypingSettings
 from processor.telemetry import Telemetry
 from processor.webhook import CrmWebhookWorker, WebhookConfig
@@ -1475,3 +1477,70 @@ async def test_telemetry_off_sends_no_traceparent(bootstrap_servers: str) -> Non
     for sent in headers:
         assert sent["idempotency-key"] == "tr-5-1"
         assert not {"traceparent", "tracestate"} & set(sent), sent
+
+
+async def dlq_limited_to(bootstrap_servers: str, limit: int) -> TypingSettings:
+    """A fresh CRM-sync topic holding one record, and a DLQ created out of band with
+    `max.message.bytes` = `limit`; the settings that name them."""
+    typing = await crm_topic(bootstrap_servers, [record("dlq-limit-1", 1)])
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        created = await admin.create_topics(
+            [NewTopic(typing.dlq_topic, 1, 1, topic_configs={"max.message.bytes": str(limit)})]
+        )
+        raise_for_topic_errors(created.topic_errors)
+    finally:
+        await admin.close()
+    return typing
+
+
+@pytest.mark.parametrize(
+    ("limit", "refused"), [(256 * 1024, True), (DLQ_MESSAGE_BYTES_NEEDED, False)]
+)
+async def test_a_dlq_that_refuses_the_largest_dead_letter_stops_the_worker_s_start(
+    bootstrap_servers: str, receiver: tuple[Receiver, str], limit: int, refused: bool
+) -> None:
+    """The worker writes dead letters too: a DLQ whose reported max.message.bytes is below
+    the largest letter stops its start, naming the topic, before a record is posted (each
+    such letter would restart delivery from the last commit, for good); one that takes
+    them does not."""
+    state, url = receiver
+    typing = await dlq_limited_to(bootstrap_servers, limit)
+    worker = CrmWebhookWorker(
+        KafkaSettings(bootstrap_servers=bootstrap_servers), typing, WebhookConfig(url=url)
+    )
+    if not refused:
+        await deliver_until(worker, lambda: worker.counters.delivered == 1, "delivered")
+        return
+    with pytest.raises(TopicError) as refusal:
+        await asyncio.wait_for(worker.run(asyncio.Event()), 30)
+    assert str(refusal.value).startswith(
+        f"DLQ {typing.dlq_topic} has max.message.bytes={limit}: a dead letter takes up to"
+        f" {DLQ_MESSAGE_BYTES_NEEDED} bytes"
+    )
+    assert state.attempts == 0
+
+
+async def test_worker_process_with_a_dlq_too_small_stops_with_one_line_naming_it(
+    bootstrap_servers: str, receiver: tuple[Receiver, str], tmp_path: Path
+) -> None:
+    _, url = receiver
+    typing = await dlq_limited_to(bootstrap_servers, 256 * 1024)
+    process = RunProcess(
+        worker_env(bootstrap_servers, typing, url), tmp_path / "webhook.log", "crm-webhook"
+    )
+    process.start()
+    try:
+        assert process.process is not None
+        assert await asyncio.to_thread(process.process.wait, 60) == 2
+    finally:
+        process.kill()
+    [line] = [
+        entry
+        for entry in map(orjson.loads, process.log_text().splitlines())
+        if entry["level"] == "ERROR"
+    ]
+    assert line["message"].startswith(
+        f"topic set-up is wrong: DLQ {typing.dlq_topic} has max.message.bytes=262144"
+    )
