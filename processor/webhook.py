@@ -581,21 +581,33 @@ class CrmWebhookWorker:
         """POST one record: the answer's status, and the wait its `Retry-After` asks for
         (429 and 503 only). The whole exchange gets the timeout, not each read (a body
         that trickles would hold delivery), and at most `_MAX_BODY` bytes of the answer
-        are read (a huge one would exhaust the worker's memory on every retry)."""
-        async with (
-            asyncio.timeout(self._config.timeout_s),
-            self._http.stream("POST", self._config.url, content=value, headers=headers) as answer,
-        ):
-            status = answer.status_code
-            asked = None
-            if status in (429, 503):
-                asked = retry_after_s(answer.headers, self._clock.now_ms())
-            read = 0
-            async for chunk in answer.aiter_raw():
-                read += len(chunk)
-                if read > _MAX_BODY:
-                    break  # the connection is closed, not reused
-            return status, asked
+        are read (a huge one would exhaust the worker's memory on every retry).
+
+        The status decides: a body that times out or breaks off after it changes nothing
+        (the body is read only so that the connection can serve the next POST): a 2xx
+        whose body never ends is delivered, not posted again for as long as the endpoint
+        answers so."""
+        status: int | None = None
+        asked = None
+        try:
+            async with (
+                asyncio.timeout(self._config.timeout_s),
+                self._http.stream(
+                    "POST", self._config.url, content=value, headers=headers
+                ) as answer,
+            ):
+                status = answer.status_code
+                if status in (429, 503):
+                    asked = retry_after_s(answer.headers, self._clock.now_ms())
+                read = 0
+                async for chunk in answer.aiter_raw():
+                    read += len(chunk)
+                    if read > _MAX_BODY:
+                        break  # the connection is closed, not reused
+        except (TimeoutError, httpx.HTTPError):
+            if status is None:
+                raise  # no answer
+        return status, asked
 
     async def _post_unless_stopped(
         self, value: bytes, headers: dict[str, str], stop: asyncio.Event

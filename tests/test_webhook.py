@@ -889,6 +889,13 @@ async def test_a_retry_waits_as_long_as_the_endpoint_asks(bootstrap_servers: str
     assert attempts[1] - attempts[0] >= 0.95
 
 
+async def trickle() -> AsyncIterator[bytes]:
+    """A body that never ends, a byte at a time."""
+    while True:
+        yield b"x"
+        await asyncio.sleep(0.2)  # the endpoint's pace, not synchronisation
+
+
 async def test_an_answer_that_never_ends_is_given_up_after_the_timeout(
     bootstrap_servers: str,
 ) -> None:
@@ -896,15 +903,10 @@ async def test_an_answer_that_never_ends_is_given_up_after_the_timeout(
     streaming an error page) must not hold delivery, and a huge one is not read whole."""
     attempts: list[float] = []
 
-    async def trickle() -> AsyncIterator[bytes]:
-        while True:
-            yield b"x"
-            await asyncio.sleep(0.2)  # the endpoint's pace, not synchronisation
-
     async def hook(request: Request) -> Response:
         attempts.append(time.monotonic())
         if len(attempts) == 1:
-            return StreamingResponse(trickle(), status_code=200)
+            return StreamingResponse(trickle(), status_code=503)
         return Response(b"y" * (8 * 1024 * 1024), status_code=200)  # 8 MiB: not read whole
 
     typing = await crm_topic(bootstrap_servers, [record("slow-1", 1)])
@@ -917,6 +919,33 @@ async def test_an_answer_that_never_ends_is_given_up_after_the_timeout(
         await deliver_until(worker, lambda: worker.counters.delivered == 1, "delivered")
     assert len(attempts) == 2
     assert attempts[1] - attempts[0] < 3.0  # given up after its second, not held
+
+
+async def test_an_acceptance_whose_body_never_ends_is_delivered_not_posted_again(
+    bootstrap_servers: str,
+) -> None:
+    """The status is the endpoint's answer: a 2xx whose body trickles on past the timeout
+    (a streaming framework's response, a proxy) delivered the record, and the next record
+    follows; posting it again would hold the partition for as long as the endpoint
+    answers so."""
+    posted: list[str] = []
+
+    async def hook(request: Request) -> Response:
+        posted.append(orjson.loads(await request.body())["event_id"])
+        if len(posted) == 1:
+            return StreamingResponse(trickle(), status_code=200)
+        return Response(status_code=204)
+
+    typing = await crm_topic(bootstrap_servers, [record("ended-1", 1), record("ended-1", 2)])
+    async with serving(hook) as url:
+        worker = CrmWebhookWorker(
+            KafkaSettings(bootstrap_servers=bootstrap_servers),
+            typing,
+            WebhookConfig(url=url, timeout_s=0.5, max_backoff_s=0),
+        )
+        await deliver_until(worker, lambda: worker.counters.delivered == 2, "both delivered")
+    assert posted == ["ended-1-1", "ended-1-2"]
+    assert worker.counters.retries == 0
 
 
 async def test_worker_process_gives_a_post_up_after_the_timeout_it_is_given(
