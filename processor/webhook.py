@@ -27,7 +27,8 @@ what it delivered since (on the fast path, one commit per batch).
 
 A lost cluster (also one down at start) is retried from the last commit, never fatal; a
 DLQ whose `max.message.bytes` the cluster reports below the largest dead letter stops
-start-up (`TopicError`), as it stops `run`'s. A
+start-up (`TopicError`), as it stops `run`'s, and so does, with `TYPING_CREATE_TOPICS`
+off, a CRM topic or DLQ that does not exist. A
 record that is not a CRM-sync record (not JSON, not an object, not valid as one: something
 else wrote to the topic), or whose `event_id` no header can carry, is never posted: it
 goes to the DLQ with its original bytes, and the worker goes on once the dead letter is
@@ -71,6 +72,7 @@ from processor.models import CrmSyncRecord, DlqReason
 from processor.retryafter import retry_after_s
 from processor.runtime.kafka import (
     BrokerCheck,
+    TopicError,
     check_dlq_message_bytes,
     client_options,
     topic_configs,
@@ -284,7 +286,8 @@ class CrmWebhookWorker:
         `wait_to_restart`) from the last commit. Once `stop` is set, what the cluster or the
         endpoint do not finish within the graces of `WebhookConfig` is given up.
 
-        Raises `TopicError` when the DLQ cannot take the largest dead letter (`_start`)."""
+        Raises `TopicError` when a topic is missing or the DLQ cannot take the largest dead
+        letter (`_start`)."""
         failures = 0
         try:
             while not stop.is_set():
@@ -350,12 +353,20 @@ class CrmWebhookWorker:
                 )
 
     async def _start(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
-        """Connect both clients, then check that the DLQ takes the largest dead letter, as
-        `run`'s start-up does (`TopicError` otherwise): a letter refused for its size would
-        restart delivery from the last commit for good, posting again what was accepted
-        since. A limit the cluster does not report is not checked."""
+        """Connect both clients, then check the topics as `run`'s start-up does
+        (`TopicError` otherwise). With `TYPING_CREATE_TOPICS` off, the CRM topic and the
+        DLQ must exist: subscribed to a CRM topic that does not, the worker would be ready
+        and deliver nothing, and a dead letter would restart delivery for good. The DLQ
+        must take the largest dead letter: one refused for its size would restart delivery
+        from the last commit for good, posting again what was accepted since (a limit the
+        cluster does not report is not checked)."""
         await consumer.start()
         await producer.start()
+        if not self._typing.create_topics:
+            topics = await consumer.topics()
+            for name in (self._typing.crm_topic, self._typing.dlq_topic):
+                if name not in topics:
+                    raise TopicError(f"topic {name} does not exist (TYPING_CREATE_TOPICS is off)")
         dlq = self._typing.dlq_topic
         configs = await topic_configs(self._kafka, [dlq])
         check_dlq_message_bytes(dlq, configs.get(dlq, {}))

@@ -31,8 +31,8 @@ async def run_webhook(
     Once signalled, the worker gives up on a Kafka cluster or CRM endpoint that does not
     answer in time (`WebhookConfig`'s graces), so that the process exits within DESIGN §5's
     10 s. Telemetry comes from the `OTEL_*` environment unless given. TLS that the cluster
-    does not speak stops start-up (`ConfigError`, `check_tls`), and a DLQ that cannot
-    take the largest dead letter with exit code 2, as `run` does.
+    does not speak stops start-up (`ConfigError`, `check_tls`), and a missing topic or a
+    DLQ that cannot take the largest dead letter with exit code 2, as `run` does.
     """
     await check_tls(kafka)
     stop = asyncio.Event()

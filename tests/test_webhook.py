@@ -1573,3 +1573,22 @@ async def test_worker_process_with_a_dlq_too_small_stops_with_one_line_naming_it
     assert line["message"].startswith(
         f"topic set-up is wrong: DLQ {typing.dlq_topic} has max.message.bytes=262144"
     )
+
+
+@pytest.mark.parametrize("missing", ["crm_topic", "dlq_topic"])
+async def test_a_missing_topic_stops_the_worker_s_start_when_it_creates_none(
+    bootstrap_servers: str, receiver: tuple[Receiver, str], missing: str
+) -> None:
+    """With TYPING_CREATE_TOPICS off (topics made out of band), a CRM topic that does not
+    exist (a misspelt name) stops the start, naming it, as it stops `run`'s: subscribed
+    to it, the worker was ready and delivered nothing, for good. So does a DLQ that does
+    not exist: every dead letter would fail and restart delivery."""
+    _, url = receiver
+    typing = await crm_topic(bootstrap_servers, [record("missing-1", 1)])
+    name = f"{typing.group_id}.{missing}-absent"
+    typing = typing.model_copy(update={missing: name, "create_topics": False})
+    worker = CrmWebhookWorker(
+        KafkaSettings(bootstrap_servers=bootstrap_servers), typing, WebhookConfig(url=url)
+    )
+    with pytest.raises(TopicError, match=re.escape(f"topic {name} does not exist")):
+        await asyncio.wait_for(worker.run(asyncio.Event()), 20)
