@@ -705,7 +705,8 @@ class OtelSettings(_Settings):
     metrics_exporter: str = "otlp"
     traces_sampler: Sampler | None = None
     traces_sampler_arg: str | None = None
-    bsp_schedule_delay: OtelCount | None = None
+    # the SDK refuses a delay of 0 with a traceback as it makes the span processor
+    bsp_schedule_delay: OtelPositiveCount | None = None
     bsp_export_timeout: OtelCount | None = None
     bsp_max_queue_size: OtelPositiveCount | None = None
     bsp_max_export_batch_size: OtelPositiveCount | None = None

@@ -807,6 +807,7 @@ def test_a_genesys_url_with_a_path_is_a_base_the_api_paths_go_under(
         ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", __file__),
         ("OTEL_TRACES_SAMPLER", "sometimes"),
         ("OTEL_BSP_SCHEDULE_DELAY", "-1"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "0"),  # the SDK's traceback at start-up
         ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096"),  # more than the default queue
         ("OTEL_METRIC_EXPORT_INTERVAL", "0"),
         ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment"),
