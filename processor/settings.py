@@ -711,7 +711,8 @@ class OtelSettings(_Settings):
     bsp_max_queue_size: OtelPositiveCount | None = None
     bsp_max_export_batch_size: OtelPositiveCount | None = None
     metric_export_interval: OtelPositiveCount | None = None
-    metric_export_timeout: OtelCount | None = None
+    # the SDK times every collection out at 0: no metric would ever be exported
+    metric_export_timeout: OtelPositiveCount | None = None
     metrics_exemplar_filter: ExemplarFilter | None = None
     # span limits: the SDK reads them when the tracer provider is made, and raises
     attribute_count_limit: OtelCount | None = None

@@ -810,6 +810,7 @@ def test_a_genesys_url_with_a_path_is_a_base_the_api_paths_go_under(
         ("OTEL_BSP_SCHEDULE_DELAY", "0"),  # the SDK's traceback at start-up
         ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096"),  # more than the default queue
         ("OTEL_METRIC_EXPORT_INTERVAL", "0"),
+        ("OTEL_METRIC_EXPORT_TIMEOUT", "0"),  # every collection times out: none exported
         ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment"),
         ("OTEL_SERVICE_NAME", "   "),
         ("OTEL_PROPAGATORS", "b3"),
