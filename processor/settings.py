@@ -26,6 +26,7 @@ from dotenv.parser import Binding, parse_stream
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     FilePath,
@@ -646,6 +647,21 @@ OtelPositiveCount = Annotated[int, Field(ge=1, le=_OTEL_INT_MAX)]
 ExemplarFilter = Literal["trace_based", "always_on", "always_off"]
 
 
+def _folded(value: object) -> object:
+    """A choice as the SDK matches it: case and surrounding blanks aside."""
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+# Read by the OTLP metric exporter, case aside; any other value it logs and ignores.
+TemporalityPreference = Annotated[
+    Literal["cumulative", "delta", "lowmemory"], BeforeValidator(_folded)
+]
+HistogramAggregation = Annotated[
+    Literal["explicit_bucket_histogram", "base2_exponential_bucket_histogram"],
+    BeforeValidator(_folded),
+]
+
+
 def _key_value_problem(text: str) -> str | None:
     """Why `text` is no comma-separated `key=value` list (the value never quoted)."""
     for item in text.split(","):
@@ -735,6 +751,8 @@ class OtelSettings(_Settings):
     exporter_otlp_compression: OtlpCompression | None = None
     exporter_otlp_traces_compression: OtlpCompression | None = None
     exporter_otlp_metrics_compression: OtlpCompression | None = None
+    exporter_otlp_metrics_temporality_preference: TemporalityPreference | None = None
+    exporter_otlp_metrics_default_histogram_aggregation: HistogramAggregation | None = None
     exporter_otlp_headers: SecretStr | None = None
     exporter_otlp_traces_headers: SecretStr | None = None
     exporter_otlp_metrics_headers: SecretStr | None = None

@@ -824,6 +824,9 @@ def test_a_genesys_url_with_a_path_is_a_base_the_api_paths_go_under(
         ("OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT", "x"),
         ("OTEL_LINK_ATTRIBUTE_COUNT_LIMIT", "-1"),
         ("OTEL_METRICS_EXEMPLAR_FILTER", "sometimes"),
+        # the OTLP metric exporter would log it and export cumulative, explicit buckets
+        ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "deltas"),
+        ("OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION", "exponential"),
         ("OTEL_BSP_MAX_QUEUE_SIZE", "99999999999999999999"),
         # past what a socket timeout holds: every export would fail
         ("OTEL_EXPORTER_OTLP_TIMEOUT", "99999999999999999999"),
@@ -881,6 +884,9 @@ def test_usual_opentelemetry_settings_pass_and_empty_ones_are_unset(
         "OTEL_TRACES_SAMPLER": "always_off",
         "OTEL_LOGS_EXPORTER": "anything: not read",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "",
+        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "LowMemory",  # case aside
+        "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION": "Base2_Exponential_Bucket_"
+        "Histogram",
     }.items():
         monkeypatch.setenv(name, value)
     otel = load_otel()
