@@ -17,6 +17,7 @@ import re
 import ssl
 from collections.abc import Iterator, Mapping
 from enum import StrEnum
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -644,6 +645,8 @@ _PROPAGATORS = ("tracecontext", "baggage", "none")
 _OTEL_INT_MAX = 2**31 - 1
 OtelCount = Annotated[int, Field(ge=0, le=_OTEL_INT_MAX)]
 OtelPositiveCount = Annotated[int, Field(ge=1, le=_OTEL_INT_MAX)]
+# Where the OTLP/HTTP exporter finds `OTEL_PYTHON_EXPORTER_OTLP_HTTP_*CREDENTIAL_PROVIDER`.
+_CREDENTIAL_PROVIDERS = "opentelemetry_otlp_credential_provider"
 ExemplarFilter = Literal["trace_based", "always_on", "always_off"]
 
 
@@ -765,6 +768,10 @@ class OtelSettings(_Settings):
     exporter_otlp_client_certificate: FilePath | None = None
     exporter_otlp_traces_client_certificate: FilePath | None = None
     exporter_otlp_metrics_client_certificate: FilePath | None = None
+    # the Python exporter's: an entry point that makes the exporter's HTTP session
+    python_exporter_otlp_http_credential_provider: str | None = None
+    python_exporter_otlp_http_traces_credential_provider: str | None = None
+    python_exporter_otlp_http_metrics_credential_provider: str | None = None
 
     @field_validator("traces_exporter", "metrics_exporter")
     @classmethod
@@ -821,6 +828,18 @@ class OtelSettings(_Settings):
         problem = None if value is None else _ca_bundle_problem(value)
         if problem:
             raise ValueError(problem)
+        return value
+
+    @field_validator(
+        "python_exporter_otlp_http_credential_provider",
+        "python_exporter_otlp_http_traces_credential_provider",
+        "python_exporter_otlp_http_metrics_credential_provider",
+    )
+    @classmethod
+    def _check_credential_provider(cls, value: str | None) -> str | None:
+        # the exporter looks it up as it is made, and raises when it names none
+        if value is not None and not entry_points(group=_CREDENTIAL_PROVIDERS, name=value):
+            raise ValueError(f"no {_CREDENTIAL_PROVIDERS} entry point is called {value!r}")
         return value
 
     @model_validator(mode="after")

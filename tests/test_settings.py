@@ -828,6 +828,10 @@ def test_a_genesys_url_with_a_path_is_a_base_the_api_paths_go_under(
         ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "deltas"),
         ("OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION", "exponential"),
         ("OTEL_BSP_MAX_QUEUE_SIZE", "99999999999999999999"),
+        # the exporter looks it up as it is made: a RuntimeError traceback at start-up
+        ("OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER", "no-such-provider"),
+        ("OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER", "no-such-provider"),
+        ("OTEL_PYTHON_EXPORTER_OTLP_HTTP_METRICS_CREDENTIAL_PROVIDER", "no-such-provider"),
         # past what a socket timeout holds: every export would fail
         ("OTEL_EXPORTER_OTLP_TIMEOUT", "99999999999999999999"),
     ],
@@ -851,6 +855,21 @@ def test_an_otlp_certificate_that_cannot_be_read_is_one_line_naming_it(
 def test_an_otlp_certificate_that_is_a_ca_bundle_passes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", CA_FILE)
     assert load_otel().exporter_otlp_certificate == Path(CA_FILE)
+
+
+def test_an_otlp_credential_provider_installed_passes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A provider is an entry point of an installed distribution, as the exporter finds it."""
+    dist = tmp_path / "otlp_auth-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: otlp-auth\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[opentelemetry_otlp_credential_provider]\nvault = requests:Session\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER", "vault")
+    assert load_otel().python_exporter_otlp_http_traces_credential_provider == "vault"
 
 
 def test_a_sampling_ratio_outside_0_to_1_is_refused_only_for_a_ratio_sampler(
