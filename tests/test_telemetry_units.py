@@ -15,13 +15,16 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import certifi
 import h2.config
 import h2.connection
 import httpx
 import orjson
 import pytest
+import trustme
 from opentelemetry.metrics import CallbackOptions
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -582,6 +585,71 @@ async def test_the_collector_url_is_logged_without_its_credential(
         assert "otel-key-2" not in message, message
         assert "://**********@" in message, message
         assert message.endswith("?k=**********"), message
+
+
+@pytest.fixture
+async def tls_collector(tmp_path: Path) -> AsyncIterator[tuple[str, Path, Received]]:
+    """An HTTPS OTLP receiver whose certificate a private CA signed: its URL, the CA's
+    bundle, and what it received."""
+    received = Received()
+
+    async def accept(request: Request) -> Response:
+        received.requests.append((request.url.path, "", await request.body()))
+        return Response(b"", media_type="application/x-protobuf")
+
+    authority = trustme.CA()
+    server = tmp_path / "server.pem"
+    authority.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(server))
+    ca_file = tmp_path / "collector-ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    app = Starlette(routes=[Route("/v1/{signal}", accept, methods=["POST"])])
+    async with serve_in_background(
+        app, port=0, name="TLS collector", ssl_certfile=str(server)
+    ) as listening:
+        yield f"https://127.0.0.1:{listening.port}", ca_file, received
+
+
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+async def test_the_otlp_certificate_wins_over_a_ca_bundle_of_the_environment(
+    variable: str,
+    tls_collector: tuple[str, Path, Received],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Images often set `REQUESTS_CA_BUNDLE` or `CURL_CA_BUNDLE` for the system's CAs: the
+    exporter's HTTP library took it over `OTEL_EXPORTER_OTLP_CERTIFICATE`, and every
+    export to a collector with a private CA failed its TLS handshake."""
+    url, ca_file, received = tls_collector
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    monkeypatch.setenv(variable, certifi.where())  # public CAs, not the collector's
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(ca_file))
+    load_otel()
+    telemetry = Telemetry.from_environment({"OTEL_EXPORTER_OTLP_ENDPOINT": url})
+    try:
+        assert telemetry.tracer_provider is not None
+        telemetry.tracer_provider.get_tracer("t").start_span("exported").end()
+        await asyncio.to_thread(telemetry.force_flush, 10)
+        assert {path for path, _, _ in received.requests} == {"/v1/traces", "/v1/metrics"}
+    finally:
+        await asyncio.to_thread(telemetry.shutdown)
+
+
+async def test_a_ca_bundle_of_the_environment_still_serves_where_no_otlp_certificate_is_set(
+    tls_collector: tuple[str, Path, Received], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, ca_file, received = tls_collector
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_file))
+    telemetry = Telemetry.from_environment(
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": url, "OTEL_METRICS_EXPORTER": "none"}
+    )
+    try:
+        assert telemetry.tracer_provider is not None
+        telemetry.tracer_provider.get_tracer("t").start_span("exported").end()
+        await asyncio.to_thread(telemetry.force_flush, 10)
+        assert [path for path, _, _ in received.requests] == ["/v1/traces"]
+    finally:
+        await asyncio.to_thread(telemetry.shutdown)
 
 
 async def test_shutdown_does_not_wait_out_a_collector_that_never_answers(

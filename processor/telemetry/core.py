@@ -366,7 +366,13 @@ class Telemetry:
         if traces_to := _otlp_endpoint(env, "TRACES"):
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-            exporter = OTLPSpanExporter(endpoint=traces_to, timeout=_otlp_timeout_s(env, "TRACES"))
+            from .otlpsession import otlp_session
+
+            exporter = OTLPSpanExporter(
+                endpoint=traces_to,
+                timeout=_otlp_timeout_s(env, "TRACES"),
+                session=otlp_session("TRACES"),
+            )
             tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
         registry = CollectorRegistry(auto_describe=True)
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -375,8 +381,12 @@ class Telemetry:
         if metrics_to := _otlp_endpoint(env, "METRICS"):
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
+            from .otlpsession import otlp_session
+
             metric_exporter = OTLPMetricExporter(
-                endpoint=metrics_to, timeout=_otlp_timeout_s(env, "METRICS")
+                endpoint=metrics_to,
+                timeout=_otlp_timeout_s(env, "METRICS"),
+                session=otlp_session("METRICS"),
             )
             readers.append(PeriodicExportingMetricReader(metric_exporter))
         meter_provider = MeterProvider(
