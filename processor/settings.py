@@ -298,6 +298,22 @@ def _ca_bundle_problem(path: Path) -> str | None:
     return None
 
 
+def _client_certificate_problem(certificate: Path, key: Path | None) -> str | None:
+    """Why TLS cannot present `certificate` (its private key in `key`, else in the same
+    file) as a client, or None."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        # no password: the exporter has none to give, and OpenSSL would prompt for one
+        context.load_cert_chain(certificate, key, password=lambda: b"")
+    except ssl.SSLError:
+        return f"{certificate} is no PEM certificate with its unencrypted private key" + (
+            "" if key is None else f" ({key})"
+        )
+    except OSError as exc:
+        return f"cannot read {exc.filename or certificate} ({exc.strerror})"
+    return None
+
+
 def http_url_problem(url: str) -> str | None:
     """Why `url` is no usable http(s) URL (scheme, host, port), or None when it is."""
     try:
@@ -855,6 +871,31 @@ class OtelSettings(_Settings):
         if (self.bsp_max_export_batch_size or 512) > queue:
             raise ValueError(f"bsp_max_export_batch_size: more than the queue holds ({queue})")
         return self
+
+    @model_validator(mode="after")
+    def _check_client_certificates(self) -> Self:
+        # each exporter takes its signal's certificate and key, else the general ones; a
+        # key without a certificate it drops in silence, and a certificate TLS cannot load
+        # (with the key) fails each export's handshake, a warning apiece
+        for scope in ("exporter_otlp_traces_", "exporter_otlp_metrics_"):
+            certificate = self._first_file(scope, "client_certificate")
+            key = self._first_file(scope, "client_key")
+            if certificate is None:
+                if key is not None:
+                    raise ValueError(f"{key[0]}: a client key serves only with a certificate")
+                continue
+            problem = _client_certificate_problem(certificate[1], None if key is None else key[1])
+            if problem:
+                raise ValueError(f"{certificate[0]}: {problem}")
+        return self
+
+    def _first_file(self, scope: str, kind: str) -> tuple[str, Path] | None:
+        """(field, file) of `kind` an exporter of `scope` takes: its own, else the general."""
+        for name in (scope + kind, "exporter_otlp_" + kind):
+            file: Path | None = getattr(self, name)
+            if file is not None:
+                return name, file
+        return None
 
 
 _GROUPS: tuple[tuple[str, type[BaseSettings]], ...] = (

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import certifi
 import pytest
+import trustme
 
 from processor.domain import Role, Status
 from processor.settings import (
@@ -855,6 +856,80 @@ def test_an_otlp_certificate_that_cannot_be_read_is_one_line_naming_it(
 def test_an_otlp_certificate_that_is_a_ca_bundle_passes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", CA_FILE)
     assert load_otel().exporter_otlp_certificate == Path(CA_FILE)
+
+
+@pytest.fixture
+def client_pair(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A client certificate, its key, and both in one file (as a CA would issue them)."""
+    issued = trustme.CA().issue_cert("typing-processor")
+    certificate, key, both = tmp_path / "client.crt", tmp_path / "client.key", tmp_path / "both"
+    issued.cert_chain_pems[0].write_to_path(str(certificate))
+    issued.private_key_pem.write_to_path(str(key))
+    issued.private_key_and_cert_chain_pem.write_to_path(str(both))
+    return certificate, key, both
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        # a key alone: the exporter would drop it in silence, and send no certificate
+        ({"OTEL_EXPORTER_OTLP_CLIENT_KEY": "{key}"}, "OTEL_EXPORTER_OTLP_CLIENT_KEY"),
+        (
+            {"OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY": "{key}"},
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+        ),
+        # what TLS cannot load: every export's handshake would fail, a warning apiece
+        (
+            {"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": __file__},
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        ),
+        (  # its key elsewhere, not named
+            {"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": "{certificate}"},
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        ),
+        (  # the general key does not match the traces' certificate
+            {
+                "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE": "{certificate}",
+                "OTEL_EXPORTER_OTLP_CLIENT_KEY": "{certificate}",
+            },
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+        ),
+    ],
+)
+def test_an_otlp_client_certificate_tls_cannot_present_is_named_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    client_pair: tuple[Path, Path, Path],
+    env: dict[str, str],
+    named: str,
+) -> None:
+    certificate, key, _ = client_pair
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(certificate=certificate, key=key))
+    refusal(load_otel, named)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": "{certificate}",
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY": "{key}",
+        },
+        {"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": "{both}"},
+        {  # each signal's certificate with the general key
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE": "{certificate}",
+            "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE": "{certificate}",
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY": "{key}",
+        },
+    ],
+)
+def test_an_otlp_client_certificate_with_its_key_passes(
+    monkeypatch: pytest.MonkeyPatch, client_pair: tuple[Path, Path, Path], env: dict[str, str]
+) -> None:
+    certificate, key, both = client_pair
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(certificate=certificate, key=key, both=both))
+    load_otel()
 
 
 def test_an_otlp_credential_provider_installed_passes(
