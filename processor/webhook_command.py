@@ -11,7 +11,7 @@ import logging
 import signal
 
 from processor.runtime.abandoned import report_abandoned_kafka_work
-from processor.runtime.command import ops_endpoint
+from processor.runtime.command import observability
 from processor.runtime.kafka import TopicError
 from processor.runtime.tlscheck import check_tls
 from processor.settings import KafkaSettings, TypingSettings
@@ -51,13 +51,12 @@ async def run_webhook(
     instrument_webhook(telemetry, worker)
     report_abandoned_kafka_work(loop)
     try:
-        async with ops_endpoint(telemetry, typing.http_port, readiness=worker.readiness):
+        async with observability(telemetry, typing.http_port, readiness=worker.readiness):
             await worker.run(stop)
     except TopicError as exc:
         log.error("topic set-up is wrong: %s", exc)
         return 2
     finally:
-        telemetry.shutdown()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("CRM webhook worker stopped cleanly")

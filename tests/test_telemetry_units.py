@@ -41,7 +41,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from processor.asgi import serve_in_background
+from processor.asgi import STOP_GRACE_S, serve_in_background
 from processor.logs import JsonFormatter, configure_logging, redact
 from processor.runtime import command
 from processor.runtime.command import ops_endpoint
@@ -51,6 +51,7 @@ from processor.settings import load_otel
 from processor.sink.client import GenesysSink
 from processor.sink.config import SinkConfig
 from processor.telemetry import OpsEndpoint, Telemetry
+from processor.telemetry.core import SHUTDOWN_TIMEOUT_S
 from processor.telemetry.propagation import extract, header, inject
 from processor.telemetry.tracing import PartitionTracing
 
@@ -677,6 +678,46 @@ async def test_shutdown_does_not_wait_out_a_collector_that_never_answers(
         release.set()  # the abandoned exports complete and their threads end
     assert elapsed < 5.0
     assert "telemetry export unfinished after 0.5 s" in caplog.text
+
+
+async def test_the_endpoint_stops_while_the_last_export_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """SIGTERM to exit is 10 s, 6.5 of them for draining. A `/readyz` in flight (asking a
+    cluster that does not answer) holds the endpoint's stop for its grace (2 s), and a
+    collector that never answers holds the last export for its bound (3 s): one after the
+    other, the 5 s took the exit past 10 s."""
+    release = asyncio.Event()
+    asked = asyncio.Event()
+
+    async def hold(request: Request) -> Response:
+        await release.wait()
+        return Response(b"", media_type="application/x-protobuf")
+
+    async def readiness() -> str | None:
+        asked.set()
+        await release.wait()
+        return None
+
+    app = Starlette(routes=[Route("/v1/{signal}", hold, methods=["POST"])])
+    async with (
+        serve_in_background(app, port=0, name="stalled collector") as listening,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        telemetry = Telemetry.from_environment({"OTEL_EXPORTER_OTLP_ENDPOINT": listening.base_url})
+        try:
+            async with command.observability(
+                telemetry, 0, "127.0.0.1", readiness=readiness
+            ) as port:
+                probe = asyncio.ensure_future(client.get(f"http://127.0.0.1:{port}/readyz"))
+                await asyncio.wait_for(asked.wait(), 10)
+                started = time.monotonic()
+            elapsed = time.monotonic() - started
+        finally:
+            release.set()
+        assert (await asyncio.gather(probe, return_exceptions=True))[0] is not None
+    assert "telemetry export unfinished after 3.0 s" in caplog.text  # made, not waited for
+    assert elapsed < STOP_GRACE_S + SHUTDOWN_TIMEOUT_S - 1.0, elapsed
 
 
 async def test_the_otlp_timeout_is_read_in_milliseconds() -> None:

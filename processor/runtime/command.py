@@ -77,6 +77,37 @@ async def ops_endpoint(
         yield listening.port
 
 
+@contextlib.asynccontextmanager
+async def observability(
+    telemetry: Telemetry,
+    port: int,
+    host: str = HTTP_HOST,
+    *,
+    readiness: Readiness | None = None,
+) -> AsyncIterator[int]:
+    """`ops_endpoint` for the block; after it, the endpoint stops while `telemetry` shuts
+    down (its last export), side by side. Yields the bound port.
+
+    SIGTERM to exit is 10 s (DESIGN §5), `DRAIN_BUDGET_S` of it for draining. A request in
+    flight holds the endpoint's stop for up to `asgi.STOP_GRACE_S` (a `/readyz` asking a cluster
+    that does not answer, just when draining takes its whole budget) and a collector that
+    does not answer holds the last export for up to `Telemetry.shutdown`'s bound: one after the
+    other, they took their sum, past the 10 s.
+    """
+    exporting: asyncio.Future[None] | None = None
+    try:
+        async with ops_endpoint(telemetry, port, host, readiness=readiness) as bound:
+            try:
+                yield bound
+            finally:
+                exporting = asyncio.ensure_future(asyncio.to_thread(telemetry.shutdown))
+    finally:
+        if exporting is None:  # the endpoint did not start
+            telemetry.shutdown()
+        else:
+            await exporting
+
+
 async def run_service(settings: Settings, telemetry: Telemetry | None = None) -> int:
     """Run until SIGTERM/SIGINT; a lost broker is retried, never fatal. Returns exit code.
 
@@ -95,11 +126,10 @@ async def run_service(settings: Settings, telemetry: Telemetry | None = None) ->
     telemetry.instrument_sink(sink)
     report_abandoned_kafka_work(loop)
     try:
-        async with ops_endpoint(telemetry, settings.typing.http_port):
+        async with observability(telemetry, settings.typing.http_port):
             return await _run_until_stopped(settings, sink, telemetry, stop)
     finally:
         await sink.aclose()
-        telemetry.shutdown()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
 
