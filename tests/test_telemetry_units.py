@@ -8,6 +8,7 @@ import base64
 import errno
 import io
 import logging
+import re
 import secrets
 import socket
 import sys
@@ -678,6 +679,52 @@ async def test_shutdown_does_not_wait_out_a_collector_that_never_answers(
         release.set()  # the abandoned exports complete and their threads end
     assert elapsed < 5.0
     assert "telemetry export unfinished after 0.5 s" in caplog.text
+
+
+async def test_an_endless_answer_from_the_collector_is_read_only_so_far() -> None:
+    """An OTLP endpoint that answers with a body that never ends (a misrouted endpoint, a
+    proxy's stream): the exporter read it whole into memory, some 250 MB a second, and
+    the export never ended, until the processor was killed for its memory."""
+    sent = 0
+    closed = asyncio.Event()
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?i)content-length: *(\d+)", head)
+        await reader.readexactly(int(length.group(1)) if length else 0)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+        try:
+            while True:
+                writer.write(chunk)
+                await writer.drain()
+                sent += len(chunk)
+        except ConnectionError:
+            closed.set()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(endless, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_METRICS_EXPORTER": "none",
+    }
+    telemetry = Telemetry.from_environment(env)
+    try:
+        assert telemetry.tracer_provider is not None
+        telemetry.tracer_provider.get_tracer("t").start_span("exported").end()
+        flushing = asyncio.ensure_future(asyncio.to_thread(telemetry.force_flush, 5.0))
+        await asyncio.wait_for(closed.wait(), 5)  # the exporter hung up
+        await flushing
+        assert sent < 16 * 2**20  # what the sockets' buffers took, not the stream
+    finally:
+        await asyncio.to_thread(telemetry.shutdown, 0.5)
+        server.close()
 
 
 async def test_the_endpoint_stops_while_the_last_export_runs(
