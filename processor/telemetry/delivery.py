@@ -13,8 +13,8 @@ revoked or cancelled first: delivered again from the commit); the POSTs made
 (`typing.attempts`) and the last status answered. A record that did not reach the CRM (the
 DLQ's) is an error, its reason the description.
 
-No credential reaches a span: `url.full` keeps neither userinfo nor query (where a token may
-ride), no header is recorded (the `Authorization`), and an attempt that got no answer is
+No credential reaches a span: `url.full` keeps neither userinfo, query nor fragment (where a
+token may ride), no header is recorded (the `Authorization`), and an attempt that got no answer is
 described by its exception's class and its message with credentials masked.
 """
 

@@ -31,10 +31,11 @@ _REDACTED = "REDACTED"  # what OpenTelemetry's HTTP conventions put for URL cred
 
 def full_url(url: httpx.URL) -> str:
     """`url.full` as OpenTelemetry's HTTP conventions have it: no query (the sink sends
-    none; a CRM webhook URL's may hold a token), and userinfo, should a configured URL carry
-    it, as `REDACTED:REDACTED`."""
-    if url.query:
-        url = url.copy_with(query=None)
+    none; a CRM webhook URL's may hold a token) and no fragment (never sent; OAuth's
+    implicit grant leaves a token there), and userinfo, should a configured URL carry it,
+    as `REDACTED:REDACTED`."""
+    if url.query or url.fragment:
+        url = url.copy_with(query=None, fragment=None)
     if url.userinfo:
         url = url.copy_with(username=_REDACTED, password=_REDACTED)
     return str(url)
