@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import orjson
@@ -37,6 +40,10 @@ _SECRET_QUERY = re.compile(
     r"(?i)([?&#][^\s=&#?]*?(?:token|key|secret|password|passwd|pwd|pass|signature|sig|code|auth"
     r"|authorization|credentials?|jwt)=)[^\s&#\"'<>]+"
 )
+
+# Loggers whose repeats `RepeatThrottle` holds back, and for how long.
+_THROTTLED = ("opentelemetry.",)
+THROTTLE_S = 60.0
 
 # The HTTP clients' own lines carry what no redaction can mask reliably: httpx logs every
 # request's full URL at INFO (a CRM webhook URL may hold a credential), and at DEBUG httpcore,
@@ -94,10 +101,51 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+class RepeatThrottle(logging.Filter):
+    """Lets each message of the OpenTelemetry SDK and exporters through once per
+    `interval_s`; the next one let through counts those held back.
+
+    They log every failed export (and each retry of it): a collector that is down fails
+    one every few seconds for as long as it is down. Messages are told apart by logger and
+    template (not by their arguments, which name each attempt's delay), so few are kept.
+    """
+
+    def __init__(
+        self, interval_s: float = THROTTLE_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """`clock`: seconds, monotonic (tests pass their own)."""
+        super().__init__()
+        self._interval = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()  # the exporters log from threads of their own
+        # (logger, template) -> when one was last let through, and how many held back since
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for a repeat within the interval; a record let through after repeats says
+        how many there were."""
+        if not record.name.startswith(_THROTTLED):
+            return True
+        key = (record.name, str(record.msg))
+        now = self._clock()
+        with self._lock:
+            last = self._seen.get(key)
+            if last is not None and now - last[0] < self._interval:
+                self._seen[key] = (last[0], last[1] + 1)
+                return False
+            self._seen[key] = (now, 0)
+        held = 0 if last is None else last[1]
+        if held:
+            # the message is formatted later with its args: nothing of it is changed
+            record.msg = f"{record.msg} ({held} more like it in {self._interval:.0f} s not logged)"
+        return True
+
+
 def configure_logging(level: str) -> None:
     """Send every log record to stderr as JSON lines at `level`."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RepeatThrottle())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -43,7 +43,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from processor.asgi import STOP_GRACE_S, serve_in_background
-from processor.logs import JsonFormatter, configure_logging, redact
+from processor.logs import JsonFormatter, RepeatThrottle, configure_logging, redact
 from processor.runtime import command
 from processor.runtime.command import ops_endpoint
 from processor.runtime.partition import Counters
@@ -725,6 +725,57 @@ async def test_an_endless_answer_from_the_collector_is_read_only_so_far() -> Non
     finally:
         await asyncio.to_thread(telemetry.shutdown, 0.5)
         server.close()
+
+
+def test_repeats_of_the_sdk_are_counted_on_the_next_line_let_through() -> None:
+    now = [0.0]
+    throttle = RepeatThrottle(60.0, clock=lambda: now[0])
+
+    def passes(name: str, template: str, *args: object) -> str | None:
+        record = logging.LogRecord(name, logging.WARNING, __file__, 1, template, args, None)
+        return record.getMessage() if throttle.filter(record) else None
+
+    exporter = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
+    assert passes(exporter, "retrying in %.2fs", 1.0) == "retrying in 1.00s"
+    assert passes(exporter, "retrying in %.2fs", 2.0) is None  # the template repeats
+    assert passes(exporter, "Failed to export %s", "spans") == "Failed to export spans"
+    assert passes("processor.sink", "retrying in %.2fs", 2.0) == "retrying in 2.00s"  # ours
+    now[0] = 59.9
+    assert passes(exporter, "retrying in %.2fs", 4.0) is None
+    now[0] = 60.0
+    assert passes(exporter, "retrying in %.2fs", 8.0) == (
+        "retrying in 8.00s (2 more like it in 60 s not logged)"
+    )
+
+
+@pytest.mark.usefixtures("process_logging")
+async def test_a_collector_that_is_down_is_logged_once_not_at_every_export(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The exporters log every failed export (a collector down fails one every few seconds
+    for as long as it is down, the SDK's retries a line each): a line for each kind of
+    failure, then its repeats counted on the next one let through."""
+    configure_logging("INFO")
+    with socket.socket() as refusing:  # bound, never listening: connections are refused
+        refusing.bind(("127.0.0.1", 0))
+        port = refusing.getsockname()[1]
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "300",  # no time for the SDK's 1 s backoff
+            "OTEL_METRICS_EXPORTER": "none",
+        }
+        telemetry = Telemetry.from_environment(env)
+        try:
+            assert telemetry.tracer_provider is not None
+            for _ in range(8):
+                telemetry.tracer_provider.get_tracer("t").start_span("lost").end()
+                await asyncio.to_thread(telemetry.force_flush, 5.0)
+        finally:
+            await asyncio.to_thread(telemetry.shutdown, 0.5)
+    entries = [orjson.loads(line) for line in capsys.readouterr().err.splitlines()]
+    failures = [e for e in entries if e["logger"].startswith("opentelemetry.exporter")]
+    assert len(failures) == 1, failures
+    assert failures[0]["message"].startswith("Failed to export spans batch")
 
 
 async def test_the_endpoint_stops_while_the_last_export_runs(
