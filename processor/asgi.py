@@ -14,11 +14,64 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 # How long a stop waits for requests in flight before it cancels their handlers, and how
 # much longer for uvicorn to close down after that.
 STOP_GRACE_S = 2.0
 _CLOSE_MARGIN_S = 1.0
+
+
+# How long a connection may take to send a request's head, from its opening or from the
+# previous response; then it is closed. Probes and scrapers send theirs at once.
+HEAD_TIMEOUT_S = 10.0
+
+
+class HeadTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol, closing a connection whose request head has not come in
+    whole within `HEAD_TIMEOUT_S`.
+
+    uvicorn's keep-alive timeout runs only between a response and the next byte: a
+    connection that sends nothing, or a head a byte at a time (slowloris), held its socket
+    for ever, and enough of them took every file descriptor of the process.
+    """
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Accept the connection; its first head is due within `HEAD_TIMEOUT_S`."""
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._await_head()
+
+    def on_headers_complete(self) -> None:
+        """A head came in whole: no more deadline until its response is sent."""
+        self._stop_waiting()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        """A response went out: the next head is due, unless one came in already."""
+        super().on_response_complete()
+        if self.timeout_keep_alive_task is not None:  # idle: no pipelined request runs
+            self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The connection ended: no deadline left."""
+        self._stop_waiting()
+        super().connection_lost(exc)
+
+    def _await_head(self) -> None:
+        self._stop_waiting()
+        self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_overdue)
+
+    def _stop_waiting(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_overdue(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
 
 
 class ServerStartError(Exception):
@@ -103,6 +156,7 @@ async def serve_in_background(
         "lifespan": "off",
         "server_header": False,
         "log_config": None,
+        "http": HeadTimeoutProtocol,
         # uvicorn cancels the handlers still running this long after the stop
         "timeout_graceful_shutdown": stop_grace_s,
         **config,

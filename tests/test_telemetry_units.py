@@ -42,6 +42,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from processor import asgi
 from processor.asgi import STOP_GRACE_S, serve_in_background
 from processor.logs import JsonFormatter, RepeatThrottle, configure_logging, redact
 from processor.runtime import command
@@ -995,6 +996,28 @@ async def test_healthz_fails_when_the_event_loop_stalls(ops: OpsEndpoint) -> Non
         answer = await get(ops, "/healthz")
         assert answer.status_code == 503
         assert answer.json()["status"] == "stalled"
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /healthz HTTP/1.1\r\nHost: ops\r\n"])
+async def test_a_client_that_never_sends_its_request_whole_is_hung_up_on(
+    sent: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The endpoint listens on every address of the pod: a connection that sends nothing,
+    or a request head never finished (slowloris), held its socket for ever, and enough of
+    them took every file descriptor the process has, the Kafka cluster's and Genesys's
+    connections' too. Kubernetes' probes and Prometheus send theirs at once."""
+    monkeypatch.setattr(asgi, "HEAD_TIMEOUT_S", 0.2, raising=False)
+    async with ops_endpoint(Telemetry.disabled(), 0, "127.0.0.1") as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(sent)
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server
+            async with httpx.AsyncClient(timeout=5) as client:  # a whole request: served
+                response = await client.get(f"http://127.0.0.1:{port}/healthz")
+                assert response.status_code == 200
+                assert (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+        finally:
+            writer.close()
 
 
 async def test_disabled_telemetry_serves_empty_metrics(ops: OpsEndpoint) -> None:
