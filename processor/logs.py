@@ -44,6 +44,9 @@ _SECRET_QUERY = re.compile(
 # Loggers whose repeats `RepeatThrottle` holds back, and for how long.
 _THROTTLED = ("opentelemetry.",)
 THROTTLE_S = 60.0
+# Messages `RepeatThrottle` remembers: templates are few, but one formatted before it is
+# logged is a message of its own.
+_MAX_THROTTLED = 256
 
 # The HTTP clients' own lines carry what no redaction can mask reliably: httpx logs every
 # request's full URL at INFO (a CRM webhook URL may hold a credential), and at DEBUG httpcore,
@@ -133,6 +136,8 @@ class RepeatThrottle(logging.Filter):
             if last is not None and now - last[0] < self._interval:
                 self._seen[key] = (last[0], last[1] + 1)
                 return False
+            if last is None and len(self._seen) >= _MAX_THROTTLED:
+                del self._seen[next(iter(self._seen))]  # a message built with its values
             self._seen[key] = (now, 0)
         held = 0 if last is None else last[1]
         if held:

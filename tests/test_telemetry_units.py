@@ -747,6 +747,9 @@ def test_repeats_of_the_sdk_are_counted_on_the_next_line_let_through() -> None:
     assert passes(exporter, "retrying in %.2fs", 8.0) == (
         "retrying in 8.00s (2 more like it in 60 s not logged)"
     )
+    for n in range(1000):  # messages formatted before they are logged: few are kept
+        assert passes(exporter, f"collector {n} refused") == f"collector {n} refused"
+    assert len(throttle._seen) <= 256
 
 
 @pytest.mark.usefixtures("process_logging")
