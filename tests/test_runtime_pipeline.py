@@ -30,6 +30,7 @@ from pipeline import (
 )
 
 from processor.emulator.testing import EmulatorHandle
+from processor.runtime.service import MAX_BACKLOG
 from processor.settings import ConfigError
 from processor.state import EngineConfig
 from processor.state.lead import ClearLead
@@ -151,6 +152,50 @@ async def test_after_a_stall_no_call_goes_out_until_the_group_confirmed_the_memb
             assert clock.now == stalled_at  # nothing but a commit ended the hold
             assert proven_at_call[0] < stalled_at
             assert proven_at_call[1:] == [stalled_at]  # the clear: after a commit since
+    finally:
+        await stack.close()
+
+
+async def test_a_commit_that_renews_the_lease_resumes_fetching_before_the_next_fetch(
+    bootstrap_servers: str, emulator: EmulatorHandle
+) -> None:
+    """While the lease has lapsed the partitions are paused (nothing is fetched for a
+    member that may have lost them); the commit that renews it resumes them before the
+    consumer fetches again. A fetch with every partition still paused waits its whole
+    timeout for nothing, and the input waits with it."""
+    clock = Monotonic()  # what the membership lease reads
+    stack = await start_in_process(make_settings(bootstrap_servers, emulator), clock)
+    processor = stack.processor
+    consumer = processor._consumer
+    assert consumer is not None
+    getmany = consumer.getmany
+    fetches = 0
+    # fetches made with a partition paused that nothing holds (lease valid, short backlog)
+    needlessly_paused: list[set[Any]] = []
+
+    async def watched_getmany(*args: Any, **kwargs: Any) -> Any:
+        nonlocal fetches
+        fetches += 1
+        paused = consumer.paused()
+        workers = processor.workers.values()
+        if (
+            paused
+            and processor.lease.left() > 0
+            and all(not w.holding and w.backlog < MAX_BACKLOG // 2 for w in workers)
+        ):
+            needlessly_paused.append(paused)
+        return await getmany(*args, **kwargs)
+
+    consumer.getmany = watched_getmany  # type: ignore[method-assign]
+    try:
+        await eventually(lambda: fetches >= 1, 10, "a fetch")
+        clock.now += 10  # the process stood still: the lease lapsed
+        lapsed_at = clock.now
+        await eventually(lambda: processor.lease.proven_at == lapsed_at, 10, "renewed")
+        seen = fetches
+        await eventually(lambda: fetches >= seen + 3, 10, "fetches after the renewal")
+        assert consumer.paused() == set()
+        assert needlessly_paused == []
     finally:
         await stack.close()
 

@@ -429,6 +429,10 @@ class TypingProcessor:
                     # a stop leaves it to the last commit, on the way out
                     await within_grace(self.commit(), stop, 0.0)
                     next_commit = loop.time() + interval_s
+                    # A commit that renewed the lease ends the hold: the partitions paused
+                    # for it are fetched from now, not once the next fetch has waited its
+                    # whole timeout with every partition paused.
+                    self._apply_backpressure(consumer)
         finally:
             stopping.cancel()
 
