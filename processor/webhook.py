@@ -75,8 +75,8 @@ from processor.runtime.kafka import (
     TopicError,
     check_dlq_message_bytes,
     client_options,
+    keep_running,
     topic_configs,
-    wait_to_restart,
 )
 from processor.runtime.recordbatch import Undecodable
 from processor.runtime.undecodable import is_undecodable, read_past_undecodable
@@ -283,21 +283,19 @@ class CrmWebhookWorker:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set; commits after each delivered batch (and within one:
         `_commit_progress`). A lost cluster is retried (after the backoff of
-        `wait_to_restart`) from the last commit. Once `stop` is set, what the cluster or the
+        `keep_running`) from the last commit. Once `stop` is set, what the cluster or the
         endpoint do not finish within the graces of `WebhookConfig` is given up.
 
         Raises `TopicError` when a topic is missing or the DLQ cannot take the largest dead
         letter (`_start`)."""
-        failures = 0
+
+        def count_restart(_: KafkaError | OSError) -> None:
+            self.counters.restarts += 1
+
         try:
-            while not stop.is_set():
-                try:
-                    await self._consume(stop)
-                    failures = 0
-                except (KafkaError, OSError) as exc:
-                    self.counters.restarts += 1
-                    await wait_to_restart(stop, failures, "CRM delivery", exc)
-                    failures += 1
+            await keep_running(
+                lambda: self._consume(stop), stop, "CRM delivery", on_failure=count_restart
+            )
         finally:
             if self._owns_http:
                 await self._http.aclose()

@@ -48,10 +48,13 @@ from processor.emulator.testing import EmulatorHandle
 from processor.models import DlqReason, TypingEvent
 from processor.runtime import undecodable
 from processor.runtime.kafka import (
+    HEALTHY_RUN_S,
+    RESTART_BACKOFF_S,
     TopicError,
     TopicSpec,
     check_dlq_message_bytes,
     ensure_topics,
+    keep_running,
     raise_for_topic_errors,
 )
 from processor.runtime.outbound import Headers, Outbound
@@ -1643,3 +1646,39 @@ async def test_a_restart_whose_release_timed_out_leaves_the_group_before_it_rest
         outbound.answer.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         await sink.aclose()
+
+
+async def test_a_restart_after_a_healthy_run_waits_the_first_backoff_again() -> None:
+    """The backoff between restarts grows with failures in a row, not over the worker's
+    life: a run that lasted `HEALTHY_RUN_S` before the cluster was lost restarts after the
+    first backoff, however many blips there were before it."""
+    now = 0.0
+    waits: list[float] = []
+    failures: list[str] = []
+    stop = asyncio.Event()
+    # how long each run lasts before the cluster is lost (the last one is stopped)
+    runs = iter([0.0] * len(RESTART_BACKOFF_S) + [HEALTHY_RUN_S * 60, 0.0, HEALTHY_RUN_S])
+
+    async def run() -> None:
+        nonlocal now
+        lasted = next(runs, None)
+        if lasted is None:
+            stop.set()
+            return
+        now += lasted
+        raise KafkaError(f"lost after {lasted:.0f}s")
+
+    async def wait(_: asyncio.Event, seconds: float) -> None:
+        waits.append(seconds)
+
+    await keep_running(
+        run,
+        stop,
+        "processing",
+        on_failure=lambda exc: failures.append(str(exc)),
+        clock=lambda: now,
+        wait=wait,
+    )
+    blips = list(RESTART_BACKOFF_S)
+    assert waits == [*blips, RESTART_BACKOFF_S[0], RESTART_BACKOFF_S[1], RESTART_BACKOFF_S[0]]
+    assert len(failures) == len(waits)

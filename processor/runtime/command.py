@@ -21,7 +21,7 @@ from processor.telemetry import OpsEndpoint, Telemetry
 from processor.telemetry.http import Readiness
 
 from .abandoned import report_abandoned_kafka_work
-from .kafka import TopicError, wait_to_restart
+from .kafka import TopicError, keep_running
 from .service import TypingProcessor
 from .tlscheck import check_tls
 
@@ -137,24 +137,23 @@ async def run_service(settings: Settings, telemetry: Telemetry | None = None) ->
 async def _run_until_stopped(
     settings: Settings, sink: GenesysSink, telemetry: Telemetry, stop: asyncio.Event
 ) -> int:
-    failures = 0
-    while not stop.is_set():
+    async def run_once() -> None:
         processor = TypingProcessor(settings, sink, telemetry=telemetry)
-        try:
-            if not await within_grace(processor.run(stop), stop, DRAIN_BUDGET_S):
-                log.warning(
-                    "the cluster did not answer within %.1f s of the stop: leaving without the"
-                    " last commit (input since the one before is processed again)",
-                    DRAIN_BUDGET_S,
-                )
-            failures = 0
-            telemetry.last_failure = None
-        except TopicError as exc:
-            log.error("topic set-up is wrong: %s", exc)
-            return 2
-        except (KafkaError, OSError) as exc:
-            telemetry.last_failure = str(exc)
-            await wait_to_restart(stop, failures, "processing", exc)
-            failures += 1
+        if not await within_grace(processor.run(stop), stop, DRAIN_BUDGET_S):
+            log.warning(
+                "the cluster did not answer within %.1f s of the stop: leaving without the"
+                " last commit (input since the one before is processed again)",
+                DRAIN_BUDGET_S,
+            )
+        telemetry.last_failure = None
+
+    def report(exc: KafkaError | OSError) -> None:
+        telemetry.last_failure = str(exc)
+
+    try:
+        await keep_running(run_once, stop, "processing", on_failure=report)
+    except TopicError as exc:
+        log.error("topic set-up is wrong: %s", exc)
+        return 2
     log.info("stopped cleanly")
     return 0

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,19 +24,48 @@ log = logging.getLogger(__name__)
 
 # Waits before restarting from the last commit after the cluster was lost (then the last).
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+# A run that lasted this long was healthy: the failure ending it restarts the backoff.
+HEALTHY_RUN_S = 60.0
 # A broker check's answer serves readiness probes for this long.
 BROKER_CHECK_TTL_S = 2.0
 BROKER_CHECK_TIMEOUT_S = 5.0
 
 
-async def wait_to_restart(
-    stop: asyncio.Event, failures: int, what: str, error: BaseException
+async def keep_running(
+    run: Callable[[], Awaitable[None]],
+    stop: asyncio.Event,
+    what: str,
+    *,
+    on_failure: Callable[[KafkaError | OSError], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    wait: Callable[[asyncio.Event, float], Awaitable[None]] = wait_unless_stopped,
 ) -> None:
-    """`what` stopped on `error` after `failures` restarts in a row: say so, then wait the
-    backoff for the next restart (`RESTART_BACKOFF_S`), or until `stop` is set."""
-    delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
-    log.warning("%s stopped (%s); restarting from the last commit in %.0fs", what, error, delay)
-    await wait_unless_stopped(stop, delay)
+    """Run `run` (`what`, from the last commit) until `stop` is set; a lost cluster
+    (`KafkaError`, `OSError`) is reported to `on_failure`, logged, and `run` started again
+    after the backoff of `RESTART_BACKOFF_S`, or as soon as `stop` is set. Other exceptions
+    propagate.
+
+    The backoff grows with each failure in a row; a run that lasted `HEALTHY_RUN_S` (by
+    `clock`, seconds) was not one of them, so the failure ending it waits the first
+    backoff again: a worker that had a few blips over its life otherwise waited the
+    longest after every later one."""
+    failures = 0
+    while not stop.is_set():
+        started = clock()
+        try:
+            await run()
+            failures = 0
+        except (KafkaError, OSError) as exc:
+            if clock() - started >= HEALTHY_RUN_S:
+                failures = 0
+            if on_failure is not None:
+                on_failure(exc)
+            delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
+            log.warning(
+                "%s stopped (%s); restarting from the last commit in %.0fs", what, exc, delay
+            )
+            await wait(stop, delay)
+            failures += 1
 
 
 class TopicError(Exception):
