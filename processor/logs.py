@@ -43,6 +43,8 @@ _SECRET_QUERY = re.compile(
 
 # Loggers whose repeats `RepeatThrottle` holds back, and for how long.
 _THROTTLED = ("opentelemetry.",)
+# The attribute of a record (set by `throttled`) that names what its repeats share.
+_REPEAT_KEY = "repeat_key"
 THROTTLE_S = 60.0
 # Messages `RepeatThrottle` remembers: templates are few, but one formatted before it is
 # logged is a message of its own.
@@ -104,13 +106,22 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
-class RepeatThrottle(logging.Filter):
-    """Lets each message of the OpenTelemetry SDK and exporters through once per
-    `interval_s`; the next one let through counts those held back.
+def throttled(*key: object) -> dict[str, object]:
+    """The `extra` of a log call whose repeats (the same logger and `key`) `RepeatThrottle`
+    lets through once per interval, as it does the OpenTelemetry SDK's: a line per record
+    (a dead letter) is a flood when a producer sends nothing but bad records."""
+    return {_REPEAT_KEY: key}
 
-    They log every failed export (and each retry of it): a collector that is down fails
-    one every few seconds for as long as it is down. Messages are told apart by logger and
-    template (not by their arguments, which name each attempt's delay), so few are kept.
+
+class RepeatThrottle(logging.Filter):
+    """Lets each message of the OpenTelemetry SDK and exporters, and each of our own lines
+    logged `throttled`, through once per `interval_s`; the next one let through counts
+    those held back.
+
+    The SDK logs every failed export (and each retry of it): a collector that is down
+    fails one every few seconds for as long as it is down. Its messages are told apart by
+    logger and template (not by their arguments, which name each attempt's delay), so few
+    are kept; a `throttled` line by logger and its key.
     """
 
     def __init__(
@@ -121,15 +132,18 @@ class RepeatThrottle(logging.Filter):
         self._interval = interval_s
         self._clock = clock
         self._lock = threading.Lock()  # the exporters log from threads of their own
-        # (logger, template) -> when one was last let through, and how many held back since
-        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+        # (logger, template or key) -> when one was last let through, and how many held back since
+        self._seen: dict[tuple[str, object], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         """False for a repeat within the interval; a record let through after repeats says
         how many there were."""
-        if not record.name.startswith(_THROTTLED):
-            return True
-        key = (record.name, str(record.msg))
+        repeat: object = getattr(record, _REPEAT_KEY, None)
+        if repeat is None:
+            if not record.name.startswith(_THROTTLED):
+                return True
+            repeat = str(record.msg)
+        key = (record.name, repeat)
         now = self._clock()
         with self._lock:
             last = self._seen.get(key)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import base64
+import logging
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from pipeline import (
 )
 
 from processor.emulator.testing import EmulatorHandle
+from processor.logs import THROTTLE_S, RepeatThrottle
 from processor.runtime.service import MAX_BACKLOG
 from processor.settings import ConfigError
 from processor.state import EngineConfig
@@ -255,6 +257,54 @@ async def test_malformed_input_goes_to_the_dlq_and_processing_goes_on(
     assert base64.b64decode(letter["value_b64"]) == b"{this is not json"
     assert base64.b64decode(letter["key_b64"]) == b"s-after-bad"
     assert letter["topic"] == running.settings.typing.input_topic
+
+
+class Lines(logging.Handler):
+    """Keeps the messages of the records it is given."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+async def test_a_flood_of_bad_records_logs_the_first_dead_letter_and_counts_the_rest(
+    running: InProcess, producer: Producer, bootstrap_servers: str
+) -> None:
+    """Every bad record has its dead letter, but the log has the first of a partition's
+    letters for a reason, not a line each: a producer of nothing but bad records flooded
+    it. The line let through a minute later counts those held back."""
+    now = [0.0]
+    lines: list[str] = []
+    handler = Lines(lines)
+    handler.addFilter(RepeatThrottle(clock=lambda: now[0]))
+    partition_log = logging.getLogger("processor.runtime.partition")
+
+    def lettered(count: int) -> Callable[[], Awaitable[bool]]:
+        async def written() -> bool:
+            letters = await read_json(bootstrap_servers, running.settings.typing.dlq_topic)
+            return len(letters) == count
+
+        return written
+
+    partition_log.addHandler(handler)
+    try:
+        for _ in range(5):
+            await producer.send_to(0, b"s-flood", b"{this is not json")
+        await eventually(lettered(5), 20, "every bad record dead-lettered")
+        now[0] = THROTTLE_S
+        await producer.send_to(0, b"s-flood", b"{this is not json")
+        # each line is logged before its letter is written
+        await eventually(lettered(6), 20, "the next minute's bad record dead-lettered")
+    finally:
+        partition_log.removeHandler(handler)
+    topic = running.settings.typing.input_topic
+    assert lines == [
+        f"dead letter at {topic}[0]@0: invalid_json",
+        f"dead letter at {topic}[0]@5: invalid_json (4 more like it in 60 s not logged)",
+    ]
 
 
 async def test_a_dead_letter_keeps_the_records_timestamp_and_headers_for_a_replay(

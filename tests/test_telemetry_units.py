@@ -44,7 +44,13 @@ from starlette.routing import Route
 
 from processor import asgi
 from processor.asgi import STOP_GRACE_S, serve_in_background
-from processor.logs import JsonFormatter, RepeatThrottle, configure_logging, redact
+from processor.logs import (
+    JsonFormatter,
+    RepeatThrottle,
+    configure_logging,
+    redact,
+    throttled,
+)
 from processor.runtime import command
 from processor.runtime.command import ops_endpoint
 from processor.runtime.partition import Counters
@@ -750,6 +756,31 @@ def test_repeats_of_the_sdk_are_counted_on_the_next_line_let_through() -> None:
     for n in range(1000):  # messages formatted before they are logged: few are kept
         assert passes(exporter, f"collector {n} refused") == f"collector {n} refused"
     assert len(throttle._seen) <= 256
+
+
+def test_our_lines_logged_throttled_repeat_by_their_key_not_their_template() -> None:
+    now = [0.0]
+    throttle = RepeatThrottle(60.0, clock=lambda: now[0])
+
+    def passes(key: tuple[object, ...] | None, offset: int) -> bool:
+        record = logging.getLogger("processor.runtime.partition").makeRecord(
+            "processor.runtime.partition",
+            logging.WARNING,
+            __file__,
+            1,
+            "dead letter at %s",
+            (offset,),
+            None,
+            extra=None if key is None else throttled(*key),
+        )
+        return throttle.filter(record)
+
+    assert passes(("in", 0, "invalid_json"), 1)
+    assert not passes(("in", 0, "invalid_json"), 2)
+    assert passes(("in", 1, "invalid_json"), 3)  # another partition
+    assert passes(("in", 0, "invalid_event"), 4)  # another reason
+    assert passes(None, 5)  # not throttled
+    assert passes(None, 6)
 
 
 @pytest.mark.usefixtures("process_logging")

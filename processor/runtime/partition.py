@@ -39,6 +39,7 @@ from processor.clock import Clock
 from processor.codec import check_event, iso_utc
 from processor.deadletter import dead_letter_of
 from processor.domain import Decision, Outcome, SinkResult
+from processor.logs import throttled
 from processor.models import DeadLetter, DlqReason, TypingEvent
 from processor.state import PartitionStore, Work
 from processor.telemetry.tracing import DECISION, SESSION_ID, STATUS, PartitionTracing
@@ -374,8 +375,12 @@ class PartitionWorker:
             self.counters.events += 1
         except Exception as exc:
             # A record that breaks processing is set aside, not retried for ever.
+            # its traceback once a minute by partition and kind, as its dead letter's line
             log.exception(
-                "partition %s: record at offset %s failed", record.partition, record.offset
+                "partition %s: record at offset %s failed",
+                record.partition,
+                record.offset,
+                extra=throttled(record.topic, record.partition, type(exc)),
             )
             letter = dead_letter_of(
                 record,
@@ -396,12 +401,15 @@ class PartitionWorker:
         span: Span | None = None,
     ) -> None:
         self.counters.dead_letters += 1
+        # the first of a partition's letters for a reason, then a count of them a minute:
+        # a producer of nothing but bad records does not flood the log (the DLQ has each)
         log.warning(
             "dead letter at %s[%s]@%s: %s",
             record.topic,
             record.partition,
             record.offset,
             letter.reason.value,
+            extra=throttled(record.topic, record.partition, letter.reason),
         )
         tracing = self._tracing
         headers = None
