@@ -57,6 +57,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
     from processor.settings import (
         ConfigError,
         audit_log_file_problem,
+        cleartext_credentials,
         describe_settings,
         load_otel,
         load_settings,
@@ -72,7 +73,10 @@ def _cmd_config(args: argparse.Namespace) -> int:
         raise ConfigError(f"TYPING_AUDIT_LOG_FILE is invalid: {problem}")
     for name, value in describe_settings(settings):
         print(f"{name}={value}")
-    for warning in misspelt_settings():
+    for warning in (
+        *misspelt_settings(),
+        *cleartext_credentials(settings.genesys, settings.typing),
+    ):
         print(f"warning: {warning}", file=sys.stderr)
     return 0
 
@@ -255,14 +259,14 @@ def _add_apply_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     apply.set_defaults(handler=_cmd_apply)
 
 
-def _warn_misspelt_settings() -> None:
-    """Log a warning for each variable named like a setting but none (once logging is
-    set up, in the service's log format)."""
+def _warn_of_settings(*more: str) -> None:
+    """Log a warning for each variable named like a setting but none, then each of `more`
+    (once logging is set up, in the service's log format)."""
     import logging
 
     from processor.settings import misspelt_settings
 
-    for warning in misspelt_settings():
+    for warning in (*misspelt_settings(), *more):
         logging.getLogger("processor.settings").warning("%s", warning)
 
 
@@ -270,7 +274,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from processor.logs import configure_logging
-    from processor.settings import load_otel, load_settings
+    from processor.settings import cleartext_credentials, load_otel, load_settings
 
     settings = load_settings()
     load_otel()  # before the SDK is imported: it reads some `OTEL_*` on import, and raises
@@ -279,7 +283,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     check_audit_log_file(settings.typing)
     configure_logging(settings.typing.log_level)
-    _warn_misspelt_settings()
+    _warn_of_settings(*cleartext_credentials(settings.genesys))
     return asyncio.run(run_service(settings))
 
 
@@ -362,7 +366,13 @@ def _cmd_crm_webhook(args: argparse.Namespace) -> int:
     import asyncio
 
     from processor.logs import configure_logging
-    from processor.settings import ConfigError, load_kafka, load_otel, load_typing
+    from processor.settings import (
+        ConfigError,
+        cleartext_credentials,
+        load_kafka,
+        load_otel,
+        load_typing,
+    )
 
     kafka, typing = load_kafka(), load_typing()
     if not typing.crm_webhook_url:
@@ -371,7 +381,7 @@ def _cmd_crm_webhook(args: argparse.Namespace) -> int:
     from processor.webhook_command import run_webhook
 
     configure_logging(typing.log_level)
-    _warn_misspelt_settings()
+    _warn_of_settings(*cleartext_credentials(typing=typing))
     return asyncio.run(run_webhook(kafka, typing, typing.crm_webhook_url))
 
 

@@ -1021,6 +1021,62 @@ def misspelt_settings(
     return warnings
 
 
+def cleartext_credentials(
+    genesys: GenesysSettings | None = None, typing: TypingSettings | None = None
+) -> list[str]:
+    """A warning for each credential that a setting sends over plain `http://` to a host
+    other than this one (loopback): the Genesys OAuth secret (`GENESYSCLOUD_LOGIN_URL`) and
+    bearer token (`GENESYSCLOUD_API_URL`), and the CRM webhook's credential (its
+    `Authorization`, or a `user:password@` or query the URL carries). Warned of, not
+    refused: plain HTTP to a sidecar or within a cluster's network is legitimate."""
+    warnings: list[str] = []
+    if genesys is not None:
+        for name, what in (
+            ("login_url", "the OAuth client secret, at every login"),
+            ("api_url", "the bearer token, with every API call"),
+        ):
+            url = getattr(genesys, name)
+            if url is not None and (host := _cleartext_host(url)) is not None:
+                warnings.append(
+                    f"GENESYSCLOUD_{name.upper()} is plain http to {host}: {what}, goes out"
+                    " unencrypted; use https unless that network is trusted"
+                )
+    url = None if typing is None else typing.crm_webhook_url
+    if typing is not None and url is not None and (host := _cleartext_host(url)) is not None:
+        parsed = httpx.URL(url)
+        credential = (
+            "TYPING_CRM_WEBHOOK_AUTHORIZATION"
+            if typing.crm_webhook_authorization is not None
+            else "its user:password@"
+            if parsed.userinfo
+            # any query item may be a token, as `redacted_url` takes it
+            else "its query, which may hold a token,"
+            if parsed.query
+            else None
+        )
+        if credential is not None:
+            warnings.append(
+                f"TYPING_CRM_WEBHOOK_URL is plain http to {host}: {credential} goes out"
+                " unencrypted with every POST; use https unless that network is trusted"
+            )
+    return warnings
+
+
+def _cleartext_host(url: str) -> str | None:
+    """The host of `url`, a usable http(s) URL, when it is plain http to a host other than
+    this one (not `localhost` nor a loopback address); else None."""
+    parsed = httpx.URL(url)
+    host = parsed.host
+    if parsed.scheme != "http" or host == "localhost" or host.endswith(".localhost"):
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:  # a host name
+        pass
+    return host
+
+
 def setting_names() -> frozenset[str]:
     """The variable of every setting (`KAFKA_*`, `GENESYSCLOUD_*`, `TYPING_*`)."""
     return frozenset(

@@ -23,6 +23,7 @@ from processor.settings import (
     KafkaSettings,
     TimeoutMatrix,
     TypingSettings,
+    cleartext_credentials,
     describe_settings,
     load_genesys,
     load_kafka,
@@ -710,6 +711,76 @@ def test_cli_config_prints_settings_without_secrets() -> None:
     assert "GENESYSCLOUD_OAUTHCLIENT_SECRET" in result.stdout
     assert "TYPING_GROUP_ID" in result.stdout
     assert SECRET not in result.stdout
+
+
+def test_config_warns_of_a_credential_sent_over_plain_http_naming_its_setting() -> None:
+    """Plain HTTP to a sidecar or within the cluster is legitimate, so it is no error; but a
+    credential sent so to another host is worth a warning naming the setting."""
+    env = {
+        **os.environ,
+        "GENESYSCLOUD_API_URL": "http://genesys.internal:8080",
+        "GENESYSCLOUD_LOGIN_URL": "http://127.0.0.1:9090",  # this host: never seen
+        "TYPING_CRM_WEBHOOK_URL": "http://crm.internal/hook",
+        "TYPING_CRM_WEBHOOK_AUTHORIZATION": f"Bearer {SECRET}",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "processor", "config"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "warning: GENESYSCLOUD_API_URL is plain http to genesys.internal: the bearer token,"
+        " with every API call, goes out unencrypted; use https unless that network is trusted",
+        "warning: TYPING_CRM_WEBHOOK_URL is plain http to crm.internal:"
+        " TYPING_CRM_WEBHOOK_AUTHORIZATION goes out unencrypted with every POST; use https"
+        " unless that network is trusted",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "authorization", "warned"),
+    [
+        ("http://crm.internal/hook", None, None),  # no credential
+        ("http://crm:pw@crm.internal/hook", None, "its user:password@"),
+        ("http://crm.internal/hook?token=t", None, "its query, which may hold a token,"),
+        ("https://crm.internal/hook", "Bearer t", None),
+        ("http://localhost:8080/hook", "Bearer t", None),
+        ("http://127.0.0.2/hook?token=t", None, None),
+        ("http://[::1]:8080/hook", "Bearer t", None),
+        ("http://10.0.0.7/hook", "Bearer t", "TYPING_CRM_WEBHOOK_AUTHORIZATION"),
+    ],
+)
+def test_a_webhook_credential_over_plain_http_to_another_host_is_warned_of(
+    url: str, authorization: str | None, warned: str | None
+) -> None:
+    typing = TypingSettings(crm_webhook_url=url, crm_webhook_authorization=authorization)
+    warnings = cleartext_credentials(typing=typing)
+    if warned is None:
+        assert warnings == []
+    else:
+        [warning] = warnings
+        assert warning.startswith("TYPING_CRM_WEBHOOK_URL is plain http to ")
+        assert f": {warned} goes out unencrypted" in warning
+        assert "crm:pw" not in warning
+        assert "token=t" not in warning
+
+
+def test_the_genesys_urls_over_plain_http_are_warned_of_but_for_this_host() -> None:
+    def warned(api_url: str, login_url: str) -> list[str]:
+        genesys = load_genesys().model_copy(update={"api_url": api_url, "login_url": login_url})
+        return [warning.partition(" ")[0] for warning in cleartext_credentials(genesys)]
+
+    assert warned("http://127.0.0.1:1", "http://localhost:2") == []
+    assert warned("https://api.example.com", "https://login.example.com") == []
+    assert warned("http://api.example.com", "http://login.example.com") == [
+        "GENESYSCLOUD_LOGIN_URL",
+        "GENESYSCLOUD_API_URL",
+    ]
+    assert cleartext_credentials(load_genesys()) == []  # the region's https URLs
 
 
 def test_a_webhook_url_credential_is_masked_and_never_in_an_error(
