@@ -1001,6 +1001,23 @@ async def test_readyz_names_what_is_missing(ops: OpsEndpoint) -> None:
     )
 
 
+async def test_readyz_serves_no_more_of_a_reason_than_a_probe_needs() -> None:
+    """An exception's text is the reason a restart gives: one of megabytes (a broker's
+    message, a repr of a whole batch) is cut, as is any reason a readiness gives."""
+    huge = "x" * 10_000_000
+    ops = OpsEndpoint(Telemetry.disabled())
+    ops.telemetry.last_failure = huge
+    answer = await get(ops, "/readyz")
+    prefix = "processor not running; restarting after: "
+    assert (answer.status_code, answer.json()["reason"]) == (503, prefix + "x" * 500)
+
+    async def long_reason() -> str:
+        return huge
+
+    answer = await get(OpsEndpoint(Telemetry.disabled(), long_reason), "/readyz")
+    assert (answer.status_code, answer.json()["reason"]) == (503, "x" * 2000)
+
+
 async def test_readyz_names_the_partitions_restoring_and_how_far_they_are(
     ops: OpsEndpoint,
 ) -> None:

@@ -31,6 +31,10 @@ STALL_S = 10.0
 
 # Restores `/readyz` names one by one; a replica restoring hundreds says how many more.
 MAX_RESTORES_NAMED = 16
+# An exception's text in a `/readyz` reason, and any reason whole (the restores named fit),
+# are cut to these: a message of megabytes would otherwise go to every probe.
+MAX_FAILURE_CHARS = 500
+MAX_REASON_CHARS = 2000
 
 Readiness = Callable[[], Awaitable[str | None]]
 """Why the worker is not ready (the `/readyz` reason), or None when it is."""
@@ -100,7 +104,9 @@ class OpsEndpoint:
     async def _readyz(self, request: Request) -> Response:
         reason = await self._readiness()
         if reason is not None:
-            return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
+            return JSONResponse(
+                {"status": "not ready", "reason": reason[:MAX_REASON_CHARS]}, status_code=503
+            )
         return JSONResponse({"status": "ready"})
 
     async def _processor_readiness(self) -> str | None:
@@ -108,7 +114,7 @@ class OpsEndpoint:
         if not observed:
             failure = self.telemetry.last_failure
             return "processor not running" + (
-                "" if failure is None else f"; restarting after: {failure}"
+                "" if failure is None else f"; restarting after: {failure[:MAX_FAILURE_CHARS]}"
             )
         for processor in observed:
             if processor.problem is not None:
