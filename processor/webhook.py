@@ -68,6 +68,7 @@ from processor import USER_AGENT
 from processor.clock import Clock, SystemClock, wait_unless_stopped, within_grace
 from processor.codec import describe_errors, json_kind, reason_for
 from processor.deadletter import dead_letter_of
+from processor.logs import throttled
 from processor.models import CrmSyncRecord, DlqReason
 from processor.retryafter import retry_after_s
 from processor.runtime.kafka import (
@@ -650,6 +651,8 @@ class CrmWebhookWorker:
             self.counters.refused += 1
         else:
             self.counters.dead_letters += 1
+        # the first of a partition's letters for a reason, then a count of them a minute:
+        # a producer of nothing but bad records does not flood the log (the DLQ has each)
         log.error(
             "%s at %s/%d offset %d (%s): sent to %s with its bytes",
             "refused for good" if refused else "not a CRM-sync record",
@@ -658,6 +661,7 @@ class CrmWebhookWorker:
             record.offset,
             detail,
             self._typing.dlq_topic,
+            extra=throttled(record.topic, record.partition, reason),
         )
 
     async def _deliver(

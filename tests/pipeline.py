@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import signal
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from aiokafka.record.util import calc_crc32c
 from pydantic import SecretStr
 
 from processor.emulator.testing import EmulatorHandle
+from processor.logs import RepeatThrottle
 from processor.models import DeadLetter, TypingEvent
 from processor.runtime.restore import read_changelog
 from processor.runtime.service import TypingProcessor
@@ -277,6 +279,31 @@ async def publish(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> N
     async with Producer(bootstrap, topic) as producer:
         for event in events:
             await producer.send(event)
+
+
+class _Lines(logging.Handler):
+    """Keeps the messages of the records it is given."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def throttled_lines(logger: str, clock: Callable[[], float]) -> Iterator[list[str]]:
+    """The messages `logger` logs in the block, through the service's `RepeatThrottle`
+    on `clock` (seconds)."""
+    lines: list[str] = []
+    handler = _Lines(lines)
+    handler.addFilter(RepeatThrottle(clock=clock))
+    logging.getLogger(logger).addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logging.getLogger(logger).removeHandler(handler)
 
 
 class Monotonic:

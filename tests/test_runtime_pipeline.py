@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import logging
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -26,12 +25,13 @@ from pipeline import (
     read_json,
     send_with_bad_crc,
     start_in_process,
+    throttled_lines,
     typing_event,
     with_crc,
 )
 
 from processor.emulator.testing import EmulatorHandle
-from processor.logs import THROTTLE_S, RepeatThrottle
+from processor.logs import THROTTLE_S
 from processor.runtime.service import MAX_BACKLOG
 from processor.settings import ConfigError
 from processor.state import EngineConfig
@@ -259,17 +259,6 @@ async def test_malformed_input_goes_to_the_dlq_and_processing_goes_on(
     assert letter["topic"] == running.settings.typing.input_topic
 
 
-class Lines(logging.Handler):
-    """Keeps the messages of the records it is given."""
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__()
-        self.lines = lines
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 async def test_a_flood_of_bad_records_logs_the_first_dead_letter_and_counts_the_rest(
     running: InProcess, producer: Producer, bootstrap_servers: str
 ) -> None:
@@ -277,10 +266,6 @@ async def test_a_flood_of_bad_records_logs_the_first_dead_letter_and_counts_the_
     letters for a reason, not a line each: a producer of nothing but bad records flooded
     it. The line let through a minute later counts those held back."""
     now = [0.0]
-    lines: list[str] = []
-    handler = Lines(lines)
-    handler.addFilter(RepeatThrottle(clock=lambda: now[0]))
-    partition_log = logging.getLogger("processor.runtime.partition")
 
     def lettered(count: int) -> Callable[[], Awaitable[bool]]:
         async def written() -> bool:
@@ -289,8 +274,7 @@ async def test_a_flood_of_bad_records_logs_the_first_dead_letter_and_counts_the_
 
         return written
 
-    partition_log.addHandler(handler)
-    try:
+    with throttled_lines("processor.runtime.partition", lambda: now[0]) as lines:
         for _ in range(5):
             await producer.send_to(0, b"s-flood", b"{this is not json")
         await eventually(lettered(5), 20, "every bad record dead-lettered")
@@ -298,8 +282,6 @@ async def test_a_flood_of_bad_records_logs_the_first_dead_letter_and_counts_the_
         await producer.send_to(0, b"s-flood", b"{this is not json")
         # each line is logged before its letter is written
         await eventually(lettered(6), 20, "the next minute's bad record dead-lettered")
-    finally:
-        partition_log.removeHandler(handler)
     topic = running.settings.typing.input_topic
     assert lines == [
         f"dead letter at {topic}[0]@0: invalid_json",

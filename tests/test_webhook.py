@@ -36,6 +36,7 @@ from pipeline import (
     publish,
     read_dead_letters,
     silent_listener,
+    throttled_lines,
 )
 from pydantic import SecretStr
 from starlette.applications import Starlette
@@ -47,6 +48,7 @@ from processor.broker import LocalBroker
 from processor.childproc import free_port
 from processor.clock import ManualClock
 from processor.deadletter import DLQ_MESSAGE_BYTES_NEEDED
+from processor.logs import THROTTLE_S
 from processor.models import DlqReason
 from processor.runtime.kafka import TopicError, raise_for_topic_errors
 from processor.settings import KafkaSettings, TypingSettings
@@ -194,6 +196,42 @@ async def test_records_are_delivered_in_order_with_retries_and_refusals(
         await producer.send(record("w-1", 5))
     await deliver_until(again, lambda: len(state.received) == 4, "the new record delivered")
     assert [body["version"] for _, body in state.received] == [1, 3, 4, 5]
+
+
+async def test_a_flood_of_refused_records_logs_the_first_and_counts_the_rest(
+    bootstrap_servers: str, receiver: tuple[Receiver, str]
+) -> None:
+    """Each refused record has its dead letter, but the log has the first of a partition's
+    refusals, not a line each; the line let through a minute later counts the rest."""
+    state, url = receiver
+    state.refuse = {f"w-flood-{version}" for version in range(1, 7)}
+    prefix = uuid.uuid4().hex[:8]
+    typing = TypingSettings(
+        group_id=f"hook-{prefix}",
+        crm_topic=await new_topic(bootstrap_servers, f"hook-{prefix}", 1),
+    )
+    await publish(bootstrap_servers, typing.crm_topic, [record("w-flood", v) for v in range(1, 6)])
+    worker = CrmWebhookWorker(
+        KafkaSettings(bootstrap_servers=bootstrap_servers), typing, WebhookConfig(url=url)
+    )
+    now = [0.0]
+    stop = asyncio.Event()
+    with throttled_lines("processor.webhook", lambda: now[0]) as lines:
+        running = asyncio.create_task(worker.run(stop))
+        try:
+            # each line is logged as its refusal is counted
+            await eventually(lambda: worker.counters.refused == 5, 30, "five refused")
+            now[0] = THROTTLE_S
+            await publish(bootstrap_servers, typing.crm_topic, [record("w-flood", 6)])
+            await eventually(lambda: worker.counters.refused == 6, 30, "the sixth refused")
+        finally:
+            stop.set()
+            await running
+    refusals = [line for line in lines if line.startswith("refused for good")]
+    assert len(refusals) == 2, refusals
+    assert refusals[0].startswith(f"refused for good at {typing.crm_topic}/0 offset 0 (")
+    assert refusals[1].startswith(f"refused for good at {typing.crm_topic}/0 offset 5 (")
+    assert refusals[1].endswith("(4 more like it in 60 s not logged)")
 
 
 # Statuses that say the endpoint, not the record, is wrong (every record would get them).
