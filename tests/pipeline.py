@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.producer import message_accumulator
 from aiokafka.producer import producer as producer_module
@@ -34,6 +35,7 @@ from pydantic import SecretStr
 from processor.emulator.testing import EmulatorHandle
 from processor.logs import RepeatThrottle
 from processor.models import DeadLetter, TypingEvent
+from processor.runtime.kafka import raise_for_topic_errors
 from processor.runtime.restore import read_changelog
 from processor.runtime.service import TypingProcessor
 from processor.settings import GenesysSettings, KafkaSettings, Settings, TypingSettings
@@ -196,6 +198,18 @@ async def read_topic(
                     return records
     finally:
         await consumer.stop()
+
+
+async def create_topic(bootstrap: str, name: str, partitions: int, configs: dict[str, str]) -> None:
+    """Create topic `name` with `configs` set explicitly, as one created out of band (the
+    local broker describes only the configs a topic was created with)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        created = await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs)])
+        raise_for_topic_errors(created.topic_errors)
+    finally:
+        await admin.close()
 
 
 async def committed(bootstrap: str, settings: Settings, partition: int) -> int | None:

@@ -23,13 +23,13 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 from aiokafka.record.legacy_records import LegacyRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 from pipeline import (
     PoisonedProcessor,
     committed,
+    create_topic,
     eventually,
     make_settings,
     read_dead_letters,
@@ -560,19 +560,9 @@ async def test_a_changelog_that_is_not_compacted_stops_start_up(
     typing = settings.typing
     names = [typing.input_topic, typing.crm_topic, typing.audit_topic, typing.dlq_topic]
     await ensure_topics(settings.kafka, [TopicSpec(name) for name in names], 2, 1)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
-    try:
-        created = await admin.create_topics(
-            [
-                NewTopic(
-                    typing.resolved_changelog_topic, 2, 1, topic_configs={"cleanup.policy": policy}
-                )
-            ]
-        )
-        raise_for_topic_errors(created.topic_errors)
-    finally:
-        await admin.close()
+    await create_topic(
+        bootstrap_servers, typing.resolved_changelog_topic, 2, {"cleanup.policy": policy}
+    )
     refusal = await start_up_refusal(settings)
     if not refused:
         assert refusal is None
@@ -606,15 +596,7 @@ async def test_a_dlq_that_refuses_the_largest_dead_letter_stops_start_up(
         2,
         1,
     )
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
-    try:
-        created = await admin.create_topics(
-            [NewTopic(typing.dlq_topic, 2, 1, topic_configs={"max.message.bytes": str(limit)})]
-        )
-        raise_for_topic_errors(created.topic_errors)
-    finally:
-        await admin.close()
+    await create_topic(bootstrap_servers, typing.dlq_topic, 2, {"max.message.bytes": str(limit)})
     refusal = await start_up_refusal(settings)
     if not refused:
         assert refusal is None

@@ -32,6 +32,7 @@ from pipeline import (
     RunProcess,
     allow_undecodable_headers,
     announced_port,
+    create_topic,
     eventually,
     publish,
     read_dead_letters,
@@ -50,7 +51,7 @@ from processor.clock import ManualClock
 from processor.deadletter import DLQ_MESSAGE_BYTES_NEEDED
 from processor.logs import THROTTLE_S
 from processor.models import DlqReason
-from processor.runtime.kafka import TopicError, raise_for_topic_errors
+from processor.runtime.kafka import TopicError
 from processor.settings import KafkaSettings, TypingSettings
 from processor.telemetry import Telemetry
 from processor.webhook import CrmWebhookWorker, WebhookConfig
@@ -1551,15 +1552,7 @@ async def dlq_limited_to(bootstrap_servers: str, limit: int) -> TypingSettings:
     """A fresh CRM-sync topic holding one record, and a DLQ created out of band with
     `max.message.bytes` = `limit`; the settings that name them."""
     typing = await crm_topic(bootstrap_servers, [record("dlq-limit-1", 1)])
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
-    try:
-        created = await admin.create_topics(
-            [NewTopic(typing.dlq_topic, 1, 1, topic_configs={"max.message.bytes": str(limit)})]
-        )
-        raise_for_topic_errors(created.topic_errors)
-    finally:
-        await admin.close()
+    await create_topic(bootstrap_servers, typing.dlq_topic, 1, {"max.message.bytes": str(limit)})
     return typing
 
 
