@@ -431,6 +431,27 @@ def test_messaging_typing_refusals(
     assert emulator.typing_events() == []
 
 
+def test_typing_into_an_ended_conversation_is_409_until_it_is_connected_again(
+    emulator: EmulatorHandle, http: httpx.Client
+) -> None:
+    emulator.create_conversation(CONV, [COMM])
+    token = _token(http, emulator)
+    ended = http.patch(f"/emulator/conversations/{CONV}", json={"state": "disconnected"})
+    assert ended.status_code == 200, ended.text
+    typing = {"typing": {"type": "On", "duration": 3000}}
+    _assert_genesys_error(
+        http.post(TYPING.format(CONV, COMM), json=typing, headers=_bearer(token)), 409
+    )
+    assert emulator.typing(conversation_id=CONV) == []
+    again = http.patch(f"/emulator/conversations/{CONV}", json={"state": "connected"})
+    assert again.status_code == 200, again.text
+    accepted = http.post(TYPING.format(CONV, COMM), json=typing, headers=_bearer(token))
+    assert accepted.status_code == 202, accepted.text
+    unknown = http.patch(f"/emulator/conversations/{INTEGRATION}", json={"state": "disconnected"})
+    _assert_genesys_error(unknown, 404)
+    _assert_genesys_error(http.patch(f"/emulator/conversations/{CONV}", json={"state": "x"}), 400)
+
+
 def test_open_messaging_event_202_with_the_normalized_message(
     emulator: EmulatorHandle, http: httpx.Client
 ) -> None:

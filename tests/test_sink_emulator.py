@@ -904,6 +904,25 @@ async def test_messaging_refusals_map_to_outcomes(
     assert (unsafe.outcome, unsafe.attempts) == (Outcome.REJECTED, 0)
 
 
+async def test_typing_into_an_ended_conversation_is_not_connected_and_not_retried(
+    emulator: EmulatorHandle, sink: GenesysSink
+) -> None:
+    """Genesys answers 409 to typing into a conversation that has ended: the session is
+    gone there (forgotten, its calls quietened) as a webchat session not connected is,
+    where it was a failure retried after each backoff for as long as the agent typed."""
+    emulator.create_conversation(CONV, [COMM])
+    assert (await sink.agent_typing(CONV, COMM, 3000)).ok
+    emulator.end_conversation(CONV)
+    ended = await sink.agent_typing(CONV, COMM, 3000)
+    assert (ended.outcome, ended.http_status, ended.attempts) == (
+        Outcome.SESSION_NOT_CONNECTED,
+        409,
+        1,
+    )
+    assert not ended.ambiguous
+    assert len(emulator.typing(conversation_id=CONV)) == 1  # the one before it ended
+
+
 async def test_messaging_without_its_scope_is_a_clear_auth_error(
     emulator: EmulatorHandle,
 ) -> None:

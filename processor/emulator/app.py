@@ -40,6 +40,7 @@ from processor.emulator.config import EmulatorConfig
 from processor.emulator.faults import FaultInjector, Faults, FaultsUpdate
 from processor.emulator.messaging import (
     ConversationBody,
+    ConversationPatchBody,
     IntegrationBody,
     MessagingStore,
     OpenEventBody,
@@ -445,6 +446,9 @@ class Emulator:
             return _error(
                 404, "not.found", "Conversation or communication not found", correlation_id
             )
+        if self.messaging.has_ended(conversation_id):
+            message = "The conversation has ended: it is read-only"
+            return _error(409, "conversation.ended", message, correlation_id)
         self.messaging.record(
             self.clock.now_ms(),
             body.typing.duration,
@@ -602,6 +606,19 @@ class Emulator:
         self.messaging.add_conversation(body.conversation_id, body.communication_ids)
         return _json(201, body.model_dump(), correlation_id)
 
+    async def admin_patch_conversation(self, request: Request) -> Response:
+        """`PATCH /emulator/conversations/{conversationId}` `{"state"}`: `disconnected`
+        ends it (its typing calls are answered 409), `connected` takes it back."""
+        correlation_id = _correlation_id(request)
+        conversation_id: str = request.path_params["conversationId"]
+        try:
+            body = ConversationPatchBody.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return _error(400, "bad.request", _validation_message(exc), correlation_id)
+        if not self.messaging.set_ended(conversation_id, body.state == "disconnected"):
+            return _error(404, "not.found", "Conversation not found", correlation_id)
+        return _json(200, {"conversation_id": conversation_id, "state": body.state}, correlation_id)
+
     async def admin_create_integration(self, request: Request) -> Response:
         """`POST /emulator/integrations` `{"integration_id"}` → 201."""
         correlation_id = _correlation_id(request)
@@ -646,6 +663,11 @@ class Emulator:
                 methods=["POST"],
             ),
             Route("/emulator/conversations", self.admin_create_conversation, methods=["POST"]),
+            Route(
+                "/emulator/conversations/{conversationId}",
+                self.admin_patch_conversation,
+                methods=["PATCH"],
+            ),
             Route("/emulator/integrations", self.admin_create_integration, methods=["POST"]),
             Route("/emulator/typing", self.admin_typing, methods=["GET"]),
             Route("/emulator/sessions", self.admin_create_session, methods=["POST"]),

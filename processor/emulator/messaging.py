@@ -6,6 +6,8 @@ Agent typing: `POST /api/v2/conversations/messages/{conversationId}/communicatio
 Messaging: `POST /api/v2/conversations/messages/{integrationId}/inbound/open/event` with an
 `OpenInboundNormalizedEvent` whose events are of type `Typing` → 202 and the normalized
 message. An indicator is shown from the call until `at_ms + duration` ("shown until").
+A conversation that has ended answers typing with 409, as Genesys answers a message into
+a read-only (disconnected) conversation.
 """
 
 from __future__ import annotations
@@ -97,6 +99,14 @@ class ConversationBody(BaseModel):
     ]
 
 
+class ConversationPatchBody(BaseModel):
+    """Body of `PATCH /emulator/conversations/{conversationId}`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    state: Literal["connected", "disconnected"]
+
+
 class IntegrationBody(BaseModel):
     """Body of `POST /emulator/integrations`."""
 
@@ -110,6 +120,7 @@ class MessagingStore:
 
     def __init__(self, kept: int) -> None:
         self._conversations: dict[str, set[str]] = {}
+        self._ended: set[str] = set()
         self._integrations: set[str] = set()
         self.calls: deque[dict[str, Any]] = deque(maxlen=kept)
         # The same calls by target, oldest first, so that a query reads its target's calls
@@ -119,6 +130,7 @@ class MessagingStore:
     def clear(self) -> None:
         """Forget every conversation, integration and call."""
         self._conversations.clear()
+        self._ended.clear()
         self._integrations.clear()
         self.calls.clear()
         self._by_target.clear()
@@ -137,6 +149,22 @@ class MessagingStore:
         """Know a conversation and its communications (again: more communications)."""
         known = self._conversations.setdefault(conversation_id.lower(), set())
         known.update(c.lower() for c in communication_ids)
+
+    def set_ended(self, conversation_id: str, ended: bool) -> bool:
+        """End a known conversation (typing into it is refused) or connect it again;
+        False when the conversation is unknown."""
+        key = conversation_id.lower()
+        if key not in self._conversations:
+            return False
+        if ended:
+            self._ended.add(key)
+        else:
+            self._ended.discard(key)
+        return True
+
+    def has_ended(self, conversation_id: str) -> bool:
+        """True when the conversation has ended."""
+        return conversation_id.lower() in self._ended
 
     def add_integration(self, integration_id: str) -> None:
         """Know an Open Messaging integration."""

@@ -123,6 +123,10 @@ class EmulatorHandle:
             expect=201,
         )
 
+    def end_conversation(self, conversation_id: str) -> None:
+        """End a messaging conversation: its typing calls are answered 409 from now on."""
+        self._call("PATCH", f"/emulator/conversations/{conversation_id}", {"state": "disconnected"})
+
     def create_integration(self, integration_id: str) -> None:
         """Make an Open Messaging integration known."""
         self._call("POST", "/emulator/integrations", {"integration_id": integration_id}, 201)

@@ -510,6 +510,11 @@ class GenesysSink:
                 Outcome.SESSION_NOT_FOUND,
                 error="conversation, communication or integration not found",
             )
+        if status == 409:
+            # an ended (read-only) conversation: typing into it again is refused again
+            return ledger.result(
+                Outcome.SESSION_NOT_CONNECTED, error="conversation has ended (HTTP 409)"
+            )
         if status == 400:
             return ledger.result(Outcome.REJECTED, error="typing event rejected (HTTP 400)")
         if status == 403:
