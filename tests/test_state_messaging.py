@@ -269,8 +269,9 @@ def test_a_messaging_intent_restored_after_the_session_idled_out_is_recorded_the
     clock: ManualClock,
 ) -> None:
     """The owner died with the call out and the partition came back more than the idle
-    eviction later: the restore records the call as landed, then forgets the session while
-    it goes through the rest (it used to fail, changing the sessions it was iterating)."""
+    eviction later: the restore records the call as landed, and its first tick the lapse
+    (after any replay), then forgets the session (the restore used to fail, changing the
+    sessions it was iterating)."""
     config = EngineConfig()
     store = PartitionStore(0, config, clock)
     store.on_event(ev("s1", Status.TYPING, T0, eid="cause"), 7)
@@ -279,6 +280,10 @@ def test_a_messaging_intent_restored_after_the_session_idled_out_is_recorded_the
     log = store.drain().changelog
     clock.advance(config.idle_evict_ms + 10_000)
     restored = PartitionStore.restore(0, config, clock, log)
+    wake = restored.next_wakeup_ms()
+    assert wake is not None
+    clock.set(wake)
+    restored.on_tick()
     out = restored.drain()
     assert sorted((c.session_id, c.version, c.status) for c in out.changes) == [
         ("s1", 1, CrmStatus.TYPING),

@@ -10,7 +10,7 @@ import itertools
 from typing import Any
 
 from processor.clock import ManualClock
-from processor.domain import ChangeReason, Outcome, SinkResult, Status
+from processor.domain import ChangeReason, Decision, Outcome, SinkResult, Status
 from processor.models import CrmStatus, TypingEvent
 from processor.state import EngineConfig, PartitionStore, WorkKind
 
@@ -233,3 +233,39 @@ def test_a_lapse_before_a_stop_is_recorded_again_as_expired() -> None:
     store.replayed(2)
     store.on_tick()
     assert store.drain().changes == [lapse]
+
+
+def test_a_lapse_after_a_stop_lost_with_a_call_in_flight_is_recorded_again_as_it_was() -> None:
+    """As above, with the changelog at the call's intent: the owner died once the call had
+    landed, the stop come and the lapse gone to the CRM (`stopped`). The intent restored
+    counts as landed, and its lapse, past by then, waits for the replay like any other;
+    it used to be decided during the restore, before the replay, as `expired` under the
+    same id, and the replayed stop then was `suppressed`, not `lapsed`."""
+    clock = ManualClock(T0)
+    live = PartitionStore(0, CONFIG, clock)
+    live.on_event(ev("agent", Status.TYPING, T0, 4_000, AGENT), 0)
+    [work] = live.take_work(10)
+    changelog = live.drain().changelog  # acknowledged: the intent, before the call
+    live.on_result(work, APPLIED)
+    stop = ev("agent", Status.STOPPED, T0 + 1_000, target=AGENT)
+    clock.advance(1_000)
+    live.on_event(stop, 1)
+    clock.advance(3_000)
+    live.on_tick()
+    lost = live.drain()  # on the CRM topic and the audit; the owner dies before its flush
+    typing, lapse = lost.changes
+    assert (lapse.status, lapse.reason) == (CrmStatus.CLEARED, ChangeReason.STOPPED)
+    clock.advance(12_000)  # the downtime: the group noticed the owner gone
+    store = PartitionStore.restore(0, CONFIG, clock, changelog)
+    store.hold_for_replay(2, clock.now_ms() + 2_000)
+    clock.advance(50)
+    store.on_tick()
+    store.on_event(stop, 1)
+    store.replayed(2)
+    store.on_tick()
+    out = store.drain()
+    restored_typing, restored_lapse = out.changes
+    assert (restored_typing.event_id, restored_typing.version) == (typing.event_id, 1)
+    assert restored_lapse == lapse
+    assert [(a.event_id, a.result) for a in out.audits][-1] == (stop.event_id, Decision.LAPSED)
+    assert store.take_work(10) == []

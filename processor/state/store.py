@@ -537,11 +537,13 @@ class PartitionStore:
         for s in list(sessions.values()):  # a session may be forgotten as it settles
             intent = s.intent
             if intent is not None and intent.target is not None:
+                # resumed: a lapse due already is decided after the replay (`hold_for_replay`)
                 store._landed(
                     s,
                     intent,
                     SinkResult(Outcome.APPLIED, error="restored: outcome unknown, assumed applied"),
                     now,
+                    resume=True,
                 )
                 continue
             if s.remote_target is None and (s.remote is not None or intent is not None):
@@ -1031,13 +1033,21 @@ class PartitionStore:
         )  # fmt: skip
 
     def _landed(
-        self, s: Session, work: Work, result: SinkResult, now: int, *, doubt: Outcome | None = None
+        self,
+        s: Session,
+        work: Work,
+        result: SinkResult,
+        now: int,
+        *,
+        doubt: Outcome | None = None,
+        resume: bool = False,
     ) -> None:
         """The intent `work` took effect in Genesys: record it and move on.
 
         With `doubt` (the outcome of a messaging call that may not have landed), it is
         recorded all the same, and sent again while still wanted once the backoff for
-        that outcome has passed (`Session.unconfirmed`).
+        that outcome has passed (`Session.unconfirmed`). With `resume` (a restore), the
+        session is then only queued and scheduled (see `_settle`).
         """
         sid = s.sid
         failures = self._backoff.pop(sid, (0, 0))[1]
@@ -1084,7 +1094,7 @@ class PartitionStore:
             failures += 1
             self._backoff[sid] = (now + self._retry_delay(sid, failures), failures)
         self._dirty[sid] = None
-        self._settle(s, now)
+        self._settle(s, now, resume=resume)
 
     def _gone(
         self, s: Session, work: Work, result: SinkResult, decision: Decision, now: int
