@@ -131,12 +131,16 @@ class AgentTypingTarget:
 
 @dataclass(frozen=True, slots=True)
 class OpenMessagingTarget:
-    """Customer typing from an Open Messaging integration, shown to the agent (§2b)."""
+    """Customer typing from an Open Messaging integration, shown to the agent (§2b).
+
+    Equal for the same customer of the same integration whatever its `nickname` (the name
+    the agent sees written, which a producer may send on some events only): a new one is
+    not a move to another target."""
 
     integration_id: str
     from_id: str
     from_id_type: str = "Opaque"
-    nickname: str | None = None
+    nickname: str | None = field(default=None, compare=False)
 
 
 MessagingTarget = AgentTypingTarget | OpenMessagingTarget

@@ -587,3 +587,34 @@ def test_an_ambiguous_call_is_not_sent_again_once_the_session_moved_away(
     [moved] = store.take_work(5)
     assert (moved.kind, moved.version) == (WorkKind.SET, 3)
     assert moved.target == OpenMessagingTarget(INTEGRATION, "cust-1", "Opaque", None)
+
+
+def test_a_new_nickname_is_the_same_customer_not_a_move(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    """Open Messaging names the customer by integration, id and id type; the nickname is
+    what the agent sees written. A producer that sends it on some events only (or renames
+    the customer) does not move the indicator: no lapse recorded while Genesys still shows
+    it, no new call; the next refresh carries the nickname last given. It used to count as
+    a move: a `cleared` to the CRM and a set again, at every change of the nickname."""
+    named = {**OPEN, "nickname": "Ann"}
+    store.on_event(ev("s1", Status.TYPING, T0, target=named, timeout=20_000), 1)
+    [first] = store.take_work(5)
+    store.on_result(first, APPLIED)
+    store.drain()
+    clock.advance(300)
+    store.on_event(ev("s1", Status.TYPING, clock.now_ms(), target=OPEN, timeout=20_000), 2)
+    clock.advance(300)
+    renamed = {**OPEN, "nickname": "Ann B."}
+    store.on_event(ev("s1", Status.TYPING, clock.now_ms(), target=renamed, timeout=20_000), 3)
+    assert store.take_work(5) == []
+    out = store.drain()
+    assert out.changes == []
+    assert {a.result for a in out.audits} == {Decision.SUPPRESSED}
+    assert first.desired is not None
+    clock.set(first.desired.expires_at - 100)  # within the refresh lead
+    store.on_tick()
+    [refresh] = store.take_work(5)
+    assert refresh.kind is WorkKind.REFRESH
+    assert isinstance(refresh.target, OpenMessagingTarget)
+    assert (refresh.target.from_id, refresh.target.nickname) == ("cust-1", "Ann B.")

@@ -252,6 +252,8 @@ class PartitionStore:
             if target != s.target:
                 self._retarget(s, target, now)
                 moved = True
+            elif target is not None:
+                s.target = target  # the same customer, maybe named anew: calls say so
         if status is _STOPPED:
             self._want_none(s, ChangeReason.STOPPED, (eid, offset, status), now, occurred)
             return
