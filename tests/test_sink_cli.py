@@ -139,6 +139,19 @@ def test_apply_sends_one_agent_typing_call(
     assert report["duration_ms"] == 5000  # clamped to TYPING_MESSAGING_MAX_DURATION_MS
     [call] = genesys_env.typing(conversation_id=CONV)
     assert call["duration"] == 5000
+    # as sent (the emulator's clock is the same as ours, its time a moment later)
+    assert isinstance(report["shown_until"], int)
+    assert 0 <= call["shown_until"] - report["shown_until"] < 1000
+
+
+def test_apply_says_nothing_is_shown_when_the_typing_call_failed(
+    genesys_env: EmulatorHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A conversation Genesys does not know shows nothing: the report gives no "shown
+    until" (it used to give one, from when the command began, whatever the outcome)."""
+    code, report = run(capsys, "s1", "typing", "--agent-typing", CONV, COMM)
+    assert (code, report["outcome"], report["http_status"]) == (1, "session_not_found", 404)
+    assert "shown_until" not in report
 
 
 def test_apply_sends_one_open_messaging_typing_call_and_stopped_sends_none(

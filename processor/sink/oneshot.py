@@ -133,17 +133,19 @@ def _report_typing(
         print(orjson.dumps(report).decode())
         return 0
     duration = max(MESSAGING_MIN_DURATION_MS, min(typing.messaging_max_duration_ms, timeout_ms))
-    started = SystemClock().now_ms()
     result = asyncio.run(apply_typing_once(config, target, duration))
     report.update(
         outcome=result.outcome.value,
         status=wanted.value,
         duration_ms=duration,
-        shown_until=started + duration,
         http_status=result.http_status,
         attempts=result.attempts,
         latency_ms=round(result.latency_ms, 2),
     )
+    if result.ok:
+        # from when the request that landed went out (a retry, or one that waited for
+        # its token, shows typing later than the command began)
+        report["shown_until"] = result.shown_until_ms
     if result.error:
         report["error"] = result.error
     print(orjson.dumps(report).decode())
