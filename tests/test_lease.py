@@ -11,7 +11,7 @@ from pipeline import Monotonic, eventually, make_settings, now_ms
 
 from processor.budget import ApiBudget
 from processor.clock import ManualClock
-from processor.domain import Indicator, Outcome, Status
+from processor.domain import Indicator, Outcome, SinkResult, Status
 from processor.emulator.app import SESSION_PATH
 from processor.emulator.testing import EmulatorHandle
 from processor.models import TypingEvent
@@ -140,9 +140,11 @@ class _Worker:
     def __init__(self, store: PartitionStore) -> None:
         self.store = store
         self.launched: list[Work] = []
+        self.prepaid: list[int] = []
 
     def launch(self, work: Work, prepaid: int) -> None:
         self.launched.append(work)
+        self.prepaid.append(prepaid)
 
 
 async def test_the_scheduler_holds_calls_while_the_lease_lapsed_and_sends_on_renewal() -> None:
@@ -240,6 +242,42 @@ def test_a_read_back_is_priced_as_the_one_read_it_is() -> None:
     scheduler.attach(0, worker)
     assert scheduler.plan_round() == (1, False)
     assert [work.kind for work in worker.launched] == [WorkKind.RESOLVE]
+
+
+def test_the_webchat_clear_of_a_session_moved_to_messaging_is_priced_with_its_read() -> None:
+    """A session shown typing on the webchat session moves to a messaging target: its
+    next call clears the webchat indicator, and without a cached ETag that is a GET and a
+    PATCH. Priced from the session's new target (one call), it went out on one token and
+    its read ran the budget into debt, which no plan foresaw."""
+    clock = ManualClock()
+    store = PartitionStore(0, EngineConfig(), clock)
+    store.on_event(_typing(clock), 0)
+    (work,) = store.take_work(1)
+    store.on_result(work, SinkResult(Outcome.APPLIED, http_status=200, attempts=1))
+    moved = TypingEvent.model_validate(
+        {
+            "event_id": "e2",
+            "session_id": "s1",
+            "status": "typing",
+            "occurred_at": clock.now_ms(),
+            "target": {
+                "kind": "agent_typing",
+                "conversation_id": "c0b5a0d4-5a3f-4a1e-8d6b-6b7a1c2d3e4f",
+                "communication_id": "0e9a2b1c-3d4e-4f50-8a6b-7c8d9e0f1a2b",
+            },
+        }
+    )
+    store.on_event(moved, 1)
+    worker = _Worker(store)
+    # one token: the clear waits for its second; two: it goes (the set follows its result)
+    for tokens, planned in ((1.0, (0, True)), (2.0, (1, False))):
+        budget = ApiBudget(60, monotonic=Monotonic())
+        budget.spend(budget.level() - tokens)
+        scheduler = Scheduler(_Reconciler(budget, etag=None), clock)  # type: ignore[arg-type]
+        scheduler.attach(0, worker)
+        assert scheduler.plan_round() == planned
+    (clear,) = worker.launched
+    assert (clear.kind, clear.target, worker.prepaid) == (WorkKind.CLEAR, None, [2])
 
 
 def test_the_group_waits_for_the_longest_revoke() -> None:

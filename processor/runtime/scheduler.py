@@ -98,9 +98,14 @@ class Scheduler:
 
     def _cost(self, session: Session) -> int:
         # A webchat change without a cached ETag reads the session first; a read-back of
-        # an unresolved intent (queued with one) is that read alone.
+        # an unresolved intent (queued with one) is that read alone. The change goes to
+        # the webchat session when it is the target, and also to clear an indicator still
+        # shown there after the session moved to a messaging target (`PartitionStore`).
+        webchat = session.target is None or (
+            session.remote is not None and session.remote_target is None
+        )
         if (
-            session.target is None
+            webchat
             and session.intent is None
             and self._reconciler.sink.cached_etag(session.sid) is None
         ):
