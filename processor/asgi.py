@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +72,56 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         self._head_timer = None
         if not self.transport.is_closing():
             self.transport.close()
+
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class AnswersStop:
+    """An ASGI app whose HTTP handlers, cancelled by the server's stop before they answered,
+    answer 503 and end.
+
+    uvicorn logs any exception out of a handler, its cancellation included, as an ERROR
+    "Exception in ASGI application" with its traceback: a `/readyz` still asking a cluster
+    that does not answer when the process stops is expected, not an application error. Any
+    other exception, and a cancellation that is not the stop's (one raised from inside the
+    handler, or once the answer has started), goes to uvicorn as before.
+    """
+
+    def __init__(self, app: Any) -> None:
+        """Wrap `app`; set `stopping` once the server is told to stop."""
+        self.app = app
+        self.stopping = False
+
+    async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
+        """Run `app`; a stop's cancellation of an unanswered HTTP request answers 503."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        answering = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal answering
+            answering = answering or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if answering or not self.stopping or task is None or not task.cancelling():
+                raise
+            task.uncancel()  # the cancellation is handled here: the handler ends now
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"stopping\n"})
 
 
 class ServerStartError(Exception):
@@ -143,8 +193,9 @@ async def serve_in_background(
     """Serve `app` on the running loop; listening when the block starts, stopped after.
 
     Stopping waits `stop_grace_s` for the requests in flight, then cancels their
-    handlers, and ends once they have ended (a handler that ignores its cancellation is
-    left after another `stop_grace_s`). Raises `OSError` when the address cannot be
+    handlers (one that had not answered answers 503, see `AnswersStop`), and ends once
+    they have ended (a handler that ignores its cancellation is left after another
+    `stop_grace_s`). Raises `OSError` when the address cannot be
     bound. Extra keyword arguments go to `uvicorn.Config` (defaults: no access log, no
     lifespan, uvicorn's loggers left to the host's logging set-up).
     """
@@ -161,7 +212,8 @@ async def serve_in_background(
         "timeout_graceful_shutdown": stop_grace_s,
         **config,
     }
-    server = EmbeddedServer(uvicorn.Config(app, host=host, port=bound_port, **options))
+    answering = AnswersStop(app)
+    server = EmbeddedServer(uvicorn.Config(answering, host=host, port=bound_port, **options))
     task = asyncio.create_task(server.serve(sockets=[sock]), name=f"{name}:{bound_port}")
     failed_start = False
     try:
@@ -181,6 +233,7 @@ async def serve_in_background(
             await asyncio.sleep(0.005)
         yield Listening(host, bound_port)
     finally:
+        answering.stopping = True
         server.should_exit = True
         try:
             # a failed start's outcome was read and raised above

@@ -1071,6 +1071,31 @@ async def test_a_client_that_never_sends_its_request_whole_is_hung_up_on(
             writer.close()
 
 
+async def test_a_readyz_in_flight_at_stop_answers_503_and_logs_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A `/readyz` asking a cluster that does not answer while the process stops is
+    cancelled after the stop's grace: expected at exit, so no ERROR "Exception in ASGI
+    application" with its traceback; the probe gets a 503."""
+    asked = asyncio.Event()
+
+    async def cluster_silent() -> str | None:
+        asked.set()
+        await asyncio.Event().wait()  # the cluster never answers
+        return None
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        async with ops_endpoint(
+            Telemetry.disabled(), 0, "127.0.0.1", readiness=cluster_silent
+        ) as port:
+            probe = asyncio.ensure_future(client.get(f"http://127.0.0.1:{port}/readyz"))
+            await asyncio.wait_for(asked.wait(), 10)
+        answer = await asyncio.wait_for(probe, 10)
+    assert answer.status_code == 503
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not [r for r in errors if "Exception in ASGI application" in r.getMessage()]
+
+
 async def test_disabled_telemetry_serves_empty_metrics(ops: OpsEndpoint) -> None:
     answer = await get(ops, "/metrics")
     assert answer.status_code == 200
