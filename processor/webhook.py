@@ -13,8 +13,10 @@ the CRM continues the trace (`telemetry.delivery`).
 What the endpoint answers decides what becomes of a record (`_answer`): a 2xx is delivered;
 400, 413 and 422 say the record itself is wrong, so it is refused for good (counted and
 logged) and delivery goes on; any other answer (5xx, timeouts, 408/409/425/429, and the
-statuses that say the endpoint is wrong: 3xx, 401, 403, 404, ...) holds the partition and is
-retried with backoff until the endpoint accepts, since every later record would get it too.
+statuses that say the endpoint is wrong: 3xx, 401, 403, 404, ..., as a TLS certificate
+refused does) holds the partition and is retried with backoff until the endpoint accepts,
+since every later record would get it too. An endpoint that is wrong is logged at ERROR
+with what to correct, a transient failure at WARNING.
 How long the oldest record held so has been retried is `CrmWebhookWorker.held_s`.
 
 Each partition's fetched records are delivered by a task of their own, the partition paused
@@ -48,6 +50,7 @@ import enum
 import logging
 import random
 import re
+import ssl
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -80,6 +83,7 @@ from processor.runtime.kafka import (
     topic_configs,
 )
 from processor.runtime.recordbatch import Undecodable
+from processor.runtime.tlscheck import NAME_MISMATCH
 from processor.runtime.undecodable import is_undecodable, read_past_undecodable
 from processor.settings import KafkaSettings, TypingSettings
 from processor.sink.backoff import Backoff
@@ -138,6 +142,31 @@ def _answer(status: int | None) -> _Answer:
     if status in _RECORD_REFUSED:
         return _Answer.REFUSED
     return _Answer.ENDPOINT_WRONG
+
+
+def _certificate_problem(exc: BaseException) -> str | None:
+    """What is wrong with the endpoint's TLS certificate when `exc` (an httpx error) is its
+    verification failing, naming the setting that mends it; None for any other failure.
+
+    Like a 3xx, 401 or 404, a certificate refused refuses every record: the endpoint or
+    the trust is misconfigured, not down for a while.
+    """
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    if cause.verify_code in NAME_MISMATCH:
+        # trusted, but issued to other names: another CA would not mend it
+        return (
+            f"TYPING_CRM_WEBHOOK_URL: the CRM endpoint's TLS certificate is not issued to"
+            f" its host ({cause.verify_message}); name the endpoint as its certificate does"
+        )
+    return (
+        f"the CRM endpoint's TLS certificate is not trusted ({cause.verify_message}); set"
+        " SSL_CERT_FILE (or SSL_CERT_DIR) to a bundle with its CA, or correct"
+        " TYPING_CRM_WEBHOOK_URL"
+    )
 
 
 class _Outcome(enum.Enum):
@@ -726,6 +755,7 @@ class CrmWebhookWorker:
                 # until an answer or an exception says otherwise: abandoned (stop, cancel)
                 status: int | None = None
                 error, detail = "cancelled", "given up before an answer"
+                certificate: str | None = None  # what is wrong with it, if it was refused
                 try:
                     posted = await self._post_unless_stopped(record.value, sent, stop)
                     if posted is None:
@@ -743,6 +773,7 @@ class CrmWebhookWorker:
                     reason = str(exc).strip()
                     error = type(exc).__name__
                     detail = f"{error}: {reason}" if reason else error
+                    certificate = _certificate_problem(exc)
                     asked = None
                 except TimeoutError:
                     asked, error, detail = None, "TimeoutError", "no answer in time"
@@ -754,7 +785,7 @@ class CrmWebhookWorker:
                             traced.failed(post, error, detail)
                         else:
                             traced.answered(post, status)
-                answer = _answer(status)
+                answer = _Answer.ENDPOINT_WRONG if certificate else _answer(status)
                 if answer is _Answer.ACCEPTED:
                     self.counters.delivered += 1
                     return _Outcome.DELIVERED
@@ -776,7 +807,11 @@ class CrmWebhookWorker:
                 delay = self._backoff.delay(attempt)
                 if asked is not None:
                     delay = max(delay, min(asked, _MAX_RETRY_AFTER_S))  # as the endpoint asks
-                if answer is _Answer.ENDPOINT_WRONG:
+                if certificate is not None:
+                    log.error(
+                        "%s: delivery is held at %s, retry in %.1fs", certificate, event_id, delay
+                    )
+                elif answer is _Answer.ENDPOINT_WRONG:
                     log.error(
                         "CRM endpoint answers %s, which no record can pass (wrong URL, expired"
                         " credential?): delivery is held at %s, retry in %.1fs",

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+import trustme
 import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -45,6 +46,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from processor.asgi import serve_in_background
 from processor.broker import LocalBroker
 from processor.childproc import free_port
 from processor.clock import ManualClock
@@ -1033,6 +1035,99 @@ async def test_a_failed_connection_is_logged_with_its_reason(
     failures = [r.getMessage() for r in caplog.records if "CRM delivery of" in r.getMessage()]
     assert failures
     assert all(re.search(r"\(ConnectError: \S", message) for message in failures), failures
+
+
+@contextlib.asynccontextmanager
+async def https_endpoint(certificate: trustme.LeafCert, tmp_path: Path) -> AsyncIterator[str]:
+    """A CRM endpoint accepting every record over HTTPS with `certificate`, on loopback;
+    its URL."""
+
+    async def accept(request: Request) -> Response:
+        return Response(status_code=204)
+
+    pem = tmp_path / "endpoint.pem"
+    certificate.private_key_and_cert_chain_pem.write_to_path(pem)
+    app = Starlette(routes=[Route("/hook", accept, methods=["POST"])])
+    async with serve_in_background(
+        app, name="https crm", ssl_certfile=str(pem), ssl_keyfile=str(pem)
+    ) as listening:
+        yield f"https://127.0.0.1:{listening.port}/hook"
+
+
+def held_lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    """The worker's lines at `level` saying a record is held or its delivery failed."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "processor.webhook"
+        and r.levelno == level
+        and ("held at" in r.getMessage() or "CRM delivery of" in r.getMessage())
+    ]
+
+
+async def test_an_untrusted_certificate_is_an_error_naming_the_ca_setting_and_is_retried(
+    bootstrap_servers: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A certificate refused refuses every record, as a 3xx or a 401 does: an ERROR naming
+    the setting that mends it, not a transient failure's WARNING at each retry. The record
+    is held and retried all the same, and once the CA is trusted it is delivered."""
+    authority = trustme.CA()
+    cafile = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(cafile)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    typing = await crm_topic(bootstrap_servers, [record("tls-1", 1)])
+    async with https_endpoint(authority.issue_cert("127.0.0.1"), tmp_path) as url:
+        kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
+        untrusting = CrmWebhookWorker(kafka, typing, WebhookConfig(url=url, max_backoff_s=0))
+        with caplog.at_level(logging.WARNING, logger="processor.webhook"):
+            await deliver_until(untrusting, lambda: untrusting.counters.retries >= 2, "retried")
+        assert untrusting.counters.delivered == 0
+        errors = held_lines(caplog, logging.ERROR)
+        assert len(errors) == untrusting.counters.retries, errors
+        assert all(
+            re.search(r"certificate is not trusted \(.+\); set SSL_CERT_FILE .* held at tls-1-1", m)
+            for m in errors
+        ), errors
+        assert held_lines(caplog, logging.WARNING) == []
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(cafile))  # as the line says
+        trusting = CrmWebhookWorker(kafka, typing, WebhookConfig(url=url, max_backoff_s=0))
+        await deliver_until(trusting, lambda: trusting.counters.delivered == 1, "delivered")
+        assert trusting.counters.retries == 0
+
+
+async def test_a_certificate_issued_to_another_name_is_an_error_naming_the_url(
+    bootstrap_servers: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A trusted certificate of another host: the URL names the endpoint otherwise than its
+    certificate does, which no CA mends."""
+    authority = trustme.CA()
+    cafile = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(cafile)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cafile))
+    typing = await crm_topic(bootstrap_servers, [record("tls-2", 1)])
+    async with https_endpoint(authority.issue_cert("crm.example"), tmp_path) as url:
+        worker = CrmWebhookWorker(
+            KafkaSettings(bootstrap_servers=bootstrap_servers),
+            typing,
+            WebhookConfig(url=url, max_backoff_s=0),
+        )
+        with caplog.at_level(logging.WARNING, logger="processor.webhook"):
+            await deliver_until(worker, lambda: worker.counters.retries >= 2, "retried")
+    errors = held_lines(caplog, logging.ERROR)
+    assert len(errors) == worker.counters.retries, errors
+    assert all(
+        m.startswith("TYPING_CRM_WEBHOOK_URL: the CRM endpoint's TLS certificate is not issued")
+        for m in errors
+    ), errors
+    assert held_lines(caplog, logging.WARNING) == []
 
 
 TOKEN = "Bearer t0k3n-never-shown"

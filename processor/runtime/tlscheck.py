@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 TLS_CHECK_TIMEOUT_S = 5.0
 # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH: the
 # certificate verified, but names another host or address.
-_NAME_MISMATCH = frozenset({62, 64})
+NAME_MISMATCH = frozenset({62, 64})
 
 
 async def check_tls(settings: KafkaSettings, timeout_s: float = TLS_CHECK_TIMEOUT_S) -> None:
@@ -88,7 +88,7 @@ async def _handshake(
     try:
         await writer.start_tls(context, server_hostname=host)
     except ssl.SSLCertVerificationError as exc:
-        if exc.verify_code in _NAME_MISMATCH:
+        if exc.verify_code in NAME_MISMATCH:
             # trusted, but issued to other names: another CA would not mend it
             raise ConfigError(
                 f"KAFKA_BOOTSTRAP_SERVERS: the TLS handshake with {where} failed, its"
