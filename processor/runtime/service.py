@@ -19,6 +19,7 @@ from processor.clock import Clock, SystemClock, within_grace
 from processor.settings import Settings
 from processor.state import EngineConfig, PartitionStore
 from processor.telemetry import Telemetry
+from processor.telemetry.http import MAX_FAILURE_CHARS
 
 from .kafka import (
     BrokerCheck,
@@ -184,14 +185,14 @@ class TypingProcessor:
         if scheduling is not None and scheduling.done() and not scheduling.cancelled():
             error = scheduling.exception()
             # (it never returns by itself: without it, queued clears would wait for ever)
-            return f"the scheduler stopped: {error!r}"[:500]
+            return f"the scheduler stopped: {error!r}"[:MAX_FAILURE_CHARS]
         for partition, worker in self.workers.items():
             failed = worker.failed
             if failed is not None:
                 return (
                     f"partition {partition} stopped committing (nothing is skipped):"
                     f" {type(failed).__name__}: {failed}"
-                )[:500]
+                )[:MAX_FAILURE_CHARS]
         return None
 
     async def wait_ready(self) -> None:

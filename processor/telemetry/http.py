@@ -31,8 +31,9 @@ STALL_S = 10.0
 
 # Restores `/readyz` names one by one; a replica restoring hundreds says how many more.
 MAX_RESTORES_NAMED = 16
-# An exception's text in a `/readyz` reason, and any reason whole (the restores named fit),
-# are cut to these: a message of megabytes would otherwise go to every probe.
+# An exception's text in a `/readyz` reason (the processor's `problem` too), and any reason
+# whole (the restores named fit), are cut to these: a message of megabytes would otherwise go
+# to every probe.
 MAX_FAILURE_CHARS = 500
 MAX_REASON_CHARS = 2000
 
