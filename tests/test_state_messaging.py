@@ -618,3 +618,65 @@ def test_a_new_nickname_is_the_same_customer_not_a_move(
     assert refresh.kind is WorkKind.REFRESH
     assert isinstance(refresh.target, OpenMessagingTarget)
     assert (refresh.target.from_id, refresh.target.nickname) == ("cust-1", "Ann B.")
+
+
+@pytest.mark.parametrize(
+    ("stop", "move_at", "reason"),
+    [
+        (True, 1000, ChangeReason.STOPPED),  # the stop waits for the lapse
+        (True, 6000, ChangeReason.STOPPED),  # ran out after the stop, tick not run yet
+        (False, 1000, ChangeReason.EVENT),  # typing goes on elsewhere
+        (False, 6000, ChangeReason.EXPIRED),  # ran out by itself, tick not run yet
+    ],
+    ids=["stopped-then-moved", "stopped-ran-out-then-moved", "moved", "ran-out-then-moved"],
+)
+def test_a_move_records_the_old_target_lapse_for_what_ended_it(
+    store: PartitionStore, clock: ManualClock, stop: bool, move_at: int, reason: ChangeReason
+) -> None:
+    """A messaging indicator shown on A is recorded as lapsed when the session moves to B
+    (it cannot be taken down). The CRM hears why it ended: a stop that came before it ran
+    out ended it (as when no move follows), and one that ran out before the move's event
+    was processed expired. The move recorded `event` whatever had happened."""
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=20_000, eid="typed"), 1)
+    [work] = store.take_work(5)
+    store.on_result(work, APPLIED)
+    store.drain()
+    assert work.desired is not None
+    shown_until = work.desired.expires_at
+    assert shown_until == T0 + 5000
+    if stop:
+        clock.set(T0 + 500)
+        store.on_event(ev("s1", Status.STOPPED, clock.now_ms(), eid="stop"), 2)
+        assert store.drain().changes == []  # waits for the lapse
+    clock.set(T0 + move_at)
+    store.on_event(ev("s1", Status.TYPING, clock.now_ms(), target=OPEN, eid="moved"), 3)
+    out = store.drain()
+    assert [(c.status, c.reason, c.version, c.applied_at) for c in out.changes] == [
+        (CrmStatus.CLEARED, reason, 2, min(clock.now_ms(), shown_until))
+    ]
+    lapsed = [(a.event_id, a.result) for a in out.audits if a.result is Decision.LAPSED]
+    assert lapsed == [("stop" if stop else None, Decision.LAPSED)]
+    [moved] = store.take_work(5)
+    assert (moved.kind, moved.version, moved.event_id) == (WorkKind.SET, 3, "moved")
+
+
+def test_a_call_landing_after_a_stop_that_moved_lapses_as_stopped(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    """The call on A is out when a stop naming B comes: once it lands, A's indicator is
+    recorded as lapsed (it cannot be taken down), ended by the stop, not by a move."""
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=20_000, eid="typed"), 1)
+    [work] = store.take_work(5)
+    clock.advance(100)
+    store.on_event(ev("s1", Status.STOPPED, clock.now_ms(), target=OPEN, eid="stop"), 2)
+    store.on_result(work, APPLIED)
+    out = store.drain()
+    assert [(c.status, c.reason, c.version) for c in out.changes] == [
+        (CrmStatus.TYPING, ChangeReason.EVENT, 1),
+        (CrmStatus.CLEARED, ChangeReason.STOPPED, 2),
+    ]
+    assert [(a.event_id, a.result) for a in out.audits] == [
+        ("typed", Decision.APPLIED),
+        ("stop", Decision.LAPSED),
+    ]
+    assert store.take_work(5) == []

@@ -241,6 +241,7 @@ class PartitionStore:
         if occurred < s.latest:
             self._audit(sid, status, _STALE, eid, offset, "out of order: a newer event applies")
             return
+        before = s.latest
         s.latest = occurred
         s.touched = now
         self._dirty[sid] = None
@@ -250,7 +251,7 @@ class PartitionStore:
         if s.target is not None or event.target is not None:
             target = messaging_target(event)
             if target != s.target:
-                self._retarget(s, target, now)
+                self._retarget(s, target, now, before)
                 moved = True
             elif target is not None:
                 s.target = target  # the same customer, maybe named anew: calls say so
@@ -473,7 +474,7 @@ class PartitionStore:
             # moved away while the call was out: the messaging indicator still shown there
             # cannot be taken down, so it counts as lapsed now, as a move with no call out
             # does (`_retarget`); otherwise the new target waits for its "shown until"
-            self._lapse(s, ChangeReason.EVENT, now)
+            self._lapse(s, self._lapse_reason(s, now, s.latest), now)
         self._recause(s, work)
         self._retry_later(s, outcome, now)
 
@@ -714,14 +715,16 @@ class PartitionStore:
         s.cause = cause
         self._settle(s, now)
 
-    def _retarget(self, s: Session, target: MessagingTarget | None, now: int) -> None:
+    def _retarget(self, s: Session, target: MessagingTarget | None, now: int, before: int) -> None:
         """The latest event names another target: the wanted indicator moves there.
 
         A messaging indicator shown elsewhere cannot be taken down (no "Off"): it is
-        recorded as lapsed now. A shown webchat indicator is cleared first (`_needed`).
+        recorded as lapsed now, for what ended it (`_lapse_reason`; `before` is the
+        newest event's time before the moving one's). A shown webchat indicator is
+        cleared first (`_needed`).
         """
         if s.remote is not None and s.remote_target is not None and s.intent is None:
-            self._lapse(s, ChangeReason.EVENT, now)
+            self._lapse(s, self._lapse_reason(s, now, before), now)
         s.target = target
 
     def _extend(self, s: Session, deadline: int, timeout: int, now: int) -> bool:
@@ -766,6 +769,19 @@ class PartitionStore:
         long it lasted."""
         if s.role is not None:
             s.typical = self._bursts.record(s.role, ended - s.originated, s.typical)
+
+    def _lapse_reason(self, s: Session, now: int, last_event_at: int) -> ChangeReason:
+        """What ends the messaging indicator shown for `s` as of `now`: `stopped` when a
+        stop (the newest event, at `last_event_at`) came no later than it ran out,
+        `expired` when it ran out by itself, else `event` (a move to another target while
+        typing goes on). Decided by the stop's time, not by when it was processed, so
+        that a replay decides alike."""
+        stopped = s.status is None and s.reason is ChangeReason.STOPPED
+        if s.remote_expires > now:
+            return ChangeReason.STOPPED if stopped else ChangeReason.EVENT
+        if stopped and last_event_at <= s.remote_expires:
+            return ChangeReason.STOPPED
+        return ChangeReason.EXPIRED
 
     def _lapse(self, s: Session, reason: ChangeReason, now: int) -> None:
         """A messaging indicator ran out (or moved away): it is no longer shown.
@@ -951,14 +967,8 @@ class PartitionStore:
         ):
             if self._hold_until:
                 return True
-            # a stop that came after the indicator ran out did not end it: decided by the
-            # stop's time, not by when it was processed, so that a replay decides alike
-            stopped = (
-                s.status is None
-                and s.reason is ChangeReason.STOPPED
-                and s.latest <= s.remote_expires
-            )
-            self._lapse(s, ChangeReason.STOPPED if stopped else ChangeReason.EXPIRED, now)
+            # (a stop that came after the indicator ran out did not end it)
+            self._lapse(s, self._lapse_reason(s, now, s.latest), now)
         return False
 
     def _next_wake(
@@ -1089,7 +1099,8 @@ class PartitionStore:
             self._change(s, CrmStatus(desired.status.value), work.reason, expires, now)
         self._audit_result(work, decision, result)
         if work.target is not None and work.target != s.target:
-            self._lapse(s, ChangeReason.EVENT, now)  # moved away while the call was out
+            # moved away while the call was out
+            self._lapse(s, self._lapse_reason(s, now, s.latest), now)
         if doubt is not None and doubt is not Outcome.RATE_LIMITED:
             # as for any failure, so that a failing API is not hammered (a 429 waits for
             # the budget instead)
