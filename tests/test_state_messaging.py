@@ -680,3 +680,55 @@ def test_a_call_landing_after_a_stop_that_moved_lapses_as_stopped(
         ("stop", Decision.LAPSED),
     ]
     assert store.take_work(5) == []
+
+
+def test_a_quiet_period_after_a_404_keeps_only_that_target_quiet(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    """Genesys said the conversation of A is unknown: calls to A wait for the quiet
+    period; the same session typing on B (another resource) is set at once, whether it
+    comes back on B or comes back on A and moves to B. A 404 on B then starts B's quiet
+    period at its base, not doubled by A's answer. The quiet period was kept by session
+    id alone, so B was kept quiet for A's answer."""
+    quiet = EngineConfig().gone_quiet_base_ms
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=20_000), 1)
+    [work] = store.take_work(5)
+    store.on_result(work, SinkResult(Outcome.SESSION_NOT_FOUND, http_status=404, attempts=1))
+    assert store.session("s1") is None
+    clock.advance(100)
+    store.on_event(ev("s1", Status.TYPING, clock.now_ms(), timeout=20_000), 2)
+    assert store.take_work(5) == []  # A is kept quiet
+    assert store.is_backing_off("s1")
+    clock.advance(100)
+    store.on_event(ev("s1", Status.TYPING, clock.now_ms(), target=OPEN, timeout=20_000), 3)
+    [moved] = store.take_work(5)  # B is not
+    assert moved.target == OpenMessagingTarget(INTEGRATION, "cust-1", "Opaque", None)
+    store.on_result(moved, SinkResult(Outcome.SESSION_NOT_FOUND, http_status=404, attempts=1))
+    gone_at = clock.now_ms()
+    clock.advance(100)
+    store.on_event(ev("s1", Status.TYPING, clock.now_ms(), target=OPEN, timeout=20_000), 4)
+    assert store.take_work(5) == []  # B is kept quiet now
+    clock.set(gone_at + quiet)  # the base period: not doubled by A's 404
+    store.on_tick()
+    [again] = store.take_work(5)
+    assert again.target == moved.target
+
+
+def test_a_session_back_on_another_target_than_its_404_is_set_at_once(
+    store: PartitionStore, clock: ManualClock
+) -> None:
+    """The conversation of A has ended (409) and the session is forgotten; its next
+    event names B (or the webchat session): no quiet period holds it there."""
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=20_000), 1)
+    [work] = store.take_work(5)
+    store.on_result(work, SinkResult(Outcome.SESSION_NOT_CONNECTED, http_status=409, attempts=1))
+    clock.advance(100)
+    store.on_event(ev("s1", Status.TYPING, clock.now_ms(), target=OPEN, timeout=20_000), 2)
+    assert not store.is_backing_off("s1")
+    [work] = store.take_work(5)
+    assert work.target == OpenMessagingTarget(INTEGRATION, "cust-1", "Opaque", None)
+    clock.advance(100)
+    store.on_event(ev("s1", Status.TYPING, clock.now_ms(), target=None, timeout=20_000), 3)
+    store.on_result(work, APPLIED)
+    [webchat] = store.take_work(5)  # the webchat session is another resource too
+    assert webchat.target is None

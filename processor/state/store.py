@@ -55,9 +55,10 @@ Rules (DESIGN §4, §2b):
   versions go on where they stopped instead of starting again at 1.
 - A session forgotten because Genesys said it is unknown, not connected or unusable is
   remembered for a quiet period (`gone_quiet_base_ms`, doubling with each such answer in
-  a row, at most `gone_quiet_max_ms`): its events are taken as ever, but its calls wait
-  for the period to end, so a producer typing into a session that is not there costs a
-  call now and then, not one per keystroke. Not persisted: after a restore the first
+  a row, at most `gone_quiet_max_ms`): its events are taken as ever, but its calls to
+  the target Genesys said it of wait for the period to end, so a producer typing into a
+  session that is not there costs a call now and then, not one per keystroke (another
+  target is another resource: not kept quiet). Not persisted: after a restore the first
   call learns it again.
 - Replay hold: a restored store wants what its changelog says, while the input since the
   last commit (processed before the crash, not committed) may already say otherwise (a
@@ -181,9 +182,9 @@ class PartitionStore:
         self._in_flight: dict[str, Work] = {}
         # Failed sessions: (retry_at, consecutive failures).
         self._backoff: dict[str, tuple[int, int]] = {}
-        # Sessions Genesys said are gone: (no call before, such answers in a row), oldest
-        # first; see `_quieten`.
-        self._gone_quiet: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        # Sessions Genesys said are gone: (no call before, such answers in a row, the
+        # target it said it of), oldest first; see `_quieten`.
+        self._gone_quiet: OrderedDict[str, tuple[int, int, MessagingTarget | None]] = OrderedDict()
         # Sessions whose webchat indicator is (or may be) shown: each owes a clear.
         self._shown: dict[str, None] = {}
         # Sessions whose messaging indicator is shown: each may owe a refresh (I2).
@@ -227,9 +228,8 @@ class PartitionStore:
             if floor is not None:
                 s.version = floor[0]  # a session back after it was forgotten
                 self._floor_timers.cancel()
-            quiet = self._gone_quiet.get(sid)
-            if quiet is not None and quiet[0] > now:
-                self._backoff[sid] = (quiet[0], 0)  # gone a moment ago: no call before
+            if sid in self._gone_quiet:
+                self._keep_quiet(s, messaging_target(event), now)
         occurred = event.occurred_at
         if occurred > now:
             # a producer clock ahead is clamped (DESIGN §4), though never below the newest
@@ -726,6 +726,7 @@ class PartitionStore:
         if s.remote is not None and s.remote_target is not None and s.intent is None:
             self._lapse(s, self._lapse_reason(s, now, before), now)
         s.target = target
+        self._keep_quiet(s, target, now)
 
     def _extend(self, s: Session, deadline: int, timeout: int, now: int) -> bool:
         """Move the deadline later; True when a refresh is due right now.
@@ -1064,7 +1065,7 @@ class PartitionStore:
         sid = s.sid
         failures = self._backoff.pop(sid, (0, 0))[1]
         if doubt is None:
-            self._gone_quiet.pop(sid, None)  # there after all
+            self._unquiet(sid, work.target)  # there after all
         s.intent = None
         s.unconfirmed = doubt is not None
         s.version = work.version
@@ -1136,19 +1137,41 @@ class PartitionStore:
             return
         # dated as if idle long enough: a restore then forgets it as this store did
         self._forget(s, decision, now - self._config.idle_evict_ms, now)
-        self._quieten(s.sid, now, queued=result.remote_state is SessionState.QUEUED)
+        self._quieten(s.sid, work.target, now, queued=result.remote_state is SessionState.QUEUED)
 
-    def _quieten(self, sid: str, now: int, *, queued: bool) -> None:
-        """Genesys said `sid` is gone: its next call waits `gone_quiet_base_ms`, twice as
-        long after each such answer in a row, at most `gone_quiet_max_ms` (for a session
-        still `queued`, about to be answered, `queued_quiet_max_ms`)."""
+    def _quieten(self, sid: str, target: MessagingTarget | None, now: int, *, queued: bool) -> None:
+        """Genesys said `sid` is gone on `target`: its next call there waits
+        `gone_quiet_base_ms`, twice as long after each such answer in a row, at most
+        `gone_quiet_max_ms` (for a session still `queued`, about to be answered,
+        `queued_quiet_max_ms`). Another target is another resource: not kept quiet."""
         cfg = self._config
         quiet = self._gone_quiet
-        answers = quiet.pop(sid, (0, 0))[1] + 1
+        previous = quiet.pop(sid, None)
+        answers = previous[1] + 1 if previous is not None and previous[2] == target else 1
         longest = cfg.queued_quiet_max_ms if queued else cfg.gone_quiet_max_ms
-        quiet[sid] = (now + min(longest, cfg.gone_quiet_base_ms << min(answers - 1, 30)), answers)
+        until = now + min(longest, cfg.gone_quiet_base_ms << min(answers - 1, 30))
+        quiet[sid] = (until, answers, target)
         if len(quiet) > cfg.gone_memory:
             quiet.popitem(last=False)
+
+    def _unquiet(self, sid: str, target: MessagingTarget | None) -> None:
+        """Genesys answered for `sid` on `target`: it is there, no longer kept quiet."""
+        quiet = self._gone_quiet.get(sid)
+        if quiet is not None and quiet[2] == target:
+            del self._gone_quiet[sid]
+
+    def _keep_quiet(self, s: Session, target: MessagingTarget | None, now: int) -> None:
+        """`s` is wanted on `target` now: its calls wait for the quiet period of that
+        target (`_quieten`), and no longer for one of the target it has left (a quiet
+        period is the only wait with no failure counted)."""
+        sid = s.sid
+        backoff = self._backoff.get(sid)
+        if backoff is not None and backoff[1] == 0:
+            del self._backoff[sid]
+            backoff = None
+        quiet = self._gone_quiet.get(sid)
+        if backoff is None and quiet is not None and quiet[0] > now and quiet[2] == target:
+            self._backoff[sid] = (quiet[0], 0)  # gone a moment ago: no call before
 
     def _on_read_back(self, s: Session, work: Work, result: SinkResult, now: int) -> None:
         """A read-back answered: the unresolved intent landed or it did not."""
@@ -1170,7 +1193,7 @@ class PartitionStore:
             self._audit_result(work, _RETRY.get(outcome, Decision.FAILED), result)
             self._retry_later(s, outcome, now)
             return
-        self._gone_quiet.pop(s.sid, None)  # read back: it is there
+        self._unquiet(s.sid, intent.target)  # read back: it is there
         remote = result.remote_indicator
         desired = intent.desired
         if (
