@@ -682,6 +682,29 @@ def test_a_call_landing_after_a_stop_that_moved_lapses_as_stopped(
     assert store.take_work(5) == []
 
 
+@pytest.mark.parametrize("moved_first", [True, False], ids=["moved-while-out", "moved-after"])
+def test_an_ambiguous_call_on_the_old_target_does_not_delay_the_new_one(
+    store: PartitionStore, clock: ManualClock, moved_first: bool
+) -> None:
+    """A call on A timed out (it may have landed): its backoff spaces sending it again on
+    A. Once the session is wanted on B (moved while the call was out, or after), nothing
+    is sent on A again, and B's set goes at once; it used to wait for A's backoff."""
+    store.on_event(ev("s1", Status.TYPING, T0, timeout=20_000), 1)
+    [work] = store.take_work(5)
+    clock.advance(50)
+    moving = ev("s1", Status.TYPING, T0 + 50, target=OPEN, timeout=20_000, eid="moved")
+    if moved_first:
+        store.on_event(moving, 2)
+    store.on_result(work, _ambiguous(status=None))
+    if not moved_first:
+        assert store.is_backing_off("s1")  # A's indicator waits to be sent again
+        store.on_event(moving, 2)
+    assert not store.is_backing_off("s1")
+    [moved] = store.take_work(5)
+    assert (moved.kind, moved.version, moved.event_id) == (WorkKind.SET, 3, "moved")
+    assert moved.target == OpenMessagingTarget(INTEGRATION, "cust-1", "Opaque", None)
+
+
 def test_a_quiet_period_after_a_404_keeps_only_that_target_quiet(
     store: PartitionStore, clock: ManualClock
 ) -> None:

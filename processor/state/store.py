@@ -34,7 +34,8 @@ Rules (DESIGN §4, §2b):
   else (`WorkKind.RESOLVE`): if it landed, its CRM and audit records follow, and versions
   never repeat. A messaging intent cannot be read back: restored, or its call failed
   ambiguously, it counts as landed (its CRM record, and its lapse's, follow); as it may
-  not have, a live one is sent again while still wanted, after the failure's backoff.
+  not have, a live one is sent again while still wanted, after the failure's backoff
+  (which a session wanted on another target by then does not wait for).
   A call that finds the session overtaken (a change of its version or later that this
   store never recorded: a previous owner still at work during a rebalance) adopts what
   the session shows and plans again with the next version.
@@ -724,6 +725,9 @@ class PartitionStore:
         cleared first (`_needed`).
         """
         if s.remote is not None and s.remote_target is not None and s.intent is None:
+            if s.unconfirmed:
+                # its backoff waits to send it again there, where it is no longer wanted
+                self._backoff.pop(s.sid, None)
             self._lapse(s, self._lapse_reason(s, now, before), now)
         s.target = target
         self._keep_quiet(s, target, now)
@@ -1102,9 +1106,9 @@ class PartitionStore:
         if work.target is not None and work.target != s.target:
             # moved away while the call was out
             self._lapse(s, self._lapse_reason(s, now, s.latest), now)
-        if doubt is not None and doubt is not Outcome.RATE_LIMITED:
+        if doubt is not None and doubt is not Outcome.RATE_LIMITED and work.target == s.target:
             # as for any failure, so that a failing API is not hammered (a 429 waits for
-            # the budget instead)
+            # the budget instead); moved away, nothing is sent there again to wait for
             failures += 1
             self._backoff[sid] = (now + self._retry_delay(sid, failures), failures)
         self._dirty[sid] = None
