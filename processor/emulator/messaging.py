@@ -26,7 +26,10 @@ from processor.domain import UUID_PATTERN
 _UUID_RE = re.compile(UUID_PATTERN)
 GenesysId = Annotated[StrictStr, Field(pattern=UUID_PATTERN)]
 DEFAULT_DURATION_MS = 5000
-"""What the service shows when a typing event names no duration."""
+"""How long the emulator shows a typing event that names no duration, and reports as its
+`duration`. An assumption: the API documents `typing.duration` (milliseconds) as optional
+with no default (`ConversationEventTyping` in the official SDK); the processor always
+sends one."""
 
 
 def is_genesys_id(value: str) -> bool:
