@@ -69,6 +69,18 @@ def apply_all(store: PartitionStore, limit: int = 100) -> list[Work]:
     return works
 
 
+def test_audit_latency_is_kept_to_a_hundredth_of_a_ms_as_the_tutorials(
+    store: PartitionStore,
+) -> None:
+    store.on_event(ev("s1", Status.TYPING, T0, eid="a"), offset=7)
+    [work] = store.take_work(1)
+    store.on_result(
+        work, SinkResult(Outcome.APPLIED, http_status=200, attempts=1, latency_ms=12.34567)
+    )
+    [audit] = store.drain().audits
+    assert audit.latency_ms == 12.35
+
+
 def test_typing_event_queues_one_set_to_the_deadline(store: PartitionStore) -> None:
     store.on_event(ev("s1", Status.TYPING, T0 - 200, eid="a"), offset=41)
     assert store.queued_work == 1
