@@ -20,7 +20,14 @@ from pipeline import (
     typing_event,
 )
 
+from processor.clock import ManualClock
+from processor.domain import Outcome, SinkResult
 from processor.emulator.testing import EmulatorHandle
+from processor.models import TypingEvent
+from processor.runtime.reconciler import Reconciler
+from processor.settings import GenesysSettings, TypingSettings
+from processor.sink import GenesysSink, SinkConfig
+from processor.state import EngineConfig, PartitionStore
 
 CONV = "c0b5a0d4-5a3f-4a1e-8d6b-6b7a1c2d3e4f"
 COMM = "0e9a2b1c-3d4e-4f50-8a6b-7c8d9e0f1a2b"
@@ -201,3 +208,54 @@ async def test_a_call_answered_5xx_is_recorded_and_lapses_when_typing_stops(
     mine = [a["result"] for a in audits if a["event_id"] == typed["event_id"]]
     assert mine[:2] == ["failed", "applied"]
     assert [a["result"] for a in audits if a["event_id"] == stop["event_id"]] == ["lapsed"]
+
+
+async def _typing_call_after(
+    emulator: EmulatorHandle, timeout_ms: int, waited_ms: int
+) -> tuple[SinkResult, int]:
+    """A typing event with `timeout_ms` taken as work at T0, its call going out `waited_ms`
+    later (as one that waited for its token or a slot): its result and the `duration`
+    the emulator accepted."""
+    emulator.create_conversation(CONV, [COMM])
+    clock = ManualClock(now_ms())
+    start = clock.now_ms()
+    store = PartitionStore(0, EngineConfig(), clock)
+    event = typing_event("s-wait", timeout_ms=timeout_ms, target=AGENT, occurred_at=start)
+    store.on_event(TypingEvent.model_validate(event), 0)
+    [work] = store.take_work(1)
+    clock.advance(waited_ms)
+    done: asyncio.Future[SinkResult] = asyncio.get_running_loop().create_future()
+    async with GenesysSink(SinkConfig.from_settings(*_genesys(emulator)), clock=clock) as sink:
+        recorded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        recorded.set_result(None)
+        Reconciler(sink, max_in_flight=4).launch(work, 0, recorded, done.set_result)
+        async with asyncio.timeout(10):
+            result = await done
+    [call] = emulator.typing(conversation_id=CONV)
+    return result, call["duration"]
+
+
+def _genesys(emulator: EmulatorHandle) -> tuple[GenesysSettings, TypingSettings]:
+    settings = make_settings("127.0.0.1:9", emulator)
+    return settings.genesys, settings.typing
+
+
+async def test_a_call_sent_late_carries_the_longest_duration_while_the_deadline_is_far(
+    emulator: EmulatorHandle,
+) -> None:
+    """DESIGN §2b: `duration` = the deadline minus now, clamped to [1000, 5000]. With the
+    deadline 20 s off, a call that goes out 400 ms after its work was taken still sends
+    5000 (shown until 5 s after it goes out, long before the deadline), not 4600."""
+    result, duration = await _typing_call_after(emulator, timeout_ms=20_000, waited_ms=400)
+    assert result.outcome is Outcome.APPLIED
+    assert duration == 5000
+
+
+async def test_a_call_sent_late_carries_what_is_left_until_a_near_deadline(
+    emulator: EmulatorHandle,
+) -> None:
+    """The deadline 3 s off, a call that goes out 400 ms late sends the 2600 ms left, so
+    that it shows typing no longer than wanted (I1)."""
+    result, duration = await _typing_call_after(emulator, timeout_ms=3000, waited_ms=400)
+    assert result.outcome is Outcome.APPLIED
+    assert duration == 2600

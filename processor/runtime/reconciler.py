@@ -214,10 +214,10 @@ class Reconciler:
             return await sink.apply(
                 work.session_id, work.desired, version=work.version, prepaid=prepaid
             )
-        # each request carries what is left until `expires_at` when it goes out (at least
-        # the shortest duration: the result says until when the one that landed shows),
-        # and none goes out after it
-        until = None if work.desired is None else work.desired.expires_at
+        # each request carries what is left until the deadline when it goes out, at most
+        # the work's duration and at least the shortest (the result says until when the
+        # one that landed shows), and none goes out after it
+        until = work.deadline_ms or (None if work.desired is None else work.desired.expires_at)
         if isinstance(target, AgentTypingTarget):
             return await sink.agent_typing(
                 target.conversation_id,

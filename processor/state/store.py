@@ -1040,13 +1040,13 @@ class PartitionStore:
             )  # fmt: skip
         duration = min(self._config.messaging_max_duration_ms, s.deadline - now)
         duration = max(MESSAGING_MIN_DURATION_MS, duration)
-        # `expires_at`: what the sink's requests may show until, and no request goes out
-        # after it (I1); the deadline when the shortest duration reaches past it
+        # `expires_at`: until when a call that goes out now shows it; the deadline when the
+        # shortest duration reaches past it
         expires = now + duration if now + duration <= s.deadline else s.deadline
         desired = Indicator(status, s.originated, expires, version)
         return Work(
             sid, desired, ChangeReason.EVENT, kind, version, eid, offset, cause_status, target,
-            duration, now,
+            duration, now, s.deadline,
         )  # fmt: skip
 
     def _landed(

@@ -32,11 +32,16 @@ class Work:
     `event_id`/`offset`/`cause_status` name the event that caused it, when one did.
     `target` is where the call goes (`None`: the webchat session); messaging calls carry
     `duration_ms`, and `issued_at` is when the work was taken (its "shown until" is
-    `issued_at + duration_ms`, unless the result says a request sent late shows it
-    longer); their `desired.expires_at` is when a request's duration ends at most, and
-    no request goes out after it: `issued_at + duration_ms`, or the deadline when the
-    shortest duration reaches past it (I1). While the call is out, or until its outcome
-    is known, the work is the session's persisted intent (DESIGN I6).
+    `issued_at + duration_ms`, unless the result says a request sent later shows it
+    longer); their `desired.expires_at` is that "shown until", or the deadline when the
+    shortest duration reaches past it. `deadline_ms` is the wanted indicator's deadline
+    when the work was taken: each request carries what is left until it when it goes
+    out, clamped to [`MESSAGING_MIN_DURATION_MS`, `duration_ms`] (DESIGN §2b: a call
+    that waited for its token still shows typing the longest duration while the
+    deadline is further off), and none goes out after it (I1). Not persisted, nor
+    compared: a restored messaging intent is never sent again. While the call is out,
+    or until its outcome is known, the work is the session's persisted intent (DESIGN
+    I6).
     """
 
     session_id: str
@@ -50,6 +55,7 @@ class Work:
     target: MessagingTarget | None = None
     duration_ms: int = 0
     issued_at: int = 0
+    deadline_ms: int = field(default=0, compare=False)
 
 
 @dataclass(slots=True)
