@@ -26,13 +26,16 @@ come, recently, per planned one, so that the planner keeps room for them.
 The service overrules both: `Retry-After` pauses all spending, and the `inin-ratelimit-*`
 headers (calls counted in the current window, calls allowed, seconds to its reset) cap
 the rate until the window resets, so the replicas together never outrun the window; each
-for a minute at most (`MAX_PAUSE_S`). A 429 says the service admits fewer calls back to
-back than this replica drew (its own bucket is smaller, or other clients spent it):
-`throttled` shrinks the burst to half of what it had drawn beyond the rate when refused
-(and at least by half), leaving the other half for the requests that go out into debt; it
-grows back by `BURST_RECOVERY_S` per `BURST_RECOVERY_PERIOD_S` without a 429, up to the
-configured one. Against a service bucket smaller than ours, that is one 429 to learn it,
-not one per burst.
+for a minute at most (`MAX_PAUSE_S`). The headers count the whole OAuth client's calls:
+the cap is kept as the client's, and this replica takes its share of it, the share of the
+moment (a rebalance within the window moves the cap with it).
+
+A 429 says the service admits fewer calls back to back than this replica drew (its own
+bucket is smaller, or other clients spent it): `throttled` shrinks the burst to half of
+what it had drawn beyond the rate when refused (and at least by half), leaving the other
+half for the requests that go out into debt; it grows back by `BURST_RECOVERY_S` per
+`BURST_RECOVERY_PERIOD_S` without a 429, up to the configured one. Against a service
+bucket smaller than ours, that is one 429 to learn it, not one per burst.
 
 Pure: time comes from the injected `monotonic` function (seconds).
 """
@@ -102,8 +105,9 @@ class ApiBudget:
         self._level = min(self.capacity, START_LEVEL)  # see the module docstring
         self._since = monotonic()
         self._paused_until = 0.0
-        # The service's window says we may spend at most this rate until then.
-        self._cap_rate = math.inf
+        # The service's window says the whole client may spend at most this rate until
+        # then; this replica's part of it is taken with its share of the moment.
+        self._cap_client_rate = math.inf
         self._cap_until = 0.0
         self._slots: deque[list[float]] = deque()  # [slot start, tokens], oldest first
         self._in_window = 0.0
@@ -118,6 +122,11 @@ class ApiBudget:
     def _share_rate(self) -> float:
         """Tokens per second of this replica's share of the client's rate (no window cap)."""
         return self._client_rate * self._share
+
+    @property
+    def _cap_rate(self) -> float:
+        """Tokens per second of this replica's share of the service's window cap."""
+        return self._cap_client_rate * self._share if self._share else 0.0
 
     @property
     def rate_per_s(self) -> float:
@@ -162,6 +171,10 @@ class ApiBudget:
             self._in_window = 0.0
         self._share = share
         self._level = min(self._level, self.capacity)
+        left_s = self._cap_until - self._now()
+        if left_s > 0:
+            # the new share's part of what the window leaves the client (at its capped rate)
+            self._level = min(self._level, self._cap_rate * left_s)
 
     @property
     def allowance(self) -> float:
@@ -313,7 +326,8 @@ class ApiBudget:
 
         `count` calls of the client are counted in a window that resets in `reset`
         seconds and allows `allowed`: this replica's part of what is left is all it may
-        spend until then.
+        spend until then. The cap is kept as the client's (`set_share` rescales this
+        replica's part of it).
         """
         try:
             count = int(headers["inin-ratelimit-count"])
@@ -329,11 +343,12 @@ class ApiBudget:
             return
         try:
             mine = remaining * self._share
+            client_rate = remaining / reset_s
         except OverflowError:
             return  # more left than a float holds: nothing to cap
         self._refill()
         self._level = min(self._level, mine)
-        self._cap_rate = mine / reset_s
+        self._cap_client_rate = client_rate
         self._cap_until = self._now() + reset_s
 
     def drawn_beyond_rate(self) -> float:

@@ -329,6 +329,33 @@ def test_window_headers_cap_spending_to_this_replicas_part_of_what_is_left() -> 
     assert budget.rate_per_s == pytest.approx(2.5)
 
 
+def test_a_rebalance_within_the_services_window_moves_this_replicas_part_of_its_cap() -> None:
+    """The `inin-ratelimit-*` headers count the whole OAuth client: after a rebalance this
+    replica spends its new share of what the window leaves, not its old share's part."""
+    clock = Monotonic()
+    budget = ApiBudget(6000, burst_s=2.0, monotonic=clock)  # 100/s for the whole client
+    budget.set_share(1, 4)
+    budget.observe(
+        {
+            "inin-ratelimit-count": "5800",
+            "inin-ratelimit-allowed": "6000",
+            "inin-ratelimit-reset": "20",
+        }
+    )
+    assert budget.rate_per_s == pytest.approx(2.5)  # a quarter of the 200 over 20 s
+    clock.now += 4.0  # the client spent at its capped rate: 160 left, over 16 s
+    budget.set_share(1, 1)  # a scale-in: all partitions are this replica's now
+    assert budget.rate_per_s == pytest.approx(10.0)  # the whole client's 200 over 20 s
+    assert budget.level() == pytest.approx(START_LEVEL + 4 * 2.5)  # what it had accrued
+    clock.now += 2.0
+    assert budget.level() == pytest.approx(START_LEVEL + 4 * 2.5 + 2 * 10)
+    budget.set_share(1, 8)  # a scale-out: an eighth of what is left (140 over 14 s)
+    assert budget.rate_per_s == pytest.approx(1.25)
+    assert budget.level() == pytest.approx(140 / 8)  # no more in hand than its part
+    clock.now += 14.0  # the window reset: the share's rate again
+    assert budget.rate_per_s == pytest.approx(12.5)
+
+
 @settings(max_examples=200)
 @given(
     rate=st.integers(1, 6000),
