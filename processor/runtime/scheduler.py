@@ -18,7 +18,7 @@ from typing import Protocol
 
 from processor.clock import Clock
 from processor.planner import Capacity, Planner
-from processor.state import PartitionStore, Work
+from processor.state import NextCall, PartitionStore, Work
 from processor.state.session import Session
 
 from .reconciler import Reconciler
@@ -97,16 +97,10 @@ class Scheduler:
             self._poked.set()
 
     def _cost(self, session: Session) -> int:
-        # A webchat change without a cached ETag reads the session first; a read-back of
-        # an unresolved intent (queued with one) is that read alone. The change goes to
-        # the webchat session when it is the target, and also to clear an indicator still
-        # shown there after the session moved to a messaging target (`PartitionStore`).
-        webchat = session.target is None or (
-            session.remote is not None and session.remote_target is None
-        )
+        # A webchat change without a cached ETag reads the session first; anything else
+        # (a read-back of an unresolved intent, a messaging call) is one request.
         if (
-            webchat
-            and session.intent is None
+            PartitionStore.next_call(session) is NextCall.WEBCHAT
             and self._reconciler.sink.cached_etag(session.sid) is None
         ):
             return 2

@@ -9,7 +9,14 @@ expiry clear goes out), `config` (knobs).
 from processor.state.changelog import ChangelogError
 from processor.state.config import EngineConfig
 from processor.state.store import PartitionStore
-from processor.state.work import AppliedChange, AuditDecision, Emitted, Work, WorkKind
+from processor.state.work import (
+    AppliedChange,
+    AuditDecision,
+    Emitted,
+    NextCall,
+    Work,
+    WorkKind,
+)
 
 __all__ = [
     "AppliedChange",
@@ -17,6 +24,7 @@ __all__ = [
     "ChangelogError",
     "Emitted",
     "EngineConfig",
+    "NextCall",
     "PartitionStore",
     "Work",
     "WorkKind",

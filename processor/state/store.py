@@ -109,6 +109,7 @@ from processor.state.work import (
     AppliedChange,
     AuditDecision,
     Emitted,
+    NextCall,
     Work,
     WorkKind,
     crm_event_id,
@@ -839,9 +840,21 @@ class PartitionStore:
             lead = self._leads[span] = int(span * self._config.refresh_fraction)
         return lead
 
+    @staticmethod
+    def next_call(s: Session) -> NextCall:
+        """Where `s`'s next call goes, when it has one (`take`): an unresolved intent is
+        read back first; a change goes to the webchat session when that is the target,
+        and also to clear an indicator still shown there after the session moved to a
+        messaging target (`_needed`); else to the messaging target."""
+        if s.intent is not None:
+            return NextCall.READ_BACK
+        if s.target is None or (s.remote is not None and s.remote_target is None):
+            return NextCall.WEBCHAT
+        return NextCall.MESSAGING
+
     def _needed(self, s: Session, now: int) -> WorkKind | None:
         """What call, if any, would bring Genesys to the wanted state (no mutation)."""
-        if s.intent is not None:
+        if self.next_call(s) is NextCall.READ_BACK:
             return _RESOLVE  # an unknown outcome is read back before anything else
         remote = s.remote
         if remote is not None and s.remote_target != s.target:
@@ -1031,8 +1044,7 @@ class PartitionStore:
             return Work(sid, None, reason, kind, version, eid, offset, cause_status, issued_at=now)
         status = s.status
         assert status is not None  # a set or refresh always has a wanted status
-        target = s.target
-        if target is None:
+        if self.next_call(s) is NextCall.WEBCHAT:
             desired = Indicator(status, s.originated, s.deadline, version)
             return Work(
                 sid, desired, ChangeReason.EVENT, kind, version, eid, offset, cause_status,
@@ -1045,8 +1057,8 @@ class PartitionStore:
         expires = now + duration if now + duration <= s.deadline else s.deadline
         desired = Indicator(status, s.originated, expires, version)
         return Work(
-            sid, desired, ChangeReason.EVENT, kind, version, eid, offset, cause_status, target,
-            duration, now, s.deadline,
+            sid, desired, ChangeReason.EVENT, kind, version, eid, offset, cause_status,
+            s.target, duration, now, s.deadline,
         )  # fmt: skip
 
     def _landed(

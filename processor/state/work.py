@@ -23,6 +23,17 @@ class WorkKind(StrEnum):
     """Read the session back to learn whether an unresolved call landed (no change)."""
 
 
+class NextCall(StrEnum):
+    """Where a session's next call goes (`PartitionStore.next_call`), which is what it costs."""
+
+    READ_BACK = "read-back"
+    """A read of the webchat session for an unresolved intent: one GET."""
+    WEBCHAT = "webchat"
+    """A change of the webchat session: a PATCH, after a GET when no ETag is cached."""
+    MESSAGING = "messaging"
+    """A typing call to the session's messaging target: one POST."""
+
+
 @dataclass(frozen=True, slots=True)
 class Work:
     """Reconcile `session_id` to `desired` (`None` = clear) — one call's worth of intent.
