@@ -282,8 +282,9 @@ class ApiBudget:
         return max(0.0, self._paused_until - self._now())
 
     def pause(self, seconds: float) -> None:
-        """Spend nothing for `seconds` (a 429's `Retry-After`; at most `MAX_PAUSE_S`, and
-        none for a value that is no number); restart from empty."""
+        """Spend nothing for `seconds` (a 429's `Retry-After`, or the login service's while
+        no token is valid; at most `MAX_PAUSE_S`, and none for a value that is no number);
+        restart from empty."""
         if not math.isfinite(seconds):
             seconds = MAX_PAUSE_S if seconds > 0 else 0.0
         until = self._now() + min(MAX_PAUSE_S, max(0.0, seconds))

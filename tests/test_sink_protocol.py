@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from pipeline import Monotonic
+from pipeline import Monotonic, eventually
 from pydantic import SecretStr
 
 from processor.asgi import serve_in_background
@@ -309,6 +309,7 @@ async def test_login_service_outage_is_retried_then_failed() -> None:
     assert "login service" in result.error
     # the call's retries come within `LOGIN_RETRY_S`: they do not ask the login again
     assert fetches == 1
+    assert sink.budget.paused_for() == 0  # a wait of our own guess holds no other call
 
 
 async def test_a_failed_login_is_not_asked_again_by_every_call_until_it_may_answer() -> None:
@@ -341,6 +342,73 @@ async def test_a_failed_login_is_not_asked_again_by_every_call_until_it_may_answ
         results = await asyncio.gather(*(sink.apply(f"s{i}", None) for i in range(20)))
         assert {r.outcome for r in results} == {Outcome.APPLIED}
         assert len(logins) == 2
+
+
+async def test_a_logins_retry_after_holds_the_budget_until_the_login_may_answer() -> None:
+    """With no valid token no call goes out before the login service answers again: the
+    budget waits out its `Retry-After` as for a 429 of the API. Else the scheduler took
+    work all along only for it to fail at once, each session's backoff growing with every
+    try, so that its clear waited up to `retry_max_ms` past the login's return."""
+    clock = Monotonic()
+    login_up = False
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/oauth/token":
+            if not login_up:
+                return httpx.Response(429, headers={"Retry-After": "7"})
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3600})
+        return httpx.Response(200, json=session_of(request), headers={"ETag": "e1"})
+
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http,
+        GenesysSink(CONFIG, http=http, monotonic=clock) as sink,
+    ):
+        assert (await sink.apply("s0", None)).outcome is Outcome.FAILED
+        assert sink.budget.paused_for() == pytest.approx(7.0)
+        assert sink.budget.level() <= 0  # the scheduler takes no work meanwhile
+        clock.now += 3.0  # a call failing later in the wait: what is left of it
+        assert (await sink.apply("s1", None)).outcome is Outcome.FAILED
+        assert sink.budget.paused_for() == pytest.approx(4.0)
+        login_up = True
+        clock.now += 4.1
+        assert sink.budget.paused_for() == 0
+        assert (await sink.apply("s0", None)).outcome is Outcome.APPLIED
+
+
+async def test_an_early_refresh_is_not_tried_again_before_the_logins_retry_after(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A refresh refused with `Retry-After` while the cached token is valid: the token
+    serves, and the login is asked again once the wait is over (or the token expires),
+    not `REFRESH_RETRY_S` later, when it would refuse again."""
+    clock = Monotonic()
+    logins: list[float] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        logins.append(clock.now)
+        if len(logins) == 2:
+            return httpx.Response(429, headers={"Retry-After": "20"})
+        return httpx.Response(200, json={"access_token": "t", "expires_in": 100})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+        tokens = TokenManager(http, CONFIG.token_url, "id", SecretStr("secret"), monotonic=clock)
+        start = clock.now
+        assert await tokens.token() == "t"
+        clock.now = start + 72.0  # within the 30 s margin: refreshed, refused for 20 s
+        with caplog.at_level(logging.WARNING, logger="processor.sink"):
+            assert await tokens.token() == "t"
+            await eventually(
+                lambda: "refresh failed" in caplog.text, 5.0, "the refused refresh taken in"
+            )
+        for waited in (REFRESH_RETRY_S, 19.9):
+            clock.now = start + 72.0 + waited
+            running = asyncio.all_tasks()
+            assert await tokens.token() == "t"
+            assert asyncio.all_tasks() == running  # no refresh started
+        clock.now = start + 92.0
+        assert await tokens.token() == "t"
+        await eventually(lambda: len(logins) == 3, 5.0, "the refresh once the wait is over")
+        await tokens.aclose()
 
 
 async def test_a_login_refused_with_a_date_no_datetime_holds_waits_like_any_other() -> None:

@@ -27,7 +27,8 @@ from processor.sink.errors import (
 log = logging.getLogger(__name__)
 
 REFRESH_RETRY_S = 5.0
-"""After an early refresh failed, the cached token serves this long before the next try."""
+"""After an early refresh failed, the cached token serves this long before the next try
+(or the login's longer `Retry-After`, up to `MAX_LOGIN_WAIT_S`, while it is valid)."""
 LOGIN_RETRY_S = 1.0
 """After a login failed with no valid token to fall back on, callers fail at once for this
 long (or the login's `Retry-After`, up to `MAX_LOGIN_WAIT_S`) instead of each asking the
@@ -131,8 +132,12 @@ class TokenManager:
             return current.value
         failed = self._failed
         if failed is not None and now < failed[0] and self._inflight is None:
-            error = failed[1]
-            raise type(error)(f"{error}; the next login in {failed[0] - now:.1f} s")
+            error, left = failed[1], failed[0] - now
+            message = f"{error}; the next login in {left:.1f} s"
+            if isinstance(error, TokenUnavailableError):
+                # what is left of the login's `Retry-After`, when it said one
+                raise TokenUnavailableError(message, None if error.retry_after_s is None else left)
+            raise type(error)(message)
         try:
             # Shielded: one caller giving up must not cancel the fetch the others wait for.
             return (await asyncio.shield(self._fetching())).value
@@ -197,15 +202,18 @@ class TokenManager:
         if not isinstance(error, SinkError):
             return
         cached, now = self._token, self._now()
+        asked = error.retry_after_s if isinstance(error, TokenUnavailableError) else None
         if cached is None or now >= cached.expires_at:
-            wait = LOGIN_RETRY_S
-            if isinstance(error, TokenUnavailableError) and error.retry_after_s is not None:
-                wait = min(MAX_LOGIN_WAIT_S, error.retry_after_s)
+            wait = LOGIN_RETRY_S if asked is None else min(MAX_LOGIN_WAIT_S, asked)
             self._failed = (now + wait, error)
         else:
             # The cached token still works: callers keep it, and the login service is
-            # asked again a little later, not on every call (runs once per failed fetch).
-            retry_at = min(now + REFRESH_RETRY_S, cached.expires_at)
+            # asked again a little later, not on every call (runs once per failed fetch),
+            # nor before its `Retry-After` while the cached token serves.
+            wait = REFRESH_RETRY_S
+            if asked is not None:
+                wait = max(wait, min(MAX_LOGIN_WAIT_S, asked))
+            retry_at = min(now + wait, cached.expires_at)
             self._token = replace(cached, refresh_at=retry_at)
             log.warning(
                 "bearer token refresh failed (%s); the cached token, valid for %.0f s more,"

@@ -715,7 +715,14 @@ class GenesysSink:
                 failure = sent
             except AuthConfigError as exc:
                 return self._auth_failure(ledger, str(exc))
-            except (TokenUnavailableError, ProtocolError) as exc:
+            except TokenUnavailableError as exc:
+                if exc.retry_after_s:
+                    # No call goes out before the login service answers again: the budget
+                    # waits as for a 429 of the API, so that no work is taken meanwhile
+                    # only to fail at once, each session's backoff growing beyond the wait.
+                    self._budget.pause(exc.retry_after_s)
+                failure = _Failed(str(exc))
+            except ProtocolError as exc:
                 failure = _Failed(str(exc))
             failures += 1
             if failures >= self._config.max_transient_attempts:
