@@ -178,7 +178,10 @@ class ApiBudget:
 
     @property
     def allowance(self) -> float:
-        """Most tokens this replica may spend in any `WINDOW_S` (its share of a minute)."""
+        """Most tokens this replica may spend in any `WINDOW_S`: its share of a minute, but
+        `MIN_CAPACITY` at least, so that the dearest call (a GET then a PATCH) goes out
+        however low the rate; below two calls a minute the floor is what goes out at most
+        (a cold replica's start level included)."""
         return max(MIN_CAPACITY, self._share_rate * WINDOW_S)
 
     def window_room(self) -> float:

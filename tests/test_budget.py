@@ -15,6 +15,7 @@ from processor.budget import (
     BURST_RECOVERY_S,
     MAX_PAUSE_S,
     MIN_BURST_S,
+    MIN_CAPACITY,
     OVERHEAD_HALF_LIFE_S,
     OVERHEAD_MAX,
     OVERHEAD_PRIOR,
@@ -417,23 +418,30 @@ def test_the_burst_never_adds_to_a_minutes_allowance() -> None:
 @settings(max_examples=200)
 @given(
     rate=st.integers(1, 1200),
-    share=st.sampled_from([(1, 1), (1, 2), (3, 4), (1, 8)]),
-    steps=st.lists(st.tuples(st.floats(0, 20), st.integers(0, 4)), max_size=80),
+    share=st.tuples(st.integers(1, 256), st.integers(1, 256)).map(sorted),
+    warm_s=st.sampled_from([0.0, 30.0, 600.0]),
+    steps=st.lists(
+        st.tuples(st.floats(0, 20), st.integers(0, 4), st.sampled_from([1, 2])), max_size=80
+    ),
 )
 def test_spending_only_what_is_there_never_exceeds_the_allowance_in_any_minute(
-    rate: int, share: tuple[int, int], steps: list[tuple[float, int]]
+    rate: int, share: list[int], warm_s: float, steps: list[tuple[float, int, int]]
 ) -> None:
+    """Cold (its start level) or after a quiet spell, calls of one or two requests: any
+    minute gets at most the share's calls, or the dearest call when the share is less."""
     clock = Monotonic()
     budget = ApiBudget(rate, monotonic=clock)
     budget.set_share(*share)
+    clock.now += warm_s
     times: list[float] = []
-    for gap, wanted in steps:
+    for gap, wanted, cost in steps:
         clock.now += gap
         for _ in range(wanted):
-            if budget.level() >= 1:
-                budget.spend()
-                times.append(clock.now)
-    assert _most_in_any_window(times, WINDOW_S) <= budget.allowance + 1e-9
+            if budget.level() >= cost:
+                budget.spend(cost)
+                times += [clock.now] * cost
+    share_calls = rate * share[0] / share[1]
+    assert _most_in_any_window(times, WINDOW_S) <= max(share_calls, MIN_CAPACITY) + 1e-9
 
 
 def test_the_window_says_what_it_lets_out_now_and_when_the_rest_follows() -> None:
