@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from processor.clock import ManualClock
@@ -192,6 +192,16 @@ class _World:
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=st.lists(_step, min_size=10, max_size=80))
+@example(  # a messaging call out when its session idled out: restored, it is forgotten
+    steps=[
+        *[("event", "a", Status.TYPING, 0, None, 0, False)] * 6,
+        ("event", "a", Status.TYPING, 0, None, 1, False),
+        ("take", 1),
+        ("event", "a", Status.TYPING, 0, None, 0, False),
+        ("idle", CONFIG.idle_evict_ms + 61_000),
+        ("crash", 0),
+    ]
+)
 def test_targets_outcomes_and_crashes_keep_versions_changelog_and_reconciliation(
     steps: list[tuple[Any, ...]],
 ) -> None:

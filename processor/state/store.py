@@ -550,6 +550,10 @@ class PartitionStore:
                     now,
                     resume=True,
                 )
+                if store._idled_out(s, now):
+                    # its lapse left nothing wanted or shown, idle long enough: forgotten
+                    # now, as a restore of what this one writes would forget it
+                    store._forget(s, None, s.touched, now)
                 continue
             if s.remote_target is None and (s.remote is not None or intent is not None):
                 store._shown[s.sid] = None
