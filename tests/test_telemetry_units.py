@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,9 @@ from starlette.routing import Route
 
 from processor import asgi
 from processor.asgi import serve_in_background
+from processor.clock import SystemClock
+from processor.domain import Indicator, Status
+from processor.emulator.testing import EmulatorHandle
 from processor.logs import (
     JsonFormatter,
     RepeatThrottle,
@@ -253,10 +257,18 @@ async def test_http_clients_log_no_urls_or_header_blocks_at_any_level(
     (no redaction sees the OAuth `Authorization: Basic` in them)."""
     configure_logging("DEBUG")
     logging.getLogger("processor.test").debug("own debug line")
-    url = "https://crm:crm-pass-1@crm.example.com/hook?token=abc123"
-    transport = httpx.MockTransport(lambda request: httpx.Response(200))
-    async with httpx.AsyncClient(transport=transport) as client:
-        await client.post(url, content=b"{}")
+
+    async def hook(request: Request) -> Response:
+        return Response(status_code=204)
+
+    app = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+    async with (
+        serve_in_background(app, port=0, name="crm") as listening,
+        httpx.AsyncClient() as client,
+    ):
+        # a real connection: httpcore logs each step of it at DEBUG
+        url = f"http://crm:crm-pass-1@127.0.0.1:{listening.port}/hook?token=abc123"
+        assert (await client.post(url, content=b"{}")).status_code == 204
     connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     connection.initiate_connection()
     basic = base64.b64encode(b"client-id:client-secret-1").decode()
@@ -274,60 +286,80 @@ async def test_a_client_span_never_records_a_credential_of_the_url() -> None:
     secret = secrets.token_hex(8)
     spans = InMemorySpanExporter()
     telemetry = Telemetry.from_environment({}, span_processors=[SimpleSpanProcessor(spans)])
+
+    async def session(request: Request) -> Response:
+        return Response(b"{}", media_type="application/json")
+
+    app = Starlette(routes=[Route("/api/v2/webchat/sessions/{id}", session)])
     try:
-        sink = GenesysSink(
-            SinkConfig(
-                api_url="https://api.example.com",
-                login_url="https://login.example.com",
-                client_id="client",
-                client_secret=SecretStr("client-secret"),
+        async with serve_in_background(app, port=0, name="genesys") as listening:
+            host = f"127.0.0.1:{listening.port}"
+            sink = GenesysSink(
+                SinkConfig(
+                    api_url=f"http://{host}",
+                    login_url=f"http://{host}",
+                    client_id="client",
+                    client_secret=SecretStr("client-secret"),
+                )
             )
-        )
-        sink.http._transport = httpx.MockTransport(lambda request: httpx.Response(200))
-        telemetry.instrument_sink(sink)
-        await sink.http.get(
-            "https://proxy:" + secret + "@api.example.com/api/v2/webchat/sessions/s-1"
-        )
-        await sink.aclose()
+            telemetry.instrument_sink(sink)
+            answer = await sink.http.get(
+                f"http://proxy:{secret}@{host}/api/v2/webchat/sessions/s-1"
+            )
+            assert answer.status_code == 200
+            await sink.aclose()
         (span,) = spans.get_finished_spans()
         assert span.attributes is not None
         assert span.attributes["url.full"] == (
-            "https://REDACTED:REDACTED@api.example.com/api/v2/webchat/sessions/s-1"
+            f"http://REDACTED:REDACTED@{host}/api/v2/webchat/sessions/s-1"
         )
         assert secret not in str(span.attributes)
     finally:
         telemetry.shutdown()
 
 
-async def test_genesys_calls_are_counted_by_their_operation() -> None:
+async def test_genesys_calls_are_counted_by_their_operation(emulator: EmulatorHandle) -> None:
     """`session`: the webchat session's GET and PATCH; `typing`: both messaging typing
-    calls (DESIGN §2b); `token`: the login."""
+    calls (DESIGN §2b); `token`: the login. Counted as the service answered them."""
+    conversation, communication, integration = (
+        "0f8fad5b-d9cb-469f-a165-70867728950e",
+        "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+        "16fd2706-8baf-433b-82eb-8c7fada847da",
+    )
+    emulator.create_session("s-1")
+    emulator.create_conversation(conversation, [communication])
+    emulator.create_integration(integration)
+    now = SystemClock().now_ms()
+    shown = Indicator(Status.TYPING, originated_at=now, expires_at=now + 30_000, version=1)
     telemetry = Telemetry.from_environment({})
     try:
         config = SinkConfig(
-            api_url="https://api.example.com",
-            login_url="https://login.example.com",
-            client_id="client",
-            client_secret=SecretStr("client-secret"),
+            api_url=emulator.base_url,
+            login_url=emulator.base_url,
+            client_id=emulator.client_id,
+            client_secret=SecretStr(emulator.client_secret),
         )
-        sink = GenesysSink(config)
-        sink.http._transport = httpx.MockTransport(lambda request: httpx.Response(202))
-        telemetry.instrument_sink(sink)
-        conversation, communication, integration = (
-            "0f8fad5b-d9cb-469f-a165-70867728950e",
-            "7c9e6679-7425-40de-944b-e07fc1f90ae7",
-            "16fd2706-8baf-433b-82eb-8c7fada847da",
-        )
-        await sink.http.post(config.token_url)
-        await sink.http.patch(config.session_url("s-1"))
-        await sink.http.post(config.agent_typing_url(conversation, communication))
-        await sink.http.post(config.open_event_url(integration))
-        await sink.aclose()
-        assert telemetry.genesys_calls == {
-            ("POST", 202, "token"): 1,
-            ("PATCH", 202, "session"): 1,
-            ("POST", 202, "typing"): 2,
+        async with GenesysSink(config) as sink:
+            telemetry.instrument_sink(sink)
+            assert (await sink.apply("s-1", shown)).ok
+            assert (await sink.agent_typing(conversation, communication, 4000)).ok
+            typing = await sink.open_messaging_typing(integration, "c-1", "Email", None, 4000)
+            assert typing.ok
+        # the service's own count of what it answered, each route's operation by DESIGN §2b
+        messages = "POST /api/v2/conversations/messages"
+        operations = {
+            "POST /oauth/token": "token",
+            "GET /api/v2/webchat/sessions/{sessionId}": "session",
+            "PATCH /api/v2/webchat/sessions/{sessionId}": "session",
+            f"{messages}/{{conversationId}}/communications/{{communicationId}}/typing": "typing",
+            f"{messages}/{{integrationId}}/inbound/open/event": "typing",
         }
+        answered: Counter[tuple[str, str | int, str]] = Counter()
+        for route, statuses in emulator.stats()["by_route"].items():
+            for status, count in statuses.items():
+                answered[(route.split(" ")[0], int(status), operations[route])] += count
+        assert sum(answered.values()) == 5  # the login, a GET, a PATCH and both typing calls
+        assert telemetry.genesys_calls == answered
     finally:
         telemetry.shutdown()
 
