@@ -998,9 +998,16 @@ def test_an_otlp_client_certificate_with_its_key_passes(
     monkeypatch: pytest.MonkeyPatch, client_pair: tuple[Path, Path, Path], env: dict[str, str]
 ) -> None:
     certificate, key, both = client_pair
-    for name, value in env.items():
-        monkeypatch.setenv(name, value.format(certificate=certificate, key=key, both=both))
-    load_otel()
+    given = {
+        name: value.format(certificate=certificate, key=key, both=both)
+        for name, value in env.items()
+    }
+    for name, value in given.items():
+        monkeypatch.setenv(name, value)
+    loaded = load_otel()
+    assert {
+        name: str(getattr(loaded, name.removeprefix("OTEL_").lower())) for name in given
+    } == given
 
 
 def test_an_otlp_credential_provider_installed_passes(
