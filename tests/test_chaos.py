@@ -57,18 +57,34 @@ def shown(emulator: EmulatorHandle, session_id: str) -> bool:
     return emulator.session(session_id)["customAttributes"].get("typingIndicator") is not None
 
 
-async def traffic(producer: Producer, seconds: float, sent: list[dict[str, Any]]) -> None:
-    """Bursts of typing with stops, over every session, until `seconds` have passed."""
+async def traffic(producer: Producer, done: asyncio.Event, sent: list[dict[str, Any]]) -> None:
+    """Bursts of typing with stops, over every session, until `done` is set."""
     rng = random.Random(1125)
-    loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
-    while loop.time() < end:
+    while not done.is_set():
         for session_id in rng.sample(SESSIONS, 8):
             status = rng.choices(["typing", "stopped"], weights=[4, 1])[0]
             event = typing_event(session_id, status, timeout_ms=TIMEOUT_MS)
             await producer.send(event)
             sent.append(event)
         await asyncio.sleep(0.25)  # pacing the traffic, not synchronisation
+
+
+def answered(emulator: EmulatorHandle) -> int:
+    """The calls to the service's API the emulator has answered so far."""
+    return sum(
+        count
+        for route, statuses in emulator.stats()["by_route"].items()
+        if route.split(" ", 1)[1].startswith("/api/")
+        for count in statuses.values()
+    )
+
+
+async def at_work(emulator: EmulatorHandle, calls: int, what: str) -> None:
+    """Until `calls` more calls have been answered: the scenario's next step comes while
+    the replicas work the traffic, however slow the machine (in a set time, a loaded
+    machine may have made none)."""
+    before = answered(emulator)
+    await eventually(lambda: answered(emulator) >= before + calls, 60, what)
 
 
 async def test_replicas_join_stop_and_die_without_losing_a_record(
@@ -85,20 +101,30 @@ async def test_replicas_join_stop_and_die_without_losing_a_record(
     first = spawn(processes, env, tmp_path / "first.log")
     await eventually(lambda: "spending 4/4" in first.log_text(), 60, "first replica owns all")
     sent: list[dict[str, Any]] = []
+    done = asyncio.Event()
     async with Producer(env["KAFKA_BOOTSTRAP_SERVERS"], env["TYPING_INPUT_TOPIC"]) as producer:
-        flow = asyncio.create_task(traffic(producer, 24.0, sent))
-        await asyncio.sleep(4)  # let the traffic run before each step (pacing the scenario)
-        second = spawn(processes, env, tmp_path / "second.log")
-        await eventually(lambda: "spending 2/4" in second.log_text(), 60, "second replica joined")
-        third = spawn(processes, env, tmp_path / "third.log")
-        await asyncio.sleep(3)
-        assert await asyncio.to_thread(first.terminate) == 0  # SIGTERM: drain, commit, leave
-        await eventually(
-            lambda: sum(owned(p) for p in (second, third)) == 4, 60, "the survivors own all"
-        )
-        await asyncio.sleep(2)
-        second.kill()  # SIGKILL with calls in flight: no flush, no commit, no leave
-        await flow
+        flow = asyncio.create_task(traffic(producer, done, sent))
+        try:
+            await at_work(emulator, 20, "the first replica at work")
+            second = spawn(processes, env, tmp_path / "second.log")
+            await eventually(
+                lambda: "spending 2/4" in second.log_text(), 60, "second replica joined"
+            )
+            third = spawn(processes, env, tmp_path / "third.log")
+            await eventually(lambda: owned(third) > 0, 60, "third replica joined")
+            await at_work(emulator, 10, "the three replicas at work")
+            assert await asyncio.to_thread(first.terminate) == 0  # SIGTERM: drain, commit, leave
+            await eventually(
+                lambda: sum(owned(p) for p in (second, third)) == 4, 60, "the survivors own all"
+            )
+            await at_work(emulator, 10, "the survivors at work")
+            second.kill()  # SIGKILL with calls in flight: no flush, no commit, no leave
+            # the traffic goes on until the last one has taken the dead one's partitions
+            await eventually(lambda: owned(third) == 4, 60, "the last replica owns all")
+            await at_work(emulator, 10, "the last replica at work")
+        finally:
+            done.set()
+            await flow
     await assert_nothing_lost(bootstrap_servers, emulator, env, sent)
 
 
@@ -120,21 +146,28 @@ async def test_a_replica_paused_past_its_session_returns_without_repeating_or_lo
     second = spawn(processes, env, tmp_path / "second.log")
     await eventually(lambda: owned(first) == owned(second) == 2, 60, "second replica joined")
     sent: list[dict[str, Any]] = []
+    done = asyncio.Event()
     async with Producer(env["KAFKA_BOOTSTRAP_SERVERS"], env["TYPING_INPUT_TOPIC"]) as producer:
-        flow = asyncio.create_task(traffic(producer, 30.0, sent))
-        await asyncio.sleep(4)  # let the traffic run before the pause (pacing the scenario)
-        assert second.process is not None
-        paused_at = len(second.log_text())
-        second.process.send_signal(signal.SIGSTOP)
+        flow = asyncio.create_task(traffic(producer, done, sent))
         try:
-            await eventually(lambda: owned(first) == 4, 60, "the partitions moved to first")
-            await asyncio.sleep(2)  # the first replica works them for a while
+            await at_work(emulator, 20, "both replicas at work before the pause")
+            assert second.process is not None
+            paused_at = len(second.log_text())
+            second.process.send_signal(signal.SIGSTOP)
+            try:
+                await eventually(lambda: owned(first) == 4, 60, "the partitions moved to first")
+                await at_work(emulator, 10, "the first replica working them")
+            finally:
+                second.process.send_signal(signal.SIGCONT)
+            await eventually(
+                lambda: "spending 2/4" in second.log_text()[paused_at:],
+                60,
+                "the paused one rejoined",
+            )
+            await at_work(emulator, 10, "both replicas at work again")
         finally:
-            second.process.send_signal(signal.SIGCONT)
-        await eventually(
-            lambda: "spending 2/4" in second.log_text()[paused_at:], 60, "the paused one rejoined"
-        )
-        await flow
+            done.set()
+            await flow
     await assert_nothing_lost(bootstrap_servers, emulator, env, sent)
 
 
