@@ -28,6 +28,8 @@ a worker killed while the endpoint holds a record, or delivers slowly, posts aga
 what it delivered since (on the fast path, one commit per batch).
 
 A lost cluster (also one down at start) is retried from the last commit, never fatal; a
+commit refused because the group rebalanced without the worker is not even a restart (the
+worker rejoins, and whoever owns a partition next delivers again from its commit); a
 DLQ whose `max.message.bytes` the cluster reports below the largest dead letter stops
 start-up (`TopicError`), as it stops `run`'s, and so does, with `TYPING_CREATE_TOPICS`
 off, a CRM topic or DLQ that does not exist. A
@@ -63,7 +65,7 @@ from aiokafka import (
     ConsumerRecord,
     TopicPartition,
 )
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CommitFailedError, KafkaError
 from opentelemetry import context as otel_context
 from pydantic import SecretStr, ValidationError
 
@@ -475,12 +477,29 @@ class CrmWebhookWorker:
                 del self._partitions[tp]
 
     async def _commit(self, consumer: AIOKafkaConsumer, owned: set[TopicPartition]) -> None:
-        """Commit what was delivered of the partitions in `owned`."""
+        """Commit what was delivered of the partitions in `owned`.
+
+        A commit the group refuses because it rebalanced without this member
+        (`CommitFailedError`) is not the cluster's trouble: only logged, never a restart,
+        which in a rolling update would make every member rejoin and rebalance the group
+        again. The client rejoins at once, and the revocation that comes first hands every
+        partition over (`_hand_over`): what was delivered of a partition is dropped there
+        uncommitted, and whoever owns it next (this worker again, or another) delivers it
+        again from the last commit."""
         offsets = {tp: end for tp, end in self._delivered.items() if tp in owned}
-        if offsets:
+        if not offsets:
+            return
+        try:
             await consumer.commit(offsets)
-            for tp in offsets:
-                self._delivered.pop(tp, None)
+        except CommitFailedError:
+            log.warning(
+                "commit of delivered CRM records of %s refused: the group rebalanced without"
+                " this member, which rejoins (whoever owns them next delivers them again)",
+                ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(offsets)),
+            )
+            return
+        for tp in offsets:
+            self._delivered.pop(tp, None)
 
     async def _hand_over(self, consumer: AIOKafkaConsumer, revoked: list[TopicPartition]) -> None:
         """A rebalance takes `revoked` away (and may give some back): their delivery stops

@@ -886,6 +886,68 @@ async def test_a_partition_revoked_mid_delivery_moves_on_where_delivery_stopped(
     assert first.counters.restarts == second.counters.restarts == 0
 
 
+async def test_a_commit_refused_by_a_group_that_moved_on_restarts_nothing(
+    bootstrap_servers: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A commit the group refuses because it rebalanced without the worker
+    (`CommitFailedError`) is not fatal: the worker does not restart, which in a rolling
+    update would rebalance the group again; it rejoins, and delivers again from the last
+    commit what it delivered since (at least once), and on. The worker is put behind its
+    group's generation in its client (nothing the clients' API does on demand), so that
+    the broker refuses its next commit as it refuses a member the group moved on from."""
+    accepted: list[str] = []
+    behind: list[int] = []
+    worker: CrmWebhookWorker | None = None
+
+    async def hook(request: Request) -> Response:
+        event_id = orjson.loads(await request.body())["event_id"]
+        if event_id == "a-3" and not behind:  # the last of partition 0's batch: its commit next
+            assert worker is not None
+            assert worker._consumer is not None
+            coordinator = worker._consumer._coordinator
+            coordinator.generation += 7
+            behind.append(coordinator.generation)
+        accepted.append(event_id)
+        return Response(status_code=204)
+
+    topic = await new_topic(bootstrap_servers, "hook-refused", 2)
+
+    async def send(versions: range) -> None:
+        for version in versions:
+            for partition, session in enumerate(("a", "b")):
+                value = orjson.dumps(record(session, version))
+                await producer.send_and_wait(
+                    topic, value, key=session.encode(), partition=partition
+                )
+
+    async def committed() -> bool:
+        return all([await webhook_committed(bootstrap_servers, typing, p) == 5 for p in (0, 1)])
+
+    typing = TypingSettings(group_id=f"{topic}-group", crm_topic=topic)
+    kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
+    async with (
+        serving(hook) as url,
+        AIOKafkaProducer(bootstrap_servers=bootstrap_servers) as producer,
+    ):
+        await send(range(1, 4))
+        worker = CrmWebhookWorker(kafka, typing, WebhookConfig(url=url))
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            with caplog.at_level(logging.WARNING):
+                await eventually(lambda: bool(behind), 60, "the worker behind its group")
+                await send(range(4, 6))
+                await eventually(committed, 60, "both partitions delivered and committed")
+        finally:
+            stop.set()
+            await task
+    assert worker.counters.restarts == 0
+    refusals = [r for r in caplog.records if "IllegalGenerationError" in r.getMessage()]
+    assert refusals, "the broker refused no commit"
+    everything = {f"{session}-{version}" for session in "ab" for version in range(1, 6)}
+    assert set(accepted) == everything
+
+
 async def crm_topic(bootstrap_servers: str, records: list[dict[str, object]]) -> TypingSettings:
     """A fresh CRM-sync topic holding `records`, and the settings that name it."""
     prefix = uuid.uuid4().hex[:8]
