@@ -419,14 +419,8 @@ class CrmWebhookWorker:
                     await self._set_aside_undecodable(consumer, exc, stop, dead_letters)
                     continue
                 for tp, records in batch.items():
-                    # not fetched again until delivered: one batch of a partition at a time
-                    consumer.pause(tp)
-                    # known at once, so that a revocation before the task starts stops it
                     partition = self._partitions[tp] = _Partition(self._clock.now_ms())
-                    delivery = self._deliver_batch(
-                        consumer, records, stop, dead_letters, partition, self._tasks.get(tp)
-                    )
-                    self._tasks[tp] = asyncio.create_task(delivery)
+                    self._launch(consumer, tp, [records], stop, dead_letters, partition)
             await asyncio.gather(*self._tasks.values())
             await self._commit(consumer, consumer.assignment())
         finally:
@@ -446,28 +440,54 @@ class CrmWebhookWorker:
                 del self._tasks[tp]
                 task.result()
 
+    def _launch(
+        self,
+        consumer: AIOKafkaConsumer,
+        tp: TopicPartition,
+        items: list[list[ConsumerRecord[bytes, bytes]] | Undecodable],
+        stop: asyncio.Event,
+        dead_letters: AIOKafkaProducer,
+        partition: _Partition,
+    ) -> None:
+        """Pause `tp` and deliver its `items` by a task of its own (`_deliver_batch`);
+        `partition` is known in `_partitions` already, so that a revocation before the task
+        starts stops it."""
+        # not fetched again until delivered: one batch of a partition at a time
+        consumer.pause(tp)
+        delivery = self._deliver_batch(
+            consumer, tp, items, stop, dead_letters, partition, self._tasks.get(tp)
+        )
+        self._tasks[tp] = asyncio.create_task(delivery)
+
     async def _deliver_batch(
         self,
         consumer: AIOKafkaConsumer,
-        records: list[ConsumerRecord[bytes, bytes]],
+        tp: TopicPartition,
+        items: list[list[ConsumerRecord[bytes, bytes]] | Undecodable],
         stop: asyncio.Event,
         dead_letters: AIOKafkaProducer,
         partition: _Partition,
         earlier: asyncio.Task[None] | None,
     ) -> None:
-        """Deliver `records` of one paused partition, commit them and resume it, unless
-        stopped or revoked first (what was delivered is then committed by the stop, or
-        handed over). `earlier`: the partition's previous delivery, revoked and given it
-        back since, which may still be ending: waited for (and its failure raised), never
-        two POSTs of a partition at once."""
-        tp = TopicPartition(records[0].topic, records[0].partition)
+        """Deliver the `items` of paused `tp` in order (runs of records, and records the
+        client could not decode, set aside on the DLQ), commit after each and resume it,
+        unless stopped or revoked first (what was delivered is then committed by the stop,
+        or handed over). `earlier`: the partition's previous delivery, revoked and given
+        it back since, which may still be ending: waited for (and its failure raised),
+        never two POSTs of a partition at once."""
         try:
             if earlier is not None:
                 await earlier
-            await self._deliver_all(consumer, records, stop, dead_letters, partition)
-            if stop.is_set() or partition.revoked.is_set():
-                return
-            await self._commit(consumer, {tp})
+            for item in items:
+                if stop.is_set() or partition.revoked.is_set():
+                    return
+                if isinstance(item, Undecodable):
+                    await self._set_aside(tp, item, dead_letters, partition)
+                else:
+                    await self._deliver_all(consumer, item, stop, dead_letters, partition)
+                if stop.is_set() or partition.revoked.is_set():
+                    return
+                await self._commit(consumer, {tp})
             # a revocation during the commit may have given the partition back to a newer
             # delivery, which resumes it itself once its records are delivered
             if tp in consumer.assignment() and not partition.revoked.is_set():
@@ -475,6 +495,24 @@ class CrmWebhookWorker:
         finally:
             if self._partitions.get(tp) is partition:
                 del self._partitions[tp]
+
+    async def _set_aside(
+        self,
+        tp: TopicPartition,
+        item: Undecodable,
+        dead_letters: AIOKafkaProducer,
+        partition: _Partition,
+    ) -> None:
+        """Put a record the client could not decode on the DLQ, and note it as delivered:
+        committed past, it is set aside once, not again after a restart."""
+        partition.idle.clear()
+        try:
+            await self._dead_letter(
+                item.record, DlqReason.UNDECODABLE_RECORD, item.detail, dead_letters
+            )
+            self._delivered[tp] = item.offset + 1
+        finally:
+            partition.idle.set()
 
     async def _commit(self, consumer: AIOKafkaConsumer, owned: set[TopicPartition]) -> None:
         """Commit what was delivered of the partitions in `owned`.
@@ -541,49 +579,40 @@ class CrmWebhookWorker:
     ) -> None:
         """A fetch raised on a record the client cannot decode (`is_undecodable`). Each
         partition goes back to its commit (the fetch may have skipped records it never
-        returned) and is read record by record: what can be read is delivered, what
-        cannot goes to the DLQ, each committed as it goes (see `runtime.undecodable`)."""
+        returned) and is read record by record (see `runtime.undecodable`); what was read
+        of a partition is then delivered by a task of its own, as a fetched batch is: what
+        can be read posted, what cannot put on the DLQ, each committed as it goes. Only
+        the reading holds the fetches, never a POST: a record the endpoint holds on one
+        partition holds no other."""
         log.warning(
             "a fetch failed on a record the client cannot decode (%r); reading past it", exc
         )
         # every partition from its commit (Kafka's errors propagate: `run` restarts)
         owned = sorted(consumer.assignment() - consumer.paused())
-        # known for the whole search, not one run at a time: a partition revoked between
-        # two runs (or during the run of another) is read no further, or its next runs
-        # would be posted, and committed past the record its revocation stopped at
+        # known for the whole search: a partition revoked meanwhile (perhaps given back) is
+        # read no further, and what was read of it is not delivered (its next owner reads
+        # it again from the commit)
         searched = {tp: _Partition(self._clock.now_ms()) for tp in owned}
         self._partitions.update(searched)
-        search = read_past_undecodable(
-            consumer,
-            self._kafka,
-            dict.fromkeys(owned, None),
-            lambda tp: not searched[tp].revoked.is_set(),
-        )
+        read: dict[TopicPartition, list[list[ConsumerRecord[bytes, bytes]] | Undecodable]] = {}
         try:
+            search = read_past_undecodable(
+                consumer,
+                self._kafka,
+                dict.fromkeys(owned, None),
+                lambda tp: not searched[tp].revoked.is_set(),
+            )
             async with aclosing(search):
                 async for tp, item in search:
-                    partition = searched[tp]
-                    if partition.revoked.is_set():
-                        return  # its next owner reads on from the commit
-                    end: int | None
-                    if isinstance(item, Undecodable):
-                        partition.idle.clear()
-                        try:
-                            await self._dead_letter(
-                                item.record, DlqReason.UNDECODABLE_RECORD, item.detail, dead_letters
-                            )
-                            # committed past it: set aside once, not again after a restart
-                            end = self._delivered[tp] = item.offset + 1
-                        finally:
-                            partition.idle.set()
-                    else:
-                        end = await self._deliver_all(consumer, item, stop, dead_letters, partition)
-                    if end is None or partition.revoked.is_set():
-                        return  # stopping, or the partition was revoked
-                    await self._commit(consumer, {tp})
+                    read.setdefault(tp, []).append(item)
+        except BaseException:
+            read.clear()  # the cluster's trouble: `run` restarts from the commits
+            raise
         finally:
             for tp, partition in searched.items():
-                if self._partitions.get(tp) is partition:
+                if tp in read and not partition.revoked.is_set():
+                    self._launch(consumer, tp, read[tp], stop, dead_letters, partition)
+                elif self._partitions.get(tp) is partition:
                     del self._partitions[tp]
 
     async def _deliver_all(
@@ -593,12 +622,10 @@ class CrmWebhookWorker:
         stop: asyncio.Event,
         dead_letters: AIOKafkaProducer,
         partition: _Partition,
-    ) -> int | None:
+    ) -> None:
         """Deliver `records` (of one partition) in order, noting each in `_delivered`, and
         committing what was delivered once `TYPING_COMMIT_INTERVAL_MS` has passed since the
-        last commit (a slow endpoint); the offset after the last one delivered (None when
-        stopping, or the partition's revocation, came first)."""
-        end = None
+        last commit (a slow endpoint), until stopped or revoked."""
         interval_ms = self._typing.commit_interval_ms
         for record in records:
             tp = TopicPartition(record.topic, record.partition)
@@ -608,12 +635,11 @@ class CrmWebhookWorker:
             try:
                 if not await self._deliver(consumer, record, stop, dead_letters, partition):
                     break  # stopping, or revoked: leave the rest uncommitted
-                end = self._delivered[tp] = record.offset + 1
+                self._delivered[tp] = record.offset + 1
             finally:
                 partition.idle.set()
             if self._clock.now_ms() - partition.committed_ms >= interval_ms:
                 await self._commit_progress(consumer, tp, partition)
-        return end
 
     async def _commit_progress(
         self, consumer: AIOKafkaConsumer, tp: TopicPartition, partition: _Partition

@@ -1390,6 +1390,61 @@ async def test_a_partition_revoked_while_reading_past_an_undecodable_record_is_r
     assert accepted.index(2) < accepted.index(4), accepted
 
 
+async def test_a_record_held_while_reading_past_an_undecodable_one_holds_no_other_partition(
+    bootstrap_servers: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The endpoint answers 409 to a record the worker reads record by record, past one the
+    client cannot decode: as in a fetched batch, that partition alone is held, and the
+    other partition's records, written after the hold began, are delivered and committed
+    meanwhile. Once the endpoint accepts, the held partition goes on past the record set
+    aside."""
+    fixed = asyncio.Event()
+    accepted: list[str] = []
+
+    async def hook(request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        if body["session_id"] == "held" and not fixed.is_set():
+            return Response(status_code=409)
+        accepted.append(body["event_id"])
+        return Response(status_code=204)
+
+    allow_undecodable_headers(monkeypatch)
+    topic = await new_topic(bootstrap_servers, "hook-search-apart", 2)
+    typing = TypingSettings(group_id=f"{topic}-group", crm_topic=topic, dlq_topic=f"{topic}.dlq")
+    kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
+    async with (
+        serving(hook) as url,
+        AIOKafkaProducer(bootstrap_servers=bootstrap_servers) as producer,
+    ):
+        for version in (1, 2, 3):  # 2: undecodable
+            headers = [(NotUtf8("trace"), b"x")] if version == 2 else []
+            value = orjson.dumps(record("held", version))
+            await producer.send_and_wait(topic, value, key=b"held", partition=0, headers=headers)
+        worker = CrmWebhookWorker(kafka, typing, WebhookConfig(url=url, max_backoff_s=0.05))
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            await eventually(lambda: worker.counters.retries >= 2, 60, "held-1 held")
+            for version in (1, 2, 3):
+                value = orjson.dumps(record("free", version))
+                await producer.send_and_wait(topic, value, key=b"free", partition=1)
+
+            async def committed() -> bool:
+                return await webhook_committed(bootstrap_servers, typing, 1) == 3
+
+            await eventually(committed, 30, "the other partition delivered and committed")
+            assert accepted == ["free-1", "free-2", "free-3"]
+            assert worker.held_s > 0  # still held at its record
+            fixed.set()
+            await eventually(lambda: "held-3" in accepted, 30, "the held partition going on")
+        finally:
+            stop.set()
+            await task
+    assert accepted[3:] == ["held-1", "held-3"]
+    assert worker.counters.dead_letters == 1
+    assert worker.counters.restarts == 0
+
+
 async def test_a_record_refused_during_a_hand_over_is_dead_lettered_once(
     bootstrap_servers: str, caplog: pytest.LogCaptureFixture
 ) -> None:
