@@ -106,6 +106,9 @@ _TRANSIENT_4XX = frozenset({408, 409, 425, 429})
 # How long a partition may be held at one record (a CRM outage) while this worker stays in
 # the group: a week.
 _HELD_FOR_MS = 7 * 24 * 3600 * 1000
+# How much longer than a POST's timeout a hand-over waits for the record in hand: the
+# dead letter of a record refused.
+_HAND_OVER_MARGIN_S = 1.0
 # Most of an answer's body read (no more is needed: the status says it all), and the longest
 # wait a `Retry-After` is followed for.
 _MAX_BODY = 64 * 1024
@@ -218,15 +221,17 @@ class _Partition:
     """The delivery of one partition's fetched records: `revoked` once a rebalance takes
     the partition away (its delivery stops after the record in hand), `idle` while none of
     its records is in hand (from its POST or dead letter until it is noted as delivered, so
-    that a hand-over commits past a record whose dead letter was written), and when what
+    that a hand-over commits past a record whose dead letter was written), `handed_over`
+    once the hand-over is done with it (nothing delivered is noted after), and when what
     was delivered of it was last committed (epoch ms; the delivery's start at first)."""
 
-    __slots__ = ("committed_ms", "idle", "revoked")
+    __slots__ = ("committed_ms", "handed_over", "idle", "revoked")
 
     def __init__(self, now_ms: int) -> None:
         self.revoked = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
+        self.handed_over = False
         self.committed_ms = now_ms
 
 
@@ -510,9 +515,17 @@ class CrmWebhookWorker:
             await self._dead_letter(
                 item.record, DlqReason.UNDECODABLE_RECORD, item.detail, dead_letters
             )
-            self._delivered[tp] = item.offset + 1
+            self._note_delivered(tp, partition, item.offset + 1)
         finally:
             partition.idle.set()
+
+    def _note_delivered(self, tp: TopicPartition, partition: _Partition, end: int) -> None:
+        """Note `end` as the offset to commit of `tp`, unless its hand-over gave up waiting
+        for the record and is over: that offset belongs to an assignment that ended, and
+        committed later (the partition given back) it would take back what its next owner
+        committed meanwhile."""
+        if not partition.handed_over:
+            self._delivered[tp] = end
 
     async def _commit(self, consumer: AIOKafkaConsumer, owned: set[TopicPartition]) -> None:
         """Commit what was delivered of the partitions in `owned`.
@@ -557,7 +570,7 @@ class CrmWebhookWorker:
         try:
             # the records in hand, if any: a POST at most its timeout (no retry follows a
             # revocation), or a dead letter's acknowledgement
-            async with asyncio.timeout(self._config.timeout_s + 1.0):
+            async with asyncio.timeout(self._config.timeout_s + _HAND_OVER_MARGIN_S):
                 for partition in ending:
                     await partition.idle.wait()
             await self._commit(consumer, gone)
@@ -567,6 +580,8 @@ class CrmWebhookWorker:
                 " owner delivers them again",
                 exc,
             )
+        for partition in ending:
+            partition.handed_over = True
         for tp in gone:
             self._delivered.pop(tp, None)
 
@@ -635,7 +650,7 @@ class CrmWebhookWorker:
             try:
                 if not await self._deliver(consumer, record, stop, dead_letters, partition):
                     break  # stopping, or revoked: leave the rest uncommitted
-                self._delivered[tp] = record.offset + 1
+                self._note_delivered(tp, partition, record.offset + 1)
             finally:
                 partition.idle.set()
             if self._clock.now_ms() - partition.committed_ms >= interval_ms:

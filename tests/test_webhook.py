@@ -1325,6 +1325,19 @@ async def test_a_record_held_on_one_partition_holds_no_other_partition(
             await group.stop()
 
 
+class Joined(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Another member of the worker's group: `assigned` once it has joined."""
+
+    def __init__(self) -> None:
+        self.assigned = asyncio.Event()
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.assigned.set()
+
+
 async def test_a_partition_revoked_while_reading_past_an_undecodable_record_is_read_no_further(
     bootstrap_servers: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1352,16 +1365,6 @@ async def test_a_partition_revoked_while_reading_past_an_undecodable_record_is_r
             headers = [(NotUtf8("trace"), b"x")] if version == 3 else []
             value = orjson.dumps(record("s", version))
             await producer.send_and_wait(topic, value, key=b"s", partition=0, headers=headers)
-
-    class Joined(ConsumerRebalanceListener):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self.assigned = asyncio.Event()
-
-        async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-            pass
-
-        async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-            self.assigned.set()
 
     async with serving(hook) as url:
         worker = CrmWebhookWorker(kafka, typing, WebhookConfig(url=url, max_backoff_s=0.05))
@@ -1470,16 +1473,6 @@ async def test_a_record_refused_during_a_hand_over_is_dead_lettered_once(
             value = orjson.dumps(record("ho", version))
             await producer.send_and_wait(topic, value, key=b"ho", partition=0)
 
-    class Joined(ConsumerRebalanceListener):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self.assigned = asyncio.Event()
-
-        async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-            pass
-
-        async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-            self.assigned.set()
-
     def handing_over() -> bool:
         return any("CRM partitions revoked" in r.getMessage() for r in caplog.records)
 
@@ -1513,6 +1506,65 @@ async def test_a_record_refused_during_a_hand_over_is_dead_lettered_once(
     letters = await read_dead_letters(bootstrap_servers, typing.dlq_topic)
     assert [(x.reason, x.offset) for x in letters] == [(DlqReason.CRM_REFUSED, 0)]
     assert posts == [1, 2]
+
+
+async def test_a_record_delivered_after_its_hand_over_gave_up_is_not_committed_later(
+    bootstrap_servers: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebalance takes a partition away while its record in hand outlasts the hand-over's
+    wait (here a POST, the wait cut short; else a dead letter slower than its margin, which
+    the local broker cannot be made to be). The record's delivery, noted once the hand-over
+    has given up, belongs to the assignment that ended: the worker, given the partition
+    back, does not commit it over what its next owner committed meanwhile."""
+    monkeypatch.setattr("processor.webhook._HAND_OVER_MARGIN_S", 0.2 - 30.0)  # wait 0.2 s
+    release = asyncio.Event()
+    posts: list[int] = []
+
+    async def hook(request: Request) -> Response:
+        posts.append(int(orjson.loads(await request.body())["version"]))
+        await release.wait()
+        return Response(status_code=204)
+
+    topic = await new_topic(bootstrap_servers, "hook-late", 1)
+    tp = TopicPartition(topic, 0)
+    typing = TypingSettings(group_id=f"{topic}-group", crm_topic=topic, dlq_topic=f"{topic}.dlq")
+    async with AIOKafkaProducer(bootstrap_servers=bootstrap_servers) as producer:
+        for version in (1, 2, 3):
+            value = orjson.dumps(record("late", version))
+            await producer.send_and_wait(topic, value, key=b"late", partition=0)
+    kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
+    async with serving(hook) as url:
+        worker = CrmWebhookWorker(kafka, typing, WebhookConfig(url=url, timeout_s=30.0))
+
+        def owns_it() -> bool:
+            consumer = worker._consumer
+            return consumer is not None and tp in consumer.assignment()
+
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            await eventually(lambda: posts == [1], 60, "the first record's post out")
+            other = AIOKafkaConsumer(
+                bootstrap_servers=bootstrap_servers, group_id=f"{typing.group_id}-crm-webhook"
+            )
+            joined = Joined()
+            await other.start()
+            try:
+                other.subscribe([topic], listener=joined)
+                # the group's new generation: the worker's hand-over has given up by then
+                async with asyncio.timeout(60):
+                    await joined.assigned.wait()
+                await other.commit({tp: 3})  # the next owner delivered all three
+                release.set()
+                await eventually(lambda: worker.counters.delivered == 1, 30, "the late record")
+            finally:
+                await other.stop()  # the worker owns the partition again
+            await eventually(owns_it, 60, "the partition back with the worker")
+        finally:
+            release.set()
+            stop.set()
+            await task
+    assert await webhook_committed(bootstrap_servers, typing, 0) == 3
 
 
 # ---------------------------------------------------------------- traces
