@@ -176,14 +176,26 @@ def _is_url(name: str) -> bool:
     return name.endswith(("_url", "_endpoint"))
 
 
+# The settings whose URL's path is masked too (`redacted_endpoint`).
+_ENDPOINTS = frozenset({"crm_webhook_url"})
+
+
+def _shown_url(name: str, url: str) -> str:
+    """The URL of the setting `name` as `config` and reprs show it."""
+    return redacted_endpoint(url) if name in _ENDPOINTS else redacted_url(url)
+
+
 class _Settings(BaseSettings):
     """A settings group whose repr masks the credentials of its URLs (userinfo, query
-    values) as `config` shows them: a repr lands in logs and tracebacks."""
+    values, the CRM endpoint's path) as `config` shows them: a repr lands in logs and
+    tracebacks."""
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
-            masked = isinstance(value, str) and name is not None and _is_url(name)
-            yield name, redacted_url(value) if masked else value
+            if isinstance(value, str) and name is not None and _is_url(name):
+                yield name, _shown_url(name, value)
+            else:
+                yield name, value
 
 
 def _settings_config(prefix: str) -> SettingsConfigDict:
@@ -358,6 +370,24 @@ def redacted_url(url: str) -> str:
         netloc = f"{_MASK}@{netloc.rpartition('@')[2]}"
     query, fragment = (_masked_items(text) for text in (parts.query, parts.fragment))
     return urlunsplit(parts._replace(netloc=netloc, query=query, fragment=fragment))
+
+
+def redacted_endpoint(url: str) -> str:
+    """`url`, the CRM endpoint's, as `redacted_url` shows it and its path, unless empty or
+    `/`, as `/**********` (`masked_path`): the scheme, host and port name the endpoint."""
+    shown = redacted_url(url)
+    if shown == _MASK:
+        return shown
+    parts = urlsplit(shown)
+    return urlunsplit(parts._replace(path=masked_path(parts.path)))
+
+
+def masked_path(path: str, mask: str = _MASK) -> str:
+    """`path` of the CRM endpoint's URL as it is shown (`config`, reprs, spans, logs): `/` +
+    `mask` unless it is empty or `/`. A webhook URL is often its own credential, the secret
+    a segment of its path (Slack's `/services/T0/B0/<secret>`, Microsoft Teams', Zapier's),
+    and nothing tells such a segment from a plain one: the whole path is masked."""
+    return path if path in ("", "/") else f"/{mask}"
 
 
 def _masked_items(text: str) -> str:
@@ -1097,7 +1127,7 @@ def describe_settings(settings: Settings) -> list[tuple[str, str]]:
             if isinstance(value, SecretStr):
                 shown = _MASK
             elif _is_url(name) and value is not None:
-                shown = redacted_url(value)
+                shown = _shown_url(name, value)
             elif isinstance(value, BaseModel):
                 shown = value.model_dump_json()
             else:

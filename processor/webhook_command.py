@@ -14,7 +14,7 @@ from processor.runtime.abandoned import report_abandoned_kafka_work
 from processor.runtime.command import observability
 from processor.runtime.kafka import TopicError
 from processor.runtime.tlscheck import check_tls
-from processor.settings import KafkaSettings, TypingSettings
+from processor.settings import KafkaSettings, TypingSettings, redacted_endpoint
 from processor.stopsignals import take_stop_request
 from processor.telemetry import Telemetry
 from processor.telemetry.webhook import instrument_webhook
@@ -50,6 +50,12 @@ async def run_webhook(
     worker = CrmWebhookWorker(kafka, typing, config, telemetry=telemetry)
     instrument_webhook(telemetry, worker)
     report_abandoned_kafka_work(loop)
+    # the endpoint named, never its credential (its path may be one)
+    log.info(
+        "delivering the records of %s to the CRM endpoint %s",
+        typing.crm_topic,
+        redacted_endpoint(url),
+    )
     try:
         async with observability(telemetry, typing.http_port, readiness=worker.readiness):
             await worker.run(stop)

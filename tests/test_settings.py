@@ -519,7 +519,7 @@ def test_a_credential_in_a_url_is_never_in_a_repr(monkeypatch: pytest.MonkeyPatc
     settings, otel = load_settings(), load_otel()
     for shown in (repr(settings), str(settings), repr(otel), str(otel)):
         assert SECRET not in shown
-    masked = "crm_webhook_url='https://**********@crm.example.com/hook?sig=**********'"
+    masked = "crm_webhook_url='https://**********@crm.example.com/**********?sig=**********'"
     assert masked in repr(settings)
     assert settings.typing.crm_webhook_url == crm_url  # used whole
 
@@ -790,11 +790,11 @@ def test_a_webhook_url_credential_is_masked_and_never_in_an_error(
         "TYPING_CRM_WEBHOOK_URL", "https://crm:s3cret@crm.example.com:8443/h?token=t0k"
     )
     shown = dict(describe_settings(load_settings()))["TYPING_CRM_WEBHOOK_URL"]
-    assert shown == "https://**********@crm.example.com:8443/h?token=**********"
+    assert shown == "https://**********@crm.example.com:8443/**********?token=**********"
     # a token alone before the `@`, or as a query item with no `=`
     monkeypatch.setenv("TYPING_CRM_WEBHOOK_URL", "https://t0k3n@crm.example.com/h?k3y&a=1")
     shown = dict(describe_settings(load_settings()))["TYPING_CRM_WEBHOOK_URL"]
-    assert shown == "https://**********@crm.example.com/h?**********&a=**********"
+    assert shown == "https://**********@crm.example.com/**********?**********&a=**********"
     assert "s3cret" not in repr(WebhookConfig(url=load_typing().crm_webhook_url or ""))
     for shown in (repr(load_typing()), str(load_settings())):  # a traceback's locals, a log
         assert "t0k3n" not in shown
@@ -802,7 +802,16 @@ def test_a_webhook_url_credential_is_masked_and_never_in_an_error(
     # a token in the fragment, as OAuth's implicit grant puts it there
     monkeypatch.setenv("TYPING_CRM_WEBHOOK_URL", "https://crm.example.com/h#access_token=t0k")
     shown = dict(describe_settings(load_settings()))["TYPING_CRM_WEBHOOK_URL"]
-    assert shown == "https://crm.example.com/h#access_token=**********"
+    assert shown == "https://crm.example.com/**********#access_token=**********"
+    # a Slack-style URL, its credential a segment of its path: only the origin is shown
+    monkeypatch.setenv("TYPING_CRM_WEBHOOK_URL", "https://hooks.example.com/services/T0/p4th")
+    shown = dict(describe_settings(load_settings()))["TYPING_CRM_WEBHOOK_URL"]
+    assert shown == "https://hooks.example.com/**********"
+    assert "p4th" not in repr(load_typing())
+    monkeypatch.setenv("TYPING_CRM_WEBHOOK_URL", "https://crm.example.com/")
+    assert dict(describe_settings(load_settings()))["TYPING_CRM_WEBHOOK_URL"] == (
+        "https://crm.example.com/"
+    )
     monkeypatch.setenv("TYPING_CRM_WEBHOOK_URL", "ftp://crm:s3cret@crm.example.com/h")
     with pytest.raises(ConfigError) as caught:
         load_typing()

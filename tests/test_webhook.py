@@ -116,15 +116,17 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
 
 
 @contextlib.asynccontextmanager
-async def serving(hook: Callable[[Request], Awaitable[Response]]) -> AsyncIterator[str]:
-    """A CRM endpoint answering with `hook`, on loopback; its URL."""
+async def serving(
+    hook: Callable[[Request], Awaitable[Response]], path: str = "/hook"
+) -> AsyncIterator[str]:
+    """A CRM endpoint answering with `hook` at `path`, on loopback; its URL."""
     port = free_port()
-    app = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+    app = Starlette(routes=[Route(path, hook, methods=["POST"])])
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     task = asyncio.create_task(server.serve())
     await eventually(lambda: server.started, 10, "the CRM endpoint listening")
     try:
-        yield f"http://127.0.0.1:{port}/hook"
+        yield f"http://127.0.0.1:{port}{path}"
     finally:
         server.should_exit = True
         server.force_exit = True
@@ -1717,7 +1719,7 @@ async def test_a_refused_record_says_so_on_its_span_and_no_span_holds_a_secret(
         (post.context.trace_id, post.context.span_id) for post in posts
     ]
     assert {(post.attributes or {})["url.full"] for post in posts} == {
-        url.replace("//", "//REDACTED:REDACTED@")
+        url.replace("//", "//REDACTED:REDACTED@").replace("/hook", "/REDACTED")
     }
     shown = repr(
         [
@@ -1731,6 +1733,97 @@ async def test_a_refused_record_says_so_on_its_span_and_no_span_holds_a_secret(
         ]
     )
     assert not [secret for secret in SECRETS if secret in shown]
+
+
+# A Slack-style endpoint: its credential is the last segment of its path.
+PATH_SECRET = "p4th-s3cret"
+CAPABILITY_PATH = f"/services/T0/B0/{PATH_SECRET}"
+
+
+async def test_a_credential_in_the_endpoint_s_path_is_in_no_span(
+    bootstrap_servers: str, telemetry: Telemetry, spans: InMemorySpanExporter
+) -> None:
+    """A POST's `url.full` names the endpoint by its scheme, host and port, its path masked
+    whole (nothing tells a secret segment from a plain one), the query dropped: no span holds
+    the credential, whether the endpoint answered (404, 503, 204) or not (nothing listens)."""
+    answers = [404, 503]
+
+    async def hook(request: Request) -> Response:
+        return Response(status_code=answers.pop(0) if answers else 204)
+
+    typing = await crm_topic(bootstrap_servers, [record("path-1", 1)])
+    kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
+    nothing_there = f"http://127.0.0.1:{free_port()}{CAPABILITY_PATH}"
+    down = CrmWebhookWorker(
+        kafka, typing, WebhookConfig(url=nothing_there, max_backoff_s=0), telemetry=telemetry
+    )
+    await deliver_until(down, lambda: down.counters.retries >= 1, "a POST without answer")
+    async with serving(hook, CAPABILITY_PATH) as url:
+        config = WebhookConfig(url=f"{url}?token=q-s3cret", max_backoff_s=0)
+        worker = CrmWebhookWorker(kafka, typing, config, telemetry=telemetry)
+        await deliver_until(worker, lambda: worker.counters.delivered == 1, "delivered")
+    posts = by_kind(spans, SpanKind.CLIENT)
+    statuses = [(post.attributes or {}).get("http.response.status_code") for post in posts]
+    assert statuses[-3:] == [404, 503, 204]
+    assert None in statuses  # the POSTs nothing answered
+    origin = url.removesuffix(CAPABILITY_PATH)
+    assert {(post.attributes or {})["url.full"] for post in posts[-3:]} == {f"{origin}/REDACTED"}
+    shown = repr(
+        [
+            (span.name, dict(span.attributes or {}), span.status.description)
+            for span in spans.get_finished_spans()
+        ]
+    )
+    assert PATH_SECRET not in shown
+    assert "q-s3cret" not in shown
+
+
+async def test_worker_process_never_shows_a_credential_in_the_endpoint_s_path(
+    bootstrap_servers: str, tmp_path: Path
+) -> None:
+    """The worker process names its endpoint at start-up without the credential its path
+    carries, and neither its log (at DEBUG, the HTTP clients' lines included: a 404's ERROR,
+    a 503's WARNING) nor `/readyz` (held, delivered) holds it."""
+    answers = [404, 503]
+    held = asyncio.Event()
+
+    async def hook(request: Request) -> Response:
+        if answers:
+            return Response(status_code=answers.pop(0))
+        await held.wait()  # /readyz asked while a record is held
+        return Response(status_code=204)
+
+    typing = await crm_topic(bootstrap_servers, [record("path-2", 1)])
+    async with serving(hook, CAPABILITY_PATH) as url:
+        env = worker_env(
+            bootstrap_servers, typing, f"{url}?token=q-s3cret", {"TYPING_LOG_LEVEL": "DEBUG"}
+        )
+        process = RunProcess(env, tmp_path / "webhook.log", command="crm-webhook")
+        process.start()
+        try:
+            port = await announced_port(process)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as ops:
+                answers_seen = [(await ops.get("/readyz")).text]
+                await eventually(lambda: not answers, 60, "the 404 and the 503 answered")
+                answers_seen.append((await ops.get("/readyz")).text)
+                held.set()
+                await eventually(
+                    lambda: "CRM delivery of path-2-1 failed (HTTP 503)" in process.log_text(),
+                    30,
+                    "the 503 logged",
+                )
+                answers_seen.append((await ops.get("/readyz")).text)
+            assert process.terminate(timeout_s=15) == 0
+        finally:
+            process.kill()
+            held.set()
+    log = process.log_text()
+    origin = url.removesuffix(CAPABILITY_PATH)
+    assert f"to the CRM endpoint {origin}/**********?token=" in log
+    assert "CRM endpoint answers HTTP 404" in log
+    for shown in (log, *answers_seen):
+        assert PATH_SECRET not in shown
+        assert "q-s3cret" not in shown
 
 
 async def test_a_post_without_an_answer_is_an_error_and_a_stop_gives_its_record_up(

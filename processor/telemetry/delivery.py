@@ -14,8 +14,10 @@ revoked or cancelled first: delivered again from the commit); the POSTs made
 DLQ's) is an error, its reason the description.
 
 No credential reaches a span: `url.full` keeps neither userinfo, query nor fragment (where a
-token may ride), no header is recorded (the `Authorization`), and an attempt that got no answer is
-described by its exception's class and its message with credentials masked.
+token may ride) and names the endpoint by its scheme, host and port, its path masked as
+`/REDACTED` (a webhook URL's path may be its credential: `settings.masked_path`); no header is
+recorded (the `Authorization`), and an attempt that got no answer is described by its
+exception's class and its message with credentials masked.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from opentelemetry.util.types import AttributeValue
 
 from processor import __version__
 from processor.logs import redact
+from processor.settings import masked_path
 
 from .core import Telemetry
 from .propagation import extract, inject_http
-from .sink import full_url
+from .sink import REDACTED, full_url
 from .tracing import OFFSET, PARTITION
 
 EVENT_ID = "typing.event_id"
@@ -49,7 +52,7 @@ class DeliveryTracing:
         # the same for every POST: built once
         self._post_attributes: dict[str, AttributeValue] = {
             "http.request.method": "POST",
-            "url.full": full_url(target),
+            "url.full": full_url(target.copy_with(path=masked_path(target.path, REDACTED))),
             "server.address": target.host,
         }
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .core import Telemetry
 
 _AttributeKey = tuple[str, str | int, str]
-_REDACTED = "REDACTED"  # what OpenTelemetry's HTTP conventions put for URL credentials
+REDACTED = "REDACTED"  # what OpenTelemetry's HTTP conventions put for URL credentials
 
 
 def full_url(url: httpx.URL) -> str:
@@ -37,7 +37,7 @@ def full_url(url: httpx.URL) -> str:
     if url.query or url.fragment:
         url = url.copy_with(query=None, fragment=None)
     if url.userinfo:
-        url = url.copy_with(username=_REDACTED, password=_REDACTED)
+        url = url.copy_with(username=REDACTED, password=REDACTED)
     return str(url)
 
 
