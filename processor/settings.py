@@ -291,12 +291,17 @@ class KafkaSettings(_Settings):
                 if not (_plain(value) or "").strip():
                     raise ValueError(f"{name}: must not be empty or blank with SASL")
         if self.ssl_cafile is not None:
-            if not self.ssl_cafile.is_file():
-                what = "a directory" if self.ssl_cafile.is_dir() else "no such file"
-                raise ValueError(f"ssl_cafile: {what}: {self.ssl_cafile}")
-            if (problem := _ca_bundle_problem(self.ssl_cafile)) is not None:
+            problem = _file_problem(self.ssl_cafile) or _ca_bundle_problem(self.ssl_cafile)
+            if problem is not None:
                 raise ValueError(f"ssl_cafile: {problem}")
         return self
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why `path` is no file (missing, a directory), or None."""
+    if path.is_file():
+        return None
+    return f"{'a directory' if path.is_dir() else 'no such file'}: {path}"
 
 
 def _ca_bundle_problem(path: Path) -> str | None:
@@ -595,15 +600,27 @@ class TypingSettings(_Settings):
     # for the POST out (and a second) within the group's 10 s rebalance timeout, hence at
     # most 8 s; a stop gives up on it after 3 s whatever this is (DESIGN §5's 10 s).
     crm_webhook_timeout_ms: int = Field(5000, ge=100, le=8000)
+    # TLS with the CRM endpoint: a PEM bundle of the CAs trusted instead of the default
+    # store (SSL_CERT_FILE, SSL_CERT_DIR, else certifi's), and a client certificate for
+    # mutual TLS, its unencrypted key in its own file or in the certificate's.
+    crm_webhook_ca_file: Path | None = None
+    crm_webhook_client_cert_file: Path | None = None
+    crm_webhook_client_key_file: Path | None = None
 
     @property
     def resolved_changelog_topic(self) -> str:
         """`<group>-state-changelog` unless set explicitly."""
         return self.changelog_topic or f"{self.group_id}-state-changelog"
 
-    @field_validator("audit_log_file", mode="before")
+    @field_validator(
+        "audit_log_file",
+        "crm_webhook_ca_file",
+        "crm_webhook_client_cert_file",
+        "crm_webhook_client_key_file",
+        mode="before",
+    )
     @classmethod
-    def _empty_audit_log_file_is_unset(cls, value: object) -> object:
+    def _empty_file_is_unset(cls, value: object) -> object:
         return _empty_path_is_unset(value)
 
     @field_validator("log_level")
@@ -642,6 +659,42 @@ class TypingSettings(_Settings):
                 "crm_webhook_authorization: set while TYPING_CRM_WEBHOOK_URL carries a"
                 " credential (user:password@): two credentials for one endpoint; keep one"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_crm_tls(self) -> Self:
+        # checked here, not at the first POST: a file the worker cannot load would fail every
+        # POST, each record held for ever
+        files = {
+            "crm_webhook_ca_file": self.crm_webhook_ca_file,
+            "crm_webhook_client_cert_file": self.crm_webhook_client_cert_file,
+            "crm_webhook_client_key_file": self.crm_webhook_client_key_file,
+        }
+        url = self.crm_webhook_url
+        for name, path in files.items():
+            if path is None:
+                continue
+            if url is not None and httpx.URL(url).scheme == "http":
+                raise ValueError(
+                    f"{name}: set while TYPING_CRM_WEBHOOK_URL is plain http, which uses no"
+                    f" TLS; use https, or unset TYPING_{name.upper()}"
+                )
+            if (problem := _file_problem(path)) is not None:
+                raise ValueError(f"{name}: {problem}")
+        ca_file = self.crm_webhook_ca_file
+        if ca_file is not None and (problem := _ca_bundle_problem(ca_file)) is not None:
+            raise ValueError(f"crm_webhook_ca_file: {problem}")
+        certificate, key = self.crm_webhook_client_cert_file, self.crm_webhook_client_key_file
+        if certificate is None:
+            if key is not None:
+                raise ValueError(
+                    "crm_webhook_client_key_file: a client key serves only with a certificate"
+                    " (TYPING_CRM_WEBHOOK_CLIENT_CERT_FILE)"
+                )
+        elif (problem := _client_certificate_problem(certificate, key)) is not None:
+            if key is None:  # the key is not in the certificate's file: where is it?
+                problem += "; set TYPING_CRM_WEBHOOK_CLIENT_KEY_FILE to its key's file"
+            raise ValueError(f"crm_webhook_client_cert_file: {problem}")
         return self
 
     @model_validator(mode="after")

@@ -9,6 +9,9 @@ offset is committed only after the endpoint accepted the record), and
 answers. With telemetry on, each record's delivery is a span continuing the record's
 `traceparent`, and each POST a span of its own whose `traceparent` the POST carries, so that
 the CRM continues the trace (`telemetry.delivery`).
+With https, the endpoint's certificate is verified against `TYPING_CRM_WEBHOOK_CA_FILE` if
+set (else the default store), and `TYPING_CRM_WEBHOOK_CLIENT_CERT_FILE` (and `_KEY_FILE`)
+presented for mutual TLS (`tls_context`).
 
 What the endpoint answers decides what becomes of a record (`_answer`): a 2xx is delivered;
 400, 413 and 422 say the record itself is wrong, so it is refused for good (counted and
@@ -55,6 +58,7 @@ import re
 import ssl
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import orjson
@@ -149,9 +153,10 @@ def _answer(status: int | None) -> _Answer:
     return _Answer.ENDPOINT_WRONG
 
 
-def _certificate_problem(exc: BaseException) -> str | None:
+def _certificate_problem(exc: BaseException, ca_file: Path | None) -> str | None:
     """What is wrong with the endpoint's TLS certificate when `exc` (an httpx error) is its
-    verification failing, naming the setting that mends it; None for any other failure.
+    verification failing, naming the setting that mends it (`ca_file`: the bundle trusted,
+    if one is set); None for any other failure.
 
     Like a 3xx, 401 or 404, a certificate refused refuses every record: the endpoint or
     the trust is misconfigured, not down for a while.
@@ -167,11 +172,33 @@ def _certificate_problem(exc: BaseException) -> str | None:
             f"TYPING_CRM_WEBHOOK_URL: the CRM endpoint's TLS certificate is not issued to"
             f" its host ({cause.verify_message}); name the endpoint as its certificate does"
         )
+    if ca_file is not None:
+        return (
+            f"the CRM endpoint's TLS certificate is not trusted by TYPING_CRM_WEBHOOK_CA_FILE"
+            f" ({cause.verify_message}); add its CA to {ca_file}, or correct"
+            " TYPING_CRM_WEBHOOK_URL"
+        )
     return (
         f"the CRM endpoint's TLS certificate is not trusted ({cause.verify_message}); set"
-        " SSL_CERT_FILE (or SSL_CERT_DIR) to a bundle with its CA, or correct"
+        " TYPING_CRM_WEBHOOK_CA_FILE to a bundle with its CA, or correct"
         " TYPING_CRM_WEBHOOK_URL"
     )
+
+
+def tls_context(config: WebhookConfig) -> ssl.SSLContext:
+    """The TLS context of the POSTs: `config.ca_file` trusted if set, else httpx's default
+    store (SSL_CERT_FILE or SSL_CERT_DIR, else certifi's), and the client certificate for
+    mutual TLS, if any. The files were checked with the settings (`TypingSettings`)."""
+    if config.ca_file is not None:
+        context = ssl.create_default_context(cafile=config.ca_file)
+    else:
+        context = httpx.create_ssl_context()
+    if config.client_cert_file is not None:
+        # no password: an encrypted key was refused with the settings; never prompt for one
+        context.load_cert_chain(
+            config.client_cert_file, config.client_key_file, password=lambda: b""
+        )
+    return context
 
 
 class _Outcome(enum.Enum):
@@ -188,7 +215,9 @@ class WebhookConfig:
     """Where and how patiently to deliver (the URL, which may carry a credential, is kept
     out of `repr`), and the `Authorization` header sent with every POST, if any (a
     `SecretStr`: masked wherever it is shown). `timeout_s` bounds each POST, answer
-    included (`TYPING_CRM_WEBHOOK_TIMEOUT_MS`).
+    included (`TYPING_CRM_WEBHOOK_TIMEOUT_MS`). With https, `ca_file` is the bundle trusted
+    instead of the default store, `client_cert_file` (its key in `client_key_file`, else in
+    it) the certificate presented for mutual TLS (`tls_context`).
 
     Once stopped, the delivery in flight and the last commit get `stop_grace_s`, leaving
     the group and closing the Kafka clients `close_grace_s`: 6.5 s of SIGTERM's 10
@@ -199,6 +228,9 @@ class WebhookConfig:
 
     url: str = field(repr=False)
     authorization: SecretStr | None = field(default=None, repr=False)
+    ca_file: Path | None = None
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
     timeout_s: float = 5.0
     max_backoff_s: float = 30.0  # 0: retry at once
     stop_grace_s: float = 4.5
@@ -273,7 +305,9 @@ class CrmWebhookWorker:
         self._config = config
         self._owns_http = http is None
         self._http = http or httpx.AsyncClient(
-            timeout=config.timeout_s, headers={"User-Agent": USER_AGENT}
+            timeout=config.timeout_s,
+            headers={"User-Agent": USER_AGENT},
+            verify=tls_context(config),
         )
         self._backoff = Backoff(_BACKOFF_BASE_S, config.max_backoff_s, rng)
         self._clock = clock or SystemClock()  # dead letters' timestamps
@@ -833,7 +867,7 @@ class CrmWebhookWorker:
                     reason = str(exc).strip()
                     error = type(exc).__name__
                     detail = f"{error}: {reason}" if reason else error
-                    certificate = _certificate_problem(exc)
+                    certificate = _certificate_problem(exc, self._config.ca_file)
                     asked = None
                 except TimeoutError:
                     asked, error, detail = None, "TimeoutError", "no answer in time"

@@ -46,6 +46,9 @@ async def run_webhook(
         url=url,
         authorization=typing.crm_webhook_authorization,
         timeout_s=typing.crm_webhook_timeout_ms / 1000,
+        ca_file=typing.crm_webhook_ca_file,
+        client_cert_file=typing.crm_webhook_client_cert_file,
+        client_key_file=typing.crm_webhook_client_key_file,
     )
     worker = CrmWebhookWorker(kafka, typing, config, telemetry=telemetry)
     instrument_webhook(telemetry, worker)

@@ -1321,3 +1321,100 @@ def test_a_url_with_a_line_break_says_so(monkeypatch: pytest.MonkeyPatch, tail: 
     monkeypatch.setenv("GENESYSCLOUD_API_URL", f"https://api.example.com{tail}")
     message = refusal(load_genesys, "GENESYSCLOUD_API_URL")
     assert "a space, a line break or another control character" in message
+
+
+CRM_TLS = {
+    "ca": "TYPING_CRM_WEBHOOK_CA_FILE",
+    "cert": "TYPING_CRM_WEBHOOK_CLIENT_CERT_FILE",
+    "key": "TYPING_CRM_WEBHOOK_CLIENT_KEY_FILE",
+}
+
+
+@pytest.fixture
+def crm_tls_files(tmp_path: Path) -> dict[str, Path]:
+    """A CA bundle, a client certificate and its key apart, both in one file, and a file
+    that is no PEM."""
+    authority = trustme.CA()
+    issued = authority.issue_cert("typing-processor")
+    files = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key", "both", "junk")}
+    authority.cert_pem.write_to_path(files["ca"])
+    issued.cert_chain_pems[0].write_to_path(files["cert"])
+    issued.private_key_pem.write_to_path(files["key"])
+    issued.private_key_and_cert_chain_pem.write_to_path(files["both"])
+    files["junk"].write_text("no PEM\n")
+    return files
+
+
+@pytest.mark.parametrize(
+    ("given", "refused", "says"),
+    [
+        ({"ca": "missing"}, "ca", "no such file: "),
+        ({"ca": "dir"}, "ca", "a directory: "),
+        ({"ca": "junk"}, "ca", "is no PEM CA bundle"),
+        ({"ca": "cert", "cert": "missing"}, "cert", "no such file: "),
+        ({"key": "key"}, "key", "a client key serves only with a certificate"),
+        ({"cert": "cert"}, "cert", "set TYPING_CRM_WEBHOOK_CLIENT_KEY_FILE to its key's file"),
+        ({"cert": "cert", "key": "junk"}, "cert", "no PEM certificate with its unencrypted"),
+        ({"cert": "junk", "key": "key"}, "cert", "no PEM certificate with its unencrypted"),
+    ],
+)
+def test_a_crm_tls_file_that_cannot_serve_stops_start_up_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+    crm_tls_files: dict[str, Path],
+    tmp_path: Path,
+    given: dict[str, str],
+    refused: str,
+    says: str,
+) -> None:
+    """A file missing, a directory, no PEM, a key without a certificate, a certificate
+    whose key is nowhere: one line naming the setting, not a failure of every POST."""
+    monkeypatch.setenv("TYPING_CRM_WEBHOOK_URL", "https://crm.example.com/hook")
+    files = {**crm_tls_files, "missing": tmp_path / "missing.pem", "dir": tmp_path}
+    for setting, file in given.items():
+        monkeypatch.setenv(CRM_TLS[setting], str(files[file]))
+    assert says in refusal(load_typing, CRM_TLS[refused])
+
+
+def test_crm_tls_files_that_serve_are_taken_and_empty_ones_are_unset(
+    monkeypatch: pytest.MonkeyPatch, crm_tls_files: dict[str, Path]
+) -> None:
+    monkeypatch.setenv("TYPING_CRM_WEBHOOK_URL", "https://crm.example.com/hook")
+    for setting in ("ca", "cert", "key"):
+        monkeypatch.setenv(CRM_TLS[setting], str(crm_tls_files[setting]))
+    typing = load_typing()
+    assert (
+        typing.crm_webhook_ca_file,
+        typing.crm_webhook_client_cert_file,
+        typing.crm_webhook_client_key_file,
+    ) == (crm_tls_files["ca"], crm_tls_files["cert"], crm_tls_files["key"])
+    monkeypatch.setenv(CRM_TLS["cert"], str(crm_tls_files["both"]))  # the key in it
+    monkeypatch.setenv(CRM_TLS["key"], " ")
+    assert load_typing().crm_webhook_client_key_file is None
+
+
+def test_a_crm_tls_file_with_a_plain_http_endpoint_is_refused(
+    monkeypatch: pytest.MonkeyPatch, crm_tls_files: dict[str, Path]
+) -> None:
+    """Plain http uses no TLS: the file would be ignored, so it was probably mistaken."""
+    monkeypatch.setenv("TYPING_CRM_WEBHOOK_URL", "http://crm.internal/hook")
+    monkeypatch.setenv(CRM_TLS["ca"], str(crm_tls_files["ca"]))
+    assert "set while TYPING_CRM_WEBHOOK_URL is plain http" in refusal(load_typing, CRM_TLS["ca"])
+
+
+def test_crm_webhook_with_a_crm_tls_file_missing_stops_with_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    result = subprocess.run(
+        [sys.executable, "-m", "processor", "crm-webhook"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={
+            **os.environ,
+            "TYPING_CRM_WEBHOOK_URL": "https://crm.example.com/hook",
+            "TYPING_CRM_WEBHOOK_CA_FILE": str(missing),
+        },
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"TYPING_CRM_WEBHOOK_CA_FILE is invalid: no such file: {missing}" in result.stderr

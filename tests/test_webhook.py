@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import signal
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -1119,18 +1120,31 @@ async def test_a_failed_connection_is_logged_with_its_reason(
 
 
 @contextlib.asynccontextmanager
-async def https_endpoint(certificate: trustme.LeafCert, tmp_path: Path) -> AsyncIterator[str]:
-    """A CRM endpoint accepting every record over HTTPS with `certificate`, on loopback;
-    its URL."""
+async def https_endpoint(
+    certificate: trustme.LeafCert,
+    tmp_path: Path,
+    clients: trustme.CA | None = None,
+    accepted: list[str] | None = None,
+) -> AsyncIterator[str]:
+    """A CRM endpoint accepting every record over HTTPS with `certificate`, on loopback
+    (with mutual TLS when `clients` is given: only a client certificate it issued is let
+    in), noting each record's `event_id` in `accepted`; its URL."""
 
     async def accept(request: Request) -> Response:
+        if accepted is not None:
+            accepted.append(orjson.loads(await request.body())["event_id"])
         return Response(status_code=204)
 
     pem = tmp_path / "endpoint.pem"
     certificate.private_key_and_cert_chain_pem.write_to_path(pem)
+    mutual: dict[str, object] = {}
+    if clients is not None:
+        clients_pem = tmp_path / "clients-ca.pem"
+        clients.cert_pem.write_to_path(clients_pem)
+        mutual = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": str(clients_pem)}
     app = Starlette(routes=[Route("/hook", accept, methods=["POST"])])
     async with serve_in_background(
-        app, name="https crm", ssl_certfile=str(pem), ssl_keyfile=str(pem)
+        app, name="https crm", ssl_certfile=str(pem), ssl_keyfile=str(pem), **mutual
     ) as listening:
         yield f"https://127.0.0.1:{listening.port}/hook"
 
@@ -1170,13 +1184,17 @@ async def test_an_untrusted_certificate_is_an_error_naming_the_ca_setting_and_is
         errors = held_lines(caplog, logging.ERROR)
         assert len(errors) == untrusting.counters.retries, errors
         assert all(
-            re.search(r"certificate is not trusted \(.+\); set SSL_CERT_FILE .* held at tls-1-1", m)
+            re.search(
+                r"certificate is not trusted \(.+\); set TYPING_CRM_WEBHOOK_CA_FILE .* held at"
+                r" tls-1-1",
+                m,
+            )
             for m in errors
         ), errors
         assert held_lines(caplog, logging.WARNING) == []
 
-        monkeypatch.setenv("SSL_CERT_FILE", str(cafile))  # as the line says
-        trusting = CrmWebhookWorker(kafka, typing, WebhookConfig(url=url, max_backoff_s=0))
+        config = WebhookConfig(url=url, ca_file=cafile, max_backoff_s=0)  # as the line says
+        trusting = CrmWebhookWorker(kafka, typing, config)
         await deliver_until(trusting, lambda: trusting.counters.delivered == 1, "delivered")
         assert trusting.counters.retries == 0
 
@@ -1209,6 +1227,124 @@ async def test_a_certificate_issued_to_another_name_is_an_error_naming_the_url(
         for m in errors
     ), errors
     assert held_lines(caplog, logging.WARNING) == []
+
+
+async def test_the_ca_file_is_trusted_instead_of_the_default_store(
+    bootstrap_servers: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`TYPING_CRM_WEBHOOK_CA_FILE` is the CRM endpoint's trust, whatever SSL_CERT_FILE
+    says (another CA's there: the processor's own CAs, say): the endpoint its CA issued
+    for is trusted, and one the bundle does not trust is an error naming the setting and
+    its file, though SSL_CERT_FILE would trust it."""
+    endpoint_ca, other_ca = trustme.CA(), trustme.CA()
+    endpoint_bundle, other_bundle = tmp_path / "endpoint-ca.pem", tmp_path / "other-ca.pem"
+    endpoint_ca.cert_pem.write_to_path(endpoint_bundle)
+    other_ca.cert_pem.write_to_path(other_bundle)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
+    typing = await crm_topic(bootstrap_servers, [record("ca-1", 1)])
+    async with https_endpoint(endpoint_ca.issue_cert("127.0.0.1"), tmp_path) as url:
+        monkeypatch.setenv("SSL_CERT_FILE", str(endpoint_bundle))
+        config = WebhookConfig(url=url, ca_file=other_bundle, max_backoff_s=0)
+        untrusting = CrmWebhookWorker(kafka, typing, config)
+        with caplog.at_level(logging.WARNING, logger="processor.webhook"):
+            await deliver_until(untrusting, lambda: untrusting.counters.retries >= 1, "retried")
+        assert untrusting.counters.delivered == 0
+        errors = held_lines(caplog, logging.ERROR)
+        assert errors
+        assert all(
+            m.startswith(
+                "the CRM endpoint's TLS certificate is not trusted by TYPING_CRM_WEBHOOK_CA_FILE"
+            )
+            and f"add its CA to {other_bundle}" in m
+            for m in errors
+        ), errors
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(other_bundle))
+        config = WebhookConfig(url=url, ca_file=endpoint_bundle, max_backoff_s=0)
+        trusting = CrmWebhookWorker(kafka, typing, config)
+        await deliver_until(trusting, lambda: trusting.counters.delivered == 1, "delivered")
+        assert trusting.counters.retries == 0
+
+
+async def test_a_client_certificate_is_presented_for_mutual_tls(
+    bootstrap_servers: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An endpoint that lets in only the client certificates its CA issued: a worker
+    without one is refused (the record held), one with its certificate and key (in two
+    files, or the key in the certificate's file) delivers."""
+    authority, clients = trustme.CA(), trustme.CA()
+    bundle = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(bundle)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    issued = clients.issue_cert("typing-processor")
+    certificate, key, both = tmp_path / "client.crt", tmp_path / "client.key", tmp_path / "c.pem"
+    issued.cert_chain_pems[0].write_to_path(certificate)
+    issued.private_key_pem.write_to_path(key)
+    issued.private_key_and_cert_chain_pem.write_to_path(both)
+    kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
+    typing = await crm_topic(bootstrap_servers, [record("mtls-1", 1)])
+    accepted: list[str] = []
+    async with https_endpoint(
+        authority.issue_cert("127.0.0.1"), tmp_path, clients, accepted
+    ) as url:
+        anonymous = CrmWebhookWorker(
+            kafka, typing, WebhookConfig(url=url, ca_file=bundle, max_backoff_s=0)
+        )
+        await deliver_until(anonymous, lambda: anonymous.counters.retries >= 2, "refused")
+        assert (anonymous.counters.delivered, accepted) == (0, [])
+        for config in (
+            WebhookConfig(
+                url=url, ca_file=bundle, client_cert_file=certificate, client_key_file=key
+            ),
+            WebhookConfig(url=url, ca_file=bundle, client_cert_file=both),
+        ):
+            before = len(accepted)
+            worker = CrmWebhookWorker(kafka, typing, config)
+            await deliver_until(worker, lambda: len(accepted) > before, "delivered")  # noqa: B023
+            # the next worker, a group of its own, delivers the record again
+            typing = typing.model_copy(update={"group_id": f"{typing.group_id}-next"})
+    assert accepted == ["mtls-1-1", "mtls-1-1"]
+
+
+async def test_worker_process_speaks_mutual_tls_with_the_files_it_is_given(
+    bootstrap_servers: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`TYPING_CRM_WEBHOOK_CA_FILE`, `_CLIENT_CERT_FILE` and `_CLIENT_KEY_FILE` reach the
+    worker process's POSTs."""
+    authority, clients = trustme.CA(), trustme.CA()
+    bundle, certificate, key = (tmp_path / name for name in ("ca.pem", "c.crt", "c.key"))
+    authority.cert_pem.write_to_path(bundle)
+    issued = clients.issue_cert("typing-processor")
+    issued.cert_chain_pems[0].write_to_path(certificate)
+    issued.private_key_pem.write_to_path(key)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    typing = await crm_topic(bootstrap_servers, [record("mtls-2", 1)])
+    accepted: list[str] = []
+    async with https_endpoint(
+        authority.issue_cert("127.0.0.1"), tmp_path, clients, accepted
+    ) as url:
+        env = worker_env(
+            bootstrap_servers,
+            typing,
+            url,
+            {
+                "TYPING_CRM_WEBHOOK_CA_FILE": str(bundle),
+                "TYPING_CRM_WEBHOOK_CLIENT_CERT_FILE": str(certificate),
+                "TYPING_CRM_WEBHOOK_CLIENT_KEY_FILE": str(key),
+            },
+        )
+        process = RunProcess(env, tmp_path / "webhook.log", command="crm-webhook")
+        process.start()
+        try:
+            await eventually(lambda: accepted == ["mtls-2-1"], 60, "delivered over mutual TLS")
+            assert process.terminate(timeout_s=15) == 0
+        finally:
+            process.kill()
 
 
 TOKEN = "Bearer t0k3n-never-shown"
