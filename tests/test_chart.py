@@ -693,6 +693,49 @@ def test_the_kafka_ca_is_mounted_by_its_key(chart: helm.Chart) -> None:
                 assert volume["secret"].get("items"), volume["name"]
 
 
+def test_the_crm_endpoint_s_tls_files_are_mounted_in_the_webhook_worker_alone(
+    chart: helm.Chart,
+) -> None:
+    """`crmWebhook.tls`: the CA bundle and the client certificate and key, mounted by their
+    keys from their Secrets into the worker's pods, their paths in its env; the processor
+    (whose `run` would check the files too) gets neither the volumes nor the variables."""
+    hook = {"enabled": True, "url": "https://crm.example.com/hooks/typing"}
+    tls = {
+        "caSecretName": "crm-ca",
+        "caSecretKey": "bundle.pem",
+        "clientSecretName": "crm-client",
+    }
+    objects = render(chart, {"crmWebhook": {**hook, "tls": tls}})
+    spec = one(objects, "Deployment", "crm-webhook")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v["secret"] for v in spec["volumes"] if "secret" in v}
+    assert volumes["crm-webhook-ca"] == {
+        "secretName": "crm-ca",
+        "items": [{"key": "bundle.pem", "path": "bundle.pem"}],
+    }
+    assert volumes["crm-webhook-client"] == {
+        "secretName": "crm-client",
+        "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}],
+    }
+    mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+    env = webhook_env(objects)
+    for name, volume, key in (
+        ("TYPING_CRM_WEBHOOK_CA_FILE", "crm-webhook-ca", "bundle.pem"),
+        ("TYPING_CRM_WEBHOOK_CLIENT_CERT_FILE", "crm-webhook-client", "tls.crt"),
+        ("TYPING_CRM_WEBHOOK_CLIENT_KEY_FILE", "crm-webhook-client", "tls.key"),
+    ):
+        assert mounts[volume]["readOnly"] is True
+        assert env[name]["value"] == f"{mounts[volume]['mountPath']}/{key}"
+    processor = one(objects, "Deployment", "processor")["spec"]["template"]["spec"]
+    assert not [v for v in processor["volumes"] if v["name"].startswith("crm-webhook")]
+    assert not [name for name in settings(objects) if name.startswith("TYPING_CRM_WEBHOOK_C")]
+    # none set: none mounted, none named
+    plain = render(chart, {"crmWebhook": hook})
+    assert not [n for n in webhook_env(plain) if n.startswith("TYPING_CRM_WEBHOOK_C")]
+    # plain http uses no TLS: the processor would stop at start-up
+    with pytest.raises(helm.HelmRenderError, match=r"crmWebhook\.tls is set while"):
+        render(chart, {"crmWebhook": {**hook, "url": "http://crm.internal/hook", "tls": tls}})
+
+
 def webhook_env(objects: list[Manifest]) -> dict[str, Manifest]:
     """The webhook container's `env` entries, by name."""
     (container,) = one(objects, "Deployment", "crm-webhook")["spec"]["template"]["spec"][
@@ -735,7 +778,11 @@ EVERY_SETTING: dict[str, Any] = {
         "tracesSamplerArg": "0.1",
         "resourceAttributes": "team=cx",
     },
-    "crmWebhook": {"enabled": True, "url": "https://crm.example.com/hooks/typing"},
+    "crmWebhook": {
+        "enabled": True,
+        "url": "https://crm.example.com/hooks/typing",
+        "tls": {"caSecretName": "crm-ca", "clientSecretName": "crm-client"},
+    },
 }
 
 

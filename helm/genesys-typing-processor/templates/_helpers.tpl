@@ -269,6 +269,48 @@ the processor would stop on a missing file.
 {{- end }}
 {{- end -}}
 
+{{/*
+The CRM webhook worker's TLS files (crmWebhook.tls), mounted by their keys as the Kafka CA
+is: a Secret without a key holds the pod in ContainerCreating with an event naming it.
+*/}}
+{{- define "gtp.webhookTlsVolumes" -}}
+{{- with .Values.crmWebhook.tls }}
+{{- if .caSecretName }}
+- name: crm-webhook-ca
+  secret:
+    secretName: {{ .caSecretName }}
+    items:
+      - key: {{ .caSecretKey | quote }}
+        path: {{ .caSecretKey | quote }}
+{{- end }}
+{{- if .clientSecretName }}
+- name: crm-webhook-client
+  secret:
+    secretName: {{ .clientSecretName }}
+    items:
+      - key: {{ .clientCertSecretKey | quote }}
+        path: {{ .clientCertSecretKey | quote }}
+      - key: {{ .clientKeySecretKey | quote }}
+        path: {{ .clientKeySecretKey | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "gtp.webhookTlsVolumeMounts" -}}
+{{- with .Values.crmWebhook.tls }}
+{{- if .caSecretName }}
+- name: crm-webhook-ca
+  mountPath: /etc/crm-webhook-ca
+  readOnly: true
+{{- end }}
+{{- if .clientSecretName }}
+- name: crm-webhook-client
+  mountPath: /etc/crm-webhook-client
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end -}}
+
 {{/* Pod identity for OpenTelemetry resources (k8s.pod.name, k8s.namespace.name). */}}
 {{- define "gtp.podEnv" -}}
 - name: POD_NAME
@@ -315,6 +357,20 @@ existing Secret under authorizationSecretKey */}}
     secretKeyRef:
       name: {{ include "gtp.secretName" $ }}
       key: {{ . }}
+{{- end }}
+{{- /* the TLS files, where gtp.webhookTlsVolumeMounts puts them: in the worker's env,
+not the ConfigMap, since `run` (which mounts none of them) would check them too */}}
+{{- with .Values.crmWebhook.tls }}
+{{- if .caSecretName }}
+- name: TYPING_CRM_WEBHOOK_CA_FILE
+  value: {{ printf "/etc/crm-webhook-ca/%s" .caSecretKey | quote }}
+{{- end }}
+{{- if .clientSecretName }}
+- name: TYPING_CRM_WEBHOOK_CLIENT_CERT_FILE
+  value: {{ printf "/etc/crm-webhook-client/%s" .clientCertSecretKey | quote }}
+- name: TYPING_CRM_WEBHOOK_CLIENT_KEY_FILE
+  value: {{ printf "/etc/crm-webhook-client/%s" .clientKeySecretKey | quote }}
+{{- end }}
 {{- end }}
 {{- if include "gtp.saslEnabled" . }}
 {{- if not .Values.kafka.saslUsername }}
@@ -394,6 +450,9 @@ Keys of secrets.existingSecret are not known here and stay open.
   "TYPING_HTTP_PORT" "httpPort"
   "TYPING_CRM_WEBHOOK_URL" "crmWebhook.url (or crmWebhook.urlSecretKey)"
   "TYPING_CRM_WEBHOOK_AUTHORIZATION" "secrets.crmWebhookAuthorization (or crmWebhook.authorizationSecretKey)"
+  "TYPING_CRM_WEBHOOK_CA_FILE" "crmWebhook.tls.caSecretName and crmWebhook.tls.caSecretKey"
+  "TYPING_CRM_WEBHOOK_CLIENT_CERT_FILE" "crmWebhook.tls.clientSecretName and crmWebhook.tls.clientCertSecretKey"
+  "TYPING_CRM_WEBHOOK_CLIENT_KEY_FILE" "crmWebhook.tls.clientSecretName and crmWebhook.tls.clientKeySecretKey"
   "OTEL_SERVICE_NAME" "otel.serviceName"
   "OTEL_EXPORTER_OTLP_ENDPOINT" "otel.exporterOtlpEndpoint"
   "OTEL_TRACES_SAMPLER" "otel.tracesSampler"
