@@ -212,6 +212,20 @@ async def create_topic(bootstrap: str, name: str, partitions: int, configs: dict
         await admin.close()
 
 
+async def group_state(bootstrap: str, group_id: str) -> str:
+    """The state of consumer group `group_id` as the broker describes it: "Stable" once its
+    members have their assignments. (The local broker says "Assigning" of a group forming
+    with no leader yet and "Unknown" of one forming under a leader.)"""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_consumer_groups([group_id])
+    finally:
+        await admin.close()
+    (described,) = response.groups
+    return str(described[2])
+
+
 async def committed(bootstrap: str, settings: Settings, partition: int) -> int | None:
     """The input offset the processor's group has committed for `partition`, if any."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=settings.typing.group_id)

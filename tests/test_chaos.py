@@ -16,7 +16,15 @@ from typing import Any
 
 import pipeline
 import pytest
-from pipeline import Producer, RunProcess, eventually, now_ms, read_json, typing_event
+from pipeline import (
+    Producer,
+    RunProcess,
+    eventually,
+    group_state,
+    now_ms,
+    read_json,
+    typing_event,
+)
 
 from processor.emulator.testing import EmulatorHandle
 
@@ -87,6 +95,21 @@ async def at_work(emulator: EmulatorHandle, calls: int, what: str) -> None:
     await eventually(lambda: answered(emulator) >= before + calls, 60, what)
 
 
+async def own_all(
+    bootstrap_servers: str, group: str, replicas: tuple[RunProcess, ...], what: str
+) -> None:
+    """Until `replicas` own every input partition between them; a failure names the group's
+    state as the broker describes it, which tells a group the broker holds up (see the
+    leader's leave below) from replicas that do not take what they are given."""
+    try:
+        await eventually(lambda: sum(owned(p) for p in replicas) == 4, 60, what)
+    except AssertionError as exc:
+        state = await group_state(bootstrap_servers, group)
+        if state == "Unknown":  # (Tansu's word for a group forming under a leader)
+            state += ", forming under a leader, which stays leader if it has left"
+        raise AssertionError(f"{exc} (the broker describes the group as {state})") from None
+
+
 async def test_replicas_join_stop_and_die_without_losing_a_record(
     bootstrap_servers: str,
     emulator: EmulatorHandle,
@@ -94,6 +117,11 @@ async def test_replicas_join_stop_and_die_without_losing_a_record(
     tmp_path: Path,
 ) -> None:
     env = pipeline.run_env(bootstrap_servers, emulator)
+    group = env["TYPING_GROUP_ID"]
+
+    async def stable() -> bool:
+        return await group_state(bootstrap_servers, group) == "Stable"
+
     for session_id in SESSIONS:
         emulator.create_session(session_id)
     # slow answers: calls are in flight when a replica dies
@@ -113,14 +141,17 @@ async def test_replicas_join_stop_and_die_without_losing_a_record(
             third = spawn(processes, env, tmp_path / "third.log")
             await eventually(lambda: owned(third) > 0, 60, "third replica joined")
             await at_work(emulator, 10, "the three replicas at work")
+            # The first replica, the group's first member, is its leader: it leaves a formed
+            # group. The local broker (Tansu 0.6.0) keeps a leader that leaves while the
+            # group forms (a member joining) as its leader, so no member is ever assigned
+            # again: its defect, which a stop in the midst of the third's join met.
+            await eventually(stable, 60, "the group formed before its leader leaves")
             assert await asyncio.to_thread(first.terminate) == 0  # SIGTERM: drain, commit, leave
-            await eventually(
-                lambda: sum(owned(p) for p in (second, third)) == 4, 60, "the survivors own all"
-            )
+            await own_all(bootstrap_servers, group, (second, third), "the survivors own all")
             await at_work(emulator, 10, "the survivors at work")
             second.kill()  # SIGKILL with calls in flight: no flush, no commit, no leave
             # the traffic goes on until the last one has taken the dead one's partitions
-            await eventually(lambda: owned(third) == 4, 60, "the last replica owns all")
+            await own_all(bootstrap_servers, group, (third,), "the last replica owns all")
             await at_work(emulator, 10, "the last replica at work")
         finally:
             done.set()
