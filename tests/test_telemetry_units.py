@@ -944,12 +944,16 @@ class FakeProcessor:
     reachable: bool = True
     problem: str | None = None
     restoring: list[RestoreStats] = field(default_factory=list)
+    waiting: str | None = None
 
     def partition_stats(self) -> list[PartitionStats]:
         return [PartitionStats(0, 5, 1, 2, 3), PartitionStats(1, 0, 0, 0, None)]
 
     def restores(self) -> list[RestoreStats]:
         return self.restoring
+
+    def unassigned(self) -> str | None:
+        return self.waiting
 
     async def broker_reachable(self) -> bool:
         return self.reachable
@@ -1036,7 +1040,15 @@ async def test_readyz_names_what_is_missing(ops: OpsEndpoint) -> None:
     assert (answer.status_code, answer.json()["reason"]) == (503, "processor not running")
     processor = FakeProcessor(ready=False)
     ops.telemetry.observe(processor)
-    assert (await get(ops, "/readyz")).status_code == 503
+    answer = await get(ops, "/readyz")
+    assert (answer.status_code, answer.json()["reason"]) == (
+        503,
+        "partitions not assigned or still restoring",
+    )
+    processor.waiting = "no partitions assigned yet: group g rebalancing for 2.0 s"
+    answer = await get(ops, "/readyz")
+    assert (answer.status_code, answer.json()["reason"]) == (503, processor.waiting)
+    processor.waiting = None
     processor.ready = True
     assert (await get(ops, "/readyz")).status_code == 200
     processor.reachable = False

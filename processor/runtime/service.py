@@ -21,6 +21,7 @@ from processor.state import EngineConfig, PartitionStore
 from processor.telemetry import Telemetry
 from processor.telemetry.http import MAX_FAILURE_CHARS
 
+from .assignment import UNASSIGNED_WARN_S, AssignmentWait
 from .kafka import (
     BrokerCheck,
     TopicError,
@@ -71,6 +72,9 @@ REPLAY_HOLD_MS = 2_000
 # How long a restore may wait for the input partition's committed and end offsets (asked
 # while the changelog is read); not known by then, the hold lasts its bound.
 REPLAY_LOOKUP_S = 1.0
+# How often the fetch loop looks at how long the member has waited for an assignment: a
+# fetch waits for the group's rebalance to end (the client's), for as long as it lasts.
+ASSIGNMENT_CHECK_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +130,10 @@ class TypingProcessor:
         on_applied: Callable[[str, int], None] | None = None,
         telemetry: Telemetry | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        unassigned_warn_s: float = UNASSIGNED_WARN_S,
     ) -> None:
+        """`unassigned_warn_s`: how long the member may wait for the group to assign it
+        partitions before it says so (see `AssignmentWait`)."""
         self.settings = settings
         self.telemetry = telemetry or Telemetry.disabled()
         self._clock = clock or SystemClock()
@@ -134,6 +141,9 @@ class TypingProcessor:
         self._outbound = Outbound(settings.kafka, settings.typing)
         self.lease = MembershipLease(LEASE_TERM_S, LEASE_RENEW_S, monotonic)
         self._monotonic = monotonic
+        self._unassigned = AssignmentWait(
+            settings.typing.group_id, monotonic, warn_after_s=unassigned_warn_s
+        )
         # The scheduler takes no work while the lease has lapsed; the sink sends no request
         # either, retries included: a call planned under the lease may wait for its
         # intent's acknowledgement, or back off, through a stall.
@@ -194,6 +204,11 @@ class TypingProcessor:
                     f" {type(failed).__name__}: {failed}"
                 )[:MAX_FAILURE_CHARS]
         return None
+
+    def unassigned(self) -> str | None:
+        """While the member waits for the group to assign it partitions: for how long, and
+        past `unassigned_warn_s` what that means (the `/readyz` reason)."""
+        return self._unassigned.reason()
 
     async def wait_ready(self) -> None:
         """Return once the processor is ready (see `ready`)."""
@@ -343,10 +358,12 @@ class TypingProcessor:
         scheduling = self._scheduling = asyncio.create_task(self.scheduler.run(), name="scheduler")
         try:
             await self._check_topics(consumer)
+            self._unassigned.waiting()
             consumer.subscribe([self.settings.typing.input_topic], listener=_Rebalance(self))
             await self._consume(consumer, stop)
         finally:
             self._stopping = True
+            self._unassigned.stopped()
             restarting = not stop.is_set()
             try:
                 # A cluster that stopped answering would hold each step of the release for
@@ -402,7 +419,13 @@ class TypingProcessor:
         try:
             while not stop.is_set():
                 fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=200, max_records=2_000))
-                await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                while not (fetch.done() or stopping.done()):
+                    await asyncio.wait(
+                        {fetch, stopping},
+                        timeout=ASSIGNMENT_CHECK_S,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    self._unassigned.check()
                 if not fetch.done():
                     fetch.cancel()
                     await asyncio.gather(fetch, return_exceptions=True)
@@ -601,6 +624,8 @@ class TypingProcessor:
         """Start a worker for each new partition; each restores its store before input."""
         if self._stopping:
             return  # the consumer is leaving the group: its next owner takes over
+        # (called for an empty assignment too: the group completed its rebalance)
+        self._unassigned.assigned()
         topic = self.settings.typing.input_topic
         fresh = [tp.partition for tp in assigned if tp.topic == topic]
         fresh = [p for p in fresh if p not in self.workers]
@@ -748,6 +773,9 @@ class TypingProcessor:
 
     async def release(self, revoked: list[TopicPartition]) -> None:
         """Finish, flush and commit the revoked partitions, then drop their stores."""
+        if not self._stopping:
+            # (the client revokes before each join, with nothing at the first)
+            self._unassigned.waiting()
         partitions = [tp.partition for tp in revoked if tp.partition in self.workers]
         if partitions:
             log.info("partitions %s revoked", ", ".join(map(str, sorted(partitions))))

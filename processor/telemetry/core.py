@@ -172,6 +172,11 @@ class Observed(Protocol):
         """Partitions whose store is being restored now."""
         ...
 
+    def unassigned(self) -> str | None:
+        """While the processor waits for its group to assign it partitions: for how long
+        (and what a long wait means)."""
+        ...
+
     async def broker_reachable(self) -> bool:
         """True when the Kafka cluster answers now."""
         ...

@@ -5,7 +5,8 @@
   sampler also measures how late the loop runs timers, and a stalled sampler fails it.
 - `/readyz`: 200 only when a processor runs, its partitions are assigned and restored, and
   the Kafka cluster answers. 503 (with the reason) otherwise, e.g. while restoring (naming
-  each partition restoring, for how long and how far its read has come). Another
+  each partition restoring, for how long and how far its read has come) or while the group
+  rebalances (for how long, and past a minute what that means). Another
   worker (the CRM webhook) passes its own readiness check.
 - `/metrics`: Prometheus text of every OpenTelemetry instrument.
 """
@@ -123,7 +124,8 @@ class OpsEndpoint:
         if not all(processor.ready for processor in observed):
             restoring = [stats for p in observed for stats in p.restores()]
             if not restoring:
-                return "partitions not assigned or still restoring"
+                waiting = next(filter(None, (p.unassigned() for p in observed)), None)
+                return waiting or "partitions not assigned or still restoring"
             named = ", ".join(map(_restoring, restoring[:MAX_RESTORES_NAMED]))
             more = len(restoring) - MAX_RESTORES_NAMED
             return f"partitions still restoring: {named}" + (
