@@ -56,6 +56,8 @@ import logging
 import random
 import re
 import ssl
+import time
+from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +82,7 @@ from processor.deadletter import dead_letter_of
 from processor.logs import throttled
 from processor.models import CrmSyncRecord, DlqReason
 from processor.retryafter import retry_after_s
+from processor.runtime.assignment import ASSIGNMENT_CHECK_S, UNASSIGNED_WARN_S, AssignmentWait
 from processor.runtime.kafka import (
     BrokerCheck,
     TopicError,
@@ -269,18 +272,25 @@ class _Partition:
 
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
     """Notes when the worker has joined the group (its first assignment, even empty), and
-    hands revoked partitions over (`CrmWebhookWorker._hand_over`)."""
+    how long it has waited for an assignment since it subscribed or since the last
+    revocation (`wait`); hands revoked partitions over (`CrmWebhookWorker._hand_over`)."""
 
-    def __init__(self, worker: CrmWebhookWorker, consumer: AIOKafkaConsumer) -> None:
+    def __init__(
+        self, worker: CrmWebhookWorker, consumer: AIOKafkaConsumer, wait: AssignmentWait
+    ) -> None:
         self.joined = False
+        self.wait = wait
         self._worker = worker
         self._consumer = consumer
+        wait.waiting()  # (from the subscription)
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.wait.waiting()  # (the client revokes before each join, with nothing at the first)
         await self._worker._hand_over(self._consumer, revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.joined = True  # even with no partition: more workers than partitions
+        self.wait.assigned()
 
 
 class CrmWebhookWorker:
@@ -297,9 +307,13 @@ class CrmWebhookWorker:
         rng: random.Random | None = None,
         clock: Clock | None = None,
         telemetry: Telemetry | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        unassigned_warn_s: float = UNASSIGNED_WARN_S,
     ) -> None:
         """`telemetry`: spans of each record and POST when on (`telemetry.delivery`); its
-        metrics are `telemetry.webhook.instrument_webhook`'s."""
+        metrics are `telemetry.webhook.instrument_webhook`'s. `monotonic` times the waits for
+        the group to assign the worker partitions, of which one longer than
+        `unassigned_warn_s` is warned of (see `AssignmentWait`)."""
         self._kafka = kafka
         self._typing = typing
         self._config = config
@@ -311,6 +325,8 @@ class CrmWebhookWorker:
         )
         self._backoff = Backoff(_BACKOFF_BASE_S, config.max_backoff_s, rng)
         self._clock = clock or SystemClock()  # dead letters' timestamps
+        self._monotonic = monotonic
+        self._unassigned_warn_s = unassigned_warn_s
         self._tracing = delivery_tracing(telemetry, config.url)
         self.counters = WebhookCounters()
         self._consumer: AIOKafkaConsumer | None = None
@@ -345,8 +361,11 @@ class CrmWebhookWorker:
         """Why the worker is not ready (for `/readyz`), or None when it is."""
         if self._consumer is None:
             return "worker not running"
-        if self._assignment is None or not self._assignment.joined:
-            return f"not yet a member of the group consuming {self._typing.crm_topic}"
+        assignment = self._assignment
+        if assignment is None or not assignment.joined:
+            joining = f"not yet a member of the group consuming {self._typing.crm_topic}"
+            waiting = None if assignment is None else assignment.wait.reason()
+            return joining if waiting is None else f"{joining}: {waiting}"
         if not await self._broker.reachable(self._consumer):
             return "Kafka cluster unreachable"
         return None
@@ -399,7 +418,9 @@ class CrmWebhookWorker:
             if not await within_grace(self._start(consumer, dead_letters), stop, 0.0):
                 log.info("stopped before the Kafka cluster answered")
                 return
-            self._assignment = _Assignment(self, consumer)
+            group = f"{self._typing.group_id}-crm-webhook"
+            wait = AssignmentWait(group, self._monotonic, warn_after_s=self._unassigned_warn_s)
+            self._assignment = _Assignment(self, consumer, wait)
             consumer.subscribe([self._typing.crm_topic], listener=self._assignment)
             self._consumer = consumer
             delivering = self._deliver_until_stopped(consumer, stop, dead_letters)
@@ -451,7 +472,7 @@ class CrmWebhookWorker:
             while not stop.is_set():
                 self._raise_a_failed_delivery()
                 try:
-                    batch = await consumer.getmany(timeout_ms=500, max_records=500)
+                    batch = await self._fetch(consumer)
                 except Exception as exc:
                     if not is_undecodable(exc):
                         raise  # the cluster's trouble: `run` restarts from the commit
@@ -470,6 +491,23 @@ class CrmWebhookWorker:
             await asyncio.gather(*tasks, return_exceptions=True)
             self._tasks.clear()
             self._partitions.clear()
+
+    async def _fetch(
+        self, consumer: AIOKafkaConsumer
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        """The next fetch; while it waits (for the group's rebalance to end, however long
+        that takes), how long the worker has waited for an assignment is looked at every
+        `ASSIGNMENT_CHECK_S`."""
+        fetch: asyncio.Future[dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]
+        fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=500, max_records=500))
+        try:
+            while not fetch.done():
+                await asyncio.wait({fetch}, timeout=ASSIGNMENT_CHECK_S)
+                if self._assignment is not None:
+                    self._assignment.wait.check()
+            return fetch.result()
+        finally:
+            fetch.cancel()  # (this one cancelled: a stop's grace over, a lost cluster)
 
     def _raise_a_failed_delivery(self) -> None:
         """Raise what ended a delivery task (the cluster's trouble: `run` restarts), and

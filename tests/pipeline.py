@@ -21,7 +21,13 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.producer import message_accumulator
@@ -342,6 +348,34 @@ class Monotonic:
 
     def __call__(self) -> float:
         return self.now
+
+
+class Skewed:
+    """`time.monotonic`, moved ahead by `skew` seconds when the test says so."""
+
+    def __init__(self) -> None:
+        self.skew = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.skew
+
+
+class BlockingRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Another member of the group whose revocation waits for `release`: within its long
+    rebalance timeout, the group waits for it to rejoin, and no member is assigned."""
+
+    def __init__(self) -> None:
+        self.assigned = asyncio.Event()
+        self.revoking = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        if revoked:
+            self.revoking.set()
+            await self.release.wait()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.assigned.set()
 
 
 @dataclass

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from pipeline import Monotonic, eventually, make_settings
+from aiokafka import AIOKafkaConsumer
+from pipeline import BlockingRevoke, Monotonic, Skewed, eventually, make_settings
 
 from processor.asgi import serve_in_background
 from processor.emulator.testing import EmulatorHandle
@@ -26,34 +25,6 @@ from processor.sink.config import SinkConfig
 from processor.telemetry import OpsEndpoint, Telemetry
 
 ASSIGNMENT_LOGGER = "processor.runtime.assignment"
-
-
-class Skewed:
-    """`time.monotonic`, moved ahead by `skew` seconds when the test says so."""
-
-    def __init__(self) -> None:
-        self.skew = 0.0
-
-    def __call__(self) -> float:
-        return time.monotonic() + self.skew
-
-
-class BlockingRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Another member of the group whose revocation waits for `release`: within its long
-    rebalance timeout, the group waits for it to rejoin, and no member is assigned."""
-
-    def __init__(self) -> None:
-        self.assigned = asyncio.Event()
-        self.revoking = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        if revoked:
-            self.revoking.set()
-            await self.release.wait()
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self.assigned.set()
 
 
 def messages(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:

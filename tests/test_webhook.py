@@ -29,9 +29,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from pipeline import (
+    BlockingRevoke,
     NotUtf8,
     Producer,
     RunProcess,
+    Skewed,
     allow_undecodable_headers,
     announced_port,
     create_topic,
@@ -54,6 +56,7 @@ from processor.clock import ManualClock
 from processor.deadletter import DLQ_MESSAGE_BYTES_NEEDED
 from processor.logs import THROTTLE_S
 from processor.models import DlqReason
+from processor.runtime.assignment import MEANING, UNASSIGNED_WARN_S
 from processor.runtime.kafka import TopicError
 from processor.settings import KafkaSettings, TypingSettings
 from processor.telemetry import Telemetry
@@ -2134,3 +2137,70 @@ async def test_a_missing_topic_stops_the_worker_s_start_when_it_creates_none(
     )
     with pytest.raises(TopicError, match=re.escape(f"topic {name} does not exist")):
         await asyncio.wait_for(worker.run(asyncio.Event()), 20)
+
+
+async def test_a_rebalance_that_does_not_complete_is_warned_of_and_named_by_readiness(
+    bootstrap_servers: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another member's revocation holds the worker's group in its rebalance, the worker's
+    first join waiting for it: once that has lasted `UNASSIGNED_WARN_S` (the worker's clock
+    moved ahead), one WARNING names the group, how long and what it means, and readiness
+    says the same; once the member rejoins, an INFO line says the partitions came, and the
+    worker is ready."""
+    logger = "processor.runtime.assignment"
+    caplog.set_level(logging.INFO, logger=logger)
+
+    def lines(level: int) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == logger and r.levelno == level]
+
+    topic = await new_topic(bootstrap_servers, "hook-rebalance", 2)
+    typing = TypingSettings(group_id=f"{topic}-group", crm_topic=topic, dlq_topic=f"{topic}.dlq")
+    group = f"{typing.group_id}-crm-webhook"
+    kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
+    clock = Skewed()
+    blocking = BlockingRevoke()
+    other = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=group, rebalance_timeout_ms=300_000
+    )
+    stop = asyncio.Event()
+    task: asyncio.Task[None] | None = None
+    await other.start()
+    try:
+        other.subscribe([topic], listener=blocking)
+        async with asyncio.timeout(60):
+            await blocking.assigned.wait()
+
+        async def accept(request: Request) -> Response:
+            return Response(status_code=204)
+
+        async with serving(accept) as url:
+            worker = CrmWebhookWorker(kafka, typing, WebhookConfig(url=url), monotonic=clock)
+            task = asyncio.create_task(worker.run(stop))
+            async with asyncio.timeout(60):
+                await blocking.revoking.wait()
+            # (the worker's join began that rebalance: it has subscribed, and waits since)
+            clock.skew = UNASSIGNED_WARN_S
+            await eventually(lambda: lines(logging.WARNING), 30, "a warning of the rebalance")
+            [warning] = lines(logging.WARNING)
+            assert warning.startswith(f"no partitions assigned in group {group} for 6"), warning
+            assert warning.endswith(MEANING)
+            reason = await worker.readiness()
+            assert reason is not None
+            assert reason.startswith(
+                f"not yet a member of the group consuming {topic}: no partitions assigned in"
+                f" group {group} for 6"
+            ), reason
+            assert reason.endswith(MEANING), reason
+            blocking.release.set()
+            await eventually(lambda: worker.ready, 60, "the worker ready once it rejoins")
+            [assigned] = lines(logging.INFO)
+            assert assigned.startswith(f"partitions assigned in group {group} after 6"), assigned
+            assert len(lines(logging.WARNING)) == 1  # at most one a minute
+            stop.set()
+            await task
+    finally:
+        blocking.release.set()
+        stop.set()
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+        await other.stop()

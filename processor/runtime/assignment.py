@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 UNASSIGNED_WARN_S = 60.0
 # While it lasts, the warning is repeated no more often than this.
 UNASSIGNED_REPEAT_S = 60.0
+# How often a fetch loop looks at the wait (`AssignmentWait.check`) while a fetch waits: the
+# client's fetch waits for the group's rebalance to end, for as long as that lasts.
+ASSIGNMENT_CHECK_S = 1.0
 MEANING = (
     "this member processes nothing until the group completes a rebalance: a member that"
     " does not rejoin, or the group coordinator"

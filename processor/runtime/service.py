@@ -21,7 +21,7 @@ from processor.state import EngineConfig, PartitionStore
 from processor.telemetry import Telemetry
 from processor.telemetry.http import MAX_FAILURE_CHARS
 
-from .assignment import UNASSIGNED_WARN_S, AssignmentWait
+from .assignment import ASSIGNMENT_CHECK_S, UNASSIGNED_WARN_S, AssignmentWait
 from .kafka import (
     BrokerCheck,
     TopicError,
@@ -72,9 +72,6 @@ REPLAY_HOLD_MS = 2_000
 # How long a restore may wait for the input partition's committed and end offsets (asked
 # while the changelog is read); not known by then, the hold lasts its bound.
 REPLAY_LOOKUP_S = 1.0
-# How often the fetch loop looks at how long the member has waited for an assignment: a
-# fetch waits for the group's rebalance to end (the client's), for as long as it lasts.
-ASSIGNMENT_CHECK_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
