@@ -14,9 +14,10 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 # A healthy rebalance ends within the rebalance timeout, which bounds how long the group
-# waits for its members to rejoin (12 s for `run`, the session timeout's 10 s by default),
-# plus the coordinator's initial delay (3 s by default) and the join and sync round trips.
-# A minute is well past that, yet short of what a rollout of many replicas would notice.
+# waits for its members to revoke and rejoin (`run`'s REBALANCE_TIMEOUT_MS, 12 s; the
+# client's default, the session timeout's 10 s, for the CRM webhook worker), plus the
+# coordinator's initial delay (3 s by default) and the join and sync round trips: under
+# 20 s. A minute is well past any healthy one, a rolling update's included.
 UNASSIGNED_WARN_S = 60.0
 # While it lasts, the warning is repeated no more often than this.
 UNASSIGNED_REPEAT_S = 60.0
