@@ -724,7 +724,11 @@ async def test_shutdown_does_not_wait_out_a_collector_that_never_answers(
         release.set()  # the abandoned exports complete and their threads end
         for thread in exporting:
             await asyncio.to_thread(thread.join, 10)
-    assert [thread.daemon for thread in exporting] == [True, True]  # not held at exit
+    # The traces export holds its shutdown thread; the metrics reader's shutdown gives up
+    # at the same bound, leaving its export to the reader's own thread, so its shutdown
+    # thread may have ended by then. What is left running must not hold the exit.
+    assert exporting, "shutdown waited out the held exports"
+    assert all(thread.daemon for thread in exporting)
     assert not any(thread.is_alive() for thread in exporting)
     assert "telemetry export unfinished after 0.5 s" in caplog.text
 
