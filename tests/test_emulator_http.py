@@ -359,6 +359,10 @@ def test_latency_is_added(emulator: EmulatorHandle, http: httpx.Client) -> None:
 def test_bad_faults_are_400(emulator: EmulatorHandle, http: httpx.Client) -> None:
     _assert_genesys_error(http.put("/emulator/faults", json={"error_rate": 2}), 400)
     _assert_genesys_error(http.put("/emulator/faults", json={"no_such_fault": 1}), 400)
+    # a token under a second would be answered `expires_in: 0`, which no client can use
+    lifetime = http.get("/emulator/faults").json()["token_lifetime_s"]
+    _assert_genesys_error(http.put("/emulator/faults", json={"token_lifetime_s": 0.5}), 400)
+    assert http.get("/emulator/faults").json()["token_lifetime_s"] == lifetime
 
 
 # --- typing endpoint ---

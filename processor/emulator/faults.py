@@ -13,6 +13,10 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+# A second at least: a login answers `expires_in` in whole seconds (rounded down, so that a
+# token is never used past its end), and a shorter token would be answered as 0, which no
+# client can use.
+TokenLifetime = Annotated[float, Field(ge=1.0, le=31_536_000.0)]
 
 DEFAULT_TOKEN_LIFETIME_S = 86_400.0
 DEFAULT_RATE_LIMIT_PER_MINUTE = 300
@@ -39,7 +43,7 @@ class Faults(BaseModel):
     """Probability that an API call fails with a 5xx before doing anything."""
     conflict_rate: Rate = 0.0
     """Probability that a PATCH with a current `If-Match` meets another writer (412)."""
-    token_lifetime_s: Annotated[float, Field(gt=0.0, le=31_536_000.0)] = DEFAULT_TOKEN_LIFETIME_S
+    token_lifetime_s: TokenLifetime = DEFAULT_TOKEN_LIFETIME_S
     """Lifetime of tokens issued from now on."""
     rate_limit_per_minute: Annotated[int, Field(ge=0, le=10_000_000)] = (
         DEFAULT_RATE_LIMIT_PER_MINUTE
@@ -60,7 +64,7 @@ class FaultsUpdate(BaseModel):
     jitter_ms: Annotated[float, Field(ge=0.0, le=60_000.0)] | None = None
     error_rate: Rate | None = None
     conflict_rate: Rate | None = None
-    token_lifetime_s: Annotated[float, Field(gt=0.0, le=31_536_000.0)] | None = None
+    token_lifetime_s: TokenLifetime | None = None
     rate_limit_per_minute: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
     rate_limit_burst: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     seed: int | None = None
