@@ -82,7 +82,7 @@ from processor.deadletter import dead_letter_of
 from processor.logs import throttled
 from processor.models import CrmSyncRecord, DlqReason
 from processor.retryafter import retry_after_s
-from processor.runtime.assignment import ASSIGNMENT_CHECK_S, UNASSIGNED_WARN_S, AssignmentWait
+from processor.runtime.assignment import UNASSIGNED_WARN_S, AssignmentWait
 from processor.runtime.kafka import (
     BrokerCheck,
     TopicError,
@@ -496,16 +496,14 @@ class CrmWebhookWorker:
         self, consumer: AIOKafkaConsumer
     ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
         """The next fetch; while it waits (for the group's rebalance to end, however long
-        that takes), how long the worker has waited for an assignment is looked at every
-        `ASSIGNMENT_CHECK_S`."""
+        that takes), how long the worker has waited for an assignment is looked at
+        (`AssignmentWait.watch`)."""
         fetch: asyncio.Future[dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]
         fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=500, max_records=500))
         try:
-            while not fetch.done():
-                await asyncio.wait({fetch}, timeout=ASSIGNMENT_CHECK_S)
-                if self._assignment is not None:
-                    self._assignment.wait.check()
-            return fetch.result()
+            if self._assignment is not None:
+                await self._assignment.wait.watch(fetch)
+            return await fetch
         finally:
             fetch.cancel()  # (this one cancelled: a stop's grace over, a lost cluster)
 

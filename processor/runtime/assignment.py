@@ -8,8 +8,10 @@ log: the client logs its join and sync loop at DEBUG only.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +23,8 @@ log = logging.getLogger(__name__)
 UNASSIGNED_WARN_S = 60.0
 # While it lasts, the warning is repeated no more often than this.
 UNASSIGNED_REPEAT_S = 60.0
-# How often a fetch loop looks at the wait (`AssignmentWait.check`) while a fetch waits: the
-# client's fetch waits for the group's rebalance to end, for as long as that lasts.
+# How often `AssignmentWait.watch` looks at the wait while a fetch waits: the client's
+# fetch waits for the group's rebalance to end, for as long as that lasts.
 ASSIGNMENT_CHECK_S = 1.0
 MEANING = (
     "this member processes nothing until the group completes a rebalance: a member that"
@@ -98,6 +100,15 @@ class AssignmentWait:
             now - since,
             MEANING,
         )
+
+    async def watch(self, *futures: asyncio.Future[Any]) -> None:
+        """Return once one of `futures` (a fetch, say) is done; `check` every
+        `ASSIGNMENT_CHECK_S` meanwhile, and once it is."""
+        while not any(future.done() for future in futures):
+            await asyncio.wait(
+                futures, timeout=ASSIGNMENT_CHECK_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            self.check()
 
     def reason(self) -> str | None:
         """Why the member has no partitions, with how long (the `/readyz` reason), while it

@@ -21,7 +21,7 @@ from processor.state import EngineConfig, PartitionStore
 from processor.telemetry import Telemetry
 from processor.telemetry.http import MAX_FAILURE_CHARS
 
-from .assignment import ASSIGNMENT_CHECK_S, UNASSIGNED_WARN_S, AssignmentWait
+from .assignment import UNASSIGNED_WARN_S, AssignmentWait
 from .kafka import (
     BrokerCheck,
     TopicError,
@@ -416,13 +416,7 @@ class TypingProcessor:
         try:
             while not stop.is_set():
                 fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=200, max_records=2_000))
-                while not (fetch.done() or stopping.done()):
-                    await asyncio.wait(
-                        {fetch, stopping},
-                        timeout=ASSIGNMENT_CHECK_S,
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                    self._unassigned.check()
+                await self._unassigned.watch(fetch, stopping)
                 if not fetch.done():
                     fetch.cancel()
                     await asyncio.gather(fetch, return_exceptions=True)
