@@ -202,17 +202,17 @@ class TokenManager:
         if not isinstance(error, SinkError):
             return
         cached, now = self._token, self._now()
-        asked = error.retry_after_s if isinstance(error, TokenUnavailableError) else None
+        asked = None  # the login's `Retry-After`, if it said one: waited for, up to a point
+        if isinstance(error, TokenUnavailableError) and error.retry_after_s is not None:
+            asked = min(MAX_LOGIN_WAIT_S, error.retry_after_s)
         if cached is None or now >= cached.expires_at:
-            wait = LOGIN_RETRY_S if asked is None else min(MAX_LOGIN_WAIT_S, asked)
+            wait = LOGIN_RETRY_S if asked is None else asked
             self._failed = (now + wait, error)
         else:
             # The cached token still works: callers keep it, and the login service is
             # asked again a little later, not on every call (runs once per failed fetch),
             # nor before its `Retry-After` while the cached token serves.
-            wait = REFRESH_RETRY_S
-            if asked is not None:
-                wait = max(wait, min(MAX_LOGIN_WAIT_S, asked))
+            wait = REFRESH_RETRY_S if asked is None else max(REFRESH_RETRY_S, asked)
             retry_at = min(now + wait, cached.expires_at)
             self._token = replace(cached, refresh_at=retry_at)
             log.warning(
