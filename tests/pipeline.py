@@ -378,6 +378,28 @@ class BlockingRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         self.assigned.set()
 
 
+@contextlib.asynccontextmanager
+async def blocking_member(
+    bootstrap_servers: str, group: str, topic: str
+) -> AsyncIterator[BlockingRevoke]:
+    """Another member of `group`, assigned `topic`'s partitions, whose revocation waits for
+    its `release` (`BlockingRevoke`) within a 300 s rebalance timeout; released and gone
+    on exit."""
+    blocking = BlockingRevoke()
+    other = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=group, rebalance_timeout_ms=300_000
+    )
+    await other.start()
+    try:
+        other.subscribe([topic], listener=blocking)
+        async with asyncio.timeout(60):
+            await blocking.assigned.wait()
+        yield blocking
+    finally:
+        blocking.release.set()
+        await other.stop()
+
+
 @dataclass
 class InProcess:
     """A `TypingProcessor` running in this event loop."""

@@ -8,8 +8,7 @@ import logging
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
-from pipeline import BlockingRevoke, Monotonic, Skewed, eventually, make_settings
+from pipeline import Monotonic, Skewed, blocking_member, eventually, make_settings
 
 from processor.asgi import serve_in_background
 from processor.emulator.testing import EmulatorHandle
@@ -50,56 +49,51 @@ async def test_a_rebalance_that_does_not_complete_is_warned_of_and_named_by_read
     processor = TypingProcessor(settings, sink, monotonic=clock, telemetry=telemetry)
     await processor.prepare_topics()
     ops = OpsEndpoint(telemetry)
-    blocking = BlockingRevoke()
-    other = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=group, rebalance_timeout_ms=300_000
-    )
     stop = asyncio.Event()
     task: asyncio.Task[None] | None = None
-    await other.start()
-    try:
-        other.subscribe([settings.typing.input_topic], listener=blocking)
-        async with asyncio.timeout(60):
-            await blocking.assigned.wait()
-        task = asyncio.create_task(processor.run(stop))
-        async with asyncio.timeout(60):
-            await blocking.revoking.wait()
-        # (the processor's join began that rebalance: it has subscribed, and waits since)
-        clock.skew = UNASSIGNED_WARN_S
-        await eventually(
-            lambda: messages(caplog, logging.WARNING), 30, "a warning of the rebalance"
-        )
-        [warning] = messages(caplog, logging.WARNING)
-        assert f"no partitions assigned in group {group} for " in warning
-        assert MEANING in warning
-        async with (
-            serve_in_background(ops.app, port=0, name="ops") as listening,
-            httpx.AsyncClient(base_url=listening.base_url, timeout=10) as client,
-        ):
-            answer = await client.get("/readyz")
-            assert answer.status_code == 503
-            reason = answer.json()["reason"]
-            assert reason.startswith(f"no partitions assigned in group {group} for 6"), reason
-            assert reason.endswith(MEANING), reason
-            assert not processor.ready
+    topic = settings.typing.input_topic
+    async with blocking_member(bootstrap_servers, group, topic) as blocking:
+        try:
+            task = asyncio.create_task(processor.run(stop))
+            async with asyncio.timeout(60):
+                await blocking.revoking.wait()
+            # (the processor's join began that rebalance: it has subscribed, and waits since)
+            clock.skew = UNASSIGNED_WARN_S
+            await eventually(
+                lambda: messages(caplog, logging.WARNING), 30, "a warning of the rebalance"
+            )
+            [warning] = messages(caplog, logging.WARNING)
+            assert f"no partitions assigned in group {group} for " in warning
+            assert MEANING in warning
+            async with (
+                serve_in_background(ops.app, port=0, name="ops") as listening,
+                httpx.AsyncClient(base_url=listening.base_url, timeout=10) as client,
+            ):
+                answer = await client.get("/readyz")
+                assert answer.status_code == 503
+                reason = answer.json()["reason"]
+                assert reason.startswith(f"no partitions assigned in group {group} for 6"), reason
+                assert reason.endswith(MEANING), reason
+                assert not processor.ready
+                blocking.release.set()
+                await eventually(lambda: processor.ready, 60, "the processor ready once it rejoins")
+                [assigned] = messages(caplog, logging.INFO)
+                assert assigned.startswith(f"partitions assigned in group {group} after 6"), (
+                    assigned
+                )
+                assert len(messages(caplog, logging.WARNING)) == 1  # at most one a minute
+                assert processor.unassigned() is None
+
+                async def ready() -> bool:
+                    return (await client.get("/readyz")).status_code == 200
+
+                await eventually(ready, 30, "/readyz ready")
+        finally:
             blocking.release.set()
-            await eventually(lambda: processor.ready, 60, "the processor ready once it rejoins")
-            [assigned] = messages(caplog, logging.INFO)
-            assert assigned.startswith(f"partitions assigned in group {group} after 6"), assigned
-            assert len(messages(caplog, logging.WARNING)) == 1  # at most one a minute
-            assert processor.unassigned() is None
-
-            async def ready() -> bool:
-                return (await client.get("/readyz")).status_code == 200
-
-            await eventually(ready, 30, "/readyz ready")
-    finally:
-        blocking.release.set()
-        stop.set()
-        if task is not None:
-            await asyncio.gather(task, return_exceptions=True)
-        await other.stop()
-        await sink.aclose()
+            stop.set()
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
+            await sink.aclose()
 
 
 def test_a_long_wait_is_warned_of_once_a_minute_and_its_end_said_once_warned(

@@ -29,13 +29,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from pipeline import (
-    BlockingRevoke,
     NotUtf8,
     Producer,
     RunProcess,
     Skewed,
     allow_undecodable_headers,
     announced_port,
+    blocking_member,
     create_topic,
     eventually,
     publish,
@@ -2158,49 +2158,43 @@ async def test_a_rebalance_that_does_not_complete_is_warned_of_and_named_by_read
     group = f"{typing.group_id}-crm-webhook"
     kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
     clock = Skewed()
-    blocking = BlockingRevoke()
-    other = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=group, rebalance_timeout_ms=300_000
-    )
     stop = asyncio.Event()
     task: asyncio.Task[None] | None = None
-    await other.start()
-    try:
-        other.subscribe([topic], listener=blocking)
-        async with asyncio.timeout(60):
-            await blocking.assigned.wait()
+    async with blocking_member(bootstrap_servers, group, topic) as blocking:
+        try:
 
-        async def accept(request: Request) -> Response:
-            return Response(status_code=204)
+            async def accept(request: Request) -> Response:
+                return Response(status_code=204)
 
-        async with serving(accept) as url:
-            worker = CrmWebhookWorker(kafka, typing, WebhookConfig(url=url), monotonic=clock)
-            task = asyncio.create_task(worker.run(stop))
-            async with asyncio.timeout(60):
-                await blocking.revoking.wait()
-            # (the worker's join began that rebalance: it has subscribed, and waits since)
-            clock.skew = UNASSIGNED_WARN_S
-            await eventually(lambda: lines(logging.WARNING), 30, "a warning of the rebalance")
-            [warning] = lines(logging.WARNING)
-            assert warning.startswith(f"no partitions assigned in group {group} for 6"), warning
-            assert warning.endswith(MEANING)
-            reason = await worker.readiness()
-            assert reason is not None
-            assert reason.startswith(
-                f"not yet a member of the group consuming {topic}: no partitions assigned in"
-                f" group {group} for 6"
-            ), reason
-            assert reason.endswith(MEANING), reason
+            async with serving(accept) as url:
+                worker = CrmWebhookWorker(kafka, typing, WebhookConfig(url=url), monotonic=clock)
+                task = asyncio.create_task(worker.run(stop))
+                async with asyncio.timeout(60):
+                    await blocking.revoking.wait()
+                # (the worker's join began that rebalance: it has subscribed, and waits since)
+                clock.skew = UNASSIGNED_WARN_S
+                await eventually(lambda: lines(logging.WARNING), 30, "a warning of the rebalance")
+                [warning] = lines(logging.WARNING)
+                assert warning.startswith(f"no partitions assigned in group {group} for 6"), warning
+                assert warning.endswith(MEANING)
+                reason = await worker.readiness()
+                assert reason is not None
+                assert reason.startswith(
+                    f"not yet a member of the group consuming {topic}: no partitions assigned in"
+                    f" group {group} for 6"
+                ), reason
+                assert reason.endswith(MEANING), reason
+                blocking.release.set()
+                await eventually(lambda: worker.ready, 60, "the worker ready once it rejoins")
+                [assigned] = lines(logging.INFO)
+                assert assigned.startswith(f"partitions assigned in group {group} after 6"), (
+                    assigned
+                )
+                assert len(lines(logging.WARNING)) == 1  # at most one a minute
+                stop.set()
+                await task
+        finally:
             blocking.release.set()
-            await eventually(lambda: worker.ready, 60, "the worker ready once it rejoins")
-            [assigned] = lines(logging.INFO)
-            assert assigned.startswith(f"partitions assigned in group {group} after 6"), assigned
-            assert len(lines(logging.WARNING)) == 1  # at most one a minute
             stop.set()
-            await task
-    finally:
-        blocking.release.set()
-        stop.set()
-        if task is not None:
-            await asyncio.gather(task, return_exceptions=True)
-        await other.stop()
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
